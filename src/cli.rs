@@ -1,0 +1,338 @@
+//! Command line: parses arguments, loads and validates the config, sets up
+//! logging and signals, then calls the library. No business logic lives
+//! here; each subcommand is a few lines handing typed values to its part.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::spool::{Spool, State};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "labgrader",
+    version,
+    about = "Grades students' code pushed to GitLab",
+    long_about = "Grades students' code pushed to GitLab: a webhook intake writes each push \
+                  durably to a spool; a grader runs the course's test_all in a sandbox and \
+                  delivers the grade.\n\nConfig: --config FILE, else $LABGRADER_CONFIG, else \
+                  built-in defaults (see README)."
+)]
+pub struct Cli {
+    /// Config file (TOML). Default: $LABGRADER_CONFIG, else built-in defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log filter, e.g. `info` or `labgrader=debug` (also $LABGRADER_LOG).
+    #[arg(long, global = true, env = "LABGRADER_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the hook server and the grader daemon in one process.
+    Serve,
+    /// Run only the hook server (network-facing; no Docker access needed).
+    Hook,
+    /// Run only the grader daemon.
+    Grader,
+    /// Grade a local student directory with a local tests directory, once.
+    Grade(GradeArgs),
+    /// Show the spool: counts per state, waiting and active jobs.
+    Queue {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue finished jobs again (by id, or every job of a project).
+    Regrade {
+        /// Job ids.
+        jobs: Vec<String>,
+        /// Every finished job of this project (namespace/name).
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Run a finished job again on its recorded inputs and compare grades.
+    Replay { job: String },
+    /// Gradebook commands.
+    #[command(subcommand)]
+    Gradebook(GradebookCommand),
+    /// GitLab setup commands.
+    #[command(subcommand)]
+    Gitlab(GitlabCommand),
+    /// Print the effective config (secrets redacted) or the error.
+    CheckConfig,
+    /// Run one prepared job in the native sandbox (what a Slurm node runs).
+    Sandbox(SandboxArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GradeArgs {
+    /// The student's tree.
+    #[arg(long)]
+    pub student: PathBuf,
+    /// The course's test tree (holds test_all).
+    #[arg(long)]
+    pub tests: PathBuf,
+    /// Runner to use (default: the config's).
+    #[arg(long)]
+    pub runner: Option<String>,
+    /// Wall-clock timeout, e.g. 30s (default: the config's).
+    #[arg(long)]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GradebookCommand {
+    /// Export grades.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
+    pub format: ExportFormat,
+    /// Only this project (namespace/name).
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Only this assignment (student repository name).
+    #[arg(long)]
+    pub assignment: Option<String>,
+    /// Keep only the latest job per project.
+    #[arg(long, conflicts_with_all = ["best", "policy"])]
+    pub latest: bool,
+    /// Keep only the best grade per project.
+    #[arg(long, conflicts_with = "policy")]
+    pub best: bool,
+    /// One row per student: best, latest or latest-on-time.
+    #[arg(long)]
+    pub policy: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GitlabCommand {
+    /// Register the system hook pointing at URL.
+    InstallSystemHook {
+        #[arg(long)]
+        url: String,
+    },
+    /// Add project hooks to existing projects.
+    AddProjectHooks {
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Hook URL (default: http://<server.listen>/hooks/gitlab).
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SandboxArgs {
+    /// Directory prepared by the grader (job.json, workspace/).
+    #[arg(long)]
+    pub job_dir: PathBuf,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("labgrader: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    if let Command::CheckConfig = cli.command {
+        return Ok(check_config(cli.config.as_deref()));
+    }
+    let cfg = Arc::new(Config::load(cli.config.as_deref())?);
+    match cli.command {
+        Command::CheckConfig => unreachable!("handled above"),
+        Command::Queue { json } => queue(&cfg, json),
+        Command::Serve => daemon(cfg, true, true),
+        Command::Hook => daemon(cfg, true, false),
+        Command::Grader => daemon(cfg, false, true),
+        other => anyhow::bail!("`{}` is not built yet", command_name(&other)),
+    }
+}
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Serve => "serve",
+        Command::Hook => "hook",
+        Command::Grader => "grader",
+        Command::Grade(_) => "grade",
+        Command::Queue { .. } => "queue",
+        Command::Regrade { .. } => "regrade",
+        Command::Replay { .. } => "replay",
+        Command::Gradebook(_) => "gradebook",
+        Command::Gitlab(_) => "gitlab",
+        Command::CheckConfig => "check-config",
+        Command::Sandbox(_) => "sandbox",
+    }
+}
+
+fn check_config(path: Option<&std::path::Path>) -> ExitCode {
+    match Config::load(path) {
+        Ok(cfg) => {
+            let source = cfg
+                .source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "built-in defaults".into());
+            println!("# effective configuration (from {source}); secrets redacted");
+            print!("{}", cfg.to_redacted_toml());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("labgrader: config error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// A token cancelled on the first SIGTERM or SIGINT.
+fn shutdown_on_signals() -> Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        t.cancel();
+    });
+    Ok(token)
+}
+
+fn daemon(cfg: Arc<Config>, hook: bool, grader: bool) -> Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let shutdown = shutdown_on_signals()?;
+        let spool = Arc::new(
+            Spool::open(&cfg.spool.dir)
+                .with_context(|| format!("cannot open spool {}", cfg.spool.dir.display()))?,
+        );
+        let hook_task = async {
+            if !hook {
+                return Ok(());
+            }
+            let listener = tokio::net::TcpListener::bind(cfg.server.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
+            crate::hook::serve(cfg.clone(), spool.clone(), listener, shutdown.clone()).await
+        };
+        let grader_task = async {
+            if !grader {
+                return Ok(());
+            }
+            crate::grader::run(cfg.clone(), spool.clone(), shutdown.clone()).await
+        };
+        let (h, g) = tokio::join!(
+            async {
+                let r = hook_task.await;
+                if r.is_err() {
+                    shutdown.cancel();
+                }
+                r
+            },
+            async {
+                let r = grader_task.await;
+                if r.is_err() {
+                    shutdown.cancel();
+                }
+                r
+            }
+        );
+        h?;
+        g?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[derive(Serialize)]
+struct QueueReport {
+    spool: PathBuf,
+    counts: Vec<(State, usize)>,
+    waiting: Vec<String>,
+    active: Vec<String>,
+}
+
+fn queue(cfg: &Config, json: bool) -> Result<ExitCode> {
+    let spool = Spool::open(&cfg.spool.dir)
+        .with_context(|| format!("cannot open spool {}", cfg.spool.dir.display()))?;
+    let report = QueueReport {
+        spool: cfg.spool.dir.clone(),
+        counts: State::ALL.iter().map(|s| (*s, spool.count(*s))).collect(),
+        waiting: spool.list(State::Incoming)?,
+        active: spool.list(State::Active)?,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("spool {}", report.spool.display());
+    for (s, n) in &report.counts {
+        println!("  {:<9} {n}", s.dir_name());
+    }
+    for (title, jobs) in [("waiting", &report.waiting), ("active", &report.active)] {
+        if !jobs.is_empty() {
+            println!("{title} (oldest first):");
+            for j in jobs {
+                println!("  {}", crate::event::job_id_of(j));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,897 @@
+//! Configuration: one TOML file, every key with a default.
+//!
+//! Owns parsing, validation and the typed values (sizes, durations, secrets)
+//! every other part receives. Nothing here starts a server or touches the
+//! spool. The file is untrusted text: unknown keys and bad values are errors
+//! that name the file, line, column and key (serde's `deny_unknown_fields`
+//! plus typed deserializers, so toml attaches the span of the bad value).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Environment variable naming the config file when `--config` is absent.
+pub const CONFIG_ENV: &str = "LABGRADER_CONFIG";
+/// Environment variables that may carry secrets instead of files.
+pub const WEBHOOK_TOKEN_ENV: &str = "LABGRADER_WEBHOOK_TOKEN";
+pub const GITLAB_TOKEN_ENV: &str = "LABGRADER_GITLAB_TOKEN";
+pub const CALLBACK_SECRET_ENV: &str = "LABGRADER_CALLBACK_SECRET";
+pub const SMTP_PASSWORD_ENV: &str = "LABGRADER_SMTP_PASSWORD";
+pub const SLURM_TOKEN_ENV: &str = "LABGRADER_SLURM_TOKEN";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// toml's message already carries line, column, the offending line and
+    /// the key; we add the file name.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("cannot read secret for `{key}` from {path}: {source}")]
+    Secret {
+        key: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The whole configuration. Every section and key has a default.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub spool: SpoolConfig,
+    pub gitlab: GitlabConfig,
+    pub grader: GraderConfig,
+    pub docker: DockerConfig,
+    pub native: NativeConfig,
+    pub slurm: SlurmConfig,
+    pub callback: CallbackConfig,
+    pub email: EmailConfig,
+    pub deliver: DeliverConfig,
+    /// Per-assignment policy, keyed by the student repository's name.
+    pub assignments: BTreeMap<String, AssignmentConfig>,
+    /// Secrets resolved from files or the environment at load time.
+    #[serde(skip_deserializing)]
+    pub secrets: Secrets,
+    /// Where the config came from (for messages); `None` = built-in defaults.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub webhook_token_file: PathBuf,
+    pub max_body: ByteSize,
+    /// How long a "this test repository exists / does not exist" answer is
+    /// trusted before GitLab (or git) is asked again.
+    pub test_repo_cache_ttl: Seconds,
+    /// Upper bound on the lookup made while GitLab waits (it gives 10 s).
+    pub test_repo_lookup_timeout: Seconds,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8088".parse().expect("static address"),
+            webhook_token_file: PathBuf::new(),
+            max_body: ByteSize(1 << 20),
+            test_repo_cache_ttl: Seconds(Duration::from_secs(300)),
+            test_repo_lookup_timeout: Seconds(Duration::from_secs(3)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Root of the spool and of the daemon's state (mirrors, gradebook).
+    pub dir: PathBuf,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("spool"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitlabConfig {
+    pub url: String,
+    pub token_file: PathBuf,
+    /// `{gitlab_url}` and `{path}` (namespace/name) are substituted.
+    pub clone_url: String,
+    pub tests_namespace: String,
+    pub tests_suffix: String,
+    pub commit_status: bool,
+    pub status_name: String,
+    /// Optional; `{job_id}`, `{path}`, `{sha}` are substituted.
+    pub target_url: String,
+    pub api_timeout: Seconds,
+}
+
+impl Default for GitlabConfig {
+    fn default() -> Self {
+        Self {
+            url: "https://gitlab.example.edu".into(),
+            token_file: PathBuf::new(),
+            clone_url: "{gitlab_url}/{path}.git".into(),
+            tests_namespace: "root".into(),
+            tests_suffix: "-test".into(),
+            commit_status: true,
+            status_name: "labgrader".into(),
+            target_url: String::new(),
+            api_timeout: Seconds(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl GitlabConfig {
+    /// The clone URL of `path` (namespace/name), never with a credential in it.
+    pub fn clone_url_for(&self, path: &str) -> String {
+        self.clone_url
+            .replace("{gitlab_url}", self.url.trim_end_matches('/'))
+            .replace("{path}", path)
+    }
+
+    /// The test repository's path for a student repository named `name`.
+    pub fn tests_path_for(&self, name: &str) -> String {
+        format!("{}/{}{}", self.tests_namespace, name, self.tests_suffix)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunnerKind {
+    Auto,
+    Docker,
+    Native,
+    Slurm,
+    None,
+}
+
+impl fmt::Display for RunnerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RunnerKind::Auto => "auto",
+            RunnerKind::Docker => "docker",
+            RunnerKind::Native => "native",
+            RunnerKind::Slurm => "slurm",
+            RunnerKind::None => "none",
+        })
+    }
+}
+
+impl FromStr for RunnerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "docker" => Ok(Self::Docker),
+            "native" => Ok(Self::Native),
+            "slurm" => Ok(Self::Slurm),
+            "none" => Ok(Self::None),
+            other => Err(format!(
+                "unknown runner `{other}`; expected docker, native, slurm, none or auto"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraderConfig {
+    /// 0 = number of CPUs.
+    pub workers: usize,
+    pub runner: RunnerKind,
+    pub timeout: Seconds,
+    pub memory: ByteSize,
+    pub pids: u64,
+    pub output_limit: ByteSize,
+    pub workspace_limit: ByteSize,
+    pub workspace_files: u64,
+    /// Timeout of each git command (fetch, export).
+    pub git_timeout: Seconds,
+    /// A job that was active during this many daemon crashes goes to failed/.
+    pub max_crashes: u32,
+    /// Infrastructure failures are retried this many times before `infra_error`.
+    pub infra_retries: u32,
+    pub infra_backoff: Seconds,
+    /// On SIGTERM running jobs get this long before they are killed and requeued.
+    pub shutdown_grace: Seconds,
+    /// Safety-net rescan of incoming/ besides inotify.
+    pub rescan_interval: Seconds,
+}
+
+impl Default for GraderConfig {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            runner: RunnerKind::Auto,
+            timeout: Seconds(Duration::from_secs(120)),
+            memory: ByteSize(256 << 20),
+            pids: 256,
+            output_limit: ByteSize(1 << 20),
+            workspace_limit: ByteSize(512 << 20),
+            workspace_files: 20_000,
+            git_timeout: Seconds(Duration::from_secs(120)),
+            max_crashes: 3,
+            infra_retries: 5,
+            infra_backoff: Seconds(Duration::from_secs(30)),
+            shutdown_grace: Seconds(Duration::from_secs(30)),
+            rescan_interval: Seconds(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl GraderConfig {
+    pub fn effective_workers(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            self.workers
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerConfig {
+    pub image: String,
+    pub user: String,
+    pub cpus: f64,
+    pub readonly_rootfs: bool,
+    /// Empty = the local engine's default socket (or DOCKER_HOST).
+    pub host: String,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            image: "labgrader/grader:latest".into(),
+            user: "65534:65534".into(),
+            cpus: 1.0,
+            readonly_rootfs: true,
+            host: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NativeConfig {
+    pub rootfs: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Default for NativeConfig {
+    fn default() -> Self {
+        Self {
+            rootfs: PathBuf::from("/"),
+            uid: 65534,
+            gid: 65534,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlurmConfig {
+    pub url: String,
+    pub api_version: String,
+    pub user: String,
+    pub token_file: PathBuf,
+    pub partition: String,
+    pub shared_dir: PathBuf,
+    pub poll_interval: Seconds,
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:6820".into(),
+            api_version: "v0.0.38".into(),
+            user: "labgrader".into(),
+            token_file: PathBuf::new(),
+            partition: "grade".into(),
+            shared_dir: PathBuf::from("/srv/labgrader/shared"),
+            poll_interval: Seconds(Duration::from_secs(1)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallbackConfig {
+    /// Empty = no callback.
+    pub url: String,
+    pub secret_file: PathBuf,
+    pub include_stderr: bool,
+    pub include_hidden: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartTls {
+    Required,
+    Opportunistic,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailConfig {
+    /// `smtp://host:port`, `smtps://host:port`, `sendmail`, or "" for no email.
+    pub url: String,
+    pub from: String,
+    pub starttls: StartTls,
+    pub username: String,
+    pub password_file: PathBuf,
+    /// Used when GitLab hid the pusher's email; `{username}` is substituted.
+    pub address_template: String,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self {
+            url: "smtp://localhost:25".into(),
+            from: "labgrader <grader@example.edu>".into(),
+            starttls: StartTls::Opportunistic,
+            username: String::new(),
+            password_file: PathBuf::new(),
+            address_template: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliverConfig {
+    pub retry_for: Seconds,
+    pub max_attempts: u32,
+    pub backoff_min: Seconds,
+    pub backoff_max: Seconds,
+}
+
+impl Default for DeliverConfig {
+    fn default() -> Self {
+        Self {
+            retry_for: Seconds(Duration::from_secs(24 * 3600)),
+            max_attempts: 50,
+            backoff_min: Seconds(Duration::from_secs(2)),
+            backoff_max: Seconds(Duration::from_secs(600)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    #[default]
+    Push,
+    Tag,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ManifestPolicy {
+    #[default]
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LatePolicy {
+    #[default]
+    Accept,
+    Flag,
+    Reject,
+}
+
+/// `[assignments.NAME]`: overrides and course policy for one assignment.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AssignmentConfig {
+    pub image: Option<String>,
+    pub timeout: Option<Seconds>,
+    pub memory: Option<ByteSize>,
+    pub pids: Option<u64>,
+    pub runner: Option<RunnerKind>,
+    pub trigger: Trigger,
+    pub tag_pattern: Option<String>,
+    pub manifest: ManifestPolicy,
+    pub roster: Option<PathBuf>,
+    pub quota: Option<Quota>,
+    pub staff: Vec<String>,
+    pub deadline: Option<chrono::DateTime<chrono::FixedOffset>>,
+    pub grace: Option<Seconds>,
+    pub late: LatePolicy,
+}
+
+/// `N/window`, e.g. `5/24h`: at most N accepted submissions per window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub count: u32,
+    pub window: Duration,
+}
+
+impl FromStr for Quota {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (n, w) = s
+            .split_once('/')
+            .ok_or_else(|| format!("quota `{s}` is not of the form COUNT/WINDOW, e.g. 5/24h"))?;
+        let count: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("quota count `{n}` is not a whole number"))?;
+        let window = parse_duration(w.trim())?;
+        if window.is_zero() {
+            return Err("quota window must be longer than zero".into());
+        }
+        Ok(Quota { count, window })
+    }
+}
+
+impl fmt::Display for Quota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            self.count,
+            humantime::format_duration(self.window)
+        )
+    }
+}
+
+/// A number of bytes written as `1MiB`, `512k`, `2 GB` or a plain integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let num: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size; write e.g. 1MiB, 512KiB or 1048576"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" | "ki" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" | "mi" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" | "gi" => 1 << 30,
+            "t" | "tb" => 1_000_000_000_000,
+            "tib" | "ti" => 1 << 40,
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}` in `{s}`; use B, KiB, MiB, GiB (or kB, MB, GB)"
+                ));
+            }
+        };
+        let v = num * mult as f64;
+        if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+            return Err(format!("size `{s}` is out of range"));
+        }
+        Ok(ByteSize(v as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        for (unit, m) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if b >= m && b % m == 0 {
+                return write!(f, "{}{}", b / m, unit);
+            }
+        }
+        write!(f, "{b}B")
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A duration written as `120s`, `5m`, `24h`, `1h 30m` or a plain number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seconds(pub Duration);
+
+impl Seconds {
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(n) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(n));
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. 120s, 5m or 24h"))
+}
+
+impl FromStr for Seconds {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_duration(s).map(Seconds)
+    }
+}
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Seconds(Duration::from_secs(n))),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for Seconds {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Quota {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Quota {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A secret value: never printed, never serialized in clear.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Secrets resolved at load time from `*_file` keys or the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    pub webhook_token: Option<Secret>,
+    pub gitlab_token: Option<Secret>,
+    pub callback_secret: Option<Secret>,
+    pub smtp_password: Option<Secret>,
+    pub slurm_token: Option<Secret>,
+}
+
+impl Serialize for Secrets {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        for (k, v) in [
+            ("webhook_token", &self.webhook_token),
+            ("gitlab_token", &self.gitlab_token),
+            ("callback_secret", &self.callback_secret),
+            ("smtp_password", &self.smtp_password),
+            ("slurm_token", &self.slurm_token),
+        ] {
+            m.serialize_entry(k, if v.is_some() { "<redacted>" } else { "<unset>" })?;
+        }
+        m.end()
+    }
+}
+
+impl Config {
+    /// Load from `--config`, else `$LABGRADER_CONFIG`, else built-in defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let from_env = std::env::var_os(CONFIG_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        match explicit.map(Path::to_path_buf).or(from_env) {
+            Some(path) => Self::from_file(&path),
+            None => {
+                let mut cfg = Config::default();
+                cfg.finish(None)?;
+                Ok(cfg)
+            }
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, Some(path))
+    }
+
+    /// Parse `text`; `path` is only used in messages and to resolve relative
+    /// secret files.
+    pub fn from_toml(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+        let shown = path
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("<config>"));
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: shown.clone(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        cfg.finish(path)?;
+        Ok(cfg)
+    }
+
+    fn finish(&mut self, path: Option<&Path>) -> Result<(), ConfigError> {
+        self.source = path.map(Path::to_path_buf);
+        self.validate()?;
+        self.secrets = Secrets {
+            webhook_token: read_secret(
+                "server.webhook_token_file",
+                &self.server.webhook_token_file,
+                WEBHOOK_TOKEN_ENV,
+            )?,
+            gitlab_token: read_secret(
+                "gitlab.token_file",
+                &self.gitlab.token_file,
+                GITLAB_TOKEN_ENV,
+            )?,
+            callback_secret: read_secret(
+                "callback.secret_file",
+                &self.callback.secret_file,
+                CALLBACK_SECRET_ENV,
+            )?,
+            smtp_password: read_secret(
+                "email.password_file",
+                &self.email.password_file,
+                SMTP_PASSWORD_ENV,
+            )?,
+            slurm_token: read_secret("slurm.token_file", &self.slurm.token_file, SLURM_TOKEN_ENV)?,
+        };
+        Ok(())
+    }
+
+    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self
+                .source
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("<defaults>")),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Checks that span more than one value (single values are checked by
+    /// their types while parsing, with line numbers).
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.max_body.0 < 1024 {
+            return Err(self.invalid("server.max_body", "must be at least 1KiB"));
+        }
+        if !self.gitlab.clone_url.contains("{path}") {
+            return Err(self.invalid(
+                "gitlab.clone_url",
+                "must contain {path} (the project's namespace/name)",
+            ));
+        }
+        if self.gitlab.tests_namespace.is_empty() {
+            return Err(self.invalid("gitlab.tests_namespace", "must not be empty"));
+        }
+        if self.grader.timeout.0.is_zero() {
+            return Err(self.invalid("grader.timeout", "must be longer than zero"));
+        }
+        if self.grader.memory.0 < 4 << 20 {
+            return Err(self.invalid("grader.memory", "must be at least 4MiB"));
+        }
+        if self.grader.pids == 0 {
+            return Err(self.invalid("grader.pids", "must be at least 1"));
+        }
+        if self.grader.output_limit.0 < 1024 {
+            return Err(self.invalid("grader.output_limit", "must be at least 1KiB"));
+        }
+        if !(self.docker.cpus > 0.0 && self.docker.cpus.is_finite()) {
+            return Err(self.invalid("docker.cpus", "must be a positive number"));
+        }
+        if self.deliver.backoff_min.0 > self.deliver.backoff_max.0 {
+            return Err(self.invalid(
+                "deliver.backoff_min",
+                "must not be longer than deliver.backoff_max",
+            ));
+        }
+        if !self.email.url.is_empty()
+            && self.email.url != "sendmail"
+            && !self.email.url.starts_with("smtp://")
+            && !self.email.url.starts_with("smtps://")
+        {
+            return Err(self.invalid(
+                "email.url",
+                "must be smtp://HOST[:PORT], smtps://HOST[:PORT], sendmail, or empty",
+            ));
+        }
+        for (name, a) in &self.assignments {
+            if a.trigger == Trigger::Tag && a.tag_pattern.is_none() {
+                return Err(self.invalid(
+                    &format!("assignments.{name}.tag_pattern"),
+                    "required when trigger = \"tag\" (e.g. \"submit-*\")",
+                ));
+            }
+            if a.runner == Some(RunnerKind::Auto) {
+                return Err(self.invalid(
+                    &format!("assignments.{name}.runner"),
+                    "must name a runner (docker, native, slurm, none); auto is only for [grader]",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective config as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn read_secret(key: &str, file: &Path, env: &str) -> Result<Option<Secret>, ConfigError> {
+    if !file.as_os_str().is_empty() {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Secret {
+            key: key.into(),
+            path: file.to_path_buf(),
+            source,
+        })?;
+        let t = text.trim();
+        return Ok((!t.is_empty()).then(|| Secret::new(t)));
+    }
+    Ok(std::env::var(env)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .map(Secret::new))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_toml("", None).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8088");
+        assert_eq!(c.server.max_body, ByteSize(1 << 20));
+        assert_eq!(c.grader.timeout.0, Duration::from_secs(120));
+        assert_eq!(c.gitlab.tests_path_for("lab1"), "root/lab1-test");
+        assert_eq!(
+            c.gitlab.clone_url_for("a/b/lab1"),
+            "https://gitlab.example.edu/a/b/lab1.git"
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let e = Config::from_toml(
+            "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n",
+            Some(Path::new("c.toml")),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("c.toml"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn bad_size_names_line() {
+        let e = Config::from_toml(
+            "[server]\nmax_body = \"12 parsecs\"\n",
+            Some(Path::new("c.toml")),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("parsecs"), "{e}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!("1MiB".parse::<ByteSize>().unwrap(), ByteSize(1 << 20));
+        assert_eq!("512k".parse::<ByteSize>().unwrap(), ByteSize(512_000));
+        assert_eq!("1.5GiB".parse::<ByteSize>().unwrap(), ByteSize(3 << 29));
+        assert!("-1".parse::<ByteSize>().is_err());
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("soon").is_err());
+        let q: Quota = "5/24h".parse().unwrap();
+        assert_eq!((q.count, q.window), (5, Duration::from_secs(86400)));
+        assert!("5".parse::<Quota>().is_err());
+    }
+
+    #[test]
+    fn redacted_output_hides_secrets() {
+        let mut c = Config::from_toml("", None).unwrap();
+        c.secrets.webhook_token = Some(Secret::new("hunter2"));
+        let out = c.to_redacted_toml();
+        assert!(!out.contains("hunter2"));
+        assert!(out.contains("<redacted>"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn tag_trigger_needs_pattern() {
+        let e = Config::from_toml("[assignments.lab1]\ntrigger = \"tag\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("assignments.lab1.tag_pattern"), "{e}");
+    }
+}

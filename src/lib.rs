@@ -1,0 +1,17 @@
+//! labgrader: grades students' code pushed to GitLab.
+//!
+//! A hook server ([`hook`]) writes each accepted push durably into a
+//! [`spool`]; a grader daemon ([`grader`]) claims it, builds a
+//! [`workspace`], runs `test_all` in a [`sandbox`], reads the [`summary`],
+//! records the result in the [`gradebook`] and queues its [`deliver`]ies.
+//! See DESIGN.md in the repository for the contract between the parts.
+
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod grader;
+pub mod hook;
+pub mod metrics;
+pub mod result;
+pub mod sandbox;
+pub mod spool;

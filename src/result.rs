@@ -1,0 +1,121 @@
+//! A job's result: the record the grader writes to `done/<job>/result.json`,
+//! the gradebook stores, and deliveries send. Shared vocabulary; no I/O.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::sandbox::{Captured, Limits, Termination};
+
+pub const RESULT_SCHEMA: u32 = 1;
+
+/// What became of a job. Student-side outcomes are final; `InfraError`
+/// is the grader's fault and only appears after the retries ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// A grade was read from the summary and no limit stopped the run.
+    Graded,
+    /// `test_all` ran but printed no valid summary / `grade_total`.
+    NoGrade,
+    /// Killed at the wall-clock limit (a partial grade may still count).
+    Timeout,
+    /// Killed by the memory limit (a partial grade may still count).
+    MemoryLimit,
+    /// The workspace exceeded its size or file-count limit.
+    WorkspaceLimit,
+    /// The submission cannot be graded as delivered (no executable
+    /// `test_all`, unreadable tree, …); the reason says what.
+    Error,
+    /// `labgrader.json` was malformed or missing when required.
+    InvalidManifest,
+    /// The grader could not do its job after all retries.
+    InfraError,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Graded => "graded",
+            Status::NoGrade => "no_grade",
+            Status::Timeout => "timeout",
+            Status::MemoryLimit => "memory_limit",
+            Status::WorkspaceLimit => "workspace_limit",
+            Status::Error => "error",
+            Status::InvalidManifest => "invalid_manifest",
+            Status::InfraError => "infra_error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
+
+    /// Counted as a grade by exports (`graded`, or a limit with a partial grade).
+    pub fn is_success(self) -> bool {
+        self == Status::Graded
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything known about a finished job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub schema: u32,
+    pub job_id: String,
+    pub project: String,
+    pub git_ref: String,
+    /// The student commit graded (the event's exact SHA).
+    pub student_sha: String,
+    /// The test repository's commit laid over it.
+    pub tests_sha: Option<String>,
+    pub runner: String,
+    pub image: Option<String>,
+    pub image_id: Option<String>,
+    pub limits: Option<Limits>,
+    pub received_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: DateTime<Utc>,
+    pub status: Status,
+    /// One line for humans: why this status (e.g. "timed out after 120 s").
+    pub reason: Option<String>,
+    /// How the process ended, when it ran.
+    pub termination: Option<Termination>,
+    pub grade_total: Option<f64>,
+    /// Summary keys other than `grade_total` (top level of the INI).
+    pub summary: BTreeMap<String, String>,
+    /// Keys under `[hidden]`: staff only.
+    pub hidden: BTreeMap<String, String>,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    /// Extra facts (manifest, authors, late flag…) kept for staff.
+    #[serde(default)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_round_trip() {
+        for s in [
+            Status::Graded,
+            Status::NoGrade,
+            Status::Timeout,
+            Status::MemoryLimit,
+            Status::WorkspaceLimit,
+            Status::Error,
+            Status::InvalidManifest,
+            Status::InfraError,
+        ] {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+    }
+}

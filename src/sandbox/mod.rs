@@ -1,0 +1,123 @@
+//! Runners: where `test_all` executes, behind one interface.
+//!
+//! A runner gets a prepared workspace and limits, runs `./test_all` in it,
+//! and reports how it ended ([`Termination`]) with its capped output. It
+//! never reads the summary, never touches the spool or the gradebook. The
+//! split that matters: `Ok(RunOutcome)` is a verdict on the student's code
+//! (including timeouts and memory kills); `Err(SandboxError)` is the
+//! grader's own fault (engine down, setup failed) and is never charged to
+//! the student.
+
+pub mod none;
+pub mod output;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+pub use output::Captured;
+
+/// The command every runner executes, relative to the workspace.
+pub const TEST_COMMAND: &str = "./test_all";
+
+/// Resource limits of one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    #[serde(with = "duration_secs")]
+    pub timeout: Duration,
+    /// Bytes of memory (and memory+swap: no swap).
+    pub memory: u64,
+    pub pids: u64,
+    /// Bytes kept of each of stdout and stderr.
+    pub output: u64,
+    pub cpus: f64,
+    /// Largest file the student may write (RLIMIT_FSIZE).
+    pub file_size: u64,
+    /// Open files (RLIMIT_NOFILE).
+    pub open_files: u64,
+}
+
+/// One run: what to execute and under which limits.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub job_id: String,
+    /// Host directory holding the workspace (`test_all` at its top).
+    pub workspace: PathBuf,
+    /// The documented environment; nothing else is inherited.
+    pub env: Vec<(String, String)>,
+    pub limits: Limits,
+    /// Image for container runners (`None` = the runner's configured default).
+    pub image: Option<String>,
+}
+
+/// How the run ended. Limits are named so the result can say which one
+/// stopped the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Termination {
+    Exited { code: i32 },
+    Signaled { signal: i32 },
+    Timeout,
+    MemoryLimit,
+}
+
+/// A finished run (whatever the student's code did).
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub termination: Termination,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: DateTime<Utc>,
+    /// Runner name as recorded in results (`none`, `docker`, …).
+    pub runner: String,
+    /// Image name used, when the runner has images.
+    pub image: Option<String>,
+    /// Immutable image id/digest, so the grade can be reproduced.
+    pub image_id: Option<String>,
+}
+
+/// The grader's own faults: retried, never charged to the student.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("sandbox setup failed at {step}: {message}")]
+    Setup { step: &'static str, message: String },
+    #[error("runner `{runner}` is unavailable: {message}")]
+    Unavailable { runner: String, message: String },
+    #[error("cancelled by shutdown")]
+    Cancelled,
+    #[error("i/o error in runner: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A place `test_all` can run. Implementations must: kill everything the
+/// run started when it ends, times out or is cancelled; keep at most
+/// `limits.output` bytes of each stream in memory; leave nothing behind
+/// (containers, cgroups, processes).
+#[async_trait::async_trait]
+pub trait Runner: Send + Sync {
+    /// Name recorded in results.
+    fn name(&self) -> &'static str;
+
+    async fn run(
+        &self,
+        spec: &RunSpec,
+        cancel: &CancellationToken,
+    ) -> Result<RunOutcome, SandboxError>;
+}
+
+mod duration_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}

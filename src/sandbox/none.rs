@@ -1,0 +1,142 @@
+//! The `none` runner: `test_all` as a plain child process. No isolation —
+//! for staff trying their tests locally and for benchmarks; never chosen by
+//! `auto`.
+//!
+//! It still does what every child needs: its own process group, stdin
+//! null, a clean environment, stdout/stderr drained while waiting and
+//! capped, and on timeout TERM → grace → KILL of the whole group.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use chrono::Utc;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use super::output::{Captured, SharedCapture, drain_into};
+use super::{RunOutcome, RunSpec, Runner, SandboxError, TEST_COMMAND, Termination};
+
+/// Time between TERM and KILL of the process group.
+const KILL_GRACE: Duration = Duration::from_millis(500);
+/// After the child exits, how long descendants may keep the pipes open
+/// before we stop reading (a daemonized grandchild must not hang the job).
+const PIPE_LINGER: Duration = Duration::from_secs(2);
+
+/// `PATH` given to test scripts.
+pub const SAFE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+#[derive(Debug, Default)]
+pub struct NoneRunner;
+
+#[async_trait::async_trait]
+impl Runner for NoneRunner {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+
+    async fn run(
+        &self,
+        spec: &RunSpec,
+        cancel: &CancellationToken,
+    ) -> Result<RunOutcome, SandboxError> {
+        let mut cmd = Command::new(TEST_COMMAND);
+        cmd.current_dir(&spec.workspace)
+            .env_clear()
+            .env("PATH", SAFE_PATH)
+            .env("HOME", &spec.workspace)
+            .env("LANG", "C.UTF-8")
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let started_at = Utc::now();
+        let mut child = cmd.spawn().map_err(|e| SandboxError::Setup {
+            step: "spawn test_all",
+            message: e.to_string(),
+        })?;
+        let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+        let limit = spec.limits.output;
+        let (out, err) = (SharedCapture::default(), SharedCapture::default());
+        let out_task = spawn_drain(child.stdout.take().expect("piped"), limit, &out);
+        let err_task = spawn_drain(child.stderr.take().expect("piped"), limit, &err);
+
+        let deadline = tokio::time::sleep(spec.limits.timeout);
+        tokio::pin!(deadline);
+        let (status, timed_out) = tokio::select! {
+            s = child.wait() => (s?, false),
+            _ = &mut deadline => {
+                kill_group(pgid, &mut child).await;
+                (child.wait().await?, true)
+            }
+            _ = cancel.cancelled() => {
+                kill_group(pgid, &mut child).await;
+                let _ = child.wait().await;
+                return Err(SandboxError::Cancelled);
+            }
+        };
+        // Whatever is left of the group (background children) goes too.
+        if let Some(pg) = pgid {
+            let _ = killpg(pg, Signal::SIGKILL);
+        }
+        let stdout = collect(out_task, &out).await;
+        let stderr = collect(err_task, &err).await;
+        let termination = if timed_out {
+            Termination::Timeout
+        } else if let Some(code) = status.code() {
+            Termination::Exited { code }
+        } else {
+            Termination::Signaled {
+                signal: status.signal().unwrap_or(0),
+            }
+        };
+        Ok(RunOutcome {
+            termination,
+            stdout,
+            stderr,
+            started_at,
+            ended_at: Utc::now(),
+            runner: self.name().to_string(),
+            image: None,
+            image_id: None,
+        })
+    }
+}
+
+/// TERM the group, give it a moment, then KILL it.
+async fn kill_group(pgid: Option<Pid>, child: &mut tokio::process::Child) {
+    if let Some(pg) = pgid {
+        let _ = killpg(pg, Signal::SIGTERM);
+        if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_ok() {
+            let _ = killpg(pg, Signal::SIGKILL);
+            return;
+        }
+        let _ = killpg(pg, Signal::SIGKILL);
+    }
+    let _ = child.start_kill();
+}
+
+fn spawn_drain<R>(reader: R, limit: u64, into: &SharedCapture) -> tokio::task::JoinHandle<()>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    let into = into.clone();
+    tokio::spawn(async move {
+        let _ = drain_into(reader, limit, &into).await;
+    })
+}
+
+/// Wait for a drain task, but not forever: a descendant that left the
+/// process group may still hold the pipe. What arrived is kept either way.
+async fn collect(task: tokio::task::JoinHandle<()>, capture: &SharedCapture) -> Captured {
+    let abort = task.abort_handle();
+    if tokio::time::timeout(PIPE_LINGER, task).await.is_err() {
+        abort.abort();
+        capture.mark_truncated();
+    }
+    capture.snapshot()
+}

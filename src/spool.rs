@@ -1,0 +1,438 @@
+//! The spool: one directory tree whose subdirectories are job states.
+//!
+//! Owns the on-disk protocol every other part relies on: a file is written
+//! in `tmp/`, fsynced, renamed into its state directory, and the directory
+//! fsynced (the Maildir/Postfix way). After that it only ever moves by
+//! `rename(2)` under its stable name. Nothing reads `tmp/`. The spool never
+//! interprets job contents beyond what recovery needs, and never deletes an
+//! accepted job: unreadable files go to `corrupt/`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// A job's state is the directory its file lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Being written; swept at start.
+    Tmp,
+    /// Accepted, waiting for a grader.
+    Incoming,
+    /// Claimed by a grader.
+    Active,
+    /// Finished: a directory per job with event, result, stdout, stderr.
+    Done,
+    /// Never retried automatically; carries a reason.
+    Failed,
+    /// Deliveries waiting, each with its attempt count and next try.
+    Outbox,
+    /// Deliveries given up on, with the reason.
+    Dead,
+    /// Files that could not be parsed; kept for staff, never deleted.
+    Corrupt,
+}
+
+impl State {
+    pub const ALL: [State; 8] = [
+        State::Tmp,
+        State::Incoming,
+        State::Active,
+        State::Done,
+        State::Failed,
+        State::Outbox,
+        State::Dead,
+        State::Corrupt,
+    ];
+
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            State::Tmp => "tmp",
+            State::Incoming => "incoming",
+            State::Active => "active",
+            State::Done => "done",
+            State::Failed => "failed",
+            State::Outbox => "outbox",
+            State::Dead => "dead",
+            State::Corrupt => "corrupt",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("cannot create spool directory {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot move {from} to {to}: {source}")]
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        source: io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} already exists")]
+    Exists { path: PathBuf },
+}
+
+impl SpoolError {
+    /// The underlying I/O error, e.g. to tell "not found" (someone else
+    /// claimed it) from a real fault.
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            SpoolError::Create { source, .. }
+            | SpoolError::Write { source, .. }
+            | SpoolError::Rename { source, .. }
+            | SpoolError::Read { source, .. } => Some(source.kind()),
+            SpoolError::Exists { .. } => Some(io::ErrorKind::AlreadyExists),
+        }
+    }
+}
+
+/// What `recover` found and did at start.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub tmp_swept: usize,
+    /// Job names moved from `active/` back to `incoming/`.
+    pub requeued: Vec<String>,
+}
+
+/// Handle on a spool root. Cheap to clone paths from; holds no open files.
+#[derive(Debug)]
+pub struct Spool {
+    root: PathBuf,
+}
+
+static JOB_IDS: Mutex<Option<ulid::Generator>> = Mutex::new(None);
+
+/// A new time-sortable unique job id (a monotonic ULID: 26 characters,
+/// lexicographic order = creation order within this process).
+pub fn new_job_id() -> String {
+    let mut guard = JOB_IDS.lock().unwrap_or_else(|p| p.into_inner());
+    let generator = guard.get_or_insert_with(ulid::Generator::new);
+    match generator.generate() {
+        Ok(id) => id.to_string(),
+        // Overflow of the random part within one millisecond: fall back to a
+        // fresh ULID, still unique, ordering within that millisecond lost.
+        Err(_) => ulid::Ulid::generate().to_string(),
+    }
+}
+
+/// True when `name` is something this spool could have produced: no path
+/// separators, no leading dot, printable ASCII. Everything taking a job id
+/// from a user (CLI, HTTP) checks this before building a path.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+impl Spool {
+    /// Open (and create, if needed) the spool at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Spool, SpoolError> {
+        let root = root.into();
+        for s in State::ALL {
+            let p = root.join(s.dir_name());
+            fs::create_dir_all(&p).map_err(|source| SpoolError::Create { path: p, source })?;
+        }
+        Ok(Spool { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn dir(&self, state: State) -> PathBuf {
+        self.root.join(state.dir_name())
+    }
+
+    pub fn path(&self, state: State, name: &str) -> PathBuf {
+        self.dir(state).join(name)
+    }
+
+    /// Durably publish `bytes` as `state/name`: write to `tmp/`, fsync,
+    /// rename, fsync the directory. Fails if `state/name` exists. On any
+    /// error nothing is left behind in `tmp/` or in `state/`.
+    pub fn publish(&self, state: State, name: &str, bytes: &[u8]) -> Result<PathBuf, SpoolError> {
+        let tmp = self.write_tmp(name, bytes)?;
+        let dest = self.path(state, name);
+        // link(2) + unlink instead of rename(2): it refuses to replace an
+        // existing file, so a racing duplicate cannot overwrite a job.
+        if let Err(e) = fs::hard_link(&tmp, &dest) {
+            let _ = fs::remove_file(&tmp);
+            return Err(if e.kind() == io::ErrorKind::AlreadyExists {
+                SpoolError::Exists { path: dest }
+            } else {
+                SpoolError::Rename {
+                    from: tmp,
+                    to: dest,
+                    source: e,
+                }
+            });
+        }
+        let _ = fs::remove_file(&tmp);
+        if let Err(source) = fsync_dir(&self.dir(state)) {
+            let _ = fs::remove_file(&dest);
+            return Err(SpoolError::Write { path: dest, source });
+        }
+        Ok(dest)
+    }
+
+    /// Durably replace `state/name` with `bytes` (write tmp, fsync, rename
+    /// over, fsync dir). Used for records that change in place (outbox
+    /// attempt counts, requeued jobs).
+    pub fn replace(&self, state: State, name: &str, bytes: &[u8]) -> Result<PathBuf, SpoolError> {
+        let tmp = self.write_tmp(name, bytes)?;
+        let dest = self.path(state, name);
+        if let Err(source) = fs::rename(&tmp, &dest) {
+            let _ = fs::remove_file(&tmp);
+            return Err(SpoolError::Rename {
+                from: tmp,
+                to: dest,
+                source,
+            });
+        }
+        fsync_dir(&self.dir(state)).map_err(|source| SpoolError::Write {
+            path: dest.clone(),
+            source,
+        })?;
+        Ok(dest)
+    }
+
+    fn write_tmp(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, SpoolError> {
+        let tmp =
+            self.dir(State::Tmp)
+                .join(format!("{name}.{}.{}", std::process::id(), new_job_id()));
+        let result = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()
+        })();
+        if let Err(source) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(SpoolError::Write { path: tmp, source });
+        }
+        Ok(tmp)
+    }
+
+    /// A fresh directory under `tmp/` to build a multi-file record in,
+    /// later published with [`Spool::publish_dir`].
+    pub fn tmp_dir(&self, name: &str) -> Result<PathBuf, SpoolError> {
+        let p = self
+            .dir(State::Tmp)
+            .join(format!("{name}.{}.d", new_job_id()));
+        fs::create_dir(&p).map_err(|source| SpoolError::Create {
+            path: p.clone(),
+            source,
+        })?;
+        Ok(p)
+    }
+
+    /// Fsync every file in `built` (made by [`Spool::tmp_dir`]) and rename
+    /// it to `state/name`.
+    pub fn publish_dir(
+        &self,
+        built: &Path,
+        state: State,
+        name: &str,
+    ) -> Result<PathBuf, SpoolError> {
+        let sync = || -> io::Result<()> {
+            for entry in fs::read_dir(built)? {
+                let entry = entry?;
+                if entry.file_type()?.is_file() {
+                    File::open(entry.path())?.sync_all()?;
+                }
+            }
+            fsync_dir(built)
+        };
+        sync().map_err(|source| SpoolError::Write {
+            path: built.to_path_buf(),
+            source,
+        })?;
+        let dest = self.path(state, name);
+        if dest.exists() {
+            return Err(SpoolError::Exists { path: dest });
+        }
+        self.rename_path(built, &dest)?;
+        fsync_dir(&self.dir(state)).map_err(|source| SpoolError::Write {
+            path: dest.clone(),
+            source,
+        })?;
+        Ok(dest)
+    }
+
+    /// Move `name` from one state to another by rename, then fsync both
+    /// directories. `NotFound` means another worker moved it first.
+    pub fn transition(&self, name: &str, from: State, to: State) -> Result<PathBuf, SpoolError> {
+        let src = self.path(from, name);
+        let dest = self.path(to, name);
+        self.rename_path(&src, &dest)?;
+        for s in [to, from] {
+            fsync_dir(&self.dir(s)).map_err(|source| SpoolError::Write {
+                path: self.dir(s),
+                source,
+            })?;
+        }
+        Ok(dest)
+    }
+
+    fn rename_path(&self, src: &Path, dest: &Path) -> Result<(), SpoolError> {
+        fs::rename(src, dest).map_err(|source| SpoolError::Rename {
+            from: src.to_path_buf(),
+            to: dest.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Names in `state`, sorted (job ids are time-sortable: oldest first).
+    /// Hidden files are skipped.
+    pub fn list(&self, state: State) -> Result<Vec<String>, SpoolError> {
+        let dir = self.dir(state);
+        let rd = fs::read_dir(&dir).map_err(|source| SpoolError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    pub fn count(&self, state: State) -> usize {
+        fs::read_dir(self.dir(state))
+            .map(|rd| rd.filter_map(|e| e.ok()).count())
+            .unwrap_or(0)
+    }
+
+    pub fn read(&self, state: State, name: &str) -> Result<Vec<u8>, SpoolError> {
+        let p = self.path(state, name);
+        fs::read(&p).map_err(|source| SpoolError::Read { path: p, source })
+    }
+
+    /// Keep an unparseable file for staff: move it to `corrupt/`, never
+    /// delete it. A name clash gets a suffix rather than an overwrite.
+    pub fn quarantine(&self, name: &str, from: State) -> Result<PathBuf, SpoolError> {
+        let mut dest_name = name.to_string();
+        if self.path(State::Corrupt, &dest_name).exists() {
+            dest_name = format!("{name}.{}", new_job_id());
+        }
+        let src = self.path(from, name);
+        let dest = self.path(State::Corrupt, &dest_name);
+        self.rename_path(&src, &dest)?;
+        let _ = fsync_dir(&self.dir(State::Corrupt));
+        let _ = fsync_dir(&self.dir(from));
+        Ok(dest)
+    }
+
+    /// Start-up recovery: sweep `tmp/` (nothing in it was ever accepted) and
+    /// move every file in `active/` back to `incoming/`. `rewrite` may
+    /// update a requeued job's contents (e.g. raise its attempt count); it
+    /// gets the old bytes and returns the new ones, or `None` to keep them.
+    pub fn recover(
+        &self,
+        mut rewrite: impl FnMut(&str, &[u8]) -> Option<Vec<u8>>,
+    ) -> Result<Recovery, SpoolError> {
+        let mut rec = Recovery::default();
+        for name in self.list(State::Tmp)? {
+            let p = self.path(State::Tmp, &name);
+            let removed = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            if removed.is_ok() {
+                rec.tmp_swept += 1;
+            }
+        }
+        for name in self.list(State::Active)? {
+            let src = self.path(State::Active, &name);
+            if src.is_dir() {
+                continue;
+            }
+            let bytes = self.read(State::Active, &name)?;
+            match rewrite(&name, &bytes) {
+                Some(new) => {
+                    self.replace(State::Incoming, &name, &new)?;
+                    fs::remove_file(&src).map_err(|source| SpoolError::Write {
+                        path: src.clone(),
+                        source,
+                    })?;
+                    let _ = fsync_dir(&self.dir(State::Active));
+                }
+                None => {
+                    self.transition(&name, State::Active, State::Incoming)?;
+                }
+            }
+            rec.requeued.push(name);
+        }
+        Ok(rec)
+    }
+}
+
+/// fsync a directory so a rename or create in it is durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_then_transition_then_recover() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Spool::open(t.path()).unwrap();
+        s.publish(State::Incoming, "a.json", b"{}").unwrap();
+        assert!(matches!(
+            s.publish(State::Incoming, "a.json", b"{}"),
+            Err(SpoolError::Exists { .. })
+        ));
+        assert_eq!(s.list(State::Tmp).unwrap(), Vec::<String>::new());
+        s.transition("a.json", State::Incoming, State::Active)
+            .unwrap();
+        fs::write(s.dir(State::Tmp).join("junk"), b"x").unwrap();
+        let rec = s.recover(|_, b| Some([b, b"!"].concat())).unwrap();
+        assert_eq!(rec.tmp_swept, 1);
+        assert_eq!(rec.requeued, vec!["a.json".to_string()]);
+        assert_eq!(s.read(State::Incoming, "a.json").unwrap(), b"{}!");
+        assert!(s.list(State::Active).unwrap().is_empty());
+    }
+
+    #[test]
+    fn job_ids_sort_by_creation() {
+        let ids: Vec<String> = (0..1000).map(|_| new_job_id()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+        assert!(ids.iter().all(|i| is_valid_name(i)));
+    }
+
+    #[test]
+    fn names_with_paths_are_invalid() {
+        for bad in ["", "../x", "a/b", ".hidden", "a b", "x\0"] {
+            assert!(!is_valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn quarantine_never_overwrites() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Spool::open(t.path()).unwrap();
+        s.publish(State::Incoming, "x", b"1").unwrap();
+        s.quarantine("x", State::Incoming).unwrap();
+        s.publish(State::Incoming, "x", b"2").unwrap();
+        s.quarantine("x", State::Incoming).unwrap();
+        assert_eq!(s.list(State::Corrupt).unwrap().len(), 2);
+    }
+}
