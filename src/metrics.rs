@@ -17,6 +17,9 @@ const BUCKETS: [f64; 16] = [
 
 type Labels = Vec<(&'static str, String)>;
 
+/// A gauge computed by the caller at scrape time: name, help, labels, value.
+pub type Gauge<'a> = (&'a str, &'a str, Labels, f64);
+
 #[derive(Default)]
 struct Histogram {
     counts: [u64; BUCKETS.len()],
@@ -98,7 +101,7 @@ fn escape(v: &str) -> String {
 
 /// Render every metric, followed by `gauges` (name, help, labels, value)
 /// computed by the caller at scrape time.
-pub fn render(gauges: &[(&str, &str, Vec<(&'static str, String)>, f64)]) -> String {
+pub fn render(gauges: &[Gauge<'_>]) -> String {
     let mut out = String::new();
     with(|r| {
         let mut last = "";
