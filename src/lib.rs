@@ -9,8 +9,10 @@
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod gitlab;
 pub mod grader;
 pub mod hook;
+pub mod httpc;
 pub mod metrics;
 pub mod result;
 pub mod sandbox;

@@ -1,0 +1,161 @@
+//! GitLab's REST API (v4), as far as labgrader uses it.
+//!
+//! Owns the base URL, the `PRIVATE-TOKEN` header and the mapping of GitLab's
+//! answers to typed errors. Typed calls (project lookup, commit status,
+//! users, hooks) are methods on [`GitlabApi`]. It never logs the token and
+//! never retries by itself.
+
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::config::{Config, Secret};
+use crate::httpc::{HttpClient, HttpError, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitlabError {
+    #[error("no GitLab API token configured; set gitlab.token_file or LABGRADER_GITLAB_TOKEN")]
+    NoToken,
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("GitLab answered {status} to {method} {path}: {body}")]
+    Status {
+        method: Method,
+        path: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("GitLab's answer to {path} is not the expected JSON: {source}")]
+    Decode {
+        path: String,
+        source: serde_json::Error,
+    },
+}
+
+impl GitlabError {
+    /// Worth trying again later (network trouble, 429, 5xx).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            GitlabError::Http(_) => true,
+            GitlabError::Status { status, .. } => {
+                status.is_server_error()
+                    || *status == StatusCode::TOO_MANY_REQUESTS
+                    || *status == StatusCode::REQUEST_TIMEOUT
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Client for one GitLab instance.
+#[derive(Debug, Clone)]
+pub struct GitlabApi {
+    base: String,
+    token: Secret,
+    timeout: Duration,
+    http: HttpClient,
+}
+
+/// `namespace/name` as one path segment, as GitLab's `:id` accepts it.
+pub fn encode_path(path: &str) -> String {
+    let mut s = String::with_capacity(path.len() + 8);
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+impl GitlabApi {
+    /// `None` when no token is configured (the API is then not used).
+    pub fn from_config(cfg: &Config, http: HttpClient) -> Option<GitlabApi> {
+        let token = cfg.secrets.gitlab_token.clone()?;
+        Some(GitlabApi {
+            base: format!("{}/api/v4", cfg.gitlab.url.trim_end_matches('/')),
+            token,
+            timeout: cfg.gitlab.api_timeout.get(),
+            http,
+        })
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> GitlabApi {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Send a request to `path` (below `/api/v4`, starting with `/`).
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Response, GitlabError> {
+        let url = format!("{}{}", self.base, path);
+        let body = body.map(|b| serde_json::to_vec(b).expect("json value serializes"));
+        let mut headers = vec![("PRIVATE-TOKEN", self.token.expose())];
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        Ok(self
+            .http
+            .request(method, &url, &headers, body, self.timeout)
+            .await?)
+    }
+
+    /// Send and require a 2xx answer.
+    pub async fn send_ok(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Response, GitlabError> {
+        let resp = self.send(method.clone(), path, body).await?;
+        if !resp.status.is_success() {
+            return Err(GitlabError::Status {
+                method,
+                path: path.to_string(),
+                status: resp.status,
+                body: resp.body_snippet(),
+            });
+        }
+        Ok(resp)
+    }
+
+    /// GET and decode; `Ok(None)` on 404.
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>, GitlabError> {
+        let resp = self.send(Method::GET, path, None).await?;
+        if resp.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status.is_success() {
+            return Err(GitlabError::Status {
+                method: Method::GET,
+                path: path.to_string(),
+                status: resp.status,
+                body: resp.body_snippet(),
+            });
+        }
+        resp.json().map(Some).map_err(|source| GitlabError::Decode {
+            path: path.to_string(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_encoded_as_one_segment() {
+        assert_eq!(encode_path("root/lab1-test"), "root%2Flab1-test");
+        assert_eq!(encode_path("a b/c"), "a%20b%2Fc");
+    }
+}
