@@ -1,0 +1,235 @@
+//! The hostile-submission table: one list of cases, run against every
+//! sandboxing runner (docker, native, slurm). Each case is a `test_all`
+//! script (POSIX sh, busybox-compatible) plus static helper binaries built
+//! from `tests/support/hostile/*.c` with the host's gcc, and a check on the
+//! runner's outcome. A runner's test file calls [`run_case`] once per case
+//! (one `#[tokio::test]` each, so a failure names the case).
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use labgrader::sandbox::{Limits, RunOutcome, RunSpec, Runner, Termination};
+use tokio_util::sync::CancellationToken;
+
+/// Limits every hostile case runs under (small, so tests are quick).
+pub fn limits() -> Limits {
+    Limits {
+        timeout: Duration::from_secs(8),
+        memory: 128 << 20,
+        pids: 64,
+        output: 64 << 10,
+        cpus: 1.0,
+        file_size: 64 << 20,
+        open_files: 256,
+    }
+}
+
+/// Static helper binaries, compiled once per test process.
+pub fn helper_bin(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile-bin");
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/hostile");
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "c") {
+                let out = dir.join(p.file_stem().unwrap());
+                let st = Command::new("gcc")
+                    .args(["-O1", "-static", "-o"])
+                    .arg(&out)
+                    .arg(&p)
+                    .status()
+                    .expect("gcc is needed to build the hostile helpers");
+                assert!(st.success(), "gcc failed on {}", p.display());
+            }
+        }
+        dir
+    });
+    dir.join(name)
+}
+
+/// One hostile submission.
+pub struct Case {
+    pub name: &'static str,
+    /// Body of `test_all` (a `#!/bin/sh` line is added).
+    pub script: String,
+    /// Helper binaries copied into the workspace.
+    pub helpers: &'static [&'static str],
+    /// Checks the outcome; panics with a message on failure.
+    pub check: fn(&RunOutcome, &Probe),
+}
+
+/// Host-side facts a case may check after the run.
+pub struct Probe {
+    /// A TCP port listening on the host's 127.0.0.1 during the run.
+    pub host_port: u16,
+    /// A unique token the case may use in file and process names.
+    pub token: String,
+}
+
+fn stdout(o: &RunOutcome) -> String {
+    String::from_utf8_lossy(&o.stdout.bytes).into_owned()
+}
+
+/// Every case. Runners may skip none of them.
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "memory_hog",
+            script: "./memhog\n".into(),
+            helpers: &["memhog"],
+            check: |o, _| {
+                assert_eq!(o.termination, Termination::MemoryLimit, "stdout: {}", stdout(o));
+                assert!(!stdout(o).contains("without being stopped"));
+            },
+        },
+        Case {
+            name: "fork_bomb",
+            script: "echo start\nb() { b | b & }\nb\nsleep 2\necho end\n".into(),
+            helpers: &[],
+            check: |o, _| {
+                // Contained: the run ended by itself or at the timeout, and
+                // the host can still start processes.
+                assert!(
+                    matches!(
+                        o.termination,
+                        Termination::Timeout | Termination::Exited { .. } | Termination::Signaled { .. }
+                    ),
+                    "{:?}",
+                    o.termination
+                );
+                assert!(Command::new("true").status().unwrap().success());
+            },
+        },
+        Case {
+            name: "network_closed",
+            script: "./netprobe \"$HOST_PORT\"\n".into(),
+            helpers: &["netprobe"],
+            check: |o, _| {
+                let out = stdout(o);
+                assert!(out.contains("tcp: blocked"), "{out}");
+                assert!(out.contains("dns: blocked"), "{out}");
+            },
+        },
+        Case {
+            name: "infinite_loop",
+            script: "while :; do :; done\n".into(),
+            helpers: &[],
+            check: |o, _| {
+                assert_eq!(o.termination, Termination::Timeout);
+                let took = (o.ended_at - o.started_at).to_std().unwrap();
+                assert!(took < limits().timeout + Duration::from_secs(20), "{took:?}");
+            },
+        },
+        Case {
+            name: "stdout_flood",
+            script: "dd if=/dev/zero bs=1048576 count=200 2>/dev/null\necho '<summary>'\n".into(),
+            helpers: &[],
+            check: |o, _| {
+                assert!(o.stdout.truncated);
+                assert_eq!(o.stdout.bytes.len() as u64, limits().output);
+            },
+        },
+        Case {
+            name: "readonly_root_and_unprivileged",
+            script: "touch /usr/pwned 2>/dev/null && echo usr: writable || echo usr: readonly\n\
+                     echo uid: $(id -u)\n"
+                .into(),
+            helpers: &[],
+            check: |o, _| {
+                let out = stdout(o);
+                assert!(out.contains("usr: readonly"), "{out}");
+                assert!(!out.contains("uid: 0\n"), "{out}");
+                assert!(!Path::new("/usr/pwned").exists());
+            },
+        },
+        Case {
+            name: "daemonized_child_does_not_outlive_job",
+            script: "(setsid sh -c 'sleep 30; echo alive' </dev/null >/dev/null 2>&1 &)\n\
+                     (sh -c 'exec -a lg-$TOKEN sleep 60' </dev/null >/dev/null 2>&1 &)\n\
+                     echo spawned\n"
+                .into(),
+            helpers: &[],
+            check: |o, p| {
+                assert!(stdout(o).contains("spawned"));
+                std::thread::sleep(Duration::from_millis(500));
+                let ps = Command::new("pgrep").args(["-f", &format!("lg-{}", p.token)]).output().unwrap();
+                assert!(ps.stdout.is_empty(), "leftover processes: {}", String::from_utf8_lossy(&ps.stdout));
+            },
+        },
+        Case {
+            name: "cannot_signal_host_processes",
+            script: "kill -0 \"$HOST_PID\" 2>/dev/null && echo host: visible || echo host: hidden\n".into(),
+            helpers: &[],
+            check: |o, _| {
+                let out = stdout(o);
+                assert!(out.contains("host: hidden"), "{out}");
+            },
+        },
+        Case {
+            name: "write_outside_workspace_stays_inside",
+            script: "for d in /var/tmp /dev/shm /root /etc; do echo x > $d/lg-$TOKEN 2>/dev/null && echo wrote $d; done\n\
+                     echo done\n"
+                .into(),
+            helpers: &[],
+            check: |o, p| {
+                assert!(stdout(o).contains("done"));
+                for d in ["/var/tmp", "/dev/shm", "/root", "/etc"] {
+                    let f = Path::new(d).join(format!("lg-{}", p.token));
+                    assert!(!f.exists(), "{} appeared on the host", f.display());
+                }
+            },
+        },
+    ]
+}
+
+/// Build a workspace for `case`, run it with `runner`, check the outcome.
+/// Returns the outcome for runner-specific extra checks.
+pub async fn run_case(runner: &dyn Runner, case_name: &str) -> RunOutcome {
+    let case = cases()
+        .into_iter()
+        .find(|c| c.name == case_name)
+        .unwrap_or_else(|| panic!("no hostile case named {case_name}"));
+    let ws = tempfile::Builder::new()
+        .prefix("lg-hostile-")
+        .tempdir()
+        .unwrap();
+    // Runners that drop privileges must be able to enter the workspace.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let test_all = ws.path().join("test_all");
+    std::fs::write(&test_all, format!("#!/bin/sh\n{}", case.script)).unwrap();
+    std::fs::set_permissions(&test_all, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for h in case.helpers {
+        std::fs::copy(helper_bin(h), ws.path().join(h)).unwrap();
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let probe = Probe {
+        host_port: listener.local_addr().unwrap().port(),
+        token: format!("{}-{}", case.name, std::process::id()),
+    };
+    let spec = RunSpec {
+        job_id: format!("hostile-{}", probe.token),
+        workspace: ws.path().to_path_buf(),
+        env: vec![
+            ("HOST_PORT".into(), probe.host_port.to_string()),
+            ("HOST_PID".into(), std::process::id().to_string()),
+            ("TOKEN".into(), probe.token.clone()),
+        ],
+        limits: limits(),
+        image: None,
+    };
+    let outcome = runner
+        .run(&spec, &CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("case {}: runner fault: {e}", case.name));
+    (case.check)(&outcome, &probe);
+    drop(listener);
+    outcome
+}
