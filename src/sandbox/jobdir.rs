@@ -131,8 +131,9 @@ impl JobDir {
         write_atomic(&self.file(OUTCOME_FILE), &serde_json::to_vec_pretty(&f)?)
     }
 
-    /// `Ok(None)` while the job has not finished.
-    pub fn read_outcome(&self) -> io::Result<Option<(OutcomeFile, Vec<u8>, Vec<u8>)>> {
+    /// `Ok(None)` while the job has not finished. The captured bytes are
+    /// read back into `stdout.bytes` / `stderr.bytes`.
+    pub fn read_outcome(&self) -> io::Result<Option<OutcomeFile>> {
         let p = self.file(OUTCOME_FILE);
         let b = match std::fs::read(&p) {
             Ok(b) => b,
@@ -141,11 +142,9 @@ impl JobDir {
         };
         let mut f: OutcomeFile = serde_json::from_slice(&b)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let out = std::fs::read(self.file(STDOUT_FILE)).unwrap_or_default();
-        let err = std::fs::read(self.file(STDERR_FILE)).unwrap_or_default();
-        f.stdout.bytes = out.clone();
-        f.stderr.bytes = err.clone();
-        Ok(Some((f, out, err)))
+        f.stdout.bytes = std::fs::read(self.file(STDOUT_FILE)).unwrap_or_default();
+        f.stderr.bytes = std::fs::read(self.file(STDERR_FILE)).unwrap_or_default();
+        Ok(Some(f))
     }
 }
 
@@ -201,9 +200,9 @@ mod tests {
             image_id: None,
         };
         d.write_outcome(&o, Some("node1".into())).unwrap();
-        let (f, out, _) = d.read_outcome().unwrap().unwrap();
+        let f = d.read_outcome().unwrap().unwrap();
         assert_eq!(f.termination, Termination::Timeout);
-        assert_eq!(out, b"hello");
+        assert_eq!(f.stdout.bytes, b"hello");
         assert_eq!(f.host.as_deref(), Some("node1"));
     }
 }
