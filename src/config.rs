@@ -425,9 +425,36 @@ pub struct AssignmentConfig {
     pub roster: Option<PathBuf>,
     pub quota: Option<Quota>,
     pub staff: Vec<String>,
+    /// RFC 3339 with an offset, quoted or as a TOML offset date-time.
+    #[serde(deserialize_with = "deserialize_deadline")]
     pub deadline: Option<chrono::DateTime<chrono::FixedOffset>>,
     pub grace: Option<Seconds>,
     pub late: LatePolicy,
+}
+
+/// Accepts `deadline = "2026-12-01T23:59:00+01:00"` and the unquoted TOML
+/// form; a date-time without an offset is refused (whose midnight?).
+fn deserialize_deadline<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<chrono::DateTime<chrono::FixedOffset>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Str(String),
+        Toml(toml::value::Datetime),
+    }
+    let text = match Raw::deserialize(d)? {
+        Raw::Str(s) => s,
+        Raw::Toml(t) => t.to_string(),
+    };
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(Some)
+        .map_err(|e| {
+            serde::de::Error::custom(format!(
+                "deadline `{text}` is not an RFC 3339 date-time with an offset ({e}); \
+                 write e.g. \"2026-12-01T23:59:00+01:00\""
+            ))
+        })
 }
 
 /// `N/window`, e.g. `5/24h`: at most N accepted submissions per window.
@@ -788,6 +815,43 @@ impl Config {
                     "required when trigger = \"tag\" (e.g. \"submit-*\")",
                 ));
             }
+            let key = |k: &str| format!("assignments.{name}.{k}");
+            if a.tag_pattern
+                .as_deref()
+                .is_some_and(|p| p.trim().is_empty())
+            {
+                return Err(self.invalid(&key("tag_pattern"), "must not be empty"));
+            }
+            if a.timeout.is_some_and(|t| t.0.is_zero()) {
+                return Err(self.invalid(&key("timeout"), "must be longer than zero"));
+            }
+            if a.memory.is_some_and(|m| m.0 < 4 << 20) {
+                return Err(self.invalid(&key("memory"), "must be at least 4MiB"));
+            }
+            if a.pids == Some(0) {
+                return Err(self.invalid(&key("pids"), "must be at least 1"));
+            }
+            if a.image.as_deref().is_some_and(|i| i.trim().is_empty()) {
+                return Err(self.invalid(
+                    &key("image"),
+                    "must not be empty (leave it out to use docker.image)",
+                ));
+            }
+            if a.quota.is_some_and(|q| q.count == 0) {
+                return Err(self.invalid(
+                    &key("quota"),
+                    "count must be at least 1; to close an assignment use a deadline with late = \"reject\"",
+                ));
+            }
+            if a.grace.is_some() && a.deadline.is_none() {
+                return Err(self.invalid(&key("grace"), "needs a deadline"));
+            }
+            if a.late != LatePolicy::Accept && a.deadline.is_none() {
+                return Err(self.invalid(&key("late"), "needs a deadline"));
+            }
+            if a.staff.iter().any(|s| s.trim().is_empty()) {
+                return Err(self.invalid(&key("staff"), "holds an empty username"));
+            }
             if a.runner == Some(RunnerKind::Auto) {
                 return Err(self.invalid(
                     &format!("assignments.{name}.runner"),
@@ -893,5 +957,53 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("assignments.lab1.tag_pattern"), "{e}");
+    }
+
+    #[test]
+    fn deadline_accepts_quoted_and_toml_datetimes() {
+        let c = Config::from_toml(
+            "[assignments.a]\ndeadline = \"2026-12-01T23:59:00+01:00\"\n\
+             [assignments.b]\ndeadline = 2026-12-01T23:59:00+01:00\n",
+            None,
+        )
+        .unwrap();
+        let a = c.assignments["a"].deadline.unwrap();
+        assert_eq!(a, c.assignments["b"].deadline.unwrap());
+        assert_eq!(a.to_rfc3339(), "2026-12-01T23:59:00+01:00");
+    }
+
+    #[test]
+    fn deadline_without_offset_is_refused_with_line() {
+        let e = Config::from_toml(
+            "[assignments.a]\ndeadline = \"2026-12-01T23:59:00\"\n",
+            Some(Path::new("c.toml")),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("offset"), "{e}");
+    }
+
+    #[test]
+    fn assignment_overrides_are_validated() {
+        for (text, key) in [
+            ("memory = \"1MiB\"", "assignments.a.memory"),
+            ("pids = 0", "assignments.a.pids"),
+            ("timeout = 0", "assignments.a.timeout"),
+            ("quota = \"0/1h\"", "assignments.a.quota"),
+            ("grace = \"5m\"", "assignments.a.grace"),
+            ("late = \"reject\"", "assignments.a.late"),
+            ("staff = [\"\"]", "assignments.a.staff"),
+            ("image = \" \"", "assignments.a.image"),
+            (
+                "trigger = \"tag\"\ntag_pattern = \"\"",
+                "assignments.a.tag_pattern",
+            ),
+        ] {
+            let e = Config::from_toml(&format!("[assignments.a]\n{text}\n"), None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 }

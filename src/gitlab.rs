@@ -149,6 +149,40 @@ impl GitlabApi {
     }
 }
 
+// --- Users by username (issue #7: manifest authors). Self-contained block. ---
+
+/// One user as `GET /users?username=NAME` lists it. `email` is only
+/// present for admin tokens; `public_email` when the user made it public.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct DirectoryUser {
+    pub id: u64,
+    pub username: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub public_email: Option<String>,
+}
+
+impl GitlabApi {
+    /// The user whose username is `username` (GitLab compares without
+    /// case), or `None`. The name is URL-encoded; callers should still
+    /// only pass well-formed usernames.
+    pub async fn find_user_by_username(
+        &self,
+        username: &str,
+    ) -> Result<Option<DirectoryUser>, GitlabError> {
+        let path = format!("/users?username={}", encode_path(username));
+        let users: Vec<DirectoryUser> = self.get_json(&path).await?.unwrap_or_default();
+        Ok(users
+            .into_iter()
+            .find(|u| u.username.eq_ignore_ascii_case(username)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

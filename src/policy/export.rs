@@ -1,0 +1,370 @@
+//! Grade exports: which of a student's jobs counts (`best`, `latest`,
+//! `latest-on-time`) and how rows are written for a spreadsheet or an LMS.
+//!
+//! Owns the pure selection over [`GradeRow`]s and the CSV/JSON writers; it
+//! never opens the gradebook (the caller turns gradebook rows into
+//! `GradeRow`s: one per job and author). Cells hold text students chose
+//! (names in manifests, summary values printed by code they control), so
+//! the CSV writer quotes every cell that needs it and defuses spreadsheet
+//! formulas: a text cell starting with `=`, `+`, `-`, `@`, tab or carriage
+//! return gets a leading apostrophe unless it is a plain number.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Write};
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::result::Status;
+
+/// Which job counts for a student.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportPolicy {
+    /// The highest grade (ties: the later job). A student with no grade at
+    /// all gets their latest job with an empty grade.
+    Best,
+    /// The latest submission, whatever its grade (empty when it has none).
+    Latest,
+    /// The latest submission not flagged late; students with none are left out.
+    LatestOnTime,
+}
+
+impl FromStr for ExportPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "best" => Ok(ExportPolicy::Best),
+            "latest" => Ok(ExportPolicy::Latest),
+            "latest-on-time" => Ok(ExportPolicy::LatestOnTime),
+            other => Err(format!(
+                "unknown export policy `{other}`; expected best, latest or latest-on-time"
+            )),
+        }
+    }
+}
+
+/// One job as seen by one author (a team's job gives one row per author).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GradeRow {
+    pub username: String,
+    pub email: Option<String>,
+    pub grade: Option<f64>,
+    pub job: String,
+    pub commit: String,
+    /// The hook's receipt time.
+    pub submitted_at: DateTime<Utc>,
+    pub late: bool,
+    pub status: Status,
+    /// Summary keys other than `grade_total`.
+    #[serde(default)]
+    pub summary: BTreeMap<String, String>,
+    /// `[hidden]` summary keys (staff exports only).
+    #[serde(default)]
+    pub hidden: BTreeMap<String, String>,
+}
+
+fn newer(a: &GradeRow, b: &GradeRow) -> bool {
+    (a.submitted_at, &a.job) > (b.submitted_at, &b.job)
+}
+
+/// One row per student (usernames compared without case), sorted by
+/// username. Jobs that ended in `infra_error` never count.
+pub fn select_rows(rows: &[GradeRow], policy: ExportPolicy) -> Vec<GradeRow> {
+    let mut by_user: BTreeMap<String, Vec<&GradeRow>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.status != Status::InfraError) {
+        by_user
+            .entry(r.username.to_lowercase())
+            .or_default()
+            .push(r);
+    }
+    let mut out = Vec::with_capacity(by_user.len());
+    for jobs in by_user.values() {
+        let latest_of = |it: &mut dyn Iterator<Item = &&GradeRow>| -> Option<GradeRow> {
+            let mut best: Option<&GradeRow> = None;
+            for r in it {
+                if best.is_none_or(|b| newer(r, b)) {
+                    best = Some(r);
+                }
+            }
+            best.cloned()
+        };
+        let chosen = match policy {
+            ExportPolicy::Latest => latest_of(&mut jobs.iter()),
+            ExportPolicy::LatestOnTime => latest_of(&mut jobs.iter().filter(|r| !r.late)),
+            ExportPolicy::Best => {
+                let mut best: Option<&GradeRow> = None;
+                for r in jobs.iter().filter(|r| r.grade.is_some_and(f64::is_finite)) {
+                    let better = match best {
+                        None => true,
+                        Some(b) => {
+                            let (g, bg) = (r.grade.unwrap(), b.grade.unwrap());
+                            g > bg || (g == bg && newer(r, b))
+                        }
+                    };
+                    if better {
+                        best = Some(r);
+                    }
+                }
+                best.cloned().or_else(|| latest_of(&mut jobs.iter()))
+            }
+        };
+        out.extend(chosen);
+    }
+    out
+}
+
+/// The fixed columns, in order.
+pub const COLUMNS: [&str; 7] = [
+    "username",
+    "email",
+    "grade",
+    "job",
+    "commit",
+    "submitted_at",
+    "late",
+];
+
+/// A grade as a spreadsheet reads it: shortest exact decimal, empty when none.
+pub fn format_grade(g: Option<f64>) -> String {
+    match g {
+        Some(g) if g.is_finite() => {
+            let s = format!("{g}");
+            if s == "-0" { "0".into() } else { s }
+        }
+        _ => String::new(),
+    }
+}
+
+/// A text cell made safe for spreadsheets: formulas defused, quoted
+/// when it holds a separator, quote or line break.
+pub fn csv_cell(text: &str) -> String {
+    let defused = match text.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') if text.trim().parse::<f64>().is_err() => {
+            format!("'{text}")
+        }
+        _ => text.to_string(),
+    };
+    if defused.contains([',', '"', '\n', '\r'])
+        || defused.starts_with(' ')
+        || defused.ends_with(' ')
+    {
+        format!("\"{}\"", defused.replace('"', "\"\""))
+    } else {
+        defused
+    }
+}
+
+/// Write `rows` as CSV (RFC 4180, CRLF line ends): the fixed columns, then
+/// one `summary.KEY` column per summary key and, when `include_hidden`,
+/// one `hidden.KEY` column per hidden key seen in any row.
+pub fn write_csv<W: Write>(mut w: W, rows: &[GradeRow], include_hidden: bool) -> io::Result<()> {
+    let summary_keys: BTreeSet<&str> = rows
+        .iter()
+        .flat_map(|r| r.summary.keys().map(String::as_str))
+        .collect();
+    let hidden_keys: BTreeSet<&str> = if include_hidden {
+        rows.iter()
+            .flat_map(|r| r.hidden.keys().map(String::as_str))
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
+    let mut header: Vec<String> = COLUMNS.iter().map(|c| c.to_string()).collect();
+    header.extend(
+        summary_keys
+            .iter()
+            .map(|k| csv_cell(&format!("summary.{k}"))),
+    );
+    header.extend(hidden_keys.iter().map(|k| csv_cell(&format!("hidden.{k}"))));
+    write!(w, "{}\r\n", header.join(","))?;
+    for r in rows {
+        let mut cells = vec![
+            csv_cell(&r.username),
+            csv_cell(r.email.as_deref().unwrap_or("")),
+            format_grade(r.grade),
+            csv_cell(&r.job),
+            csv_cell(&r.commit),
+            r.submitted_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            r.late.to_string(),
+        ];
+        for k in &summary_keys {
+            cells.push(csv_cell(r.summary.get(*k).map_or("", String::as_str)));
+        }
+        for k in &hidden_keys {
+            cells.push(csv_cell(r.hidden.get(*k).map_or("", String::as_str)));
+        }
+        write!(w, "{}\r\n", cells.join(","))?;
+    }
+    w.flush()
+}
+
+/// Write `rows` as a JSON array (hidden keys dropped unless `include_hidden`).
+pub fn write_json<W: Write>(mut w: W, rows: &[GradeRow], include_hidden: bool) -> io::Result<()> {
+    let shown: Vec<GradeRow> = rows
+        .iter()
+        .cloned()
+        .map(|mut r| {
+            if !include_hidden {
+                r.hidden.clear();
+            }
+            r
+        })
+        .collect();
+    serde_json::to_writer_pretty(&mut w, &shown)?;
+    w.write_all(b"\n")?;
+    w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(user: &str, grade: Option<f64>, job: &str, minute: u32, late: bool) -> GradeRow {
+        GradeRow {
+            username: user.into(),
+            email: Some(format!("{user}@example.edu")),
+            grade,
+            job: job.into(),
+            commit: format!("c-{job}"),
+            submitted_at: DateTime::parse_from_rfc3339(&format!("2026-12-01T10:{minute:02}:00Z"))
+                .unwrap()
+                .with_timezone(&Utc),
+            late,
+            status: if grade.is_some() {
+                Status::Graded
+            } else {
+                Status::NoGrade
+            },
+            summary: BTreeMap::new(),
+            hidden: BTreeMap::new(),
+        }
+    }
+
+    fn jobs(rows: &[GradeRow]) -> Vec<&str> {
+        rows.iter().map(|r| r.job.as_str()).collect()
+    }
+
+    fn sample() -> Vec<GradeRow> {
+        vec![
+            row("alice", Some(50.0), "a1", 1, false),
+            row("alice", Some(90.0), "a2", 2, false),
+            row("alice", Some(70.0), "a3", 3, false),
+            row("alice", Some(100.0), "a4", 4, true),
+            row("bob", Some(40.0), "b1", 1, false),
+            row("bob", None, "b2", 5, false),
+            row("carol", Some(80.0), "c1", 9, true),
+            row("Dave", None, "d1", 1, false),
+        ]
+    }
+
+    #[test]
+    fn best_takes_highest_grade_even_late() {
+        assert_eq!(
+            jobs(&select_rows(&sample(), ExportPolicy::Best)),
+            ["a4", "b1", "c1", "d1"]
+        );
+    }
+
+    #[test]
+    fn latest_takes_last_submission_even_without_grade() {
+        assert_eq!(
+            jobs(&select_rows(&sample(), ExportPolicy::Latest)),
+            ["a4", "b2", "c1", "d1"]
+        );
+    }
+
+    #[test]
+    fn latest_on_time_skips_late_and_drops_students_without_any() {
+        assert_eq!(
+            jobs(&select_rows(&sample(), ExportPolicy::LatestOnTime)),
+            ["a3", "b2", "d1"]
+        );
+    }
+
+    #[test]
+    fn infra_errors_never_count_and_ties_go_to_the_later_job() {
+        let mut rows = vec![
+            row("alice", Some(90.0), "a1", 1, false),
+            row("alice", Some(90.0), "a2", 2, false),
+            row("alice", None, "a3", 3, false),
+        ];
+        rows[2].status = Status::InfraError;
+        assert_eq!(jobs(&select_rows(&rows, ExportPolicy::Best)), ["a2"]);
+        assert_eq!(jobs(&select_rows(&rows, ExportPolicy::Latest)), ["a2"]);
+    }
+
+    #[test]
+    fn usernames_group_without_case() {
+        let rows = vec![
+            row("Alice", Some(1.0), "a1", 1, false),
+            row("alice", Some(2.0), "a2", 2, false),
+        ];
+        assert_eq!(jobs(&select_rows(&rows, ExportPolicy::Best)), ["a2"]);
+    }
+
+    #[test]
+    fn policy_names() {
+        assert_eq!("best".parse(), Ok(ExportPolicy::Best));
+        assert_eq!("latest".parse(), Ok(ExportPolicy::Latest));
+        assert_eq!("latest-on-time".parse(), Ok(ExportPolicy::LatestOnTime));
+        assert!(
+            "first"
+                .parse::<ExportPolicy>()
+                .unwrap_err()
+                .contains("best")
+        );
+    }
+
+    #[test]
+    fn csv_cells_defuse_formulas_and_quote() {
+        assert_eq!(csv_cell("alice"), "alice");
+        assert_eq!(csv_cell("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(csv_cell("+1+2"), "'+1+2");
+        assert_eq!(csv_cell("-2+3"), "'-2+3");
+        assert_eq!(csv_cell("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_cell("\tcmd"), "'\tcmd");
+        assert_eq!(csv_cell("-12.5"), "-12.5");
+        assert_eq!(csv_cell("a,b"), "\"a,b\"");
+        assert_eq!(csv_cell("two\nlines"), "\"two\nlines\"");
+        assert_eq!(csv_cell(" pad"), "\" pad\"");
+        assert_eq!(csv_cell(""), "");
+    }
+
+    #[test]
+    fn csv_has_fixed_columns_then_summary_and_hidden() {
+        let mut r = row("alice", Some(87.5), "j1", 1, true);
+        r.summary.insert("tests_passed".into(), "7".into());
+        r.hidden.insert("secret_tests".into(), "3".into());
+        let mut r2 = row("=bob", None, "j2", 2, false);
+        r2.email = None;
+        let mut out = Vec::new();
+        write_csv(&mut out, &[r.clone(), r2.clone()], true).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "username,email,grade,job,commit,submitted_at,late,summary.tests_passed,hidden.secret_tests\r\n\
+             alice,alice@example.edu,87.5,j1,c-j1,2026-12-01T10:01:00Z,true,7,3\r\n\
+             '=bob,,,j2,c-j2,2026-12-01T10:02:00Z,false,,\r\n"
+        );
+        let mut out = Vec::new();
+        write_csv(&mut out, &[r.clone()], false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("secret_tests"), "{text}");
+        let mut out = Vec::new();
+        write_json(&mut out, &[r], false).unwrap();
+        let v: Vec<GradeRow> = serde_json::from_slice(&out).unwrap();
+        assert!(v[0].hidden.is_empty());
+        assert_eq!(v[0].grade, Some(87.5));
+    }
+
+    #[test]
+    fn grades_format_like_numbers() {
+        assert_eq!(format_grade(Some(100.0)), "100");
+        assert_eq!(format_grade(Some(87.5)), "87.5");
+        assert_eq!(format_grade(Some(-0.0)), "0");
+        assert_eq!(format_grade(Some(f64::NAN)), "");
+        assert_eq!(format_grade(None), "");
+    }
+}

@@ -1,0 +1,561 @@
+//! Course policy: what an `[assignments.NAME]` section means for one push.
+//!
+//! Owns the pure decisions: which assignment a project belongs to and its
+//! effective settings ([`ResolvedPolicy`]), whether a push is a submission
+//! (trigger, tag pattern, deletions), whether it is late (deadline, grace,
+//! late policy; the submission time is always the hook's receipt time,
+//! never a commit date, which students control), and the job's limits.
+//! The quota ledger ([`quota`]), the selection of rows for grade exports
+//! ([`export`]) and the student-facing view of results ([`hidden`]) live
+//! in submodules. Nothing here touches the spool, the network or the
+//! sandbox; callers hand in the facts and act on the answer.
+
+pub mod export;
+pub mod hidden;
+pub mod quota;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, Utc};
+
+use crate::config::{Config, LatePolicy, ManifestPolicy, Quota, RunnerKind, Trigger};
+use crate::event::{EventKind, ZERO_SHA};
+use crate::sandbox::Limits;
+
+pub use quota::{QuotaDecision, QuotaError, QuotaLedger};
+
+/// Answer text for a push that is not a matching tag in tag mode.
+pub const NOT_A_SUBMISSION_TAG: &str = "not a submission tag";
+/// Answer text for a branch or tag deletion.
+pub const DELETION: &str = "a deletion is not a submission";
+/// Answer text for a tag push to a push-triggered assignment.
+pub const TAG_IN_PUSH_MODE: &str = "tag pushes are not graded for this assignment";
+
+/// Effective limits of one job: the assignment's overrides over
+/// `[grader]` and `[docker]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSettings {
+    pub timeout: Duration,
+    pub memory: u64,
+    pub pids: u64,
+    /// Container image (`[docker] image` unless overridden).
+    pub image: String,
+    /// `[grader] runner` (possibly `auto`) unless overridden.
+    pub runner: RunnerKind,
+}
+
+/// The policy of one assignment, resolved from the config once per event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedPolicy {
+    /// The student repository's name (the key of `[assignments.NAME]`).
+    pub assignment: String,
+    /// False when the config has no section for it (every push graded).
+    pub configured: bool,
+    pub trigger: Trigger,
+    pub tag_pattern: Option<String>,
+    pub manifest: ManifestPolicy,
+    /// Roster CSV, resolved against the config file's directory.
+    pub roster: Option<PathBuf>,
+    pub quota: Option<Quota>,
+    /// Usernames exempt from the quota (lower-cased).
+    pub staff: Vec<String>,
+    pub deadline: Option<DateTime<FixedOffset>>,
+    pub grace: Duration,
+    pub late: LatePolicy,
+    pub job: JobSettings,
+}
+
+impl ResolvedPolicy {
+    /// The policy for the student repository named `project_name` (the last
+    /// component of its path). No section = the defaults: every push to a
+    /// branch is a submission, no manifest needed, no quota, no deadline.
+    pub fn for_project(cfg: &Config, project_name: &str) -> ResolvedPolicy {
+        let section = cfg.assignments.get(project_name);
+        let a = section.cloned().unwrap_or_default();
+        let base_dir = cfg
+            .source
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf);
+        let roster = a.roster.map(|p| match (&base_dir, p.is_relative()) {
+            (Some(dir), true) => dir.join(p),
+            _ => p,
+        });
+        ResolvedPolicy {
+            assignment: project_name.to_string(),
+            configured: section.is_some(),
+            trigger: a.trigger,
+            tag_pattern: a.tag_pattern,
+            manifest: a.manifest,
+            roster,
+            quota: a.quota,
+            staff: a.staff.iter().map(|s| s.trim().to_lowercase()).collect(),
+            deadline: a.deadline,
+            grace: a.grace.map(|g| g.get()).unwrap_or_default(),
+            late: a.late,
+            job: JobSettings {
+                timeout: a.timeout.unwrap_or(cfg.grader.timeout).get(),
+                memory: a.memory.unwrap_or(cfg.grader.memory).bytes(),
+                pids: a.pids.unwrap_or(cfg.grader.pids),
+                image: a.image.unwrap_or_else(|| cfg.docker.image.clone()),
+                runner: a.runner.unwrap_or(cfg.grader.runner),
+            },
+        }
+    }
+
+    /// Put this assignment's timeout, memory and pids into `limits` (built
+    /// by the grader from `[grader]`); other limits are left alone.
+    pub fn apply_limits(&self, limits: &mut Limits) {
+        limits.timeout = self.job.timeout;
+        limits.memory = self.job.memory;
+        limits.pids = self.job.pids;
+    }
+
+    /// Staff are exempt from the quota.
+    pub fn is_staff(&self, username: &str) -> bool {
+        let u = username.trim().to_lowercase();
+        self.staff.contains(&u)
+    }
+
+    /// The last moment a submission is on time (deadline + grace).
+    pub fn due(&self) -> Option<DateTime<Utc>> {
+        let d = self.deadline?.with_timezone(&Utc);
+        Some(d + chrono::Duration::from_std(self.grace).unwrap_or(chrono::Duration::MAX))
+    }
+
+    /// Take one quota slot for every non-staff author of job `job_id`,
+    /// all or none, at the submission time `at` (the hook's receipt time).
+    /// No quota configured, or only staff authors → [`QuotaDecision::Exempt`].
+    /// Blocking (SQLite): call it from `spawn_blocking` in async code.
+    pub fn take_quota(
+        &self,
+        ledger: &QuotaLedger,
+        authors: &[String],
+        job_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<QuotaDecision, QuotaError> {
+        let Some(quota) = self.quota else {
+            return Ok(QuotaDecision::Exempt);
+        };
+        let counted: Vec<&str> = authors
+            .iter()
+            .map(String::as_str)
+            .filter(|a| !self.is_staff(a))
+            .collect();
+        if counted.is_empty() {
+            return Ok(QuotaDecision::Exempt);
+        }
+        ledger.try_take_all(&self.assignment, &counted, job_id, quota, at)
+    }
+}
+
+/// The facts of a push that decide whether it is a submission.
+#[derive(Debug, Clone, Copy)]
+pub struct PushFacts<'a> {
+    pub kind: EventKind,
+    /// Full ref, e.g. `refs/heads/main` or `refs/tags/submit-1`.
+    pub git_ref: &'a str,
+    /// The pushed SHA; all zeros for a deletion.
+    pub after: &'a str,
+    /// When the hook received the event: the submission time.
+    pub received_at: DateTime<Utc>,
+}
+
+/// Why a push is not graded (answered `ignored: <text>`; nothing stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IgnoreReason {
+    /// Tag mode and the push is not a tag matching `tag_pattern`.
+    NotSubmissionTag,
+    /// A branch or tag deletion (nothing to grade).
+    Deletion,
+    /// Push mode and the push is a tag.
+    TagInPushMode,
+}
+
+impl IgnoreReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IgnoreReason::NotSubmissionTag => NOT_A_SUBMISSION_TAG,
+            IgnoreReason::Deletion => DELETION,
+            IgnoreReason::TagInPushMode => TAG_IN_PUSH_MODE,
+        }
+    }
+}
+
+impl std::fmt::Display for IgnoreReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An accepted submission and what the result must record about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acceptance {
+    pub received_at: DateTime<Utc>,
+    /// Past deadline + grace and `late = "flag"`.
+    pub late: bool,
+    /// Past deadline + grace (whatever the late policy).
+    pub after_deadline: bool,
+    pub deadline: Option<DateTime<FixedOffset>>,
+}
+
+impl Acceptance {
+    /// Facts for `JobResult::extra` (and the gradebook's `late` column).
+    pub fn extras(&self) -> BTreeMap<String, serde_json::Value> {
+        let mut m = BTreeMap::new();
+        m.insert("late".into(), serde_json::Value::Bool(self.late));
+        if let Some(d) = self.deadline {
+            m.insert("deadline".into(), serde_json::Value::String(d.to_rfc3339()));
+            m.insert(
+                "after_deadline".into(),
+                serde_json::Value::Bool(self.after_deadline),
+            );
+        }
+        m
+    }
+}
+
+/// What to do with a push.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Grade it.
+    Accept(Acceptance),
+    /// Not a submission: answer `ignored: {reason}`, store nothing.
+    Ignore(IgnoreReason),
+    /// A submission refused by policy (`late = "reject"`): keep it in
+    /// `failed/` with reason `late` and tell the student `message`.
+    Reject {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// Decide whether a push is a submission for `policy`, and if it is late.
+pub fn decide_submission(policy: &ResolvedPolicy, push: &PushFacts<'_>) -> Decision {
+    let deletion = push.after.is_empty() || push.after == ZERO_SHA;
+    match policy.trigger {
+        Trigger::Push => {
+            if push.kind == EventKind::TagPush || push.git_ref.starts_with("refs/tags/") {
+                return Decision::Ignore(IgnoreReason::TagInPushMode);
+            }
+            if deletion {
+                return Decision::Ignore(IgnoreReason::Deletion);
+            }
+        }
+        Trigger::Tag => {
+            let tag = push.git_ref.strip_prefix("refs/tags/");
+            let pattern = policy.tag_pattern.as_deref().unwrap_or("*");
+            match tag {
+                Some(name) if push.kind == EventKind::TagPush && glob_match(pattern, name) => {
+                    if deletion {
+                        return Decision::Ignore(IgnoreReason::Deletion);
+                    }
+                }
+                _ => return Decision::Ignore(IgnoreReason::NotSubmissionTag),
+            }
+        }
+    }
+    let after_deadline = policy.due().is_some_and(|due| push.received_at > due);
+    if after_deadline && policy.late == LatePolicy::Reject {
+        let due = policy.deadline.expect("due() implies a deadline");
+        let grace = if policy.grace.is_zero() {
+            String::new()
+        } else {
+            format!(" (grace {})", humantime::format_duration(policy.grace))
+        };
+        return Decision::Reject {
+            reason: "late",
+            message: format!(
+                "received at {} after the deadline {}{grace}; late submissions are not graded",
+                push.received_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                due.to_rfc3339(),
+            ),
+        };
+    }
+    Decision::Accept(Acceptance {
+        received_at: push.received_at,
+        late: after_deadline && policy.late == LatePolicy::Flag,
+        after_deadline,
+        deadline: policy.deadline,
+    })
+}
+
+/// Shell-style match of a whole name: `*` any run of characters (also
+/// `/`), `?` exactly one character, everything else literal. No classes,
+/// no escapes: tag names rarely need them and a pattern never fails.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0usize, 0usize);
+    // Where the last `*` was, and the text position it currently covers to.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == t[ti])) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn cfg(text: &str) -> Config {
+        Config::from_toml(text, None).unwrap()
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    const SHA: &str = "1234567890123456789012345678901234567890";
+
+    fn push<'a>(kind: EventKind, git_ref: &'a str, after: &'a str) -> PushFacts<'a> {
+        PushFacts {
+            kind,
+            git_ref,
+            after,
+            received_at: Utc.with_ymd_and_hms(2026, 11, 1, 12, 0, 0).unwrap(),
+        }
+    }
+
+    #[test]
+    fn glob_rules() {
+        for (p, t, want) in [
+            ("submit-*", "submit-1", true),
+            ("submit-*", "submit-", true),
+            ("submit-*", "submit", false),
+            ("submit-*", "xsubmit-1", false),
+            ("submit-?", "submit-1", true),
+            ("submit-?", "submit-12", false),
+            ("*", "", true),
+            ("", "", true),
+            ("", "a", false),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXbYY", false),
+            ("*-final", "lab-1-final", true),
+            ("**x", "abx", true),
+            ("v?.*", "v1.2.3", true),
+            ("é*", "été", true),
+            ("submit-*", "submit-a/b", true),
+            ("a*a*a*a*b", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", false),
+        ] {
+            assert_eq!(glob_match(p, t), want, "{p} vs {t}");
+        }
+    }
+
+    #[test]
+    fn no_section_grades_every_branch_push() {
+        let c = cfg("");
+        let p = ResolvedPolicy::for_project(&c, "lab1");
+        assert!(!p.configured);
+        assert_eq!(p.trigger, Trigger::Push);
+        assert_eq!(p.job.timeout, c.grader.timeout.get());
+        assert_eq!(p.job.image, c.docker.image);
+        assert!(matches!(
+            decide_submission(&p, &push(EventKind::Push, "refs/heads/main", SHA)),
+            Decision::Accept(Acceptance { late: false, .. })
+        ));
+        assert_eq!(
+            decide_submission(&p, &push(EventKind::Push, "refs/heads/main", ZERO_SHA)),
+            Decision::Ignore(IgnoreReason::Deletion)
+        );
+        assert_eq!(
+            decide_submission(&p, &push(EventKind::TagPush, "refs/tags/v1", SHA)),
+            Decision::Ignore(IgnoreReason::TagInPushMode)
+        );
+    }
+
+    #[test]
+    fn tag_mode_grades_only_matching_tags() {
+        let c = cfg("[assignments.lab1]\ntrigger = \"tag\"\ntag_pattern = \"submit-*\"\n");
+        let p = ResolvedPolicy::for_project(&c, "lab1");
+        let d = decide_submission(&p, &push(EventKind::Push, "refs/heads/main", SHA));
+        assert_eq!(d, Decision::Ignore(IgnoreReason::NotSubmissionTag));
+        assert_eq!(
+            IgnoreReason::NotSubmissionTag.to_string(),
+            "not a submission tag"
+        );
+        assert_eq!(
+            decide_submission(&p, &push(EventKind::TagPush, "refs/tags/v1", SHA)),
+            Decision::Ignore(IgnoreReason::NotSubmissionTag)
+        );
+        assert!(matches!(
+            decide_submission(&p, &push(EventKind::TagPush, "refs/tags/submit-1", SHA)),
+            Decision::Accept(_)
+        ));
+        // A branch named like the pattern is still not a tag.
+        assert_eq!(
+            decide_submission(&p, &push(EventKind::Push, "refs/heads/submit-1", SHA)),
+            Decision::Ignore(IgnoreReason::NotSubmissionTag)
+        );
+        // Another assignment keeps the defaults.
+        let other = ResolvedPolicy::for_project(&c, "lab2");
+        assert_eq!(other.trigger, Trigger::Push);
+    }
+
+    #[test]
+    fn tag_deletion_is_never_a_submission() {
+        let c = cfg("[assignments.lab1]\ntrigger = \"tag\"\ntag_pattern = \"submit-*\"\n");
+        let p = ResolvedPolicy::for_project(&c, "lab1");
+        assert_eq!(
+            decide_submission(
+                &p,
+                &push(EventKind::TagPush, "refs/tags/submit-1", ZERO_SHA)
+            ),
+            Decision::Ignore(IgnoreReason::Deletion)
+        );
+    }
+
+    fn deadline_policy(late: &str) -> ResolvedPolicy {
+        let c = cfg(&format!(
+            "[assignments.lab1]\ndeadline = \"2026-12-01T23:59:00+01:00\"\ngrace = \"5m\"\nlate = \"{late}\"\n"
+        ));
+        ResolvedPolicy::for_project(&c, "lab1")
+    }
+
+    fn at_time(p: &ResolvedPolicy, when: &str) -> Decision {
+        let mut f = push(EventKind::Push, "refs/heads/main", SHA);
+        f.received_at = at(when);
+        decide_submission(p, &f)
+    }
+
+    #[test]
+    fn deadline_grace_boundaries() {
+        let p = deadline_policy("flag");
+        // 23:59+01:00 = 22:59Z; grace 5 min → due 23:04:00Z, inclusive.
+        assert_eq!(p.due(), Some(at("2026-12-01T23:04:00Z")));
+        for (when, late) in [
+            ("2026-12-01T22:00:00Z", false),
+            ("2026-12-01T23:03:59Z", false),
+            ("2026-12-01T23:04:00Z", false),
+            ("2026-12-01T23:04:01Z", true),
+            ("2026-12-02T09:00:00+09:00", true),
+        ] {
+            match at_time(&p, when) {
+                Decision::Accept(a) => {
+                    assert_eq!(a.late, late, "{when}");
+                    assert_eq!(a.extras()["late"], serde_json::Value::Bool(late));
+                }
+                other => panic!("{when}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn late_accept_grades_without_flag() {
+        let p = deadline_policy("accept");
+        match at_time(&p, "2026-12-02T10:00:00Z") {
+            Decision::Accept(a) => {
+                assert!(!a.late);
+                assert!(a.after_deadline);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn late_reject_says_why() {
+        let p = deadline_policy("reject");
+        match at_time(&p, "2026-12-02T10:00:00Z") {
+            Decision::Reject { reason, message } => {
+                assert_eq!(reason, "late");
+                assert!(message.contains("2026-12-01T23:59:00+01:00"), "{message}");
+                assert!(message.contains("grace 5m"), "{message}");
+                assert!(message.contains("2026-12-02T10:00:00Z"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            at_time(&p, "2026-12-01T22:00:00Z"),
+            Decision::Accept(Acceptance { late: false, .. })
+        ));
+    }
+
+    #[test]
+    fn lateness_uses_receipt_time_not_commit_date() {
+        // The only time decide_submission sees is received_at: a commit
+        // dated before the deadline but received after it is late.
+        let p = deadline_policy("flag");
+        assert!(matches!(
+            at_time(&p, "2026-12-03T00:00:00Z"),
+            Decision::Accept(Acceptance { late: true, .. })
+        ));
+    }
+
+    #[test]
+    fn limits_override_grader_and_docker() {
+        let c = cfg(
+            "[grader]\ntimeout = \"60s\"\nmemory = \"128MiB\"\npids = 64\nrunner = \"docker\"\n\
+             [docker]\nimage = \"base:1\"\n\
+             [assignments.big]\ntimeout = \"10m\"\nmemory = \"2GiB\"\nimage = \"ml:2\"\nrunner = \"native\"\n\
+             [assignments.small]\npids = 8\n",
+        );
+        let big = ResolvedPolicy::for_project(&c, "big");
+        assert_eq!(
+            big.job,
+            JobSettings {
+                timeout: Duration::from_secs(600),
+                memory: 2 << 30,
+                pids: 64,
+                image: "ml:2".into(),
+                runner: RunnerKind::Native,
+            }
+        );
+        let small = ResolvedPolicy::for_project(&c, "small");
+        assert_eq!(small.job.timeout, Duration::from_secs(60));
+        assert_eq!(small.job.memory, 128 << 20);
+        assert_eq!(small.job.pids, 8);
+        assert_eq!(small.job.image, "base:1");
+        assert_eq!(small.job.runner, RunnerKind::Docker);
+        let mut l = Limits {
+            timeout: Duration::from_secs(1),
+            memory: 1,
+            pids: 1,
+            output: 77,
+            cpus: 1.0,
+            file_size: 5,
+            open_files: 6,
+        };
+        big.apply_limits(&mut l);
+        assert_eq!(
+            (l.timeout, l.memory, l.pids, l.output),
+            (Duration::from_secs(600), 2 << 30, 64, 77)
+        );
+    }
+
+    #[test]
+    fn roster_path_is_relative_to_config_file() {
+        let mut c = cfg("[assignments.lab1]\nroster = \"rosters/lab1.csv\"\n");
+        c.source = Some(PathBuf::from("/etc/labgrader/config.toml"));
+        let p = ResolvedPolicy::for_project(&c, "lab1");
+        assert_eq!(
+            p.roster.as_deref(),
+            Some(Path::new("/etc/labgrader/rosters/lab1.csv"))
+        );
+    }
+
+    #[test]
+    fn staff_match_ignores_case() {
+        let c = cfg("[assignments.lab1]\nstaff = [\"Prof\"]\n");
+        let p = ResolvedPolicy::for_project(&c, "lab1");
+        assert!(p.is_staff("prof"));
+        assert!(p.is_staff("PROF"));
+        assert!(!p.is_staff("alice"));
+    }
+}
