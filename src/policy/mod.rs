@@ -10,6 +10,7 @@
 //! in submodules. Nothing here touches the spool, the network or the
 //! sandbox; callers hand in the facts and act on the answer.
 
+pub mod admit;
 pub mod export;
 pub mod hidden;
 pub mod quota;
@@ -24,6 +25,7 @@ use crate::config::{Config, LatePolicy, ManifestPolicy, Quota, RunnerKind, Trigg
 use crate::event::{EventKind, ZERO_SHA};
 use crate::sandbox::Limits;
 
+pub use admit::{AdmitError, Admitted, Refusal, admit};
 pub use quota::{QuotaDecision, QuotaError, QuotaLedger};
 
 /// Answer text for a push that is not a matching tag in tag mode.

@@ -1,0 +1,172 @@
+//! Admission: the one call the grader makes between exporting the student
+//! tree and running `test_all`, applying every course rule in order.
+//!
+//! Owns the order (submission? late? manifest → authors → quota) and the
+//! split of outcomes into three kinds: admitted (run it, with these
+//! limits, authors and result extras), refused by policy (the student's
+//! doing: a final status or `failed/` reason and a message for the
+//! pusher), or an infrastructure error (retry; never charged to the
+//! student). It never moves spool files, runs anything or sends mail.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::event::{Event, HookSource};
+use crate::gitlab::GitlabApi;
+use crate::manifest::{Authors, Directory, Manifest, ManifestError, resolve_authors};
+use crate::policy::{
+    Acceptance, Decision, PushFacts, QuotaDecision, QuotaLedger, ResolvedPolicy, decide_submission,
+};
+
+/// Run it.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    pub policy: ResolvedPolicy,
+    pub acceptance: Acceptance,
+    pub manifest: Option<Manifest>,
+    /// Everyone who gets the grade (gradebook rows) and the email.
+    pub authors: Authors,
+    /// For `JobResult::extra`: `late`, `deadline`, `after_deadline`,
+    /// `manifest`, `authors`, `unknown_authors`, `authors_source`, `quota`.
+    pub extra: BTreeMap<String, Value>,
+}
+
+/// Refused by policy: the submission's own doing. Never retried.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// `labgrader.json` is malformed, missing when required, or names no
+    /// known author: finish the job with status `invalid_manifest`,
+    /// reason = `message`, and email the pusher.
+    InvalidManifest { message: String },
+    /// `late = "reject"` and past deadline + grace: `failed/`, reason `late`.
+    Late { message: String },
+    /// Over quota: `failed/`, reason `quota`; `message` says when the next
+    /// slot opens (`next_slot_at`).
+    Quota {
+        message: String,
+        next_slot_at: DateTime<Utc>,
+    },
+    /// The config changed since the hook accepted it and this push is no
+    /// longer a submission: `failed/`, reason `ignored`.
+    NotASubmission { message: String },
+}
+
+impl Refusal {
+    /// The `failed/` reason code, or `invalid_manifest` (a result status).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::InvalidManifest { .. } => "invalid_manifest",
+            Refusal::Late { .. } => "late",
+            Refusal::Quota { .. } => "quota",
+            Refusal::NotASubmission { .. } => "ignored",
+        }
+    }
+
+    /// One line for the pusher.
+    pub fn message(&self) -> &str {
+        match self {
+            Refusal::InvalidManifest { message }
+            | Refusal::Late { message }
+            | Refusal::Quota { message, .. }
+            | Refusal::NotASubmission { message } => message,
+        }
+    }
+}
+
+/// The grader's own trouble while admitting: retry later.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    #[error(transparent)]
+    Directory(ManifestError),
+    #[error(transparent)]
+    Quota(#[from] crate::policy::QuotaError),
+    #[error("quota ledger task failed: {0}")]
+    Join(String),
+}
+
+/// Apply the course policy to `event`, whose student tree (the pushed
+/// commit, before the tests are laid over it) is at `student_tree`.
+/// Quota slots are taken at the event's `received_at`, keyed by its job
+/// id (a retried job keeps its slots); jobs queued locally (`regrade`,
+/// `replay`: source `local`) never take quota.
+pub async fn admit(
+    cfg: &Config,
+    event: &Event,
+    student_tree: &Path,
+    gitlab: Option<GitlabApi>,
+    ledger: &Arc<QuotaLedger>,
+) -> Result<Result<Admitted, Refusal>, AdmitError> {
+    let policy = ResolvedPolicy::for_project(cfg, &event.project.name);
+    let facts = PushFacts {
+        kind: event.kind,
+        git_ref: &event.git_ref,
+        after: &event.after,
+        received_at: event.received_at,
+    };
+    let acceptance = match decide_submission(&policy, &facts) {
+        Decision::Accept(a) => a,
+        Decision::Ignore(r) => {
+            return Ok(Err(Refusal::NotASubmission {
+                message: r.to_string(),
+            }));
+        }
+        Decision::Reject { message, .. } => return Ok(Err(Refusal::Late { message })),
+    };
+    let invalid = |e: ManifestError| -> Result<Result<Admitted, Refusal>, AdmitError> {
+        if e.is_student_fault() {
+            Ok(Err(Refusal::InvalidManifest {
+                message: e.to_string(),
+            }))
+        } else {
+            Err(AdmitError::Directory(e))
+        }
+    };
+    let manifest = match Manifest::load(student_tree, &policy) {
+        Ok(m) => m,
+        Err(e) => return invalid(e),
+    };
+    let dir = match Directory::for_policy(&policy, gitlab) {
+        Ok(d) => d,
+        Err(e) => return invalid(e),
+    };
+    let authors = match resolve_authors(manifest.as_ref(), &event.pusher, &dir).await {
+        Ok(a) => a,
+        Err(e) => return invalid(e),
+    };
+    let mut extra = acceptance.extras();
+    if let Some(m) = &manifest {
+        extra.insert("manifest".into(), m.to_extra());
+    }
+    extra.extend(authors.to_extra());
+    if let (Some(quota), false) = (policy.quota, event.source == HookSource::Local) {
+        let names: Vec<String> = authors.known.iter().map(|a| a.username.clone()).collect();
+        let (p, l, job, at) = (
+            policy.clone(),
+            ledger.clone(),
+            event.job_id.clone(),
+            event.received_at,
+        );
+        let decision = tokio::task::spawn_blocking(move || p.take_quota(&l, &names, &job, at))
+            .await
+            .map_err(|e| AdmitError::Join(e.to_string()))??;
+        if let QuotaDecision::Over { next_slot_at, .. } = &decision {
+            return Ok(Err(Refusal::Quota {
+                message: decision.over_message(quota).unwrap_or_default(),
+                next_slot_at: *next_slot_at,
+            }));
+        }
+        extra.insert("quota".into(), Value::String(quota.to_string()));
+    }
+    Ok(Ok(Admitted {
+        policy,
+        acceptance,
+        manifest,
+        authors,
+        extra,
+    }))
+}
