@@ -116,11 +116,23 @@ impl Fixture {
         })
     }
 
+    /// Config for the tests; keys in `extra_grader` override the defaults here.
     pub fn config_text(&self, extra_grader: &str) -> String {
+        let mut grader = String::new();
+        for (k, v) in [
+            ("runner", "\"none\""),
+            ("workers", "2"),
+            ("rescan_interval", "\"1s\""),
+            ("infra_backoff", "\"1s\""),
+            ("shutdown_grace", "\"5s\""),
+        ] {
+            if !extra_grader.contains(&format!("{k} =")) {
+                grader.push_str(&format!("{k} = {v}\n"));
+            }
+        }
         format!(
             "[spool]\ndir = \"{}\"\n[gitlab]\nclone_url = \"file://{}/{{path}}.git\"\n\
-             [grader]\nrunner = \"none\"\nworkers = 2\nrescan_interval = \"1s\"\n\
-             timeout = \"30s\"\ninfra_backoff = \"1s\"\nshutdown_grace = \"5s\"\n{extra_grader}\n",
+             [grader]\n{grader}{extra_grader}\n",
             self.spool_dir.display(),
             self.repos.display()
         )
