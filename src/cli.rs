@@ -374,7 +374,10 @@ fn grade(cfg: &Config, args: GradeArgs) -> Result<ExitCode> {
     out.write_all(&result.stdout.display_bytes())?;
     writeln!(out, "{}", serde_json::to_string_pretty(&result)?)?;
     if !result.stderr.bytes.is_empty() {
-        eprint!("{}", String::from_utf8_lossy(&result.stderr.display_bytes()));
+        eprint!(
+            "{}",
+            String::from_utf8_lossy(&result.stderr.display_bytes())
+        );
     }
     Ok(if result.grade_total.is_some() {
         ExitCode::SUCCESS

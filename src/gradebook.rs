@@ -219,9 +219,9 @@ impl Gradebook {
 
     /// Job ids of `project`, oldest first.
     pub fn jobs_of(&self, project: &str) -> Result<Vec<String>, GradebookError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT job_id FROM results WHERE project = ?1 ORDER BY received_at, job_id")?;
+        let mut st = self.conn.prepare(
+            "SELECT job_id FROM results WHERE project = ?1 ORDER BY received_at, job_id",
+        )?;
         let ids = st
             .query_map([project], |r| r.get(0))?
             .collect::<Result<Vec<String>, _>>()?;
@@ -229,9 +229,14 @@ impl Gradebook {
     }
 
     /// Rows selected by `select` and `filter`, ordered by project then time.
-    pub fn select(&self, select: Select, filter: &Filter) -> Result<Vec<JobResult>, GradebookError> {
+    pub fn select(
+        &self,
+        select: Select,
+        filter: &Filter,
+    ) -> Result<Vec<JobResult>, GradebookError> {
         let infra = Status::InfraError.as_str();
-        let base = "SELECT result, stdout, stderr, project, job_id, received_at, grade_total, status
+        let base =
+            "SELECT result, stdout, stderr, project, job_id, received_at, grade_total, status
                     FROM results
                     WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR assignment = ?2)";
         let sql = match select {
@@ -376,7 +381,13 @@ mod tests {
     use crate::sandbox::Captured;
     use chrono::{TimeZone, Utc};
 
-    fn result(job: &str, project: &str, minute: u32, status: Status, grade: Option<f64>) -> JobResult {
+    fn result(
+        job: &str,
+        project: &str,
+        minute: u32,
+        status: Status,
+        grade: Option<f64>,
+    ) -> JobResult {
         JobResult {
             schema: 1,
             job_id: job.into(),

@@ -38,7 +38,9 @@ use crate::gradebook::{self, Gradebook, GradebookError};
 use crate::metrics;
 use crate::mirror::{MirrorError, Mirrors};
 use crate::result::{JobResult, RESULT_SCHEMA, Status};
-use crate::sandbox::{self, Captured, Limits, RunOutcome, RunSpec, Runner, SandboxError, Termination};
+use crate::sandbox::{
+    self, Captured, Limits, RunOutcome, RunSpec, Runner, SandboxError, Termination,
+};
 use crate::spool::{Spool, SpoolError, State};
 use crate::summary;
 use crate::workspace::{self, WorkspaceError, WorkspaceLimits};
@@ -289,7 +291,12 @@ impl Grader {
         let jobs_cancel = CancellationToken::new();
         let mut tasks: JoinSet<String> = JoinSet::new();
         let mut sched = Scheduler::default();
-        let rescan = self.cfg.grader.rescan_interval.get().max(Duration::from_millis(50));
+        let rescan = self
+            .cfg
+            .grader
+            .rescan_interval
+            .get()
+            .max(Duration::from_millis(50));
         info!(workers, runner = %self.cfg.grader.runner, "grader started");
         loop {
             sched.scan(&self.spool);
@@ -375,8 +382,13 @@ impl Grader {
         let retries = self.cfg.grader.infra_retries;
         if ev.infra_attempts < retries {
             ev.infra_attempts += 1;
-            let delay = backoff(self.cfg.grader.infra_backoff.get(), ev.infra_attempts, &ev.job_id);
-            ev.not_before = Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
+            let delay = backoff(
+                self.cfg.grader.infra_backoff.get(),
+                ev.infra_attempts,
+                &ev.job_id,
+            );
+            ev.not_before =
+                Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
             error!(attempt = ev.infra_attempts, of = retries, retry_in = ?delay, error = %msg,
                 "infrastructure failure (not the student's fault): will retry");
             metrics::inc(RETRY_METRIC, RETRY_HELP, &[]);
@@ -408,9 +420,16 @@ impl Grader {
     }
 
     /// Fetch, build the workspace, run and read the summary.
-    async fn grade_event(&self, ev: &Event, cancel: &CancellationToken) -> Result<JobResult, Fault> {
+    async fn grade_event(
+        &self,
+        ev: &Event,
+        cancel: &CancellationToken,
+    ) -> Result<JobResult, Fault> {
         let started = Instant::now();
-        observe("queued", (Utc::now() - ev.received_at).to_std().unwrap_or_default());
+        observe(
+            "queued",
+            (Utc::now() - ev.received_at).to_std().unwrap_or_default(),
+        );
         if ev.schema != EVENT_SCHEMA {
             return Ok(self.bare_result(
                 ev,
@@ -425,9 +444,7 @@ impl Grader {
             .unwrap_or(self.cfg.grader.runner);
         let limits = limits_for(&self.cfg, &ev.project.name);
         let image = assignment.and_then(|a| a.image.clone());
-        let runner = self
-            .runner(kind)
-            .map_err(|e| Fault::Infra(e.to_string()))?;
+        let runner = self.runner(kind).map_err(|e| Fault::Infra(e.to_string()))?;
         let prepared = self.prepare(ev, None, started, cancel).await?;
         let (ws, tests_sha) = match prepared {
             Prepared::Ready { ws, tests_sha } => (ws, tests_sha),
@@ -580,7 +597,11 @@ impl Grader {
         }
         let _ = crate::spool::fsync_dir(&self.spool.dir(State::Active));
         observe("record", t.elapsed());
-        metrics::inc(STATUS_METRIC, STATUS_HELP, &[("status", result.status.as_str())]);
+        metrics::inc(
+            STATUS_METRIC,
+            STATUS_HELP,
+            &[("status", result.status.as_str())],
+        );
         info!(status = %result.status, grade = ?result.grade_total,
             tests_sha = result.tests_sha.as_deref().unwrap_or(""), "recorded");
         self.on_recorded(ev, result);
@@ -590,9 +611,7 @@ impl Grader {
     async fn record_gradebook(&self, result: JobResult) -> Result<(), GraderError> {
         let gb = self.gradebook.clone();
         tokio::task::spawn_blocking(move || {
-            gb.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .record(&result)
+            gb.lock().unwrap_or_else(|p| p.into_inner()).record(&result)
         })
         .await
         .map_err(|e| GraderError::Other(e.to_string()))??;
@@ -678,9 +697,9 @@ fn observe(phase: &'static str, d: Duration) {
 fn backoff(base: Duration, attempt: u32, job_id: &str) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
     let capped = exp.min(MAX_BACKOFF.max(base));
-    let h = job_id
-        .bytes()
-        .fold(attempt as u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
+    let h = job_id.bytes().fold(attempt as u64, |a, b| {
+        a.wrapping_mul(31).wrapping_add(b as u64)
+    });
     let jitter = capped.mul_f64((h % 1000) as f64 / 4000.0);
     capped + jitter
 }
@@ -730,7 +749,10 @@ pub fn verdict(out: &RunOutcome, limits: &Limits) -> (Status, String, Option<sum
     let limit_reason = match &out.termination {
         Termination::Timeout => Some((
             Status::Timeout,
-            format!("stopped by the timeout after {} s", limits.timeout.as_secs_f64()),
+            format!(
+                "stopped by the timeout after {} s",
+                limits.timeout.as_secs_f64()
+            ),
         )),
         Termination::MemoryLimit => Some((
             Status::MemoryLimit,
@@ -752,7 +774,9 @@ pub fn verdict(out: &RunOutcome, limits: &Limits) -> (Status, String, Option<sum
         (None, Err(e)) => {
             let how = match out.termination {
                 Termination::Exited { code } => format!("test_all exited with status {code}"),
-                Termination::Signaled { signal } => format!("test_all was killed by signal {signal}"),
+                Termination::Signaled { signal } => {
+                    format!("test_all was killed by signal {signal}")
+                }
                 _ => String::new(),
             };
             (Status::NoGrade, format!("{e}{cut}; {how}"), None)
@@ -760,7 +784,12 @@ pub fn verdict(out: &RunOutcome, limits: &Limits) -> (Status, String, Option<sum
     }
 }
 
-fn result_from_run(ev: &Event, tests_sha: Option<String>, limits: &Limits, out: RunOutcome) -> JobResult {
+fn result_from_run(
+    ev: &Event,
+    tests_sha: Option<String>,
+    limits: &Limits,
+    out: RunOutcome,
+) -> JobResult {
     let (status, reason, s) = verdict(&out, limits);
     let (grade_total, summary, hidden) = match s {
         Some(s) => (Some(s.grade_total), s.summary, s.hidden),
@@ -869,7 +898,10 @@ impl Scheduler {
                 break;
             };
             claimed.push(name.clone());
-            match grader.spool.transition(name, State::Incoming, State::Active) {
+            match grader
+                .spool
+                .transition(name, State::Incoming, State::Active)
+            {
                 Ok(_) => {}
                 Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => continue,
                 Err(e) => {
@@ -1170,7 +1202,9 @@ pub struct Replay {
 pub async fn replay(cfg: Arc<Config>, spool: Arc<Spool>, job: &str) -> Result<Replay, GraderError> {
     let (ev, original) = read_record(&spool, job)?;
     let original = original.ok_or_else(|| {
-        GraderError::Other(format!("job {job} failed without a result; nothing to replay"))
+        GraderError::Other(format!(
+            "job {job} failed without a result; nothing to replay"
+        ))
     })?;
     let tests_sha = original.tests_sha.clone().ok_or_else(|| {
         GraderError::Other(format!(
@@ -1178,10 +1212,7 @@ pub async fn replay(cfg: Arc<Config>, spool: Arc<Spool>, job: &str) -> Result<Re
             original.status
         ))
     })?;
-    let kind: RunnerKind = original
-        .runner
-        .parse()
-        .map_err(GraderError::Other)?;
+    let kind: RunnerKind = original.runner.parse().map_err(GraderError::Other)?;
     let runner = sandbox::build_runner(&cfg, kind)?;
     let limits = original
         .limits
@@ -1193,7 +1224,9 @@ pub async fn replay(cfg: Arc<Config>, spool: Arc<Spool>, job: &str) -> Result<Re
             cfg.grader.git_timeout.get(),
             cfg.secrets.gitlab_token.clone(),
         ),
-        gradebook: Arc::new(Mutex::new(Gradebook::open(&gradebook::path_in(spool.root()))?)),
+        gradebook: Arc::new(Mutex::new(Gradebook::open(&gradebook::path_in(
+            spool.root(),
+        ))?)),
         runners: Mutex::new(HashMap::new()),
         work: spool.root().join("work"),
         cfg,

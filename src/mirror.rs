@@ -138,8 +138,7 @@ impl Mirrors {
                     && !c.starts_with('.')
                     && !c.ends_with(".git")
                     && c.len() <= 255
-                    && c
-                        .bytes()
+                    && c.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
             });
         if !ok {
@@ -230,7 +229,12 @@ impl Mirrors {
                 &dir,
                 "rev-parse",
                 url,
-                &["rev-parse", "--verify", "-q", &format!("{TESTS_HEAD_REF}^{{commit}}")],
+                &[
+                    "rev-parse",
+                    "--verify",
+                    "-q",
+                    &format!("{TESTS_HEAD_REF}^{{commit}}"),
+                ],
                 cancel,
             )
             .await;
@@ -276,7 +280,10 @@ impl Mirrors {
                 let _ = killpg(pid, Signal::SIGKILL);
             }
             let mut err = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut std::io::Read::take(&mut stderr, 64 * 1024), &mut err);
+            let _ = std::io::Read::read_to_end(
+                &mut std::io::Read::take(&mut stderr, 64 * 1024),
+                &mut err,
+            );
             let status = child.wait();
             (extracted.map(|()| usage), status, err)
         });
@@ -348,8 +355,14 @@ impl Mirrors {
         ));
         let never = CancellationToken::new();
         let tmp_s = tmp.to_string_lossy().into_owned();
-        self.git(parent, "init", "", &["init", "--bare", "-q", &tmp_s], &never)
-            .await?;
+        self.git(
+            parent,
+            "init",
+            "",
+            &["init", "--bare", "-q", &tmp_s],
+            &never,
+        )
+        .await?;
         std::fs::rename(&tmp, dir).map_err(|source| {
             let _ = std::fs::remove_dir_all(&tmp);
             MirrorError::Io {
@@ -404,7 +417,10 @@ impl Mirrors {
             let basic = base64(format!("oauth2:{}", t.expose()).as_bytes());
             env.push(("GIT_CONFIG_COUNT", "1".to_string()));
             env.push(("GIT_CONFIG_KEY_0", "http.extraHeader".to_string()));
-            env.push(("GIT_CONFIG_VALUE_0", format!("Authorization: Basic {basic}")));
+            env.push((
+                "GIT_CONFIG_VALUE_0",
+                format!("Authorization: Basic {basic}"),
+            ));
         }
         env
     }
@@ -532,7 +548,16 @@ mod tests {
             m.dir_for("course/alice/lab1").unwrap(),
             PathBuf::from("/m/course/alice/lab1.git")
         );
-        for bad in ["", "../x", "a/../b", "a/.git", "a//b", "a/b.git/c", "a/b c", "/abs"] {
+        for bad in [
+            "",
+            "../x",
+            "a/../b",
+            "a/.git",
+            "a//b",
+            "a/b.git/c",
+            "a/b c",
+            "/abs",
+        ] {
             assert!(m.dir_for(bad).is_err(), "{bad}");
         }
     }
@@ -553,7 +578,11 @@ mod tests {
     fn token_travels_only_in_the_environment() {
         let m = Mirrors::new("/m", Duration::from_secs(1), Some(Secret::new("s3cret")));
         let env = m.env_pairs();
-        let value = &env.iter().find(|(k, _)| *k == "GIT_CONFIG_VALUE_0").unwrap().1;
+        let value = &env
+            .iter()
+            .find(|(k, _)| *k == "GIT_CONFIG_VALUE_0")
+            .unwrap()
+            .1;
         assert!(value.starts_with("Authorization: Basic "));
         assert!(!value.contains("s3cret"));
     }

@@ -63,11 +63,17 @@ impl WorkspaceLimits {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkspaceError {
-    #[error("the workspace is larger than workspace_limit ({limit} bytes); remove large files from the repository")]
+    #[error(
+        "the workspace is larger than workspace_limit ({limit} bytes); remove large files from the repository"
+    )]
     SizeLimit { limit: u64 },
-    #[error("the workspace has more than workspace_files ({limit}) files; remove files from the repository")]
+    #[error(
+        "the workspace has more than workspace_files ({limit}) files; remove files from the repository"
+    )]
     FileLimit { limit: u64 },
-    #[error("no executable test_all at the top of the test repository; staff must add one (chmod +x)")]
+    #[error(
+        "no executable test_all at the top of the test repository; staff must add one (chmod +x)"
+    )]
     NoTestAll,
     #[error("refusing archive entry {path:?}: {reason}")]
     BadEntry { path: String, reason: String },
@@ -133,10 +139,7 @@ pub fn extract_tar<R: Read>(
             EntryType::Regular | EntryType::Continuous => usage.add(entry.size(), Some(limits))?,
             EntryType::Directory => usage.add(0, Some(limits))?,
             EntryType::Symlink => {
-                let target_len = entry
-                    .link_name_bytes()
-                    .map(|b| b.len() as u64)
-                    .unwrap_or(0);
+                let target_len = entry.link_name_bytes().map(|b| b.len() as u64).unwrap_or(0);
                 usage.add(target_len, Some(limits))?
             }
             other => {
@@ -203,7 +206,9 @@ pub fn overlay(
     for entry in walk {
         let entry = entry.map_err(|e| WorkspaceError::Read {
             path: e.path().unwrap_or(src).to_path_buf(),
-            source: e.into_io_error().unwrap_or_else(|| io::Error::other("walk error")),
+            source: e
+                .into_io_error()
+                .unwrap_or_else(|| io::Error::other("walk error")),
         })?;
         let rel = entry
             .path()
@@ -274,7 +279,9 @@ pub fn measure(dir: &Path) -> Result<Usage, WorkspaceError> {
     for entry in walkdir::WalkDir::new(dir).follow_links(false).min_depth(1) {
         let entry = entry.map_err(|e| WorkspaceError::Read {
             path: dir.to_path_buf(),
-            source: e.into_io_error().unwrap_or_else(|| io::Error::other("walk error")),
+            source: e
+                .into_io_error()
+                .unwrap_or_else(|| io::Error::other("walk error")),
         })?;
         let len = if entry.file_type().is_dir() {
             0
@@ -363,7 +370,10 @@ mod tests {
         fs::write(ws.join("sub/b"), "student-only").unwrap();
         finish(&tests, &ws, &big()).unwrap();
         assert_eq!(fs::read_to_string(ws.join("sub/a")).unwrap(), "tests");
-        assert_eq!(fs::read_to_string(ws.join("sub/b")).unwrap(), "student-only");
+        assert_eq!(
+            fs::read_to_string(ws.join("sub/b")).unwrap(),
+            "student-only"
+        );
         assert_eq!(fs::read_to_string(ws.join(".hidden")).unwrap(), "t");
         assert!(has_test_all(&ws));
     }
@@ -389,7 +399,10 @@ mod tests {
         assert!(fs::symlink_metadata(ws.join("checks")).unwrap().is_dir());
         assert_eq!(fs::read_to_string(ws.join("checks/c1")).unwrap(), "test");
         assert!(!outside.join("c1").exists());
-        assert_eq!(fs::read_to_string(outside.join("victim")).unwrap(), "original");
+        assert_eq!(
+            fs::read_to_string(outside.join("victim")).unwrap(),
+            "original"
+        );
         assert!(fs::symlink_metadata(ws.join("file")).unwrap().is_file());
     }
 

@@ -45,13 +45,30 @@ async fn pushed_commit_is_graded_with_both_shas_and_a_done_record() {
         stdout.contains(&format!("sha={sha} tests={tests_sha} job={}", ev.job_id)),
         "{stdout}"
     );
-    assert!(std::fs::read_to_string(done.join("stderr")).unwrap().contains("secret-log"));
+    assert!(
+        std::fs::read_to_string(done.join("stderr"))
+            .unwrap()
+            .contains("secret-log")
+    );
     assert!(done.join("event.json").exists());
     let spool = f.spool();
-    assert!(spool.list(labgrader::spool::State::Active).unwrap().is_empty());
-    assert!(spool.list(labgrader::spool::State::Incoming).unwrap().is_empty());
+    assert!(
+        spool
+            .list(labgrader::spool::State::Active)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        spool
+            .list(labgrader::spool::State::Incoming)
+            .unwrap()
+            .is_empty()
+    );
     // The workspace is gone.
-    assert_eq!(std::fs::read_dir(f.spool_dir.join("work")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(f.spool_dir.join("work")).unwrap().count(),
+        0
+    );
 
     let gb = Gradebook::open(&f.spool_dir.join("gradebook.sqlite")).unwrap();
     let row = gb.get(&ev.job_id).unwrap().expect("row");
@@ -63,12 +80,17 @@ async fn pushed_commit_is_graded_with_both_shas_and_a_done_record() {
     gb.export(Select::All, &Filter::default(), Format::Csv, &mut csv)
         .unwrap();
     let csv = String::from_utf8(csv).unwrap();
-    assert!(csv.contains(&format!("{},course/alice/lab1", ev.job_id)), "{csv}");
+    assert!(
+        csv.contains(&format!("{},course/alice/lab1", ev.job_id)),
+        "{csv}"
+    );
 
     let metrics = labgrader::metrics::render(&[]);
     for phase in ["queued", "fetch", "workspace", "run", "record"] {
         assert!(
-            metrics.contains(&format!("labgrader_grader_phase_seconds_count{{phase=\"{phase}\"}}")),
+            metrics.contains(&format!(
+                "labgrader_grader_phase_seconds_count{{phase=\"{phase}\"}}"
+            )),
             "{phase}: {metrics}"
         );
     }
@@ -94,8 +116,14 @@ async fn two_quick_pushes_are_each_graded_at_their_own_sha() {
     let r1 = f.wait_done(&e1.job_id, WAIT).await;
     let r2 = f.wait_done(&e2.job_id, WAIT).await;
     d.stop().await;
-    assert_eq!((r1.student_sha.as_str(), r1.grade_total), (sha1.as_str(), Some(1.0)));
-    assert_eq!((r2.student_sha.as_str(), r2.grade_total), (sha2.as_str(), Some(2.0)));
+    assert_eq!(
+        (r1.student_sha.as_str(), r1.grade_total),
+        (sha1.as_str(), Some(1.0))
+    );
+    assert_eq!(
+        (r2.student_sha.as_str(), r2.grade_total),
+        (sha2.as_str(), Some(2.0))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +136,11 @@ async fn empty_student_repository_is_still_graded() {
     f.enqueue(&ev);
     let r = f.wait_done(&ev.job_id, WAIT).await;
     d.stop().await;
-    assert_eq!((r.status, r.grade_total), (Status::Graded, Some(5.0)), "{r:?}");
+    assert_eq!(
+        (r.status, r.grade_total),
+        (Status::Graded, Some(5.0)),
+        "{r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +158,8 @@ async fn regrade_queues_again_and_replay_reproduces_the_grade_on_the_recorded_sh
     // The test repository moves on: a regrade takes the new head, a replay
     // keeps the recorded one.
     let new_tests = f.tests_repo("lab4", &simple_test_all("90"));
-    let queued = labgrader::grader::regrade(&f.spool(), &[ev.job_id.clone()], None).unwrap();
+    let queued =
+        labgrader::grader::regrade(&f.spool(), std::slice::from_ref(&ev.job_id), None).unwrap();
     assert_eq!(queued.len(), 1);
     let again = f.wait_done(&queued[0].1, WAIT).await;
     assert_eq!(again.grade_total, Some(90.0));

@@ -77,9 +77,16 @@ async fn infinite_loop_times_out_in_about_the_timeout_with_partial_credit() {
     let took = t.elapsed();
     d.stop().await;
     assert_eq!(r.status, Status::Timeout, "{r:?}");
-    assert_eq!(r.grade_total, Some(25.0), "partial credit from the last complete block");
+    assert_eq!(
+        r.grade_total,
+        Some(25.0),
+        "partial credit from the last complete block"
+    );
     assert!(r.reason.as_deref().unwrap().contains("timeout"), "{r:?}");
-    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(20), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +113,9 @@ async fn forged_summary_printed_before_the_real_one_does_not_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_test_all_is_a_clear_error_even_if_the_student_ships_one() {
     let f = Fixture::new();
-    f.push("root/lab8-test", |w| std::fs::write(w.join("README"), "no test_all").unwrap());
+    f.push("root/lab8-test", |w| {
+        std::fs::write(w.join("README"), "no test_all").unwrap()
+    });
     let sha = f.push("course/hal/lab8", |w| {
         write_exec(&w.join("test_all"), &simple_test_all("100"))
     });
@@ -117,7 +126,13 @@ async fn missing_test_all_is_a_clear_error_even_if_the_student_ships_one() {
     d.stop().await;
     assert_eq!(r.status, Status::Error, "{r:?}");
     assert_eq!(r.grade_total, None);
-    assert!(r.reason.as_deref().unwrap().contains("no executable test_all"), "{r:?}");
+    assert!(
+        r.reason
+            .as_deref()
+            .unwrap()
+            .contains("no executable test_all"),
+        "{r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,9 +156,15 @@ async fn oversized_student_tree_stops_at_workspace_limit_and_names_it() {
     let r2 = f.wait_done(&e2.job_id, WAIT).await;
     d.stop().await;
     assert_eq!(r1.status, Status::WorkspaceLimit, "{r1:?}");
-    assert!(r1.reason.as_deref().unwrap().contains("workspace_limit"), "{r1:?}");
+    assert!(
+        r1.reason.as_deref().unwrap().contains("workspace_limit"),
+        "{r1:?}"
+    );
     assert_eq!(r2.status, Status::WorkspaceLimit, "{r2:?}");
-    assert!(r2.reason.as_deref().unwrap().contains("workspace_files"), "{r2:?}");
+    assert!(
+        r2.reason.as_deref().unwrap().contains("workspace_files"),
+        "{r2:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,9 +193,21 @@ async fn malformed_events_go_to_corrupt_and_the_daemon_keeps_serving() {
     d.stop().await;
     assert_eq!(r.grade_total, Some(9.0));
     assert_eq!(r_sha.status, Status::Error);
-    assert!(r_sha.reason.as_deref().unwrap().contains("not a full commit SHA"));
+    assert!(
+        r_sha
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("not a full commit SHA")
+    );
     assert_eq!(r_path.status, Status::Error);
-    assert!(r_path.reason.as_deref().unwrap().contains("not a valid GitLab"));
+    assert!(
+        r_path
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("not a valid GitLab")
+    );
     assert_eq!(spool.list(State::Corrupt).unwrap(), ["01JUNK.json"]);
 }
 

@@ -34,12 +34,17 @@ async fn unreachable_git_is_retried_then_infra_error_and_never_counts_as_the_stu
     f.enqueue(&e2);
     let r2 = f.wait_done(&e2.job_id, WAIT).await;
     assert_eq!(r2.status, Status::InfraError, "{r2:?}");
-    assert!(r2.reason.as_deref().unwrap().contains("not the student's fault"), "{r2:?}");
+    assert!(
+        r2.reason
+            .as_deref()
+            .unwrap()
+            .contains("not the student's fault"),
+        "{r2:?}"
+    );
     assert_eq!(r2.grade_total, None);
-    let recorded: Event = serde_json::from_slice(
-        &std::fs::read(f.done_dir(&e2.job_id).join("event.json")).unwrap(),
-    )
-    .unwrap();
+    let recorded: Event =
+        serde_json::from_slice(&std::fs::read(f.done_dir(&e2.job_id).join("event.json")).unwrap())
+            .unwrap();
     assert_eq!(recorded.infra_attempts, 2, "retried twice before giving up");
 
     // Retried while GitLab is down, graded once it is back.
@@ -59,7 +64,11 @@ async fn unreachable_git_is_retried_then_infra_error_and_never_counts_as_the_stu
     std::fs::rename(&away, &bare).unwrap();
     let r3 = f.wait_done(&e3.job_id, WAIT).await;
     d.stop().await;
-    assert_eq!((r3.status, r3.grade_total), (Status::Graded, Some(50.0)), "{r3:?}");
+    assert_eq!(
+        (r3.status, r3.grade_total),
+        (Status::Graded, Some(50.0)),
+        "{r3:?}"
+    );
     assert_eq!(r3.extra.get("infra_attempts"), Some(&serde_json::json!(1)));
 
     // The infra_error is not the student's latest outcome.
@@ -71,9 +80,7 @@ async fn unreachable_git_is_retried_then_infra_error_and_never_counts_as_the_stu
     let latest = gb.select(Select::Latest, &filter).unwrap();
     assert_eq!(latest.len(), 1);
     assert_eq!(latest[0].job_id, e3.job_id);
-    assert!(
-        labgrader::metrics::counter_value("labgrader_grader_infra_retries_total", &[]) >= 3
-    );
+    assert!(labgrader::metrics::counter_value("labgrader_grader_infra_retries_total", &[]) >= 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,7 +128,10 @@ async fn one_projects_burst_does_not_starve_another() {
         }
     }
     // B, queued after all ten of A's, started before A's second job ended.
-    let b_start = lines.iter().position(|l| *l == format!("start {b}")).unwrap();
+    let b_start = lines
+        .iter()
+        .position(|l| *l == format!("start {b}"))
+        .unwrap();
     let a_ends: Vec<usize> = lines
         .iter()
         .enumerate()
@@ -161,7 +171,7 @@ async fn jobs_active_at_a_crash_are_requeued_and_the_third_crash_fails_them() {
     assert!(spool.list(State::Active).unwrap().is_empty());
     assert!(spool.list(State::Incoming).unwrap().is_empty());
     // Staff can retry it by hand.
-    let q = labgrader::grader::regrade(&spool, &[doomed.job_id.clone()], None).unwrap();
+    let q = labgrader::grader::regrade(&spool, std::slice::from_ref(&doomed.job_id), None).unwrap();
     let d = f.start(f.config(""));
     assert_eq!(f.wait_done(&q[0].1, WAIT).await.grade_total, Some(3.0));
     d.stop().await;

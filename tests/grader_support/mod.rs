@@ -99,7 +99,12 @@ impl Fixture {
             git(&work, &["init", "-q", "-b", "main"]);
             git(
                 &work,
-                &["remote", "add", "origin", &format!("file://{}", bare.display())],
+                &[
+                    "remote",
+                    "add",
+                    "origin",
+                    &format!("file://{}", bare.display()),
+                ],
             );
         }
         edit(&work);
