@@ -101,7 +101,7 @@ enum Prepared {
     },
 }
 
-/// `<work>/<job>/`: `workspace/` (where test_all runs) and `tests/` (staging).
+/// `<work>/<job>/workspace/`: where test_all runs; removed on drop.
 struct JobDir {
     root: PathBuf,
 }
@@ -110,7 +110,7 @@ impl JobDir {
     fn create(work: &Path, job_id: &str) -> Result<JobDir, WorkspaceError> {
         let root = work.join(job_id);
         let _ = workspace::remove_tree(&root);
-        for d in [root.join("workspace"), root.join("tests")] {
+        for d in [root.join("workspace")] {
             std::fs::create_dir_all(&d).map_err(|source| WorkspaceError::Write {
                 path: d.clone(),
                 source,
@@ -120,9 +120,6 @@ impl JobDir {
     }
     fn workspace(&self) -> PathBuf {
         self.root.join("workspace")
-    }
-    fn tests(&self) -> PathBuf {
-        self.root.join("tests")
     }
 }
 
@@ -497,15 +494,15 @@ impl Grader {
             files: self.cfg.grader.workspace_files,
         };
         let t = Instant::now();
-        let student = async {
-            let m = self
-                .mirrors
-                .ensure_commit(&ev.project.path, &student_url, &ev.commit, cancel)
-                .await?;
-            self.mirrors
-                .export(&m, &ev.commit, &ws.workspace(), limits, cancel)
-                .await
-        };
+        let ws_dir = ws.workspace();
+        let student = self.mirrors.export_commit(
+            &ev.project.path,
+            &student_url,
+            &ev.commit,
+            &ws_dir,
+            limits,
+            cancel,
+        );
         let tests = async {
             let (m, sha) = match tests_sha {
                 Some(sha) => (
@@ -520,19 +517,13 @@ impl Grader {
                         .await?
                 }
             };
-            let big = WorkspaceLimits {
-                bytes: u64::MAX,
-                files: u64::MAX,
-            };
-            self.mirrors
-                .export(&m, &sha, &ws.tests(), big, cancel)
-                .await?;
-            Ok::<_, MirrorError>(sha)
+            let tree = self.mirrors.cached_tree(&m, &sha, cancel).await?;
+            Ok::<_, MirrorError>((sha, tree))
         };
         let (s, te) = tokio::join!(student, tests);
         observe("fetch", t.elapsed());
-        let tests_sha = match te {
-            Ok(sha) => sha,
+        let (tests_sha, tests_tree) = match te {
+            Ok(v) => v,
             Err(e) => return mirror_fault(e, None, "test repository"),
         };
         if let Err(e) = s {
@@ -540,7 +531,7 @@ impl Grader {
         }
         let t = Instant::now();
         let finished = {
-            let (tests_dir, ws_dir) = (ws.tests(), ws.workspace());
+            let (tests_dir, ws_dir) = (tests_tree, ws.workspace());
             tokio::task::spawn_blocking(move || workspace::finish(&tests_dir, &ws_dir, &limits))
                 .await
                 .map_err(|e| Fault::Infra(e.to_string()))?

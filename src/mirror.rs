@@ -32,6 +32,10 @@ use crate::workspace::{self, Usage, WorkspaceError, WorkspaceLimits};
 
 /// Ref holding the test repository's default-branch head as last fetched.
 const TESTS_HEAD_REF: &str = "refs/labgrader/head";
+/// Directory (under the mirrors root) caching extracted test trees by SHA.
+const TREE_CACHE: &str = ".trees";
+/// Cached trees kept before old ones are pruned.
+const TREE_CACHE_KEEP: usize = 64;
 /// Bytes of git's stderr kept for an error message.
 const STDERR_KEEP: usize = 2000;
 /// Transports git may use: no `ext::` or other command-running helpers.
@@ -122,8 +126,9 @@ pub fn redact_url(url: &str) -> String {
 
 impl Mirrors {
     pub fn new(root: impl Into<PathBuf>, timeout: Duration, token: Option<Secret>) -> Mirrors {
+        let root = root.into();
         Mirrors {
-            root: root.into(),
+            root,
             timeout,
             token,
             locks: Mutex::new(HashMap::new()),
@@ -224,17 +229,20 @@ impl Mirrors {
             state.fetched_at = Some(started);
         }
         drop(state);
+        // The ref is a loose file (nothing packs refs: gc is off); reading
+        // it saves a process. rev-parse if it is not there.
+        if let Ok(text) = std::fs::read_to_string(dir.join(TESTS_HEAD_REF)) {
+            let sha = text.trim();
+            if is_full_sha(sha) {
+                return Ok((dir, sha.to_string()));
+            }
+        }
         let out = self
             .git(
                 &dir,
                 "rev-parse",
                 url,
-                &[
-                    "rev-parse",
-                    "--verify",
-                    "-q",
-                    &format!("{TESTS_HEAD_REF}^{{commit}}"),
-                ],
+                &["rev-parse", "--verify", "-q", &format!("{TESTS_HEAD_REF}^{{commit}}")],
                 cancel,
             )
             .await;
@@ -243,6 +251,106 @@ impl Mirrors {
             _ => Err(MirrorError::NoTestsHead {
                 url: redact_url(url),
             }),
+        }
+    }
+
+    /// Export commit `sha` of `path` into the empty directory `dest`,
+    /// fetching from `url` first only when the mirror lacks the commit
+    /// (the common case, a mirror that has it, costs one `git archive`).
+    pub async fn export_commit(
+        &self,
+        path: &str,
+        url: &str,
+        sha: &str,
+        dest: &Path,
+        limits: WorkspaceLimits,
+        cancel: &CancellationToken,
+    ) -> Result<Usage, MirrorError> {
+        if !is_full_sha(sha) {
+            return Err(MirrorError::BadSha(sha.to_string()));
+        }
+        let dir = self.dir_for(path)?;
+        if dir.join("HEAD").exists() {
+            match self.export(&dir, sha, dest, limits, cancel).await {
+                Err(MirrorError::Git { .. }) => {
+                    // Most likely an unknown commit: fetch, then try again
+                    // on a clean directory.
+                    let _ = workspace::remove_tree(dest);
+                    std::fs::create_dir_all(dest).map_err(|source| MirrorError::Io {
+                        path: dest.to_path_buf(),
+                        source,
+                    })?;
+                }
+                other => return other,
+            }
+        }
+        let dir = self.ensure_commit(path, url, sha, cancel).await?;
+        self.export(&dir, sha, dest, limits, cancel).await
+    }
+
+    /// The tree of commit `sha` of `mirror`, extracted once into a cache
+    /// shared by every job that uses it (test trees: many jobs, one
+    /// commit). The returned directory must only be read.
+    pub async fn cached_tree(
+        &self,
+        mirror: &Path,
+        sha: &str,
+        cancel: &CancellationToken,
+    ) -> Result<PathBuf, MirrorError> {
+        if !is_full_sha(sha) {
+            return Err(MirrorError::BadSha(sha.to_string()));
+        }
+        let cache = self.root.join(TREE_CACHE);
+        let dest = cache.join(sha);
+        if dest.is_dir() {
+            // Mark it used, so pruning leaves it alone.
+            if let Ok(f) = std::fs::File::open(&dest) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
+            return Ok(dest);
+        }
+        let tmp = cache.join(format!(".tmp-{}", crate::spool::new_job_id()));
+        std::fs::create_dir_all(&tmp).map_err(|source| MirrorError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        let unlimited = WorkspaceLimits {
+            bytes: u64::MAX,
+            files: u64::MAX,
+        };
+        if let Err(e) = self.export(mirror, sha, &tmp, unlimited, cancel).await {
+            let _ = workspace::remove_tree(&tmp);
+            return Err(e);
+        }
+        if std::fs::rename(&tmp, &dest).is_err() {
+            // Another job extracted it first.
+            let _ = workspace::remove_tree(&tmp);
+        }
+        self.prune_tree_cache(&cache);
+        Ok(dest)
+    }
+
+    /// Keep the tree cache small: past `TREE_CACHE_KEEP` entries, remove
+    /// those unused for an hour (no job runs that long).
+    fn prune_tree_cache(&self, cache: &Path) {
+        let Ok(rd) = std::fs::read_dir(cache) else {
+            return;
+        };
+        let entries: Vec<_> = rd.flatten().collect();
+        if entries.len() <= TREE_CACHE_KEEP {
+            return;
+        }
+        let hour = Duration::from_secs(3600);
+        for e in entries {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > hour);
+            if old {
+                let _ = workspace::remove_tree(&e.path());
+            }
         }
     }
 
