@@ -87,7 +87,12 @@ fn git(dir: &Path, args: &[&str]) -> Result<String> {
 
 /// Make bare repo `path` with `commits` commits (each changing a few
 /// files); returns the SHAs, oldest first.
-fn make_repo(root: &Path, path: &str, commits: usize, files: &[(&str, &str)]) -> Result<Vec<String>> {
+fn make_repo(
+    root: &Path,
+    path: &str,
+    commits: usize,
+    files: &[(&str, &str)],
+) -> Result<Vec<String>> {
     let bare = root.join("gitlab").join(format!("{path}.git"));
     std::fs::create_dir_all(&bare)?;
     git(&bare, &["init", "--bare", "-q", "-b", "main"])?;
@@ -105,7 +110,10 @@ fn make_repo(root: &Path, path: &str, commits: usize, files: &[(&str, &str)]) ->
     std::fs::create_dir_all(work.join("src"))?;
     let mut shas = Vec::new();
     for i in 0..commits {
-        std::fs::write(work.join("src/main.c"), format!("int main(void) {{ return {i}; }}\n"))?;
+        std::fs::write(
+            work.join("src/main.c"),
+            format!("int main(void) {{ return {i}; }}\n"),
+        )?;
         std::fs::write(work.join("README.md"), format!("submission {i}\n"))?;
         git(&work, &["add", "-A"])?;
         git(&work, &["commit", "-q", "-m", &format!("c{i}")])?;
@@ -347,7 +355,10 @@ done < "$list"
     rt.block_on(daemon)??;
     lat.sort_by(|a, b| a.total_cmp(b));
 
-    println!("grader benchmark (runner none, {workers} workers, {} CPUs)", num_cpus());
+    println!(
+        "grader benchmark (runner none, {workers} workers, {} CPUs)",
+        num_cpus()
+    );
     println!(
         "  dispatch latency (rename into incoming/ -> test_all started), {} jobs one at a time:",
         lat.len()

@@ -110,12 +110,8 @@ impl JobDir {
     fn create(work: &Path, job_id: &str) -> Result<JobDir, WorkspaceError> {
         let root = work.join(job_id);
         let _ = workspace::remove_tree(&root);
-        for d in [root.join("workspace")] {
-            std::fs::create_dir_all(&d).map_err(|source| WorkspaceError::Write {
-                path: d.clone(),
-                source,
-            })?;
-        }
+        let d = root.join("workspace");
+        std::fs::create_dir_all(&d).map_err(|source| WorkspaceError::Write { path: d, source })?;
         Ok(JobDir { root })
     }
     fn workspace(&self) -> PathBuf {

@@ -242,7 +242,12 @@ impl Mirrors {
                 &dir,
                 "rev-parse",
                 url,
-                &["rev-parse", "--verify", "-q", &format!("{TESTS_HEAD_REF}^{{commit}}")],
+                &[
+                    "rev-parse",
+                    "--verify",
+                    "-q",
+                    &format!("{TESTS_HEAD_REF}^{{commit}}"),
+                ],
                 cancel,
             )
             .await;
