@@ -213,3 +213,31 @@ async fn grade_local_runs_a_directory_pair_once() {
     assert_eq!(r.status, Status::Error);
     assert!(r.reason.unwrap().contains("test_all"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_token_never_lands_in_mirrors_records_or_the_gradebook() {
+    let f = Fixture::new();
+    f.tests_repo("lab5", &simple_test_all("1"));
+    let sha = f.push("course/tok/lab5", |_| {});
+    let mut cfg = (*f.config("")).clone();
+    let token = "glpat-SECRET-TOKEN-0123456789";
+    cfg.secrets.gitlab_token = Some(labgrader::config::Secret::new(token));
+    let d = f.start(std::sync::Arc::new(cfg));
+    let ev = f.event("course/tok/lab5", &sha);
+    f.enqueue(&ev);
+    let r = f.wait_done(&ev.job_id, WAIT).await;
+    d.stop().await;
+    assert_eq!(r.grade_total, Some(1.0));
+    for entry in walkdir::WalkDir::new(&f.spool_dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+    {
+        let bytes = std::fs::read(entry.path()).unwrap();
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "token found in {}",
+            entry.path().display()
+        );
+    }
+}
