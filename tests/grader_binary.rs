@@ -171,3 +171,35 @@ fn two_hundred_megabytes_of_stdout_are_capped_and_daemon_memory_stays_small() {
     eprintln!("daemon VmHWM after 200 MB of stdout: {hwm} KiB");
     assert!(hwm < 64 * 1024, "daemon peak RSS {hwm} KiB");
 }
+
+#[test]
+fn grade_command_prints_stdout_then_json_and_exits_zero_only_with_a_grade() {
+    let f = Fixture::new();
+    let (student, tests) = (f.tmp.path().join("s"), f.tmp.path().join("t"));
+    std::fs::create_dir_all(&student).unwrap();
+    std::fs::write(student.join("n"), "8").unwrap();
+    grader_support::write_exec(
+        &tests.join("test_all"),
+        "#!/bin/sh\necho hello\nprintf '<summary>\\ngrade_total = %s\\n</summary>\\n' \"$(cat n)\"\n",
+    );
+    let cfg = f.write_config("");
+    let run = |tests: &Path| {
+        Command::new(BIN)
+            .args(["grade", "--runner", "none", "--timeout", "10s", "--config"])
+            .arg(&cfg)
+            .arg("--student")
+            .arg(&student)
+            .arg("--tests")
+            .arg(tests)
+            .output()
+            .unwrap()
+    };
+    let out = run(&tests);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with("hello\n<summary>"), "{text}");
+    assert!(text.contains("\"grade_total\": 8.0"), "{text}");
+    let out = run(&student);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no executable test_all"));
+}
