@@ -34,9 +34,11 @@ use tracing::{Instrument, error, info, warn};
 
 use crate::config::{Config, RunnerKind};
 use crate::event::{EVENT_SCHEMA, Event, HookSource};
+use crate::gitlab::GitlabApi;
 use crate::gradebook::{self, Gradebook, GradebookError};
 use crate::metrics;
 use crate::mirror::{MirrorError, Mirrors};
+use crate::policy::{Admitted, QuotaLedger, Refusal};
 use crate::result::{JobResult, RESULT_SCHEMA, Status};
 use crate::sandbox::{
     self, Captured, Limits, RunOutcome, RunSpec, Runner, SandboxError, Termination,
@@ -85,6 +87,8 @@ enum Fault {
     Infra(String),
     /// Shutdown: put the job back untouched.
     Cancelled,
+    /// Refused by course policy (late, quota): `failed/`, never retried.
+    Refused(Refusal),
 }
 
 /// What the pipeline decided before or instead of running.
@@ -92,7 +96,11 @@ enum Prepared {
     Ready {
         ws: JobDir,
         tests_sha: String,
+        /// The course policy's answer (`None` when no gate: replay).
+        admitted: Option<Box<Admitted>>,
     },
+    /// Refused by course policy before running.
+    Refused(Refusal),
     /// A final outcome without a run (bad SHA, workspace limit, no test_all).
     Final {
         status: Status,
@@ -147,6 +155,14 @@ pub struct Grader {
     gradebook: Arc<Mutex<Gradebook>>,
     runners: Mutex<HashMap<String, Arc<dyn Runner>>>,
     work: PathBuf,
+    /// Course policy (manifest, authors, quota); `None` for replays.
+    gate: Option<PolicyGate>,
+}
+
+/// What admission needs besides the config.
+struct PolicyGate {
+    ledger: Arc<QuotaLedger>,
+    gitlab: Option<GitlabApi>,
 }
 
 impl Grader {
@@ -165,6 +181,8 @@ impl Grader {
             path: work.clone(),
             source,
         })?;
+        let ledger = QuotaLedger::in_spool(&root).map_err(|e| GraderError::Other(e.to_string()))?;
+        let gitlab = GitlabApi::from_config(&cfg, crate::httpc::HttpClient::new());
         let g = Grader {
             cfg,
             spool,
@@ -172,6 +190,10 @@ impl Grader {
             gradebook: Arc::new(Mutex::new(gradebook)),
             runners: Mutex::new(HashMap::new()),
             work,
+            gate: Some(PolicyGate {
+                ledger: Arc::new(ledger),
+                gitlab,
+            }),
         };
         g.runner(g.cfg.grader.runner)?;
         Ok(g)
@@ -191,6 +213,60 @@ impl Grader {
     /// "running" commit status); a no-op until then.
     pub fn on_started(&self, _event: &Event) {
         // wired by deliver
+    }
+
+    /// Called when course policy refused a job (late, over quota) after it
+    /// went to `failed/`. Wired by deliver (email the pusher
+    /// `refusal.message()`); a no-op until then.
+    pub fn on_refused(&self, _event: &Event, _refusal: &Refusal) {
+        // wired by deliver
+    }
+
+    /// Give back the quota slots of a job that failed by the grader's
+    /// fault (never charged to the student).
+    fn release_quota(&self, ev: &Event) {
+        if let Some(gate) = &self.gate
+            && let Err(e) = gate.ledger.release(&ev.job_id)
+        {
+            error!(job_id = %ev.job_id, error = %e, "cannot release the job's quota slots");
+        }
+    }
+
+    /// Move a job refused by course policy from `state` to
+    /// `failed/<job>/` (`event.json`, `reason` = `CODE: message`).
+    async fn refuse(
+        &self,
+        name: &str,
+        state: State,
+        ev: &Event,
+        refusal: &Refusal,
+    ) -> Result<(), GraderError> {
+        let tmp = self.spool.tmp_dir(&ev.job_id)?;
+        for (file, bytes) in [
+            ("event.json", ev.to_bytes()),
+            (
+                "reason",
+                format!("{}: {}\n", refusal.code(), refusal.message()).into_bytes(),
+            ),
+        ] {
+            let p = tmp.join(file);
+            std::fs::write(&p, bytes).map_err(|source| SpoolError::Write { path: p, source })?;
+        }
+        match self.spool.publish_dir(&tmp, State::Failed, &ev.job_id) {
+            Ok(_) | Err(SpoolError::Exists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = std::fs::remove_file(self.spool.path(state, name));
+        let _ = crate::spool::fsync_dir(&self.spool.dir(state));
+        metrics::inc(STATUS_METRIC, STATUS_HELP, &[("status", refusal.code())]);
+        info!(
+            reason = refusal.code(),
+            message = refusal.message(),
+            "refused by course policy: failed/"
+        );
+        self.on_refused(ev, refusal);
+        Ok(())
     }
 
     /// Called once a result is durably recorded (done/ and gradebook).
@@ -268,6 +344,7 @@ impl Grader {
         let _ = std::fs::remove_dir_all(&tmp);
         let result = self.bare_result(ev, None, Status::InfraError, reason.to_string());
         self.record_gradebook(result).await?;
+        self.release_quota(ev);
         let _ = std::fs::remove_file(self.spool.path(State::Incoming, name));
         let _ = crate::spool::fsync_dir(&self.spool.dir(State::Incoming));
         metrics::inc(STATUS_METRIC, STATUS_HELP, &[("status", "infra_error")]);
@@ -361,6 +438,11 @@ impl Grader {
                     }
                 }
                 Err(Fault::Infra(msg)) => self.infra_failure(&name, ev.clone(), msg).await,
+                Err(Fault::Refused(r)) => {
+                    if let Err(e) = self.refuse(&name, State::Active, &ev, &r).await {
+                        error!(error = %e, "cannot move a refused job to failed/; it stays in active/ until restart");
+                    }
+                }
                 Ok(()) => {}
             }
         }
@@ -407,6 +489,7 @@ impl Grader {
             "the grader could not grade this commit (not the student's fault; staff were alerted): {msg}"
         );
         let result = self.bare_result(&ev, None, Status::InfraError, reason);
+        self.release_quota(&ev);
         if let Err(e) = self.record(name, &ev, &result).await {
             error!(error = %e, "cannot record the infra_error result; the job stays in active/");
         }
@@ -439,8 +522,20 @@ impl Grader {
         let image = assignment.and_then(|a| a.image.clone());
         let runner = self.runner(kind).map_err(|e| Fault::Infra(e.to_string()))?;
         let prepared = self.prepare(ev, None, started, cancel).await?;
-        let (ws, tests_sha) = match prepared {
-            Prepared::Ready { ws, tests_sha } => (ws, tests_sha),
+        let (ws, tests_sha, admitted) = match prepared {
+            Prepared::Ready {
+                ws,
+                tests_sha,
+                admitted,
+            } => (ws, tests_sha, admitted),
+            Prepared::Refused(Refusal::InvalidManifest { message }) => {
+                info!(reason = %message, "invalid manifest: not run");
+                let mut r = self.bare_result(ev, None, Status::InvalidManifest, message);
+                r.runner = runner.name().to_string();
+                r.limits = Some(limits);
+                return Ok(r);
+            }
+            Prepared::Refused(other) => return Err(Fault::Refused(other)),
             Prepared::Final {
                 status,
                 reason,
@@ -465,7 +560,13 @@ impl Grader {
         observe("run", t.elapsed());
         drop(ws);
         match outcome {
-            Ok(out) => Ok(result_from_run(ev, Some(tests_sha), &limits, out)),
+            Ok(out) => {
+                let mut r = result_from_run(ev, Some(tests_sha), &limits, out);
+                if let Some(a) = admitted {
+                    r.extra.extend(a.extra);
+                }
+                Ok(r)
+            }
             Err(SandboxError::Cancelled) => Err(Fault::Cancelled),
             Err(e) => Err(Fault::Infra(e.to_string())),
         }
@@ -525,6 +626,26 @@ impl Grader {
         if let Err(e) = s {
             return mirror_fault(e, Some(tests_sha), "student repository");
         }
+        // Course policy reads the student's own tree, before the tests are
+        // laid over it (manifest, authors, then the quota slot).
+        let admitted = match &self.gate {
+            None => None,
+            Some(gate) => {
+                match crate::policy::admit(
+                    &self.cfg,
+                    ev,
+                    &ws.workspace(),
+                    gate.gitlab.clone(),
+                    &gate.ledger,
+                )
+                .await
+                {
+                    Ok(Ok(a)) => Some(Box::new(a)),
+                    Ok(Err(refusal)) => return Ok(Prepared::Refused(refusal)),
+                    Err(e) => return Err(Fault::Infra(format!("course policy: {e}"))),
+                }
+            }
+        };
         let t = Instant::now();
         let finished = {
             let (tests_dir, ws_dir) = (tests_tree, ws.workspace());
@@ -534,7 +655,11 @@ impl Grader {
         };
         observe("workspace", t.elapsed());
         match finished {
-            Ok(_) => Ok(Prepared::Ready { ws, tests_sha }),
+            Ok(_) => Ok(Prepared::Ready {
+                ws,
+                tests_sha,
+                admitted,
+            }),
             Err(e) => match e.status() {
                 Some(status) => Ok(Prepared::Final {
                     status,
@@ -1219,6 +1344,7 @@ pub async fn replay(cfg: Arc<Config>, spool: Arc<Spool>, job: &str) -> Result<Re
         ))?)),
         runners: Mutex::new(HashMap::new()),
         work: spool.root().join("work"),
+        gate: None,
         cfg,
         spool,
     };
@@ -1231,6 +1357,12 @@ pub async fn replay(cfg: Arc<Config>, spool: Arc<Spool>, job: &str) -> Result<Re
     {
         Err(Fault::Infra(m)) => return Err(GraderError::Other(m)),
         Err(Fault::Cancelled) => return Err(SandboxError::Cancelled.into()),
+        Err(Fault::Refused(r)) | Ok(Prepared::Refused(r)) => {
+            return Err(GraderError::Other(format!(
+                "refused by course policy: {}",
+                r.message()
+            )));
+        }
         Ok(Prepared::Final {
             status,
             reason,
@@ -1240,7 +1372,7 @@ pub async fn replay(cfg: Arc<Config>, spool: Arc<Spool>, job: &str) -> Result<Re
             r.limits = Some(limits.clone());
             r
         }
-        Ok(Prepared::Ready { ws, tests_sha }) => {
+        Ok(Prepared::Ready { ws, tests_sha, .. }) => {
             let spec = RunSpec {
                 job_id: replay_ev.job_id.clone(),
                 workspace: ws.workspace(),

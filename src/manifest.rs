@@ -531,8 +531,18 @@ pub async fn resolve_authors(
             unknown.push(shorten(&name));
             continue;
         }
+        let is_pusher_name = pusher
+            .username
+            .as_deref()
+            .is_some_and(|p| p.eq_ignore_ascii_case(&name));
         let found = match dir {
             Directory::Roster(r) => r.get(&name).cloned(),
+            // GitLab itself named the pusher: no lookup needed.
+            Directory::Gitlab(_) if is_pusher_name => Some(Author {
+                username: pusher.username.clone().unwrap_or_default(),
+                email: None,
+                name: None,
+            }),
             Directory::Gitlab(api) => api.find_user_by_username(&name).await?.map(|u| Author {
                 username: u.username,
                 email: u.email.or(u.public_email).filter(|e| !e.trim().is_empty()),

@@ -184,10 +184,10 @@ fn api(url: &str) -> GitlabApi {
 
 fn pusher() -> Pusher {
     Pusher {
-        id: Some(2),
-        username: Some("alice".into()),
-        name: Some("Alice".into()),
-        email: None,
+        id: Some(4),
+        username: Some("carol".into()),
+        name: Some("Carol".into()),
+        email: Some("carol@push.example".into()),
     }
 }
 
@@ -228,11 +228,23 @@ async fn two_authors_one_unknown_via_gitlab_users_api() {
 #[tokio::test]
 async fn gitlab_down_is_not_the_students_fault() {
     let (url, _) = fake_gitlab(true).await;
-    let e = resolve_authors(None, &pusher(), &Directory::Gitlab(api(&url)))
+    let m = Manifest::parse(br#"{"authors": ["bob"]}"#).unwrap();
+    let e = resolve_authors(Some(&m), &pusher(), &Directory::Gitlab(api(&url)))
         .await
         .unwrap_err();
     assert!(matches!(e, ManifestError::Lookup(_)), "{e}");
     assert!(!e.is_student_fault());
+}
+
+#[tokio::test]
+async fn the_pusher_is_never_looked_up_so_gitlab_down_cannot_stop_the_simple_case() {
+    let (url, seen) = fake_gitlab(true).await;
+    let a = resolve_authors(None, &pusher(), &Directory::Gitlab(api(&url)))
+        .await
+        .unwrap();
+    assert_eq!(a.known[0].username, "carol");
+    assert_eq!(a.known[0].email.as_deref(), Some("carol@push.example"));
+    assert!(seen.lock().unwrap().is_empty());
 }
 
 #[tokio::test]

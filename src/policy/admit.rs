@@ -1,7 +1,7 @@
 //! Admission: the one call the grader makes between exporting the student
 //! tree and running `test_all`, applying every course rule in order.
 //!
-//! Owns the order (submission? late? manifest → authors → quota) and the
+//! Owns the order (late? manifest → authors → quota) and the
 //! split of outcomes into three kinds: admitted (run it, with these
 //! limits, authors and result extras), refused by policy (the student's
 //! doing: a final status or `failed/` reason and a message for the
@@ -20,7 +20,7 @@ use crate::event::{Event, HookSource};
 use crate::gitlab::GitlabApi;
 use crate::manifest::{Authors, Directory, Manifest, ManifestError, resolve_authors};
 use crate::policy::{
-    Acceptance, Decision, PushFacts, QuotaDecision, QuotaLedger, ResolvedPolicy, decide_submission,
+    Acceptance, Decision, QuotaDecision, QuotaLedger, ResolvedPolicy, judge_lateness,
 };
 
 /// Run it.
@@ -51,9 +51,6 @@ pub enum Refusal {
         message: String,
         next_slot_at: DateTime<Utc>,
     },
-    /// The config changed since the hook accepted it and this push is no
-    /// longer a submission: `failed/`, reason `ignored`.
-    NotASubmission { message: String },
 }
 
 impl Refusal {
@@ -63,7 +60,6 @@ impl Refusal {
             Refusal::InvalidManifest { .. } => "invalid_manifest",
             Refusal::Late { .. } => "late",
             Refusal::Quota { .. } => "quota",
-            Refusal::NotASubmission { .. } => "ignored",
         }
     }
 
@@ -72,8 +68,7 @@ impl Refusal {
         match self {
             Refusal::InvalidManifest { message }
             | Refusal::Late { message }
-            | Refusal::Quota { message, .. }
-            | Refusal::NotASubmission { message } => message,
+            | Refusal::Quota { message, .. } => message,
         }
     }
 }
@@ -102,20 +97,12 @@ pub async fn admit(
     ledger: &Arc<QuotaLedger>,
 ) -> Result<Result<Admitted, Refusal>, AdmitError> {
     let policy = ResolvedPolicy::for_project(cfg, &event.project.name);
-    let facts = PushFacts {
-        kind: event.kind,
-        git_ref: &event.git_ref,
-        after: &event.after,
-        received_at: event.received_at,
-    };
-    let acceptance = match decide_submission(&policy, &facts) {
+    // Whether the push is a submission at all was the hook's call; the
+    // deadline is judged again here with the current config.
+    let acceptance = match judge_lateness(&policy, event.received_at) {
         Decision::Accept(a) => a,
-        Decision::Ignore(r) => {
-            return Ok(Err(Refusal::NotASubmission {
-                message: r.to_string(),
-            }));
-        }
         Decision::Reject { message, .. } => return Ok(Err(Refusal::Late { message })),
+        Decision::Ignore(_) => unreachable!("lateness never ignores"),
     };
     let invalid = |e: ManifestError| -> Result<Result<Admitted, Refusal>, AdmitError> {
         if e.is_student_fault() {

@@ -114,6 +114,55 @@ pub fn select_rows(rows: &[GradeRow], policy: ExportPolicy) -> Vec<GradeRow> {
     out
 }
 
+/// One row per author of each job: the authors recorded by admission
+/// (`extra.authors`), else the pusher (`extra.pusher`). Jobs with neither
+/// give no row (nobody to credit); `late` comes from `extra.late`.
+pub fn rows_from_results(results: &[crate::result::JobResult]) -> Vec<GradeRow> {
+    let mut out = Vec::new();
+    for r in results {
+        let late = r
+            .extra
+            .get("late")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
+        let mut people: Vec<(String, Option<String>)> = r
+            .extra
+            .get("authors")
+            .and_then(serde_json::Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| {
+                        let u = v.get("username")?.as_str()?.to_string();
+                        let e = v.get("email").and_then(|e| e.as_str()).map(str::to_string);
+                        Some((u, e))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if people.is_empty()
+            && !r.extra.contains_key("authors")
+            && let Some(p) = r.extra.get("pusher").and_then(serde_json::Value::as_str)
+        {
+            people.push((p.to_string(), None));
+        }
+        for (username, email) in people {
+            out.push(GradeRow {
+                username,
+                email,
+                grade: r.grade_total,
+                job: r.job_id.clone(),
+                commit: r.student_sha.clone(),
+                submitted_at: r.received_at,
+                late,
+                status: r.status,
+                summary: r.summary.clone(),
+                hidden: r.hidden.clone(),
+            });
+        }
+    }
+    out
+}
+
 /// The fixed columns, in order.
 pub const COLUMNS: [&str; 7] = [
     "username",

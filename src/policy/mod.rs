@@ -259,6 +259,20 @@ pub fn decide_submission(policy: &ResolvedPolicy, push: &PushFacts<'_>) -> Decis
             }
         }
     }
+    judge_lateness(policy, push.received_at)
+}
+
+/// The deadline part of [`decide_submission`] alone: `Accept` (with the
+/// late flag) or `Reject` for a submission received at `received_at`.
+/// The grader calls it again at grading time (through `admit`), so a
+/// deadline moved by staff applies to jobs still waiting.
+pub fn judge_lateness(policy: &ResolvedPolicy, received_at: DateTime<Utc>) -> Decision {
+    let push = PushFacts {
+        kind: EventKind::Push,
+        git_ref: "",
+        after: "",
+        received_at,
+    };
     let after_deadline = policy.due().is_some_and(|due| push.received_at > due);
     if after_deadline && policy.late == LatePolicy::Reject {
         let due = policy.deadline.expect("due() implies a deadline");
