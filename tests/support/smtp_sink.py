@@ -22,6 +22,12 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
+def login_of(session):
+    data = getattr(session, "auth_data", None)
+    login = getattr(data, "login", None)
+    return login.decode() if isinstance(login, bytes) else login
+
+
 class Sink:
     def __init__(self, directory):
         self.directory = directory
@@ -49,7 +55,7 @@ class Sink:
         record = {
             "mail_from": envelope.mail_from,
             "rcpt_tos": list(envelope.rcpt_tos),
-            "auth": getattr(session, "auth_data", None) and session.auth_data.login.decode(),
+            "auth": login_of(session),
             "headers": {k.lower(): str(v) for k, v in msg.items()},
             "content_type": msg.get_content_type(),
             "body_charset": body.get_content_charset() if body is not None else None,
@@ -84,9 +90,7 @@ def main():
                 and auth_data.login.decode() == user
                 and auth_data.password.decode() == password
             )
-            if ok:
-                session.auth_data = auth_data
-            return AuthResult(success=ok)
+            return AuthResult(success=ok, auth_data=auth_data if ok else None)
 
         kwargs = {
             "authenticator": authenticator,
