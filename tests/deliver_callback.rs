@@ -152,6 +152,25 @@ async fn callback_answered_400_is_dead_at_once_with_the_reason() {
     assert_eq!(dead_lines.len(), 1);
     assert_eq!(dead_lines[0].key, "01JCALLBACK0000000000000002:callback");
     assert!(dead_lines[0].reason.as_deref().unwrap().contains("400"));
+
+    // `labgrader queue` shows the dead delivery and why.
+    let conf = t.path().join("labgrader.toml");
+    std::fs::write(&conf, format!("[spool]\ndir = {:?}\n", cfg.spool.dir)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_labgrader"))
+        .arg("--config")
+        .arg(&conf)
+        .arg("queue")
+        .env_remove("LABGRADER_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("dead      1"), "{text}");
+    assert!(
+        text.contains("01JCALLBACK0000000000000002:callback"),
+        "{text}"
+    );
+    assert!(text.contains("unknown course"), "{text}");
     server.shutdown().await;
 }
 

@@ -504,41 +504,26 @@ pub async fn run(
             last_scan = std::time::Instant::now();
         }
         let now = Utc::now();
-        let busy: HashSet<&str> = in_flight.values().map(String::as_str).collect();
+        let mut running: Vec<String> = in_flight.values().cloned().collect();
         let mut ready: Vec<(DateTime<Utc>, String)> = due
             .iter()
-            .filter(|(n, t)| **t <= now && !busy.contains(n.as_str()))
+            .filter(|(n, t)| **t <= now && !running.contains(n))
             .map(|(n, t)| (*t, n.clone()))
             .collect();
         ready.sort();
         let mut started = Vec::new();
         for (_, name) in ready {
-            if in_flight.len() + started.len() >= limit {
+            if running.len() >= limit {
                 break;
             }
             // One commit-status stage of a job at a time, so they reach
             // GitLab in order.
-            if let Some((job, d)) = parse_file_name(&name)
-                && d.stage().is_some()
-                && busy
-                    .iter()
-                    .chain(
-                        started
-                            .iter()
-                            .map(String::as_str)
-                            .collect::<Vec<_>>()
-                            .iter(),
-                    )
-                    .any(|other| {
-                        parse_file_name(other)
-                            .is_some_and(|(j, od)| j == job && od.stage().is_some())
-                    })
-            {
+            if status_stage_running(&name, &running) {
                 continue;
             }
+            running.push(name.clone());
             started.push(name);
         }
-        drop(busy);
         for name in started {
             let (ctx, spool, n) = (ctx.clone(), spool.clone(), name.clone());
             let handle = tasks.spawn(async move { attempt_one(&ctx, &spool, &n).await });
@@ -593,6 +578,18 @@ pub async fn run(
         while tasks.join_next().await.is_some() {}
     }
     Ok(())
+}
+
+/// True when `name` is a commit-status stage and another stage of the same
+/// job is among `running`.
+fn status_stage_running(name: &str, running: &[String]) -> bool {
+    let Some((job, d)) = parse_file_name(name) else {
+        return false;
+    };
+    d.stage().is_some()
+        && running.iter().any(|other| {
+            parse_file_name(other).is_some_and(|(j, od)| j == job && od.stage().is_some())
+        })
 }
 
 /// Bring the in-memory index (name → next try) in line with the outbox:
