@@ -314,3 +314,61 @@ async fn unreadable_outbox_record_is_quarantined_not_retried_forever() {
     assert_eq!(server.requests().len(), 1);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn record_already_receipted_is_not_sent_again() {
+    // Guards the crash window between writing the receipt and removing the
+    // outbox record: on restart the record is dropped, not re-sent.
+    let t = tempfile::tempdir().unwrap();
+    let server = TestServer::start(Arc::new(|_, _| (200, vec![], "ok".into()))).await;
+    let cfg = callback_config(t.path(), &server.url("/grades"), "");
+    let spool = Arc::new(Spool::open(&cfg.spool.dir).unwrap());
+    let ev = event("01JCALLBACK0000000000000007", None);
+    let res = result(&ev, Status::Graded, Some(3.0), b"x\n", b"");
+    deliver::enqueue_result(&cfg, &spool, &ev, &res).unwrap();
+    let name = record_file_name(&ev.job_id, Destination::Callback);
+    let sent = spool.root().join(deliver::SENT_DIR);
+    std::fs::create_dir_all(&sent).unwrap();
+    std::fs::write(sent.join(&name), b"{}").unwrap();
+    let worker = Worker::start(&cfg, &spool);
+    wait_for("the record to leave the outbox", || {
+        !spool.path(State::Outbox, &name).exists()
+    })
+    .await;
+    worker.stop().await;
+    assert!(server.requests().is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deliveries_in_flight_never_exceed_the_concurrency_limit() {
+    let t = tempfile::tempdir().unwrap();
+    let server = TestServer::start_slow(
+        Arc::new(|_, _| (200, vec![], "ok".into())),
+        std::time::Duration::from_millis(100),
+    )
+    .await;
+    let cfg = callback_config(t.path(), &server.url("/grades"), "");
+    let mut cfg = cfg;
+    cfg.deliver.concurrency = 3;
+    let spool = Arc::new(Spool::open(&cfg.spool.dir).unwrap());
+    let jobs: Vec<String> = (0..20).map(|_| labgrader::spool::new_job_id()).collect();
+    for j in &jobs {
+        let ev = event(j, None);
+        let res = result(&ev, Status::Graded, Some(1.0), b"x\n", b"");
+        deliver::enqueue_result(&cfg, &spool, &ev, &res).unwrap();
+    }
+    let worker = Worker::start(&cfg, &spool);
+    wait_for("all 20 receipts", || {
+        jobs.iter()
+            .all(|j| receipt_exists(&spool, &record_file_name(j, Destination::Callback)))
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(server.requests().len(), 20);
+    let most = server
+        .max_concurrent
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=3).contains(&most), "{most} requests at once");
+    server.shutdown().await;
+}

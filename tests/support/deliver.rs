@@ -196,6 +196,8 @@ pub type Responder = Arc<dyn Fn(&Seen, usize) -> Answer + Send + Sync>;
 pub struct TestServer {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Most requests handled at the same time.
+    pub max_concurrent: Arc<std::sync::atomic::AtomicUsize>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -206,12 +208,26 @@ impl TestServer {
         Self::on(listener, responder)
     }
 
+    /// Like [`TestServer::start`], each answer held back by `delay`.
+    pub async fn start_slow(responder: Responder, delay: Duration) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, responder, delay)
+    }
+
     /// Serve on `listener` (e.g. bound again to a port a test chose earlier).
     pub fn on(listener: TcpListener, responder: Responder) -> TestServer {
+        Self::serve(listener, responder, Duration::ZERO)
+    }
+
+    fn serve(listener: TcpListener, responder: Responder, delay: Duration) -> TestServer {
+        use std::sync::atomic::{AtomicUsize, Ordering};
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let max_concurrent = Arc::new(AtomicUsize::new(0));
+        let now_concurrent = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
         let (s, st) = (seen.clone(), stop.clone());
+        let (maxc, nowc) = (max_concurrent.clone(), now_concurrent.clone());
         let task = tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -219,10 +235,16 @@ impl TestServer {
                     r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
                 };
                 let (seen, responder) = (s.clone(), responder.clone());
+                let (maxc, nowc) = (maxc.clone(), nowc.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let (seen, responder) = (seen.clone(), responder.clone());
+                        let (maxc, nowc) = (maxc.clone(), nowc.clone());
                         async move {
+                            let n = nowc.fetch_add(1, Ordering::SeqCst) + 1;
+                            maxc.fetch_max(n, Ordering::SeqCst);
+                            tokio::time::sleep(delay).await;
+                            nowc.fetch_sub(1, Ordering::SeqCst);
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await?.to_bytes().to_vec();
                             let req = Seen {
@@ -259,6 +281,7 @@ impl TestServer {
         TestServer {
             addr,
             seen,
+            max_concurrent,
             stop,
             task,
         }
