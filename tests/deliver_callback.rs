@@ -204,6 +204,43 @@ async fn callback_gives_up_after_max_attempts() {
 }
 
 #[tokio::test]
+async fn callback_gives_up_when_retry_for_has_passed() {
+    let t = tempfile::tempdir().unwrap();
+    let server = TestServer::start(Arc::new(|_, _| {
+        // Asks for far longer than retry_for: labgrader still makes a last
+        // attempt when retry_for runs out, then gives up.
+        (
+            429,
+            vec![("Retry-After", "3600".into())],
+            "slow down".into(),
+        )
+    }))
+    .await;
+    let mut cfg = callback_config(t.path(), &server.url("/grades"), "");
+    cfg.deliver.retry_for = labgrader::config::Seconds(std::time::Duration::from_millis(300));
+    let spool = Arc::new(Spool::open(&cfg.spool.dir).unwrap());
+    let ev = event("01JCALLBACK0000000000000008", None);
+    let res = result(&ev, Status::Graded, Some(1.0), b"x\n", b"");
+    deliver::enqueue_result(&cfg, &spool, &ev, &res).unwrap();
+    let worker = Worker::start(&cfg, &spool);
+    let name = record_file_name(&ev.job_id, Destination::Callback);
+    wait_for("the dead record", || {
+        spool.path(State::Dead, &name).exists()
+    })
+    .await;
+    worker.stop().await;
+    let dead = read_record(&spool, State::Dead, &name).unwrap();
+    assert_eq!(
+        dead.attempts, 2,
+        "the first try and a last one at the deadline"
+    );
+    let reason = dead.dead_reason.unwrap();
+    assert!(reason.contains("deliver.retry_for"), "{reason}");
+    assert!(reason.contains("429"), "{reason}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn callback_sends_stderr_and_hidden_keys_only_when_configured() {
     let t = tempfile::tempdir().unwrap();
     let server = TestServer::start(Arc::new(|_, _| (204, vec![], String::new()))).await;

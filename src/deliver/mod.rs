@@ -705,7 +705,6 @@ async fn attempt_one(ctx: &Ctx, spool: &Spool, name: &str) -> Option<DateTime<Ut
                 retry_after,
                 rand::random::<f64>(),
             );
-            let next = now + delay;
             let first = rec.first_try_at.unwrap_or(now);
             rec.last_error = Some(error.clone());
             let deadline = first + d.retry_for.get();
@@ -717,7 +716,7 @@ async fn attempt_one(ctx: &Ctx, spool: &Spool, name: &str) -> Option<DateTime<Ut
                 bury(spool, rec, reason);
                 return None;
             }
-            if next > deadline {
+            if now >= deadline {
                 let reason = format!(
                     "gave up after retrying for {} (deliver.retry_for), {} attempts; last error: {error}",
                     crate::config::Seconds(d.retry_for.get()),
@@ -726,9 +725,12 @@ async fn attempt_one(ctx: &Ctx, spool: &Spool, name: &str) -> Option<DateTime<Ut
                 bury(spool, rec, reason);
                 return None;
             }
+            // A last attempt when retry_for runs out, even if the backoff
+            // (or a long Retry-After) would wait past it.
+            let next = (now + delay).min(deadline);
             tracing::warn!(job_id = %rec.job_id, project = %rec.project, sha = %rec.sha,
                 destination = %rec.destination, attempts = rec.attempts, %error,
-                retry_in_ms = delay.as_millis() as u64, "delivery failed; will retry");
+                retry_in_ms = (next - now).num_milliseconds(), "delivery failed; will retry");
             count("retried", rec.destination);
             rec.next_try_at = next;
             match spool.replace(State::Outbox, name, &rec.to_bytes()) {
