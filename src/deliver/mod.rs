@@ -499,7 +499,7 @@ pub async fn run(
 
     loop {
         if rescan_needed || last_scan.elapsed() >= POLL {
-            rescan(&spool, &mut due);
+            rescan(&spool, &mut due).await;
             rescan_needed = false;
             last_scan = std::time::Instant::now();
         }
@@ -525,8 +525,7 @@ pub async fn run(
             started.push(name);
         }
         for name in started {
-            let (ctx, spool, n) = (ctx.clone(), spool.clone(), name.clone());
-            let handle = tasks.spawn(async move { attempt_one(&ctx, &spool, &n).await });
+            let handle = tasks.spawn(attempt_one(ctx.clone(), spool.clone(), name.clone()));
             in_flight.insert(handle.id(), name);
         }
 
@@ -593,29 +592,42 @@ fn status_stage_running(name: &str, running: &[String]) -> bool {
 }
 
 /// Bring the in-memory index (name → next try) in line with the outbox:
-/// learn new records (reading only those), forget vanished ones.
-fn rescan(spool: &Spool, due: &mut HashMap<String, DateTime<Utc>>) {
+/// learn new records (reading only those), forget vanished ones. The disk
+/// work runs on the blocking pool.
+async fn rescan(spool: &Arc<Spool>, due: &mut HashMap<String, DateTime<Utc>>) {
+    let known: HashSet<String> = due.keys().cloned().collect();
+    let s = spool.clone();
+    let scanned = tokio::task::spawn_blocking(move || scan(&s, &known)).await;
+    let Ok(Some((present, new))) = scanned else {
+        return;
+    };
+    due.retain(|n, _| present.contains(n));
+    due.extend(new);
+}
+
+/// Names now in the outbox, and the next try of those not in `known`.
+type Scan = (HashSet<String>, Vec<(String, DateTime<Utc>)>);
+
+fn scan(spool: &Spool, known: &HashSet<String>) -> Option<Scan> {
     let names = match spool.list(State::Outbox) {
         Ok(n) => n,
         Err(e) => {
             tracing::error!(error = %e, "cannot list the outbox");
-            return;
+            return None;
         }
     };
-    let present: HashSet<&String> = names.iter().collect();
-    due.retain(|n, _| present.contains(n));
+    let mut new = Vec::new();
     for name in &names {
-        if due.contains_key(name) {
+        if known.contains(name) {
             continue;
         }
         match read_record(spool, name) {
-            Ok(Some(rec)) => {
-                due.insert(name.clone(), rec.next_try_at);
-            }
+            Ok(Some(rec)) => new.push((name.clone(), rec.next_try_at)),
             Ok(None) => {}
             Err(e) => tracing::error!(name, error = %e, "cannot read outbox record"),
         }
     }
+    Some((names.into_iter().collect(), new))
 }
 
 /// Read and parse an outbox record; an unparseable one is quarantined
@@ -643,40 +655,36 @@ fn read_record(spool: &Spool, name: &str) -> Result<Option<Record>, SpoolError> 
     }
 }
 
+/// What [`prepare`] found.
+enum Prepared {
+    /// Nothing to send now; next due time (or `None`: left the outbox).
+    Done(Option<DateTime<Utc>>),
+    /// Due: send it.
+    Ready(Box<Record>),
+}
+
 /// Try one record once and record the outcome on disk. Returns when it is
 /// next due, or `None` when it left the outbox (delivered, dead, gone).
-async fn attempt_one(ctx: &Ctx, spool: &Spool, name: &str) -> Option<DateTime<Utc>> {
-    let retry_soon = || Some(Utc::now() + ctx.cfg.deliver.backoff_min.get());
-    let mut rec = match read_record(spool, name) {
-        Ok(Some(r)) => r,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::error!(name, error = %e, "cannot read outbox record");
-            return retry_soon();
-        }
+/// Disk work runs on the blocking pool; only the send is async.
+async fn attempt_one(ctx: Arc<Ctx>, spool: Arc<Spool>, name: String) -> Option<DateTime<Utc>> {
+    let retry_soon = Utc::now() + ctx.cfg.deliver.backoff_min.get();
+    let (s, n) = (spool.clone(), name.clone());
+    let prepared = tokio::task::spawn_blocking(move || prepare(&s, &n))
+        .await
+        .unwrap_or(Prepared::Done(Some(retry_soon)));
+    let mut rec = match prepared {
+        Prepared::Done(next) => return next,
+        Prepared::Ready(r) => *r,
     };
-    // A crash between writing the receipt and removing the record.
-    if receipt_path(spool, name).exists() {
-        remove_record(spool, name);
-        return None;
-    }
-    if let Some(later) = superseded_by(spool, &rec) {
-        let detail = format!("superseded by {later} before it was sent");
-        tracing::info!(job_id = %rec.job_id, destination = %rec.destination, "{detail}");
-        return finish_delivered(spool, &rec, detail);
-    }
     let now = Utc::now();
-    if rec.next_try_at > now {
-        return Some(rec.next_try_at);
-    }
     rec.first_try_at.get_or_insert(now);
     rec.last_try_at = Some(now);
     rec.attempts += 1;
     let started = std::time::Instant::now();
     let outcome = match &rec.payload {
-        Payload::Callback(p) => callback::send(ctx, &rec, p).await,
-        Payload::Email(p) => email::send(ctx, &rec, p).await,
-        Payload::Status(p) => status::send(ctx, &rec, p).await,
+        Payload::Callback(p) => callback::send(&ctx, &rec, p).await,
+        Payload::Email(p) => email::send(&ctx, &rec, p).await,
+        Payload::Status(p) => status::send(&ctx, &rec, p).await,
     };
     crate::metrics::observe(
         "labgrader_delivery_attempt_seconds",
@@ -684,6 +692,48 @@ async fn attempt_one(ctx: &Ctx, spool: &Spool, name: &str) -> Option<DateTime<Ut
         &[("destination", rec.destination.as_str())],
         started.elapsed(),
     );
+    let cfg = ctx.cfg.clone();
+    tokio::task::spawn_blocking(move || record_outcome(&cfg, &spool, &name, rec, outcome))
+        .await
+        .unwrap_or(Some(retry_soon))
+}
+
+/// Read the record and decide whether it is to be sent now.
+fn prepare(spool: &Spool, name: &str) -> Prepared {
+    let rec = match read_record(spool, name) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Prepared::Done(None),
+        Err(e) => {
+            tracing::error!(name, error = %e, "cannot read outbox record");
+            return Prepared::Done(Some(Utc::now() + Duration::from_secs(1)));
+        }
+    };
+    // A crash between writing the receipt and removing the record.
+    if receipt_path(spool, name).exists() {
+        remove_record(spool, name);
+        return Prepared::Done(None);
+    }
+    if let Some(later) = superseded_by(spool, &rec) {
+        let detail = format!("superseded by {later} before it was sent");
+        tracing::info!(job_id = %rec.job_id, destination = %rec.destination, "{detail}");
+        return Prepared::Done(finish_delivered(spool, &rec, detail));
+    }
+    if rec.next_try_at > Utc::now() {
+        return Prepared::Done(Some(rec.next_try_at));
+    }
+    Prepared::Ready(Box::new(rec))
+}
+
+/// Write down what one attempt came to; retries are scheduled from now
+/// (after the send), `retry_for` from the first try.
+fn record_outcome(
+    cfg: &Config,
+    spool: &Spool,
+    name: &str,
+    mut rec: Record,
+    outcome: Attempt,
+) -> Option<DateTime<Utc>> {
+    let now = Utc::now();
     match outcome {
         Attempt::Delivered { detail } => {
             tracing::info!(job_id = %rec.job_id, project = %rec.project, sha = %rec.sha,
@@ -697,7 +747,7 @@ async fn attempt_one(ctx: &Ctx, spool: &Spool, name: &str) -> Option<DateTime<Ut
             None
         }
         Attempt::Retry { error, retry_after } => {
-            let d = &ctx.cfg.deliver;
+            let d = &cfg.deliver;
             let delay = backoff(
                 rec.attempts,
                 d.backoff_min.get(),
