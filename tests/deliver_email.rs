@@ -195,6 +195,32 @@ async fn email_delivered_when_the_smtp_server_comes_back() {
 }
 
 #[tokio::test]
+async fn email_with_required_starttls_is_never_sent_in_clear() {
+    // The sink offers no STARTTLS: with `starttls = "required"` nothing may
+    // be sent; the delivery waits (retried) with an error that says why.
+    let t = tempfile::tempdir().unwrap();
+    let sink = SmtpSink::start(free_port(), &t.path().join("mail"), None).await;
+    let cfg = email_config(t.path(), sink.port, "starttls = \"required\"\n");
+    let spool = Arc::new(Spool::open(&cfg.spool.dir).unwrap());
+    let ev = event("01JEMAIL000000000000000009", Some("john@example.com"));
+    let res = result(&ev, Status::Graded, Some(2.0), b"secret grade\n", b"");
+    deliver::enqueue_result(&cfg, &spool, &ev, &res).unwrap();
+    let name = record_file_name(&ev.job_id, Destination::Email);
+    let worker = Worker::start(&cfg, &spool);
+    wait_for("a failed attempt", || {
+        read_record(&spool, State::Outbox, &name).is_some_and(|r| r.attempts >= 1)
+    })
+    .await;
+    worker.stop().await;
+    let rec = read_record(&spool, State::Outbox, &name).unwrap();
+    let err = rec.last_error.unwrap();
+    assert!(err.to_lowercase().contains("tls"), "{err}");
+    assert!(sink.messages().is_empty(), "a message went out without TLS");
+    assert!(raw_messages_in(&sink.dir).is_empty());
+    sink.stop().await;
+}
+
+#[tokio::test]
 async fn email_authenticates_with_username_and_password_secret() {
     let t = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(
