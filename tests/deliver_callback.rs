@@ -409,3 +409,54 @@ async fn deliveries_in_flight_never_exceed_the_concurrency_limit() {
     assert!((1..=3).contains(&most), "{most} requests at once");
     server.shutdown().await;
 }
+
+/// Figures, not a test: `cargo test --release --test deliver_callback -- --ignored --nocapture`.
+/// Delivers N callbacks to a loopback receiver that holds each answer 5 ms,
+/// with concurrency 1 (the baseline) and 8, and prints both rates and their ratio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn figures_callback_throughput_by_concurrency() {
+    const N: usize = 300;
+    let mut rates = Vec::new();
+    for concurrency in [1usize, 8] {
+        let t = tempfile::tempdir().unwrap();
+        let server = TestServer::start_slow(
+            Arc::new(|_, _| (200, vec![], "ok".into())),
+            std::time::Duration::from_millis(5),
+        )
+        .await;
+        let mut cfg = callback_config(t.path(), &server.url("/grades"), "");
+        cfg.deliver.concurrency = concurrency;
+        let spool = Arc::new(Spool::open(&cfg.spool.dir).unwrap());
+        let jobs: Vec<String> = (0..N).map(|_| labgrader::spool::new_job_id()).collect();
+        let size: usize = std::env::var("FIGURES_STDOUT_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64 << 10);
+        let stdout = "x".repeat(size);
+        for j in &jobs {
+            let ev = event(j, None);
+            let res = result(&ev, Status::Graded, Some(1.0), stdout.as_bytes(), b"");
+            deliver::enqueue_result(&cfg, &spool, &ev, &res).unwrap();
+        }
+        let started = std::time::Instant::now();
+        let worker = Worker::start(&cfg, &spool);
+        wait_for("all receipts", || {
+            spool.list(State::Outbox).unwrap().is_empty()
+        })
+        .await;
+        let secs = started.elapsed().as_secs_f64();
+        worker.stop().await;
+        assert_eq!(server.requests().len(), N);
+        let rate = N as f64 / secs;
+        println!(
+            "concurrency {concurrency}: {N} callbacks ({size} B stdout each) in {secs:.2} s = {rate:.0}/s"
+        );
+        rates.push(rate);
+        server.shutdown().await;
+    }
+    println!(
+        "ratio concurrency 8 / concurrency 1: {:.2}",
+        rates[1] / rates[0]
+    );
+}

@@ -554,7 +554,7 @@ pub async fn run(
                 if let Some(name) = in_flight.remove(&id) {
                     match next {
                         Some(t) => { due.insert(name, t); }
-                        None => { due.remove(&name); rescan_needed = true; }
+                        None => { due.remove(&name); }
                     }
                 }
             }
@@ -853,12 +853,12 @@ fn write_receipt(spool: &Spool, name: &str, receipt: &Receipt) -> io::Result<()>
     res
 }
 
+/// Remove a record whose receipt is written. No directory fsync: should
+/// the removal be lost in a crash, the receipt keeps it from being re-sent.
 fn remove_record(spool: &Spool, name: &str) {
     let p = spool.path(State::Outbox, name);
     match fs::remove_file(&p) {
-        Ok(()) => {
-            let _ = fsync_dir(&spool.dir(State::Outbox));
-        }
+        Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => {
             tracing::error!(path = %p.display(), error = %e, "cannot remove delivered record")
