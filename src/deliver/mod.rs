@@ -547,8 +547,8 @@ pub async fn run(
                     Ok((id, next)) => (id, next),
                     Err(e) => {
                         tracing::error!(error = %e, "delivery task failed");
-                        // Tried again after a rescan, from what is on disk.
-                        (e.id(), None)
+                        // Tried again later from what is on disk; never in a hot loop.
+                        (e.id(), Some(Utc::now() + cfg.deliver.backoff_max.get()))
                     }
                 };
                 if let Some(name) = in_flight.remove(&id) {
