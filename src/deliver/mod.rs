@@ -1005,6 +1005,89 @@ mod tests {
     }
 
     #[test]
+    fn bad_deliver_settings_name_their_key() {
+        for (toml, key) in [
+            ("[deliver]\nconcurrency = 0\n", "deliver.concurrency"),
+            ("[deliver]\nbackoff_min = \"0s\"\n", "deliver.backoff_min"),
+            (
+                "[deliver]\nbackoff_min = \"1h\"\nbackoff_max = \"1m\"\n",
+                "deliver.backoff_min",
+            ),
+            ("[email]\nurl = \"imap://x\"\n", "email.url"),
+        ] {
+            let e = Config::from_toml(toml, None).unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+    }
+
+    fn result(
+        status: crate::result::Status,
+        grade: Option<f64>,
+        reason: Option<&str>,
+    ) -> JobResult {
+        JobResult {
+            schema: crate::result::RESULT_SCHEMA,
+            job_id: "01J".into(),
+            project: "a/b".into(),
+            git_ref: "refs/heads/main".into(),
+            student_sha: "abc".into(),
+            tests_sha: None,
+            runner: "none".into(),
+            image: None,
+            image_id: None,
+            limits: Some(crate::sandbox::Limits {
+                timeout: Duration::from_secs(90),
+                memory: 1 << 20,
+                pids: 1,
+                output: 1 << 10,
+                cpus: 1.0,
+                file_size: 1 << 10,
+                open_files: 8,
+            }),
+            received_at: Utc::now(),
+            started_at: None,
+            ended_at: Utc::now(),
+            status,
+            reason: reason.map(str::to_string),
+            termination: None,
+            grade_total: grade,
+            summary: Default::default(),
+            hidden: Default::default(),
+            stdout: Default::default(),
+            stderr: Default::default(),
+            extra: Default::default(),
+        }
+    }
+
+    #[test]
+    fn verdicts_name_the_grade_or_the_failure() {
+        use crate::result::Status;
+        assert_eq!(format_grade(87.5), "87.5");
+        assert_eq!(format_grade(100.0), "100");
+        assert_eq!(format_grade(-0.25), "-0.25");
+        assert_eq!(
+            verdict(&result(Status::Graded, Some(100.0), None)),
+            "grade 100"
+        );
+        assert_eq!(
+            verdict(&result(Status::Timeout, None, None)),
+            "timed out after 90 s"
+        );
+        assert_eq!(
+            verdict(&result(
+                Status::Timeout,
+                Some(40.0),
+                Some("timed out after 120 s")
+            )),
+            "timed out after 120 s (grade 40)"
+        );
+        assert_eq!(
+            verdict(&result(Status::NoGrade, None, None)),
+            "no grade_total in the summary"
+        );
+    }
+
+    #[test]
     fn file_names_round_trip() {
         for d in Destination::ALL {
             let n = record_file_name("01JOB", d);
