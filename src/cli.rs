@@ -312,16 +312,22 @@ struct QueueReport {
     counts: Vec<(State, usize)>,
     waiting: Vec<String>,
     active: Vec<String>,
+    /// Oldest deliveries waiting in outbox/ and given up in dead/ (with reasons).
+    deliveries_waiting: Vec<crate::deliver::DeliveryLine>,
+    deliveries_dead: Vec<crate::deliver::DeliveryLine>,
 }
 
 fn queue(cfg: &Config, json: bool) -> Result<ExitCode> {
     let spool = Spool::open(&cfg.spool.dir)
         .with_context(|| format!("cannot open spool {}", cfg.spool.dir.display()))?;
+    let (deliveries_waiting, deliveries_dead) = crate::deliver::report(&spool, 50)?;
     let report = QueueReport {
         spool: cfg.spool.dir.clone(),
         counts: State::ALL.iter().map(|s| (*s, spool.count(*s))).collect(),
         waiting: spool.list(State::Incoming)?,
         active: spool.list(State::Active)?,
+        deliveries_waiting,
+        deliveries_dead,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -337,6 +343,30 @@ fn queue(cfg: &Config, json: bool) -> Result<ExitCode> {
             for j in jobs {
                 println!("  {}", crate::event::job_id_of(j));
             }
+        }
+    }
+    if !report.deliveries_waiting.is_empty() {
+        println!("deliveries waiting (oldest first, at most 50):");
+        for d in &report.deliveries_waiting {
+            let next = d.next_try_at.map(|t| t.to_rfc3339()).unwrap_or_default();
+            match &d.reason {
+                Some(r) => println!(
+                    "  {}  attempts {}  next {next}  last error: {r}",
+                    d.key, d.attempts
+                ),
+                None => println!("  {}  attempts {}  next {next}", d.key, d.attempts),
+            }
+        }
+    }
+    if !report.deliveries_dead.is_empty() {
+        println!("deliveries given up (dead/, at most 50):");
+        for d in &report.deliveries_dead {
+            println!(
+                "  {}  attempts {}  {}",
+                d.key,
+                d.attempts,
+                d.reason.as_deref().unwrap_or("(no reason recorded)")
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
