@@ -284,26 +284,37 @@ fn daemon(cfg: Arc<Config>, hook: bool, grader: bool) -> Result<ExitCode> {
             }
             crate::grader::run(cfg.clone(), spool.clone(), shutdown.clone()).await
         };
-        let (h, g) = tokio::join!(
-            async {
-                let r = hook_task.await;
-                if r.is_err() {
-                    shutdown.cancel();
-                }
-                r
-            },
-            async {
-                let r = grader_task.await;
-                if r.is_err() {
-                    shutdown.cancel();
-                }
-                r
+        // The delivery worker runs beside the grader (one worker per spool).
+        let deliver_task = async {
+            if !grader {
+                return Ok(());
             }
+            crate::deliver::run(cfg.clone(), spool.clone(), shutdown.clone())
+                .await
+                .context("delivery worker")
+        };
+        let (h, g, d) = tokio::join!(
+            stop_all_on_error(hook_task, &shutdown),
+            stop_all_on_error(grader_task, &shutdown),
+            stop_all_on_error(deliver_task, &shutdown),
         );
         h?;
         g?;
+        d?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Run one part of the daemon; if it fails, stop the others too.
+async fn stop_all_on_error(
+    part: impl std::future::Future<Output = Result<()>>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let r = part.await;
+    if r.is_err() {
+        shutdown.cancel();
+    }
+    r
 }
 
 #[derive(Serialize)]
