@@ -284,26 +284,37 @@ fn daemon(cfg: Arc<Config>, hook: bool, grader: bool) -> Result<ExitCode> {
             }
             crate::grader::run(cfg.clone(), spool.clone(), shutdown.clone()).await
         };
-        let (h, g) = tokio::join!(
-            async {
-                let r = hook_task.await;
-                if r.is_err() {
-                    shutdown.cancel();
-                }
-                r
-            },
-            async {
-                let r = grader_task.await;
-                if r.is_err() {
-                    shutdown.cancel();
-                }
-                r
+        // The delivery worker runs beside the grader (one worker per spool).
+        let deliver_task = async {
+            if !grader {
+                return Ok(());
             }
+            crate::deliver::run(cfg.clone(), spool.clone(), shutdown.clone())
+                .await
+                .context("delivery worker")
+        };
+        let (h, g, d) = tokio::join!(
+            stop_all_on_error(hook_task, &shutdown),
+            stop_all_on_error(grader_task, &shutdown),
+            stop_all_on_error(deliver_task, &shutdown),
         );
         h?;
         g?;
+        d?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Run one part of the daemon; if it fails, stop the others too.
+async fn stop_all_on_error(
+    part: impl std::future::Future<Output = Result<()>>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let r = part.await;
+    if r.is_err() {
+        shutdown.cancel();
+    }
+    r
 }
 
 #[derive(Serialize)]
@@ -312,16 +323,22 @@ struct QueueReport {
     counts: Vec<(State, usize)>,
     waiting: Vec<String>,
     active: Vec<String>,
+    /// Oldest deliveries waiting in outbox/ and given up in dead/ (with reasons).
+    deliveries_waiting: Vec<crate::deliver::DeliveryLine>,
+    deliveries_dead: Vec<crate::deliver::DeliveryLine>,
 }
 
 fn queue(cfg: &Config, json: bool) -> Result<ExitCode> {
     let spool = Spool::open(&cfg.spool.dir)
         .with_context(|| format!("cannot open spool {}", cfg.spool.dir.display()))?;
+    let (deliveries_waiting, deliveries_dead) = crate::deliver::report(&spool, 50)?;
     let report = QueueReport {
         spool: cfg.spool.dir.clone(),
         counts: State::ALL.iter().map(|s| (*s, spool.count(*s))).collect(),
         waiting: spool.list(State::Incoming)?,
         active: spool.list(State::Active)?,
+        deliveries_waiting,
+        deliveries_dead,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -337,6 +354,30 @@ fn queue(cfg: &Config, json: bool) -> Result<ExitCode> {
             for j in jobs {
                 println!("  {}", crate::event::job_id_of(j));
             }
+        }
+    }
+    if !report.deliveries_waiting.is_empty() {
+        println!("deliveries waiting (oldest first, at most 50):");
+        for d in &report.deliveries_waiting {
+            let next = d.next_try_at.map(|t| t.to_rfc3339()).unwrap_or_default();
+            match &d.reason {
+                Some(r) => println!(
+                    "  {}  attempts {}  next {next}  last error: {r}",
+                    d.key, d.attempts
+                ),
+                None => println!("  {}  attempts {}  next {next}", d.key, d.attempts),
+            }
+        }
+    }
+    if !report.deliveries_dead.is_empty() {
+        println!("deliveries given up (dead/, at most 50):");
+        for d in &report.deliveries_dead {
+            println!(
+                "  {}  attempts {}  {}",
+                d.key,
+                d.attempts,
+                d.reason.as_deref().unwrap_or("(no reason recorded)")
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -70,6 +70,8 @@ pub enum GraderError {
     Mirror(#[from] MirrorError),
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
+    #[error("cannot queue the deliveries: {0}")]
+    Deliver(#[from] crate::deliver::DeliverError),
     #[error("{0:?} is not a job id")]
     BadJobId(String),
     #[error("job {0} has no finished record in done/ (or failed/)")]
@@ -209,10 +211,17 @@ impl Grader {
         Ok(r)
     }
 
-    /// Called when a job starts running. Wired by deliver (e.g. a
-    /// "running" commit status); a no-op until then.
-    pub fn on_started(&self, _event: &Event) {
-        // wired by deliver
+    /// Called when a job starts running: queue the "running" commit
+    /// status. Best effort: a status that cannot be queued never stops a job.
+    pub fn on_started(&self, event: &Event) {
+        if let Err(e) = crate::deliver::enqueue_commit_status(
+            &self.cfg,
+            &self.spool,
+            event,
+            crate::deliver::CommitState::Running,
+        ) {
+            warn!(error = %e, "cannot queue the running commit status");
+        }
     }
 
     /// Called when course policy refused a job (late, over quota) after it
@@ -267,12 +276,6 @@ impl Grader {
         );
         self.on_refused(ev, refusal);
         Ok(())
-    }
-
-    /// Called once a result is durably recorded (done/ and gradebook).
-    /// Wired by deliver (callback, email, commit status); a no-op until then.
-    pub fn on_recorded(&self, _event: &Event, _result: &JobResult) {
-        // wired by deliver
     }
 
     /// Start-up recovery: sweep workspaces and `tmp/`, put `active/` jobs
@@ -690,6 +693,10 @@ impl Grader {
             std::fs::write(&p, bytes).map_err(|source| SpoolError::Write { path: p, source })?;
         }
         self.record_gradebook(result.clone()).await?;
+        // Deliveries are queued before the job counts as done: a crash in
+        // between regrades the job, and queuing again is idempotent, so no
+        // result is ever recorded without its deliveries.
+        crate::deliver::enqueue_result(&self.cfg, &self.spool, ev, result)?;
         match self.spool.publish_dir(&tmp, State::Done, &ev.job_id) {
             Ok(_) => {}
             Err(SpoolError::Exists { .. }) => {
@@ -716,7 +723,6 @@ impl Grader {
         );
         info!(status = %result.status, grade = ?result.grade_total,
             tests_sha = result.tests_sha.as_deref().unwrap_or(""), "recorded");
-        self.on_recorded(ev, result);
         Ok(())
     }
 
