@@ -225,10 +225,15 @@ impl Grader {
     }
 
     /// Called when course policy refused a job (late, over quota) after it
-    /// went to `failed/`. Wired by deliver (email the pusher
-    /// `refusal.message()`); a no-op until then.
-    pub fn on_refused(&self, _event: &Event, _refusal: &Refusal) {
-        // wired by deliver
+    /// went to `failed/`: email the pusher why (and, for the quota, when
+    /// the next slot opens). Best effort, like the running status.
+    pub fn on_refused(&self, event: &Event, refusal: &Refusal) {
+        let text = refusal.message().to_string();
+        let mut r = self.bare_result(event, None, Status::Error, format!("not graded: {text}"));
+        r.stdout = Captured::from_bytes(format!("{text}\n").into_bytes(), 1 << 16);
+        if let Err(e) = crate::deliver::enqueue_email(&self.cfg, &self.spool, event, &r) {
+            warn!(error = %e, "cannot queue the refusal email");
+        }
     }
 
     /// Give back the quota slots of a job that failed by the grader's

@@ -16,6 +16,20 @@ use labgrader::result::Status;
 use labgrader::spool::State;
 
 const WAIT: Duration = Duration::from_secs(60);
+/// Email on, to a port where nothing listens: records stay in outbox/
+/// (or dead/) where the tests read them.
+const EMAIL: &str = "\n[email]\nurl = \"smtp://127.0.0.1:9\"\n";
+
+/// The queued email record of `job` (outbox/ or dead/).
+fn email_record(f: &Fixture, job: &str) -> serde_json::Value {
+    for dir in ["outbox", "dead"] {
+        let p = f.spool_dir.join(dir).join(format!("{job}.email.json"));
+        if let Ok(b) = std::fs::read(&p) {
+            return serde_json::from_slice(&b).unwrap();
+        }
+    }
+    panic!("no email queued for {job}: {:?}", f.listing());
+}
 
 async fn wait_failed(f: &Fixture, job: &str) -> String {
     let p = f.spool_dir.join("failed").join(job).join("reason");
@@ -40,7 +54,9 @@ async fn quota_two_per_hour_third_submission_fails_as_quota_and_is_never_retried
     let sha = f.push("course/alice/lab1", |w| {
         std::fs::write(w.join("a.txt"), "1").unwrap()
     });
-    let cfg = f.config("workers = 1\n[assignments.lab1]\nquota = \"2/1h\"\n");
+    let cfg = f.config(&format!(
+        "workers = 1\n[assignments.lab1]\nquota = \"2/1h\"\n{EMAIL}"
+    ));
     let t0 = Utc::now();
     let mut evs = Vec::new();
     for i in 0..3 {
@@ -52,6 +68,7 @@ async fn quota_two_per_hour_third_submission_fails_as_quota_and_is_never_retried
     let d = f.start(cfg);
     let mut graded = 0;
     let mut refused = Vec::new();
+    let mut refused_jobs = Vec::new();
     for ev in &evs {
         // Each ends either in done/ (graded) or in failed/ (quota).
         let start = std::time::Instant::now();
@@ -67,6 +84,7 @@ async fn quota_two_per_hour_third_submission_fails_as_quota_and_is_never_retried
                 std::fs::read_to_string(f.spool_dir.join("failed").join(&ev.job_id).join("reason"))
             {
                 refused.push(reason);
+                refused_jobs.push(ev.job_id.clone());
                 break;
             }
             assert!(start.elapsed() < WAIT, "{:?}", f.listing());
@@ -88,6 +106,20 @@ async fn quota_two_per_hour_third_submission_fails_as_quota_and_is_never_retried
     let s = f.spool();
     assert!(s.list(State::Incoming).unwrap().is_empty());
     assert!(s.list(State::Active).unwrap().is_empty());
+    // The pusher is emailed when the next slot opens.
+    let mail = email_record(&f, &refused_jobs[0]);
+    let text = mail["payload"]["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("the next submission can be graded from {next}")),
+        "{text}"
+    );
+    assert!(
+        mail["payload"]["subject"]
+            .as_str()
+            .unwrap()
+            .contains("not graded: quota"),
+        "{mail}"
+    );
     // Refusals are not grades.
     let gb = Gradebook::open(&f.spool_dir.join("gradebook.sqlite")).unwrap();
     assert_eq!(gb.select(Select::All, &Filter::default()).unwrap().len(), 2);
@@ -197,9 +229,9 @@ async fn late_flag_from_receipt_time_and_hidden_keys_only_for_staff() {
     let sha = f.push("course/alice/lab1", |w| {
         std::fs::write(w.join("x"), "x").unwrap()
     });
-    let cfg = f.config(
-        "[assignments.lab1]\ndeadline = \"2020-01-01T00:00:00+00:00\"\ngrace = \"5m\"\nlate = \"flag\"\n",
-    );
+    let cfg = f.config(&format!(
+        "[assignments.lab1]\ndeadline = \"2020-01-01T00:00:00+00:00\"\ngrace = \"5m\"\nlate = \"flag\"\n{EMAIL}",
+    ));
     let ev = f.event("course/alice/lab1", &sha);
     f.enqueue(&ev);
     let d = f.start(cfg);
@@ -218,6 +250,11 @@ async fn late_flag_from_receipt_time_and_hidden_keys_only_for_staff() {
         "{text}"
     );
     assert!(!serde_json::to_string(&student).unwrap().contains("secret"));
+    // The email actually queued has the public keys, not the hidden ones.
+    let mail = email_record(&f, &ev.job_id);
+    let body = mail["payload"]["text"].as_str().unwrap();
+    assert!(body.contains("shown = 1"), "{body}");
+    assert!(!body.contains("secret"), "{body}");
     // The staff export has the hidden column and the late flag.
     let gb = Gradebook::open(&f.spool_dir.join("gradebook.sqlite")).unwrap();
     let rows = rows_from_results(&gb.select(Select::All, &Filter::default()).unwrap());

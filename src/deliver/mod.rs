@@ -373,11 +373,15 @@ pub fn enqueue_result(
     result: &JobResult,
 ) -> Result<(), DeliverError> {
     let mut records = Vec::new();
+    // Hidden summary keys (and their lines in stdout) are for staff only:
+    // never emailed; sent to the callback only with include_hidden.
     if !cfg.callback.url.is_empty() {
-        records.push(callback::record(cfg, event, result));
+        let shown = crate::policy::hidden::callback_view(result, cfg.callback.include_hidden, true);
+        records.push(callback::record(cfg, event, &shown));
     }
     if !cfg.email.url.is_empty() {
-        records.push(email::record(cfg, event, result));
+        let shown = crate::policy::hidden::student_view(result);
+        records.push(email::record(cfg, event, &shown));
     }
     if commit_status_enabled(cfg) {
         records.push(status::final_record(cfg, event, result));
@@ -385,6 +389,22 @@ pub fn enqueue_result(
     for rec in &records {
         enqueue(spool, rec)?;
     }
+    Ok(())
+}
+
+/// Queue only the email of `result` (e.g. a job refused by course policy,
+/// whose `stdout` holds the explanation). A no-op when email is off.
+pub fn enqueue_email(
+    cfg: &Config,
+    spool: &Spool,
+    event: &Event,
+    result: &JobResult,
+) -> Result<(), DeliverError> {
+    if cfg.email.url.is_empty() {
+        return Ok(());
+    }
+    let shown = crate::policy::hidden::student_view(result);
+    enqueue(spool, &email::record(cfg, event, &shown))?;
     Ok(())
 }
 
