@@ -176,7 +176,7 @@ async fn manifest_authors_and_malformed_manifest_through_the_grader() {
     )
     .unwrap();
     let cfg = f.config(&format!(
-        "[assignments.lab1]\nroster = \"{}\"\n",
+        "[assignments.lab1]\nroster = \"{}\"\n{EMAIL}",
         roster.display()
     ));
     let good = f.push("course/alice/lab1", |w| {
@@ -201,6 +201,21 @@ async fn manifest_authors_and_malformed_manifest_through_the_grader() {
     assert_eq!(r1.status, Status::Graded);
     assert_eq!(r1.extra["unknown_authors"], serde_json::json!(["ghost"]));
     assert_eq!(r1.extra["manifest"]["description"], "team A");
+    // Every known author gets the email: bob in Cc (alice pushed).
+    let mail = email_record(&f, &ev1.job_id);
+    assert_eq!(
+        mail["payload"]["cc"],
+        serde_json::json!(["bob@uni.example"])
+    );
+    // The malformed manifest's position is emailed to the pusher.
+    let mail = email_record(&f, &ev2.job_id);
+    assert!(
+        mail["payload"]["subject"]
+            .as_str()
+            .unwrap()
+            .contains("labgrader.json line 3, column 1"),
+        "{mail}"
+    );
     assert_eq!(r2.status, Status::InvalidManifest);
     assert_eq!(
         r2.reason.as_deref(),

@@ -51,6 +51,44 @@ pub struct EmailPayload {
     pub raw_stdout_hex: Option<String>,
     pub message_id: String,
     pub date: chrono::DateTime<chrono::Utc>,
+    /// The other authors named in `labgrader.json` (course policy), as
+    /// `Cc:` addresses: each known author gets the email.
+    #[serde(default)]
+    pub cc: Vec<String>,
+}
+
+/// Addresses of the result's authors other than the pusher (from
+/// `extra.authors`, written by course policy): their email, else
+/// `email.address_template`; authors with neither are skipped.
+fn co_author_addresses(cfg: &Config, event: &Event, result: &JobResult) -> Vec<String> {
+    let pusher = event.pusher.username.as_deref().unwrap_or("");
+    let Some(authors) = result.extra.get("authors").and_then(|a| a.as_array()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for a in authors {
+        let Some(user) = a.get("username").and_then(|u| u.as_str()) else {
+            continue;
+        };
+        if user.eq_ignore_ascii_case(pusher) {
+            continue;
+        }
+        let addr = a
+            .get("email")
+            .and_then(|e| e.as_str())
+            .map(str::to_string)
+            .or_else(|| {
+                let t = &cfg.email.address_template;
+                (!t.is_empty()).then(|| super::fill(t, &[("username", user)]))
+            });
+        if let Some(addr) = addr
+            && usable(Some(&addr)).is_some()
+            && !out.contains(&addr)
+        {
+            out.push(addr);
+        }
+    }
+    out
 }
 
 /// The stdout shown in the message: at most `limit` bytes (cut at a
@@ -126,6 +164,7 @@ pub(crate) fn record(cfg: &Config, event: &Event, result: &JobResult) -> Record 
             message_domain(&cfg.email.from)
         ),
         date: result.ended_at,
+        cc: co_author_addresses(cfg, event, result),
     };
     Record::new(
         &result.job_id,
@@ -143,9 +182,16 @@ pub fn build_message(from: &Mailbox, to: Mailbox, p: &EmailPayload) -> Result<Me
     let text_part = SinglePart::builder()
         .header(ContentType::TEXT_PLAIN)
         .body(text);
-    let builder = Message::builder()
-        .from(from.clone())
-        .to(to)
+    let mut builder = Message::builder().from(from.clone()).to(to.clone());
+    for cc in &p.cc {
+        // Parsed again: the record is read back from disk.
+        if let Some(a) = usable(Some(cc))
+            && a != to.email
+        {
+            builder = builder.cc(Mailbox::new(None, a));
+        }
+    }
+    let builder = builder
         .subject(p.subject.clone())
         .date(p.date.into())
         .message_id(Some(p.message_id.clone()))
@@ -428,11 +474,14 @@ mod tests {
             raw_stdout_hex: None,
             message_id: "<a.email@example.edu>".into(),
             date: chrono::Utc::now(),
+            cc: vec!["bob@example.edu".into(), "not an address".into()],
         };
         let from: Mailbox = "g <g@example.edu>".parse().unwrap();
         let to: Mailbox = "s@example.edu".parse().unwrap();
         let raw = String::from_utf8(build_message(&from, to, &p).unwrap().formatted()).unwrap();
         assert!(raw.contains("Content-Transfer-Encoding: quoted-printable"));
+        // Co-authors are copied; a bad address is dropped, not fatal.
+        assert!(raw.contains("Cc: bob@example.edu\r\n"), "{raw}");
         // Soft breaks only: undoing them gives the line back as printed.
         let body = raw.split("\r\n\r\n").nth(1).unwrap();
         let decoded = body
