@@ -231,6 +231,49 @@ async fn manifest_authors_and_malformed_manifest_through_the_grader() {
         .collect();
     assert_eq!(who, [("alice", Some(75.0)), ("bob", Some(75.0))]);
     assert_eq!(rows[1].email.as_deref(), Some("bob@uni.example"));
+    // The same through the command line.
+    let conf = f.write_config(&format!(
+        "[assignments.lab1]\nroster = \"{}\"\n",
+        roster.display()
+    ));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_labgrader"))
+        .arg("--config")
+        .arg(&conf)
+        .args([
+            "gradebook",
+            "export",
+            "--policy",
+            "best",
+            "--assignment",
+            "lab1",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "username,email,grade,job,commit,submitted_at,late"
+    );
+    assert!(
+        lines[1].starts_with(&format!("alice,alice@uni.example,75,{},", ev1.job_id)),
+        "{text}"
+    );
+    assert!(lines[2].starts_with("bob,bob@uni.example,75,"), "{text}");
+    assert_eq!(lines.len(), 3, "{text}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_labgrader"))
+        .arg("--config")
+        .arg(&conf)
+        .args(["gradebook", "export", "--policy", "first"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("best, latest or latest-on-time"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
