@@ -288,7 +288,8 @@ async fn late_flag_from_receipt_time_and_hidden_keys_only_for_staff() {
         std::fs::write(w.join("x"), "x").unwrap()
     });
     let cfg = f.config(&format!(
-        "[assignments.lab1]\ndeadline = \"2020-01-01T00:00:00+00:00\"\ngrace = \"5m\"\nlate = \"flag\"\n{EMAIL}",
+        "[assignments.lab1]\ndeadline = \"2020-01-01T00:00:00+00:00\"\ngrace = \"5m\"\nlate = \"flag\"\n{EMAIL}\
+         [callback]\nurl = \"http://127.0.0.1:9/cb\"\n",
     ));
     let ev = f.event("course/alice/lab1", &sha);
     f.enqueue(&ev);
@@ -313,6 +314,21 @@ async fn late_flag_from_receipt_time_and_hidden_keys_only_for_staff() {
     let body = mail["payload"]["text"].as_str().unwrap();
     assert!(body.contains("shown = 1"), "{body}");
     assert!(!body.contains("secret"), "{body}");
+    // So has the default callback body (no include_hidden).
+    let mut cb = None;
+    for dir in ["outbox", "dead"] {
+        let p = f
+            .spool_dir
+            .join(dir)
+            .join(format!("{}.callback.json", ev.job_id));
+        if let Ok(b) = std::fs::read(&p) {
+            cb = Some(serde_json::from_slice::<serde_json::Value>(&b).unwrap());
+        }
+    }
+    let cb = cb.expect("callback queued");
+    let cb_body = cb["payload"]["body"].as_str().unwrap();
+    assert!(cb_body.contains("shown = 1"), "{cb_body}");
+    assert!(!cb_body.contains("secret"), "{cb_body}");
     // The staff export has the hidden column and the late flag.
     let gb = Gradebook::open(&f.spool_dir.join("gradebook.sqlite")).unwrap();
     let rows = rows_from_results(&gb.select(Select::All, &Filter::default()).unwrap());
