@@ -194,6 +194,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve => daemon(cfg, true, true),
         Command::Hook => daemon(cfg, true, false),
         Command::Grader => daemon(cfg, false, true),
+        Command::Sandbox(args) => sandbox(&cfg, &args.job_dir),
         other => anyhow::bail!("`{}` is not built yet", command_name(&other)),
     }
 }
@@ -297,6 +298,19 @@ fn daemon(cfg: Arc<Config>, hook: bool, grader: bool) -> Result<ExitCode> {
         );
         h?;
         g?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `labgrader sandbox --job-dir DIR`: exit 0 once `DIR/outcome.json` is
+/// written (whatever test_all did); an error is a grader fault.
+fn sandbox(cfg: &Config, dir: &std::path::Path) -> Result<ExitCode> {
+    runtime()?.block_on(async {
+        let shutdown = shutdown_on_signals()?;
+        let out = crate::sandbox::native::job::run_job_dir(&cfg.native, dir, &shutdown)
+            .await
+            .with_context(|| format!("sandbox job {}", dir.display()))?;
+        println!("{}", serde_json::to_string(&out.termination)?);
         Ok(ExitCode::SUCCESS)
     })
 }
