@@ -232,7 +232,7 @@ fn sandbox_subcommand_runs_a_job_dir_end_to_end() {
         serde_json::from_slice(&std::fs::read(dir.path().join("outcome.json")).unwrap()).unwrap();
     assert_eq!(outcome["termination"], serde_json::json!({"kind": "exited", "code": 4}));
     assert_eq!(outcome["stdout"]["truncated"], true);
-    assert_eq!(outcome["stdout"]["total"], 39);
+    assert_eq!(outcome["stdout"]["total"], 38);
     assert_eq!(outcome["job_id"], "job-42");
     assert_eq!(outcome["runner"], "native");
 }

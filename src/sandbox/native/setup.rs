@@ -662,6 +662,15 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
     // The O_PATH sources are mounted; test_all must not inherit them.
     close_from(FD_SOURCES).map_err(at(Step::Fds))?;
     loopback_up().map_err(at(Step::Loopback))?;
+    // Nothing inside may ever regain a capability (file caps, ambient).
+    for cap in 0..64 {
+        // SAFETY: prctl with integer arguments; EINVAL past the last cap.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0
+            && Errno::last() == Errno::EINVAL
+        {
+            break;
+        }
+    }
     nix::sys::prctl::set_no_new_privs().map_err(at(Step::NoNewPrivs))?;
     nix::sys::prctl::set_dumpable(false).map_err(at(Step::Dumpable))?;
 
