@@ -67,7 +67,10 @@ async fn native_write_outside_workspace_stays_inside() {
 
 /// A workspace holding `test_all` with `body`, writable by the sandbox uid.
 fn workspace(body: &str) -> tempfile::TempDir {
-    let ws = tempfile::Builder::new().prefix("lg-native-").tempdir().unwrap();
+    let ws = tempfile::Builder::new()
+        .prefix("lg-native-")
+        .tempdir()
+        .unwrap();
     std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let t = ws.path().join("test_all");
     std::fs::write(&t, format!("#!/bin/sh\n{body}")).unwrap();
@@ -110,7 +113,10 @@ async fn native_happy_path_reads_summary_and_sees_its_sandbox() {
     assert_eq!(String::from_utf8_lossy(&out.stderr.bytes), "to-staff\n");
     assert_eq!(out.runner, "native");
     // The workspace is the host directory, read-write.
-    assert_eq!(std::fs::read_to_string(ws.path().join("result.txt")).unwrap(), "kept\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("result.txt")).unwrap(),
+        "kept\n"
+    );
 }
 
 #[tokio::test]
@@ -190,7 +196,10 @@ async fn native_concurrent_jobs_do_not_hold_each_others_pipes() {
     );
     let (oa, took_a) = ra;
     assert_eq!(String::from_utf8_lossy(&oa.stdout.bytes), "a\n");
-    assert!(took_a < Duration::from_secs(2), "job a waited for job b: {took_a:?}");
+    assert!(
+        took_a < Duration::from_secs(2),
+        "job a waited for job b: {took_a:?}"
+    );
     assert_eq!(String::from_utf8_lossy(&rb.unwrap().stdout.bytes), "b\n");
 }
 
@@ -225,12 +234,22 @@ fn sandbox_subcommand_runs_a_job_dir_end_to_end() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read(dir.path().join("stdout")).unwrap(), b"id=job-42 and mo");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("stdout")).unwrap(),
+        b"id=job-42 and mo"
+    );
     assert_eq!(std::fs::read(dir.path().join("stderr")).unwrap(), b"oops\n");
     let outcome: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("outcome.json")).unwrap()).unwrap();
-    assert_eq!(outcome["termination"], serde_json::json!({"kind": "exited", "code": 4}));
+    assert_eq!(
+        outcome["termination"],
+        serde_json::json!({"kind": "exited", "code": 4})
+    );
     assert_eq!(outcome["stdout"]["truncated"], true);
     assert_eq!(outcome["stdout"]["total"], 38);
     assert_eq!(outcome["job_id"], "job-42");
@@ -241,7 +260,11 @@ fn sandbox_subcommand_runs_a_job_dir_end_to_end() {
 fn sandbox_subcommand_refuses_a_bad_job_file_without_writing() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("workspace")).unwrap();
-    std::fs::write(dir.path().join("job.json"), r#"{"version": 1, "job_id": "x"}"#).unwrap();
+    std::fs::write(
+        dir.path().join("job.json"),
+        r#"{"version": 1, "job_id": "x"}"#,
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_labgrader"))
         .args(["sandbox", "--job-dir"])
         .arg(dir.path())
@@ -251,4 +274,39 @@ fn sandbox_subcommand_refuses_a_bad_job_file_without_writing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("job.json is not a valid job file"), "{err}");
     assert!(!dir.path().join("outcome.json").exists());
+}
+
+/// The same subcommand as an ordinary user (uid 65534 via setpriv): no
+/// root, unprivileged user namespaces, no cgroup (rlimits instead).
+#[test]
+fn sandbox_subcommand_works_unprivileged() {
+    if !nix::unistd::geteuid().is_root() {
+        // Every test of this file already runs unprivileged.
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_job(
+        dir.path(),
+        "job-user",
+        "id -u\ngrep CapEff /proc/self/status\n",
+    );
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for e in walkdir::WalkDir::new(dir.path()) {
+        std::os::unix::fs::lchown(e.unwrap().path(), Some(65534), Some(65534)).unwrap();
+    }
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_labgrader"))
+        .args(["sandbox", "--job-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("setpriv (util-linux) is needed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
+    // (output is capped at 16 bytes by write_job)
+    assert_eq!(stdout, "65534\nCapEff:\t00", "{stdout}");
 }

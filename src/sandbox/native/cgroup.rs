@@ -22,8 +22,14 @@ const ROOT: &str = "/sys/fs/cgroup";
 /// Where job cgroups are created, found once per runner.
 #[derive(Debug, Clone)]
 pub enum Hierarchy {
-    V2 { parent: PathBuf },
-    V1 { memory: PathBuf, pids: PathBuf, cpu: Option<PathBuf> },
+    V2 {
+        parent: PathBuf,
+    },
+    V1 {
+        memory: PathBuf,
+        pids: PathBuf,
+        cpu: Option<PathBuf>,
+    },
 }
 
 impl Hierarchy {
@@ -38,14 +44,19 @@ impl Hierarchy {
             let own = |ctl: &str| -> Result<PathBuf, String> {
                 let mount = Path::new(ROOT).join(ctl);
                 if !mount.join("cgroup.procs").exists() {
-                    return Err(format!("no cgroup v1 `{ctl}` controller at {}", mount.display()));
+                    return Err(format!(
+                        "no cgroup v1 `{ctl}` controller at {}",
+                        mount.display()
+                    ));
                 }
                 let rel = own_v1_path(ctl).unwrap_or_else(|| "/".into());
                 Ok(mount.join(rel.trim_start_matches('/')))
             };
             let memory = own("memory")?;
             let pids = own("pids")?;
-            let cpu = own("cpu").ok().filter(|p| p.join("cpu.cfs_quota_us").exists());
+            let cpu = own("cpu")
+                .ok()
+                .filter(|p| p.join("cpu.cfs_quota_us").exists());
             Hierarchy::V1 { memory, pids, cpu }
         };
         // Probe: can we create (and remove) a job cgroup here?
@@ -58,7 +69,11 @@ impl Hierarchy {
         match self {
             Hierarchy::V2 { parent } => format!("cgroup v2 under {}", parent.display()),
             Hierarchy::V1 { memory, pids, .. } => {
-                format!("cgroup v1 under {} and {}", memory.display(), pids.display())
+                format!(
+                    "cgroup v1 under {} and {}",
+                    memory.display(),
+                    pids.display()
+                )
             }
         }
     }
@@ -184,6 +199,14 @@ impl JobCgroup {
         Ok(())
     }
 
+    /// v1: the `tasks` files the sandbox's init writes `0` to, moving
+    /// itself in. A thread moving itself skips the global threadgroup lock
+    /// (and its RCU grace period, ~10-20 ms), which `cgroup.procs` takes.
+    /// v2 (`None`): the parent writes the pid to `cgroup.procs` instead.
+    pub fn self_attach_files(&self) -> Option<Vec<PathBuf>> {
+        (!self.v2).then(|| self.dirs.iter().map(|d| d.join("tasks")).collect())
+    }
+
     /// Put a process (host pid) in every controller of the job.
     pub fn add(&self, pid: i32) -> io::Result<()> {
         for d in &self.dirs {
@@ -211,7 +234,11 @@ impl JobCgroup {
     }
 
     fn procs(&self) -> Vec<i32> {
-        let d = if self.v2 { &self.dirs[0] } else { &self.dirs[1] };
+        let d = if self.v2 {
+            &self.dirs[0]
+        } else {
+            &self.dirs[1]
+        };
         fs::read_to_string(d.join("cgroup.procs"))
             .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
             .unwrap_or_default()

@@ -127,7 +127,9 @@ pub fn read_job_file(dir: &Path) -> Result<JobFile, JobDirError> {
         return Err(bad("limits.memory must be at least 4 MiB"));
     }
     if l.pids < 2 || l.open_files < 8 {
-        return Err(bad("limits.pids must be at least 2 and limits.open_files at least 8"));
+        return Err(bad(
+            "limits.pids must be at least 2 and limits.open_files at least 8",
+        ));
     }
     if !l.cpus.is_finite() || l.cpus < 0.0 {
         return Err(bad("limits.cpus must be a non-negative number"));
@@ -208,9 +210,18 @@ mod tests {
     #[test]
     fn job_file_rejects_unknown_keys_versions_and_ids() {
         for (json, want) in [
-            (format!(r#"{{"version": 1, "job_id": "a", "limits": {LIMITS}, "x": 1}}"#), "not a valid job file"),
-            (format!(r#"{{"version": 2, "job_id": "a", "limits": {LIMITS}}}"#), "version 2"),
-            (format!(r#"{{"version": 1, "job_id": "../x", "limits": {LIMITS}}}"#), "job_id"),
+            (
+                format!(r#"{{"version": 1, "job_id": "a", "limits": {LIMITS}, "x": 1}}"#),
+                "not a valid job file",
+            ),
+            (
+                format!(r#"{{"version": 2, "job_id": "a", "limits": {LIMITS}}}"#),
+                "version 2",
+            ),
+            (
+                format!(r#"{{"version": 1, "job_id": "../x", "limits": {LIMITS}}}"#),
+                "job_id",
+            ),
             ("{".to_string(), "not a valid job file"),
         ] {
             let d = dir_with(&json);
@@ -222,7 +233,9 @@ mod tests {
     #[test]
     fn job_file_rejects_zero_timeout() {
         let limits = LIMITS.replace("\"timeout\": 5", "\"timeout\": 0");
-        let d = dir_with(&format!(r#"{{"version": 1, "job_id": "a", "limits": {limits}}}"#));
+        let d = dir_with(&format!(
+            r#"{{"version": 1, "job_id": "a", "limits": {limits}}}"#
+        ));
         let e = read_job_file(d.path()).unwrap_err().to_string();
         assert!(e.contains("timeout"), "{e}");
     }

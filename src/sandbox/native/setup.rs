@@ -22,7 +22,6 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::unistd::{Gid, Uid};
@@ -40,7 +39,8 @@ pub(super) const MAX_SOURCES: usize = 48;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Step {
-    Fds = 1,
+    Cgroup = 1,
+    Fds,
     ParentDeath,
     WaitParent,
     Sources,
@@ -60,6 +60,7 @@ pub enum Step {
     Loopback,
     NoNewPrivs,
     Dumpable,
+    WaitCgroup,
     Fork,
     Rlimit,
     DropCaps,
@@ -67,7 +68,8 @@ pub enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 24] = [
+    const ALL: [Step; 26] = [
+        Step::Cgroup,
         Step::Fds,
         Step::ParentDeath,
         Step::WaitParent,
@@ -88,6 +90,7 @@ impl Step {
         Step::Loopback,
         Step::NoNewPrivs,
         Step::Dumpable,
+        Step::WaitCgroup,
         Step::Fork,
         Step::Rlimit,
         Step::DropCaps,
@@ -101,6 +104,7 @@ impl Step {
     /// What the step does (used as `SandboxError::Setup::step`).
     pub fn name(self) -> &'static str {
         match self {
+            Step::Cgroup => "enter the job cgroup",
             Step::Fds => "arrange file descriptors",
             Step::ParentDeath => "tie the sandbox to the daemon's life",
             Step::WaitParent => "wait for the user namespace id maps",
@@ -121,6 +125,7 @@ impl Step {
             Step::Loopback => "bring up loopback",
             Step::NoNewPrivs => "set no_new_privs",
             Step::Dumpable => "make the init undumpable",
+            Step::WaitCgroup => "wait for the job cgroup",
             Step::Fork => "start test_all",
             Step::Rlimit => "set resource limits",
             Step::DropCaps => "drop capabilities",
@@ -131,6 +136,7 @@ impl Step {
     /// The syscall behind the step (ops of [`Step::Tree`] name their own).
     pub fn syscall(self) -> &'static str {
         match self {
+            Step::Cgroup => "write(tasks)",
             Step::Fds => "dup2/close_range",
             Step::ParentDeath => "prctl(PR_SET_PDEATHSIG)",
             Step::WaitParent => "read",
@@ -151,6 +157,7 @@ impl Step {
             Step::Loopback => "ioctl(SIOCSIFFLAGS)",
             Step::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS)",
             Step::Dumpable => "prctl(PR_SET_DUMPABLE)",
+            Step::WaitCgroup => "read",
             Step::Fork => "clone",
             Step::Rlimit => "setrlimit",
             Step::DropCaps => "capset",
@@ -228,6 +235,9 @@ pub struct Plan {
     pub stderr: OwnedFd,
     pub report: OwnedFd,
     pub go: OwnedFd,
+    /// cgroup v1 `tasks` files (opened by the parent) the init writes `0`
+    /// to, moving itself into the job cgroup before anything else.
+    pub cgroup_tasks: Vec<OwnedFd>,
     /// Host paths of bind sources (and whether each is a directory). The
     /// child opens them (O_PATH) inside its new mount namespace before it
     /// switches to the sandbox uid, so it may traverse directories that uid
@@ -396,6 +406,22 @@ fn arrange_fds(plan: &Plan) -> Result<(), Fail> {
     close_from(FD_SOURCES).map_err(at(Step::Fds))
 }
 
+/// Block until the parent writes one byte on the go pipe.
+fn wait_go(step: Step) -> Result<(), Fail> {
+    let mut go = [0u8; 1];
+    loop {
+        // SAFETY: read one byte from the go pipe.
+        let n = unsafe { libc::read(FD_GO, go.as_mut_ptr().cast(), 1) };
+        match n {
+            1 => return Ok(()),
+            // EOF: the daemon is gone or gave up.
+            0 => return Err((step, Errno::EPIPE, 0)),
+            _ if Errno::last() == Errno::EINTR => continue,
+            _ => return Err((step, Errno::last(), 0)),
+        }
+    }
+}
+
 /// Open every bind source at FD_SOURCES + index.
 fn open_sources(plan: &Plan) -> Result<(), Fail> {
     if plan.sources.len() > MAX_SOURCES {
@@ -421,7 +447,14 @@ fn open_sources(plan: &Plan) -> Result<(), Fail> {
 
 fn close_from(first: RawFd) -> Result<(), Errno> {
     // SAFETY: close_range(2) closes only fds of this process.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, 0) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        )
+    };
     if r == 0 {
         return Ok(());
     }
@@ -574,20 +607,19 @@ fn loopback_up() -> Result<(), Errno> {
 /// Steps up to the start of test_all; returns its pid (in the namespace).
 fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
     let plan = args.plan;
+    for fd in &plan.cgroup_tasks {
+        // SAFETY: write(2) of a static buffer to an fd the parent opened.
+        let r = unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) };
+        Errno::result(r).map_err(at(Step::Cgroup))?;
+    }
     arrange_fds(plan)?;
 
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .map_err(at(Step::ParentDeath))?;
-    let mut go = [0u8; 1];
-    // SAFETY: read one byte from the go pipe.
-    let n = unsafe { libc::read(FD_GO, go.as_mut_ptr().cast(), 1) };
-    if n != 1 {
-        // EOF: the daemon is gone or gave up; nothing to do.
-        let e = if n < 0 { Errno::last() } else { Errno::EPIPE };
-        return Err((Step::WaitParent, e, 0));
-    }
-    // SAFETY: closing our go fd.
-    unsafe { libc::close(FD_GO) };
+    // First byte: the id maps are written. (The second comes once the
+    // init is in the job cgroup: with cgroup v2 the parent attaches it
+    // while this setup runs.)
+    wait_go(Step::WaitParent)?;
     open_sources(plan)?;
 
     nix::unistd::setsid().map_err(at(Step::Session))?;
@@ -673,15 +705,21 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
     }
     nix::sys::prctl::set_no_new_privs().map_err(at(Step::NoNewPrivs))?;
     nix::sys::prctl::set_dumpable(false).map_err(at(Step::Dumpable))?;
+    wait_go(Step::WaitCgroup)?;
+    // SAFETY: closing our go fd.
+    unsafe { libc::close(FD_GO) };
 
     // SAFETY: the stack was allocated by the parent for this clone.
     let pid = unsafe {
         let top = args.stack2.as_mut_ptr().add(args.stack2.len());
         let top = top.sub(top as usize % 16);
+        // vfork semantics: the child borrows this memory (no page-table
+        // copy of the daemon's image) and runs only on its own stack
+        // until execve; the init waits meanwhile.
         libc::clone(
             exec_main,
             top.cast(),
-            libc::SIGCHLD,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
             (args as *mut ChildArgs).cast(),
         )
     };
@@ -716,7 +754,13 @@ extern "C" fn exec_main(arg: *mut libc::c_void) -> libc::c_int {
     }
     // SAFETY: prctl with constant arguments.
     unsafe {
-        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
     }
     if let Err(e) = capset(&[CapData::default(); 2]) {
         return fail((Step::DropCaps, e, 0));
