@@ -53,6 +53,35 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The kernel's share: clone a child into the same six namespaces and
+/// reap it, doing nothing else (no mounts, no exec). No runner can start a
+/// job below this.
+fn kernel_floor() -> Duration {
+    extern "C" fn noop(_: *mut libc::c_void) -> libc::c_int {
+        0
+    }
+    let mut stack = vec![0u8; 64 * 1024];
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::SIGCHLD;
+    let t0 = Instant::now();
+    // SAFETY: the child runs `noop` on its own stack and exits at once.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(stack.len());
+        let top = top.sub(top as usize % 16);
+        libc::clone(noop, top.cast(), flags, std::ptr::null_mut())
+    };
+    assert!(pid > 0, "clone failed");
+    let mut st = 0;
+    // SAFETY: waitpid on our child.
+    unsafe { libc::waitpid(pid, &mut st, libc::__WALL) };
+    t0.elapsed()
+}
+
 fn docker_answers() -> bool {
     Command::new("docker")
         .args(["version", "--format", "{{.Server.Version}}"])
@@ -113,6 +142,10 @@ async fn main() {
         name: "native runner".into(),
         samples: vec![],
     };
+    let mut floor = Stats {
+        name: "kernel: clone 6 namespaces".into(),
+        samples: vec![],
+    };
     // Warm-up: page cache, spawner thread, cgroup dirs.
     for _ in 0..3 {
         native.run(&spec, &cancel).await.unwrap();
@@ -138,14 +171,27 @@ async fn main() {
         nat.samples.push(t0.elapsed());
         assert_eq!(o.termination, Termination::Exited { code: 0 });
         assert!(String::from_utf8_lossy(&o.stdout.bytes).contains("grade_total"));
+
+        floor.samples.push(kernel_floor());
     }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "load average: {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     bare.print();
     none.print();
+    floor.print();
     nat.print();
     let overhead = nat.median().saturating_sub(bare.median());
     println!(
-        "native overhead over bare fork/exec (median): {:.2} ms (goal < 20 ms)",
-        ms(overhead)
+        "native overhead over bare fork/exec (median): {:.2} ms (goal < 20 ms); \
+         of which the kernel's namespace clone+teardown alone: {:.2} ms",
+        ms(overhead),
+        ms(floor.median())
     );
 
     if docker_answers() {

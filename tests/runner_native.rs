@@ -310,3 +310,19 @@ fn sandbox_subcommand_works_unprivileged() {
     // (output is capped at 16 bytes by write_job)
     assert_eq!(stdout, "65534\nCapEff:\t00", "{stdout}");
 }
+
+/// A student cannot create a user namespace (and with it capabilities)
+/// inside the job's: the sandbox sets its max_user_namespaces to 0.
+#[tokio::test]
+async fn native_nested_user_namespace_refused() {
+    let ws = workspace(
+        "unshare -U -r true 2>/dev/null && echo nested: allowed || echo nested: refused\n\
+         cat /proc/sys/user/max_user_namespaces\n",
+    );
+    let out = runner()
+        .run(&spec(ws.path()), &CancellationToken::new())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout.bytes).into_owned();
+    assert_eq!(stdout, "nested: refused\n0\n");
+}

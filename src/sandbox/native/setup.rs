@@ -58,6 +58,7 @@ pub enum Step {
     DetachOldRoot,
     Chdir,
     Loopback,
+    NoNestedUserns,
     NoNewPrivs,
     Dumpable,
     WaitCgroup,
@@ -68,7 +69,7 @@ pub enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 26] = [
+    const ALL: [Step; 27] = [
         Step::Cgroup,
         Step::Fds,
         Step::ParentDeath,
@@ -88,6 +89,7 @@ impl Step {
         Step::DetachOldRoot,
         Step::Chdir,
         Step::Loopback,
+        Step::NoNestedUserns,
         Step::NoNewPrivs,
         Step::Dumpable,
         Step::WaitCgroup,
@@ -123,6 +125,7 @@ impl Step {
             Step::DetachOldRoot => "detach the host's root",
             Step::Chdir => "enter /workspace",
             Step::Loopback => "bring up loopback",
+            Step::NoNestedUserns => "forbid nested user namespaces",
             Step::NoNewPrivs => "set no_new_privs",
             Step::Dumpable => "make the init undumpable",
             Step::WaitCgroup => "wait for the job cgroup",
@@ -155,6 +158,7 @@ impl Step {
             Step::DetachOldRoot => "umount2(MNT_DETACH)",
             Step::Chdir => "chdir",
             Step::Loopback => "ioctl(SIOCSIFFLAGS)",
+            Step::NoNestedUserns => "write(/proc/sys/user/max_user_namespaces)",
             Step::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS)",
             Step::Dumpable => "prctl(PR_SET_DUMPABLE)",
             Step::WaitCgroup => "read",
@@ -604,6 +608,23 @@ fn loopback_up() -> Result<(), Errno> {
     Ok(())
 }
 
+fn no_nested_userns() -> Result<(), Errno> {
+    // SAFETY: open/write/close on a static path and buffer.
+    unsafe {
+        let fd = Errno::result(libc::open(
+            c"/proc/sys/user/max_user_namespaces".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        ))?;
+        let r = libc::write(fd, b"0\n".as_ptr().cast(), 2);
+        let e = Errno::last();
+        libc::close(fd);
+        if r != 2 {
+            return Err(if r < 0 { e } else { Errno::EIO });
+        }
+    }
+    Ok(())
+}
+
 /// Steps up to the start of test_all; returns its pid (in the namespace).
 fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
     let plan = args.plan;
@@ -694,6 +715,10 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
     // The O_PATH sources are mounted; test_all must not inherit them.
     close_from(FD_SOURCES).map_err(at(Step::Fds))?;
     loopback_up().map_err(at(Step::Loopback))?;
+    // The job's user namespace may hold no further one: without a nested
+    // namespace the student never gains a capability anywhere (the attack
+    // surface Docker closes with seccomp).
+    no_nested_userns().map_err(at(Step::NoNestedUserns))?;
     // Nothing inside may ever regain a capability (file caps, ambient).
     for cap in 0..64 {
         // SAFETY: prctl with integer arguments; EINVAL past the last cap.
