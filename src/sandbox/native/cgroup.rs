@@ -59,10 +59,40 @@ impl Hierarchy {
                 .filter(|p| p.join("cpu.cfs_quota_us").exists());
             Hierarchy::V1 { memory, pids, cpu }
         };
+        h.sweep();
         // Probe: can we create (and remove) a job cgroup here?
         let probe = JobCgroup::create(&h, "probe", None).map_err(|e| e.to_string())?;
         probe.remove();
         Ok(h)
+    }
+
+    /// Remove job cgroups a crashed daemon left behind: empty
+    /// `labgrader-*` directories older than an hour (a live job's cgroup is
+    /// never empty that long, and rmdir refuses one with processes).
+    fn sweep(&self) {
+        let bases: Vec<&PathBuf> = match self {
+            Hierarchy::V2 { parent } => vec![parent],
+            Hierarchy::V1 { memory, pids, cpu } => {
+                let mut b = vec![memory, pids];
+                b.extend(cpu.iter());
+                b
+            }
+        };
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        for base in bases {
+            let Ok(entries) = fs::read_dir(base) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let stale = e.file_name().to_string_lossy().starts_with("labgrader-")
+                    && e.metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t < old);
+                if stale && fs::remove_dir(e.path()).is_ok() {
+                    tracing::info!(cgroup = %e.path().display(), "removed a stale job cgroup");
+                }
+            }
+        }
     }
 
     pub fn describe(&self) -> String {

@@ -609,10 +609,17 @@ async fn start(
     go: OwnedFd,
     chown: Option<(PathBuf, u32, u32)>,
 ) -> Result<Pid, SandboxError> {
+    // The chown walks the whole workspace: not on the spawner thread,
+    // which every job's start goes through.
+    if let Some((ws, uid, gid)) = chown {
+        tokio::task::spawn_blocking(move || chown_tree(&ws, uid, gid))
+            .await
+            .map_err(|e| setup_err("hand the workspace to the sandbox uid", e))?
+            .map_err(|e| setup_err("hand the workspace to the sandbox uid", e))?;
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
     on_spawner(move || {
-        let chown = chown.as_ref().map(|(p, u, g)| (p.as_path(), *u, *g));
-        let r = start_blocking(&plan, &maps, cgroup.as_deref(), &go, chown);
+        let r = start_blocking(&plan, &maps, cgroup.as_deref(), &go);
         drop(plan); // closes the child's ends in this process
         let _ = tx.send(r);
     });
@@ -625,12 +632,7 @@ fn start_blocking(
     (uid_map, gid_map, setgroups): &(String, String, &'static str),
     cgroup: Option<&JobCgroup>,
     go: &OwnedFd,
-    chown: Option<(&Path, u32, u32)>,
 ) -> Result<Pid, SandboxError> {
-    if let Some((ws, uid, gid)) = chown {
-        chown_tree(ws, uid, gid)
-            .map_err(|e| setup_err("hand the workspace to the sandbox uid", e))?;
-    }
     let mut args = ChildArgs::new(plan);
     let mut stack = vec![0u8; setup::STACK_SIZE];
     // SAFETY: the child gets a copy of this address space and runs
