@@ -93,6 +93,7 @@ async fn native_happy_path_reads_summary_and_sees_its_sandbox() {
     let ws = workspace(
         "echo \"job=$LABGRADER_JOB_ID cwd=$(pwd) home=$HOME host=$(hostname)\"\n\
          echo scratch > /tmp/x && cat /tmp/x\n\
+         grep -c labgrader- /proc/self/cgroup | sed 's/^/host cgroups: /'\n\
          echo kept > result.txt\n\
          ls /proc | grep -c '^[0-9]' | sed 's/^/pids: /'\n\
          echo '<summary>'\necho 'grade_total = 87.5'\necho '</summary>'\n\
@@ -109,6 +110,7 @@ async fn native_happy_path_reads_summary_and_sees_its_sandbox() {
         "{stdout}"
     );
     assert!(stdout.contains("scratch\n"), "{stdout}");
+    assert!(stdout.contains("host cgroups: 0\n"), "{stdout}");
     assert!(stdout.contains("grade_total = 87.5"), "{stdout}");
     assert_eq!(String::from_utf8_lossy(&out.stderr.bytes), "to-staff\n");
     assert_eq!(out.runner, "native");

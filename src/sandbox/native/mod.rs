@@ -29,8 +29,9 @@
 //! read-only, nosuid, nodev binds of the rootfs's system directories, the
 //! workspace read-write at `/workspace`, a fresh `/tmp` and `/dev/shm`, a
 //! minimal `/dev`, a new `/proc`; pivots into it, brings up `lo`, sets
-//! `no_new_privs`, and starts `test_all` with the run's rlimits and no
-//! capabilities. It reaps orphans and, when `test_all` ends, reports the
+//! `no_new_privs`, forbids nested user namespaces, enters a cgroup
+//! namespace rooted at the job cgroup, and starts `test_all` with the
+//! run's rlimits and no capabilities. It reaps orphans and, when `test_all` ends, reports the
 //! wait status and exits, so the kernel kills everything left in the
 //! namespace. On timeout the parent kills the init (the namespace dies
 //! with it) and everything in the job cgroup. A setup failure comes back

@@ -62,6 +62,7 @@ pub enum Step {
     NoNewPrivs,
     Dumpable,
     WaitCgroup,
+    CgroupNs,
     Fork,
     Rlimit,
     DropCaps,
@@ -69,7 +70,7 @@ pub enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 27] = [
+    const ALL: [Step; 28] = [
         Step::Cgroup,
         Step::Fds,
         Step::ParentDeath,
@@ -93,6 +94,7 @@ impl Step {
         Step::NoNewPrivs,
         Step::Dumpable,
         Step::WaitCgroup,
+        Step::CgroupNs,
         Step::Fork,
         Step::Rlimit,
         Step::DropCaps,
@@ -129,6 +131,7 @@ impl Step {
             Step::NoNewPrivs => "set no_new_privs",
             Step::Dumpable => "make the init undumpable",
             Step::WaitCgroup => "wait for the job cgroup",
+            Step::CgroupNs => "hide the host's cgroup paths",
             Step::Fork => "start test_all",
             Step::Rlimit => "set resource limits",
             Step::DropCaps => "drop capabilities",
@@ -162,6 +165,7 @@ impl Step {
             Step::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS)",
             Step::Dumpable => "prctl(PR_SET_DUMPABLE)",
             Step::WaitCgroup => "read",
+            Step::CgroupNs => "unshare(CLONE_NEWCGROUP)",
             Step::Fork => "clone",
             Step::Rlimit => "setrlimit",
             Step::DropCaps => "capset",
@@ -733,6 +737,8 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
     wait_go(Step::WaitCgroup)?;
     // SAFETY: closing our go fd.
     unsafe { libc::close(FD_GO) };
+    // Now in the job cgroup: make it the root of what the job can see.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(at(Step::CgroupNs))?;
 
     // SAFETY: the stack was allocated by the parent for this clone.
     let pid = unsafe {
