@@ -660,10 +660,10 @@ fn start_blocking(
         w("setgroups", setgroups)?;
         w("gid_map", gid_map)?;
         w("uid_map", uid_map)?;
-        let release = |what| {
-            nix::unistd::write(go, b"g")
-                .map(drop)
-                .map_err(|e| setup_err("release the sandbox", format!("{what}: {e}")))
+        let release = |what| match nix::unistd::write(go, b"g") {
+            // The child already failed and exited: its report says why.
+            Ok(_) | Err(nix::errno::Errno::EPIPE) => Ok(()),
+            Err(e) => Err(setup_err("release the sandbox", format!("{what}: {e}"))),
         };
         release("after the id maps")?;
         if let Some(cg) = cgroup.filter(|_| plan.cgroup_tasks.is_empty()) {
