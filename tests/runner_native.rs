@@ -328,3 +328,80 @@ async fn native_nested_user_namespace_refused() {
     let stdout = String::from_utf8_lossy(&out.stdout.bytes).into_owned();
     assert_eq!(stdout, "nested: refused\n0\n");
 }
+
+/// When the daemon dies (SIGKILL, no cleanup), its jobs die too: the
+/// sandbox's init has PR_SET_PDEATHSIG set after its last credential change.
+#[test]
+fn sandbox_dies_with_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = format!("lg-orphan-{}", std::process::id());
+    write_job(
+        dir.path(),
+        "job-orphan",
+        &format!("printf 'sleep 30\\n' > ./{token}\nsh ./{token}\n"),
+    );
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_labgrader"))
+        .args(["sandbox", "--job-dir"])
+        .arg(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let alive = || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &token])
+            .output()
+            .unwrap();
+        !out.stdout.is_empty()
+    };
+    let started = std::time::Instant::now();
+    while !alive() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the job never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let killed = std::time::Instant::now();
+    while alive() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(3),
+            "the job outlived the daemon"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    remove_job_cgroups("labgrader-job-orphan-");
+}
+
+/// The killed daemon could not remove its job cgroups: do it here.
+fn remove_job_cgroups(prefix: &str) {
+    let mut bases = vec![PathBuf::from("/sys/fs/cgroup/labgrader")];
+    for line in std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap_or_default()
+        .lines()
+    {
+        let mut parts = line.splitn(3, ':');
+        if let (Some(_), Some(ctls), Some(path)) = (parts.next(), parts.next(), parts.next()) {
+            for ctl in ctls.split(',').filter(|c| !c.is_empty()) {
+                bases.push(
+                    Path::new("/sys/fs/cgroup")
+                        .join(ctl)
+                        .join(path.trim_start_matches('/')),
+                );
+            }
+        }
+    }
+    for base in bases {
+        for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(prefix) {
+                for _ in 0..100 {
+                    if std::fs::remove_dir(e.path()).is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+}

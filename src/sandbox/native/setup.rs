@@ -639,8 +639,6 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
     }
     arrange_fds(plan)?;
 
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-        .map_err(at(Step::ParentDeath))?;
     // First byte: the id maps are written. (The second comes once the
     // init is in the job cgroup: with cgroup v2 the parent attaches it
     // while this setup runs.)
@@ -682,6 +680,19 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
         c.effective = c.permitted;
     }
     capset(&caps).map_err(at(Step::Caps))?;
+    // After the last credential change (which would clear it): die with the
+    // daemon. Had it died already, the report pipe has no reader left.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(at(Step::ParentDeath))?;
+    let mut pfd = libc::pollfd {
+        fd: FD_REPORT,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: poll on a stack pollfd.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } > 0 && pfd.revents & libc::POLLERR != 0 {
+        return Err((Step::ParentDeath, Errno::EPIPE, 0));
+    }
 
     nix::unistd::sethostname(plan.hostname.as_c_str().to_str().unwrap_or("labgrader"))
         .map_err(at(Step::Hostname))?;
