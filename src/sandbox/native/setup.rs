@@ -765,7 +765,16 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
             (args as *mut ChildArgs).cast(),
         )
     };
-    Errno::result(pid).map_err(at(Step::Fork))
+    let pid = Errno::result(pid).map_err(at(Step::Fork))?;
+    // test_all has exec'd (vfork): the init needs no stdio, and must not
+    // keep the output pipes open past test_all.
+    // SAFETY: closing our own fds.
+    unsafe {
+        libc::close(0);
+        libc::close(1);
+        libc::close(2);
+    }
+    Ok(pid)
 }
 
 /// Entry of the second clone: limits, no capabilities, exec test_all.
