@@ -405,3 +405,30 @@ fn remove_job_cgroups(prefix: &str) {
         }
     }
 }
+
+/// As root the workspace is handed to the sandbox uid, all of it (past the
+/// inline budget too), without following a symlink planted in it.
+#[tokio::test]
+async fn native_hands_a_large_workspace_to_the_sandbox_uid() {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let ws = workspace("touch sub/new && echo wrote\n");
+    std::fs::create_dir(ws.path().join("sub")).unwrap();
+    for i in 0..400 {
+        std::fs::write(ws.path().join("sub").join(format!("f{i}")), "x").unwrap();
+    }
+    let victim = tempfile::NamedTempFile::new().unwrap();
+    std::os::unix::fs::symlink(victim.path(), ws.path().join("planted")).unwrap();
+    let out = runner()
+        .run(&spec(ws.path()), &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout.bytes), "wrote\n");
+    for e in walkdir::WalkDir::new(ws.path()) {
+        let m = std::fs::symlink_metadata(e.unwrap().path()).unwrap();
+        assert_eq!((m.uid(), m.gid()), (65534, 65534));
+    }
+    assert_eq!(std::fs::metadata(victim.path()).unwrap().uid(), 0);
+}

@@ -610,13 +610,18 @@ async fn start(
     go: OwnedFd,
     chown: Option<(PathBuf, u32, u32)>,
 ) -> Result<Pid, SandboxError> {
-    // The chown walks the whole workspace: not on the spawner thread,
-    // which every job's start goes through.
+    // The chown walks the whole workspace: never on the spawner thread,
+    // which every job's start goes through. A small tree is done here; a
+    // large one finishes on the blocking pool.
     if let Some((ws, uid, gid)) = chown {
-        tokio::task::spawn_blocking(move || chown_tree(&ws, uid, gid))
-            .await
-            .map_err(|e| setup_err("hand the workspace to the sandbox uid", e))?
-            .map_err(|e| setup_err("hand the workspace to the sandbox uid", e))?;
+        let fail = |e: std::io::Error| setup_err("hand the workspace to the sandbox uid", e);
+        let mut walk = walkdir::WalkDir::new(&ws).follow_links(false).into_iter();
+        if !chown_some(&mut walk, uid, gid, Some(256)).map_err(fail)? {
+            tokio::task::spawn_blocking(move || chown_some(&mut walk, uid, gid, None))
+                .await
+                .map_err(|e| setup_err("hand the workspace to the sandbox uid", e))?
+                .map_err(fail)?;
+        }
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
     on_spawner(move || {
@@ -680,14 +685,23 @@ fn start_blocking(
     Ok(pid)
 }
 
-/// Hand the workspace to the sandbox uid (root daemon only): lchown every
-/// entry, never following a symlink.
-fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    for entry in walkdir::WalkDir::new(dir).follow_links(false) {
+/// Hand the workspace to the sandbox uid (root daemon only): lchown
+/// entries, never following a symlink, at most `budget` of them. Returns
+/// whether the walk is complete.
+fn chown_some(
+    walk: &mut walkdir::IntoIter,
+    uid: u32,
+    gid: u32,
+    budget: Option<usize>,
+) -> std::io::Result<bool> {
+    for (i, entry) in walk.by_ref().enumerate() {
         let entry = entry.map_err(std::io::Error::other)?;
         std::os::unix::fs::lchown(entry.path(), Some(uid), Some(gid))?;
+        if budget.is_some_and(|b| i + 1 >= b) {
+            return Ok(false);
+        }
     }
-    Ok(())
+    Ok(true)
 }
 
 fn spawn_drain(
