@@ -330,7 +330,7 @@ async fn native_nested_user_namespace_refused() {
 }
 
 /// When the daemon dies (SIGKILL, no cleanup), its jobs die too: the
-/// sandbox's init has PR_SET_PDEATHSIG set after its last credential change.
+/// sandbox's init exits when its report pipe loses its reader.
 #[test]
 fn sandbox_dies_with_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
@@ -431,4 +431,59 @@ async fn native_hands_a_large_workspace_to_the_sandbox_uid() {
         assert_eq!((m.uid(), m.gid()), (65534, 65534));
     }
     assert_eq!(std::fs::metadata(victim.path()).unwrap().uid(), 0);
+}
+
+/// A caller that stops waiting (its future dropped, e.g. a task aborted)
+/// takes the job down with it, and its cgroup is still removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_dropped_run_kills_the_job() {
+    let token = format!("lg-dropped-{}", std::process::id());
+    let ws = workspace(&format!("printf 'sleep 30\\n' > ./{token}\nsh ./{token}\n"));
+    let mut s = spec(ws.path());
+    s.job_id = "dropped-run".into();
+    let r = runner();
+    let alive = || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &token])
+            .output()
+            .unwrap();
+        !out.stdout.is_empty()
+    };
+    let cancel = CancellationToken::new();
+    let run = r.run(&s, &cancel);
+    let waited = tokio::time::timeout(Duration::from_millis(1500), run).await;
+    assert!(waited.is_err(), "the job should still be running");
+    let dropped = std::time::Instant::now();
+    while alive() {
+        assert!(
+            dropped.elapsed() < Duration::from_secs(3),
+            "the job outlived its dropped run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The teardown removes the cgroup shortly after.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let left: Vec<_> = std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.splitn(3, ':').skip(1);
+            let (ctls, path) = (p.next()?, p.next()?);
+            ctls.split(',')
+                .find(|c| *c == "pids" || *c == "memory")
+                .map(|c| {
+                    Path::new("/sys/fs/cgroup")
+                        .join(c)
+                        .join(path.trim_start_matches('/'))
+                })
+        })
+        .flat_map(|base| std::fs::read_dir(base).into_iter().flatten().flatten())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("labgrader-dropped-run-")
+        })
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "job cgroups left behind: {left:?}");
 }

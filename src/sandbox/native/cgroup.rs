@@ -298,7 +298,7 @@ impl JobCgroup {
 
     /// Remove the job's directories (retrying briefly while the kernel
     /// finishes tearing the processes down). Blocking; errors are logged.
-    pub fn remove(self) {
+    pub fn remove(&self) {
         for d in self.dirs.iter().rev() {
             let mut last = None;
             for _ in 0..100 {

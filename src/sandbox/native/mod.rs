@@ -19,8 +19,9 @@
 //! operations, the argv/envp arrays and both child stacks — and the child
 //! ([`setup`]) runs only raw syscalls on them: no allocation, no locks, no
 //! panics. That is how the `unshare` crate and runc's `nsexec` work. The
-//! clone itself happens on one dedicated, never-exiting thread so that the
-//! sandbox's `PR_SET_PDEATHSIG` fires only when the daemon dies.
+//! init outlives no reader: it waits in poll(2) on its SIGCHLD signalfd and
+//! on the report pipe, and exits (taking the namespace with it) when the
+//! daemon dies or drops the run.
 //!
 //! **Layout of a run.** The parent clones the child with all namespaces,
 //! writes its uid/gid maps (sandbox uid → itself when root, → the daemon's
@@ -47,7 +48,7 @@ use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -164,50 +165,21 @@ fn probe_clone() -> Result<(), nix::errno::Errno> {
     extern "C" fn noop(_: *mut libc::c_void) -> libc::c_int {
         0
     }
-    let (tx, rx) = mpsc::channel();
-    on_spawner(move || {
-        let mut stack = vec![0u8; 64 * 1024];
-        // SAFETY: the child runs `noop` on its own stack and exits.
-        let pid = unsafe {
-            let top = stack.as_mut_ptr().add(stack.len());
-            let top = top.sub(top as usize % 16);
-            libc::clone(
-                noop,
-                top.cast(),
-                ns_flags() | libc::SIGCHLD,
-                std::ptr::null_mut(),
-            )
-        };
-        let r = nix::errno::Errno::result(pid).map(|pid| {
-            let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL));
-        });
-        let _ = tx.send(r);
-    });
-    rx.recv().unwrap_or(Err(nix::errno::Errno::ECHILD))
-}
-
-/// Run `f` on the spawner thread: one thread, never exiting, that does
-/// every clone (so `PR_SET_PDEATHSIG`, tied to the creating thread, means
-/// "the daemon died").
-fn on_spawner(f: impl FnOnce() + Send + 'static) {
-    type Task = Box<dyn FnOnce() + Send>;
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Task>>> = OnceLock::new();
-    let tx = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Task>();
-        std::thread::Builder::new()
-            .name("labgrader-sandbox-spawner".into())
-            .spawn(move || {
-                for task in rx {
-                    task();
-                }
-            })
-            .expect("cannot start the sandbox spawner thread");
-        Mutex::new(tx)
-    });
-    let _ = tx
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .send(Box::new(f));
+    let mut stack = vec![0u8; 64 * 1024];
+    // SAFETY: the child runs `noop` on its own stack and exits.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(stack.len());
+        let top = top.sub(top as usize % 16);
+        libc::clone(
+            noop,
+            top.cast(),
+            ns_flags() | libc::SIGCHLD,
+            std::ptr::null_mut(),
+        )
+    };
+    nix::errno::Errno::result(pid).map(|pid| {
+        let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL));
+    })
 }
 
 fn setup_err(step: &'static str, message: impl std::fmt::Display) -> SandboxError {
@@ -601,8 +573,8 @@ fn pipes() -> Result<(ChildEnds, ParentEnds), SandboxError> {
     ))
 }
 
-/// Clone the init on the spawner thread, write its id maps, put it in the
-/// cgroup and release it. Returns its host pid.
+/// Clone the init, write its id maps, put it in the cgroup and release
+/// it. Returns its host pid.
 async fn start(
     plan: Plan,
     maps: (String, String, &'static str),
@@ -610,8 +582,7 @@ async fn start(
     go: OwnedFd,
     chown: Option<(PathBuf, u32, u32)>,
 ) -> Result<Pid, SandboxError> {
-    // The chown walks the whole workspace: never on the spawner thread,
-    // which every job's start goes through. A small tree is done here; a
+    // The chown walks the whole workspace: a small tree is done here, a
     // large one finishes on the blocking pool.
     if let Some((ws, uid, gid)) = chown {
         let fail = |e: std::io::Error| setup_err("hand the workspace to the sandbox uid", e);
@@ -623,21 +594,38 @@ async fn start(
                 .map_err(fail)?;
         }
     }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    on_spawner(move || {
-        let r = start_blocking(&plan, &maps, cgroup.as_deref(), &go);
-        drop(plan); // closes the child's ends in this process
-        let _ = tx.send(r);
-    });
-    rx.await
-        .unwrap_or_else(|_| Err(setup_err("clone the sandbox", "the spawner thread is gone")))
+    let pid = clone_init(&plan, &maps)?;
+    let release = |what| match nix::unistd::write(&go, b"g") {
+        // The child already failed and exited: its report says why.
+        Ok(_) | Err(nix::errno::Errno::EPIPE) => Ok(()),
+        Err(e) => Err(setup_err("release the sandbox", format!("{what}: {e}"))),
+    };
+    let attach = async {
+        release("after the id maps")?;
+        // cgroup v2: the parent moves the init (an RCU grace period: off
+        // this thread, while the child builds its root). v1: it moved itself.
+        if let Some(cg) = cgroup.filter(|_| plan.cgroup_tasks.is_empty()) {
+            tokio::task::spawn_blocking(move || cg.add(pid.as_raw()))
+                .await
+                .map_err(|e| setup_err("attach the job cgroup", e))?
+                .map_err(|e| setup_err("attach the job cgroup", e))?;
+        }
+        release("after the cgroup")
+    };
+    if let Err(e) = attach.await {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = tokio::task::spawn_blocking(move || waitpid(pid, Some(WaitPidFlag::__WALL))).await;
+        return Err(e);
+    }
+    drop(plan); // closes the child's ends in this process
+    Ok(pid)
 }
 
-fn start_blocking(
+/// Clone the init with every namespace and write its id maps. It waits
+/// for the go pipe before doing anything else.
+fn clone_init(
     plan: &Plan,
     (uid_map, gid_map, setgroups): &(String, String, &'static str),
-    cgroup: Option<&JobCgroup>,
-    go: &OwnedFd,
 ) -> Result<Pid, SandboxError> {
     let mut args = ChildArgs::new(plan);
     let mut stack = vec![0u8; setup::STACK_SIZE];
@@ -656,28 +644,15 @@ fn start_blocking(
     let pid = nix::errno::Errno::result(pid)
         .map(Pid::from_raw)
         .map_err(|e| setup_err("clone the sandbox", format!("clone: {e}")))?;
-    let release = || -> Result<(), SandboxError> {
-        let proc = PathBuf::from(format!("/proc/{pid}"));
-        let w = |f: &str, v: &str| {
-            std::fs::write(proc.join(f), v)
-                .map_err(|e| setup_err("write the user namespace id maps", format!("{f}: {e}")))
-        };
-        w("setgroups", setgroups)?;
-        w("gid_map", gid_map)?;
-        w("uid_map", uid_map)?;
-        let release = |what| match nix::unistd::write(go, b"g") {
-            // The child already failed and exited: its report says why.
-            Ok(_) | Err(nix::errno::Errno::EPIPE) => Ok(()),
-            Err(e) => Err(setup_err("release the sandbox", format!("{what}: {e}"))),
-        };
-        release("after the id maps")?;
-        if let Some(cg) = cgroup.filter(|_| plan.cgroup_tasks.is_empty()) {
-            cg.add(pid.as_raw())
-                .map_err(|e| setup_err("attach the job cgroup", e))?;
-        }
-        release("after the cgroup")
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let w = |f: &str, v: &str| {
+        std::fs::write(proc.join(f), v)
+            .map_err(|e| setup_err("write the user namespace id maps", format!("{f}: {e}")))
     };
-    if let Err(e) = release() {
+    let maps = w("setgroups", setgroups)
+        .and_then(|_| w("gid_map", gid_map))
+        .and_then(|_| w("uid_map", uid_map));
+    if let Err(e) = maps {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = waitpid(pid, Some(WaitPidFlag::__WALL));
         return Err(e);
@@ -783,24 +758,16 @@ impl Runner for NativeRunner {
             )),
             None => None,
         };
-        let mut init = None;
+        let mut teardown = Teardown {
+            init: None,
+            cgroup: cgroup.clone(),
+        };
         let result = self
-            .run_in(spec, &workspace, cgroup.clone(), cancel, &mut init)
+            .run_in(spec, &workspace, cgroup, cancel, &mut teardown.init)
             .await;
         // The verdict is known; the namespace's teardown, the reap of its
-        // init and the cgroup's removal need not delay it (they take a few
-        // ms, and a runtime's shutdown waits for blocking tasks).
-        tokio::task::spawn_blocking(move || {
-            if let Some(pid) = init {
-                let _ = waitpid(pid, Some(WaitPidFlag::__WALL));
-            }
-            if let Some(cg) = cgroup {
-                cg.kill_all();
-                if let Ok(cg) = Arc::try_unwrap(cg) {
-                    cg.remove();
-                }
-            }
-        });
+        // init and the cgroup's removal need not delay it.
+        drop(teardown);
         let (termination, stdout, stderr) = result?;
         tracing::debug!(job_id = %spec.job_id, ?termination, "native run finished");
         Ok(RunOutcome {
@@ -813,6 +780,38 @@ impl Runner for NativeRunner {
             image: None,
             image_id: None,
         })
+    }
+}
+
+/// Reaps the init and removes the job cgroup when a run ends — also when
+/// the run's future is dropped (the init then sees its report pipe lose
+/// its reader and exits, and the namespace with it). On the runtime's
+/// blocking pool (whose shutdown waits for it) or, outside a runtime, on a
+/// thread of its own.
+struct Teardown {
+    init: Option<Pid>,
+    cgroup: Option<Arc<JobCgroup>>,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        let (init, cgroup) = (self.init.take(), self.cgroup.take());
+        if init.is_none() && cgroup.is_none() {
+            return;
+        }
+        let work = move || {
+            if let Some(pid) = init {
+                let _ = waitpid(pid, Some(WaitPidFlag::__WALL));
+            }
+            if let Some(cg) = cgroup {
+                cg.kill_all();
+                cg.remove();
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => drop(h.spawn_blocking(work)),
+            Err(_) => drop(std::thread::spawn(work)),
+        }
     }
 }
 

@@ -110,7 +110,7 @@ impl Step {
         match self {
             Step::Cgroup => "enter the job cgroup",
             Step::Fds => "arrange file descriptors",
-            Step::ParentDeath => "tie the sandbox to the daemon's life",
+            Step::ParentDeath => "watch the daemon and test_all",
             Step::WaitParent => "wait for the user namespace id maps",
             Step::Sources => "open the bind sources",
             Step::Session => "start a new session",
@@ -144,7 +144,7 @@ impl Step {
         match self {
             Step::Cgroup => "write(tasks)",
             Step::Fds => "dup2/close_range",
-            Step::ParentDeath => "prctl(PR_SET_PDEATHSIG)",
+            Step::ParentDeath => "sigprocmask/signalfd(SIGCHLD)",
             Step::WaitParent => "read",
             Step::Sources => "open(O_PATH)",
             Step::Session => "setsid",
@@ -324,6 +324,8 @@ pub struct ChildArgs<'a> {
     pub envp: Vec<*const libc::c_char>,
     /// Stack for the second clone (test_all), allocated by the parent.
     pub stack2: Vec<u8>,
+    /// The init's SIGCHLD signalfd (set in the child).
+    pub signalfd: RawFd,
 }
 
 impl<'a> ChildArgs<'a> {
@@ -337,6 +339,7 @@ impl<'a> ChildArgs<'a> {
             argv,
             envp,
             stack2: vec![0u8; STACK_SIZE],
+            signalfd: -1,
         }
     }
 }
@@ -364,7 +367,7 @@ pub extern "C" fn init_main(arg: *mut libc::c_void) -> libc::c_int {
     // call; the child owns a private copy of the address space.
     let args = unsafe { &mut *(arg as *mut ChildArgs) };
     match setup(args) {
-        Ok(child) => reap_until(child),
+        Ok(child) => reap_until(child, args.signalfd),
         Err((step, errno, op)) => {
             report(
                 FD_REPORT,
@@ -680,20 +683,6 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
         c.effective = c.permitted;
     }
     capset(&caps).map_err(at(Step::Caps))?;
-    // After the last credential change (which would clear it): die with the
-    // daemon. Had it died already, the report pipe has no reader left.
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-        .map_err(at(Step::ParentDeath))?;
-    let mut pfd = libc::pollfd {
-        fd: FD_REPORT,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: poll on a stack pollfd.
-    if unsafe { libc::poll(&mut pfd, 1, 0) } > 0 && pfd.revents & libc::POLLERR != 0 {
-        return Err((Step::ParentDeath, Errno::EPIPE, 0));
-    }
-
     nix::unistd::sethostname(plan.hostname.as_c_str().to_str().unwrap_or("labgrader"))
         .map_err(at(Step::Hostname))?;
     mount(
@@ -751,6 +740,9 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
     // Now in the job cgroup: make it the root of what the job can see.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(at(Step::CgroupNs))?;
 
+    // The init waits in poll(2) on SIGCHLD (a signalfd) and on the report
+    // pipe, whose reader vanishes when the daemon dies or drops the run.
+    let sfd = child_signalfd().map_err(at(Step::ParentDeath))?;
     // SAFETY: the stack was allocated by the parent for this clone.
     let pid = unsafe {
         let top = args.stack2.as_mut_ptr().add(args.stack2.len());
@@ -766,6 +758,7 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
         )
     };
     let pid = Errno::result(pid).map_err(at(Step::Fork))?;
+    args.signalfd = sfd;
     // test_all has exec'd (vfork): the init needs no stdio, and must not
     // keep the output pipes open past test_all.
     // SAFETY: closing our own fds.
@@ -793,6 +786,13 @@ extern "C" fn exec_main(arg: *mut libc::c_void) -> libc::c_int {
         // SAFETY: _exit is async-signal-safe.
         unsafe { libc::_exit(127) }
     };
+    // The init blocked SIGCHLD for its signalfd; test_all starts clean.
+    // SAFETY: sigprocmask with a stack set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
     for (res, soft, hard) in args.plan.rlimits.iter() {
         let rl = libc::rlimit {
             rlim_cur: *soft,
@@ -827,21 +827,67 @@ extern "C" fn exec_main(arg: *mut libc::c_void) -> libc::c_int {
     fail((Step::Exec, Errno::last(), 0))
 }
 
-/// The init's life after setup: reap everything; when test_all ends,
-/// report its status and exit (the kernel then kills the namespace).
-fn reap_until(child: libc::pid_t) -> libc::c_int {
+/// Block SIGCHLD and return a signalfd for it.
+fn child_signalfd() -> Result<RawFd, Errno> {
+    // SAFETY: sigprocmask/signalfd with a stack set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        Errno::result(libc::sigprocmask(
+            libc::SIG_BLOCK,
+            &set,
+            std::ptr::null_mut(),
+        ))?;
+        Errno::result(libc::signalfd(-1, &set, libc::SFD_CLOEXEC))
+    }
+}
+
+/// The init's life after setup: reap every child; when test_all ends,
+/// report its status and exit (the kernel then kills the namespace). If
+/// the report pipe loses its reader (the daemon died or dropped the run),
+/// exit at once: the namespace dies with the init.
+fn reap_until(child: libc::pid_t, sfd: RawFd) -> libc::c_int {
     loop {
-        let mut status: libc::c_int = 0;
-        // SAFETY: waitpid into a stack int.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
-        if pid == child {
-            report(FD_REPORT, Record::Status(status));
-            // SAFETY: _exit is async-signal-safe.
-            unsafe { libc::_exit(0) };
+        loop {
+            let mut status: libc::c_int = 0;
+            // SAFETY: waitpid into a stack int.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG | libc::__WALL) };
+            if pid == child {
+                report(FD_REPORT, Record::Status(status));
+                // SAFETY: _exit is async-signal-safe.
+                unsafe { libc::_exit(0) };
+            }
+            if pid <= 0 {
+                if pid < 0 && Errno::last() == Errno::ECHILD {
+                    // SAFETY: _exit is async-signal-safe.
+                    unsafe { libc::_exit(122) };
+                }
+                break;
+            }
         }
-        if pid < 0 && Errno::last() == Errno::ECHILD {
+        let mut fds = [
+            libc::pollfd {
+                fd: sfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: FD_REPORT,
+                events: 0,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll on stack pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n > 0 && fds[1].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
             // SAFETY: _exit is async-signal-safe.
-            unsafe { libc::_exit(122) };
+            unsafe { libc::_exit(123) };
+        }
+        if n > 0 && fds[0].revents & libc::POLLIN != 0 {
+            let mut info = [0u8; 128];
+            // SAFETY: drain one signalfd_siginfo into a stack buffer.
+            unsafe { libc::read(sfd, info.as_mut_ptr().cast(), info.len()) };
         }
     }
 }
