@@ -12,10 +12,11 @@
 //! the parent before the clone.
 //!
 //! Process layout inside the new PID namespace: pid 1 is our init (this
-//! code after setup): it starts `test_all` with a second clone, reaps every
-//! orphan, and when `test_all` ends writes its wait status to the report
-//! pipe and exits, which makes the kernel kill whatever is left in the
-//! namespace. Everything inside runs as the sandbox uid/gid with no
+//! code after setup): it starts `test_all` with a second (vfork-style)
+//! clone, reaps every orphan, and when `test_all` ends writes its wait
+//! status to the report pipe and exits, which makes the kernel kill
+//! whatever is left in the namespace. It also exits at once when the
+//! report pipe loses its reader: the daemon died or dropped the run. Everything inside runs as the sandbox uid/gid with no
 //! capabilities left after exec, `no_new_privs`, and the limits of the
 //! run.
 
