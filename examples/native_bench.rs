@@ -223,7 +223,7 @@ async fn main() {
         );
     } else {
         println!(
-            "docker: no Docker engine answers on this machine; docker comparison not measured"
+            "docker: no Docker engine answers (to this user); docker comparison not measured"
         );
     }
 }
