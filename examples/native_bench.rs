@@ -222,8 +222,6 @@ async fn main() {
             dock.median().as_secs_f64() / nat.median().as_secs_f64()
         );
     } else {
-        println!(
-            "docker: no Docker engine answers (to this user); docker comparison not measured"
-        );
+        println!("docker: no Docker engine answers (to this user); docker comparison not measured");
     }
 }
