@@ -199,6 +199,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Regrade { jobs, project } => regrade(&cfg, &jobs, project.as_deref()),
         Command::Replay { job } => replay(cfg, &job),
         Command::Gradebook(GradebookCommand::Export(args)) => gradebook_export(&cfg, args),
+        Command::Sandbox(args) => sandbox(&cfg, &args.job_dir),
         other => anyhow::bail!("`{}` is not built yet", command_name(&other)),
     }
 }
@@ -315,6 +316,19 @@ async fn stop_all_on_error(
         shutdown.cancel();
     }
     r
+}
+
+/// `labgrader sandbox --job-dir DIR`: exit 0 once `DIR/outcome.json` is
+/// written (whatever test_all did); an error is a grader fault.
+fn sandbox(cfg: &Config, dir: &std::path::Path) -> Result<ExitCode> {
+    runtime()?.block_on(async {
+        let shutdown = shutdown_on_signals()?;
+        let out = crate::sandbox::native::job::run_job_dir(&cfg.native, dir, &shutdown)
+            .await
+            .with_context(|| format!("sandbox job {}", dir.display()))?;
+        println!("{}", serde_json::to_string(&out.termination)?);
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 #[derive(Serialize)]
