@@ -264,14 +264,34 @@ fn daemon(cfg: Arc<Config>, hook: bool, grader: bool) -> Result<ExitCode> {
             Spool::open(&cfg.spool.dir)
                 .with_context(|| format!("cannot open spool {}", cfg.spool.dir.display()))?,
         );
-        let hook_task = async {
-            if !hook {
-                return Ok(());
+        let listener = if hook {
+            Some(
+                tokio::net::TcpListener::bind(cfg.server.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", cfg.server.listen))?,
+            )
+        } else {
+            None
+        };
+        // systemd (Type=notify): ready once the spool is open and the socket
+        // bound. The grader's own "watching" point is inside grader::run;
+        // until it reports readiness itself, READY=1 is sent here.
+        crate::notify::ready();
+        let watchdog = tokio::spawn(crate::notify::watchdog_task(shutdown.clone()));
+        let stopping = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                crate::notify::stopping();
             }
-            let listener = tokio::net::TcpListener::bind(cfg.server.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
-            crate::hook::serve(cfg.clone(), spool.clone(), listener, shutdown.clone()).await
+        });
+        let hook_task = async {
+            match listener {
+                Some(listener) => {
+                    crate::hook::serve(cfg.clone(), spool.clone(), listener, shutdown.clone()).await
+                }
+                None => Ok(()),
+            }
         };
         let grader_task = async {
             if !grader {
@@ -295,6 +315,9 @@ fn daemon(cfg: Arc<Config>, hook: bool, grader: bool) -> Result<ExitCode> {
                 r
             }
         );
+        shutdown.cancel();
+        let _ = stopping.await;
+        let _ = watchdog.await;
         h?;
         g?;
         Ok(ExitCode::SUCCESS)

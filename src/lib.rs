@@ -14,6 +14,7 @@ pub mod grader;
 pub mod hook;
 pub mod httpc;
 pub mod metrics;
+pub mod notify;
 pub mod result;
 pub mod sandbox;
 pub mod spool;
