@@ -37,8 +37,8 @@ fn staged_units() -> (tempfile::TempDir, Vec<PathBuf>) {
         std::fs::write(&p, text).unwrap();
         paths.push(p);
     }
-    let native = std::fs::read_to_string(repo().join("systemd/labgrader-grader-native.conf"))
-        .unwrap();
+    let native =
+        std::fs::read_to_string(repo().join("systemd/labgrader-grader-native.conf")).unwrap();
     let text = unit_text("labgrader-grader.service").replace("/usr/local/bin/labgrader", bin)
         + "\n"
         + &native;
@@ -76,8 +76,8 @@ fn verify(unit: &Path) -> Result<(), String> {
 
 fn exposure(unit: &Path) -> f64 {
     let out = systemd_analyze(&["security", "--offline=true", "--no-pager"], unit);
-    let text = String::from_utf8_lossy(&out.stdout).to_string()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     let line = text
         .lines()
         .find(|l| l.contains("Overall exposure level"))
@@ -130,7 +130,11 @@ fn units_are_notify_with_main_pid_only_and_run_as_labgrader() {
         assert_eq!(value(&kv, "User"), ["labgrader"], "{name}");
         assert_eq!(value(&kv, "NoNewPrivileges"), ["yes"], "{name}");
         assert_eq!(value(&kv, "ProtectSystem"), ["strict"], "{name}");
-        assert_eq!(value(&kv, "ReadWritePaths"), ["/var/lib/labgrader"], "{name}");
+        assert_eq!(
+            value(&kv, "ReadWritePaths"),
+            ["/var/lib/labgrader"],
+            "{name}"
+        );
         assert_eq!(value(&kv, "CapabilityBoundingSet"), [""], "{name}");
         assert_eq!(value(&kv, "WatchdogSec").len(), 1, "{name}");
     }
