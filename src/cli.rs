@@ -136,16 +136,24 @@ pub enum ExportFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum GitlabCommand {
-    /// Register the system hook pointing at URL.
+    /// Register (or update) the system hook pointing at URL: push and
+    /// tag-push events, the webhook token. Needs an administrator's token.
     InstallSystemHook {
+        /// Where GitLab reaches the hook server, e.g. https://grader.example.edu/hooks/gitlab.
         #[arg(long)]
         url: String,
+        /// Only system events (project_create, ...), no pushes: for setups
+        /// that grade through project hooks.
+        #[arg(long)]
+        no_push_events: bool,
     },
-    /// Add project hooks to existing projects.
+    /// Add (or update) project hooks on existing projects: those the
+    /// token's user maintains, or those in --namespace and its subgroups.
     AddProjectHooks {
+        /// A group (with subgroups) or a user's namespace.
         #[arg(long)]
         namespace: Option<String>,
-        /// Hook URL (default: http://<server.listen>/hooks/gitlab).
+        /// Hook URL (default: gitlab.project_hook_url).
         #[arg(long)]
         url: Option<String>,
     },
@@ -194,6 +202,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve => daemon(cfg, true, true),
         Command::Hook => daemon(cfg, true, false),
         Command::Grader => daemon(cfg, false, true),
+        Command::Gitlab(cmd) => gitlab(&cfg, cmd),
         other => anyhow::bail!("`{}` is not built yet", command_name(&other)),
     }
 }
@@ -321,6 +330,63 @@ fn daemon(cfg: Arc<Config>, hook: bool, grader: bool) -> Result<ExitCode> {
         h?;
         g?;
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn gitlab(cfg: &Config, cmd: GitlabCommand) -> Result<ExitCode> {
+    use crate::gitlab::hooks::{self, Change, ProjectScope};
+    runtime()?.block_on(async {
+        let (api, token) = hooks::setup_context(cfg, crate::httpc::HttpClient::new())?;
+        match cmd {
+            GitlabCommand::InstallSystemHook {
+                url,
+                no_push_events,
+            } => {
+                let mut spec = hooks::HookSpec::pushes(&url, &token)?;
+                if no_push_events {
+                    spec.push_events = false;
+                    spec.tag_push_events = false;
+                }
+                let outcome = hooks::ensure_system_hook(&api, &spec).await?;
+                println!("system hook {}: {outcome}", spec.url);
+                Ok(ExitCode::SUCCESS)
+            }
+            GitlabCommand::AddProjectHooks { namespace, url } => {
+                let url = hooks::project_hook_url(cfg, url.as_deref())?;
+                let spec = hooks::HookSpec::pushes(&url, &token)?;
+                let scope = match namespace {
+                    Some(ns) => ProjectScope::Namespace(ns),
+                    None => ProjectScope::Membership,
+                };
+                let results = hooks::add_project_hooks(&api, &scope, &spec).await?;
+                let (mut created, mut updated, mut failed) = (0, 0, 0);
+                for r in &results {
+                    match &r.outcome {
+                        Ok(o) => {
+                            if o.change == Change::Created {
+                                created += 1;
+                            } else {
+                                updated += 1;
+                            }
+                            println!("{}: {o}", r.project);
+                        }
+                        Err(e) => {
+                            failed += 1;
+                            eprintln!("labgrader: {}: {e}", r.project);
+                        }
+                    }
+                }
+                println!(
+                    "{} projects: {created} hooks created, {updated} updated, {failed} failed",
+                    results.len()
+                );
+                Ok(if failed == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            }
+        }
     })
 }
 

@@ -149,6 +149,10 @@ impl GitlabApi {
     }
 }
 
+// Hook setup (system hook, project hooks, project_create): see hooks.rs.
+pub mod hooks;
+pub use hooks::ensure_project_hook;
+
 #[cfg(test)]
 mod tests {
     use super::*;
