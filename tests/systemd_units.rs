@@ -170,3 +170,35 @@ fn exposure_stays_low() {
         assert!(e <= max, "{name}: exposure {e} > {max}");
     }
 }
+
+#[test]
+fn example_config_loads_and_points_the_spool_where_the_units_write() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("webhook-token"), "x\n").unwrap();
+    std::fs::write(dir.path().join("gitlab-token"), "").unwrap();
+    let text = std::fs::read_to_string(repo().join("systemd/labgrader.toml.example"))
+        .unwrap()
+        .replace(
+            "/etc/labgrader/webhook-token",
+            dir.path().join("webhook-token").to_str().unwrap(),
+        )
+        .replace(
+            "/etc/labgrader/gitlab-token",
+            dir.path().join("gitlab-token").to_str().unwrap(),
+        );
+    let cfg = labgrader::config::Config::from_toml(&text, None).unwrap();
+    assert_eq!(cfg.spool.dir, Path::new("/var/lib/labgrader"));
+    assert!(cfg.secrets.webhook_token.is_some());
+    assert!(
+        cfg.secrets.gitlab_token.is_none(),
+        "empty token file = no API"
+    );
+    for name in UNITS {
+        let kv = keys(&unit_text(name));
+        assert_eq!(
+            value(&kv, "ReadWritePaths"),
+            [cfg.spool.dir.to_str().unwrap()]
+        );
+        assert!(value(&kv, "ExecStart")[0].contains("--config /etc/labgrader/labgrader.toml"));
+    }
+}
