@@ -80,3 +80,8 @@ fn hook_sends_ready_after_binding_then_stopping_on_sigterm() {
 fn serve_sends_ready_after_binding_then_stopping_on_sigterm() {
     notify_round_trip("serve");
 }
+
+#[test]
+fn grader_sends_ready_after_opening_the_spool_then_stopping_on_sigterm() {
+    notify_round_trip("grader");
+}
