@@ -851,3 +851,50 @@ async fn project_create_system_hook_gets_a_project_hook_once() {
     assert_eq!(f.project_hooks[&id][0]["token"], WEBHOOK_TOKEN);
     let _ = s.addr;
 }
+
+#[tokio::test]
+async fn on_project_create_adds_the_configured_hook_or_does_nothing() {
+    let fake = Fake {
+        projects: vec![FakeProject {
+            id: 74,
+            path: "jsmith/storecloud".into(),
+            member: true,
+            forbidden: false,
+        }],
+        users: vec!["jsmith".into()],
+        ..Fake::default()
+    };
+    // Not configured: no request at all.
+    let s = setup(fake, "").await;
+    let cfg = labgrader::config::Config::from_file(&s.config).unwrap();
+    let none = labgrader::gitlab::hooks::on_project_create(
+        &cfg,
+        labgrader::httpc::HttpClient::new(),
+        "74",
+    )
+    .await
+    .unwrap();
+    assert!(none.is_none());
+    assert!(requests(&s).is_empty());
+
+    // Configured: the hook is added once, with the configured URL.
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        "project_hook_url = \"\"",
+        &format!("project_hook_url = \"{HOOK_URL}\""),
+    );
+    std::fs::write(&s.config, text).unwrap();
+    let cfg = labgrader::config::Config::from_file(&s.config).unwrap();
+    for _ in 0..2 {
+        labgrader::gitlab::hooks::on_project_create(
+            &cfg,
+            labgrader::httpc::HttpClient::new(),
+            "74",
+        )
+        .await
+        .unwrap()
+        .expect("configured");
+    }
+    let f = s.fake.lock().unwrap();
+    assert_eq!(f.project_hooks[&74].len(), 1);
+    assert_eq!(f.project_hooks[&74][0]["url"], HOOK_URL);
+}

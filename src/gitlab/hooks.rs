@@ -435,6 +435,32 @@ async fn ensure_project_hook_spec(
     })
 }
 
+/// What the hook server does with a `project_create` system hook: add the
+/// project hook to the new project (`project`: its id or path) when
+/// `gitlab.project_hook_url` is set and an API token is configured.
+/// `Ok(None)` when either is missing (nothing to do). Errors say whether
+/// they are worth retrying ([`SetupError::is_transient`]).
+pub async fn on_project_create(
+    cfg: &Config,
+    http: crate::httpc::HttpClient,
+    project: &str,
+) -> Result<Option<HookOutcome>, SetupError> {
+    if cfg.gitlab.project_hook_url.is_empty() {
+        return Ok(None);
+    }
+    let Some(api) = GitlabApi::from_config(cfg, http) else {
+        return Ok(None);
+    };
+    let token = cfg
+        .secrets
+        .webhook_token
+        .as_ref()
+        .ok_or(SetupError::NoWebhookToken)?;
+    ensure_project_hook(&api, project, &cfg.gitlab.project_hook_url, token)
+        .await
+        .map(Some)
+}
+
 /// One project's result in [`add_project_hooks`].
 #[derive(Debug)]
 pub struct ProjectResult {
