@@ -52,6 +52,8 @@ struct Fake {
     no_pagination_headers: bool,
     /// Top-level namespaces that are users, not groups.
     users: Vec<String>,
+    /// A broken proxy: X-Next-Page always names page 1.
+    stuck_next_page: bool,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -121,7 +123,9 @@ fn paginate(
         .status(StatusCode::OK)
         .header("Content-Type", "application/json");
     if !fake.no_pagination_headers {
-        let next = if page < pages {
+        let next = if fake.stuck_next_page {
+            "1".to_string()
+        } else if page < pages {
             (page + 1).to_string()
         } else {
             String::new()
@@ -897,4 +901,23 @@ async fn on_project_create_adds_the_configured_hook_or_does_nothing() {
     let f = s.fake.lock().unwrap();
     assert_eq!(f.project_hooks[&74].len(), 1);
     assert_eq!(f.project_hooks[&74][0]["url"], HOOK_URL);
+}
+
+#[tokio::test]
+async fn a_next_page_header_that_does_not_advance_ends_the_listing() {
+    let mut fake = with_projects(projects(120, "course"));
+    fake.stuck_next_page = true;
+    let s = setup(fake, HOOK_URL).await;
+    let r = labgrader(&s, &["gitlab", "add-project-hooks"]).await;
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    let pages = requests(&s)
+        .iter()
+        .filter(|r| r.path == "/api/v4/projects")
+        .count();
+    assert_eq!(pages, 1, "followed a next page that goes backwards");
+    assert!(
+        r.stdout.contains("100 projects: 100 hooks created"),
+        "{}",
+        r.stdout
+    );
 }
