@@ -249,9 +249,16 @@ fn install_twice_then_uninstall_keeps_spool_and_purge_removes_all() {
     let changes: Vec<&str> = out
         .lines()
         .filter(|l| {
-            ["installed ", "created ", "enabled ", "disabled ", "added "]
-                .iter()
-                .any(|w| l.starts_with(&format!("install: {w}")))
+            [
+                "installed ",
+                "created ",
+                "enabled ",
+                "disabled ",
+                "added ",
+                "removed ",
+            ]
+            .iter()
+            .any(|w| l.starts_with(&format!("install: {w}")))
         })
         .collect();
     assert!(
