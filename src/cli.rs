@@ -286,6 +286,14 @@ fn daemon(cfg: Arc<Config>, hook: bool, grader: bool) -> Result<ExitCode> {
         // bound. The grader's own "watching" point is inside grader::run;
         // until it reports readiness itself, READY=1 is sent here.
         crate::notify::ready();
+        crate::notify::status(&match &listener {
+            Some(l) => format!(
+                "listening on {}, spool {}",
+                l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                cfg.spool.dir.display()
+            ),
+            None => format!("spool {}", cfg.spool.dir.display()),
+        });
         let watchdog = tokio::spawn(crate::notify::watchdog_task(shutdown.clone()));
         let stopping = tokio::spawn({
             let shutdown = shutdown.clone();

@@ -8,6 +8,15 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn recv_until(sock: &UnixDatagram, want: &str, deadline: Duration) -> Vec<String> {
+    recv_matching(sock, |l| l == want, want, deadline)
+}
+
+fn recv_matching(
+    sock: &UnixDatagram,
+    pred: impl Fn(&str) -> bool,
+    want: &str,
+    deadline: Duration,
+) -> Vec<String> {
     let start = Instant::now();
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
@@ -15,7 +24,7 @@ fn recv_until(sock: &UnixDatagram, want: &str, deadline: Duration) -> Vec<String
         match sock.recv(&mut buf) {
             Ok(n) => {
                 let msg = String::from_utf8_lossy(&buf[..n]).to_string();
-                let done = msg.lines().any(|l| l == want);
+                let done = msg.lines().any(&pred);
                 seen.push(msg);
                 if done {
                     return seen;
@@ -58,6 +67,18 @@ fn notify_round_trip(subcommand: &str) {
     assert!(
         !seen.iter().any(|m| m.contains("STOPPING=1")),
         "STOPPING before READY: {seen:?}"
+    );
+    // A status line for `systemctl status`.
+    let status = if subcommand == "grader" {
+        "STATUS=spool "
+    } else {
+        "STATUS=listening on 127.0.0.1:"
+    };
+    recv_matching(
+        &sock,
+        |l| l.starts_with(status),
+        status,
+        Duration::from_secs(30),
     );
     // Ask it to stop as systemd would (harmless if it already ended).
     unsafe {
