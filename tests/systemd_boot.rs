@@ -51,6 +51,15 @@ fn dropin(name: &str) -> String {
 /// Boot a container in which `units` (name, text, drop-ins) are installed,
 /// start each, and return the check's report per unit.
 fn boot(units: &[(&str, String, Vec<String>)], docker_group: bool) -> Vec<(String, String)> {
+    boot_with(units, docker_group, &[])
+}
+
+/// [`boot`], with extra files (path below the container's root, content).
+fn boot_with(
+    units: &[(&str, String, Vec<String>)],
+    docker_group: bool,
+    files: &[(&str, String)],
+) -> Vec<(String, String)> {
     let root = tempfile::Builder::new()
         .prefix("labgrader-boot-")
         .tempdir_in("/var/tmp")
@@ -125,6 +134,10 @@ fn boot(units: &[(&str, String, Vec<String>)], docker_group: bool) -> Vec<(Strin
     }
     std::os::unix::fs::chown(&cfgdir, Some(0), Some(gid)).unwrap();
     std::fs::set_permissions(&cfgdir, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+
+    for (path, text) in files {
+        std::fs::write(r.join(path), text).unwrap();
+    }
 
     // The units under test and the check that starts them.
     let sysdir = etc.join("systemd/system");
@@ -312,4 +325,38 @@ fn without_a_docker_group_the_grader_needs_the_no_docker_dropin() {
     assert!(plain.contains("GROUP"), "{plain}");
     assert_started(&report, "labgrader-grader-nodocker.service");
     assert_started(&report, "labgrader-grader-native.service");
+}
+
+/// The README's recipe for a port below 1024 works: the hook unit alone
+/// cannot bind it; with the documented drop-in it can. (`PrivateUsers=no`
+/// is part of the recipe: inside the unit's user namespace the capability
+/// does not count for the host's network namespace.)
+#[test]
+fn hook_binds_a_low_port_only_with_the_documented_dropin() {
+    if !may_run() {
+        return;
+    }
+    let config = std::fs::read_to_string(repo().join("systemd/labgrader.toml.example"))
+        .unwrap()
+        .replace("listen = \"127.0.0.1:8088\"", "listen = \"127.0.0.1:443\"");
+    assert!(config.contains("127.0.0.1:443"));
+    let hook = unit_text("labgrader-hook.service").replace(
+        "/etc/labgrader/labgrader.toml",
+        "/etc/labgrader/low-port.toml",
+    );
+    let dropin = "[Service]\nAmbientCapabilities=CAP_NET_BIND_SERVICE\n\
+                  CapabilityBoundingSet=CAP_NET_BIND_SERVICE\nPrivateUsers=no\n"
+        .to_string();
+    let units = vec![
+        ("labgrader-hook.service", hook.clone(), vec![]),
+        ("labgrader-hook-lowport.service", hook, vec![dropin]),
+    ];
+    let report = boot_with(&units, true, &[("etc/labgrader/low-port.toml", config)]);
+    let plain = &report[0].1;
+    assert!(
+        !plain.contains("start rc=0"),
+        "bound 443 without the capability?\n{plain}"
+    );
+    assert!(plain.contains("cannot listen on 127.0.0.1:443"), "{plain}");
+    assert_started(&report, "labgrader-hook-lowport.service");
 }
