@@ -208,18 +208,24 @@ fn every_test_all_is_executable_and_documented() {
     assert!(examples().join("c/tests/Makefile").is_file());
 }
 
-/// End to end through the real binary and the grader's summary parser.
-/// Pending: `labgrader grade` is built on the grader branch; un-ignore
-/// once it is merged (and tighten the check to its output format).
+/// End to end through the real binary and the grader's summary parser:
+/// `labgrader grade` prints test_all's stdout, then the job's result as
+/// JSON. Pending: `grade` is built on the grader branch; un-ignore once it
+/// is merged.
 #[test]
 #[ignore = "needs `labgrader grade` from the grader branch"]
 fn examples_grade_end_to_end_with_labgrader_grade() {
-    for (lab, want) in [("bash", "50"), ("python", "40"), ("c", "60")] {
+    for (lab, want, hidden_key) in [
+        ("bash", 50.0, "division_by_zero"),
+        ("python", 40.0, "mode_large"),
+        ("c", 60.0, "long_string"),
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_labgrader"))
             .args(["grade", "--runner", "none", "--student"])
             .arg(examples().join(lab).join("student"))
             .arg("--tests")
             .arg(examples().join(lab).join("tests"))
+            .env_remove("LABGRADER_CONFIG")
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -229,13 +235,19 @@ fn examples_grade_end_to_end_with_labgrader_grade() {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
-        let graded = stdout.lines().any(|l| {
-            let l = l.to_ascii_lowercase();
-            l.contains("grade")
-                && !l.contains("grade_total =")
-                && l.split(|c: char| !c.is_ascii_digit() && c != '.')
-                    .any(|n| n == want || n == format!("{want}.0"))
-        });
-        assert!(graded, "{lab}: no grade {want} reported:\n{stdout}");
+        let json_start = stdout.rfind("\n{\n").map(|i| i + 1).unwrap_or(0);
+        let result: serde_json::Value = serde_json::from_str(&stdout[json_start..])
+            .unwrap_or_else(|e| panic!("{lab}: no result JSON ({e}):\n{stdout}"));
+        assert_eq!(result["status"], "graded", "{lab}: {result:#}");
+        assert_eq!(result["grade_total"].as_f64(), Some(want), "{lab}");
+        assert_eq!(result["runner"], "none", "{lab}");
+        assert!(
+            result["summary"].get("passed").is_some(),
+            "{lab}: {result:#}"
+        );
+        assert!(
+            result["hidden"].get(hidden_key).is_some(),
+            "{lab}: {result:#}"
+        );
     }
 }
