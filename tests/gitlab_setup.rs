@@ -54,6 +54,8 @@ struct Fake {
     users: Vec<String>,
     /// A broken proxy: X-Next-Page always names page 1.
     stuck_next_page: bool,
+    /// A proxy's HTML error page instead of GitLab's JSON.
+    html_answers: bool,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -189,6 +191,13 @@ fn handle(fake: &Shared, rec: Recorded) -> Response<Full<Bytes>> {
     f.requests.push(rec.clone());
     if rec.private_token.as_deref() != Some(API_TOKEN) {
         return message(StatusCode::UNAUTHORIZED, "401 Unauthorized");
+    }
+    if f.html_answers {
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header("Content-Type", "text/html")
+            .body(Full::new(Bytes::from_static(b"<html>Sign in</html>")))
+            .unwrap();
     }
     let Some(rest) = rec.path.strip_prefix("/api/v4/") else {
         return message(StatusCode::NOT_FOUND, "404 Not Found");
@@ -919,5 +928,26 @@ async fn a_next_page_header_that_does_not_advance_ends_the_listing() {
         r.stdout.contains("100 projects: 100 hooks created"),
         "{}",
         r.stdout
+    );
+}
+
+#[tokio::test]
+async fn an_answer_that_is_not_gitlab_json_is_a_clear_error() {
+    let fake = Fake {
+        html_answers: true,
+        ..Fake::default()
+    };
+    let s = setup(fake, HOOK_URL).await;
+    let r = labgrader(&s, &["gitlab", "install-system-hook", "--url", HOOK_URL]).await;
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("is not the expected JSON"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        count(&requests(&s), "POST", "/"),
+        0,
+        "acted on an unreadable answer"
     );
 }
