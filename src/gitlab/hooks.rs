@@ -142,7 +142,7 @@ pub enum Change {
     Created,
     /// A hook with this URL existed; its events and token were (re)applied.
     Updated,
-    /// This GitLab cannot update system hooks in place (before 17.x): the
+    /// This GitLab cannot update system hooks in place (older versions): the
     /// old one was deleted and a new one added.
     Recreated,
 }
@@ -254,7 +254,7 @@ impl GitlabApi {
     }
 
     /// `PUT /hooks/:id`; `Ok(None)` when this GitLab has no such endpoint
-    /// (404 or 405: before GitLab 17.x system hooks cannot be edited).
+    /// (404 or 405: older GitLab versions cannot edit system hooks).
     pub async fn edit_system_hook(
         &self,
         id: u64,
