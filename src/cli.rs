@@ -182,8 +182,12 @@ pub fn main() -> ExitCode {
 fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // No colour codes unless a person watches: under systemd stderr is the
+    // journal, which would store them verbatim.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -203,6 +207,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Hook => daemon(cfg, true, false),
         Command::Grader => daemon(cfg, false, true),
         Command::Gitlab(cmd) => gitlab(&cfg, cmd),
+        // grader (issue #3): staff commands.
+        Command::Grade(args) => grade(&cfg, args),
+        Command::Regrade { jobs, project } => regrade(&cfg, &jobs, project.as_deref()),
+        Command::Replay { job } => replay(cfg, &job),
+        Command::Gradebook(GradebookCommand::Export(args)) => gradebook_export(&cfg, args),
         other => anyhow::bail!("`{}` is not built yet", command_name(&other)),
     }
 }
@@ -431,5 +440,118 @@ fn queue(cfg: &Config, json: bool) -> Result<ExitCode> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---- grader (issue #3): grade, regrade, replay, gradebook export ----
+
+fn open_spool(cfg: &Config) -> Result<Spool> {
+    Spool::open(&cfg.spool.dir)
+        .with_context(|| format!("cannot open spool {}", cfg.spool.dir.display()))
+}
+
+fn grade(cfg: &Config, args: GradeArgs) -> Result<ExitCode> {
+    use std::io::Write;
+    let runner = args
+        .runner
+        .as_deref()
+        .map(str::parse::<crate::config::RunnerKind>)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--runner: {e}"))?;
+    let timeout = args
+        .timeout
+        .as_deref()
+        .map(crate::config::parse_duration)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    let result = runtime()?.block_on(crate::grader::grade_local(
+        cfg,
+        &args.student,
+        &args.tests,
+        runner,
+        timeout,
+    ))?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&result.stdout.display_bytes())?;
+    writeln!(out, "{}", serde_json::to_string_pretty(&result)?)?;
+    if !result.stderr.bytes.is_empty() {
+        eprint!(
+            "{}",
+            String::from_utf8_lossy(&result.stderr.display_bytes())
+        );
+    }
+    Ok(if result.grade_total.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn regrade(cfg: &Config, jobs: &[String], project: Option<&str>) -> Result<ExitCode> {
+    let spool = open_spool(cfg)?;
+    for (old, new) in crate::grader::regrade(&spool, jobs, project)? {
+        println!("{old} -> {new}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn replay(cfg: Arc<Config>, job: &str) -> Result<ExitCode> {
+    let spool = Arc::new(open_spool(&cfg)?);
+    let r = runtime()?.block_on(crate::grader::replay(cfg, spool, job))?;
+    let show = |s: crate::result::Status, g: Option<f64>| match g {
+        Some(g) => format!("{s}, grade {g}"),
+        None => format!("{s}, no grade"),
+    };
+    println!("job {}", r.job_id);
+    println!("  recorded: {}", show(r.original_status, r.original_grade));
+    println!(
+        "  replayed: {} (student {}, tests {}, runner {})",
+        show(r.replay.status, r.replay.grade_total),
+        r.replay.student_sha,
+        r.replay.tests_sha.as_deref().unwrap_or("-"),
+        r.replay.runner
+    );
+    if let Some(reason) = &r.replay.reason {
+        println!("  reason:   {reason}");
+    }
+    if r.same {
+        println!("same grade");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("DIFFERENT grade");
+        Ok(ExitCode::from(2))
+    }
+}
+
+fn gradebook_export(cfg: &Config, args: ExportArgs) -> Result<ExitCode> {
+    use crate::gradebook::{Filter, Format, Gradebook, Select};
+    if args.policy.is_some() {
+        anyhow::bail!("--policy is not built yet; use --latest or --best");
+    }
+    let path = crate::gradebook::path_in(&cfg.spool.dir);
+    if !path.exists() {
+        anyhow::bail!(
+            "no gradebook at {} (nothing graded yet, or a different [spool] dir)",
+            path.display()
+        );
+    }
+    let gb = Gradebook::open(&path)?;
+    let select = if args.latest {
+        Select::Latest
+    } else if args.best {
+        Select::Best
+    } else {
+        Select::All
+    };
+    let format = match args.format {
+        ExportFormat::Csv => Format::Csv,
+        ExportFormat::Json => Format::Json,
+    };
+    let filter = Filter {
+        project: args.project,
+        assignment: args.assignment,
+    };
+    let mut out = std::io::stdout().lock();
+    gb.export(select, &filter, format, &mut out)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,8 @@
 //! Each lab runs the way the `none` runner runs it: the student's tree
 //! copied into a fresh workspace, the test tree laid over it, `./test_all`
 //! started there with only PATH, HOME, LANG and the LABGRADER_* variables.
-//! (Grading through `labgrader grade --runner none` comes with the grader.)
+//! The last test grades the same labs through `labgrader grade --runner
+//! none`, the real binary with the grader's summary parser.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -210,44 +211,53 @@ fn every_test_all_is_executable_and_documented() {
 
 /// End to end through the real binary and the grader's summary parser:
 /// `labgrader grade` prints test_all's stdout, then the job's result as
-/// JSON. Pending: `grade` is built on the grader branch; un-ignore once it
-/// is merged.
+/// JSON. Starters earn their partial grade, solutions 100, and the hidden
+/// key lands in the result's `hidden`, apart from the summary.
 #[test]
-#[ignore = "needs `labgrader grade` from the grader branch"]
 fn examples_grade_end_to_end_with_labgrader_grade() {
-    for (lab, want, hidden_key) in [
+    for (lab, starter, hidden_key) in [
         ("bash", 50.0, "division_by_zero"),
         ("python", 40.0, "mode_large"),
         ("c", 60.0, "long_string"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_labgrader"))
-            .args(["grade", "--runner", "none", "--student"])
-            .arg(examples().join(lab).join("student"))
-            .arg("--tests")
-            .arg(examples().join(lab).join("tests"))
-            .env_remove("LABGRADER_CONFIG")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{lab}: {:?}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let json_start = stdout.rfind("\n{\n").map(|i| i + 1).unwrap_or(0);
-        let result: serde_json::Value = serde_json::from_str(&stdout[json_start..])
-            .unwrap_or_else(|e| panic!("{lab}: no result JSON ({e}):\n{stdout}"));
-        assert_eq!(result["status"], "graded", "{lab}: {result:#}");
-        assert_eq!(result["grade_total"].as_f64(), Some(want), "{lab}");
-        assert_eq!(result["runner"], "none", "{lab}");
-        assert!(
-            result["summary"].get("passed").is_some(),
-            "{lab}: {result:#}"
-        );
-        assert!(
-            result["hidden"].get(hidden_key).is_some(),
-            "{lab}: {result:#}"
-        );
+        for (tree, want, hidden) in [
+            ("student", starter, None),
+            ("solution", 100.0, Some("pass")),
+        ] {
+            let out = Command::new(env!("CARGO_BIN_EXE_labgrader"))
+                .args(["grade", "--runner", "none", "--student"])
+                .arg(examples().join(lab).join(tree))
+                .arg("--tests")
+                .arg(examples().join(lab).join("tests"))
+                .env_remove("LABGRADER_CONFIG")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{lab}/{tree}: {:?}\n{stdout}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let json_start = stdout.rfind("\n{\n").map(|i| i + 1).unwrap_or(0);
+            let result: serde_json::Value = serde_json::from_str(&stdout[json_start..])
+                .unwrap_or_else(|e| panic!("{lab}/{tree}: no result JSON ({e}):\n{stdout}"));
+            assert_eq!(result["status"], "graded", "{lab}/{tree}: {result:#}");
+            assert_eq!(result["grade_total"].as_f64(), Some(want), "{lab}/{tree}");
+            assert_eq!(result["runner"], "none", "{lab}/{tree}");
+            assert!(
+                result["summary"].get("passed").is_some(),
+                "{lab}/{tree}: {result:#}"
+            );
+            assert!(
+                result["summary"].get(hidden_key).is_none(),
+                "{lab}/{tree}: hidden key leaked into summary"
+            );
+            let h = &result["hidden"][hidden_key];
+            assert!(h.is_string(), "{lab}/{tree}: {result:#}");
+            if let Some(v) = hidden {
+                assert_eq!(h, v, "{lab}/{tree}");
+            }
+        }
     }
 }

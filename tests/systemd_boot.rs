@@ -23,14 +23,16 @@ fn repo() -> &'static Path {
 
 const CHECK: &str = r#"#!/bin/bash
 exec >/lgcheck/out.txt 2>&1
-for u in $(cat /lgcheck/units); do
+while read -r u wait; do
   echo "=== $u"
   systemctl start "$u"; echo "start rc=$?"
-  sleep 1
-  journalctl -u "$u" --no-pager -o cat
+  sleep "$wait"
+  echo "after ${wait}s: $(systemctl is-active "$u")"
   systemctl stop "$u"
+  echo "stopped: $(systemctl show -p Result --value "$u")"
+  journalctl -u "$u" --no-pager -o cat
   echo "--- end $u"
-done
+done </lgcheck/units
 echo DONE
 systemctl poweroff
 "#;
@@ -122,11 +124,13 @@ fn boot_with(
     let cfgdir = etc.join("labgrader");
     let _ = std::fs::remove_dir_all(&cfgdir);
     std::fs::create_dir_all(&cfgdir).unwrap();
-    std::fs::copy(
-        repo().join("systemd/labgrader.toml.example"),
-        cfgdir.join("labgrader.toml"),
-    )
-    .unwrap();
+    // The none runner: the container has neither Docker nor, necessarily,
+    // user namespaces, and the grader must stay up to be watched.
+    let config = std::fs::read_to_string(repo().join("systemd/labgrader.toml.example"))
+        .unwrap()
+        .replace("runner = \"auto\"", "runner = \"none\"");
+    assert!(config.contains("runner = \"none\""));
+    std::fs::write(cfgdir.join("labgrader.toml"), config).unwrap();
     std::fs::write(cfgdir.join("webhook-token"), "boot-test-token\n").unwrap();
     std::fs::write(cfgdir.join("gitlab-token"), "").unwrap();
     for f in ["webhook-token", "gitlab-token"] {
@@ -158,8 +162,13 @@ fn boot_with(
                 std::fs::write(d.join(format!("{i}.conf")), t).unwrap();
             }
         }
-        names.push_str(name);
-        names.push('\n');
+        // A unit with a short watchdog is watched long enough to need pings.
+        let wait = if dropins.iter().any(|d| d.contains("WatchdogSec=")) {
+            6
+        } else {
+            1
+        };
+        names.push_str(&format!("{name} {wait}\n"));
     }
     std::fs::write(sysdir.join("lg-check.service"), CHECK_UNIT).unwrap();
     std::fs::write(r.join("lgcheck/units"), names).unwrap();
@@ -359,4 +368,34 @@ fn hook_binds_a_low_port_only_with_the_documented_dropin() {
     );
     assert!(plain.contains("cannot listen on 127.0.0.1:443"), "{plain}");
     assert_started(&report, "labgrader-hook-lowport.service");
+}
+
+/// A daemon that stays up under its unit keeps systemd's watchdog fed
+/// (`WATCHDOG=1` at half of `WatchdogSec`) and stops cleanly on SIGTERM.
+#[test]
+fn grader_feeds_the_watchdog_and_stops_cleanly_under_systemd() {
+    if !may_run() {
+        return;
+    }
+    let watchdog = "[Service]\nWatchdogSec=2s\n".to_string();
+    let units = vec![(
+        "labgrader-grader.service",
+        unit_text("labgrader-grader.service"),
+        vec![watchdog],
+    )];
+    let report = boot(&units, true);
+    assert_started(&report, "labgrader-grader.service");
+    let text = &report[0].1;
+    assert!(
+        text.contains("after 6s: active"),
+        "watchdog fired or daemon died:\n{text}"
+    );
+    assert!(text.contains("stopped: success"), "{text}");
+    assert!(!text.contains("Watchdog timeout"), "{text}");
+    // The journal gets plain text, not terminal colour codes.
+    assert!(text.contains("grader started"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in the journal:\n{text}"
+    );
 }
