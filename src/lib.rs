@@ -17,6 +17,7 @@ pub mod hook;
 pub mod httpc;
 pub mod metrics;
 pub mod mirror;
+pub mod notify;
 pub mod result;
 pub mod sandbox;
 pub mod spool;
