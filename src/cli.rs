@@ -213,23 +213,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Replay { job } => replay(cfg, &job),
         Command::Gradebook(GradebookCommand::Export(args)) => gradebook_export(&cfg, args),
         Command::Sandbox(args) => sandbox(&cfg, &args.job_dir),
-        other => anyhow::bail!("`{}` is not built yet", command_name(&other)),
-    }
-}
-
-fn command_name(c: &Command) -> &'static str {
-    match c {
-        Command::Serve => "serve",
-        Command::Hook => "hook",
-        Command::Grader => "grader",
-        Command::Grade(_) => "grade",
-        Command::Queue { .. } => "queue",
-        Command::Regrade { .. } => "regrade",
-        Command::Replay { .. } => "replay",
-        Command::Gradebook(_) => "gradebook",
-        Command::Gitlab(_) => "gitlab",
-        Command::CheckConfig => "check-config",
-        Command::Sandbox(_) => "sandbox",
     }
 }
 
