@@ -136,16 +136,24 @@ pub enum ExportFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum GitlabCommand {
-    /// Register the system hook pointing at URL.
+    /// Register (or update) the system hook pointing at URL: push and
+    /// tag-push events, the webhook token. Needs an administrator's token.
     InstallSystemHook {
+        /// Where GitLab reaches the hook server, e.g. https://grader.example.edu/hooks/gitlab.
         #[arg(long)]
         url: String,
+        /// Only system events (project_create, ...), no pushes: for setups
+        /// that grade through project hooks.
+        #[arg(long)]
+        no_push_events: bool,
     },
-    /// Add project hooks to existing projects.
+    /// Add (or update) project hooks on existing projects: those the
+    /// token's user maintains, or those in --namespace and its subgroups.
     AddProjectHooks {
+        /// A group (with subgroups) or a user's namespace.
         #[arg(long)]
         namespace: Option<String>,
-        /// Hook URL (default: http://<server.listen>/hooks/gitlab).
+        /// Hook URL (default: gitlab.project_hook_url).
         #[arg(long)]
         url: Option<String>,
     },
@@ -174,8 +182,12 @@ pub fn main() -> ExitCode {
 fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // No colour codes unless a person watches: under systemd stderr is the
+    // journal, which would store them verbatim.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -194,28 +206,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve => daemon(cfg, true, true),
         Command::Hook => daemon(cfg, true, false),
         Command::Grader => daemon(cfg, false, true),
+        Command::Gitlab(cmd) => gitlab(&cfg, cmd),
         // grader (issue #3): staff commands.
         Command::Grade(args) => grade(&cfg, args),
         Command::Regrade { jobs, project } => regrade(&cfg, &jobs, project.as_deref()),
         Command::Replay { job } => replay(cfg, &job),
         Command::Gradebook(GradebookCommand::Export(args)) => gradebook_export(&cfg, args),
-        other => anyhow::bail!("`{}` is not built yet", command_name(&other)),
-    }
-}
-
-fn command_name(c: &Command) -> &'static str {
-    match c {
-        Command::Serve => "serve",
-        Command::Hook => "hook",
-        Command::Grader => "grader",
-        Command::Grade(_) => "grade",
-        Command::Queue { .. } => "queue",
-        Command::Regrade { .. } => "regrade",
-        Command::Replay { .. } => "replay",
-        Command::Gradebook(_) => "gradebook",
-        Command::Gitlab(_) => "gitlab",
-        Command::CheckConfig => "check-config",
-        Command::Sandbox(_) => "sandbox",
+        Command::Sandbox(args) => sandbox(&cfg, &args.job_dir),
     }
 }
 
@@ -269,14 +266,42 @@ fn daemon(cfg: Arc<Config>, hook: bool, grader: bool) -> Result<ExitCode> {
             Spool::open(&cfg.spool.dir)
                 .with_context(|| format!("cannot open spool {}", cfg.spool.dir.display()))?,
         );
-        let hook_task = async {
-            if !hook {
-                return Ok(());
+        let listener = if hook {
+            Some(
+                tokio::net::TcpListener::bind(cfg.server.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", cfg.server.listen))?,
+            )
+        } else {
+            None
+        };
+        // systemd (Type=notify): ready once the spool is open and the socket
+        // bound. The grader's own "watching" point is inside grader::run;
+        // until it reports readiness itself, READY=1 is sent here.
+        crate::notify::ready();
+        crate::notify::status(&match &listener {
+            Some(l) => format!(
+                "listening on {}, spool {}",
+                l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                cfg.spool.dir.display()
+            ),
+            None => format!("spool {}", cfg.spool.dir.display()),
+        });
+        let watchdog = tokio::spawn(crate::notify::watchdog_task(shutdown.clone()));
+        let stopping = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                crate::notify::stopping();
             }
-            let listener = tokio::net::TcpListener::bind(cfg.server.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
-            crate::hook::serve(cfg.clone(), spool.clone(), listener, shutdown.clone()).await
+        });
+        let hook_task = async {
+            match listener {
+                Some(listener) => {
+                    crate::hook::serve(cfg.clone(), spool.clone(), listener, shutdown.clone()).await
+                }
+                None => Ok(()),
+            }
         };
         let grader_task = async {
             if !grader {
@@ -298,6 +323,9 @@ fn daemon(cfg: Arc<Config>, hook: bool, grader: bool) -> Result<ExitCode> {
             stop_all_on_error(grader_task, &shutdown),
             stop_all_on_error(deliver_task, &shutdown),
         );
+        shutdown.cancel();
+        let _ = stopping.await;
+        let _ = watchdog.await;
         h?;
         g?;
         d?;
@@ -315,6 +343,76 @@ async fn stop_all_on_error(
         shutdown.cancel();
     }
     r
+}
+
+/// `labgrader sandbox --job-dir DIR`: exit 0 once `DIR/outcome.json` is
+/// written (whatever test_all did); an error is a grader fault.
+fn sandbox(cfg: &Config, dir: &std::path::Path) -> Result<ExitCode> {
+    runtime()?.block_on(async {
+        let shutdown = shutdown_on_signals()?;
+        let out = crate::sandbox::native::job::run_job_dir(&cfg.native, dir, &shutdown)
+            .await
+            .with_context(|| format!("sandbox job {}", dir.display()))?;
+        println!("{}", serde_json::to_string(&out.termination)?);
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn gitlab(cfg: &Config, cmd: GitlabCommand) -> Result<ExitCode> {
+    use crate::gitlab::hooks::{self, Change, ProjectScope};
+    runtime()?.block_on(async {
+        let (api, token) = hooks::setup_context(cfg, crate::httpc::HttpClient::new())?;
+        match cmd {
+            GitlabCommand::InstallSystemHook {
+                url,
+                no_push_events,
+            } => {
+                let mut spec = hooks::HookSpec::pushes(&url, &token)?;
+                if no_push_events {
+                    spec.push_events = false;
+                    spec.tag_push_events = false;
+                }
+                let outcome = hooks::ensure_system_hook(&api, &spec).await?;
+                println!("system hook {}: {outcome}", spec.url);
+                Ok(ExitCode::SUCCESS)
+            }
+            GitlabCommand::AddProjectHooks { namespace, url } => {
+                let url = hooks::project_hook_url(cfg, url.as_deref())?;
+                let spec = hooks::HookSpec::pushes(&url, &token)?;
+                let scope = match namespace {
+                    Some(ns) => ProjectScope::Namespace(ns),
+                    None => ProjectScope::Membership,
+                };
+                let results = hooks::add_project_hooks(&api, &scope, &spec).await?;
+                let (mut created, mut updated, mut failed) = (0, 0, 0);
+                for r in &results {
+                    match &r.outcome {
+                        Ok(o) => {
+                            if o.change == Change::Created {
+                                created += 1;
+                            } else {
+                                updated += 1;
+                            }
+                            println!("{}: {o}", r.project);
+                        }
+                        Err(e) => {
+                            failed += 1;
+                            eprintln!("labgrader: {}: {e}", r.project);
+                        }
+                    }
+                }
+                println!(
+                    "{} projects: {created} hooks created, {updated} updated, {failed} failed",
+                    results.len()
+                );
+                Ok(if failed == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            }
+        }
+    })
 }
 
 #[derive(Serialize)]

@@ -127,6 +127,12 @@ pub struct GitlabConfig {
     /// Optional; `{job_id}`, `{path}`, `{sha}` are substituted.
     pub target_url: String,
     pub api_timeout: Seconds,
+    /// The URL GitLab calls for project hooks (this hook server as GitLab
+    /// reaches it, e.g. `https://grader.example.edu/hooks/gitlab`). Used by
+    /// `labgrader gitlab add-project-hooks` without `--url`; when set, a
+    /// `project_create` system hook makes labgrader add this project hook
+    /// to the new project. Empty = neither.
+    pub project_hook_url: String,
 }
 
 impl Default for GitlabConfig {
@@ -141,6 +147,7 @@ impl Default for GitlabConfig {
             status_name: "labgrader".into(),
             target_url: String::new(),
             api_timeout: Seconds(Duration::from_secs(10)),
+            project_hook_url: String::new(),
         }
     }
 }
@@ -795,6 +802,15 @@ impl Config {
             return Err(self.invalid(
                 "gitlab.clone_url",
                 "must contain {path} (the project's namespace/name)",
+            ));
+        }
+        if !self.gitlab.project_hook_url.is_empty()
+            && !self.gitlab.project_hook_url.starts_with("http://")
+            && !self.gitlab.project_hook_url.starts_with("https://")
+        {
+            return Err(self.invalid(
+                "gitlab.project_hook_url",
+                "must be an http:// or https:// URL, or empty",
             ));
         }
         if self.gitlab.tests_namespace.is_empty() {

@@ -212,6 +212,9 @@ impl GitlabApi {
         self.get_json(&format!("/users/{id}")).await
     }
 }
+// Hook setup (system hook, project hooks, project_create): see hooks.rs.
+pub mod hooks;
+pub use hooks::ensure_project_hook;
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,7 @@ pub mod httpc;
 pub mod manifest;
 pub mod metrics;
 pub mod mirror;
+pub mod notify;
 pub mod policy;
 pub mod result;
 pub mod sandbox;

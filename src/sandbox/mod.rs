@@ -9,6 +9,7 @@
 //! the student.
 
 pub mod jobdir;
+pub mod native;
 pub mod none;
 pub mod output;
 
@@ -127,8 +128,7 @@ pub fn build_runner(
         RunnerKind::None => Ok(Arc::new(none::NoneRunner)),
         // RUNNER-ARM(docker): filled by the docker runner issue.
         RunnerKind::Docker => Err(not_built("docker")),
-        // RUNNER-ARM(native): filled by the native sandbox issue.
-        RunnerKind::Native => Err(not_built("native")),
+        RunnerKind::Native => Ok(Arc::new(native::NativeRunner::new(&cfg.native)?)),
         // RUNNER-ARM(slurm): filled by the slurm issue.
         RunnerKind::Slurm => Err(not_built("slurm")),
         RunnerKind::Auto => {

@@ -151,12 +151,18 @@ pub fn cases() -> Vec<Case> {
         },
         Case {
             name: "daemonized_child_does_not_outlive_job",
+            // (`exec -a` is not POSIX: dash and busybox lack it, so the
+            // tracked process is a script whose name carries the token.)
             script: "(setsid sh -c 'sleep 30; echo alive' </dev/null >/dev/null 2>&1 &)\n\
-                     (sh -c 'exec -a lg-$TOKEN sleep 60' </dev/null >/dev/null 2>&1 &)\n\
+                     printf 'sleep 60\\n' > ./lg-$TOKEN\n\
+                     (sh ./lg-$TOKEN </dev/null >/dev/null 2>&1 &)\n\
+                     sleep 1\n\
+                     grep -l \"l[g]-$TOKEN\" /proc/[0-9]*/cmdline >/dev/null 2>&1 && echo running\n\
                      echo spawned\n"
                 .into(),
             helpers: &[],
             check: |o, p| {
+                assert!(stdout(o).contains("running"), "the tracked child never ran: {}", stdout(o));
                 assert!(stdout(o).contains("spawned"));
                 std::thread::sleep(Duration::from_millis(500));
                 let ps = Command::new("pgrep").args(["-f", &format!("lg-{}", p.token)]).output().unwrap();

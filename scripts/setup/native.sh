@@ -1,0 +1,8 @@
+# Sourced by scripts/test: what the native runner's tests (tests/runner_native.rs)
+# need. gcc + libc6-dev build the static hostile helpers; procps gives pgrep;
+# util-linux gives setpriv and unshare. The tests run jobs in user namespaces:
+# check here, so a host that forbids them fails with the reason up front.
+need_pkgs gcc libc6-dev procps util-linux
+if [ "$(cat /proc/sys/user/max_user_namespaces 2>/dev/null || echo 0)" = 0 ]; then
+    log "setup/native: user namespaces are disabled (user.max_user_namespaces = 0); the native runner tests will fail"
+fi

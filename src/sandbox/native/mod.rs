@@ -1,0 +1,942 @@
+//! The `native` runner: `test_all` in Linux namespaces, cgroups and rlimits,
+//! set up with raw syscalls (the nix crate), no helper binary, no Docker —
+//! the way isolate, nsjail and bubblewrap do it, in a few milliseconds.
+//!
+//! It owns the whole life of one sandboxed run: the job cgroup
+//! ([`cgroup`]), the plan of the mount tree, the clone into new user, PID,
+//! mount, network, IPC and UTS namespaces, the uid/gid maps, the timeout,
+//! the kill, the verdict ([`Termination`]) and the cleanup. It never reads
+//! the summary, never touches the spool or the gradebook, and never changes
+//! anything on the host but the job's cgroup directories (removed after
+//! the run) and, when the daemon is root, the ownership of the workspace
+//! (handed to the sandbox uid).
+//!
+//! **Why clone from the daemon and not a re-exec'd helper.** The daemon is
+//! a multi-threaded tokio process; after a fork only async-signal-safe work
+//! is allowed. Instead of re-executing `/proc/self/exe` (which is not
+//! labgrader in tests, and costs an exec plus a runtime start), the parent
+//! prepares *everything* first — C strings, fds, the ordered list of mount
+//! operations, the argv/envp arrays and both child stacks — and the child
+//! ([`setup`]) runs only raw syscalls on them: no allocation, no locks, no
+//! panics. That is how the `unshare` crate and runc's `nsexec` work. The
+//! init outlives no reader: it waits in poll(2) on its SIGCHLD signalfd and
+//! on the report pipe, and exits (taking the namespace with it) when the
+//! daemon dies or drops the run.
+//!
+//! **Layout of a run.** The parent clones the child with all namespaces,
+//! writes its uid/gid maps (sandbox uid → itself when root, → the daemon's
+//! uid otherwise), puts it in the job cgroup, then releases it over a pipe.
+//! The child (pid 1 of its PID namespace) builds the new root: a tmpfs with
+//! read-only, nosuid, nodev binds of the rootfs's system directories, the
+//! workspace read-write at `/workspace`, a fresh `/tmp` and `/dev/shm`, a
+//! minimal `/dev`, a new `/proc`; pivots into it, brings up `lo`, sets
+//! `no_new_privs`, forbids nested user namespaces, enters a cgroup
+//! namespace rooted at the job cgroup, and starts `test_all` with the
+//! run's rlimits and no capabilities. It reaps orphans and, when `test_all` ends, reports the
+//! wait status and exits, so the kernel kills everything left in the
+//! namespace. On timeout the parent kills the init (the namespace dies
+//! with it) and everything in the job cgroup. A setup failure comes back
+//! over a close-on-exec pipe as `SandboxError::Setup` naming the step and
+//! syscall: a grader fault, never the student's.
+
+pub mod cgroup;
+pub mod job;
+pub mod setup;
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use nix::fcntl::{OFlag, open};
+use nix::mount::MsFlags;
+use nix::sys::stat::Mode as FileMode;
+use nix::sys::statvfs::FsFlags;
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+use self::cgroup::{Hierarchy, JobCgroup};
+use self::setup::{ChildArgs, FD_SOURCES, MAX_SOURCES, Op, Plan, RECORD_LEN, Record, Step};
+use super::none::SAFE_PATH;
+use super::output::{Captured, SharedCapture, drain_into};
+use super::{RunOutcome, RunSpec, Runner, SandboxError, TEST_COMMAND, Termination};
+use crate::config::NativeConfig;
+
+/// Top-level directories of the rootfs shown (read-only) in the sandbox.
+/// Everything else (home, root, run, var, mnt, srv, …) is an empty
+/// directory: the host's data and sockets stay out of sight.
+pub const SYSTEM_DIRS: &[&str] = &[
+    "bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "opt", "nix", "gnu",
+];
+/// Empty directories created in the new root.
+const EMPTY_DIRS: &[&str] = &["home", "root", "run", "mnt", "media", "srv", "sys", "var"];
+/// Host devices bound into the sandbox's `/dev`.
+pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
+/// Hostname inside the UTS namespace.
+pub const HOSTNAME: &str = "labgrader";
+/// After the init exits, how long the pipes may stay open (only other
+/// jobs' short-lived clones could hold them) before reading stops.
+const PIPE_LINGER: Duration = Duration::from_secs(2);
+
+/// How the daemon may create the namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Root: maps the sandbox uid/gid to the same host ids.
+    Root,
+    /// Unprivileged user namespaces: the sandbox uid/gid map to the
+    /// daemon's own (the only ids it may map).
+    User { uid: u32, gid: u32 },
+}
+
+/// The native runner. Build with [`NativeRunner::new`].
+#[derive(Debug)]
+pub struct NativeRunner {
+    rootfs: PathBuf,
+    uid: u32,
+    gid: u32,
+    mode: Mode,
+    cgroups: Option<Hierarchy>,
+    staging: PathBuf,
+}
+
+/// Can this process create the sandbox's namespaces? `Err` says why not
+/// and what to change.
+pub fn available() -> Result<(), String> {
+    if !Path::new("/proc/self/ns/user").exists() {
+        return Err("the kernel has no user namespaces (CONFIG_USER_NS)".into());
+    }
+    let euid = nix::unistd::geteuid();
+    let hints = || {
+        let mut h = Vec::new();
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+            h.push("user.max_user_namespaces is 0");
+        }
+        if !euid.is_root() {
+            if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+                h.push("kernel.unprivileged_userns_clone is 0 (run as root or set it to 1)");
+            }
+            if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref()
+                == Some("1")
+            {
+                h.push(
+                    "kernel.apparmor_restrict_unprivileged_userns is 1 (run as root or give \
+                     labgrader an AppArmor profile with `userns`)",
+                );
+            }
+        }
+        if h.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", h.join("; "))
+        }
+    };
+    match probe_clone() {
+        Ok(()) => Ok(()),
+        Err(e) => Err(format!(
+            "cannot create user, PID, mount, network, IPC and UTS namespaces as uid {euid}: \
+             {e}{}",
+            hints()
+        )),
+    }
+}
+
+fn ns_flags() -> libc::c_int {
+    libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+}
+
+/// Clone a child with every namespace; it exits at once.
+fn probe_clone() -> Result<(), nix::errno::Errno> {
+    extern "C" fn noop(_: *mut libc::c_void) -> libc::c_int {
+        0
+    }
+    let mut stack = vec![0u8; 64 * 1024];
+    // SAFETY: the child runs `noop` on its own stack and exits.
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(stack.len());
+        let top = top.sub(top as usize % 16);
+        libc::clone(
+            noop,
+            top.cast(),
+            ns_flags() | libc::SIGCHLD,
+            std::ptr::null_mut(),
+        )
+    };
+    nix::errno::Errno::result(pid).map(|pid| {
+        let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL));
+    })
+}
+
+fn setup_err(step: &'static str, message: impl std::fmt::Display) -> SandboxError {
+    SandboxError::Setup {
+        step,
+        message: message.to_string(),
+    }
+}
+
+fn cstr(p: impl AsRef<[u8]>) -> Result<CString, SandboxError> {
+    CString::new(p.as_ref())
+        .map_err(|_| setup_err("plan the sandbox", "a path or value contains a NUL byte"))
+}
+
+fn cpath(p: &Path) -> Result<CString, SandboxError> {
+    cstr(p.as_os_str().as_bytes())
+}
+
+/// Mount flags the kernel will not let a user namespace drop from a bind.
+fn locked_flags(p: &Path) -> MsFlags {
+    let mut f = MsFlags::empty();
+    if let Ok(s) = nix::sys::statvfs::statvfs(p) {
+        let fl = s.flags();
+        for (st, ms) in [
+            (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        ] {
+            if fl.contains(st) {
+                f |= ms;
+            }
+        }
+    }
+    f
+}
+
+/// A bind source must exist with the expected type (the child opens it).
+fn check_source(p: &Path, dir: bool) -> Result<(), SandboxError> {
+    let meta = std::fs::symlink_metadata(p)
+        .map_err(|e| setup_err("find a bind source", format!("{}: {e}", p.display())))?;
+    if meta.file_type().is_symlink() || meta.is_dir() != dir {
+        return Err(setup_err(
+            "find a bind source",
+            format!(
+                "{} is not a {}",
+                p.display(),
+                if dir { "directory" } else { "file" }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl NativeRunner {
+    /// Check the host and the config; refuse with the reason when the
+    /// sandbox cannot be built here.
+    pub fn new(cfg: &NativeConfig) -> Result<NativeRunner, SandboxError> {
+        let unavailable = |message: String| SandboxError::Unavailable {
+            runner: "native".into(),
+            message,
+        };
+        available().map_err(unavailable)?;
+        if cfg.uid == 0 || cfg.gid == 0 {
+            return Err(unavailable(
+                "[native] uid and gid must not be 0: the student would own root's files".into(),
+            ));
+        }
+        let rootfs = cfg
+            .rootfs
+            .canonicalize()
+            .map_err(|e| unavailable(format!("[native] rootfs {}: {e}", cfg.rootfs.display())))?;
+        if !rootfs.is_dir() {
+            return Err(unavailable(format!(
+                "[native] rootfs {} is not a directory",
+                rootfs.display()
+            )));
+        }
+        let mode = if nix::unistd::geteuid().is_root() {
+            Mode::Root
+        } else {
+            Mode::User {
+                uid: nix::unistd::geteuid().as_raw(),
+                gid: nix::unistd::getegid().as_raw(),
+            }
+        };
+        let cgroups = match Hierarchy::detect() {
+            Ok(h) => {
+                tracing::info!(cgroups = %h.describe(), "native runner: job cgroups");
+                Some(h)
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    %reason,
+                    "native runner: no job cgroups; memory limited by RLIMIT_DATA, processes by \
+                     RLIMIT_NPROC, and an OOM cannot be told from a crash"
+                );
+                None
+            }
+        };
+        // The new root's tmpfs is mounted over this directory inside each
+        // job's private mount namespace (the host never sees it).
+        let staging = ["/mnt", "/tmp"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_dir())
+            .ok_or_else(|| unavailable("neither /mnt nor /tmp exists to stage the root".into()))?;
+        Ok(NativeRunner {
+            rootfs,
+            uid: cfg.uid,
+            gid: cfg.gid,
+            mode,
+            cgroups,
+            staging,
+        })
+    }
+
+    /// The cgroup hierarchy in use, if any (for logs and benchmarks).
+    pub fn cgroups(&self) -> Option<String> {
+        self.cgroups.as_ref().map(Hierarchy::describe)
+    }
+
+    /// Build the child's plan: fds, mount operations, argv/envp, rlimits.
+    fn plan(
+        &self,
+        spec: &RunSpec,
+        workspace: &Path,
+        pipes: ChildEnds,
+        with_cgroup: bool,
+    ) -> Result<(Plan, Vec<String>), SandboxError> {
+        let root = &self.staging;
+        let under = |name: &str| cpath(&root.join(name));
+        let mut ops = Vec::new();
+        let mut sources = Vec::new();
+        let mut bind = |ops: &mut Vec<Op>, src: &Path, dst: &str, dir: bool, flags: MsFlags| {
+            check_source(src, dir)?;
+            sources.push((cpath(src)?, dir));
+            ops.push(if dir {
+                Op::Mkdir {
+                    path: under(dst)?,
+                    mode: 0o755,
+                }
+            } else {
+                Op::Touch { path: under(dst)? }
+            });
+            ops.push(Op::Bind {
+                source: sources.len() - 1,
+                path: under(dst)?,
+                flags: flags | locked_flags(src),
+            });
+            Ok::<(), SandboxError>(())
+        };
+        let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        let mut made = Vec::new();
+        for name in SYSTEM_DIRS {
+            let src = self.rootfs.join(name);
+            let Ok(meta) = std::fs::symlink_metadata(&src) else {
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&src)?;
+                ops.push(Op::Symlink {
+                    target: cpath(&target)?,
+                    path: under(name)?,
+                });
+            } else if meta.is_dir() {
+                bind(&mut ops, &src, name, true, ro)?;
+            } else {
+                continue;
+            }
+            made.push(*name);
+        }
+        for name in EMPTY_DIRS {
+            if !made.contains(name) {
+                ops.push(Op::Mkdir {
+                    path: under(name)?,
+                    mode: 0o755,
+                });
+            }
+        }
+        ops.push(Op::Symlink {
+            target: cstr("/tmp")?,
+            path: under("var/tmp")?,
+        });
+        bind(
+            &mut ops,
+            workspace,
+            "workspace",
+            true,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        )?;
+        let tmpfs = cstr("tmpfs")?;
+        let mem = spec.limits.memory.max(1 << 20);
+        let scratch = |ops: &mut Vec<Op>, dst: &str| -> Result<(), SandboxError> {
+            ops.push(Op::Mkdir {
+                path: under(dst)?,
+                mode: 0o1777,
+            });
+            ops.push(Op::Mount {
+                fstype: tmpfs.clone(),
+                path: under(dst)?,
+                flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                data: Some(cstr(format!("mode=1777,size={mem}"))?),
+            });
+            Ok(())
+        };
+        scratch(&mut ops, "tmp")?;
+        ops.push(Op::Mkdir {
+            path: under("dev")?,
+            mode: 0o755,
+        });
+        let dev_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        ops.push(Op::Mount {
+            fstype: tmpfs.clone(),
+            path: under("dev")?,
+            flags: dev_flags,
+            data: Some(cstr("mode=0755,size=64k")?),
+        });
+        for d in DEVICES {
+            let host = Path::new("/dev").join(d);
+            bind(
+                &mut ops,
+                &host,
+                &format!("dev/{d}"),
+                false,
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            )?;
+        }
+        for (link, target) in [
+            ("dev/fd", "/proc/self/fd"),
+            ("dev/stdin", "/proc/self/fd/0"),
+            ("dev/stdout", "/proc/self/fd/1"),
+            ("dev/stderr", "/proc/self/fd/2"),
+        ] {
+            ops.push(Op::Symlink {
+                target: cstr(target)?,
+                path: under(link)?,
+            });
+        }
+        scratch(&mut ops, "dev/shm")?;
+        ops.push(Op::Readonly {
+            path: under("dev")?,
+            flags: dev_flags,
+        });
+        ops.push(Op::Mkdir {
+            path: under("proc")?,
+            mode: 0o555,
+        });
+        ops.push(Op::Mount {
+            fstype: cstr("proc")?,
+            path: under("proc")?,
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            data: None,
+        });
+        if sources.len() > MAX_SOURCES {
+            return Err(setup_err("plan the sandbox", "too many bind sources"));
+        }
+        let source_paths = (0..sources.len())
+            .map(|i| cstr(format!("/proc/self/fd/{}", FD_SOURCES as usize + i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Op descriptions for error messages, 1-based (0 = the root tmpfs).
+        let mut described = vec![format!("mount tmpfs on {}", root.display())];
+        described.extend(ops.iter().map(|op| {
+            let p = Path::new(std::ffi::OsStr::from_bytes(op.path().to_bytes()));
+            let inside = p.strip_prefix(root).map(|r| Path::new("/").join(r));
+            format!(
+                "{} {}",
+                op.syscall(),
+                inside.as_deref().unwrap_or(p).display()
+            )
+        }));
+
+        // Environment: the documented variables, the spec's override.
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert("PATH".into(), SAFE_PATH.into());
+        env.insert("HOME".into(), "/workspace".into());
+        env.insert("LANG".into(), "C.UTF-8".into());
+        for (k, v) in &spec.env {
+            if k.is_empty() || k.contains('=') {
+                return Err(setup_err(
+                    "plan the sandbox",
+                    format!("invalid environment variable name {k:?}"),
+                ));
+            }
+            env.insert(k.clone(), v.clone());
+        }
+        let envp = env
+            .iter()
+            .map(|(k, v)| cstr(format!("{k}={v}")))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let l = &spec.limits;
+        let cpu = l.timeout.as_secs() + 2;
+        let mut rlimits = vec![
+            (libc::RLIMIT_CPU, cpu, cpu + 1),
+            (libc::RLIMIT_FSIZE, l.file_size, l.file_size),
+            (libc::RLIMIT_NOFILE, l.open_files, l.open_files),
+            (libc::RLIMIT_CORE, 0, 0),
+            // +1: the sandbox's init runs as the same uid.
+            (libc::RLIMIT_NPROC, l.pids + 1, l.pids + 1),
+        ];
+        if !with_cgroup {
+            rlimits.push((libc::RLIMIT_DATA, l.memory, l.memory));
+        }
+        let plan = Plan {
+            stdin: pipes.stdin,
+            stdout: pipes.stdout,
+            stderr: pipes.stderr,
+            report: pipes.report,
+            go: pipes.go,
+            cgroup_tasks: Vec::new(),
+            sources,
+            source_paths,
+            staging: cpath(root)?,
+            root_data: cstr("mode=0755,size=1m")?,
+            ops,
+            root_flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            hostname: cstr(HOSTNAME)?,
+            uid: self.uid,
+            gid: self.gid,
+            drop_groups: self.mode == Mode::Root,
+            rlimits,
+            workdir: cstr("/workspace")?,
+            exec_path: cstr(TEST_COMMAND)?,
+            argv: vec![cstr(TEST_COMMAND)?],
+            envp,
+        };
+        Ok((plan, described))
+    }
+
+    /// uid_map, gid_map and setgroups contents for the child.
+    fn id_maps(&self) -> (String, String, &'static str) {
+        match self.mode {
+            Mode::Root => (
+                format!("{0} {0} 1\n", self.uid),
+                format!("{0} {0} 1\n", self.gid),
+                "allow",
+            ),
+            Mode::User { uid, gid } => (
+                format!("{} {uid} 1\n", self.uid),
+                format!("{} {gid} 1\n", self.gid),
+                "deny",
+            ),
+        }
+    }
+}
+
+/// The child's ends of the pipes (moved into the plan).
+struct ChildEnds {
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    report: OwnedFd,
+    go: OwnedFd,
+}
+
+/// The parent's ends.
+struct ParentEnds {
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    report: OwnedFd,
+    go: OwnedFd,
+}
+
+fn pipes() -> Result<(ChildEnds, ParentEnds), SandboxError> {
+    let p = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| setup_err("create pipes", e));
+    let (out_r, out_w) = p()?;
+    let (err_r, err_w) = p()?;
+    let (rep_r, rep_w) = p()?;
+    let (go_r, go_w) = p()?;
+    let null = open(
+        "/dev/null",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        FileMode::empty(),
+    )
+    .map_err(|e| setup_err("open /dev/null", e))?;
+    Ok((
+        ChildEnds {
+            stdin: null,
+            stdout: out_w,
+            stderr: err_w,
+            report: rep_w,
+            go: go_r,
+        },
+        ParentEnds {
+            stdout: out_r,
+            stderr: err_r,
+            report: rep_r,
+            go: go_w,
+        },
+    ))
+}
+
+/// Clone the init, write its id maps, put it in the cgroup and release
+/// it. Returns its host pid.
+async fn start(
+    plan: Plan,
+    maps: (String, String, &'static str),
+    cgroup: Option<Arc<JobCgroup>>,
+    go: OwnedFd,
+    chown: Option<(PathBuf, u32, u32)>,
+) -> Result<Pid, SandboxError> {
+    // The chown walks the whole workspace: a small tree is done here, a
+    // large one finishes on the blocking pool.
+    if let Some((ws, uid, gid)) = chown {
+        let fail = |e: std::io::Error| setup_err("hand the workspace to the sandbox uid", e);
+        let mut walk = walkdir::WalkDir::new(&ws).follow_links(false).into_iter();
+        if !chown_some(&mut walk, uid, gid, Some(256)).map_err(fail)? {
+            tokio::task::spawn_blocking(move || chown_some(&mut walk, uid, gid, None))
+                .await
+                .map_err(|e| setup_err("hand the workspace to the sandbox uid", e))?
+                .map_err(fail)?;
+        }
+    }
+    let pid = clone_init(&plan, &maps)?;
+    let release = |what| match nix::unistd::write(&go, b"g") {
+        // The child already failed and exited: its report says why.
+        Ok(_) | Err(nix::errno::Errno::EPIPE) => Ok(()),
+        Err(e) => Err(setup_err("release the sandbox", format!("{what}: {e}"))),
+    };
+    let attach = async {
+        release("after the id maps")?;
+        // cgroup v2: the parent moves the init (an RCU grace period: off
+        // this thread, while the child builds its root). v1: it moved itself.
+        if let Some(cg) = cgroup.filter(|_| plan.cgroup_tasks.is_empty()) {
+            tokio::task::spawn_blocking(move || cg.add(pid.as_raw()))
+                .await
+                .map_err(|e| setup_err("attach the job cgroup", e))?
+                .map_err(|e| setup_err("attach the job cgroup", e))?;
+        }
+        release("after the cgroup")
+    };
+    if let Err(e) = attach.await {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = tokio::task::spawn_blocking(move || waitpid(pid, Some(WaitPidFlag::__WALL))).await;
+        return Err(e);
+    }
+    drop(plan); // closes the child's ends in this process
+    Ok(pid)
+}
+
+/// Clone the init with every namespace and write its id maps. It waits
+/// for the go pipe before doing anything else.
+fn clone_init(
+    plan: &Plan,
+    (uid_map, gid_map, setgroups): &(String, String, &'static str),
+) -> Result<Pid, SandboxError> {
+    let mut args = ChildArgs::new(plan);
+    let mut stack = vec![0u8; setup::STACK_SIZE];
+    // SAFETY: the child gets a copy of this address space and runs
+    // `init_main` on `stack`, touching only `args` (see setup.rs).
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(stack.len());
+        let top = top.sub(top as usize % 16);
+        libc::clone(
+            setup::init_main,
+            top.cast(),
+            ns_flags() | libc::SIGCHLD,
+            (&mut args as *mut ChildArgs).cast(),
+        )
+    };
+    let pid = nix::errno::Errno::result(pid)
+        .map(Pid::from_raw)
+        .map_err(|e| setup_err("clone the sandbox", format!("clone: {e}")))?;
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let w = |f: &str, v: &str| {
+        std::fs::write(proc.join(f), v)
+            .map_err(|e| setup_err("write the user namespace id maps", format!("{f}: {e}")))
+    };
+    let maps = w("setgroups", setgroups)
+        .and_then(|_| w("gid_map", gid_map))
+        .and_then(|_| w("uid_map", uid_map));
+    if let Err(e) = maps {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(pid, Some(WaitPidFlag::__WALL));
+        return Err(e);
+    }
+    Ok(pid)
+}
+
+/// Hand the workspace to the sandbox uid (root daemon only): lchown
+/// entries, never following a symlink, at most `budget` of them. Returns
+/// whether the walk is complete.
+fn chown_some(
+    walk: &mut walkdir::IntoIter,
+    uid: u32,
+    gid: u32,
+    budget: Option<usize>,
+) -> std::io::Result<bool> {
+    for (i, entry) in walk.by_ref().enumerate() {
+        let entry = entry.map_err(std::io::Error::other)?;
+        std::os::unix::fs::lchown(entry.path(), Some(uid), Some(gid))?;
+        if budget.is_some_and(|b| i + 1 >= b) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn spawn_drain(
+    fd: OwnedFd,
+    limit: u64,
+    into: &SharedCapture,
+) -> Result<tokio::task::JoinHandle<()>, SandboxError> {
+    let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
+    let into = into.clone();
+    Ok(tokio::spawn(async move {
+        let _ = drain_into(rx, limit, &into).await;
+    }))
+}
+
+async fn collect(task: tokio::task::JoinHandle<()>, capture: &SharedCapture) -> Captured {
+    let abort = task.abort_handle();
+    if tokio::time::timeout(PIPE_LINGER, task).await.is_err() {
+        abort.abort();
+        capture.mark_truncated();
+    }
+    capture.snapshot()
+}
+
+fn describe_failure(
+    step: u32,
+    errno: i32,
+    op: u32,
+    ops: &[String],
+    sources: &[String],
+) -> SandboxError {
+    let errno = nix::errno::Errno::from_raw(errno);
+    let Some(step) = Step::from_u32(step) else {
+        return setup_err("sandbox init", format!("unknown step {step}: {errno}"));
+    };
+    let what = match step {
+        Step::Tree => ops
+            .get(op as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("operation {op}")),
+        Step::Rlimit => format!("setrlimit(resource {op})"),
+        Step::Sources => format!(
+            "open {}",
+            sources.get(op as usize).map(String::as_str).unwrap_or("?")
+        ),
+        Step::Exec => format!("execve {TEST_COMMAND} in /workspace"),
+        s => s.syscall().to_string(),
+    };
+    setup_err(step.name(), format!("{what}: {}", errno.desc()))
+}
+
+#[async_trait::async_trait]
+impl Runner for NativeRunner {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    async fn run(
+        &self,
+        spec: &RunSpec,
+        cancel: &CancellationToken,
+    ) -> Result<RunOutcome, SandboxError> {
+        let started_at = Utc::now();
+        let workspace = spec.workspace.canonicalize().map_err(|e| {
+            setup_err(
+                "find the workspace",
+                format!("{}: {e}", spec.workspace.display()),
+            )
+        })?;
+        if !workspace.is_dir() {
+            return Err(setup_err(
+                "find the workspace",
+                format!("{} is not a directory", workspace.display()),
+            ));
+        }
+        let cgroup = match &self.cgroups {
+            Some(h) => Some(Arc::new(
+                JobCgroup::create(h, &spec.job_id, Some(&spec.limits))
+                    .map_err(|e| setup_err("create the job cgroup", e))?,
+            )),
+            None => None,
+        };
+        let mut teardown = Teardown {
+            init: None,
+            cgroup: cgroup.clone(),
+        };
+        let result = self
+            .run_in(spec, &workspace, cgroup, cancel, &mut teardown.init)
+            .await;
+        // The verdict is known; the namespace's teardown, the reap of its
+        // init and the cgroup's removal need not delay it.
+        drop(teardown);
+        let (termination, stdout, stderr) = result?;
+        tracing::debug!(job_id = %spec.job_id, ?termination, "native run finished");
+        Ok(RunOutcome {
+            termination,
+            stdout,
+            stderr,
+            started_at,
+            ended_at: Utc::now(),
+            runner: self.name().to_string(),
+            image: None,
+            image_id: None,
+        })
+    }
+}
+
+/// Reaps the init and removes the job cgroup when a run ends — also when
+/// the run's future is dropped (the init then sees its report pipe lose
+/// its reader and exits, and the namespace with it). On the runtime's
+/// blocking pool (whose shutdown waits for it) or, outside a runtime, on a
+/// thread of its own.
+struct Teardown {
+    init: Option<Pid>,
+    cgroup: Option<Arc<JobCgroup>>,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        let (init, cgroup) = (self.init.take(), self.cgroup.take());
+        if init.is_none() && cgroup.is_none() {
+            return;
+        }
+        let work = move || {
+            if let Some(pid) = init {
+                let _ = waitpid(pid, Some(WaitPidFlag::__WALL));
+            }
+            if let Some(cg) = cgroup {
+                cg.kill_all();
+                cg.remove();
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => drop(h.spawn_blocking(work)),
+            Err(_) => drop(std::thread::spawn(work)),
+        }
+    }
+}
+
+impl NativeRunner {
+    async fn run_in(
+        &self,
+        spec: &RunSpec,
+        workspace: &Path,
+        cgroup: Option<Arc<JobCgroup>>,
+        cancel: &CancellationToken,
+        init: &mut Option<Pid>,
+    ) -> Result<(Termination, Captured, Captured), SandboxError> {
+        let (child_ends, parent) = pipes()?;
+        let (mut plan, ops) = self.plan(spec, workspace, child_ends, cgroup.is_some())?;
+        if let Some(files) = cgroup.as_ref().and_then(|c| c.self_attach_files()) {
+            for f in files {
+                plan.cgroup_tasks.push(
+                    open(&f, OFlag::O_WRONLY | OFlag::O_CLOEXEC, FileMode::empty()).map_err(
+                        |e| {
+                            setup_err(
+                                "attach the job cgroup",
+                                format!("open {}: {e}", f.display()),
+                            )
+                        },
+                    )?,
+                );
+            }
+        }
+        let sources: Vec<String> = plan
+            .sources
+            .iter()
+            .map(|(p, _)| p.to_string_lossy().into_owned())
+            .collect();
+        let limit = spec.limits.output;
+        let (out, err) = (SharedCapture::default(), SharedCapture::default());
+        let out_task = spawn_drain(parent.stdout, limit, &out)?;
+        let err_task = spawn_drain(parent.stderr, limit, &err)?;
+        let mut report = tokio::net::unix::pipe::Receiver::from_owned_fd(parent.report)?;
+        let chown =
+            (self.mode == Mode::Root).then(|| (workspace.to_path_buf(), self.uid, self.gid));
+        let pid = start(plan, self.id_maps(), cgroup.clone(), parent.go, chown).await?;
+        *init = Some(pid);
+
+        let mut records = Vec::new();
+        // Records up to test_all's status (the init's last word; its own
+        // exit, which tears down a copy of the daemon's address space, need
+        // not be waited for), or to the end of the pipe.
+        let reading = async {
+            let mut recs = Vec::new();
+            let mut buf = [0u8; RECORD_LEN];
+            while recs.len() < 64 && report.read_exact(&mut buf).await.is_ok() {
+                let r = Record::decode(&buf);
+                recs.push(r);
+                if matches!(r, Some(Record::Status(_))) {
+                    break;
+                }
+            }
+            recs
+        };
+        tokio::pin!(reading);
+        let deadline = tokio::time::sleep(spec.limits.timeout);
+        tokio::pin!(deadline);
+        let mut timed_out = false;
+        let mut cancelled = false;
+        tokio::select! {
+            buf = &mut reading => records = buf,
+            _ = &mut deadline => timed_out = true,
+            _ = cancel.cancelled() => cancelled = true,
+        }
+        if timed_out || cancelled {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            if let Some(cg) = &cgroup {
+                let cg = cg.clone();
+                let _ = tokio::task::spawn_blocking(move || cg.kill_all()).await;
+            }
+        }
+        if timed_out || cancelled {
+            // The init is dead: the pipe reaches its end at once.
+            records = tokio::time::timeout(PIPE_LINGER, reading)
+                .await
+                .unwrap_or_default();
+        }
+        let stdout = collect(out_task, &out).await;
+        let stderr = collect(err_task, &err).await;
+        if cancelled {
+            return Err(SandboxError::Cancelled);
+        }
+
+        let mut test_status = None;
+        for record in records {
+            match record {
+                Some(Record::Failed { step, errno, op }) => {
+                    return Err(describe_failure(step, errno, op, &ops, &sources));
+                }
+                Some(Record::Status(s)) => test_status = Some(s),
+                None => {}
+            }
+        }
+        let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
+        let termination = if timed_out {
+            Termination::Timeout
+        } else {
+            match test_status {
+                Some(s) if libc::WIFEXITED(s) => Termination::Exited {
+                    code: libc::WEXITSTATUS(s),
+                },
+                Some(s) if libc::WIFSIGNALED(s) => Termination::Signaled {
+                    signal: libc::WTERMSIG(s),
+                },
+                _ if oom => Termination::MemoryLimit,
+                _ => {
+                    return Err(setup_err(
+                        "sandbox init",
+                        "the init ended without reporting test_all's status",
+                    ));
+                }
+            }
+        };
+        // An OOM kill anywhere in the job names the limit, unless test_all
+        // itself handled it and succeeded.
+        let termination = match termination {
+            Termination::Exited { code } if oom && code != 0 => Termination::MemoryLimit,
+            Termination::Signaled { .. } if oom => Termination::MemoryLimit,
+            t => t,
+        };
+        Ok((termination, stdout, stderr))
+    }
+}

@@ -1,0 +1,923 @@
+//! The sandbox's inside: what runs between `clone(2)` and `execve(2)` of
+//! `test_all`, as an ordered list of one-step functions (google/nsjail's
+//! `contain.cc`, isolate). Each step names itself and its syscall; a failing
+//! step writes a fixed-size [`Record`] to the close-on-exec report pipe and
+//! the child exits, so the daemon can say *which* step failed and why.
+//!
+//! This code runs in a copy of a multi-threaded process (the tokio daemon),
+//! so it must only do async-signal-safe work: raw syscalls on values the
+//! parent prepared in a [`Plan`] (C strings, fds, numbers). It never
+//! allocates or frees, never takes a lock, never panics (no indexing that
+//! could fail, no `unwrap`), never logs. Anything needing memory is built by
+//! the parent before the clone.
+//!
+//! Process layout inside the new PID namespace: pid 1 is our init (this
+//! code after setup): it starts `test_all` with a second (vfork-style)
+//! clone, reaps every orphan, and when `test_all` ends writes its wait
+//! status to the report pipe and exits, which makes the kernel kill
+//! whatever is left in the namespace. It also exits at once when the
+//! report pipe loses its reader: the daemon died or dropped the run. Everything inside runs as the sandbox uid/gid with no
+//! capabilities left after exec, `no_new_privs`, and the limits of the
+//! run.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::unistd::{Gid, Uid};
+
+/// Fixed fd layout inside the init (after [`Step::Fds`]).
+const FD_REPORT: RawFd = 3;
+const FD_GO: RawFd = 4;
+/// First O_PATH source fd inside the init.
+pub(super) const FD_SOURCES: RawFd = 5;
+/// Most bind sources a plan may carry (the child keeps a fixed array).
+pub(super) const MAX_SOURCES: usize = 48;
+
+/// Setup steps in the order the child performs them. The discriminant is
+/// what travels over the report pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Step {
+    Cgroup = 1,
+    Fds,
+    ParentDeath,
+    WaitParent,
+    Sources,
+    Session,
+    Signals,
+    Groups,
+    Gid,
+    Uid,
+    Caps,
+    Hostname,
+    Propagation,
+    Tree,
+    RootReadonly,
+    PivotRoot,
+    DetachOldRoot,
+    Chdir,
+    Loopback,
+    NoNestedUserns,
+    NoNewPrivs,
+    Dumpable,
+    WaitCgroup,
+    CgroupNs,
+    Fork,
+    Rlimit,
+    DropCaps,
+    Exec,
+}
+
+impl Step {
+    const ALL: [Step; 28] = [
+        Step::Cgroup,
+        Step::Fds,
+        Step::ParentDeath,
+        Step::WaitParent,
+        Step::Sources,
+        Step::Session,
+        Step::Signals,
+        Step::Groups,
+        Step::Gid,
+        Step::Uid,
+        Step::Caps,
+        Step::Hostname,
+        Step::Propagation,
+        Step::Tree,
+        Step::RootReadonly,
+        Step::PivotRoot,
+        Step::DetachOldRoot,
+        Step::Chdir,
+        Step::Loopback,
+        Step::NoNestedUserns,
+        Step::NoNewPrivs,
+        Step::Dumpable,
+        Step::WaitCgroup,
+        Step::CgroupNs,
+        Step::Fork,
+        Step::Rlimit,
+        Step::DropCaps,
+        Step::Exec,
+    ];
+
+    pub fn from_u32(v: u32) -> Option<Step> {
+        Step::ALL.iter().copied().find(|s| *s as u32 == v)
+    }
+
+    /// What the step does (used as `SandboxError::Setup::step`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Cgroup => "enter the job cgroup",
+            Step::Fds => "arrange file descriptors",
+            Step::ParentDeath => "watch the daemon and test_all",
+            Step::WaitParent => "wait for the user namespace id maps",
+            Step::Sources => "open the bind sources",
+            Step::Session => "start a new session",
+            Step::Signals => "reset signal handlers",
+            Step::Groups => "drop supplementary groups",
+            Step::Gid => "switch to the sandbox gid",
+            Step::Uid => "switch to the sandbox uid",
+            Step::Caps => "keep setup capabilities",
+            Step::Hostname => "set the hostname",
+            Step::Propagation => "make mounts private",
+            Step::Tree => "build the mount tree",
+            Step::RootReadonly => "make the new root read-only",
+            Step::PivotRoot => "pivot to the new root",
+            Step::DetachOldRoot => "detach the host's root",
+            Step::Chdir => "enter /workspace",
+            Step::Loopback => "bring up loopback",
+            Step::NoNestedUserns => "forbid nested user namespaces",
+            Step::NoNewPrivs => "set no_new_privs",
+            Step::Dumpable => "make the init undumpable",
+            Step::WaitCgroup => "wait for the job cgroup",
+            Step::CgroupNs => "hide the host's cgroup paths",
+            Step::Fork => "start test_all",
+            Step::Rlimit => "set resource limits",
+            Step::DropCaps => "drop capabilities",
+            Step::Exec => "exec test_all",
+        }
+    }
+
+    /// The syscall behind the step (ops of [`Step::Tree`] name their own).
+    pub fn syscall(self) -> &'static str {
+        match self {
+            Step::Cgroup => "write(tasks)",
+            Step::Fds => "dup2/close_range",
+            Step::ParentDeath => "sigprocmask/signalfd(SIGCHLD)",
+            Step::WaitParent => "read",
+            Step::Sources => "open(O_PATH)",
+            Step::Session => "setsid",
+            Step::Signals => "sigaction",
+            Step::Groups => "setgroups",
+            Step::Gid => "setresgid",
+            Step::Uid => "setresuid",
+            Step::Caps => "capset",
+            Step::Hostname => "sethostname",
+            Step::Propagation => "mount(MS_REC|MS_PRIVATE)",
+            Step::Tree => "mount",
+            Step::RootReadonly => "mount(MS_REMOUNT|MS_RDONLY)",
+            Step::PivotRoot => "pivot_root",
+            Step::DetachOldRoot => "umount2(MNT_DETACH)",
+            Step::Chdir => "chdir",
+            Step::Loopback => "ioctl(SIOCSIFFLAGS)",
+            Step::NoNestedUserns => "write(/proc/sys/user/max_user_namespaces)",
+            Step::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS)",
+            Step::Dumpable => "prctl(PR_SET_DUMPABLE)",
+            Step::WaitCgroup => "read",
+            Step::CgroupNs => "unshare(CLONE_NEWCGROUP)",
+            Step::Fork => "clone",
+            Step::Rlimit => "setrlimit",
+            Step::DropCaps => "capset",
+            Step::Exec => "execve",
+        }
+    }
+}
+
+/// One operation of the mount tree, on paths under the staging root.
+#[derive(Debug)]
+pub enum Op {
+    Mkdir {
+        path: CString,
+        mode: u32,
+    },
+    /// An empty regular file, as the mount point of a file bind.
+    Touch {
+        path: CString,
+    },
+    Symlink {
+        target: CString,
+        path: CString,
+    },
+    /// Bind `sources[source]` on `path`, then remount with `flags`
+    /// (read-only and the source's locked flags, as the plan decided).
+    Bind {
+        source: usize,
+        path: CString,
+        flags: MsFlags,
+    },
+    /// A fresh filesystem (tmpfs, proc).
+    Mount {
+        fstype: CString,
+        path: CString,
+        flags: MsFlags,
+        data: Option<CString>,
+    },
+    /// Remount an existing mount read-only (bind remount: flags only).
+    Readonly {
+        path: CString,
+        flags: MsFlags,
+    },
+}
+
+impl Op {
+    pub fn syscall(&self) -> &'static str {
+        match self {
+            Op::Mkdir { .. } => "mkdir",
+            Op::Touch { .. } => "open(O_CREAT)",
+            Op::Symlink { .. } => "symlink",
+            Op::Bind { .. } => "mount(MS_BIND)",
+            Op::Mount { .. } => "mount",
+            Op::Readonly { .. } => "mount(MS_REMOUNT|MS_BIND|MS_RDONLY)",
+        }
+    }
+
+    pub fn path(&self) -> &CStr {
+        match self {
+            Op::Mkdir { path, .. }
+            | Op::Touch { path }
+            | Op::Symlink { path, .. }
+            | Op::Bind { path, .. }
+            | Op::Mount { path, .. }
+            | Op::Readonly { path, .. } => path,
+        }
+    }
+}
+
+/// Everything the child needs, prepared by the parent (no allocation after
+/// the clone).
+#[derive(Debug)]
+pub struct Plan {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub report: OwnedFd,
+    pub go: OwnedFd,
+    /// cgroup v1 `tasks` files (opened by the parent) the init writes `0`
+    /// to, moving itself into the job cgroup before anything else.
+    pub cgroup_tasks: Vec<OwnedFd>,
+    /// Host paths of bind sources (and whether each is a directory). The
+    /// child opens them (O_PATH) inside its new mount namespace before it
+    /// switches to the sandbox uid, so it may traverse directories that uid
+    /// could not; a bind needs a source in the caller's own namespace.
+    pub sources: Vec<(CString, bool)>,
+    /// `/proc/self/fd/N` for each source, N = FD_SOURCES + index.
+    pub source_paths: Vec<CString>,
+    /// Host directory the new root's tmpfs is mounted on (inside the
+    /// child's private mount namespace only).
+    pub staging: CString,
+    pub root_data: CString,
+    pub ops: Vec<Op>,
+    pub root_flags: MsFlags,
+    pub hostname: CString,
+    pub uid: u32,
+    pub gid: u32,
+    /// Root daemon: clear the inherited supplementary groups.
+    pub drop_groups: bool,
+    /// (RLIMIT_* resource, soft, hard), applied just before exec.
+    pub rlimits: Vec<(u32, u64, u64)>,
+    pub workdir: CString,
+    pub exec_path: CString,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+}
+
+/// What the child writes to the report pipe: 16 bytes, native endian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    /// Setup failed at `step` (op index for [`Step::Tree`]) with `errno`.
+    Failed { step: u32, errno: i32, op: u32 },
+    /// `test_all` ended with this raw wait status.
+    Status(i32),
+}
+
+const TAG_FAILED: u32 = 1;
+const TAG_STATUS: u32 = 2;
+pub const RECORD_LEN: usize = 16;
+
+impl Record {
+    fn encode(self) -> [u8; RECORD_LEN] {
+        let (tag, a, b, c) = match self {
+            Record::Failed { step, errno, op } => (TAG_FAILED, step, errno, op),
+            Record::Status(s) => (TAG_STATUS, 0, s, 0),
+        };
+        let mut out = [0u8; RECORD_LEN];
+        out[0..4].copy_from_slice(&tag.to_ne_bytes());
+        out[4..8].copy_from_slice(&a.to_ne_bytes());
+        out[8..12].copy_from_slice(&b.to_ne_bytes());
+        out[12..16].copy_from_slice(&c.to_ne_bytes());
+        out
+    }
+
+    pub fn decode(b: &[u8; RECORD_LEN]) -> Option<Record> {
+        let word = |i: usize| [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        let tag = u32::from_ne_bytes(word(0));
+        let step = u32::from_ne_bytes(word(4));
+        let val = i32::from_ne_bytes(word(8));
+        let op = u32::from_ne_bytes(word(12));
+        match tag {
+            TAG_FAILED => Some(Record::Failed {
+                step,
+                errno: val,
+                op,
+            }),
+            TAG_STATUS => Some(Record::Status(val)),
+            _ => None,
+        }
+    }
+}
+
+/// Raw pointers the child uses, built by the parent right before clone.
+pub struct ChildArgs<'a> {
+    pub plan: &'a Plan,
+    pub argv: Vec<*const libc::c_char>,
+    pub envp: Vec<*const libc::c_char>,
+    /// Stack for the second clone (test_all), allocated by the parent.
+    pub stack2: Vec<u8>,
+    /// The init's SIGCHLD signalfd (set in the child).
+    pub signalfd: RawFd,
+}
+
+impl<'a> ChildArgs<'a> {
+    pub fn new(plan: &'a Plan) -> Self {
+        let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|a| a.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        ChildArgs {
+            plan,
+            argv,
+            envp,
+            stack2: vec![0u8; STACK_SIZE],
+            signalfd: -1,
+        }
+    }
+}
+
+/// Stack of each cloned child (setup needs little; exec replaces it).
+pub const STACK_SIZE: usize = 256 * 1024;
+
+type Fail = (Step, Errno, u32);
+
+fn at(step: Step) -> impl Fn(Errno) -> Fail {
+    move |e| (step, e, 0)
+}
+
+fn report(fd: RawFd, r: Record) {
+    let buf = r.encode();
+    // SAFETY: plain write(2) of a stack buffer.
+    unsafe {
+        libc::write(fd, buf.as_ptr().cast(), buf.len());
+    }
+}
+
+/// Entry of the first clone: the sandbox's init. `arg` is a `ChildArgs`.
+pub extern "C" fn init_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: the parent passes a valid ChildArgs that outlives the clone
+    // call; the child owns a private copy of the address space.
+    let args = unsafe { &mut *(arg as *mut ChildArgs) };
+    match setup(args) {
+        Ok(child) => reap_until(child, args.signalfd),
+        Err((step, errno, op)) => {
+            report(
+                FD_REPORT,
+                Record::Failed {
+                    step: step as u32,
+                    errno: errno as i32,
+                    op,
+                },
+            );
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(121) }
+        }
+    }
+}
+
+/// Move the fds the child needs to its fixed layout and close the rest
+/// (other jobs' pipes must not stay open in this process).
+fn arrange_fds(plan: &Plan) -> Result<(), Fail> {
+    let mut fixed: [RawFd; 5] = [
+        plan.stdin.as_raw_fd(),
+        plan.stdout.as_raw_fd(),
+        plan.stderr.as_raw_fd(),
+        plan.report.as_raw_fd(),
+        plan.go.as_raw_fd(),
+    ];
+    let mut high: RawFd = FD_SOURCES;
+    for fd in fixed.iter() {
+        high = high.max(*fd + 1);
+    }
+    // First copy everything above every fd involved, so the final dup3s
+    // cannot clobber one not moved yet.
+    for fd in fixed.iter_mut() {
+        // SAFETY: fcntl on an fd we hold.
+        let r = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, high) };
+        *fd = Errno::result(r).map_err(at(Step::Fds))?;
+    }
+    for (i, fd) in fixed.iter().enumerate() {
+        let (to, flags) = match i {
+            0..=2 => (i as RawFd, 0),
+            3 => (FD_REPORT, libc::O_CLOEXEC),
+            _ => (FD_GO, libc::O_CLOEXEC),
+        };
+        // SAFETY: dup3 on fds we hold.
+        let r = unsafe { libc::dup3(*fd, to, flags) };
+        Errno::result(r).map_err(at(Step::Fds))?;
+    }
+    close_from(FD_SOURCES).map_err(at(Step::Fds))
+}
+
+/// Block until the parent writes one byte on the go pipe.
+fn wait_go(step: Step) -> Result<(), Fail> {
+    let mut go = [0u8; 1];
+    loop {
+        // SAFETY: read one byte from the go pipe.
+        let n = unsafe { libc::read(FD_GO, go.as_mut_ptr().cast(), 1) };
+        match n {
+            1 => return Ok(()),
+            // EOF: the daemon is gone or gave up.
+            0 => return Err((step, Errno::EPIPE, 0)),
+            _ if Errno::last() == Errno::EINTR => continue,
+            _ => return Err((step, Errno::last(), 0)),
+        }
+    }
+}
+
+/// Open every bind source at FD_SOURCES + index.
+fn open_sources(plan: &Plan) -> Result<(), Fail> {
+    if plan.sources.len() > MAX_SOURCES {
+        return Err((Step::Sources, Errno::E2BIG, 0));
+    }
+    for (i, (path, dir)) in plan.sources.iter().enumerate() {
+        let mut flags = libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+        if *dir {
+            flags |= libc::O_DIRECTORY;
+        }
+        let fail = |e| (Step::Sources, e, i as u32);
+        // SAFETY: open on a C string.
+        let fd = Errno::result(unsafe { libc::open(path.as_ptr(), flags) }).map_err(fail)?;
+        let want = FD_SOURCES + i as RawFd;
+        if fd != want {
+            // SAFETY: dup3/close on fds we hold.
+            Errno::result(unsafe { libc::dup3(fd, want, libc::O_CLOEXEC) }).map_err(fail)?;
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
+}
+
+fn close_from(first: RawFd) -> Result<(), Errno> {
+    // SAFETY: close_range(2) closes only fds of this process.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.9: close one by one up to the soft limit.
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit into a stack struct.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+    let top = rl.rlim_cur.min(1 << 20) as RawFd;
+    for fd in first..top {
+        // SAFETY: closing fds we may or may not hold; EBADF is fine.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_V3: u32 = 0x2008_0522;
+
+fn capget() -> Result<[CapData; 2], Errno> {
+    let mut hdr = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget with a v3 header and two data structs.
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) };
+    Errno::result(r).map(|_| data)
+}
+
+fn capset(data: &[CapData; 2]) -> Result<(), Errno> {
+    let mut hdr = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    // SAFETY: capset with a v3 header and two data structs.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) };
+    Errno::result(r).map(drop)
+}
+
+fn run_op(plan: &Plan, op: &Op) -> Result<(), Errno> {
+    match op {
+        Op::Mkdir { path, mode } => {
+            // SAFETY: mkdir on a C string.
+            Errno::result(unsafe { libc::mkdir(path.as_ptr(), *mode) }).map(drop)
+        }
+        Op::Touch { path } => {
+            // SAFETY: open/close on a C string.
+            let fd = Errno::result(unsafe {
+                libc::open(
+                    path.as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                    0o644 as libc::c_uint,
+                )
+            })?;
+            // SAFETY: closing the fd just opened.
+            unsafe { libc::close(fd) };
+            Ok(())
+        }
+        Op::Symlink { target, path } => {
+            // SAFETY: symlink on C strings.
+            Errno::result(unsafe { libc::symlink(target.as_ptr(), path.as_ptr()) }).map(drop)
+        }
+        Op::Bind {
+            source,
+            path,
+            flags,
+        } => {
+            let src = plan.source_paths.get(*source).ok_or(Errno::EINVAL)?;
+            mount(
+                Some(src.as_c_str()),
+                path.as_c_str(),
+                None::<&CStr>,
+                MsFlags::MS_BIND,
+                None::<&CStr>,
+            )?;
+            mount(
+                None::<&CStr>,
+                path.as_c_str(),
+                None::<&CStr>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | *flags,
+                None::<&CStr>,
+            )
+        }
+        Op::Mount {
+            fstype,
+            path,
+            flags,
+            data,
+        } => mount(
+            Some(fstype.as_c_str()),
+            path.as_c_str(),
+            Some(fstype.as_c_str()),
+            *flags,
+            data.as_deref(),
+        ),
+        Op::Readonly { path, flags } => mount(
+            None::<&CStr>,
+            path.as_c_str(),
+            None::<&CStr>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | *flags,
+            None::<&CStr>,
+        ),
+    }
+}
+
+fn loopback_up() -> Result<(), Errno> {
+    // SAFETY: a datagram socket, two ioctls on a stack ifreq, close.
+    unsafe {
+        let s = Errno::result(libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            0,
+        ))?;
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        ifr.ifr_name[0] = b'l' as libc::c_char;
+        ifr.ifr_name[1] = b'o' as libc::c_char;
+        let r = libc::ioctl(s, libc::SIOCGIFFLAGS as _, &mut ifr);
+        if r < 0 {
+            let e = Errno::last();
+            libc::close(s);
+            return Err(e);
+        }
+        ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        let r = libc::ioctl(s, libc::SIOCSIFFLAGS as _, &ifr);
+        let e = Errno::last();
+        libc::close(s);
+        if r < 0 {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn no_nested_userns() -> Result<(), Errno> {
+    // SAFETY: open/write/close on a static path and buffer.
+    unsafe {
+        let fd = Errno::result(libc::open(
+            c"/proc/sys/user/max_user_namespaces".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        ))?;
+        let r = libc::write(fd, b"0\n".as_ptr().cast(), 2);
+        let e = Errno::last();
+        libc::close(fd);
+        if r != 2 {
+            return Err(if r < 0 { e } else { Errno::EIO });
+        }
+    }
+    Ok(())
+}
+
+/// Steps up to the start of test_all; returns its pid (in the namespace).
+fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
+    let plan = args.plan;
+    for fd in &plan.cgroup_tasks {
+        // SAFETY: write(2) of a static buffer to an fd the parent opened.
+        let r = unsafe { libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) };
+        Errno::result(r).map_err(at(Step::Cgroup))?;
+    }
+    arrange_fds(plan)?;
+
+    // First byte: the id maps are written. (The second comes once the
+    // init is in the job cgroup: with cgroup v2 the parent attaches it
+    // while this setup runs.)
+    wait_go(Step::WaitParent)?;
+    open_sources(plan)?;
+
+    nix::unistd::setsid().map_err(at(Step::Session))?;
+    // Handlers inherited from the daemon (tokio's SIGCHLD/SIGTERM) would
+    // make this pid 1 signalable from inside; default everything.
+    // SAFETY: sigaction/sigprocmask with stack structs.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &sa, std::ptr::null_mut());
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        Errno::result(libc::sigprocmask(
+            libc::SIG_SETMASK,
+            &set,
+            std::ptr::null_mut(),
+        ))
+        .map_err(at(Step::Signals))?;
+    }
+
+    if plan.drop_groups {
+        nix::unistd::setgroups(&[]).map_err(at(Step::Groups))?;
+    }
+    let (uid, gid) = (Uid::from_raw(plan.uid), Gid::from_raw(plan.gid));
+    nix::unistd::setresgid(gid, gid, gid).map_err(at(Step::Gid))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(at(Step::Uid))?;
+    // Setup continues as the sandbox uid (so files it creates in the new
+    // root are owned by a mapped id) with the namespace's capabilities.
+    let mut caps = capget().map_err(at(Step::Caps))?;
+    for c in caps.iter_mut() {
+        c.effective = c.permitted;
+    }
+    capset(&caps).map_err(at(Step::Caps))?;
+    nix::unistd::sethostname(plan.hostname.as_c_str().to_str().unwrap_or("labgrader"))
+        .map_err(at(Step::Hostname))?;
+    mount(
+        None::<&CStr>,
+        c"/",
+        None::<&CStr>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&CStr>,
+    )
+    .map_err(at(Step::Propagation))?;
+    mount(
+        Some(c"tmpfs"),
+        plan.staging.as_c_str(),
+        Some(c"tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(plan.root_data.as_c_str()),
+    )
+    .map_err(at(Step::Tree))?;
+    for (i, op) in plan.ops.iter().enumerate() {
+        run_op(plan, op).map_err(|e| (Step::Tree, e, i as u32 + 1))?;
+    }
+    mount(
+        None::<&CStr>,
+        plan.staging.as_c_str(),
+        None::<&CStr>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | plan.root_flags,
+        None::<&CStr>,
+    )
+    .map_err(at(Step::RootReadonly))?;
+    nix::unistd::chdir(plan.staging.as_c_str()).map_err(at(Step::PivotRoot))?;
+    nix::unistd::pivot_root(c".", c".").map_err(at(Step::PivotRoot))?;
+    umount2(c".", MntFlags::MNT_DETACH).map_err(at(Step::DetachOldRoot))?;
+    nix::unistd::chdir(plan.workdir.as_c_str()).map_err(at(Step::Chdir))?;
+    // The O_PATH sources are mounted; test_all must not inherit them.
+    close_from(FD_SOURCES).map_err(at(Step::Fds))?;
+    loopback_up().map_err(at(Step::Loopback))?;
+    // The job's user namespace may hold no further one: without a nested
+    // namespace the student never gains a capability anywhere (the attack
+    // surface Docker closes with seccomp).
+    no_nested_userns().map_err(at(Step::NoNestedUserns))?;
+    // Nothing inside may ever regain a capability (file caps, ambient).
+    for cap in 0..64 {
+        // SAFETY: prctl with integer arguments; EINVAL past the last cap.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0
+            && Errno::last() == Errno::EINVAL
+        {
+            break;
+        }
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(at(Step::NoNewPrivs))?;
+    nix::sys::prctl::set_dumpable(false).map_err(at(Step::Dumpable))?;
+    wait_go(Step::WaitCgroup)?;
+    // SAFETY: closing our go fd.
+    unsafe { libc::close(FD_GO) };
+    // Now in the job cgroup: make it the root of what the job can see.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(at(Step::CgroupNs))?;
+
+    // The init waits in poll(2) on SIGCHLD (a signalfd) and on the report
+    // pipe, whose reader vanishes when the daemon dies or drops the run.
+    let sfd = child_signalfd().map_err(at(Step::ParentDeath))?;
+    // SAFETY: the stack was allocated by the parent for this clone.
+    let pid = unsafe {
+        let top = args.stack2.as_mut_ptr().add(args.stack2.len());
+        let top = top.sub(top as usize % 16);
+        // vfork semantics: the child borrows this memory (no page-table
+        // copy of the daemon's image) and runs only on its own stack
+        // until execve; the init waits meanwhile.
+        libc::clone(
+            exec_main,
+            top.cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (args as *mut ChildArgs).cast(),
+        )
+    };
+    let pid = Errno::result(pid).map_err(at(Step::Fork))?;
+    args.signalfd = sfd;
+    // test_all has exec'd (vfork): the init needs no stdio, and must not
+    // keep the output pipes open past test_all.
+    // SAFETY: closing our own fds.
+    unsafe {
+        libc::close(0);
+        libc::close(1);
+        libc::close(2);
+    }
+    Ok(pid)
+}
+
+/// Entry of the second clone: limits, no capabilities, exec test_all.
+extern "C" fn exec_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: as in init_main; this is a copy of the init's memory.
+    let args = unsafe { &*(arg as *const ChildArgs) };
+    let fail = |(step, errno, op): Fail| -> libc::c_int {
+        report(
+            FD_REPORT,
+            Record::Failed {
+                step: step as u32,
+                errno: errno as i32,
+                op,
+            },
+        );
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(127) }
+    };
+    // The init blocked SIGCHLD for its signalfd; test_all starts clean.
+    // SAFETY: sigprocmask with a stack set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+    for (res, soft, hard) in args.plan.rlimits.iter() {
+        let rl = libc::rlimit {
+            rlim_cur: *soft,
+            rlim_max: *hard,
+        };
+        // SAFETY: setrlimit with a stack struct.
+        if unsafe { libc::setrlimit(*res as _, &rl) } != 0 {
+            return fail((Step::Rlimit, Errno::last(), *res));
+        }
+    }
+    // SAFETY: prctl with constant arguments.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+    }
+    if let Err(e) = capset(&[CapData::default(); 2]) {
+        return fail((Step::DropCaps, e, 0));
+    }
+    // SAFETY: execve with NULL-terminated arrays built by the parent.
+    unsafe {
+        libc::execve(
+            args.plan.exec_path.as_ptr(),
+            args.argv.as_ptr(),
+            args.envp.as_ptr(),
+        );
+    }
+    fail((Step::Exec, Errno::last(), 0))
+}
+
+/// Block SIGCHLD and return a signalfd for it.
+fn child_signalfd() -> Result<RawFd, Errno> {
+    // SAFETY: sigprocmask/signalfd with a stack set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        Errno::result(libc::sigprocmask(
+            libc::SIG_BLOCK,
+            &set,
+            std::ptr::null_mut(),
+        ))?;
+        Errno::result(libc::signalfd(-1, &set, libc::SFD_CLOEXEC))
+    }
+}
+
+/// The init's life after setup: reap every child; when test_all ends,
+/// report its status and exit (the kernel then kills the namespace). If
+/// the report pipe loses its reader (the daemon died or dropped the run),
+/// exit at once: the namespace dies with the init.
+fn reap_until(child: libc::pid_t, sfd: RawFd) -> libc::c_int {
+    loop {
+        loop {
+            let mut status: libc::c_int = 0;
+            // SAFETY: waitpid into a stack int.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG | libc::__WALL) };
+            if pid == child {
+                report(FD_REPORT, Record::Status(status));
+                // SAFETY: _exit is async-signal-safe.
+                unsafe { libc::_exit(0) };
+            }
+            if pid <= 0 {
+                if pid < 0 && Errno::last() == Errno::ECHILD {
+                    // SAFETY: _exit is async-signal-safe.
+                    unsafe { libc::_exit(122) };
+                }
+                break;
+            }
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: sfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: FD_REPORT,
+                events: 0,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll on stack pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n > 0 && fds[1].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(123) };
+        }
+        if n > 0 && fds[0].revents & libc::POLLIN != 0 {
+            let mut info = [0u8; 128];
+            // SAFETY: drain one signalfd_siginfo into a stack buffer.
+            unsafe { libc::read(sfd, info.as_mut_ptr().cast(), info.len()) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_roundtrip() {
+        for r in [
+            Record::Failed {
+                step: Step::PivotRoot as u32,
+                errno: 13,
+                op: 7,
+            },
+            Record::Status(0x8b00),
+        ] {
+            assert_eq!(Record::decode(&r.encode()), Some(r));
+        }
+        assert_eq!(Record::decode(&[9u8; RECORD_LEN]), None);
+    }
+
+    #[test]
+    fn every_step_decodes_and_has_words() {
+        for s in Step::ALL {
+            assert_eq!(Step::from_u32(s as u32), Some(s));
+            assert!(!s.name().is_empty() && !s.syscall().is_empty());
+        }
+        assert_eq!(Step::from_u32(0), None);
+    }
+}

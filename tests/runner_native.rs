@@ -1,0 +1,489 @@
+//! The native runner against the hostile-submission table (one test per
+//! case, the same table the docker runner runs), plus what is its own: a
+//! setup failure names its step, a happy path with a summary, and the
+//! `labgrader sandbox --job-dir` subcommand end to end with the real binary.
+//! These tests need root or unprivileged user namespaces (CI runs as root).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use labgrader::config::NativeConfig;
+use labgrader::sandbox::native::NativeRunner;
+use labgrader::sandbox::{RunSpec, Runner, SandboxError, Termination};
+use tokio_util::sync::CancellationToken;
+
+fn runner() -> NativeRunner {
+    NativeRunner::new(&NativeConfig::default())
+        .unwrap_or_else(|e| panic!("the native runner must be available here: {e}"))
+}
+
+#[tokio::test]
+async fn native_memory_hog() {
+    common::hostile::run_case(&runner(), "memory_hog").await;
+}
+
+#[tokio::test]
+async fn native_fork_bomb() {
+    common::hostile::run_case(&runner(), "fork_bomb").await;
+}
+
+#[tokio::test]
+async fn native_network_closed() {
+    common::hostile::run_case(&runner(), "network_closed").await;
+}
+
+#[tokio::test]
+async fn native_infinite_loop() {
+    common::hostile::run_case(&runner(), "infinite_loop").await;
+}
+
+#[tokio::test]
+async fn native_stdout_flood() {
+    common::hostile::run_case(&runner(), "stdout_flood").await;
+}
+
+#[tokio::test]
+async fn native_readonly_root_and_unprivileged() {
+    common::hostile::run_case(&runner(), "readonly_root_and_unprivileged").await;
+}
+
+#[tokio::test]
+async fn native_daemonized_child_does_not_outlive_job() {
+    common::hostile::run_case(&runner(), "daemonized_child_does_not_outlive_job").await;
+}
+
+#[tokio::test]
+async fn native_cannot_signal_host_processes() {
+    common::hostile::run_case(&runner(), "cannot_signal_host_processes").await;
+}
+
+#[tokio::test]
+async fn native_write_outside_workspace_stays_inside() {
+    common::hostile::run_case(&runner(), "write_outside_workspace_stays_inside").await;
+}
+
+/// A workspace holding `test_all` with `body`, writable by the sandbox uid.
+fn workspace(body: &str) -> tempfile::TempDir {
+    let ws = tempfile::Builder::new()
+        .prefix("lg-native-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let t = ws.path().join("test_all");
+    std::fs::write(&t, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o755)).unwrap();
+    ws
+}
+
+fn spec(ws: &Path) -> RunSpec {
+    RunSpec {
+        job_id: "native-test".into(),
+        workspace: ws.to_path_buf(),
+        env: vec![("LABGRADER_JOB_ID".into(), "native-test".into())],
+        limits: common::hostile::limits(),
+        image: None,
+    }
+}
+
+#[tokio::test]
+async fn native_happy_path_reads_summary_and_sees_its_sandbox() {
+    let ws = workspace(
+        "echo \"job=$LABGRADER_JOB_ID cwd=$(pwd) home=$HOME host=$(hostname)\"\n\
+         echo scratch > /tmp/x && cat /tmp/x\n\
+         grep -c labgrader- /proc/self/cgroup | sed 's/^/host cgroups: /'\n\
+         echo kept > result.txt\n\
+         ls /proc | grep -c '^[0-9]' | sed 's/^/pids: /'\n\
+         echo '<summary>'\necho 'grade_total = 87.5'\necho '</summary>'\n\
+         echo to-staff >&2\nexit 3\n",
+    );
+    let out = runner()
+        .run(&spec(ws.path()), &CancellationToken::new())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout.bytes).into_owned();
+    assert_eq!(out.termination, Termination::Exited { code: 3 }, "{stdout}");
+    assert!(
+        stdout.contains("job=native-test cwd=/workspace home=/workspace host=labgrader"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("scratch\n"), "{stdout}");
+    assert!(stdout.contains("host cgroups: 0\n"), "{stdout}");
+    assert!(stdout.contains("grade_total = 87.5"), "{stdout}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr.bytes), "to-staff\n");
+    assert_eq!(out.runner, "native");
+    // The workspace is the host directory, read-write.
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("result.txt")).unwrap(),
+        "kept\n"
+    );
+}
+
+#[tokio::test]
+async fn native_setup_failure_names_the_step() {
+    let cfg = NativeConfig {
+        rootfs: PathBuf::from("/nonexistent/rootfs"),
+        ..NativeConfig::default()
+    };
+    let err = NativeRunner::new(&cfg).unwrap_err();
+    assert!(
+        matches!(&err, SandboxError::Unavailable { message, .. } if message.contains("rootfs")),
+        "{err}"
+    );
+
+    // A rootfs without a shell: the exec of test_all fails inside the
+    // sandbox, and the error names that step (a grader fault).
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::create_dir(empty.path().join("usr")).unwrap();
+    let cfg = NativeConfig {
+        rootfs: empty.path().to_path_buf(),
+        ..NativeConfig::default()
+    };
+    let ws = workspace("echo never\n");
+    let err = NativeRunner::new(&cfg)
+        .unwrap()
+        .run(&spec(ws.path()), &CancellationToken::new())
+        .await
+        .unwrap_err();
+    match err {
+        SandboxError::Setup { step, message } => {
+            assert_eq!(step, "exec test_all", "{message}");
+            assert!(message.contains("execve"), "{message}");
+        }
+        other => panic!("expected a setup error, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn native_uid_zero_is_refused() {
+    let cfg = NativeConfig {
+        uid: 0,
+        ..NativeConfig::default()
+    };
+    let err = NativeRunner::new(&cfg).unwrap_err().to_string();
+    assert!(err.contains("must not be 0"), "{err}");
+}
+
+#[tokio::test]
+async fn native_cancel_kills_the_job() {
+    let ws = workspace("sleep 60\n");
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.cancel();
+    });
+    let started = std::time::Instant::now();
+    let err = runner().run(&spec(ws.path()), &cancel).await.unwrap_err();
+    assert!(matches!(err, SandboxError::Cancelled), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn native_concurrent_jobs_do_not_hold_each_others_pipes() {
+    let r = runner();
+    let a = workspace("echo a\n");
+    let b = workspace("sleep 3; echo b\n");
+    let (sa, sb) = (spec(a.path()), spec(b.path()));
+    let cancel = CancellationToken::new();
+    let started = std::time::Instant::now();
+    let (ra, rb) = tokio::join!(
+        async {
+            let o = r.run(&sa, &cancel).await.unwrap();
+            (o, started.elapsed())
+        },
+        r.run(&sb, &cancel)
+    );
+    let (oa, took_a) = ra;
+    assert_eq!(String::from_utf8_lossy(&oa.stdout.bytes), "a\n");
+    assert!(
+        took_a < Duration::from_secs(2),
+        "job a waited for job b: {took_a:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&rb.unwrap().stdout.bytes), "b\n");
+}
+
+fn write_job(dir: &Path, job_id: &str, body: &str) {
+    let ws = workspace(body);
+    let dst = dir.join("workspace");
+    std::fs::rename(ws.path(), &dst).unwrap_or_else(|_| {
+        std::fs::create_dir(&dst).unwrap();
+        std::fs::copy(ws.path().join("test_all"), dst.join("test_all")).unwrap();
+    });
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let job = serde_json::json!({
+        "version": 1,
+        "job_id": job_id,
+        "env": {"LABGRADER_JOB_ID": job_id},
+        "limits": {"timeout": 5.0, "memory": 134217728u64, "pids": 64, "output": 16,
+                   "cpus": 1.0, "file_size": 1048576, "open_files": 64}
+    });
+    std::fs::write(dir.join("job.json"), job.to_string()).unwrap();
+}
+
+#[test]
+fn sandbox_subcommand_runs_a_job_dir_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    write_job(
+        dir.path(),
+        "job-42",
+        "echo \"id=$LABGRADER_JOB_ID and more than sixteen bytes\"\necho oops >&2\nexit 4\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_labgrader"))
+        .args(["sandbox", "--job-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("stdout")).unwrap(),
+        b"id=job-42 and mo"
+    );
+    assert_eq!(std::fs::read(dir.path().join("stderr")).unwrap(), b"oops\n");
+    let outcome: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("outcome.json")).unwrap()).unwrap();
+    assert_eq!(
+        outcome["termination"],
+        serde_json::json!({"kind": "exited", "code": 4})
+    );
+    assert_eq!(outcome["stdout"]["truncated"], true);
+    assert_eq!(outcome["stdout"]["total"], 38);
+    assert_eq!(outcome["job_id"], "job-42");
+    assert_eq!(outcome["runner"], "native");
+}
+
+#[test]
+fn sandbox_subcommand_refuses_a_bad_job_file_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("workspace")).unwrap();
+    std::fs::write(
+        dir.path().join("job.json"),
+        r#"{"version": 1, "job_id": "x"}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_labgrader"))
+        .args(["sandbox", "--job-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("job.json is not a valid job file"), "{err}");
+    assert!(!dir.path().join("outcome.json").exists());
+}
+
+/// The same subcommand as an ordinary user (uid 65534 via setpriv): no
+/// root, unprivileged user namespaces, no cgroup (rlimits instead).
+#[test]
+fn sandbox_subcommand_works_unprivileged() {
+    if !nix::unistd::geteuid().is_root() {
+        // Every test of this file already runs unprivileged.
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_job(
+        dir.path(),
+        "job-user",
+        "id -u\ngrep CapEff /proc/self/status\n",
+    );
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for e in walkdir::WalkDir::new(dir.path()) {
+        std::os::unix::fs::lchown(e.unwrap().path(), Some(65534), Some(65534)).unwrap();
+    }
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_labgrader"))
+        .args(["sandbox", "--job-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("setpriv (util-linux) is needed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
+    // (output is capped at 16 bytes by write_job)
+    assert_eq!(stdout, "65534\nCapEff:\t00", "{stdout}");
+}
+
+/// A student cannot create a user namespace (and with it capabilities)
+/// inside the job's: the sandbox sets its max_user_namespaces to 0.
+#[tokio::test]
+async fn native_nested_user_namespace_refused() {
+    let ws = workspace(
+        "unshare -U -r true 2>/dev/null && echo nested: allowed || echo nested: refused\n\
+         cat /proc/sys/user/max_user_namespaces\n",
+    );
+    let out = runner()
+        .run(&spec(ws.path()), &CancellationToken::new())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout.bytes).into_owned();
+    assert_eq!(stdout, "nested: refused\n0\n");
+}
+
+/// When the daemon dies (SIGKILL, no cleanup), its jobs die too: the
+/// sandbox's init exits when its report pipe loses its reader.
+#[test]
+fn sandbox_dies_with_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = format!("lg-orphan-{}", std::process::id());
+    write_job(
+        dir.path(),
+        "job-orphan",
+        &format!("printf 'sleep 30\\n' > ./{token}\nsh ./{token}\n"),
+    );
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_labgrader"))
+        .args(["sandbox", "--job-dir"])
+        .arg(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let alive = || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &token])
+            .output()
+            .unwrap();
+        !out.stdout.is_empty()
+    };
+    let started = std::time::Instant::now();
+    while !alive() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the job never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let killed = std::time::Instant::now();
+    while alive() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(3),
+            "the job outlived the daemon"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    remove_job_cgroups("labgrader-job-orphan-");
+}
+
+/// The killed daemon could not remove its job cgroups: do it here.
+fn remove_job_cgroups(prefix: &str) {
+    let mut bases = vec![PathBuf::from("/sys/fs/cgroup/labgrader")];
+    for line in std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap_or_default()
+        .lines()
+    {
+        let mut parts = line.splitn(3, ':');
+        if let (Some(_), Some(ctls), Some(path)) = (parts.next(), parts.next(), parts.next()) {
+            for ctl in ctls.split(',').filter(|c| !c.is_empty()) {
+                bases.push(
+                    Path::new("/sys/fs/cgroup")
+                        .join(ctl)
+                        .join(path.trim_start_matches('/')),
+                );
+            }
+        }
+    }
+    for base in bases {
+        for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(prefix) {
+                for _ in 0..100 {
+                    if std::fs::remove_dir(e.path()).is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+}
+
+/// As root the workspace is handed to the sandbox uid, all of it (past the
+/// inline budget too), without following a symlink planted in it.
+#[tokio::test]
+async fn native_hands_a_large_workspace_to_the_sandbox_uid() {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let ws = workspace("touch sub/new && echo wrote\n");
+    std::fs::create_dir(ws.path().join("sub")).unwrap();
+    for i in 0..400 {
+        std::fs::write(ws.path().join("sub").join(format!("f{i}")), "x").unwrap();
+    }
+    let victim = tempfile::NamedTempFile::new().unwrap();
+    std::os::unix::fs::symlink(victim.path(), ws.path().join("planted")).unwrap();
+    let out = runner()
+        .run(&spec(ws.path()), &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout.bytes), "wrote\n");
+    for e in walkdir::WalkDir::new(ws.path()) {
+        let m = std::fs::symlink_metadata(e.unwrap().path()).unwrap();
+        assert_eq!((m.uid(), m.gid()), (65534, 65534));
+    }
+    assert_eq!(std::fs::metadata(victim.path()).unwrap().uid(), 0);
+}
+
+/// A caller that stops waiting (its future dropped, e.g. a task aborted)
+/// takes the job down with it, and its cgroup is still removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_dropped_run_kills_the_job() {
+    let token = format!("lg-dropped-{}", std::process::id());
+    let ws = workspace(&format!("printf 'sleep 30\\n' > ./{token}\nsh ./{token}\n"));
+    let mut s = spec(ws.path());
+    s.job_id = "dropped-run".into();
+    let r = runner();
+    let alive = || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &token])
+            .output()
+            .unwrap();
+        !out.stdout.is_empty()
+    };
+    let cancel = CancellationToken::new();
+    let run = r.run(&s, &cancel);
+    let waited = tokio::time::timeout(Duration::from_millis(1500), run).await;
+    assert!(waited.is_err(), "the job should still be running");
+    let dropped = std::time::Instant::now();
+    while alive() {
+        assert!(
+            dropped.elapsed() < Duration::from_secs(3),
+            "the job outlived its dropped run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The teardown removes the cgroup shortly after.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let left: Vec<_> = std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.splitn(3, ':').skip(1);
+            let (ctls, path) = (p.next()?, p.next()?);
+            ctls.split(',')
+                .find(|c| *c == "pids" || *c == "memory")
+                .map(|c| {
+                    Path::new("/sys/fs/cgroup")
+                        .join(c)
+                        .join(path.trim_start_matches('/'))
+                })
+        })
+        .flat_map(|base| std::fs::read_dir(base).into_iter().flatten().flatten())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("labgrader-dropped-run-")
+        })
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "job cgroups left behind: {left:?}");
+}
