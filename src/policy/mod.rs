@@ -234,6 +234,21 @@ pub enum Decision {
     },
 }
 
+/// The hook's one question: should this push be answered
+/// `ignored: {reason}` and stored nowhere? `None` = write the event
+/// (lateness, manifest and quota are the grader's business, so a late
+/// push is still stored and refused later with an email).
+pub fn hook_ignores(
+    cfg: &Config,
+    project_name: &str,
+    push: &PushFacts<'_>,
+) -> Option<IgnoreReason> {
+    match decide_submission(&ResolvedPolicy::for_project(cfg, project_name), push) {
+        Decision::Ignore(r) => Some(r),
+        Decision::Accept(_) | Decision::Reject { .. } => None,
+    }
+}
+
 /// Decide whether a push is a submission for `policy`, and if it is late.
 pub fn decide_submission(policy: &ResolvedPolicy, push: &PushFacts<'_>) -> Decision {
     let deletion = push.after.is_empty() || push.after == ZERO_SHA;
@@ -423,6 +438,30 @@ mod tests {
         // Another assignment keeps the defaults.
         let other = ResolvedPolicy::for_project(&c, "lab2");
         assert_eq!(other.trigger, Trigger::Push);
+    }
+
+    #[test]
+    fn hook_stores_late_pushes_and_ignores_only_non_submissions() {
+        let c = cfg(
+            "[assignments.lab1]\ntrigger = \"tag\"\ntag_pattern = \"submit-*\"\n\
+             deadline = \"2000-01-01T00:00:00Z\"\nlate = \"reject\"\n",
+        );
+        assert_eq!(
+            hook_ignores(&c, "lab1", &push(EventKind::Push, "refs/heads/main", SHA)),
+            Some(IgnoreReason::NotSubmissionTag)
+        );
+        assert_eq!(
+            hook_ignores(
+                &c,
+                "lab1",
+                &push(EventKind::TagPush, "refs/tags/submit-2", SHA)
+            ),
+            None
+        );
+        assert_eq!(
+            hook_ignores(&c, "other", &push(EventKind::Push, "refs/heads/main", SHA)),
+            None
+        );
     }
 
     #[test]
