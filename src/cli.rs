@@ -194,6 +194,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve => daemon(cfg, true, true),
         Command::Hook => daemon(cfg, true, false),
         Command::Grader => daemon(cfg, false, true),
+        Command::Sandbox(args) => sandbox(&args),
         other => anyhow::bail!("`{}` is not built yet", command_name(&other)),
     }
 }
@@ -297,6 +298,25 @@ fn daemon(cfg: Arc<Config>, hook: bool, grader: bool) -> Result<ExitCode> {
         );
         h?;
         g?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The runner `labgrader sandbox` uses on a compute node.
+// lead: switch to NativeRunner when native lands
+fn node_runner() -> Arc<dyn crate::sandbox::Runner> {
+    Arc::new(crate::sandbox::none::NoneRunner)
+}
+
+/// `labgrader sandbox --job-dir DIR`: what a Slurm job runs on its node.
+/// SIGTERM (Slurm's cancel or time limit) stops the run.
+fn sandbox(args: &SandboxArgs) -> Result<ExitCode> {
+    runtime()?.block_on(async {
+        let cancel = shutdown_on_signals()?;
+        let runner = node_runner();
+        crate::sandbox::jobdir::run_job_dir(&args.job_dir, runner.as_ref(), &cancel)
+            .await
+            .with_context(|| format!("cannot write the outcome into {}", args.job_dir.display()))?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -11,8 +11,10 @@
 //! ```
 //!
 //! Files are written by write-to-temp + rename, so a reader never sees a
-//! half-written `outcome.json`. This module owns only the format; it runs
-//! nothing.
+//! half-written `outcome.json`. This module owns the format and
+//! [`run_job_dir`], the node side: it reads a prepared directory and hands
+//! it to a [`Runner`]; it never submits, polls or cleans up (the Slurm
+//! runner does).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,9 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Captured, Limits, RunOutcome, RunSpec, Termination};
+use tokio_util::sync::CancellationToken;
+
+use super::{Captured, Limits, RunOutcome, RunSpec, Runner, Termination};
 
 pub const JOB_FILE: &str = "job.json";
 pub const OUTCOME_FILE: &str = "outcome.json";
@@ -148,6 +152,34 @@ impl JobDir {
     }
 }
 
+/// What `labgrader sandbox --job-dir DIR` does: read `job.json`, run it
+/// with `runner`, and write the outcome (or the setup error) into `dir`.
+/// `Ok` means an `outcome.json` was written, whatever the student's code
+/// did; `Err` only when not even that was possible.
+pub async fn run_job_dir(
+    dir: &Path,
+    runner: &dyn Runner,
+    cancel: &CancellationToken,
+) -> io::Result<()> {
+    let jd = JobDir::new(dir);
+    let host = nix::unistd::gethostname()
+        .ok()
+        .map(|h| h.to_string_lossy().into_owned());
+    let spec = match jd.spec() {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("cannot read {}: {e}", jd.file(JOB_FILE).display());
+            jd.write_setup_error(&msg, host)?;
+            return Ok(());
+        }
+    };
+    tracing::info!(job_id = %spec.job_id, runner = runner.name(), dir = %dir.display(), "running job directory");
+    match runner.run(&spec, cancel).await {
+        Ok(o) => jd.write_outcome(&o, host),
+        Err(e) => jd.write_setup_error(&e.to_string(), host),
+    }
+}
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
@@ -204,5 +236,19 @@ mod tests {
         assert_eq!(f.termination, Termination::Timeout);
         assert_eq!(f.stdout.bytes, b"hello");
         assert_eq!(f.host.as_deref(), Some("node1"));
+    }
+
+    #[tokio::test]
+    async fn run_job_dir_writes_setup_error_when_job_json_is_missing() {
+        let t = tempfile::tempdir().unwrap();
+        run_job_dir(
+            t.path(),
+            &crate::sandbox::none::NoneRunner,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let f = JobDir::new(t.path()).read_outcome().unwrap().unwrap();
+        assert!(f.setup_error.unwrap().contains("job.json"));
     }
 }

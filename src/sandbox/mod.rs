@@ -11,6 +11,7 @@
 pub mod jobdir;
 pub mod none;
 pub mod output;
+pub mod slurm;
 
 use std::path::PathBuf;
 use std::time::Duration;
