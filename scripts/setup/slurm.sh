@@ -129,9 +129,18 @@ EOF
     fi
 
     # --- daemons ------------------------------------------------------------
-    lg_slurm_pid_ok slurmctld "$dir/run/slurmctld.pid" || rm -f "$dir/run/slurmctld.pid"
-    lg_slurm_pid_ok slurmd "$dir/run/slurmd.pid" || rm -f "$dir/run/slurmd.pid"
-    lg_slurm_pid_ok slurmrestd "$dir/run/slurmrestd.pid" || rm -f "$dir/run/slurmrestd.pid"
+    # Stale pid files go; daemons of this directory whose pid file was lost
+    # are adopted (found by their exact command line).
+    local d pid
+    for d in slurmctld slurmd slurmrestd; do
+        lg_slurm_pid_ok "$d" "$dir/run/$d.pid" && continue
+        rm -f "$dir/run/$d.pid"
+        case "$d" in
+            slurmrestd) pid="$(pgrep -xf "slurmrestd -a rest_auth/jwt -s openapi/v0.0.38 127.0.0.1:$port" | head -1 || true)" ;;
+            *) pid="$(pgrep -xf "$d -f $conf" | head -1 || true)" ;;
+        esac
+        if [ -n "$pid" ]; then echo "$pid" >"$dir/run/$d.pid"; fi
+    done
     if [ "$changed" = 1 ]; then
         # A different config: restart whatever runs from this directory.
         lg_slurm_kill slurmrestd "$dir/run/slurmrestd.pid"
@@ -256,4 +265,5 @@ lg_slurm_tail() {
     return 0
 }
 
-lg_slurm_main
+# LG_SLURM_FUNCS_ONLY=1: define the helpers only (scripts/slurm-dev-cluster stop).
+[ "${LG_SLURM_FUNCS_ONLY:-0}" = 1 ] || lg_slurm_main
