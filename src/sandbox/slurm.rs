@@ -50,6 +50,10 @@ const OVERDUE_MARGIN: Duration = Duration::from_secs(90);
 const CANCEL_WAIT: Duration = Duration::from_secs(60);
 /// How long slurmrestd may stay unreachable while a job runs.
 const REST_OUTAGE: Duration = Duration::from_secs(120);
+/// A new job is looked at this often for its first [`FAST_POLL_FOR`];
+/// later looks double up to `[slurm] poll_interval`.
+const FAST_POLL: Duration = Duration::from_millis(100);
+const FAST_POLL_FOR: Duration = Duration::from_secs(3);
 /// Per-request timeout.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// Slurm's "Invalid job id specified" (ESLURM_INVALID_JOB_ID).
@@ -572,8 +576,9 @@ impl SlurmRunner {
             Duration::from_secs(time_limit_minutes(spec.limits.timeout) * 60) + OVERDUE_MARGIN;
         let mut running_since: Option<Instant> = None;
         let mut last_ok = Instant::now();
-        // Dispatch takes about a second; look early, then at the interval.
-        let mut delay = self.poll.min(Duration::from_millis(300));
+        // Short jobs end within a second or two: look every 100 ms for the
+        // first seconds, then back off (doubling) to the configured interval.
+        let mut delay = self.poll.min(FAST_POLL);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => {
@@ -583,7 +588,9 @@ impl SlurmRunner {
                 }
                 _ = tokio::time::sleep(delay) => {}
             }
-            delay = self.poll;
+            if queued_at.elapsed() > FAST_POLL_FOR {
+                delay = (delay * 2).min(self.poll);
+            }
             let job = match self.job(slurm_id).await {
                 Ok(j) => {
                     last_ok = Instant::now();
