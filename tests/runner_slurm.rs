@@ -254,6 +254,32 @@ async fn slurm_cancelled_job_leaves_no_process() {
 }
 
 #[tokio::test]
+async fn slurm_time_limit_is_a_backstop_reported_as_timeout() {
+    let Some(mut cfg) = cluster() else { return };
+    use std::os::unix::fs::PermissionsExt;
+    // A node-side program that ignores the sandbox's timeout: only Slurm's
+    // whole-minute time limit stops it (takes about a minute).
+    let id = unique("backstop");
+    let fake_dir = cfg.slurm.shared_dir.join(format!("fake-{id}"));
+    std::fs::create_dir_all(&fake_dir).unwrap();
+    std::fs::set_permissions(&fake_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fake = fake_dir.join("labgrader");
+    std::fs::write(&fake, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    cfg.slurm.labgrader_bin = fake;
+    let r = SlurmRunner::new(&cfg).unwrap();
+    let ws = workspace("echo never\n");
+    let mut sp = spec(&id, ws.path());
+    sp.limits.timeout = Duration::from_secs(1);
+    let o = r.run(&sp, &CancellationToken::new()).await;
+    std::fs::remove_dir_all(&fake_dir).unwrap();
+    let o = o.unwrap();
+    assert_eq!(o.termination, Termination::Timeout);
+    let jobs = r.jobs_named(&id).await.unwrap();
+    assert_eq!(jobs[0].job_state.as_deref(), Some("TIMEOUT"));
+}
+
+#[tokio::test]
 async fn slurm_missing_binary_on_node_is_a_grader_fault() {
     let Some(mut cfg) = cluster() else { return };
     cfg.slurm.labgrader_bin = PathBuf::from("/nonexistent/labgrader");

@@ -675,22 +675,13 @@ impl SlurmRunner {
             }
         };
         let o = match (outcome, limit_hit) {
-            (Some(o), _) if o.setup_error.is_some() => {
-                return Err(SandboxError::Setup {
-                    step: "sandbox on the node",
-                    message: format!(
-                        "{} (host {})",
-                        o.setup_error.unwrap_or_default(),
-                        o.host.unwrap_or_default()
-                    ),
-                });
-            }
-            (Some(mut o), Some(t)) => {
+            // Slurm's verdict wins: the sandbox may have been killed
+            // mid-write (its SIGTERM shows as a setup error).
+            (Some(mut o), Some(t)) if o.setup_error.is_none() => {
                 o.termination = t;
                 o
             }
-            (Some(o), None) => o,
-            (None, Some(t)) => {
+            (_, Some(t)) => {
                 let (started_at, ended_at) = job_times(job.as_ref());
                 OutcomeFile {
                     termination: t,
@@ -703,6 +694,17 @@ impl SlurmRunner {
                     setup_error: None,
                 }
             }
+            (Some(o), None) if o.setup_error.is_some() => {
+                return Err(SandboxError::Setup {
+                    step: "sandbox on the node",
+                    message: format!(
+                        "{} (host {})",
+                        o.setup_error.unwrap_or_default(),
+                        o.host.unwrap_or_default()
+                    ),
+                });
+            }
+            (Some(o), None) => o,
             (None, None) => {
                 let status = match job.as_ref().and_then(|j| j.exit_code) {
                     Some(raw) => format!(" ({:?})", decode_wait_status(raw)),
@@ -1013,6 +1015,123 @@ mod tests {
             std::fs::read_link(dst.join("evil")).unwrap(),
             Path::new("/etc/shadow")
         );
+    }
+
+    fn runner_for(dir: &Path) -> SlurmRunner {
+        let mut cfg = Config::default();
+        cfg.secrets.slurm_token = Some(crate::config::Secret::new("t"));
+        cfg.slurm.shared_dir = dir.to_path_buf();
+        SlurmRunner::new(&cfg).unwrap()
+    }
+
+    fn ended(state: &str, exit_code: i64) -> Option<SlurmJob> {
+        Some(SlurmJob {
+            job_id: Some(7),
+            job_state: Some(state.into()),
+            exit_code: Some(exit_code),
+            ..SlurmJob::default()
+        })
+    }
+
+    fn node_wrote(jd: &JobDir, t: Termination, setup_error: Option<&str>) {
+        std::fs::create_dir_all(&jd.root).unwrap();
+        match setup_error {
+            Some(e) => jd.write_setup_error(e, Some("n1".into())).unwrap(),
+            None => {
+                let now = Utc::now();
+                let o = RunOutcome {
+                    termination: t,
+                    stdout: Captured::from_bytes(b"partial".to_vec(), 1024),
+                    stderr: Captured::default(),
+                    started_at: now,
+                    ended_at: now,
+                    runner: "native".into(),
+                    image: None,
+                    image_id: None,
+                };
+                jd.write_outcome(&o, Some("n1".into())).unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn slurm_states_map_to_verdicts_or_grader_faults() {
+        let t = tempfile::tempdir().unwrap();
+        let r = runner_for(t.path());
+        let jd = JobDir::new(t.path().join("j"));
+
+        // The node's own verdict when the job completed.
+        node_wrote(&jd, Termination::Exited { code: 2 }, None);
+        let o = r
+            .collect(&jd, Some(7), ended("COMPLETED", 0))
+            .await
+            .unwrap();
+        assert_eq!(o.termination, Termination::Exited { code: 2 });
+        assert_eq!(o.runner, "slurm");
+
+        // Slurm's OOM kill overrides the SIGKILL the sandbox saw; output kept.
+        node_wrote(&jd, Termination::Signaled { signal: 9 }, None);
+        let o = r
+            .collect(&jd, Some(7), ended("OUT_OF_MEMORY", 0))
+            .await
+            .unwrap();
+        assert_eq!(o.termination, Termination::MemoryLimit);
+        assert_eq!(o.stdout.bytes, b"partial");
+
+        // Slurm's time limit: the sandbox was killed mid-run (SIGTERM shows
+        // as its setup error) — still the student's timeout.
+        node_wrote(
+            &jd,
+            Termination::Exited { code: -1 },
+            Some("cancelled by shutdown"),
+        );
+        let o = r.collect(&jd, Some(7), ended("TIMEOUT", 15)).await.unwrap();
+        assert_eq!(o.termination, Termination::Timeout);
+
+        // A sandbox that could not set up is the grader's fault.
+        let e = r
+            .collect(&jd, Some(7), ended("COMPLETED", 0))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SandboxError::Setup { .. }), "{e}");
+
+        for state in ["NODE_FAIL", "BOOT_FAIL", "CANCELLED", "PREEMPTED"] {
+            node_wrote(&jd, Termination::Exited { code: 0 }, None);
+            let e = r.collect(&jd, Some(7), ended(state, 0)).await.unwrap_err();
+            assert!(matches!(e, SandboxError::Setup { .. }), "{state}: {e}");
+            assert!(e.to_string().contains("slurm job 7"), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_that_ended_without_an_outcome_is_a_grader_fault_with_its_status() {
+        let t = tempfile::tempdir().unwrap();
+        let r = runner_for(t.path());
+        let jd = JobDir::new(t.path().join("j"));
+        std::fs::create_dir_all(&jd.root).unwrap();
+        std::fs::write(jd.file(SLURM_ERR_FILE), "exec: labgrader: not found\n").unwrap();
+        let e = r
+            .collect(&jd, Some(7), ended("FAILED", 127 << 8))
+            .await
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, SandboxError::Setup { .. }), "{msg}");
+        assert!(msg.contains("code: 127"), "{msg}");
+        assert!(msg.contains("not found"), "{msg}");
+    }
+
+    #[test]
+    fn the_readme_slurm_section_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```toml\n[slurm]")
+            .expect("[slurm] block in README")
+            + 8;
+        let end = start + readme[start..].find("```").unwrap();
+        let cfg = Config::from_toml(&readme[start..end], None).unwrap();
+        assert_eq!(cfg.slurm.queue_timeout.get(), Duration::from_secs(600));
+        assert_eq!(cfg.slurm.memory_margin.bytes(), 64 << 20);
+        assert!(Config::from_toml("[slurm]\nshared_dir = \"rel/dir\"\n", None).is_err());
     }
 
     #[test]
