@@ -4,7 +4,8 @@
 # Installs slurm-wlm, slurmrestd and munge (Debian 12: Slurm 22.05), then
 # starts munged, slurmctld and slurmd (root, cgroup v1 task and process
 # tracking) and slurmrestd (JWT, OpenAPI v0.0.38) on 127.0.0.1:6820 as the
-# unprivileged user `labgrader`, who is also the user jobs run as. Everything
+# unprivileged user `labgrader`, who is also the user jobs run as (or
+# $LG_SLURM_JOB_USER, e.g. root). Everything
 # lives under $LG_SLURM_DIR (default /var/lib/labgrader-slurm): config,
 # state, logs, the JWT key, the token file and the shared job directory; the
 # machine's own /etc/slurm is not touched.
@@ -18,6 +19,9 @@
 lg_slurm_main() {
     local dir="${LG_SLURM_DIR:-/var/lib/labgrader-slurm}"
     local user=labgrader
+    # Jobs run as this user (the token's). `root` when the node's sandbox
+    # needs privileges it cannot get inside a Slurm job otherwise.
+    local job_user="${LG_SLURM_JOB_USER:-labgrader}"
     local port="${LG_SLURM_REST_PORT:-6820}"
     local host
     host="$(hostname -s)"
@@ -204,7 +208,7 @@ EOF
 
     # A token for the job user (slurmctld signs it with the JWT key).
     local token
-    token="$(scontrol token username="$user" lifespan=604800 2>/dev/null | sed -n 's/^SLURM_JWT=//p')"
+    token="$(scontrol token username="$job_user" lifespan=604800 2>/dev/null | sed -n 's/^SLURM_JWT=//p')"
     [ -n "$token" ] || { log "slurm: scontrol token failed"; return 1; }
     local umask_old
     umask_old="$(umask)"
@@ -213,11 +217,11 @@ EOF
     umask "$umask_old"
 
     for i in $(seq 100); do
-        curl -sf -o /dev/null -H "X-SLURM-USER-NAME: $user" -H "X-SLURM-USER-TOKEN: $token" \
+        curl -sf -o /dev/null -H "X-SLURM-USER-NAME: $job_user" -H "X-SLURM-USER-TOKEN: $token" \
             "http://127.0.0.1:$port/slurm/v0.0.38/ping" && break
         sleep 0.1
     done
-    curl -sf -o /dev/null -H "X-SLURM-USER-NAME: $user" -H "X-SLURM-USER-TOKEN: $token" \
+    curl -sf -o /dev/null -H "X-SLURM-USER-NAME: $job_user" -H "X-SLURM-USER-TOKEN: $token" \
         "http://127.0.0.1:$port/slurm/v0.0.38/ping" || {
         log "slurm: slurmrestd does not answer on 127.0.0.1:$port"
         lg_slurm_tail "$dir/log/slurmrestd.log"
@@ -228,7 +232,7 @@ EOF
     export LABGRADER_SLURM_URL="http://127.0.0.1:$port"
     export LABGRADER_SLURM_TOKEN_FILE="$dir/token"
     export LABGRADER_SLURM_SHARED_DIR="$dir/shared"
-    export LABGRADER_SLURM_USER="$user"
+    export LABGRADER_SLURM_USER="$job_user"
     log "slurm: cluster up (node $host, partition grade, REST $LABGRADER_SLURM_URL)"
 }
 
