@@ -220,7 +220,11 @@ async fn slurm_job_is_found_again_after_a_grader_crash_not_resubmitted() {
 #[tokio::test]
 async fn slurm_cancelled_job_leaves_no_process() {
     let Some(cfg) = cluster() else { return };
-    let r = SlurmRunner::new(&cfg).unwrap();
+    let slurm_id = Arc::new(Mutex::new(None));
+    let seen = slurm_id.clone();
+    let r = SlurmRunner::new(&cfg)
+        .unwrap()
+        .on_submitted(Arc::new(move |_, id| *seen.lock().unwrap() = Some(id)));
     let id = unique("cancel");
     let token = id.replace('-', "");
     let ws = workspace(&format!(
@@ -244,6 +248,21 @@ async fn slurm_cancelled_job_leaves_no_process() {
     assert!(matches!(err, SandboxError::Cancelled), "{err}");
     let left = pgrep(&format!("lg-{token}"));
     assert!(left.is_empty(), "processes left after cancel: {left}");
+    // Nor a cgroup of the job (proctrack/cgroup, task/cgroup).
+    let job = format!("job_{}", slurm_id.lock().unwrap().expect("submitted"));
+    for ctl in ["freezer", "memory"] {
+        for e in walkdir::WalkDir::new(Path::new("/sys/fs/cgroup").join(ctl))
+            .max_depth(4)
+            .into_iter()
+            .flatten()
+        {
+            assert!(
+                e.file_name() != job.as_str(),
+                "cgroup left: {}",
+                e.path().display()
+            );
+        }
+    }
     let jobs = r.jobs_named(&id).await.unwrap();
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].job_state.as_deref(), Some("CANCELLED"));
