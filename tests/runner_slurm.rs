@@ -325,14 +325,14 @@ async fn slurm_bad_token_is_unavailable_not_a_verdict() {
     let r = SlurmRunner::new(&cfg).unwrap();
     assert!(!labgrader::sandbox::slurm::available(&cfg).await);
     let ws = workspace("echo never\n");
+    let id = unique("badtoken");
     let err = r
-        .run(
-            &spec(&unique("badtoken"), ws.path()),
-            &CancellationToken::new(),
-        )
+        .run(&spec(&id, ws.path()), &CancellationToken::new())
         .await
         .unwrap_err();
     assert!(matches!(err, SandboxError::Unavailable { .. }), "{err}");
+    // Kept for the retry (slurmrestd faults leave the directory); not here.
+    std::fs::remove_dir_all(cfg.slurm.shared_dir.join(&id)).unwrap();
 }
 
 #[tokio::test]
