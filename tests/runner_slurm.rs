@@ -218,6 +218,32 @@ async fn slurm_job_is_found_again_after_a_grader_crash_not_resubmitted() {
 }
 
 #[tokio::test]
+async fn slurm_job_whose_id_was_not_recorded_is_found_by_name() {
+    let Some(cfg) = cluster() else { return };
+    let id = unique("byname");
+    let ws = workspace("sleep 2\necho found-by-name\n");
+    let spec = spec(&id, ws.path());
+    let first = SlurmRunner::new(&cfg).unwrap();
+    let s2 = spec.clone();
+    let task = tokio::spawn(async move { first.run(&s2, &CancellationToken::new()).await });
+    let id_file = cfg.slurm.shared_dir.join(&id).join(SLURM_ID_FILE);
+    let start = Instant::now();
+    while !id_file.exists() {
+        assert!(start.elapsed() < Duration::from_secs(30), "never submitted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task.abort();
+    let _ = task.await;
+    // As if the grader died between the submission and writing the id.
+    std::fs::remove_file(&id_file).unwrap();
+
+    let second = SlurmRunner::new(&cfg).unwrap();
+    let o = second.run(&spec, &CancellationToken::new()).await.unwrap();
+    assert!(stdout(&o).contains("found-by-name"));
+    assert_eq!(second.jobs_named(&id).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn slurm_cancelled_job_leaves_no_process() {
     let Some(cfg) = cluster() else { return };
     let slurm_id = Arc::new(Mutex::new(None));
