@@ -58,6 +58,8 @@ const FAST_POLL_FOR: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// Slurm's "Invalid job id specified" (ESLURM_INVALID_JOB_ID).
 const ESLURM_INVALID_JOB_ID: i64 = 2017;
+/// Slurm's "Job/step already completing or completed".
+const ESLURM_ALREADY_DONE: i64 = 2021;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SlurmError {
@@ -768,9 +770,6 @@ enum Attach {
     Job(u64),
     OutcomeOnly,
 }
-
-/// Slurm's "Job/step already completing or completed".
-const ESLURM_ALREADY_DONE: i64 = 2021;
 
 #[async_trait::async_trait]
 impl Runner for SlurmRunner {
