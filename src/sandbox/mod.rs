@@ -12,6 +12,7 @@ pub mod jobdir;
 pub mod native;
 pub mod none;
 pub mod output;
+pub mod slurm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -129,8 +130,7 @@ pub fn build_runner(
         // RUNNER-ARM(docker): filled by the docker runner issue.
         RunnerKind::Docker => Err(not_built("docker")),
         RunnerKind::Native => Ok(Arc::new(native::NativeRunner::new(&cfg.native)?)),
-        // RUNNER-ARM(slurm): filled by the slurm issue.
-        RunnerKind::Slurm => Err(not_built("slurm")),
+        RunnerKind::Slurm => Ok(Arc::new(slurm::SlurmRunner::new(cfg)?)),
         RunnerKind::Auto => {
             let mut why = Vec::new();
             // RUNNER-ARM(auto): docker first (when its engine answers), then native.
