@@ -103,6 +103,11 @@ pub struct NativeRunner {
     mode: Mode,
     cgroups: Option<Hierarchy>,
     staging: PathBuf,
+    /// Memory is enforced by an outer cgroup (a Slurm job's), which
+    /// reports an OOM kill; without job cgroups of our own we then leave
+    /// RLIMIT_DATA off, so an over-limit job is an OOM kill the outside can
+    /// name instead of a failed malloc nobody can tell from a crash.
+    external_memory_limit: bool,
 }
 
 /// Can this process create the sandbox's namespaces? `Err` says why not
@@ -294,7 +299,14 @@ impl NativeRunner {
             mode,
             cgroups,
             staging,
+            external_memory_limit: false,
         })
+    }
+
+    /// Memory is enforced outside the sandbox (see the field's doc).
+    pub fn with_external_memory_limit(mut self) -> NativeRunner {
+        self.external_memory_limit = true;
+        self
     }
 
     /// The cgroup hierarchy in use, if any (for logs and benchmarks).
@@ -481,7 +493,7 @@ impl NativeRunner {
             // +1: the sandbox's init runs as the same uid.
             (libc::RLIMIT_NPROC, l.pids + 1, l.pids + 1),
         ];
-        if !with_cgroup {
+        if !with_cgroup && !self.external_memory_limit {
             rlimits.push((libc::RLIMIT_DATA, l.memory, l.memory));
         }
         let plan = Plan {
