@@ -302,10 +302,17 @@ impl Grader {
                 .map_or(rescan, |d| d.min(rescan));
             tokio::select! {
                 _ = wake.notified() => {}
-                Some(done) = tasks.join_next() => {
-                    match done {
-                        Ok(project) => { sched.running.remove(&project); }
-                        Err(e) => error!(error = %e, "a job task panicked"),
+                Some(done) = tasks.join_next_with_id() => {
+                    let id = match &done {
+                        Ok((id, _)) => *id,
+                        Err(e) => e.id(),
+                    };
+                    if let Some((name, project)) = sched.spawned.remove(&id) {
+                        sched.running.remove(&project);
+                        if let Err(e) = done {
+                            error!(file = %name, error = %e, "a job task panicked: counted as a crash");
+                            self.after_panic(&name).await;
+                        }
                     }
                 }
                 _ = tokio::time::sleep(sleep_for) => {}
@@ -321,7 +328,16 @@ impl Grader {
         tokio::pin!(grace);
         loop {
             tokio::select! {
-                r = tasks.join_next() => if r.is_none() { break },
+                r = tasks.join_next_with_id() => match r {
+                    None => break,
+                    Some(Err(e)) => {
+                        if let Some((name, _)) = sched.spawned.remove(&e.id()) {
+                            error!(file = %name, error = %e, "a job task panicked: counted as a crash");
+                            self.after_panic(&name).await;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                },
                 _ = &mut grace, if !jobs_cancel.is_cancelled() => {
                     warn!(running = tasks.len(), "grace period over: stopping and requeueing jobs");
                     jobs_cancel.cancel();
@@ -329,6 +345,33 @@ impl Grader {
             }
         }
         info!("grader stopped");
+    }
+
+    /// A job task panicked: count it as a crash, like start-up recovery
+    /// would, so a job that always panics ends in failed/.
+    async fn after_panic(&self, name: &str) {
+        let Ok(bytes) = self.spool.read(State::Active, name) else {
+            return;
+        };
+        let Ok(mut ev) = Event::from_bytes(&bytes) else {
+            let _ = self.spool.quarantine(name, State::Active);
+            return;
+        };
+        ev.crashes += 1;
+        let moved = self
+            .spool
+            .replace(State::Incoming, name, &ev.to_bytes())
+            .map(|_| std::fs::remove_file(self.spool.path(State::Active, name)));
+        if moved.is_ok() && ev.crashes >= self.cfg.grader.max_crashes {
+            let reason = format!(
+                "the grader failed {} times on this job; it goes to failed/ and is not retried \
+                 automatically (`labgrader regrade {}` retries it)",
+                ev.crashes, ev.job_id
+            );
+            if let Err(e) = self.fail(name, &ev, &reason).await {
+                error!(file = %name, error = %e, "cannot move the job to failed/");
+            }
+        }
     }
 
     /// Everything one claimed job goes through; returns its project.
@@ -826,6 +869,8 @@ struct Scheduler {
     index: BTreeMap<String, Meta>,
     /// Projects with a job running.
     running: HashSet<String>,
+    /// Running tasks: file name and project.
+    spawned: HashMap<tokio::task::Id, (String, String)>,
 }
 
 impl Scheduler {
@@ -915,7 +960,9 @@ impl Scheduler {
                 }
             };
             self.running.insert(meta.project.clone());
-            tasks.spawn(grader.clone().job(name.clone(), ev, permit, cancel.clone()));
+            let handle = tasks.spawn(grader.clone().job(name.clone(), ev, permit, cancel.clone()));
+            self.spawned
+                .insert(handle.id(), (name.clone(), meta.project.clone()));
         }
         for n in claimed {
             self.index.remove(&n);

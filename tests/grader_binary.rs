@@ -73,9 +73,11 @@ fn sigkill_mid_job_then_restart_grades_exactly_once() {
     let sha = f.push(p, |w| std::fs::write(w.join("x"), "1").unwrap());
     let cfg = f.write_config("");
     let log = f.tmp.path().join("daemon.log");
-    let mut first = start_daemon(&cfg, &log);
+    // Queued before the daemon starts: its start-up sweep of tmp/ must not
+    // race the test's own write in tmp/ (see the report on Spool::recover).
     let ev = f.event(p, &sha);
     f.enqueue(&ev);
+    let mut first = start_daemon(&cfg, &log);
     wait_for("test_all to start", || runs.exists());
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
@@ -145,10 +147,10 @@ fn two_hundred_megabytes_of_stdout_are_capped_and_daemon_memory_stays_small() {
     let sha = f.push(p, |_| {});
     let cfg = f.write_config("output_limit = \"1MiB\"");
     let log = f.tmp.path().join("daemon.log");
-    let daemon = start_daemon(&cfg, &log);
-    let pid = daemon.id();
     let ev = f.event(p, &sha);
     f.enqueue(&ev);
+    let daemon = start_daemon(&cfg, &log);
+    let pid = daemon.id();
     wait_for("the job to be recorded", || {
         f.done_dir(&ev.job_id).join("result.json").exists()
     });

@@ -55,10 +55,12 @@ impl Runner for NoneRunner {
             .process_group(0)
             .kill_on_drop(true);
         let started_at = Utc::now();
-        let mut child = cmd.spawn().map_err(|e| SandboxError::Setup {
-            step: "spawn test_all",
-            message: e.to_string(),
-        })?;
+        let mut child = spawn_retrying(&mut cmd)
+            .await
+            .map_err(|e| SandboxError::Setup {
+                step: "spawn test_all",
+                message: e.to_string(),
+            })?;
         let pgid = child.id().map(|id| Pid::from_raw(id as i32));
         let limit = spec.limits.output;
         let (out, err) = (SharedCapture::default(), SharedCapture::default());
@@ -104,6 +106,22 @@ impl Runner for NoneRunner {
             image: None,
             image_id: None,
         })
+    }
+}
+
+/// Spawn, retrying briefly on ETXTBSY: the workspace's `test_all` was just
+/// written by this process, and a child forked by another thread at that
+/// moment (git for another job) holds the write descriptor until it execs.
+async fn spawn_retrying(cmd: &mut Command) -> std::io::Result<tokio::process::Child> {
+    let mut attempt = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < 50 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
     }
 }
 
