@@ -772,7 +772,7 @@ pub fn job_env(ev: &Event, tests_sha: &str) -> Vec<(String, String)> {
 
 /// Status, reason and grade of a finished run.
 pub fn verdict(out: &RunOutcome, limits: &Limits) -> (Status, String, Option<summary::Summary>) {
-    let parsed = summary::parse(&out.stdout.bytes);
+    let parsed = summary::parse_captured(&out.stdout);
     let cut = if out.stdout.truncated {
         format!(
             " (stdout was cut at output_limit, {} of {} bytes kept)",

@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use super::output::{Captured, SharedCapture, drain_into};
+use super::output::{SharedCapture, collect, spawn_drain};
 use super::{RunOutcome, RunSpec, Runner, SandboxError, TEST_COMMAND, Termination};
 
 /// Time between TERM and KILL of the process group.
@@ -85,8 +85,8 @@ impl Runner for NoneRunner {
         if let Some(pg) = pgid {
             let _ = killpg(pg, Signal::SIGKILL);
         }
-        let stdout = collect(out_task, &out).await;
-        let stderr = collect(err_task, &err).await;
+        let stdout = collect(out_task, &out, PIPE_LINGER).await;
+        let stderr = collect(err_task, &err, PIPE_LINGER).await;
         let termination = if timed_out {
             Termination::Timeout
         } else if let Some(code) = status.code() {
@@ -136,25 +136,4 @@ async fn kill_group(pgid: Option<Pid>, child: &mut tokio::process::Child) {
         let _ = killpg(pg, Signal::SIGKILL);
     }
     let _ = child.start_kill();
-}
-
-fn spawn_drain<R>(reader: R, limit: u64, into: &SharedCapture) -> tokio::task::JoinHandle<()>
-where
-    R: tokio::io::AsyncRead + Unpin + Send + 'static,
-{
-    let into = into.clone();
-    tokio::spawn(async move {
-        let _ = drain_into(reader, limit, &into).await;
-    })
-}
-
-/// Wait for a drain task, but not forever: a descendant that left the
-/// process group may still hold the pipe. What arrived is kept either way.
-async fn collect(task: tokio::task::JoinHandle<()>, capture: &SharedCapture) -> Captured {
-    let abort = task.abort_handle();
-    if tokio::time::timeout(PIPE_LINGER, task).await.is_err() {
-        abort.abort();
-        capture.mark_truncated();
-    }
-    capture.snapshot()
 }
