@@ -162,6 +162,26 @@ impl Spool {
     /// rename, fsync the directory. Fails if `state/name` exists. On any
     /// error nothing is left behind in `tmp/` or in `state/`.
     pub fn publish(&self, state: State, name: &str, bytes: &[u8]) -> Result<PathBuf, SpoolError> {
+        let dest = self.publish_unsynced(state, name, bytes)?;
+        if let Err(source) = fsync_dir(&self.dir(state)) {
+            let _ = fs::remove_file(&dest);
+            return Err(SpoolError::Write { path: dest, source });
+        }
+        Ok(dest)
+    }
+
+    /// [`Spool::publish`] without the final directory fsync: the file's
+    /// contents are durable, its name in `state/` is not until the caller
+    /// fsyncs `self.dir(state)`. For callers that fsync the directory once
+    /// for a group of files (the hook's group commit) and answer no one
+    /// before that fsync returned. Fails if `state/name` exists; on error
+    /// nothing is left behind.
+    pub fn publish_unsynced(
+        &self,
+        state: State,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<PathBuf, SpoolError> {
         let tmp = self.write_tmp(name, bytes)?;
         let dest = self.path(state, name);
         // link(2) + unlink instead of rename(2): it refuses to replace an
@@ -179,10 +199,6 @@ impl Spool {
             });
         }
         let _ = fs::remove_file(&tmp);
-        if let Err(source) = fsync_dir(&self.dir(state)) {
-            let _ = fs::remove_file(&dest);
-            return Err(SpoolError::Write { path: dest, source });
-        }
         Ok(dest)
     }
 
@@ -335,6 +351,30 @@ impl Spool {
         Ok(dest)
     }
 
+    /// Remove the files in `tmp/` left by processes that died while
+    /// writing them (tmp file names carry the writer's pid), and nothing
+    /// else: safe to run while another live process (a separate grader)
+    /// writes its own tmp files. Returns how many were removed.
+    pub fn sweep_dead_tmp(&self) -> Result<usize, SpoolError> {
+        let mut swept = 0;
+        for name in self.list(State::Tmp)? {
+            let p = self.path(State::Tmp, &name);
+            let Some(pid) = tmp_owner(&name) else {
+                continue;
+            };
+            if pid == std::process::id() || process_alive(pid) || !p.is_file() {
+                continue;
+            }
+            if fs::remove_file(&p).is_ok() {
+                swept += 1;
+            }
+        }
+        if swept > 0 {
+            let _ = fsync_dir(&self.dir(State::Tmp));
+        }
+        Ok(swept)
+    }
+
     /// Start-up recovery: sweep `tmp/` (nothing in it was ever accepted) and
     /// move every file in `active/` back to `incoming/`. `rewrite` may
     /// update a requeued job's contents (e.g. raise its attempt count); it
@@ -380,6 +420,27 @@ impl Spool {
     }
 }
 
+/// The pid in a tmp file name made by `write_tmp`: `<name>.<pid>.<ulid>`.
+fn tmp_owner(tmp_name: &str) -> Option<u32> {
+    let mut parts = tmp_name.rsplitn(3, '.');
+    let ulid = parts.next()?;
+    let pid = parts.next()?;
+    parts.next()?;
+    (ulid.len() == 26).then_some(())?;
+    pid.parse().ok()
+}
+
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // Signal 0: existence check. EPERM means it exists under another user.
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(e) => e == nix::errno::Errno::EPERM,
+    }
+}
+
 /// fsync a directory so a rename or create in it is durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -407,6 +468,22 @@ mod tests {
         assert_eq!(rec.requeued, vec!["a.json".to_string()]);
         assert_eq!(s.read(State::Incoming, "a.json").unwrap(), b"{}!");
         assert!(s.list(State::Active).unwrap().is_empty());
+    }
+
+    #[test]
+    fn sweep_dead_tmp_keeps_live_writers_files() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Spool::open(t.path()).unwrap();
+        let id = new_job_id();
+        // pid 0x7fff_fff0 does not exist; our own pid does.
+        let dead = format!("a.json.{}.{id}", 0x7fff_fff0u32);
+        let live = format!("b.json.{}.{id}", std::process::id());
+        let live_dir = format!("c.{id}.d");
+        fs::write(s.path(State::Tmp, &dead), b"x").unwrap();
+        fs::write(s.path(State::Tmp, &live), b"x").unwrap();
+        fs::create_dir(s.path(State::Tmp, &live_dir)).unwrap();
+        assert_eq!(s.sweep_dead_tmp().unwrap(), 1);
+        assert_eq!(s.list(State::Tmp).unwrap(), vec![live, live_dir]);
     }
 
     #[test]
