@@ -171,13 +171,17 @@ impl Server {
             listener,
             stop.clone(),
         ));
-        Server {
+        let server = Server {
             addr,
             spool,
             stop,
             task,
             http: HttpClient::new(),
-        }
+        };
+        // serve() prepares the spool before it accepts; wait for that.
+        let r = server.get("/healthz").await;
+        assert_eq!(r.status.as_u16(), 200);
+        server
     }
 
     pub async fn stop(self) {
