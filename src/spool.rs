@@ -94,6 +94,16 @@ impl SpoolError {
     }
 }
 
+/// A file written in `tmp/` by [`Spool::stage`], not yet durable nor
+/// visible in any state.
+#[derive(Debug)]
+pub struct Staged {
+    pub file: File,
+    pub tmp: PathBuf,
+    /// The name it will have in its state directory.
+    pub name: String,
+}
+
 /// What `recover` found and did at start.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovery {
@@ -200,6 +210,59 @@ impl Spool {
         }
         let _ = fs::remove_file(&tmp);
         Ok(dest)
+    }
+
+    /// Step one of a group publish: write `bytes` to a new file in `tmp/`
+    /// *without* fsync. The caller (one thread serving many writers) then
+    /// fsyncs [`Staged::file`], links it with [`Spool::link_staged`] and
+    /// fsyncs the state directory, in that order, before telling anyone the
+    /// file is stored. On error nothing is left behind.
+    pub fn stage(&self, name: &str, bytes: &[u8]) -> Result<Staged, SpoolError> {
+        let tmp =
+            self.dir(State::Tmp)
+                .join(format!("{name}.{}.{}", std::process::id(), new_job_id()));
+        let result = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(bytes)?;
+            Ok(f)
+        })();
+        match result {
+            Ok(file) => Ok(Staged {
+                file,
+                tmp,
+                name: name.to_string(),
+            }),
+            Err(source) => {
+                let _ = fs::remove_file(&tmp);
+                Err(SpoolError::Write { path: tmp, source })
+            }
+        }
+    }
+
+    /// Step two of a group publish: link a staged file, already fsynced,
+    /// to `state/<name>` (refusing to replace an existing file) and drop its
+    /// tmp name. Durable once `state`'s directory is fsynced. On error the
+    /// staged file is removed.
+    pub fn link_staged(&self, staged: &Staged, state: State) -> Result<PathBuf, SpoolError> {
+        let dest = self.path(state, &staged.name);
+        let linked = fs::hard_link(&staged.tmp, &dest);
+        let _ = fs::remove_file(&staged.tmp);
+        match linked {
+            Ok(()) => Ok(dest),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Err(SpoolError::Exists { path: dest })
+            }
+            Err(source) => Err(SpoolError::Rename {
+                from: staged.tmp.clone(),
+                to: dest,
+                source,
+            }),
+        }
+    }
+
+    /// Drop a staged file that will not be published.
+    pub fn discard(&self, staged: Staged) {
+        let _ = fs::remove_file(&staged.tmp);
     }
 
     /// Durably replace `state/name` with `bytes` (write tmp, fsync, rename

@@ -31,7 +31,11 @@ async fn wrong_or_missing_token_is_401() {
     h.retain(|(k, _)| k != "X-Gitlab-Token");
     let r = server.post(&h, good_body()).await;
     assert_eq!(r.status.as_u16(), 401);
-    assert!(text(&r).starts_with("invalid or missing X-Gitlab-Token"), "{}", text(&r));
+    assert!(
+        text(&r).starts_with("invalid or missing X-Gitlab-Token"),
+        "{}",
+        text(&r)
+    );
     h.push(("X-Gitlab-Token".into(), "gitlab-fixture-secreT".into()));
     assert_eq!(server.post(&h, good_body()).await.status.as_u16(), 401);
     assert!(server.incoming().is_empty());
@@ -57,7 +61,9 @@ async fn body_over_max_body_is_413_with_or_without_length() {
     let mut big: serde_json::Value = serde_json::from_slice(&good_body()).unwrap();
     big["padding"] = "x".repeat(5000).into();
     let big = serde_json::to_vec(&big).unwrap();
-    let r = server.post(&push_headers("Push Hook", "k"), big.clone()).await;
+    let r = server
+        .post(&push_headers("Push Hook", "k"), big.clone())
+        .await;
     assert_eq!(r.status.as_u16(), 413);
     assert_eq!(text(&r), "body over 4096 bytes (server.max_body)");
     // Chunked, no Content-Length: the limit applies while reading.
@@ -90,10 +96,23 @@ async fn malformed_deliveries_are_400_with_a_reason() {
     bad_sha["after"] = "not-a-sha".into();
     let mut bad_ref: serde_json::Value = serde_json::from_slice(&good_body()).unwrap();
     bad_ref["ref"] = "main".into();
-    let cases: Vec<(Vec<(String, String)>, Vec<u8>, &str)> = vec![
-        (push_headers("Push Hook", "k"), b"{not json".to_vec(), "body is not JSON: "),
-        (push_headers("Push Hook", "k"), b"".to_vec(), "body is not JSON: "),
-        (push_headers("Push Hook", "k"), b"[1,2]".to_vec(), "body is not a JSON object"),
+    type Case = (Vec<(String, String)>, Vec<u8>, &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            push_headers("Push Hook", "k"),
+            b"{not json".to_vec(),
+            "body is not JSON: ",
+        ),
+        (
+            push_headers("Push Hook", "k"),
+            b"".to_vec(),
+            "body is not JSON: ",
+        ),
+        (
+            push_headers("Push Hook", "k"),
+            b"[1,2]".to_vec(),
+            "body is not a JSON object",
+        ),
         (
             push_headers("Push Hook", "k"),
             serde_json::to_vec(&no_project).unwrap(),
@@ -146,10 +165,17 @@ async fn malformed_deliveries_are_400_with_a_reason() {
     h.retain(|(k, _)| k != "X-Gitlab-Event");
     let r = server.post(&h, good_body()).await;
     assert_eq!(r.status.as_u16(), 400);
-    assert_eq!(text(&r), "missing X-Gitlab-Event header; is this a GitLab webhook?");
+    assert_eq!(
+        text(&r),
+        "missing X-Gitlab-Event header; is this a GitLab webhook?"
+    );
     assert!(server.incoming().is_empty());
     // Still serving.
-    job_of(&server.post(&push_headers("Push Hook", "ok"), good_body()).await);
+    job_of(
+        &server
+            .post(&push_headers("Push Hook", "ok"), good_body())
+            .await,
+    );
     server.stop().await;
 }
 
@@ -172,7 +198,11 @@ async fn other_paths_and_methods_are_404_and_405() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_answers_and_show_spool_depth() {
     let (_w, server) = started().await;
-    job_of(&server.post(&push_headers("Push Hook", "m1"), good_body()).await);
+    job_of(
+        &server
+            .post(&push_headers("Push Hook", "m1"), good_body())
+            .await,
+    );
     let (b, h) = fixture("system_user_create");
     server.post(&h, b).await;
     let m = text(&server.get("/metrics").await);
@@ -210,17 +240,33 @@ async fn spool_unwritable_is_503_and_leaves_nothing_half_written() {
     let (_w, server) = started().await;
     for state in [State::Incoming, State::Tmp] {
         let aside = break_dir(&server, state);
-        let r = server.post(&push_headers("Push Hook", "u1"), good_body()).await;
+        let r = server
+            .post(&push_headers("Push Hook", "u1"), good_body())
+            .await;
         assert_eq!(r.status.as_u16(), 503, "{state:?}: {}", text(&r));
-        assert!(text(&r).starts_with("spool unavailable, event not stored: "), "{}", text(&r));
+        assert!(
+            text(&r).starts_with("spool unavailable, event not stored: "),
+            "{}",
+            text(&r)
+        );
         repair_dir(&server, state, &aside);
         assert!(server.incoming().is_empty(), "{state:?}");
-        assert!(server.spool.list(State::Tmp).unwrap().is_empty(), "{state:?}");
-        let keys = std::fs::read_dir(server.spool.root().join("keys")).unwrap().count();
-        assert_eq!(keys, 0, "{state:?}: no dedup marker left for a job never stored");
+        assert!(
+            server.spool.list(State::Tmp).unwrap().is_empty(),
+            "{state:?}"
+        );
+        let keys = std::fs::read_dir(server.spool.root().join("keys"))
+            .unwrap()
+            .count();
+        assert_eq!(
+            keys, 0,
+            "{state:?}: no dedup marker left for a job never stored"
+        );
     }
     // The re-send staff make after the 503 is a new job, not a "duplicate".
-    let r = server.post(&push_headers("Push Hook", "u1"), good_body()).await;
+    let r = server
+        .post(&push_headers("Push Hook", "u1"), good_body())
+        .await;
     let job = job_of(&r);
     assert!(!text(&r).contains("duplicate"));
     assert_eq!(server.incoming(), vec![format!("{job}.json")]);

@@ -47,7 +47,10 @@ async fn concurrent_identical_deliveries_make_one_job() {
     let jobs: std::collections::BTreeSet<String> = answers.iter().map(job_of).collect();
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(server.incoming().len(), 1);
-    let new = answers.iter().filter(|r| json(r).get("duplicate").is_none()).count();
+    let new = answers
+        .iter()
+        .filter(|r| json(r).get("duplicate").is_none())
+        .count();
     assert_eq!(new, 1, "exactly one answer created the job");
     server.stop().await;
 }
@@ -82,7 +85,10 @@ async fn push_hook_and_repository_update_for_same_ref_and_commit_make_one_job() 
     let ru = repository_update_body("alice/lab1", &[(&sha(2), &sha(3), "refs/heads/main")]);
     let j2 = job_of(&server.post(&push_headers("System Hook", "r2"), ru).await);
     let push = push_body("alice/lab1", "refs/heads/main", &sha(2), &sha(3));
-    assert_eq!(job_of(&server.post(&push_headers("Push Hook", "p2"), push).await), j2);
+    assert_eq!(
+        job_of(&server.post(&push_headers("Push Hook", "p2"), push).await),
+        j2
+    );
     assert_ne!(j1, j2);
     assert_eq!(server.incoming().len(), 2);
     // A new push of the same ref is a new job.
@@ -112,7 +118,10 @@ async fn refs_pushed_only_through_repository_update_are_graded() {
         .map(|(x, y, r)| (x.as_str(), y.as_str(), r.as_str()))
         .collect();
     let r = server
-        .post(&push_headers("System Hook", "big"), repository_update_body("alice/lab1", &ch))
+        .post(
+            &push_headers("System Hook", "big"),
+            repository_update_body("alice/lab1", &ch),
+        )
         .await;
     job_of(&r);
     let ids: Vec<String> = json(&r)["job_ids"]
@@ -124,7 +133,15 @@ async fn refs_pushed_only_through_repository_update_are_graded() {
     assert_eq!(ids.len(), 4, "the deletion of refs/heads/old is not graded");
     let mut refs: Vec<String> = ids.iter().map(|j| server.event(j).git_ref).collect();
     refs.sort();
-    assert_eq!(refs, ["refs/heads/f1", "refs/heads/f2", "refs/heads/main", "refs/tags/v1"]);
+    assert_eq!(
+        refs,
+        [
+            "refs/heads/f1",
+            "refs/heads/f2",
+            "refs/heads/main",
+            "refs/tags/v1"
+        ]
+    );
     for j in &ids {
         let ev = server.event(j);
         assert_eq!(ev.source, labgrader::event::HookSource::SystemHook);
@@ -133,7 +150,10 @@ async fn refs_pushed_only_through_repository_update_are_graded() {
     }
     // Replayed: same ids, nothing new.
     let again = server
-        .post(&push_headers("System Hook", "big"), repository_update_body("alice/lab1", &ch))
+        .post(
+            &push_headers("System Hook", "big"),
+            repository_update_body("alice/lab1", &ch),
+        )
         .await;
     assert_eq!(json(&again)["job_ids"], json(&r)["job_ids"]);
     assert_eq!(server.incoming().len(), 4);
@@ -153,10 +173,17 @@ async fn dedup_survives_restart_and_follows_the_job_through_states() {
     assert_eq!(job_of(&server.post(&headers, body.clone()).await), job);
     // A grader claims it, then finishes it into done/<job>/.
     let file = format!("{job}.json");
-    server.spool.transition(&file, State::Incoming, State::Active).unwrap();
+    server
+        .spool
+        .transition(&file, State::Incoming, State::Active)
+        .unwrap();
     assert_eq!(job_of(&server.post(&headers, body.clone()).await), job);
     let done = server.spool.tmp_dir(&job).unwrap();
-    std::fs::rename(server.spool.path(State::Active, &file), done.join("event.json")).unwrap();
+    std::fs::rename(
+        server.spool.path(State::Active, &file),
+        done.join("event.json"),
+    )
+    .unwrap();
     server.spool.publish_dir(&done, State::Done, &job).unwrap();
     assert_eq!(job_of(&server.post(&headers, body).await), job);
     assert!(server.incoming().is_empty());
@@ -172,7 +199,13 @@ async fn marker_whose_job_never_became_durable_is_not_a_duplicate() {
     let job = job_of(&server.post(&headers, body.clone()).await);
     server.stop().await;
     // As after a crash between marker and event: markers, no event.
-    std::fs::remove_file(world.spool_dir().join("incoming").join(format!("{job}.json"))).unwrap();
+    std::fs::remove_file(
+        world
+            .spool_dir()
+            .join("incoming")
+            .join(format!("{job}.json")),
+    )
+    .unwrap();
     let server = Server::start(world.config()).await;
     let r = server.post(&headers, body).await;
     let again = job_of(&r);

@@ -60,7 +60,11 @@ async fn test_repositories_come_from_the_gitlab_api_and_are_cached() {
     let server = Server::start(api_config(&world, &api.url)).await;
     for i in 0..3 {
         let body = push_body("alice/lab1", "refs/heads/main", &sha(i), &sha(i + 1));
-        job_of(&server.post(&push_headers("Push Hook", &format!("a{i}")), body).await);
+        job_of(
+            &server
+                .post(&push_headers("Push Hook", &format!("a{i}")), body)
+                .await,
+        );
     }
     let body = push_body("alice/lab2", "refs/heads/main", &sha(1), &sha(2));
     let resp = server.post(&push_headers("Push Hook", "b1"), body).await;

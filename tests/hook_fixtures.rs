@@ -22,7 +22,10 @@ fn expectation(name: &str) -> (Option<&'static str>, &'static str) {
             None,
             "ignored: system hook event `merge_request` is not a push",
         ),
-        "system_user_create" => (None, "ignored: system hook event `user_create` is not a push"),
+        "system_user_create" => (
+            None,
+            "ignored: system hook event `user_create` is not a push",
+        ),
         "system_project_create" => (
             None,
             "ignored: project_create is not a push (test repository cache updated)",
@@ -81,7 +84,10 @@ async fn every_fixture_gets_its_answer_and_event_fields() {
             raw["project"]["path_with_namespace"].as_str().unwrap()
         );
         let (ns, pname) = ev.project.path.rsplit_once('/').unwrap();
-        assert_eq!((ev.project.namespace.as_str(), ev.project.name.as_str()), (ns, pname));
+        assert_eq!(
+            (ev.project.namespace.as_str(), ev.project.name.as_str()),
+            (ns, pname)
+        );
         assert_eq!(
             ev.project.id,
             raw["project"]["id"].as_u64().or(raw["project_id"].as_u64())
@@ -113,7 +119,14 @@ async fn every_fixture_gets_its_answer_and_event_fields() {
             }
         );
         let tag = ev.git_ref.starts_with("refs/tags/");
-        assert_eq!(ev.kind, if tag { EventKind::TagPush } else { EventKind::Push });
+        assert_eq!(
+            ev.kind,
+            if tag {
+                EventKind::TagPush
+            } else {
+                EventKind::Push
+            }
+        );
         if name == "system_tag_push" {
             assert_eq!(ev.commit, "5937ac0a7beb003549fc5fd26fc247adbce4a52e");
             assert_eq!(ev.after, "82b3d5ae55f7080f1e6022629cdb57bfae7cccc7");
@@ -128,12 +141,20 @@ async fn nested_group_project_is_graded_against_root_name_test() {
     world.bare_repo("root/lab1-test");
     let server = Server::start(world.config()).await;
     let body = push_body("a/b/c/lab1", "refs/heads/main", &sha(1), &sha(2));
-    let job = job_of(&server.post(&push_headers("Push Hook", "k-nested"), body).await);
+    let job = job_of(
+        &server
+            .post(&push_headers("Push Hook", "k-nested"), body)
+            .await,
+    );
     let ev = server.event(&job);
     assert_eq!(ev.project.path, "a/b/c/lab1");
     assert_eq!(ev.project.namespace, "a/b/c");
     assert_eq!(ev.project.name, "lab1");
-    assert!(ev.clone_url.ends_with("/repos/a/b/c/lab1.git"), "{}", ev.clone_url);
+    assert!(
+        ev.clone_url.ends_with("/repos/a/b/c/lab1.git"),
+        "{}",
+        ev.clone_url
+    );
     server.stop().await;
 }
 

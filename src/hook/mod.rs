@@ -45,7 +45,7 @@ use crate::metrics;
 use crate::spool::{Spool, SpoolError, State, new_job_id};
 use dedup::{KeyLocks, Markers, delivery_key, job_exists, update_key};
 use parse::{Delivery, Ignored, RefUpdate};
-use sync::GroupSync;
+use sync::GroupCommit;
 use testrepos::TestRepos;
 
 /// Connections served at once; more wait in the kernel's accept queue.
@@ -153,7 +153,7 @@ struct Hook {
     token: Option<Secret>,
     markers: Markers,
     locks: KeyLocks,
-    dirsync: GroupSync,
+    commit: GroupCommit,
     repos: TestRepos,
 }
 
@@ -200,11 +200,14 @@ impl Hook {
         if rebuilt > 0 {
             tracing::info!(rebuilt, "restored dedup markers of waiting events");
         }
-        let dirs = vec![spool.dir(State::Incoming), markers.dir().to_path_buf()];
-        for d in &dirs {
-            crate::spool::fsync_dir(d).map_err(prep)?;
+        // What a previous life left visible but maybe not durable (it was
+        // killed before its fsyncs) is made durable before anyone is told
+        // "duplicate" about it.
+        for d in [spool.dir(State::Incoming), markers.dir().to_path_buf()] {
+            crate::spool::fsync_dir(&d).map_err(prep)?;
         }
-        let dirsync = GroupSync::start(dirs).map_err(prep)?;
+        let commit =
+            GroupCommit::start(spool.clone(), vec![markers.dir().to_path_buf()]).map_err(prep)?;
         let token = cfg.secrets.webhook_token.clone();
         if token.is_none() {
             tracing::warn!(
@@ -220,7 +223,7 @@ impl Hook {
             token,
             markers,
             locks: KeyLocks::default(),
-            dirsync,
+            commit,
             repos,
         })
     }
@@ -596,39 +599,30 @@ impl Hook {
         let spool = self.spool.clone();
         let keys: Vec<String> = std::iter::once(ukey).chain(dkey).collect();
         let markers = self.markers.clone();
-        let markers_dir = self.markers.dir().to_path_buf();
         let job2 = job.clone();
         let keys2 = keys.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let undo = |markers: &Markers| {
-                for k in &keys2 {
-                    markers.remove_if(k, &job2);
-                }
-            };
+        // Markers first (a marker without its job is stale and ignored; a
+        // job without its marker could be stored twice), then the event,
+        // written but not yet fsynced: the group commit does that.
+        let staged = tokio::task::spawn_blocking(move || {
             for k in &keys2 {
                 if let Err(source) = markers.set(k, &job2) {
-                    undo(&markers);
+                    undo_markers(&markers, &keys2, &job2);
                     return Err(HookError::Marker {
-                        path: markers_dir.clone(),
+                        path: markers.dir().to_path_buf(),
                         source,
                     });
                 }
             }
-            if let Err(e) = spool.publish_unsynced(State::Incoming, &format!("{job2}.json"), &bytes)
-            {
-                undo(&markers);
-                return Err(e.into());
-            }
-            Ok(())
+            spool
+                .stage(&format!("{job2}.json"), &bytes)
+                .inspect_err(|_| undo_markers(&markers, &keys2, &job2))
+                .map_err(HookError::from)
         })
         .await
-        .map_err(|e| HookError::Task(e.to_string()))?;
-        written?;
-        if let Err(e) = self.dirsync.sync().await {
-            let _ = std::fs::remove_file(self.spool.path(State::Incoming, &event.file_name()));
-            for k in &keys {
-                self.markers.remove_if(k, &job);
-            }
+        .map_err(|e| HookError::Task(e.to_string()))??;
+        if let Err(e) = self.commit.publish(staged).await {
+            undo_markers(&self.markers, &keys, &job);
             return Err(HookError::Sync(e));
         }
         metrics::inc(
@@ -647,6 +641,12 @@ impl Hook {
             job,
             duplicate: false,
         })
+    }
+}
+
+fn undo_markers(markers: &Markers, keys: &[String], job: &str) {
+    for k in keys {
+        markers.remove_if(k, job);
     }
 }
 

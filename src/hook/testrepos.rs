@@ -46,7 +46,7 @@ struct Entry {
 /// How lookups are made.
 #[derive(Debug)]
 enum Source {
-    Api(GitlabApi),
+    Api(Box<GitlabApi>),
     LsRemote,
 }
 
@@ -64,7 +64,7 @@ impl TestRepos {
     pub fn new(cfg: &Config) -> TestRepos {
         let timeout = cfg.server.test_repo_lookup_timeout.get();
         let source = match GitlabApi::from_config(cfg, HttpClient::new()) {
-            Some(api) => Source::Api(api.with_timeout(timeout)),
+            Some(api) => Source::Api(Box::new(api.with_timeout(timeout))),
             None => Source::LsRemote,
         };
         TestRepos {

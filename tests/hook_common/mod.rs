@@ -205,7 +205,13 @@ impl Server {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         self.http
-            .request(method, &self.url(path), &h, Some(body), Duration::from_secs(20))
+            .request(
+                method,
+                &self.url(path),
+                &h,
+                Some(body),
+                Duration::from_secs(20),
+            )
             .await
             .unwrap()
     }
@@ -224,8 +230,13 @@ impl Server {
     }
 
     pub fn event(&self, job: &str) -> Event {
-        Event::from_bytes(&self.spool.read(State::Incoming, &format!("{job}.json")).unwrap())
-            .unwrap()
+        Event::from_bytes(
+            &self
+                .spool
+                .read(State::Incoming, &format!("{job}.json"))
+                .unwrap(),
+        )
+        .unwrap()
     }
 }
 
@@ -274,43 +285,73 @@ impl GitlabApiServer {
                 };
                 let (p3, s3) = (p2.clone(), s2.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (projects, seen) = (p3.clone(), s3.clone());
-                        async move {
-                            let path = req.uri().path().to_string();
-                            seen.lock().unwrap().push(path.clone());
-                            let json = |status: StatusCode, v: serde_json::Value| {
-                                let mut r = Response::new(Full::new(bytes::Bytes::from(v.to_string())));
-                                *r.status_mut() = status;
-                                r.headers_mut().insert("content-type", "application/json".parse().unwrap());
-                                Ok::<_, std::convert::Infallible>(r)
-                            };
-                            if req.headers().get("private-token").map(|v| v.as_bytes()) != Some(API_TOKEN.as_bytes()) {
-                                return json(StatusCode::UNAUTHORIZED, serde_json::json!({"message": "401 Unauthorized"}));
+                    let svc = hyper::service::service_fn(
+                        move |req: Request<hyper::body::Incoming>| {
+                            let (projects, seen) = (p3.clone(), s3.clone());
+                            async move {
+                                let path = req.uri().path().to_string();
+                                seen.lock().unwrap().push(path.clone());
+                                let json = |status: StatusCode, v: serde_json::Value| {
+                                    let mut r =
+                                        Response::new(Full::new(bytes::Bytes::from(v.to_string())));
+                                    *r.status_mut() = status;
+                                    r.headers_mut().insert(
+                                        "content-type",
+                                        "application/json".parse().unwrap(),
+                                    );
+                                    Ok::<_, std::convert::Infallible>(r)
+                                };
+                                if req.headers().get("private-token").map(|v| v.as_bytes())
+                                    != Some(API_TOKEN.as_bytes())
+                                {
+                                    return json(
+                                        StatusCode::UNAUTHORIZED,
+                                        serde_json::json!({"message": "401 Unauthorized"}),
+                                    );
+                                }
+                                let Some(id) = path.strip_prefix("/api/v4/projects/") else {
+                                    return json(
+                                        StatusCode::NOT_FOUND,
+                                        serde_json::json!({"error": "404 Not Found"}),
+                                    );
+                                };
+                                let id = percent_decode(id);
+                                let list = projects.lock().unwrap();
+                                match list.iter().position(|p| {
+                                    *p == id
+                                        || (1000 + list.iter().position(|q| q == p).unwrap())
+                                            .to_string()
+                                            == id
+                                }) {
+                                    Some(i) => json(
+                                        StatusCode::OK,
+                                        serde_json::json!({
+                                            "id": 1000 + i, "path_with_namespace": list[i],
+                                            "name": list[i].rsplit('/').next(), "default_branch": "main",
+                                            "http_url_to_repo": format!("http://gitlab.test/{}.git", list[i]),
+                                            "visibility": "private"
+                                        }),
+                                    ),
+                                    None => json(
+                                        StatusCode::NOT_FOUND,
+                                        serde_json::json!({"message": "404 Project Not Found"}),
+                                    ),
+                                }
                             }
-                            let Some(id) = path.strip_prefix("/api/v4/projects/") else {
-                                return json(StatusCode::NOT_FOUND, serde_json::json!({"error": "404 Not Found"}));
-                            };
-                            let id = percent_decode(id);
-                            let list = projects.lock().unwrap();
-                            match list.iter().position(|p| *p == id || (1000 + list.iter().position(|q| q == p).unwrap()).to_string() == id) {
-                                Some(i) => json(StatusCode::OK, serde_json::json!({
-                                    "id": 1000 + i, "path_with_namespace": list[i],
-                                    "name": list[i].rsplit('/').next(), "default_branch": "main",
-                                    "http_url_to_repo": format!("http://gitlab.test/{}.git", list[i]),
-                                    "visibility": "private"
-                                })),
-                                None => json(StatusCode::NOT_FOUND, serde_json::json!({"message": "404 Project Not Found"})),
-                            }
-                        }
-                    });
+                        },
+                    );
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                         .await;
                 });
             }
         });
-        GitlabApiServer { url, projects, seen, stop }
+        GitlabApiServer {
+            url,
+            projects,
+            seen,
+            stop,
+        }
     }
 
     pub fn add(&self, path: &str) {
