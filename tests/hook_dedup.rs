@@ -231,3 +231,31 @@ async fn markers_are_rebuilt_at_start_from_waiting_events() {
     assert_eq!(server.incoming().len(), 1);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repository_update_with_many_refs_stores_each_ref_once() {
+    let world = World::new();
+    world.bare_repo("root/lab1-test");
+    let server = Server::start(world.config()).await;
+    let refs: Vec<String> = (0..150).map(|i| format!("refs/heads/r{i}")).collect();
+    let (z, a) = (labgrader::event::ZERO_SHA.to_string(), sha(42));
+    let mut ch: Vec<(&str, &str, &str)> = refs
+        .iter()
+        .map(|r| (z.as_str(), a.as_str(), r.as_str()))
+        .collect();
+    ch.push((z.as_str(), a.as_str(), refs[0].as_str())); // listed twice: still one job
+    let body = repository_update_body("alice/lab1", &ch);
+    let t = std::time::Instant::now();
+    let r = server
+        .post(&push_headers("System Hook", "many"), body)
+        .await;
+    eprintln!(
+        "150 refs stored in {:?} with {} group commits",
+        t.elapsed(),
+        labgrader::metrics::counter_value("labgrader_hook_commits_total", &[])
+    );
+    let ids = json(&r)["job_ids"].as_array().unwrap().len();
+    assert_eq!(ids, 150);
+    assert_eq!(server.incoming().len(), 150);
+    server.stop().await;
+}

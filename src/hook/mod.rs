@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -56,6 +57,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// In-flight connections get this long to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Refs of one delivery stored concurrently.
+const REFS_IN_FLIGHT: usize = 64;
 /// Longest `Idempotency-Key` accepted (GitLab sends a UUID).
 const MAX_KEY: usize = 256;
 
@@ -458,11 +461,15 @@ impl Hook {
         let mut jobs: Vec<String> = Vec::new();
         let mut all_duplicates = true;
         let mut ignored = skipped;
-        for u in updates {
-            match self
-                .intake_one(source, &gitlab_event, delivery.as_deref(), &raw, u)
-                .await
-            {
+        // The refs of a big push go through the same group commits rather
+        // than one after another (GitLab waits at most 10 s).
+        let outcomes: Vec<_> = futures_util::stream::iter(updates)
+            .map(|u| self.intake_one(source, &gitlab_event, delivery.as_deref(), &raw, u))
+            .buffered(REFS_IN_FLIGHT)
+            .collect()
+            .await;
+        for outcome in outcomes {
+            match outcome {
                 Ok(Outcome::Stored { job, duplicate }) => {
                     all_duplicates &= duplicate;
                     if !jobs.contains(&job) {
