@@ -2,9 +2,9 @@
 //!
 //! Owns one thread that publishes staged event files for every batch of
 //! requests queued while it was busy, in the order durability needs:
-//! start write-back of every file, fsync every file, link each into
-//! `incoming/`, fsync the directories (`incoming/`, `keys/`), and only then
-//! answer each request with its own result. Each request is answered only
+//! fsync every file (concurrently), link each into `incoming/`, fsync the
+//! directories (`incoming/`, `keys/`), and only then answer each request
+//! with its own result. Each request is answered only
 //! after its file's fsync and a directory fsync that began after its link,
 //! exactly what a per-request publish guarantees; but on ext4 each fsync is
 //! a journal commit and commits serialize, so 32 requests sharing two
@@ -14,7 +14,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, mpsc};
 use std::time::Instant;
@@ -23,6 +22,9 @@ use tokio::sync::oneshot;
 
 use crate::metrics;
 use crate::spool::{Spool, SpoolError, Staged, State};
+
+/// Most files in one commit (each gets an fsync thread for its moment).
+const MAX_BATCH: usize = 256;
 
 type Reply = oneshot::Sender<Result<PathBuf, String>>;
 
@@ -68,21 +70,32 @@ fn run(
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
+        while batch.len() < MAX_BATCH
+            && let Ok(more) = rx.try_recv()
+        {
             batch.push(more);
         }
         let started = Instant::now();
         let size = batch.len();
-        // Write-back of every file first, so the first fsync's journal
-        // commit carries them all and the later fsyncs find little to do.
-        for (s, _) in &batch {
-            start_writeback(&s.file);
-        }
+        // fsync every file of the batch at once, from threads of their own:
+        // the kernel folds concurrent fsyncs into one journal commit,
+        // where one thread fsyncing them in turn would pay a commit each.
+        let fsynced: Vec<std::io::Result<()>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|(s, _)| scope.spawn(|| s.file.sync_all()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked")))
+                })
+                .collect()
+        });
         let mut linked: Vec<(PathBuf, Reply)> = Vec::with_capacity(size);
-        for (s, reply) in batch {
-            let result = s
-                .file
-                .sync_all()
+        for ((s, reply), synced) in batch.into_iter().zip(fsynced) {
+            let result = synced
                 .map_err(|source| SpoolError::Write {
                     path: s.tmp.clone(),
                     source,
@@ -127,14 +140,5 @@ fn run(
                 &[],
             );
         }
-    }
-}
-
-/// Ask the kernel to start writing `f` back now (Linux `sync_file_range`).
-/// Only a hint for batching; durability always comes from the fsync after.
-fn start_writeback(f: &File) {
-    // SAFETY: a valid open fd; the call reads no memory of ours.
-    unsafe {
-        libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
