@@ -161,6 +161,8 @@ async fn sigkill_under_load_loses_no_accepted_event() {
     )
     .unwrap();
 
+    // Connections pooled to the dead process are useless; start afresh.
+    let http = HttpClient::new();
     let mut child = spawn_hook(&world, &config, "hook2.log");
     wait_healthy(&http, &base, &mut child).await;
     assert_eq!(
@@ -204,10 +206,11 @@ async fn sigkill_under_load_loses_no_accepted_event() {
                 &format!("{base}/hooks/gitlab"),
                 &h,
                 Some(b),
-                Duration::from_secs(10),
+                // A hang guard only: this VM's disk can stall for seconds.
+                Duration::from_secs(60),
             )
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("re-send of delivery {n}: {e}"));
         assert_eq!(r.status, 202);
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         let job = v["job_id"].as_str().unwrap().to_string();

@@ -80,19 +80,23 @@ fn run(
         // fsync every file of the batch at once, from threads of their own:
         // the kernel folds concurrent fsyncs into one journal commit,
         // where one thread fsyncing them in turn would pay a commit each.
-        let fsynced: Vec<std::io::Result<()>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = batch
-                .iter()
-                .map(|(s, _)| scope.spawn(|| s.file.sync_all()))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked")))
-                })
-                .collect()
-        });
+        let fsynced: Vec<std::io::Result<()>> = if size == 1 {
+            vec![batch[0].0.file.sync_all()]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = batch
+                    .iter()
+                    .map(|(s, _)| scope.spawn(|| s.file.sync_all()))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked")))
+                    })
+                    .collect()
+            })
+        };
         let mut linked: Vec<(PathBuf, Reply)> = Vec::with_capacity(size);
         for ((s, reply), synced) in batch.into_iter().zip(fsynced) {
             let result = synced
