@@ -550,6 +550,24 @@ mod tests {
     }
 
     #[test]
+    fn staged_files_link_once_and_leave_no_tmp() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Spool::open(t.path()).unwrap();
+        let a = s.stage("j.json", b"{}").unwrap();
+        a.file.sync_all().unwrap();
+        s.link_staged(&a, State::Incoming).unwrap();
+        let b = s.stage("j.json", b"{2}").unwrap();
+        assert!(matches!(
+            s.link_staged(&b, State::Incoming),
+            Err(SpoolError::Exists { .. })
+        ));
+        let c = s.stage("k.json", b"x").unwrap();
+        s.discard(c);
+        assert!(s.list(State::Tmp).unwrap().is_empty());
+        assert_eq!(s.read(State::Incoming, "j.json").unwrap(), b"{}");
+    }
+
+    #[test]
     fn job_ids_sort_by_creation() {
         let ids: Vec<String> = (0..1000).map(|_| new_job_id()).collect();
         let mut sorted = ids.clone();
