@@ -147,6 +147,11 @@ async fn refs_pushed_only_through_repository_update_are_graded() {
         assert_eq!(ev.source, labgrader::event::HookSource::SystemHook);
         assert_eq!(ev.delivery_key.as_deref(), Some("big"));
         assert_eq!(ev.pusher.email.as_deref(), Some("ada@example.edu"));
+        // raw keeps the body but only this event's change, not all of them.
+        assert_eq!(ev.raw["changes"].as_array().unwrap().len(), 1);
+        assert_eq!(ev.raw["changes"][0]["ref"], ev.git_ref.as_str());
+        assert_eq!(ev.raw["refs"], serde_json::json!([ev.git_ref]));
+        assert_eq!(ev.raw["project"]["path_with_namespace"], "alice/lab1");
     }
     // Replayed: same ids, nothing new.
     let again = server

@@ -464,7 +464,10 @@ impl Hook {
         // The refs of a big push go through the same group commits rather
         // than one after another (GitLab waits at most 10 s).
         let outcomes: Vec<_> = futures_util::stream::iter(updates)
-            .map(|u| self.intake_one(source, &gitlab_event, delivery.as_deref(), &raw, u))
+            .map(|u| {
+                let raw = raw_for(&raw, &u);
+                self.intake_one(source, &gitlab_event, delivery.as_deref(), raw, u)
+            })
             .buffered(REFS_IN_FLIGHT)
             .collect()
             .await;
@@ -523,7 +526,7 @@ impl Hook {
         source: HookSource,
         gitlab_event: &str,
         delivery: Option<&str>,
-        raw: &serde_json::Value,
+        raw: serde_json::Value,
         u: RefUpdate,
     ) -> Result<Outcome, HookError> {
         let gl = &self.cfg.gitlab;
@@ -600,7 +603,7 @@ impl Hook {
             crashes: 0,
             infra_attempts: 0,
             not_before: None,
-            raw: raw.clone(),
+            raw,
         };
         let bytes = event.to_bytes();
         let spool = self.spool.clone();
@@ -649,6 +652,30 @@ impl Hook {
             duplicate: false,
         })
     }
+}
+
+/// The `raw` payload of one event: the body as received, except that a
+/// repository_update's `changes` and `refs` are narrowed to this event's
+/// ref, so a push of many refs does not copy the whole body into each of
+/// its event files.
+fn raw_for(raw: &serde_json::Value, u: &RefUpdate) -> serde_json::Value {
+    let Some(obj) = raw.as_object() else {
+        return raw.clone();
+    };
+    if !obj.contains_key("changes") {
+        return raw.clone();
+    }
+    let mut narrowed: serde_json::Map<String, serde_json::Value> = obj
+        .iter()
+        .filter(|(k, _)| *k != "changes" && *k != "refs")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    narrowed.insert(
+        "changes".into(),
+        serde_json::json!([{"before": u.before, "after": u.after, "ref": u.git_ref}]),
+    );
+    narrowed.insert("refs".into(), serde_json::json!([u.git_ref]));
+    serde_json::Value::Object(narrowed)
 }
 
 fn undo_markers(markers: &Markers, keys: &[String], job: &str) {
