@@ -49,8 +49,9 @@ use parse::{Delivery, Ignored, RefUpdate};
 use sync::GroupCommit;
 use testrepos::TestRepos;
 
-/// Connections served at once; more wait in the kernel's accept queue.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections served at once (with `max_body` this bounds the memory held
+/// by bodies in flight); more wait in the kernel's accept queue.
+pub const MAX_CONNECTIONS: usize = 256;
 /// Time allowed to send the request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time allowed to send the body.
