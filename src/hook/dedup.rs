@@ -1,12 +1,14 @@
 //! Duplicate detection for deliveries, durable across restarts and
 //! race-free under concurrent identical deliveries.
 //!
-//! Owns `spool/keys/`: one marker per dedup key, a symlink named by the
-//! SHA-256 of the key whose target is the job id it produced. Two keys per
-//! ref update: the delivery key (`Idempotency-Key`, stable across GitLab's
-//! retries and manual re-sends, plus the ref) and the update key (project,
-//! ref, before, after: the same for the push hook, the system push hook and
-//! the repository_update of one push). `symlink(2)` refuses to replace an
+//! Owns `spool/keys/`: one marker per ref update, a symlink named by the
+//! SHA-256 of (project, ref, before, after) whose target is the job id it
+//! produced. That key is the same for a re-send of a delivery (GitLab keeps
+//! the `Idempotency-Key` and the body) and for the push hook, the system
+//! push hook and the repository_update of one push, so one marker per
+//! event covers them all (each extra marker would cost a metadata write on
+//! the intake path); the `Idempotency-Key` itself is kept in the event
+//! file. `symlink(2)` refuses to replace an
 //! existing name, so of two racing creators exactly one wins; inside the
 //! process a per-key lock ([`KeyLocks`]) serializes identical deliveries so
 //! the loser waits for the winner's answer instead of guessing.
@@ -38,11 +40,6 @@ pub struct Markers {
 /// The dedup key of one ref update, independent of which hook delivered it.
 pub fn update_key(project_path: &str, git_ref: &str, before: &str, after: &str) -> String {
     hashed("u", &[project_path, git_ref, before, after])
-}
-
-/// The dedup key of one ref of one GitLab delivery.
-pub fn delivery_key(idempotency_key: &str, git_ref: &str) -> String {
-    hashed("d", &[idempotency_key, git_ref])
 }
 
 fn hashed(prefix: &str, parts: &[&str]) -> String {
@@ -184,10 +181,6 @@ mod tests {
         assert_ne!(
             update_key("a/b", "c", "d", "e"),
             update_key("a/bc", "", "d", "e")
-        );
-        assert_ne!(
-            delivery_key("k", "refs/heads/a"),
-            delivery_key("k", "refs/heads/b")
         );
         assert!(is_valid_name(&update_key("a/b", "r", "x", "y")));
     }

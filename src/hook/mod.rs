@@ -44,7 +44,7 @@ use crate::config::{Config, Secret};
 use crate::event::{EVENT_SCHEMA, Event, HookSource};
 use crate::metrics;
 use crate::spool::{Spool, SpoolError, State, new_job_id};
-use dedup::{KeyLocks, Markers, delivery_key, job_exists, update_key};
+use dedup::{KeyLocks, Markers, job_exists, update_key};
 use parse::{Delivery, Ignored, RefUpdate};
 use sync::GroupCommit;
 use testrepos::TestRepos;
@@ -562,17 +562,13 @@ impl Hook {
             }
         }
 
+        // One key per ref update: a re-send of a delivery (same
+        // Idempotency-Key, same body) and the same push arriving through
+        // another hook all map to it.
         let ukey = update_key(&u.project.path, &u.git_ref, &u.before, &u.after);
-        let dkey = delivery.map(|d| delivery_key(d, &u.git_ref));
         let _one_at_a_time = self.locks.lock(&ukey).await;
         let root = self.spool.root();
-        let known = |k: &str| self.markers.get(k).filter(|j| job_exists(root, j));
-        if let Some(job) = dkey.as_deref().and_then(known).or_else(|| known(&ukey)) {
-            if let Some(d) = &dkey {
-                // Remember the delivery too; best effort, the update key
-                // already answers for it.
-                let _ = self.markers.create(d, &job);
-            }
+        if let Some(job) = self.markers.get(&ukey).filter(|j| job_exists(root, j)) {
             metrics::inc(
                 "labgrader_hook_duplicates_total",
                 "Deliveries of a push already stored (re-sends, several hooks).",
@@ -608,11 +604,11 @@ impl Hook {
         };
         let bytes = event.to_bytes();
         let spool = self.spool.clone();
-        let keys: Vec<String> = std::iter::once(ukey).chain(dkey).collect();
+        let keys: Vec<String> = vec![ukey];
         let markers = self.markers.clone();
         let job2 = job.clone();
         let keys2 = keys.clone();
-        // Markers first (a marker without its job is stale and ignored; a
+        // Marker first (a marker without its job is stale and ignored; a
         // job without its marker could be stored twice), then the event,
         // written but not yet fsynced: the group commit does that.
         let staged = tokio::task::spawn_blocking(move || {
@@ -701,15 +697,12 @@ fn rebuild_markers(spool: &Spool, markers: &Markers) -> std::io::Result<usize> {
             let Ok(ev) = Event::from_bytes(&bytes) else {
                 continue;
             };
-            let mut keys = vec![update_key(
+            let keys = [update_key(
                 &ev.project.path,
                 &ev.git_ref,
                 &ev.before,
                 &ev.after,
             )];
-            if let Some(d) = &ev.delivery_key {
-                keys.push(delivery_key(d, &ev.git_ref));
-            }
             for k in keys {
                 let ok = markers
                     .get(&k)
