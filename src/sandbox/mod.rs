@@ -8,6 +8,7 @@
 //! grader's own fault (engine down, setup failed) and is never charged to
 //! the student.
 
+pub mod docker;
 pub mod none;
 pub mod output;
 
