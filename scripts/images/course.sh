@@ -28,7 +28,7 @@ fi
 need_pkgs debootstrap
 if [ -z "${MIRROR:-}" ]; then
     MIRROR=$(grep -hoE '(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null |
-        awk '{print $2}' | head -1)
+        awk '{print $2}' | head -1 || true)
     MIRROR=${MIRROR:-http://deb.debian.org/debian}
 fi
 
