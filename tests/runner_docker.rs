@@ -56,7 +56,10 @@ async fn busybox() -> Option<DockerRunner> {
 
 /// Write `test_all` (and other files) into a fresh workspace.
 fn workspace(files: &[(&str, &[u8], bool)]) -> tempfile::TempDir {
-    let ws = tempfile::Builder::new().prefix("lg-docker-").tempdir().unwrap();
+    let ws = tempfile::Builder::new()
+        .prefix("lg-docker-")
+        .tempdir()
+        .unwrap();
     for (name, body, exec) in files {
         let p = ws.path().join(name);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -90,7 +93,10 @@ async fn still_serves(runner: &DockerRunner, case: &str) {
     let ws = workspace(&[("test_all", b"#!/bin/sh\necho next job ok\n", true)]);
     let next = format!("next-after-{case}-{}", std::process::id());
     let o = runner
-        .run(&spec(&next, ws.path(), common::hostile::limits()), &CancellationToken::new())
+        .run(
+            &spec(&next, ws.path(), common::hostile::limits()),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     assert_eq!(o.termination, Termination::Exited { code: 0 }, "{o:?}");
@@ -130,29 +136,47 @@ mod hostile {
             return;
         }
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "hostile::stdout_flood_in_child", "--ignored", "--nocapture"])
+            .args([
+                "--exact",
+                "hostile::stdout_flood_in_child",
+                "--ignored",
+                "--nocapture",
+            ])
             .args(["--test-threads", "1"])
             .env("LG_FLOOD_CHILD", "1")
             .output()
             .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "child test failed:\n{text}");
-        assert!(text.contains("rss-growth-kib="), "child did not run the case:\n{text}");
+        assert!(
+            text.contains("rss-growth-kib="),
+            "child did not run the case:\n{text}"
+        );
     }
 
     #[tokio::test]
     #[ignore = "run by hostile::stdout_flood in a child process"]
     async fn stdout_flood_in_child() {
         assert_eq!(std::env::var("LG_FLOOD_CHILD").as_deref(), Ok("1"));
-        let Some(runner) = busybox().await else { return };
+        let Some(runner) = busybox().await else {
+            return;
+        };
         // Warm up (connection pool, helper binaries, buffers) first.
         still_serves(&runner, "warmup").await;
         let before = vm_hwm_kib();
         let o = common::hostile::run_case(&runner, "stdout_flood").await;
         let growth = vm_hwm_kib().saturating_sub(before);
         println!("rss-growth-kib={growth} total={}", o.stdout.total);
-        assert!(o.stdout.total > 100 << 20, "the flood did not arrive: {}", o.stdout.total);
-        assert!(growth < 32 << 10, "peak RSS grew by {growth} KiB for a 200 MB flood");
+        assert!(
+            o.stdout.total > 100 << 20,
+            "the flood did not arrive: {}",
+            o.stdout.total
+        );
+        assert!(
+            growth < 32 << 10,
+            "peak RSS grew by {growth} KiB for a 200 MB flood"
+        );
         still_serves(&runner, "stdout_flood").await;
     }
 
@@ -168,12 +192,21 @@ mod hostile {
 
 #[tokio::test]
 async fn infinite_loop_container_is_gone_after_timeout() {
-    let Some(runner) = busybox().await else { return };
-    let ws = workspace(&[("test_all", b"#!/bin/sh\necho looping\nwhile :; do :; done\n", true)]);
+    let Some(runner) = busybox().await else {
+        return;
+    };
+    let ws = workspace(&[(
+        "test_all",
+        b"#!/bin/sh\necho looping\nwhile :; do :; done\n",
+        true,
+    )]);
     let job = format!("loop-gone-{}", std::process::id());
     let mut limits = common::hostile::limits();
     limits.timeout = Duration::from_secs(2);
-    let o = runner.run(&spec(&job, ws.path(), limits), &CancellationToken::new()).await.unwrap();
+    let o = runner
+        .run(&spec(&job, ws.path(), limits), &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(o.termination, Termination::Timeout);
     assert_eq!(stdout(&o), "looping\n");
     assert!(runner.job_containers(Some(&job)).await.unwrap().is_empty());
@@ -184,8 +217,12 @@ async fn infinite_loop_container_is_gone_after_timeout() {
 /// readiness marker never shows in stderr.
 #[tokio::test]
 async fn workspace_arrives_byte_exact_with_modes_and_env() {
-    let Some(runner) = busybox().await else { return };
-    let blob: Vec<u8> = (0..(3 << 20)).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let Some(runner) = busybox().await else {
+        return;
+    };
+    let blob: Vec<u8> = (0..(3 << 20))
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let expect = format!("{:x}", md5_of(&blob));
     let ws = workspace(&[
         (
@@ -202,19 +239,37 @@ async fn workspace_arrives_byte_exact_with_modes_and_env() {
     ]);
     std::os::unix::fs::symlink("/etc/passwd", ws.path().join("link")).unwrap();
     let o = runner
-        .run(&spec("ws-exact", ws.path(), common::hostile::limits()), &CancellationToken::new())
+        .run(
+            &spec("ws-exact", ws.path(), common::hostile::limits()),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     let out = stdout(&o);
     assert_eq!(o.termination, Termination::Exited { code: 0 }, "{o:?}");
-    assert!(out.starts_with(&format!("{expect}  data/blob.bin\n")), "{out}");
+    assert!(
+        out.starts_with(&format!("{expect}  data/blob.bin\n")),
+        "{out}"
+    );
     assert!(out.contains("tool: exec\n"), "{out}");
     assert!(out.contains("blob: plain\n"), "{out}");
-    assert!(out.contains("pwd=/workspace home=/workspace lang=C.UTF-8 job=ws-exact\n"), "{out}");
+    assert!(
+        out.contains("pwd=/workspace home=/workspace lang=C.UTF-8 job=ws-exact\n"),
+        "{out}"
+    );
     assert!(out.contains("owner=65534 me=65534\n"), "{out}");
-    assert!(out.contains("/etc/passwd\n"), "symlink kept as a link: {out}");
+    assert!(
+        out.contains("/etc/passwd\n"),
+        "symlink kept as a link: {out}"
+    );
     assert_eq!(String::from_utf8_lossy(&o.stderr.bytes), "to staff\n");
-    assert!(o.image_id.as_deref().is_some_and(|i| i.starts_with("sha256:")), "{:?}", o.image_id);
+    assert!(
+        o.image_id
+            .as_deref()
+            .is_some_and(|i| i.starts_with("sha256:")),
+        "{:?}",
+        o.image_id
+    );
     assert_eq!(o.image.as_deref(), Some(BUSYBOX_IMAGE));
     assert_eq!(o.runner, "docker");
 }
@@ -229,19 +284,40 @@ fn md5_of(data: &[u8]) -> u128 {
         .unwrap();
     child.stdin.take().unwrap().write_all(data).unwrap();
     let out = child.wait_with_output().unwrap();
-    u128::from_str_radix(String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap(), 16).unwrap()
+    u128::from_str_radix(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap(),
+        16,
+    )
+    .unwrap()
 }
 
 #[tokio::test]
 async fn exit_code_and_signal_are_reported() {
-    let Some(runner) = busybox().await else { return };
+    let Some(runner) = busybox().await else {
+        return;
+    };
     let ws = workspace(&[("test_all", b"#!/bin/sh\necho partial\nexit 3\n", true)]);
-    let o = runner.run(&spec("exit-3", ws.path(), common::hostile::limits()), &CancellationToken::new()).await.unwrap();
+    let o = runner
+        .run(
+            &spec("exit-3", ws.path(), common::hostile::limits()),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
     assert_eq!(o.termination, Termination::Exited { code: 3 });
     assert_eq!(stdout(&o), "partial\n");
 
     let ws = workspace(&[("test_all", b"#!/bin/sh\nkill -SEGV $$\n", true)]);
-    let o = runner.run(&spec("segv", ws.path(), common::hostile::limits()), &CancellationToken::new()).await.unwrap();
+    let o = runner
+        .run(
+            &spec("segv", ws.path(), common::hostile::limits()),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
     assert_eq!(o.termination, Termination::Signaled { signal: 11 }, "{o:?}");
 }
 
@@ -249,7 +325,9 @@ async fn exit_code_and_signal_are_reported() {
 /// verdict) and removes the container.
 #[tokio::test]
 async fn cancel_kills_and_removes_the_container() {
-    let Some(runner) = busybox().await else { return };
+    let Some(runner) = busybox().await else {
+        return;
+    };
     let ws = workspace(&[("test_all", b"#!/bin/sh\nsleep 60\n", true)]);
     let job = format!("cancel-{}", std::process::id());
     let cancel = CancellationToken::new();
@@ -258,7 +336,10 @@ async fn cancel_kills_and_removes_the_container() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         c2.cancel();
     });
-    let err = runner.run(&spec(&job, ws.path(), common::hostile::limits()), &cancel).await.unwrap_err();
+    let err = runner
+        .run(&spec(&job, ws.path(), common::hostile::limits()), &cancel)
+        .await
+        .unwrap_err();
     assert!(matches!(err, SandboxError::Cancelled), "{err}");
     assert!(runner.job_containers(Some(&job)).await.unwrap().is_empty());
 }
@@ -267,11 +348,17 @@ async fn cancel_kills_and_removes_the_container() {
 /// container behind.
 #[tokio::test]
 async fn dropped_job_leaves_no_container() {
-    let Some(runner) = busybox().await else { return };
+    let Some(runner) = busybox().await else {
+        return;
+    };
     let ws = workspace(&[("test_all", b"#!/bin/sh\nsleep 60\n", true)]);
     let job = format!("dropped-{}", std::process::id());
     let s = spec(&job, ws.path(), common::hostile::limits());
-    let r = tokio::time::timeout(Duration::from_millis(1500), runner.run(&s, &CancellationToken::new())).await;
+    let r = tokio::time::timeout(
+        Duration::from_millis(1500),
+        runner.run(&s, &CancellationToken::new()),
+    )
+    .await;
     assert!(r.is_err(), "the job should still have been running");
     for _ in 0..50 {
         if runner.job_containers(Some(&job)).await.unwrap().is_empty() {
@@ -288,16 +375,24 @@ async fn missing_image_is_a_grader_fault() {
     if skip() {
         return;
     }
-    let err = DockerRunner::connect(&config("labgrader/no-such-image:never")).await.unwrap_err();
+    let err = DockerRunner::connect(&config("labgrader/no-such-image:never"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, SandboxError::Setup { .. }), "{err}");
-    assert!(err.to_string().contains("not on the Docker engine"), "{err}");
+    assert!(
+        err.to_string().contains("not on the Docker engine"),
+        "{err}"
+    );
 
     let runner = busybox().await.unwrap();
     let ws = workspace(&[("test_all", b"#!/bin/sh\necho hi\n", true)]);
     let mut s = spec("no-image", ws.path(), common::hostile::limits());
     s.image = Some("labgrader/no-such-image:never".into());
     let err = runner.run(&s, &CancellationToken::new()).await.unwrap_err();
-    assert!(err.to_string().contains("not on the Docker engine"), "{err}");
+    assert!(
+        err.to_string().contains("not on the Docker engine"),
+        "{err}"
+    );
 }
 
 /// An engine that does not answer is `Unavailable`, and `available()` says no.
@@ -319,13 +414,21 @@ async fn unreachable_engine_is_unavailable() {
 /// limit named, without starting a container.
 #[tokio::test]
 async fn workspace_larger_than_memory_names_the_memory_limit() {
-    let Some(runner) = busybox().await else { return };
+    let Some(runner) = busybox().await else {
+        return;
+    };
     let ws = workspace(&[("test_all", b"#!/bin/sh\necho hi\n", true)]);
     let f = std::fs::File::create(ws.path().join("big.bin")).unwrap();
     f.set_len(40 << 20).unwrap();
     let mut limits = common::hostile::limits();
     limits.memory = 32 << 20;
-    let o = runner.run(&spec("ws-too-big", ws.path(), limits), &CancellationToken::new()).await.unwrap();
+    let o = runner
+        .run(
+            &spec("ws-too-big", ws.path(), limits),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
     assert_eq!(o.termination, Termination::MemoryLimit);
     assert!(String::from_utf8_lossy(&o.stderr.bytes).contains("memory limit"));
 }
@@ -334,12 +437,35 @@ async fn workspace_larger_than_memory_names_the_memory_limit() {
 /// `false`): a setup fault, not a verdict on the student.
 #[tokio::test]
 async fn image_that_cannot_unpack_is_a_setup_fault() {
-    let Some(runner) = busybox().await else { return };
+    let Some(runner) = busybox().await else {
+        return;
+    };
     let image = "labgrader/test-broken-sh:latest";
-    let dockerfile = format!(
-        "FROM {BUSYBOX_IMAGE}\nUSER root\n\
-         RUN rm /bin/sh && printf '#!/bin/false\\n' > /bin/sh && chmod 755 /bin/sh\n"
+    build_image(
+        image,
+        &format!(
+            "FROM {BUSYBOX_IMAGE}\nUSER root\n\
+             RUN rm /bin/sh && printf '#!/bin/false\\n' > /bin/sh && chmod 755 /bin/sh\n"
+        ),
     );
+    let ws = workspace(&[("test_all", b"#!/bin/sh\necho hi\n", true)]);
+    let mut s = spec("broken-sh", ws.path(), common::hostile::limits());
+    s.image = Some(image.into());
+    let err = runner.run(&s, &CancellationToken::new()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SandboxError::Setup {
+                step: "unpack workspace in container",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// Build `image` from `dockerfile` once (kept between runs).
+fn build_image(image: &str, dockerfile: &str) {
     let st = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -350,11 +476,26 @@ async fn image_that_cannot_unpack_is_a_setup_fault() {
         .status()
         .unwrap();
     assert!(st.success(), "could not build {image}");
-    let ws = workspace(&[("test_all", b"#!/bin/sh\necho hi\n", true)]);
-    let mut s = spec("broken-sh", ws.path(), common::hostile::limits());
+}
+
+/// Course images built from a Dockerfile often have an ENTRYPOINT and a
+/// USER; neither may change how `test_all` is run.
+#[tokio::test]
+async fn image_entrypoint_and_user_are_overridden() {
+    let Some(runner) = busybox().await else {
+        return;
+    };
+    let image = "labgrader/test-entrypoint:latest";
+    build_image(
+        image,
+        &format!("FROM {BUSYBOX_IMAGE}\nUSER root\nENTRYPOINT [\"/bin/false\"]\nCMD [\"x\"]\n"),
+    );
+    let ws = workspace(&[("test_all", b"#!/bin/sh\necho uid=$(id -u)\n", true)]);
+    let mut s = spec("entrypoint", ws.path(), common::hostile::limits());
     s.image = Some(image.into());
-    let err = runner.run(&s, &CancellationToken::new()).await.unwrap_err();
-    assert!(matches!(err, SandboxError::Setup { step: "unpack workspace in container", .. }), "{err}");
+    let o = runner.run(&s, &CancellationToken::new()).await.unwrap();
+    assert_eq!(o.termination, Termination::Exited { code: 0 }, "{o:?}");
+    assert_eq!(stdout(&o), "uid=65534\n");
 }
 
 /// The happy path of a real course: a C lab in the debootstrap image. The
@@ -363,7 +504,9 @@ async fn image_that_cannot_unpack_is_a_setup_fault() {
 /// the summary → grade 75.
 #[tokio::test]
 async fn c_lab_in_course_image_gets_the_right_grade() {
-    let Some(runner) = runner_for(COURSE_IMAGE).await else { return };
+    let Some(runner) = runner_for(COURSE_IMAGE).await else {
+        return;
+    };
     let student_c = b"#include <stdio.h>\n\
 int main(void) {\n    int a, b;\n    while (scanf(\"%d %d\", &a, &b) == 2)\n        printf(\"%d\\n\", a + b);\n    return 0;\n}\n";
     let test_all = b"#!/bin/sh\n\
@@ -381,7 +524,11 @@ python3 -c \"print('python3: ok')\"\n\
 printf '<summary>\\ngrade_total = %s\\npassed = %s\\n</summary>\\n' $((pass * 100 / total)) $pass\n";
     let ws = workspace(&[
         ("sum.c", student_c, false),
-        ("Makefile", b"CFLAGS = -O2 -Wall\nsum: sum.c\n\t$(CC) $(CFLAGS) -o $@ $<\n", false),
+        (
+            "Makefile",
+            b"CFLAGS = -O2 -Wall\nsum: sum.c\n\t$(CC) $(CFLAGS) -o $@ $<\n",
+            false,
+        ),
         ("test_all", test_all, true),
         ("cases/1.in", b"1 2\n", false),
         ("cases/1.out", b"3\n", false),
@@ -401,13 +548,25 @@ printf '<summary>\\ngrade_total = %s\\npassed = %s\\n</summary>\\n' $((pass * 10
         file_size: 64 << 20,
         open_files: 256,
     };
-    let o = runner.run(&spec("c-lab", ws.path(), limits), &CancellationToken::new()).await.unwrap();
+    let o = runner
+        .run(&spec("c-lab", ws.path(), limits), &CancellationToken::new())
+        .await
+        .unwrap();
     let out = stdout(&o);
-    assert_eq!(o.termination, Termination::Exited { code: 0 }, "{out}\n{}", String::from_utf8_lossy(&o.stderr.bytes));
+    assert_eq!(
+        o.termination,
+        Termination::Exited { code: 0 },
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr.bytes)
+    );
     assert!(out.contains("FAIL cases/4.in"), "{out}");
     assert!(out.contains("python3: ok"), "{out}");
     assert_eq!(grade_total(&out), Some(75.0), "{out}");
-    assert!(o.image_id.as_deref().is_some_and(|i| i.starts_with("sha256:")));
+    assert!(
+        o.image_id
+            .as_deref()
+            .is_some_and(|i| i.starts_with("sha256:"))
+    );
 }
 
 /// `grade_total` from the `<summary>` block (the real parser lives with the

@@ -38,7 +38,12 @@ async fn runner_killed_mid_job_leaves_a_container_that_remove_orphans_removes() 
     let Some(runner) = runner().await else { return };
     let job = format!("orphan-{}", std::process::id());
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "run_long_job_until_killed", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "run_long_job_until_killed",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("LG_ORPHAN_JOB", &job)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

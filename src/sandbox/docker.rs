@@ -261,9 +261,7 @@ impl DockerRunner {
             soft: Some(clamp(v)),
             hard: Some(clamp(v)),
         };
-        let script = format!(
-            "tar -xof - && printf '%s\\n' '{marker}' >&2 && exec {TEST_COMMAND}"
-        );
+        let script = format!("tar -xof - && printf '%s\\n' '{marker}' >&2 && exec {TEST_COMMAND}");
         ContainerCreateBody {
             image: Some(image.to_string()),
             cmd: Some(vec!["/bin/sh".into(), "-c".into(), script]),
@@ -271,7 +269,10 @@ impl DockerRunner {
             user: Some(self.cfg.user.clone()),
             working_dir: Some(WORKSPACE_DIR.into()),
             env: Some(env),
-            labels: Some(HashMap::from([(JOB_LABEL.to_string(), spec.job_id.clone())])),
+            labels: Some(HashMap::from([(
+                JOB_LABEL.to_string(),
+                spec.job_id.clone(),
+            )])),
             attach_stdin: Some(true),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
@@ -410,20 +411,28 @@ impl Write for ChunkWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
             let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(TAR_CHUNK));
-            self.tx
-                .blocking_send(chunk)
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "receiver gone"))?;
+            self.tx.blocking_send(chunk).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "receiver gone")
+            })?;
         }
         Ok(())
     }
 }
 
 /// Write the tar of `entries` (owned by `user`) into `out`.
-fn write_tar(root: &Path, entries: &[Entry], user: JobUser, out: impl Write) -> std::io::Result<()> {
+fn write_tar(
+    root: &Path,
+    entries: &[Entry],
+    user: JobUser,
+    out: impl Write,
+) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Deterministic);
-    let (uid, gid) = (user.uid.unwrap_or(0) as u64, user.gid.or(user.uid).unwrap_or(0) as u64);
+    let (uid, gid) = (
+        user.uid.unwrap_or(0) as u64,
+        user.gid.or(user.uid).unwrap_or(0) as u64,
+    );
     for e in entries {
         let path = root.join(&e.rel);
         let mut h = tar::Header::new_gnu();
@@ -452,7 +461,11 @@ fn write_tar(root: &Path, entries: &[Entry], user: JobUser, out: impl Write) -> 
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_mode(if exec { 0o755 } else { 0o644 });
                 h.set_size(*size);
-                tar.append_data(&mut h, &e.rel, std::io::Read::take(f, *size).chain_zeros(*size))?;
+                tar.append_data(
+                    &mut h,
+                    &e.rel,
+                    std::io::Read::take(f, *size).chain_zeros(*size),
+                )?;
             }
         }
     }
@@ -506,7 +519,8 @@ impl ReadyGate {
             let cut = self.pending.len() - self.marker.len();
             let head: Vec<u8> = self.pending.drain(..cut).collect();
             let room = SETUP_LOG_LIMIT.saturating_sub(self.setup_log.len());
-            self.setup_log.extend_from_slice(&head[..head.len().min(room)]);
+            self.setup_log
+                .extend_from_slice(&head[..head.len().min(room)]);
         }
     }
 
@@ -572,7 +586,10 @@ impl Runner for DockerRunner {
             return Ok(RunOutcome {
                 termination,
                 stdout: Captured::default(),
-                stderr: Captured::from_bytes(format!("labgrader: {why}\n").into_bytes(), limits.output),
+                stderr: Captured::from_bytes(
+                    format!("labgrader: {why}\n").into_bytes(),
+                    limits.output,
+                ),
                 started_at: now,
                 ended_at: now,
                 runner: self.name().into(),
@@ -591,10 +608,16 @@ impl Runner for DockerRunner {
             Ok(c) => c,
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
-            }) => return Err(self.image_id(&image).await.err().unwrap_or(SandboxError::Setup {
-                step: "create container",
-                message: format!("image `{image}` disappeared"),
-            })),
+            }) => {
+                return Err(self
+                    .image_id(&image)
+                    .await
+                    .err()
+                    .unwrap_or(SandboxError::Setup {
+                        step: "create container",
+                        message: format!("image `{image}` disappeared"),
+                    }));
+            }
             Err(e) => return Err(engine("create container")(e)),
         };
         let guard = ContainerGuard {
@@ -605,9 +628,7 @@ impl Runner for DockerRunner {
         let id = created.id.as_str();
         tracing::debug!(job_id = %spec.job_id, container = %id, "container created");
 
-        let ran = self
-            .run_container(id, spec, entries, &marker, cancel)
-            .await;
+        let ran = self.run_container(id, spec, entries, &marker, cancel).await;
         // Removed on every path; a removal failure is the engine's fault.
         let removed = guard.remove().await;
         let ran = ran?;
@@ -619,7 +640,9 @@ impl Runner for DockerRunner {
             Ending::Timeout => Termination::Timeout,
             Ending::Exited if state.oom_killed => Termination::MemoryLimit,
             Ending::Exited if !ran.gate.ready => {
-                let chatter = String::from_utf8_lossy(&ran.gate.setup_log).trim().to_string();
+                let chatter = String::from_utf8_lossy(&ran.gate.setup_log)
+                    .trim()
+                    .to_string();
                 return Err(SandboxError::Setup {
                     step: "unpack workspace in container",
                     message: format!(
@@ -723,7 +746,9 @@ impl DockerRunner {
             let _ = input.shutdown().await;
             match builder.await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(job_id = %job_id, error = %e, "building workspace tar failed"),
+                Ok(Err(e)) => {
+                    tracing::warn!(job_id = %job_id, error = %e, "building workspace tar failed")
+                }
                 Err(e) => tracing::warn!(job_id = %job_id, error = %e, "workspace tar task failed"),
             }
             if let Err(e) = fed {
@@ -774,7 +799,9 @@ impl DockerRunner {
         }
         if matches!(ending, Ending::Exited) {
             let wait = async {
-                let opts = WaitContainerOptionsBuilder::new().condition("not-running").build();
+                let opts = WaitContainerOptionsBuilder::new()
+                    .condition("not-running")
+                    .build();
                 let mut w = self.docker.wait_container(id, Some(opts));
                 match w.next().await {
                     Some(Ok(_)) | None => Ok(()),
@@ -927,6 +954,9 @@ mod tests {
         assert!(seen.iter().any(|(p, k, l)| p == Path::new("leak")
             && *k == tar::EntryType::Symlink
             && l.as_deref() == Some(Path::new("/etc/shadow"))));
-        assert!(seen.iter().any(|(p, k, _)| p == Path::new("sub/a.txt") && *k == tar::EntryType::Regular));
+        assert!(
+            seen.iter()
+                .any(|(p, k, _)| p == Path::new("sub/a.txt") && *k == tar::EntryType::Regular)
+        );
     }
 }
