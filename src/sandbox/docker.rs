@@ -138,12 +138,18 @@ fn engine(step: &'static str) -> impl FnOnce(BollardError) -> SandboxError {
     }
 }
 
-/// Does the engine answer? Used by `runner = "auto"`.
+/// How long `available()` waits for the engine to answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Does the engine answer (within a few seconds)? Used by `runner = "auto"`.
 pub async fn available(cfg: &DockerConfig) -> bool {
-    match client(cfg).await {
-        Ok(d) => d.ping().await.is_ok(),
-        Err(_) => false,
-    }
+    let probe = async {
+        match client(cfg).await {
+            Ok(d) => d.ping().await.is_ok(),
+            Err(_) => false,
+        }
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, probe).await.unwrap_or(false)
 }
 
 impl DockerRunner {
