@@ -194,6 +194,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve => daemon(cfg, true, true),
         Command::Hook => daemon(cfg, true, false),
         Command::Grader => daemon(cfg, false, true),
+        // grader (issue #3): staff commands.
+        Command::Grade(args) => grade(&cfg, args),
+        Command::Regrade { jobs, project } => regrade(&cfg, &jobs, project.as_deref()),
+        Command::Replay { job } => replay(cfg, &job),
+        Command::Gradebook(GradebookCommand::Export(args)) => gradebook_export(&cfg, args),
         other => anyhow::bail!("`{}` is not built yet", command_name(&other)),
     }
 }
@@ -307,16 +312,22 @@ struct QueueReport {
     counts: Vec<(State, usize)>,
     waiting: Vec<String>,
     active: Vec<String>,
+    /// Oldest deliveries waiting in outbox/ and given up in dead/ (with reasons).
+    deliveries_waiting: Vec<crate::deliver::DeliveryLine>,
+    deliveries_dead: Vec<crate::deliver::DeliveryLine>,
 }
 
 fn queue(cfg: &Config, json: bool) -> Result<ExitCode> {
     let spool = Spool::open(&cfg.spool.dir)
         .with_context(|| format!("cannot open spool {}", cfg.spool.dir.display()))?;
+    let (deliveries_waiting, deliveries_dead) = crate::deliver::report(&spool, 50)?;
     let report = QueueReport {
         spool: cfg.spool.dir.clone(),
         counts: State::ALL.iter().map(|s| (*s, spool.count(*s))).collect(),
         waiting: spool.list(State::Incoming)?,
         active: spool.list(State::Active)?,
+        deliveries_waiting,
+        deliveries_dead,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -334,5 +345,142 @@ fn queue(cfg: &Config, json: bool) -> Result<ExitCode> {
             }
         }
     }
+    if !report.deliveries_waiting.is_empty() {
+        println!("deliveries waiting (oldest first, at most 50):");
+        for d in &report.deliveries_waiting {
+            let next = d.next_try_at.map(|t| t.to_rfc3339()).unwrap_or_default();
+            match &d.reason {
+                Some(r) => println!(
+                    "  {}  attempts {}  next {next}  last error: {r}",
+                    d.key, d.attempts
+                ),
+                None => println!("  {}  attempts {}  next {next}", d.key, d.attempts),
+            }
+        }
+    }
+    if !report.deliveries_dead.is_empty() {
+        println!("deliveries given up (dead/, at most 50):");
+        for d in &report.deliveries_dead {
+            println!(
+                "  {}  attempts {}  {}",
+                d.key,
+                d.attempts,
+                d.reason.as_deref().unwrap_or("(no reason recorded)")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---- grader (issue #3): grade, regrade, replay, gradebook export ----
+
+fn open_spool(cfg: &Config) -> Result<Spool> {
+    Spool::open(&cfg.spool.dir)
+        .with_context(|| format!("cannot open spool {}", cfg.spool.dir.display()))
+}
+
+fn grade(cfg: &Config, args: GradeArgs) -> Result<ExitCode> {
+    use std::io::Write;
+    let runner = args
+        .runner
+        .as_deref()
+        .map(str::parse::<crate::config::RunnerKind>)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--runner: {e}"))?;
+    let timeout = args
+        .timeout
+        .as_deref()
+        .map(crate::config::parse_duration)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    let result = runtime()?.block_on(crate::grader::grade_local(
+        cfg,
+        &args.student,
+        &args.tests,
+        runner,
+        timeout,
+    ))?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&result.stdout.display_bytes())?;
+    writeln!(out, "{}", serde_json::to_string_pretty(&result)?)?;
+    if !result.stderr.bytes.is_empty() {
+        eprint!(
+            "{}",
+            String::from_utf8_lossy(&result.stderr.display_bytes())
+        );
+    }
+    Ok(if result.grade_total.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn regrade(cfg: &Config, jobs: &[String], project: Option<&str>) -> Result<ExitCode> {
+    let spool = open_spool(cfg)?;
+    for (old, new) in crate::grader::regrade(&spool, jobs, project)? {
+        println!("{old} -> {new}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn replay(cfg: Arc<Config>, job: &str) -> Result<ExitCode> {
+    let spool = Arc::new(open_spool(&cfg)?);
+    let r = runtime()?.block_on(crate::grader::replay(cfg, spool, job))?;
+    let show = |s: crate::result::Status, g: Option<f64>| match g {
+        Some(g) => format!("{s}, grade {g}"),
+        None => format!("{s}, no grade"),
+    };
+    println!("job {}", r.job_id);
+    println!("  recorded: {}", show(r.original_status, r.original_grade));
+    println!(
+        "  replayed: {} (student {}, tests {}, runner {})",
+        show(r.replay.status, r.replay.grade_total),
+        r.replay.student_sha,
+        r.replay.tests_sha.as_deref().unwrap_or("-"),
+        r.replay.runner
+    );
+    if let Some(reason) = &r.replay.reason {
+        println!("  reason:   {reason}");
+    }
+    if r.same {
+        println!("same grade");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("DIFFERENT grade");
+        Ok(ExitCode::from(2))
+    }
+}
+
+fn gradebook_export(cfg: &Config, args: ExportArgs) -> Result<ExitCode> {
+    use crate::gradebook::{Filter, Format, Gradebook, Select};
+    if args.policy.is_some() {
+        anyhow::bail!("--policy is not built yet; use --latest or --best");
+    }
+    let path = crate::gradebook::path_in(&cfg.spool.dir);
+    if !path.exists() {
+        anyhow::bail!(
+            "no gradebook at {} (nothing graded yet, or a different [spool] dir)",
+            path.display()
+        );
+    }
+    let gb = Gradebook::open(&path)?;
+    let select = if args.latest {
+        Select::Latest
+    } else if args.best {
+        Select::Best
+    } else {
+        Select::All
+    };
+    let format = match args.format {
+        ExportFormat::Csv => Format::Csv,
+        ExportFormat::Json => Format::Json,
+    };
+    let filter = Filter {
+        project: args.project,
+        assignment: args.assignment,
+    };
+    let mut out = std::io::stdout().lock();
+    gb.export(select, &filter, format, &mut out)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -322,7 +322,7 @@ impl Default for SlurmConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CallbackConfig {
     /// Empty = no callback.
@@ -330,6 +330,20 @@ pub struct CallbackConfig {
     pub secret_file: PathBuf,
     pub include_stderr: bool,
     pub include_hidden: bool,
+    /// Time allowed for one callback request.
+    pub timeout: Seconds,
+}
+
+impl Default for CallbackConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            secret_file: PathBuf::new(),
+            include_stderr: false,
+            include_hidden: false,
+            timeout: Seconds(Duration::from_secs(30)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -350,6 +364,10 @@ pub struct EmailConfig {
     pub password_file: PathBuf,
     /// Used when GitLab hid the pusher's email; `{username}` is substituted.
     pub address_template: String,
+    /// Bytes of stdout put in the message body (the rest is cut with a mark).
+    pub stdout_limit: ByteSize,
+    /// Time allowed for one SMTP conversation (or sendmail run).
+    pub timeout: Seconds,
 }
 
 impl Default for EmailConfig {
@@ -361,6 +379,8 @@ impl Default for EmailConfig {
             username: String::new(),
             password_file: PathBuf::new(),
             address_template: String::new(),
+            stdout_limit: ByteSize(256 << 10),
+            timeout: Seconds(Duration::from_secs(60)),
         }
     }
 }
@@ -372,6 +392,8 @@ pub struct DeliverConfig {
     pub max_attempts: u32,
     pub backoff_min: Seconds,
     pub backoff_max: Seconds,
+    /// Deliveries tried at the same time (the rest wait on disk).
+    pub concurrency: usize,
 }
 
 impl Default for DeliverConfig {
@@ -381,6 +403,7 @@ impl Default for DeliverConfig {
             max_attempts: 50,
             backoff_min: Seconds(Duration::from_secs(2)),
             backoff_max: Seconds(Duration::from_secs(600)),
+            concurrency: 8,
         }
     }
 }
@@ -770,6 +793,12 @@ impl Config {
                 "deliver.backoff_min",
                 "must not be longer than deliver.backoff_max",
             ));
+        }
+        if self.deliver.concurrency == 0 {
+            return Err(self.invalid("deliver.concurrency", "must be at least 1"));
+        }
+        if self.deliver.backoff_min.0.is_zero() {
+            return Err(self.invalid("deliver.backoff_min", "must be longer than zero"));
         }
         if !self.email.url.is_empty()
             && self.email.url != "sendmail"

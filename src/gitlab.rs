@@ -149,6 +149,36 @@ impl GitlabApi {
     }
 }
 
+/// The fields of GitLab's user record (`GET /users/:id`) that labgrader uses.
+/// `email` is only shown to admins; `public_email` to everyone.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct GitlabUser {
+    pub id: u64,
+    pub username: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub public_email: Option<String>,
+}
+
+impl GitlabUser {
+    /// The best address GitLab gave: the private one (admin token), else the public one.
+    pub fn best_email(&self) -> Option<&str> {
+        [self.email.as_deref(), self.public_email.as_deref()]
+            .into_iter()
+            .flatten()
+            .map(str::trim)
+            .find(|e| e.contains('@'))
+    }
+}
+
+impl GitlabApi {
+    /// `GET /users/:id`; `Ok(None)` when GitLab knows no such user.
+    pub async fn user(&self, id: u64) -> Result<Option<GitlabUser>, GitlabError> {
+        self.get_json(&format!("/users/{id}")).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,12 +8,17 @@
 
 pub mod cli;
 pub mod config;
+pub mod deliver;
 pub mod event;
 pub mod gitlab;
+pub mod gradebook;
 pub mod grader;
 pub mod hook;
 pub mod httpc;
 pub mod metrics;
+pub mod mirror;
 pub mod result;
 pub mod sandbox;
 pub mod spool;
+pub mod summary;
+pub mod workspace;

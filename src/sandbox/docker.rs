@@ -43,6 +43,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -56,7 +57,7 @@ use bollard::query_parameters::{
 use chrono::Utc;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::none::SAFE_PATH;
@@ -84,7 +85,9 @@ const SIGXFSZ: i32 = 25;
 /// Runs jobs in containers on one Docker engine.
 #[derive(Debug, Clone)]
 pub struct DockerRunner {
-    docker: Docker,
+    /// Made on first use in the runtime that runs the jobs (a client made
+    /// in another runtime would hold connections bound to it).
+    client: Arc<OnceCell<Docker>>,
     cfg: DockerConfig,
     user: JobUser,
 }
@@ -149,7 +152,9 @@ pub async fn available(cfg: &DockerConfig) -> bool {
             Err(_) => false,
         }
     };
-    tokio::time::timeout(PROBE_TIMEOUT, probe).await.unwrap_or(false)
+    tokio::time::timeout(PROBE_TIMEOUT, probe)
+        .await
+        .unwrap_or(false)
 }
 
 impl DockerRunner {
@@ -160,7 +165,7 @@ impl DockerRunner {
         let docker = client(cfg).await?;
         docker.ping().await.map_err(unavailable)?;
         let runner = DockerRunner {
-            docker,
+            client: Arc::new(OnceCell::new_with(Some(docker))),
             cfg: cfg.clone(),
             user: JobUser::parse(&cfg.user),
         };
@@ -168,9 +173,47 @@ impl DockerRunner {
         Ok(runner)
     }
 
+    /// [`DockerRunner::connect`] for synchronous callers (`build_runner`),
+    /// inside or outside a tokio runtime: the checks run on a thread of
+    /// their own; the engine client is made again on first use.
+    pub fn connect_blocking(cfg: &DockerConfig) -> Result<DockerRunner, SandboxError> {
+        let cfg2 = cfg.clone();
+        let checked = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                tokio::time::timeout(PROBE_TIMEOUT, DockerRunner::connect(&cfg2))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(SandboxError::Unavailable {
+                            runner: "docker".into(),
+                            message: "the engine did not answer within 5 s".into(),
+                        })
+                    })
+            })
+            .map(|_| ())
+        })
+        .join()
+        .map_err(|_| SandboxError::Setup {
+            step: "connect to docker",
+            message: "the connecting thread panicked".into(),
+        })?;
+        checked?;
+        Ok(DockerRunner {
+            client: Arc::new(OnceCell::new()),
+            cfg: cfg.clone(),
+            user: JobUser::parse(&cfg.user),
+        })
+    }
+
+    async fn docker(&self) -> Result<&Docker, SandboxError> {
+        self.client.get_or_try_init(|| client(&self.cfg)).await
+    }
+
     /// The immutable id (`sha256:…`) of `image` on the engine.
     pub async fn image_id(&self, image: &str) -> Result<String, SandboxError> {
-        match self.docker.inspect_image(image).await {
+        match self.docker().await?.inspect_image(image).await {
             Ok(i) => Ok(i.id.unwrap_or_default()),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
@@ -209,7 +252,8 @@ impl DockerRunner {
             .filters(&filters)
             .build();
         let list = self
-            .docker
+            .docker()
+            .await?
             .list_containers(Some(opts))
             .await
             .map_err(engine("list containers"))?;
@@ -221,7 +265,7 @@ impl DockerRunner {
             .force(true)
             .v(true)
             .build();
-        match self.docker.remove_container(id, Some(opts)).await {
+        match self.docker().await?.remove_container(id, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
@@ -555,6 +599,10 @@ impl Runner for DockerRunner {
         "docker"
     }
 
+    async fn remove_orphans(&self) -> Result<usize, SandboxError> {
+        DockerRunner::remove_orphans(self).await
+    }
+
     async fn run(
         &self,
         spec: &RunSpec,
@@ -607,7 +655,8 @@ impl Runner for DockerRunner {
         let marker = format!("labgrader-ready-{}", ulid::Ulid::generate());
         let body = self.container_body(spec, &image, &marker);
         let created = match self
-            .docker
+            .docker()
+            .await?
             .create_container(None::<CreateContainerOptions>, body)
             .await
         {
@@ -709,8 +758,8 @@ impl DockerRunner {
         cancel: &CancellationToken,
     ) -> Result<Ran, SandboxError> {
         let limit = spec.limits.output;
-        let attach = self
-            .docker
+        let docker = self.docker().await?;
+        let attach = docker
             .attach_container(
                 id,
                 Some(
@@ -766,7 +815,7 @@ impl DockerRunner {
         });
 
         let started_at = Utc::now();
-        self.docker
+        docker
             .start_container(id, None)
             .await
             .map_err(engine("start container"))?;
@@ -808,7 +857,7 @@ impl DockerRunner {
                 let opts = WaitContainerOptionsBuilder::new()
                     .condition("not-running")
                     .build();
-                let mut w = self.docker.wait_container(id, Some(opts));
+                let mut w = docker.wait_container(id, Some(opts));
                 match w.next().await {
                     Some(Ok(_)) | None => Ok(()),
                     Some(Err(BollardError::DockerContainerWaitError { .. })) => Ok(()),
@@ -827,7 +876,7 @@ impl DockerRunner {
         }
         if !matches!(ending, Ending::Exited) {
             let opts = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
-            match self.docker.kill_container(id, Some(opts)).await {
+            match self.docker().await?.kill_container(id, Some(opts)).await {
                 Ok(()) => {}
                 // Not running any more (it ended just now).
                 Err(BollardError::DockerResponseServerError {
@@ -853,13 +902,16 @@ impl DockerRunner {
         }
         feeder.abort();
 
-        let inspect = tokio::time::timeout(ENGINE_GRACE, self.docker.inspect_container(id, None))
-            .await
-            .map_err(|_| SandboxError::Setup {
-                step: "inspect container",
-                message: "the engine did not answer in time".into(),
-            })?
-            .map_err(engine("inspect container"))?;
+        let inspect = tokio::time::timeout(
+            ENGINE_GRACE,
+            self.docker().await?.inspect_container(id, None),
+        )
+        .await
+        .map_err(|_| SandboxError::Setup {
+            step: "inspect container",
+            message: "the engine did not answer in time".into(),
+        })?
+        .map_err(engine("inspect container"))?;
         let state = inspect.state.unwrap_or_default();
         let fin = FinalState {
             oom_killed: state.oom_killed.unwrap_or(false),

@@ -1,0 +1,401 @@
+//! Benchmark of the grader daemon (`scripts/bench grader`).
+//!
+//! Builds real bare repositories with the git CLI (P student projects with
+//! C commits each, one test repository whose `test_all` writes a
+//! timestamp), then measures, in one run:
+//!
+//! 1. dispatch latency: event renamed into `incoming/` → `test_all`
+//!    started (its first line writes `$EPOCHREALTIME`), one job at a time
+//!    on an idle daemon, p50/p99 over `--samples` jobs;
+//! 2. throughput: `--jobs` events queued at once, the daemon (`none`
+//!    runner, `--workers`) started, time until all are in `done/`;
+//! 3. the baseline: a shell loop doing the same work by hand for the same
+//!    jobs — `git archive` of the student commit and of the tests, copy
+//!    the tests over, run `test_all`, read the summary — serially.
+//!
+//! Usage: grader_bench [--jobs 200] [--projects 20] [--samples 100]
+//!                     [--workers 0] [--dir DIR] [--keep]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use chrono::Utc;
+use labgrader::config::Config;
+use labgrader::event::{Event, EventKind, HookSource, Project, Pusher, ZERO_SHA};
+use labgrader::spool::{Spool, State, new_job_id};
+use tokio_util::sync::CancellationToken;
+
+struct Args {
+    jobs: usize,
+    projects: usize,
+    samples: usize,
+    workers: usize,
+    dir: Option<PathBuf>,
+    keep: bool,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        jobs: 200,
+        projects: 20,
+        samples: 100,
+        workers: 0,
+        dir: None,
+        keep: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{k} needs a value"));
+        match k.as_str() {
+            "--jobs" => a.jobs = val()?.parse()?,
+            "--projects" => a.projects = val()?.parse()?,
+            "--samples" => a.samples = val()?.parse()?,
+            "--workers" => a.workers = val()?.parse()?,
+            "--dir" => a.dir = Some(PathBuf::from(val()?)),
+            "--keep" => a.keep = true,
+            other => bail!(
+                "unknown argument {other}; use --jobs N --projects N --samples N --workers N --dir DIR --keep"
+            ),
+        }
+    }
+    if a.projects == 0 || a.jobs == 0 {
+        bail!("--jobs and --projects must be at least 1");
+    }
+    Ok(a)
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "Bench")
+        .env("GIT_AUTHOR_EMAIL", "bench@example.edu")
+        .env("GIT_COMMITTER_NAME", "Bench")
+        .env("GIT_COMMITTER_EMAIL", "bench@example.edu")
+        .output()?;
+    if !out.status.success() {
+        bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Make bare repo `path` with `commits` commits (each changing a few
+/// files); returns the SHAs, oldest first.
+fn make_repo(
+    root: &Path,
+    path: &str,
+    commits: usize,
+    files: &[(&str, &str)],
+) -> Result<Vec<String>> {
+    let bare = root.join("gitlab").join(format!("{path}.git"));
+    std::fs::create_dir_all(&bare)?;
+    git(&bare, &["init", "--bare", "-q", "-b", "main"])?;
+    let work = root.join("clones").join(path);
+    std::fs::create_dir_all(&work)?;
+    git(&work, &["init", "-q", "-b", "main"])?;
+    for (name, text) in files {
+        let p = work.join(name);
+        std::fs::write(&p, text)?;
+        if name.ends_with("test_all") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    std::fs::create_dir_all(work.join("src"))?;
+    let mut shas = Vec::new();
+    for i in 0..commits {
+        std::fs::write(
+            work.join("src/main.c"),
+            format!("int main(void) {{ return {i}; }}\n"),
+        )?;
+        std::fs::write(work.join("README.md"), format!("submission {i}\n"))?;
+        git(&work, &["add", "-A"])?;
+        git(&work, &["commit", "-q", "-m", &format!("c{i}")])?;
+        shas.push(git(&work, &["rev-parse", "HEAD"])?);
+    }
+    let url = format!("file://{}", bare.display());
+    git(&work, &["push", "-q", &url, "HEAD:refs/heads/main"])?;
+    Ok(shas)
+}
+
+fn event(path: &str, sha: &str) -> Event {
+    Event {
+        schema: 1,
+        job_id: new_job_id(),
+        received_at: Utc::now(),
+        kind: EventKind::Push,
+        source: HookSource::ProjectHook,
+        gitlab_event: "Push Hook".into(),
+        delivery_key: None,
+        project: Project::from_path(None, path).expect("valid path"),
+        pusher: Pusher {
+            id: None,
+            username: Some("bench".into()),
+            name: None,
+            email: None,
+        },
+        git_ref: "refs/heads/main".into(),
+        before: ZERO_SHA.into(),
+        after: sha.into(),
+        commit: sha.into(),
+        clone_url: String::new(),
+        crashes: 0,
+        infra_attempts: 0,
+        not_before: None,
+        raw: serde_json::Value::Null,
+    }
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    let i = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// Mean seconds per phase from the process's metrics.
+fn phase_means() -> Vec<(String, f64)> {
+    let text = labgrader::metrics::render(&[]);
+    let mut out = Vec::new();
+    for phase in ["queued", "fetch", "workspace", "run", "record"] {
+        let get = |suffix: &str| -> Option<f64> {
+            let key = format!("labgrader_grader_phase_seconds_{suffix}{{phase=\"{phase}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&key))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        if let (Some(sum), Some(count)) = (get("sum"), get("count"))
+            && count > 0.0
+        {
+            out.push((phase.to_string(), sum / count));
+        }
+    }
+    out
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let root = match &args.dir {
+        Some(d) => d.join(format!("grader-bench-{}", new_job_id())),
+        None => PathBuf::from("target").join(format!("grader-bench-{}", new_job_id())),
+    };
+    std::fs::create_dir_all(&root)?;
+    let root = root.canonicalize()?;
+    let ts_dir = root.join("ts");
+    std::fs::create_dir_all(&ts_dir)?;
+    let per_project = args.jobs.div_ceil(args.projects);
+    eprintln!(
+        "grader bench: {} jobs over {} projects ({} commits each), {} dispatch samples, in {}",
+        args.jobs,
+        args.projects,
+        per_project,
+        args.samples,
+        root.display()
+    );
+
+    let test_all = format!(
+        "#!/bin/bash\necho \"$EPOCHREALTIME\" > {}/\"$LABGRADER_JOB_ID\"\n\
+         echo \"all tests passed\"\nprintf '<summary>\\ngrade_total = 1\\n</summary>\\n'\n",
+        ts_dir.display()
+    );
+    let helper = "#!/bin/sh\necho helper\n".to_string();
+    make_repo(
+        &root,
+        "root/lab-test",
+        1,
+        &[("test_all", &test_all), ("helper.sh", &helper)],
+    )?;
+    let mut projects = Vec::new();
+    for p in 0..args.projects {
+        let path = format!("course/s{p:03}/lab");
+        let shas = make_repo(&root, &path, per_project, &[])?;
+        projects.push((path, shas));
+    }
+    let mut jobs: Vec<(String, String)> = Vec::new();
+    'fill: for c in 0..per_project {
+        for (path, shas) in &projects {
+            if jobs.len() == args.jobs {
+                break 'fill;
+            }
+            jobs.push((path.clone(), shas[c].clone()));
+        }
+    }
+
+    let spool_dir = root.join("spool");
+    let cfg_text = format!(
+        "[spool]\ndir = \"{}\"\n[gitlab]\nclone_url = \"file://{}/gitlab/{{path}}.git\"\n\
+         tests_namespace = \"root\"\n[grader]\nrunner = \"none\"\nworkers = {}\n\
+         rescan_interval = \"10s\"\n",
+        spool_dir.display(),
+        root.display(),
+        args.workers
+    );
+    let cfg = Arc::new(Config::from_toml(&cfg_text, None)?);
+    let workers = cfg.grader.effective_workers();
+    let spool = Arc::new(Spool::open(&spool_dir)?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+
+    // --- baseline: the same jobs by hand, serially ---
+    let list = root.join("baseline.list");
+    let mut text = String::new();
+    for (i, (path, sha)) in jobs.iter().enumerate() {
+        text.push_str(&format!(
+            "{} {sha} base{i:05}\n",
+            root.join("gitlab").join(format!("{path}.git")).display()
+        ));
+    }
+    std::fs::write(&list, text)?;
+    let script = r#"
+set -e
+tests=$1; list=$2; work=$3
+mkdir -p "$work"
+while read -r bare sha job; do
+    ws=$work/$job
+    mkdir -p "$ws" "$ws.t"
+    git -C "$bare" archive --format=tar "$sha" | tar -x -C "$ws"
+    git -C "$tests" archive --format=tar HEAD | tar -x -C "$ws.t"
+    cp -a "$ws.t/." "$ws/"
+    (cd "$ws" && LABGRADER_JOB_ID=$job ./test_all > "$ws.out" 2> "$ws.err") || true
+    sed -n '/<summary>/,/<\/summary>/p' "$ws.out" | grep -q grade_total
+    rm -rf "$ws" "$ws.t" "$ws.out" "$ws.err"
+done < "$list"
+"#;
+    let t = Instant::now();
+    let st = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .arg("baseline")
+        .arg(root.join("gitlab/root/lab-test.git"))
+        .arg(&list)
+        .arg(root.join("baseline-work"))
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .status()?;
+    let baseline_secs = t.elapsed().as_secs_f64();
+    if !st.success() {
+        bail!("baseline loop failed: {st}");
+    }
+    let baseline_rate = jobs.len() as f64 / baseline_secs;
+
+    // --- throughput: all jobs queued, then the daemon started ---
+    let mut ids = Vec::new();
+    for (path, sha) in &jobs {
+        let ev = event(path, sha);
+        spool.publish(State::Incoming, &ev.file_name(), &ev.to_bytes())?;
+        ids.push(ev.job_id);
+    }
+    let shutdown = CancellationToken::new();
+    let t = Instant::now();
+    let daemon = rt.spawn(labgrader::grader::run(
+        cfg.clone(),
+        spool.clone(),
+        shutdown.clone(),
+    ));
+    let done_dir = spool.dir(State::Done);
+    loop {
+        let n = std::fs::read_dir(&done_dir)?.count();
+        if n >= ids.len() {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!("only {n} of {} jobs done after 10 minutes", ids.len());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let daemon_secs = t.elapsed().as_secs_f64();
+    let daemon_rate = ids.len() as f64 / daemon_secs;
+    let throughput_phases = phase_means();
+
+    // --- dispatch latency: one job at a time on the idle daemon ---
+    let mut lat = Vec::new();
+    for i in 0..args.samples {
+        let (path, sha) = &jobs[i % jobs.len()];
+        let ev = event(path, sha);
+        let name = ev.file_name();
+        let tmp = spool.dir(State::Tmp).join(&name);
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&ev.to_bytes())?;
+            f.sync_all()?;
+        }
+        let t0 = now_secs();
+        std::fs::rename(&tmp, spool.path(State::Incoming, &name))?;
+        let ts = ts_dir.join(&ev.job_id);
+        let start = Instant::now();
+        let started = loop {
+            if let Ok(s) = std::fs::read_to_string(&ts)
+                && let Ok(v) = s.trim().parse::<f64>()
+            {
+                break v;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("job {} never started", ev.job_id);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        lat.push((started - t0) * 1000.0);
+        while !spool.path(State::Done, &ev.job_id).exists() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    shutdown.cancel();
+    rt.block_on(daemon)??;
+    lat.sort_by(|a, b| a.total_cmp(b));
+
+    println!(
+        "grader benchmark (runner none, {workers} workers, {} CPUs)",
+        num_cpus()
+    );
+    println!(
+        "  dispatch latency (rename into incoming/ -> test_all started), {} jobs one at a time:",
+        lat.len()
+    );
+    if !lat.is_empty() {
+        println!(
+            "    p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms   (goal: p99 < 20 ms)",
+            pct(&lat, 0.50),
+            pct(&lat, 0.99),
+            lat[lat.len() - 1]
+        );
+    }
+    println!("  throughput, {} jobs queued at once:", ids.len());
+    println!(
+        "    daemon   {daemon_rate:7.1} jobs/s  ({daemon_secs:.2} s; fetch, export, overlay, run, done/ record, gradebook)"
+    );
+    println!(
+        "    baseline {baseline_rate:7.1} jobs/s  ({baseline_secs:.2} s; shell loop: git archive x2, cp, run, grep)"
+    );
+    println!(
+        "    ratio daemon/baseline: {:.2}  (goal: >= 1)",
+        daemon_rate / baseline_rate
+    );
+    println!("  mean seconds per phase during the throughput run:");
+    for (p, s) in throughput_phases {
+        println!("    {p:<9} {:.1} ms", s * 1000.0);
+    }
+    if args.keep {
+        eprintln!("kept {}", root.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    Ok(())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

@@ -1,0 +1,445 @@
+//! The email destination: the student's stdout, mailed to the pusher.
+//!
+//! Owns the recipient lookup (the event's email, else GitLab's user record,
+//! else `email.address_template`), the message (subject with project, short
+//! SHA and verdict; a UTF-8 text/plain body in quoted-printable, which keeps
+//! every line as printed; a stable Message-ID derived from the idempotency
+//! key) and the transports (SMTP with opportunistic or required STARTTLS,
+//! SMTPS, AUTH, or the local sendmail). It never puts the stderr or the
+//! hidden summary keys in a message, and never writes the SMTP password to
+//! disk. Stdout is student output: it goes only into the encoded body,
+//! never into a header.
+
+use std::time::Duration;
+
+use lettre::message::header::{ContentTransferEncoding, ContentType};
+use lettre::message::{Attachment, Body, Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{
+    Address, AsyncSendmailTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{Attempt, Ctx, Destination, Payload, Record};
+use crate::config::{Config, StartTls};
+use crate::event::Event;
+use crate::result::JobResult;
+use crate::sandbox::Captured;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmailError {
+    #[error("email.url `{url}`: {message}")]
+    Url { url: String, message: String },
+    #[error("email.url `{url}`: cannot set up TLS: {message}")]
+    Tls { url: String, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmailPayload {
+    /// The pusher's email as the event carried it (GitLab may hide it).
+    pub event_email: Option<String>,
+    pub pusher_id: Option<u64>,
+    pub username: Option<String>,
+    /// Display name for the To: header.
+    pub display_name: Option<String>,
+    pub subject: String,
+    /// The text body: stdout (capped, with the truncation mark) and the job id.
+    pub text: String,
+    /// The exact stdout bytes, hex-encoded, when they are not UTF-8 (sent
+    /// as an attachment beside the lossy text).
+    pub raw_stdout_hex: Option<String>,
+    pub message_id: String,
+    pub date: chrono::DateTime<chrono::Utc>,
+}
+
+/// The stdout shown in the message: at most `limit` bytes (cut at a
+/// character boundary when it is UTF-8), with the truncation mark when the
+/// run or this cap dropped output.
+fn capped_stdout(out: &Captured, limit: u64) -> Captured {
+    let mut keep = out.bytes.len().min(limit as usize);
+    if keep < out.bytes.len()
+        && let Err(e) = std::str::from_utf8(&out.bytes[..keep])
+        && e.error_len().is_none()
+    {
+        // Cut inside a character of otherwise valid text: back off.
+        keep = e.valid_up_to();
+    }
+    Captured {
+        bytes: out.bytes[..keep].to_vec(),
+        total: out.total,
+        truncated: out.truncated || keep < out.bytes.len(),
+    }
+}
+
+fn message_domain(from: &str) -> String {
+    from.parse::<Mailbox>()
+        .map(|m| m.email.domain().to_string())
+        .unwrap_or_else(|_| "labgrader.invalid".into())
+}
+
+/// Subject: project, short SHA and the grade or the failure.
+pub fn subject(event: &Event, result: &JobResult) -> String {
+    // Headers must stay on one line whatever a reason contains.
+    let verdict: String = super::verdict(result)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    format!(
+        "[labgrader] {} {}: {}",
+        result.project,
+        event.short_sha(),
+        verdict
+    )
+}
+
+pub(crate) fn record(cfg: &Config, event: &Event, result: &JobResult) -> Record {
+    let shown = capped_stdout(&result.stdout, cfg.email.stdout_limit.bytes());
+    let display = shown.display_bytes();
+    let utf8 = std::str::from_utf8(&result.stdout.bytes).is_ok();
+    let mut text = String::from_utf8_lossy(&display).into_owned();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    if !utf8 {
+        text.push_str(
+            "\n[labgrader: the output was not valid UTF-8; the text above shows \
+             undecodable bytes as \u{FFFD}, the exact bytes are attached as stdout.txt]\n",
+        );
+    }
+    text.push_str(&format!(
+        "\n-- \nlabgrader job {}\nproject {} commit {}\n",
+        result.job_id, result.project, result.student_sha
+    ));
+    let key = super::idempotency_key(&result.job_id, Destination::Email);
+    let payload = EmailPayload {
+        event_email: event.pusher.email.clone(),
+        pusher_id: event.pusher.id,
+        username: event.pusher.username.clone(),
+        display_name: event.pusher.name.clone(),
+        subject: subject(event, result),
+        text,
+        raw_stdout_hex: (!utf8).then(|| hex::encode(&shown.bytes)),
+        message_id: format!(
+            "<{}@{}>",
+            key.replace(':', "."),
+            message_domain(&cfg.email.from)
+        ),
+        date: result.ended_at,
+    };
+    Record::new(
+        &result.job_id,
+        Destination::Email,
+        &result.project,
+        &result.student_sha,
+        Payload::Email(payload),
+    )
+}
+
+/// Build the MIME message.
+pub fn build_message(from: &Mailbox, to: Mailbox, p: &EmailPayload) -> Result<Message, String> {
+    let text = Body::new_with_encoding(p.text.clone(), ContentTransferEncoding::QuotedPrintable)
+        .map_err(|_| "cannot encode the message body".to_string())?;
+    let text_part = SinglePart::builder()
+        .header(ContentType::TEXT_PLAIN)
+        .body(text);
+    let builder = Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(p.subject.clone())
+        .date(p.date.into())
+        .message_id(Some(p.message_id.clone()))
+        .user_agent(concat!("labgrader/", env!("CARGO_PKG_VERSION")).to_string());
+    let built = match &p.raw_stdout_hex {
+        None => builder.singlepart(text_part),
+        Some(h) => {
+            let raw = hex::decode(h).map_err(|e| format!("corrupt raw stdout in record: {e}"))?;
+            let attachment = Attachment::new("stdout.txt".to_string()).body(
+                raw,
+                ContentType::parse("application/octet-stream").expect("static content type"),
+            );
+            builder.multipart(
+                MultiPart::mixed()
+                    .singlepart(text_part)
+                    .singlepart(attachment),
+            )
+        }
+    };
+    built.map_err(|e| format!("cannot build the message: {e}"))
+}
+
+/// The configured way to send mail.
+pub enum Mailer {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Sendmail(AsyncSendmailTransport<Tokio1Executor>),
+}
+
+/// `host` and `port` of `smtp://host[:port]` (IPv6 in brackets).
+fn host_port(rest: &str, default_port: u16) -> Option<(String, u16)> {
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+        return None;
+    }
+    if let Some(v6) = rest.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        return Some((host.to_string(), port));
+    }
+    match rest.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() => Some((h.to_string(), p.parse().ok()?)),
+        Some(_) => None,
+        None => Some((rest.to_string(), default_port)),
+    }
+}
+
+impl Mailer {
+    /// `None` when `email.url` is empty (no email).
+    pub fn from_config(cfg: &Config) -> Result<Option<Mailer>, EmailError> {
+        let e = &cfg.email;
+        let url = e.url.trim();
+        if url.is_empty() {
+            return Ok(None);
+        }
+        if url == "sendmail" {
+            return Ok(Some(Mailer::Sendmail(AsyncSendmailTransport::<
+                Tokio1Executor,
+            >::new())));
+        }
+        let bad = |message: &str| EmailError::Url {
+            url: url.to_string(),
+            message: message.to_string(),
+        };
+        let (wrapper, rest, default_port) = if let Some(r) = url.strip_prefix("smtps://") {
+            (true, r, 465)
+        } else if let Some(r) = url.strip_prefix("smtp://") {
+            (false, r, 25)
+        } else {
+            return Err(bad(
+                "must be smtp://HOST[:PORT], smtps://HOST[:PORT] or sendmail",
+            ));
+        };
+        let (host, port) = host_port(rest, default_port)
+            .ok_or_else(|| bad("expected HOST or HOST:PORT after the scheme"))?;
+        let params = TlsParameters::new(host.clone()).map_err(|err| EmailError::Tls {
+            url: url.to_string(),
+            message: err.to_string(),
+        })?;
+        let tls = match (wrapper, e.starttls) {
+            (true, _) => Tls::Wrapper(params),
+            (false, StartTls::Required) => Tls::Required(params),
+            (false, StartTls::Opportunistic) => Tls::Opportunistic(params),
+        };
+        let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+            .port(port)
+            .tls(tls)
+            .timeout(Some(e.timeout.get()));
+        if !e.username.is_empty() {
+            let password = cfg
+                .secrets
+                .smtp_password
+                .as_ref()
+                .map(|s| s.expose().to_string())
+                .unwrap_or_default();
+            b = b.credentials(Credentials::new(e.username.clone(), password));
+        }
+        Ok(Some(Mailer::Smtp(b.build())))
+    }
+
+    async fn send(&self, msg: Message, timeout: Duration) -> Attempt {
+        match self {
+            Mailer::Smtp(t) => match t.send(msg).await {
+                Ok(resp) => Attempt::Delivered {
+                    detail: format!(
+                        "SMTP {} {}",
+                        resp.code(),
+                        resp.message().collect::<Vec<_>>().join(" ")
+                    ),
+                },
+                Err(e) => classify_smtp(&e),
+            },
+            Mailer::Sendmail(t) => match tokio::time::timeout(timeout, t.send(msg)).await {
+                Ok(Ok(())) => Attempt::Delivered {
+                    detail: "handed to sendmail".into(),
+                },
+                Ok(Err(e)) => Attempt::retry(format!("sendmail failed: {e}")),
+                Err(_) => Attempt::retry(format!(
+                    "sendmail did not finish within {} s",
+                    timeout.as_secs()
+                )),
+            },
+        }
+    }
+}
+
+/// SMTP 5xx refusals are final, except authentication trouble (ours to fix
+/// in the config, then the retries go through); everything else is retried.
+fn classify_smtp(e: &lettre::transport::smtp::Error) -> Attempt {
+    let code = e.status().map(|c| c.to_string());
+    let auth_trouble = matches!(code.as_deref(), Some("530" | "534" | "535" | "538"));
+    if e.is_permanent() && !auth_trouble {
+        Attempt::fatal(format!("the SMTP server refused the message: {e}"))
+    } else {
+        Attempt::retry(format!("SMTP: {e}"))
+    }
+}
+
+/// A usable address, or `None` (empty, hidden, not an address).
+fn usable(addr: Option<&str>) -> Option<Address> {
+    let a = addr?.trim();
+    if a.is_empty() || a.eq_ignore_ascii_case("[redacted]") {
+        return None;
+    }
+    a.parse().ok()
+}
+
+/// The recipient: the event's email, else GitLab's user record, else the
+/// address template. `Err` is the attempt's outcome (retry or dead).
+async fn recipient(ctx: &Ctx, p: &EmailPayload) -> Result<Address, Attempt> {
+    if let Some(a) = usable(p.event_email.as_deref()) {
+        return Ok(a);
+    }
+    let mut looked_up = "no GitLab token to look the user up";
+    if let (Some(api), Some(id)) = (&ctx.gitlab, p.pusher_id) {
+        match api.user(id).await {
+            Ok(Some(u)) => {
+                if let Some(a) = usable(u.best_email()) {
+                    return Ok(a);
+                }
+                looked_up = "GitLab's user record shows no email";
+            }
+            Ok(None) => looked_up = "GitLab knows no such user",
+            Err(e) if e.is_transient() => {
+                return Err(Attempt::retry(format!(
+                    "cannot look up GitLab user {id}: {e}"
+                )));
+            }
+            Err(e) => {
+                tracing::warn!(user_id = id, error = %e, "GitLab user lookup failed; trying the address template");
+                looked_up = "the GitLab user lookup failed";
+            }
+        }
+    } else if ctx.gitlab.is_some() {
+        looked_up = "the event has no user id to look up";
+    }
+    let template = &ctx.cfg.email.address_template;
+    if let Some(user) = p.username.as_deref().filter(|u| !u.is_empty())
+        && !template.is_empty()
+    {
+        let filled = super::fill(template, &[("username", user)]);
+        return filled.parse().map_err(|e| {
+            Attempt::fatal(format!(
+                "email.address_template gives `{filled}` for {user}, not an address: {e}"
+            ))
+        });
+    }
+    Err(Attempt::fatal(format!(
+        "no email address for pusher {}: the event has none, {looked_up}, and {}",
+        p.username.as_deref().unwrap_or("(unknown)"),
+        if template.is_empty() {
+            "email.address_template is empty"
+        } else {
+            "the event has no username for email.address_template"
+        }
+    )))
+}
+
+pub(crate) async fn send(ctx: &Ctx, rec: &Record, p: &EmailPayload) -> Attempt {
+    let Some(mailer) = &ctx.mailer else {
+        return Attempt::fatal("email.url is no longer configured");
+    };
+    let from: Mailbox = match ctx.cfg.email.from.parse() {
+        Ok(m) => m,
+        // The config is wrong for every message: keep retrying until fixed.
+        Err(e) => {
+            return Attempt::retry(format!(
+                "email.from `{}` is not an address: {e}",
+                ctx.cfg.email.from
+            ));
+        }
+    };
+    let to = match recipient(ctx, p).await {
+        Ok(a) => Mailbox::new(p.display_name.clone().filter(|n| !n.is_empty()), a),
+        Err(outcome) => return outcome,
+    };
+    tracing::debug!(job_id = %rec.job_id, to = %to, "sending email");
+    let msg = match build_message(&from, to, p) {
+        Ok(m) => m,
+        Err(e) => return Attempt::fatal(e),
+    };
+    mailer.send(msg, ctx.cfg.email.timeout.get()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smtp_urls() {
+        assert_eq!(
+            host_port("mail.example.edu", 25),
+            Some(("mail.example.edu".into(), 25))
+        );
+        assert_eq!(
+            host_port("127.0.0.1:2525/", 25),
+            Some(("127.0.0.1".into(), 2525))
+        );
+        assert_eq!(host_port("[::1]:26", 25), Some(("::1".into(), 26)));
+        assert_eq!(host_port("[::1]", 465), Some(("::1".into(), 465)));
+        assert_eq!(host_port("u:p@host", 25), None);
+        assert_eq!(host_port("host:port", 25), None);
+        assert_eq!(host_port("", 25), None);
+    }
+
+    #[test]
+    fn hidden_addresses_are_not_used() {
+        assert!(usable(Some("[REDACTED]")).is_none());
+        assert!(usable(Some("")).is_none());
+        assert!(usable(Some("not an address")).is_none());
+        assert!(usable(Some("alice@example.edu")).is_some());
+    }
+
+    #[test]
+    fn cap_backs_off_to_a_character_boundary() {
+        let c = Captured {
+            bytes: "aé".as_bytes().to_vec(),
+            total: 3,
+            truncated: false,
+        };
+        let shown = capped_stdout(&c, 2);
+        assert_eq!(shown.bytes, b"a");
+        assert!(shown.truncated);
+        assert_eq!(shown.total, 3);
+    }
+
+    #[test]
+    fn long_lines_survive_quoted_printable() {
+        let line = format!("{}  \tend", "x".repeat(200));
+        let p = EmailPayload {
+            event_email: None,
+            pusher_id: None,
+            username: None,
+            display_name: None,
+            subject: "s".into(),
+            text: format!("{line}\nnext\n"),
+            raw_stdout_hex: None,
+            message_id: "<a.email@example.edu>".into(),
+            date: chrono::Utc::now(),
+        };
+        let from: Mailbox = "g <g@example.edu>".parse().unwrap();
+        let to: Mailbox = "s@example.edu".parse().unwrap();
+        let raw = String::from_utf8(build_message(&from, to, &p).unwrap().formatted()).unwrap();
+        assert!(raw.contains("Content-Transfer-Encoding: quoted-printable"));
+        // Soft breaks only: undoing them gives the line back as printed.
+        let body = raw.split("\r\n\r\n").nth(1).unwrap();
+        let decoded = body
+            .replace("=\r\n", "")
+            .replace("=09", "\t")
+            .replace("=20", " ");
+        assert!(decoded.contains(&line), "{body}");
+        assert!(raw.lines().all(|l| l.len() <= 78), "{raw}");
+    }
+}

@@ -1,0 +1,480 @@
+//! The gradebook: one SQLite row per finished job, and exports.
+//!
+//! Owns `<spool dir>/gradebook.sqlite` (rusqlite, bundled SQLite): the
+//! schema, its versioned migrations (`PRAGMA user_version`), the
+//! idempotent insert (by job id: recording the same job again replaces its
+//! row, never adds one) and `labgrader gradebook export`. Every field of a
+//! [`JobResult`] has a column, and the whole result is kept as JSON so an
+//! export loses nothing. It never grades and never delivers. Exports never
+//! count `infra_error` rows as a student's outcome.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::result::{JobResult, Status};
+
+/// File name of the gradebook inside the spool directory.
+pub const FILE_NAME: &str = "gradebook.sqlite";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GradebookError {
+    #[error("cannot open the gradebook {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the gradebook {path} has schema version {found}, newer than this labgrader knows ({known}); upgrade labgrader"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("gradebook query failed: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("a stored result is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("cannot write the export: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+/// Migrations, in order; migration `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: one row per job.
+    "CREATE TABLE results (
+        job_id           TEXT PRIMARY KEY,
+        project          TEXT NOT NULL,
+        assignment       TEXT NOT NULL,
+        git_ref          TEXT NOT NULL,
+        student_sha      TEXT NOT NULL,
+        tests_sha        TEXT,
+        runner           TEXT NOT NULL,
+        image            TEXT,
+        image_id         TEXT,
+        limits           TEXT,
+        received_at      TEXT NOT NULL,
+        started_at       TEXT,
+        ended_at         TEXT NOT NULL,
+        status           TEXT NOT NULL,
+        reason           TEXT,
+        termination      TEXT,
+        grade_total      REAL,
+        summary          TEXT NOT NULL,
+        hidden           TEXT NOT NULL,
+        stdout_total     INTEGER NOT NULL,
+        stdout_truncated INTEGER NOT NULL,
+        stderr_total     INTEGER NOT NULL,
+        stderr_truncated INTEGER NOT NULL,
+        extra            TEXT NOT NULL,
+        stdout           BLOB NOT NULL,
+        stderr           BLOB NOT NULL,
+        result           TEXT NOT NULL,
+        recorded_at      TEXT NOT NULL
+     );
+     CREATE INDEX results_project ON results(project, received_at);
+     CREATE INDEX results_status ON results(status);",
+];
+
+/// Which rows an export keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Select {
+    /// Every job.
+    All,
+    /// Per project, the most recently received job that is not an `infra_error`.
+    Latest,
+    /// Per project, the job with the highest grade (ties: the earlier one).
+    Best,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Json,
+}
+
+/// Filters of an export.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub project: Option<String>,
+    pub assignment: Option<String>,
+}
+
+pub struct Gradebook {
+    conn: Connection,
+}
+
+/// The gradebook path of a spool directory.
+pub fn path_in(spool_dir: &Path) -> PathBuf {
+    spool_dir.join(FILE_NAME)
+}
+
+impl Gradebook {
+    /// Open (creating and migrating as needed) the gradebook at `path`.
+    pub fn open(path: &Path) -> Result<Gradebook, GradebookError> {
+        let open_err = |source| GradebookError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(open_err)?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(GradebookError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                known,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(Gradebook { conn })
+    }
+
+    /// Record `r`. Idempotent by job id: the row is replaced, never doubled.
+    pub fn record(&self, r: &JobResult) -> Result<(), GradebookError> {
+        let json = |v: &dyn erased::Ser| v.to_json();
+        let assignment = r.project.rsplit('/').next().unwrap_or("").to_string();
+        self.conn.execute(
+            "INSERT INTO results (job_id, project, assignment, git_ref, student_sha, tests_sha,
+                runner, image, image_id, limits, received_at, started_at, ended_at, status,
+                reason, termination, grade_total, summary, hidden, stdout_total,
+                stdout_truncated, stderr_total, stderr_truncated, extra, stdout, stderr, result,
+                recorded_at)
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,
+                ?21,?22,?23,?24,?25,?26,?27,?28)
+             ON CONFLICT(job_id) DO UPDATE SET
+                project=excluded.project, assignment=excluded.assignment,
+                git_ref=excluded.git_ref, student_sha=excluded.student_sha,
+                tests_sha=excluded.tests_sha, runner=excluded.runner, image=excluded.image,
+                image_id=excluded.image_id, limits=excluded.limits,
+                received_at=excluded.received_at, started_at=excluded.started_at,
+                ended_at=excluded.ended_at, status=excluded.status, reason=excluded.reason,
+                termination=excluded.termination, grade_total=excluded.grade_total,
+                summary=excluded.summary, hidden=excluded.hidden,
+                stdout_total=excluded.stdout_total, stdout_truncated=excluded.stdout_truncated,
+                stderr_total=excluded.stderr_total, stderr_truncated=excluded.stderr_truncated,
+                extra=excluded.extra, stdout=excluded.stdout, stderr=excluded.stderr,
+                result=excluded.result, recorded_at=excluded.recorded_at",
+            params![
+                r.job_id,
+                r.project,
+                assignment,
+                r.git_ref,
+                r.student_sha,
+                r.tests_sha,
+                r.runner,
+                r.image,
+                r.image_id,
+                r.limits.as_ref().map(|l| json(l)),
+                ts(r.received_at),
+                r.started_at.map(ts),
+                ts(r.ended_at),
+                r.status.as_str(),
+                r.reason,
+                r.termination.as_ref().map(|t| json(t)),
+                r.grade_total,
+                json(&r.summary),
+                json(&r.hidden),
+                r.stdout.total as i64,
+                r.stdout.truncated,
+                r.stderr.total as i64,
+                r.stderr.truncated,
+                json(&r.extra),
+                r.stdout.bytes,
+                r.stderr.bytes,
+                json(r),
+                ts(chrono::Utc::now()),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The result of one job.
+    pub fn get(&self, job_id: &str) -> Result<Option<JobResult>, GradebookError> {
+        let text: Option<Parts> = self
+            .conn
+            .query_row(
+                "SELECT result, stdout, stderr FROM results WHERE job_id = ?1",
+                [job_id],
+                row_parts,
+            )
+            .optional()?;
+        text.map(from_parts).transpose()
+    }
+
+    /// Job ids of `project`, oldest first.
+    pub fn jobs_of(&self, project: &str) -> Result<Vec<String>, GradebookError> {
+        let mut st = self.conn.prepare(
+            "SELECT job_id FROM results WHERE project = ?1 ORDER BY received_at, job_id",
+        )?;
+        let ids = st
+            .query_map([project], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(ids)
+    }
+
+    /// Rows selected by `select` and `filter`, ordered by project then time.
+    pub fn select(
+        &self,
+        select: Select,
+        filter: &Filter,
+    ) -> Result<Vec<JobResult>, GradebookError> {
+        let infra = Status::InfraError.as_str();
+        let base =
+            "SELECT result, stdout, stderr, project, job_id, received_at, grade_total, status
+                    FROM results
+                    WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR assignment = ?2)";
+        let sql = match select {
+            Select::All => format!("{base} ORDER BY project, received_at, job_id"),
+            Select::Latest => format!(
+                "SELECT result, stdout, stderr FROM ({base} AND status != '{infra}') AS r
+                 WHERE NOT EXISTS (SELECT 1 FROM results o WHERE o.project = r.project
+                    AND o.status != '{infra}'
+                    AND (o.received_at > r.received_at
+                         OR (o.received_at = r.received_at AND o.job_id > r.job_id)))
+                 ORDER BY project"
+            ),
+            Select::Best => format!(
+                "SELECT result, stdout, stderr FROM ({base} AND status != '{infra}' AND grade_total IS NOT NULL) AS r
+                 WHERE NOT EXISTS (SELECT 1 FROM results o WHERE o.project = r.project
+                    AND o.status != '{infra}' AND o.grade_total IS NOT NULL
+                    AND (o.grade_total > r.grade_total
+                         OR (o.grade_total = r.grade_total AND o.received_at < r.received_at)
+                         OR (o.grade_total = r.grade_total AND o.received_at = r.received_at
+                             AND o.job_id < r.job_id)))
+                 ORDER BY project"
+            ),
+        };
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st
+            .query_map(params![filter.project, filter.assignment], row_parts)?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(from_parts).collect()
+    }
+
+    /// Write the selected rows to `out` as CSV or JSON.
+    pub fn export(
+        &self,
+        select: Select,
+        filter: &Filter,
+        format: Format,
+        out: &mut dyn Write,
+    ) -> Result<usize, GradebookError> {
+        let rows = self.select(select, filter)?;
+        match format {
+            Format::Json => {
+                serde_json::to_writer_pretty(&mut *out, &rows)?;
+                writeln!(out)?;
+            }
+            Format::Csv => {
+                writeln!(out, "{}", CSV_HEADER.join(","))?;
+                for r in &rows {
+                    let fields = csv_fields(r);
+                    let line: Vec<String> = fields.iter().map(|f| csv_quote(f)).collect();
+                    writeln!(out, "{}", line.join(","))?;
+                }
+            }
+        }
+        Ok(rows.len())
+    }
+}
+
+type Parts = (String, Vec<u8>, Vec<u8>);
+
+fn row_parts(r: &rusqlite::Row<'_>) -> rusqlite::Result<Parts> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+}
+
+fn from_parts((json, stdout, stderr): Parts) -> Result<JobResult, GradebookError> {
+    let mut r: JobResult = serde_json::from_str(&json)?;
+    r.stdout.bytes = stdout;
+    r.stderr.bytes = stderr;
+    Ok(r)
+}
+
+const CSV_HEADER: &[&str] = &[
+    "job_id",
+    "project",
+    "git_ref",
+    "student_sha",
+    "tests_sha",
+    "status",
+    "grade_total",
+    "reason",
+    "received_at",
+    "started_at",
+    "ended_at",
+    "runner",
+    "image",
+    "summary",
+];
+
+fn csv_fields(r: &JobResult) -> Vec<String> {
+    vec![
+        r.job_id.clone(),
+        r.project.clone(),
+        r.git_ref.clone(),
+        r.student_sha.clone(),
+        r.tests_sha.clone().unwrap_or_default(),
+        r.status.as_str().to_string(),
+        r.grade_total.map(|g| g.to_string()).unwrap_or_default(),
+        r.reason.clone().unwrap_or_default(),
+        r.received_at.to_rfc3339(),
+        r.started_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+        r.ended_at.to_rfc3339(),
+        r.runner.clone(),
+        r.image.clone().unwrap_or_default(),
+        serde_json::to_string(&r.summary).unwrap_or_default(),
+    ]
+}
+
+/// RFC 4180 quoting; a leading `=`, `+`, `-`, `@` is prefixed with `'` so
+/// spreadsheets do not run student-controlled text as a formula.
+fn csv_quote(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@']) && s.parse::<f64>().is_err() {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+/// Timestamps as fixed-width UTC text, so text order is time order.
+fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+mod erased {
+    /// JSON text of anything serializable (object-safe helper).
+    pub trait Ser {
+        fn to_json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn to_json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_else(|_| "null".into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::Captured;
+    use chrono::{TimeZone, Utc};
+
+    fn result(
+        job: &str,
+        project: &str,
+        minute: u32,
+        status: Status,
+        grade: Option<f64>,
+    ) -> JobResult {
+        JobResult {
+            schema: 1,
+            job_id: job.into(),
+            project: project.into(),
+            git_ref: "refs/heads/main".into(),
+            student_sha: "a".repeat(40),
+            tests_sha: Some("b".repeat(40)),
+            runner: "none".into(),
+            image: None,
+            image_id: None,
+            limits: None,
+            received_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, minute, 0).unwrap(),
+            started_at: None,
+            ended_at: Utc.with_ymd_and_hms(2026, 1, 1, 1, 0, 0).unwrap(),
+            status,
+            reason: Some("=cmd, \"quoted\"".into()),
+            termination: None,
+            grade_total: grade,
+            summary: Default::default(),
+            hidden: Default::default(),
+            stdout: Captured::default(),
+            stderr: Captured::default(),
+            extra: Default::default(),
+        }
+    }
+
+    #[test]
+    fn insert_is_idempotent_and_latest_best_skip_infra_errors() {
+        let t = tempfile::tempdir().unwrap();
+        let gb = Gradebook::open(&t.path().join("g.sqlite")).unwrap();
+        gb.record(&result("j1", "s/a/lab1", 1, Status::Graded, Some(80.0)))
+            .unwrap();
+        gb.record(&result("j1", "s/a/lab1", 1, Status::Graded, Some(80.0)))
+            .unwrap();
+        gb.record(&result("j2", "s/a/lab1", 2, Status::Graded, Some(60.0)))
+            .unwrap();
+        gb.record(&result("j3", "s/a/lab1", 3, Status::InfraError, None))
+            .unwrap();
+        gb.record(&result("j4", "s/b/lab1", 1, Status::Timeout, Some(10.0)))
+            .unwrap();
+        let all = gb.select(Select::All, &Filter::default()).unwrap();
+        assert_eq!(all.len(), 4);
+        let latest = gb.select(Select::Latest, &Filter::default()).unwrap();
+        let ids: Vec<_> = latest.iter().map(|r| r.job_id.as_str()).collect();
+        assert_eq!(ids, ["j2", "j4"]);
+        let best = gb.select(Select::Best, &Filter::default()).unwrap();
+        let ids: Vec<_> = best.iter().map(|r| r.job_id.as_str()).collect();
+        assert_eq!(ids, ["j1", "j4"]);
+        let only_b = Filter {
+            project: Some("s/b/lab1".into()),
+            assignment: None,
+        };
+        assert_eq!(gb.select(Select::All, &only_b).unwrap().len(), 1);
+        assert_eq!(gb.jobs_of("s/a/lab1").unwrap(), ["j1", "j2", "j3"]);
+    }
+
+    #[test]
+    fn reopening_keeps_rows_and_refuses_newer_schema() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("g.sqlite");
+        Gradebook::open(&p)
+            .unwrap()
+            .record(&result("j1", "s/a/lab1", 1, Status::Graded, Some(1.0)))
+            .unwrap();
+        let gb = Gradebook::open(&p).unwrap();
+        assert_eq!(gb.get("j1").unwrap().unwrap().grade_total, Some(1.0));
+        assert!(gb.get("nope").unwrap().is_none());
+        gb.conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(gb);
+        assert!(matches!(
+            Gradebook::open(&p),
+            Err(GradebookError::TooNew { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn csv_is_quoted_and_formula_safe() {
+        let t = tempfile::tempdir().unwrap();
+        let gb = Gradebook::open(&t.path().join("g.sqlite")).unwrap();
+        gb.record(&result("j1", "s/a/lab1", 1, Status::Graded, Some(-5.0)))
+            .unwrap();
+        let mut out = Vec::new();
+        gb.export(Select::All, &Filter::default(), Format::Csv, &mut out)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("job_id,project,"), "{text}");
+        assert!(text.contains(",-5,"), "{text}");
+        assert!(text.contains("\"'=cmd, \"\"quoted\"\"\""), "{text}");
+    }
+}

@@ -1,0 +1,208 @@
+//! The job directory: how a prepared job travels to `labgrader sandbox`
+//! (on this host or on a Slurm compute node through a shared filesystem)
+//! and how its outcome comes back.
+//!
+//! ```text
+//! DIR/job.json       JobFile, written by the grader before submission
+//! DIR/workspace/     the prepared workspace (test_all at its top)
+//! DIR/stdout         captured stdout (at most limits.output bytes)
+//! DIR/stderr         captured stderr (at most limits.output bytes)
+//! DIR/outcome.json   OutcomeFile, written last (its presence = finished)
+//! ```
+//!
+//! Files are written by write-to-temp + rename, so a reader never sees a
+//! half-written `outcome.json`. This module owns only the format; it runs
+//! nothing.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{Captured, Limits, RunOutcome, RunSpec, Termination};
+
+pub const JOB_FILE: &str = "job.json";
+pub const OUTCOME_FILE: &str = "outcome.json";
+pub const WORKSPACE_DIR: &str = "workspace";
+pub const STDOUT_FILE: &str = "stdout";
+pub const STDERR_FILE: &str = "stderr";
+
+/// What to run: everything of a [`RunSpec`] but the workspace path, which
+/// is always `DIR/workspace`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobFile {
+    pub job_id: String,
+    pub env: Vec<(String, String)>,
+    pub limits: Limits,
+}
+
+/// How it ended, with stream sizes (the bytes are in `stdout`/`stderr`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeFile {
+    pub termination: Termination,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: DateTime<Utc>,
+    pub runner: String,
+    /// Host the sandbox ran on (a compute node's name under Slurm).
+    pub host: Option<String>,
+    /// A setup failure of the sandbox itself (a grader fault), if any.
+    pub setup_error: Option<String>,
+}
+
+/// Paths of one job directory.
+#[derive(Debug, Clone)]
+pub struct JobDir {
+    pub root: PathBuf,
+}
+
+impl JobDir {
+    pub fn new(root: impl Into<PathBuf>) -> JobDir {
+        JobDir { root: root.into() }
+    }
+
+    pub fn workspace(&self) -> PathBuf {
+        self.root.join(WORKSPACE_DIR)
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// Write `job.json` for `spec` (whose workspace must be `self.workspace()`).
+    pub fn write_job(&self, spec: &RunSpec) -> io::Result<()> {
+        let job = JobFile {
+            job_id: spec.job_id.clone(),
+            env: spec.env.clone(),
+            limits: spec.limits.clone(),
+        };
+        write_atomic(&self.file(JOB_FILE), &serde_json::to_vec_pretty(&job)?)
+    }
+
+    pub fn read_job(&self) -> io::Result<JobFile> {
+        let b = std::fs::read(self.file(JOB_FILE))?;
+        serde_json::from_slice(&b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// The [`RunSpec`] this directory describes.
+    pub fn spec(&self) -> io::Result<RunSpec> {
+        let job = self.read_job()?;
+        Ok(RunSpec {
+            job_id: job.job_id,
+            workspace: self.workspace(),
+            env: job.env,
+            limits: job.limits,
+            image: None,
+        })
+    }
+
+    /// Write stdout, stderr, then `outcome.json` last.
+    pub fn write_outcome(&self, o: &RunOutcome, host: Option<String>) -> io::Result<()> {
+        write_atomic(&self.file(STDOUT_FILE), &o.stdout.bytes)?;
+        write_atomic(&self.file(STDERR_FILE), &o.stderr.bytes)?;
+        let f = OutcomeFile {
+            termination: o.termination.clone(),
+            stdout: o.stdout.clone(),
+            stderr: o.stderr.clone(),
+            started_at: o.started_at,
+            ended_at: o.ended_at,
+            runner: o.runner.clone(),
+            host,
+            setup_error: None,
+        };
+        write_atomic(&self.file(OUTCOME_FILE), &serde_json::to_vec_pretty(&f)?)
+    }
+
+    /// Record that the sandbox could not be set up (no outcome to report).
+    pub fn write_setup_error(&self, message: &str, host: Option<String>) -> io::Result<()> {
+        let now = Utc::now();
+        let f = OutcomeFile {
+            termination: Termination::Exited { code: -1 },
+            stdout: Captured::default(),
+            stderr: Captured::default(),
+            started_at: now,
+            ended_at: now,
+            runner: "native".into(),
+            host,
+            setup_error: Some(message.to_string()),
+        };
+        write_atomic(&self.file(OUTCOME_FILE), &serde_json::to_vec_pretty(&f)?)
+    }
+
+    /// `Ok(None)` while the job has not finished. The captured bytes are
+    /// read back into `stdout.bytes` / `stderr.bytes`.
+    pub fn read_outcome(&self) -> io::Result<Option<OutcomeFile>> {
+        let p = self.file(OUTCOME_FILE);
+        let b = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut f: OutcomeFile = serde_json::from_slice(&b)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        f.stdout.bytes = std::fs::read(self.file(STDOUT_FILE)).unwrap_or_default();
+        f.stderr.bytes = std::fs::read(self.file(STDERR_FILE)).unwrap_or_default();
+        Ok(Some(f))
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn job_and_outcome_round_trip() {
+        let t = tempfile::tempdir().unwrap();
+        let d = JobDir::new(t.path());
+        let spec = RunSpec {
+            job_id: "j1".into(),
+            workspace: d.workspace(),
+            env: vec![("A".into(), "b".into())],
+            limits: Limits {
+                timeout: Duration::from_secs(3),
+                memory: 1 << 26,
+                pids: 10,
+                output: 1024,
+                cpus: 1.0,
+                file_size: 1 << 20,
+                open_files: 64,
+            },
+            image: None,
+        };
+        d.write_job(&spec).unwrap();
+        let back = d.spec().unwrap();
+        assert_eq!(back.limits, spec.limits);
+        assert_eq!(back.env, spec.env);
+        assert!(d.read_outcome().unwrap().is_none());
+        let now = Utc::now();
+        let o = RunOutcome {
+            termination: Termination::Timeout,
+            stdout: Captured::from_bytes(b"hello".to_vec(), 1024),
+            stderr: Captured::default(),
+            started_at: now,
+            ended_at: now,
+            runner: "native".into(),
+            image: None,
+            image_id: None,
+        };
+        d.write_outcome(&o, Some("node1".into())).unwrap();
+        let f = d.read_outcome().unwrap().unwrap();
+        assert_eq!(f.termination, Termination::Timeout);
+        assert_eq!(f.stdout.bytes, b"hello");
+        assert_eq!(f.host.as_deref(), Some("node1"));
+    }
+}

@@ -1,0 +1,205 @@
+//! The real `labgrader grader` binary: SIGKILL in the middle of a job and
+//! restart (graded exactly once), a flood of stdout (capped; the daemon's
+//! peak memory stays small), and the staff commands on its spool.
+
+mod grader_support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use grader_support::Fixture;
+use labgrader::gradebook::{Filter, Gradebook, Select};
+use labgrader::result::Status;
+use labgrader::spool::State;
+
+const BIN: &str = env!("CARGO_BIN_EXE_labgrader");
+const WAIT: Duration = Duration::from_secs(90);
+
+fn start_daemon(cfg: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(BIN)
+        .args(["grader", "--config"])
+        .arg(cfg)
+        .env("LABGRADER_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("the labgrader binary starts")
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sigterm_and_wait(mut child: Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "daemon exited with {status}");
+            return;
+        }
+        assert!(start.elapsed() < WAIT, "daemon did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigkill_mid_job_then_restart_grades_exactly_once() {
+    let f = Fixture::new();
+    let runs = f.tmp.path().join("runs");
+    f.tests_repo(
+        "lab20",
+        &format!(
+            "#!/bin/sh\necho run >> {runs}\nsleep 2\nprintf '<summary>\\ngrade_total = 77\\n</summary>\\n'\n",
+            runs = runs.display()
+        ),
+    );
+    let p = "course/pam/lab20";
+    let sha = f.push(p, |w| std::fs::write(w.join("x"), "1").unwrap());
+    let cfg = f.write_config("");
+    let log = f.tmp.path().join("daemon.log");
+    let mut first = start_daemon(&cfg, &log);
+    let ev = f.event(p, &sha);
+    f.enqueue(&ev);
+    wait_for("test_all to start", || runs.exists());
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let spool = f.spool();
+    assert_eq!(spool.list(State::Active).unwrap(), [ev.file_name()]);
+    assert!(!f.done_dir(&ev.job_id).exists());
+
+    let second = start_daemon(&cfg, &log);
+    wait_for("the job to be recorded", || {
+        f.done_dir(&ev.job_id).join("result.json").exists()
+    });
+    sigterm_and_wait(second);
+    let r: labgrader::result::JobResult =
+        serde_json::from_slice(&std::fs::read(f.done_dir(&ev.job_id).join("result.json")).unwrap())
+            .unwrap();
+    assert_eq!((r.status, r.grade_total), (Status::Graded, Some(77.0)));
+    assert_eq!(r.extra.get("crashes"), Some(&serde_json::json!(1)));
+    let gb = Gradebook::open(&f.spool_dir.join("gradebook.sqlite")).unwrap();
+    assert_eq!(gb.select(Select::All, &Filter::default()).unwrap().len(), 1);
+    assert_eq!(spool.list(State::Done).unwrap(), vec![ev.job_id.clone()]);
+    for s in [State::Incoming, State::Active, State::Failed, State::Tmp] {
+        assert!(spool.list(s).unwrap().is_empty(), "{s:?} not empty");
+    }
+
+    // Staff commands on the same spool: export through the binary.
+    let out = Command::new(BIN)
+        .args([
+            "gradebook",
+            "export",
+            "--format",
+            "json",
+            "--latest",
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["student_sha"], sha.as_str());
+}
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn two_hundred_megabytes_of_stdout_are_capped_and_daemon_memory_stays_small() {
+    let f = Fixture::new();
+    f.tests_repo(
+        "lab21",
+        "#!/bin/sh\nhead -c 200000000 /dev/zero | tr '\\0' 'x'\n\
+         printf '\\n<summary>\\ngrade_total = 1\\n</summary>\\n'\n",
+    );
+    let p = "course/quin/lab21";
+    let sha = f.push(p, |_| {});
+    let cfg = f.write_config("output_limit = \"1MiB\"");
+    let log = f.tmp.path().join("daemon.log");
+    let daemon = start_daemon(&cfg, &log);
+    let pid = daemon.id();
+    let ev = f.event(p, &sha);
+    f.enqueue(&ev);
+    wait_for("the job to be recorded", || {
+        f.done_dir(&ev.job_id).join("result.json").exists()
+    });
+    let hwm = vm_hwm_kib(pid).expect("VmHWM readable");
+    sigterm_and_wait(daemon);
+    let r: labgrader::result::JobResult =
+        serde_json::from_slice(&std::fs::read(f.done_dir(&ev.job_id).join("result.json")).unwrap())
+            .unwrap();
+    assert!(r.stdout.truncated, "{r:?}");
+    assert!(r.stdout.total >= 200_000_000, "{r:?}");
+    // The summary came after the cap: no grade, and the reason says why.
+    assert_eq!(r.status, Status::NoGrade, "{r:?}");
+    assert!(
+        r.reason.as_deref().unwrap().contains("output_limit"),
+        "{r:?}"
+    );
+    let kept = std::fs::read(f.done_dir(&ev.job_id).join("stdout")).unwrap();
+    assert!(kept.len() < (1 << 20) + 200, "{}", kept.len());
+    assert!(String::from_utf8_lossy(&kept).contains("[labgrader: output truncated"));
+    eprintln!("daemon VmHWM after 200 MB of stdout: {hwm} KiB");
+    assert!(hwm < 64 * 1024, "daemon peak RSS {hwm} KiB");
+}
+
+#[test]
+fn grade_command_prints_stdout_then_json_and_exits_zero_only_with_a_grade() {
+    let f = Fixture::new();
+    let (student, tests) = (f.tmp.path().join("s"), f.tmp.path().join("t"));
+    std::fs::create_dir_all(&student).unwrap();
+    std::fs::write(student.join("n"), "8").unwrap();
+    grader_support::write_exec(
+        &tests.join("test_all"),
+        "#!/bin/sh\necho hello\nprintf '<summary>\\ngrade_total = %s\\n</summary>\\n' \"$(cat n)\"\n",
+    );
+    let cfg = f.write_config("");
+    let run = |tests: &Path| {
+        Command::new(BIN)
+            .args(["grade", "--runner", "none", "--timeout", "10s", "--config"])
+            .arg(&cfg)
+            .arg("--student")
+            .arg(&student)
+            .arg("--tests")
+            .arg(tests)
+            .output()
+            .unwrap()
+    };
+    let out = run(&tests);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with("hello\n<summary>"), "{text}");
+    assert!(text.contains("\"grade_total\": 8.0"), "{text}");
+    let out = run(&student);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no executable test_all"));
+}

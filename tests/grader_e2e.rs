@@ -1,0 +1,243 @@
+//! The grader daemon end to end on real git repositories: event file in
+//! incoming/ → graded row in the gradebook and a done/ record; each push
+//! graded at its own SHA; regrade and replay.
+
+mod grader_support;
+
+use std::time::Duration;
+
+use grader_support::{Fixture, simple_test_all, write_exec};
+use labgrader::gradebook::{Filter, Format, Gradebook, Select};
+use labgrader::result::Status;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_commit_is_graded_with_both_shas_and_a_done_record() {
+    let f = Fixture::new();
+    let tests_sha = f.tests_repo(
+        "lab1",
+        "#!/bin/sh\necho \"student says: $(cat answer.txt)\"\necho secret-log >&2\n\
+         echo \"sha=$LABGRADER_STUDENT_SHA tests=$LABGRADER_TESTS_SHA job=$LABGRADER_JOB_ID\"\n\
+         printf '<summary>\\ngrade_total = 87.5\\npassed = 7\\n[hidden]\\nseed = 42\\n</summary>\\n'\n",
+    );
+    let sha = f.push("course/alice/lab1", |w| {
+        std::fs::write(w.join("answer.txt"), "42").unwrap()
+    });
+    let d = f.start(f.config(""));
+    let ev = f.event("course/alice/lab1", &sha);
+    f.enqueue(&ev);
+    let r = f.wait_done(&ev.job_id, WAIT).await;
+    d.stop().await;
+
+    assert_eq!(r.status, Status::Graded, "{r:?}");
+    assert_eq!(r.grade_total, Some(87.5));
+    assert_eq!(r.student_sha, sha);
+    assert_eq!(r.tests_sha.as_deref(), Some(tests_sha.as_str()));
+    assert_eq!(r.summary.get("passed").map(String::as_str), Some("7"));
+    assert_eq!(r.hidden.get("seed").map(String::as_str), Some("42"));
+    assert_eq!(r.runner, "none");
+
+    let done = f.done_dir(&ev.job_id);
+    let stdout = std::fs::read_to_string(done.join("stdout")).unwrap();
+    assert!(stdout.contains("student says: 42"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("sha={sha} tests={tests_sha} job={}", ev.job_id)),
+        "{stdout}"
+    );
+    assert!(
+        std::fs::read_to_string(done.join("stderr"))
+            .unwrap()
+            .contains("secret-log")
+    );
+    assert!(done.join("event.json").exists());
+    let spool = f.spool();
+    assert!(
+        spool
+            .list(labgrader::spool::State::Active)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        spool
+            .list(labgrader::spool::State::Incoming)
+            .unwrap()
+            .is_empty()
+    );
+    // The workspace is gone.
+    assert_eq!(
+        std::fs::read_dir(f.spool_dir.join("work")).unwrap().count(),
+        0
+    );
+
+    let gb = Gradebook::open(&f.spool_dir.join("gradebook.sqlite")).unwrap();
+    let row = gb.get(&ev.job_id).unwrap().expect("row");
+    assert_eq!(row.grade_total, Some(87.5));
+    assert_eq!(row.student_sha, sha);
+    assert_eq!(row.tests_sha.as_deref(), Some(tests_sha.as_str()));
+    assert!(String::from_utf8_lossy(&row.stdout.bytes).contains("student says: 42"));
+    let mut csv = Vec::new();
+    gb.export(Select::All, &Filter::default(), Format::Csv, &mut csv)
+        .unwrap();
+    let csv = String::from_utf8(csv).unwrap();
+    assert!(
+        csv.contains(&format!("{},course/alice/lab1", ev.job_id)),
+        "{csv}"
+    );
+
+    let metrics = labgrader::metrics::render(&[]);
+    for phase in ["queued", "fetch", "workspace", "run", "record"] {
+        assert!(
+            metrics.contains(&format!(
+                "labgrader_grader_phase_seconds_count{{phase=\"{phase}\"}}"
+            )),
+            "{phase}: {metrics}"
+        );
+    }
+    assert!(metrics.contains("labgrader_grader_jobs_total{status=\"graded\"}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_quick_pushes_are_each_graded_at_their_own_sha() {
+    let f = Fixture::new();
+    f.tests_repo(
+        "lab2",
+        "#!/bin/sh\nprintf '<summary>\\ngrade_total = %s\\n</summary>\\n' \"$(cat n)\"\n",
+    );
+    let p = "course/bob/lab2";
+    let sha1 = f.push(p, |w| std::fs::write(w.join("n"), "1").unwrap());
+    let sha2 = f.push(p, |w| std::fs::write(w.join("n"), "2").unwrap());
+    // Both events arrive before the grader has fetched anything: the branch
+    // already points at sha2 when the first job runs.
+    let (e1, e2) = (f.event(p, &sha1), f.event(p, &sha2));
+    f.enqueue(&e1);
+    f.enqueue(&e2);
+    let d = f.start(f.config(""));
+    let r1 = f.wait_done(&e1.job_id, WAIT).await;
+    let r2 = f.wait_done(&e2.job_id, WAIT).await;
+    d.stop().await;
+    assert_eq!(
+        (r1.student_sha.as_str(), r1.grade_total),
+        (sha1.as_str(), Some(1.0))
+    );
+    assert_eq!(
+        (r2.student_sha.as_str(), r2.grade_total),
+        (sha2.as_str(), Some(2.0))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_student_repository_is_still_graded() {
+    let f = Fixture::new();
+    f.tests_repo("lab3", &simple_test_all("5"));
+    let sha = f.push("course/carol/lab3", |_| {});
+    let d = f.start(f.config(""));
+    let ev = f.event("course/carol/lab3", &sha);
+    f.enqueue(&ev);
+    let r = f.wait_done(&ev.job_id, WAIT).await;
+    d.stop().await;
+    assert_eq!(
+        (r.status, r.grade_total),
+        (Status::Graded, Some(5.0)),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regrade_queues_again_and_replay_reproduces_the_grade_on_the_recorded_shas() {
+    let f = Fixture::new();
+    f.tests_repo("lab4", &simple_test_all("70"));
+    let p = "course/dan/lab4";
+    let sha = f.push(p, |w| std::fs::write(w.join("x"), "x").unwrap());
+    let d = f.start(f.config(""));
+    let ev = f.event(p, &sha);
+    f.enqueue(&ev);
+    let first = f.wait_done(&ev.job_id, WAIT).await;
+    assert_eq!(first.grade_total, Some(70.0));
+
+    // The test repository moves on: a regrade takes the new head, a replay
+    // keeps the recorded one.
+    let new_tests = f.tests_repo("lab4", &simple_test_all("90"));
+    let queued =
+        labgrader::grader::regrade(&f.spool(), std::slice::from_ref(&ev.job_id), None).unwrap();
+    assert_eq!(queued.len(), 1);
+    let again = f.wait_done(&queued[0].1, WAIT).await;
+    assert_eq!(again.grade_total, Some(90.0));
+    assert_eq!(again.student_sha, sha);
+    assert_eq!(again.tests_sha.as_deref(), Some(new_tests.as_str()));
+    let by_project = labgrader::grader::regrade(&f.spool(), &[], Some(p)).unwrap();
+    assert_eq!(by_project.len(), 2);
+    for (_, id) in &by_project {
+        f.wait_done(id, WAIT).await;
+    }
+    d.stop().await;
+
+    let replay = labgrader::grader::replay(f.config(""), f.spool(), &ev.job_id)
+        .await
+        .unwrap();
+    assert!(replay.same, "{replay:?}");
+    assert_eq!(replay.replay.grade_total, Some(70.0));
+    assert_eq!(replay.replay.tests_sha, first.tests_sha);
+
+    // The latest export is the last regrade; the best is the 90.
+    let gb = Gradebook::open(&f.spool_dir.join("gradebook.sqlite")).unwrap();
+    let filter = Filter {
+        project: Some(p.into()),
+        assignment: None,
+    };
+    assert_eq!(gb.select(Select::All, &filter).unwrap().len(), 4);
+    assert_eq!(
+        gb.select(Select::Best, &filter).unwrap()[0].grade_total,
+        Some(90.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grade_local_runs_a_directory_pair_once() {
+    let f = Fixture::new();
+    let (student, tests) = (f.tmp.path().join("s"), f.tmp.path().join("t"));
+    std::fs::create_dir_all(student.join(".git")).unwrap();
+    std::fs::write(student.join("n"), "3").unwrap();
+    write_exec(
+        &tests.join("test_all"),
+        "#!/bin/sh\nprintf '<summary>\\ngrade_total = %s\\n</summary>\\n' \"$(cat n)\"\n",
+    );
+    let cfg = f.config("");
+    let r = labgrader::grader::grade_local(&cfg, &student, &tests, None, None)
+        .await
+        .unwrap();
+    assert_eq!(r.grade_total, Some(3.0), "{r:?}");
+    let r = labgrader::grader::grade_local(&cfg, &tests, &student, None, None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, Status::Error);
+    assert!(r.reason.unwrap().contains("test_all"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_token_never_lands_in_mirrors_records_or_the_gradebook() {
+    let f = Fixture::new();
+    f.tests_repo("lab5", &simple_test_all("1"));
+    let sha = f.push("course/tok/lab5", |_| {});
+    let mut cfg = (*f.config("")).clone();
+    let token = "glpat-SECRET-TOKEN-0123456789";
+    cfg.secrets.gitlab_token = Some(labgrader::config::Secret::new(token));
+    let d = f.start(std::sync::Arc::new(cfg));
+    let ev = f.event("course/tok/lab5", &sha);
+    f.enqueue(&ev);
+    let r = f.wait_done(&ev.job_id, WAIT).await;
+    d.stop().await;
+    assert_eq!(r.grade_total, Some(1.0));
+    for entry in walkdir::WalkDir::new(&f.spool_dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+    {
+        let bytes = std::fs::read(entry.path()).unwrap();
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "token found in {}",
+            entry.path().display()
+        );
+    }
+}
