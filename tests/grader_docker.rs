@@ -7,6 +7,7 @@
 //! Needs a running engine and the busybox test image; FAILS without them
 //! unless `LABGRADER_SKIP_DOCKER=1`.
 
+mod common;
 mod grader_support;
 
 use std::path::Path;
@@ -22,6 +23,10 @@ use labgrader::sandbox::docker::DockerRunner;
 const BIN: &str = env!("CARGO_BIN_EXE_labgrader");
 const IMAGE: &str = "labgrader/test-busybox:latest";
 const WAIT: Duration = Duration::from_secs(90);
+
+/// Each daemon removes every job container on the engine at start, so the
+/// daemons of these tests must not overlap.
+static ONE_DAEMON_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn skip() -> bool {
     let s = std::env::var("LABGRADER_SKIP_DOCKER").as_deref() == Ok("1");
@@ -84,6 +89,7 @@ async fn daemon_sigkilled_mid_docker_job_leaves_no_container_and_grades_once() {
     if skip() {
         return;
     }
+    let _serial = ONE_DAEMON_AT_A_TIME.lock().await;
     let runner = engine().await;
     let f = Fixture::new();
     f.tests_repo(
@@ -148,13 +154,15 @@ async fn auto_picks_docker_and_daemon_serves_the_next_job_after_a_hostile_one() 
     if skip() {
         return;
     }
+    let _serial = ONE_DAEMON_AT_A_TIME.lock().await;
     let runner = engine().await;
     let f = Fixture::new();
     f.tests_repo("loop", "#!/bin/sh\necho spinning\nwhile :; do :; done\n");
-    f.tests_repo(
-        "hog",
-        "#!/bin/sh\nx=$(head -c 400000000 /dev/zero | tr '\\0' a)\necho survived\n",
-    );
+    // The table's memory hog (static binary) in the test repository.
+    f.push("root/hog-test", |w| {
+        std::fs::copy(common::hostile::helper_bin("memhog"), w.join("memhog")).unwrap();
+        grader_support::write_exec(&w.join("test_all"), "#!/bin/sh\n./memhog\necho survived\n");
+    });
     f.tests_repo(
         "ok",
         "#!/bin/sh\nprintf '<summary>\\ngrade_total = 100\\n</summary>\\n'\n",
