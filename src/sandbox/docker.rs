@@ -399,6 +399,15 @@ impl Drop for ContainerGuard {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One workspace entry to send.
 struct Entry {
     rel: PathBuf,
@@ -789,7 +798,8 @@ impl DockerRunner {
             write_tar(&root, &entries, user, out)
         });
         let job_id = spec.job_id.clone();
-        let feeder = tokio::spawn(async move {
+        // Aborted when this function returns, on every path.
+        let _feeder = AbortOnDrop(tokio::spawn(async move {
             let mut fed = Ok(());
             while let Some(chunk) = rx.recv().await {
                 if let Err(e) = input.write_all(&chunk).await {
@@ -812,7 +822,7 @@ impl DockerRunner {
             // Keep the write half alive until the output side is done: on
             // some engines dropping it closes the whole connection.
             input
-        });
+        }));
 
         let started_at = Utc::now();
         docker
@@ -900,7 +910,6 @@ impl DockerRunner {
         } else if let Some(e) = stream_error {
             return Err(engine("read container output")(e));
         }
-        feeder.abort();
 
         let inspect = tokio::time::timeout(
             ENGINE_GRACE,
