@@ -136,6 +136,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let grader = Arc::new(Grader::new(cfg, spool)?);
+    grader.remove_orphans().await?;
     grader.recover().await?;
     grader.serve(shutdown).await;
     Ok(())
@@ -187,6 +188,26 @@ impl Grader {
         let r = sandbox::build_runner(&self.cfg, kind)?;
         g.insert(kind.to_string(), r.clone());
         Ok(r)
+    }
+
+    /// Start-up: remove the sandboxes (docker containers) that jobs of a
+    /// crashed daemon left behind, before any job runs.
+    pub async fn remove_orphans(&self) -> Result<(), SandboxError> {
+        let runners: Vec<Arc<dyn Runner>> = {
+            let g = self.runners.lock().unwrap_or_else(|p| p.into_inner());
+            g.values().cloned().collect()
+        };
+        for r in runners {
+            let n = r.remove_orphans().await?;
+            if n > 0 {
+                warn!(
+                    runner = r.name(),
+                    removed = n,
+                    "removed sandboxes left by a crash"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Called when a job starts running: queue the "running" commit
@@ -293,7 +314,11 @@ impl Grader {
             .rescan_interval
             .get()
             .max(Duration::from_millis(50));
-        info!(workers, runner = %self.cfg.grader.runner, "grader started");
+        let chosen = self
+            .runner(self.cfg.grader.runner)
+            .map(|r| r.name())
+            .unwrap_or("unavailable");
+        info!(workers, runner = %self.cfg.grader.runner, chosen, "grader started");
         loop {
             sched.scan(&self.spool);
             let next = sched.dispatch(&self, &permits, &mut tasks, &jobs_cancel);
