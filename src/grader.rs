@@ -14,8 +14,9 @@
 //! shutdown it stops claiming, lets running jobs finish within the grace
 //! period, then cancels them and puts them back.
 //!
-//! It never delivers results itself ([`Grader::on_started`] and
-//! [`Grader::on_recorded`] are the hooks delivery is wired to), never reads
+//! It never delivers results itself: it queues them in the outbox
+//! ([`crate::deliver`]) before a job counts as done, and the delivery
+//! worker sends them. It never reads
 //! the summary itself ([`crate::summary`]) and never builds a sandbox
 //! ([`crate::sandbox::build_runner`]). Event files are untrusted input: an
 //! unparseable one goes to `corrupt/`; its SHA and project path are checked
