@@ -313,6 +313,15 @@ pub struct SlurmConfig {
     pub partition: String,
     pub shared_dir: PathBuf,
     pub poll_interval: Seconds,
+    /// The `labgrader` binary as compute nodes see it (empty = this
+    /// process's own executable, which must then be at the same path there).
+    pub labgrader_bin: PathBuf,
+    /// A job still pending after this long is cancelled and retried later
+    /// (a grader fault: the cluster has no room or the partition is down).
+    pub queue_timeout: Seconds,
+    /// Added to the job's memory limit for Slurm's own limit, which is a
+    /// backstop over the sandbox's (the sandbox process itself needs some).
+    pub memory_margin: ByteSize,
 }
 
 impl Default for SlurmConfig {
@@ -325,6 +334,9 @@ impl Default for SlurmConfig {
             partition: "grade".into(),
             shared_dir: PathBuf::from("/srv/labgrader/shared"),
             poll_interval: Seconds(Duration::from_secs(1)),
+            labgrader_bin: PathBuf::new(),
+            queue_timeout: Seconds(Duration::from_secs(600)),
+            memory_margin: ByteSize(64 << 20),
         }
     }
 }
@@ -830,6 +842,15 @@ impl Config {
         }
         if !(self.docker.cpus > 0.0 && self.docker.cpus.is_finite()) {
             return Err(self.invalid("docker.cpus", "must be a positive number"));
+        }
+        if self.slurm.poll_interval.0.is_zero() {
+            return Err(self.invalid("slurm.poll_interval", "must be longer than zero"));
+        }
+        if !self.slurm.shared_dir.is_absolute() {
+            return Err(self.invalid(
+                "slurm.shared_dir",
+                "must be an absolute path (the same on every node)",
+            ));
         }
         if self.deliver.backoff_min.0 > self.deliver.backoff_max.0 {
             return Err(self.invalid(

@@ -215,6 +215,26 @@ impl GitlabApi {
 // Hook setup (system hook, project hooks, project_create): see hooks.rs.
 pub mod hooks;
 pub use hooks::ensure_project_hook;
+/// The fields of GitLab's project object labgrader reads
+/// (`GET /projects/:id`; unknown fields are ignored).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ProjectInfo {
+    pub id: u64,
+    pub path_with_namespace: String,
+    #[serde(default)]
+    pub default_branch: Option<String>,
+    #[serde(default)]
+    pub http_url_to_repo: Option<String>,
+}
+
+impl GitlabApi {
+    /// `GET /projects/:id` by `namespace/name` path; `Ok(None)` when GitLab
+    /// says 404 (no such project, or the token may not see it).
+    pub async fn project(&self, path: &str) -> Result<Option<ProjectInfo>, GitlabError> {
+        self.get_json(&format!("/projects/{}", encode_path(path)))
+            .await
+    }
+}
 
 #[cfg(test)]
 mod tests {

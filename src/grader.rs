@@ -14,8 +14,9 @@
 //! shutdown it stops claiming, lets running jobs finish within the grace
 //! period, then cancels them and puts them back.
 //!
-//! It never delivers results itself ([`Grader::on_started`] and
-//! [`Grader::on_recorded`] are the hooks delivery is wired to), never reads
+//! It never delivers results itself: it queues them in the outbox
+//! ([`crate::deliver`]) before a job counts as done, and the delivery
+//! worker sends them. It never reads
 //! the summary itself ([`crate::summary`]) and never builds a sandbox
 //! ([`crate::sandbox::build_runner`]). Event files are untrusted input: an
 //! unparseable one goes to `corrupt/`; its SHA and project path are checked
@@ -144,6 +145,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let grader = Arc::new(Grader::new(cfg, spool)?);
+    grader.remove_orphans().await?;
     grader.recover().await?;
     grader.serve(shutdown).await;
     Ok(())
@@ -209,6 +211,26 @@ impl Grader {
         let r = sandbox::build_runner(&self.cfg, kind)?;
         g.insert(kind.to_string(), r.clone());
         Ok(r)
+    }
+
+    /// Start-up: remove the sandboxes (docker containers) that jobs of a
+    /// crashed daemon left behind, before any job runs.
+    pub async fn remove_orphans(&self) -> Result<(), SandboxError> {
+        let runners: Vec<Arc<dyn Runner>> = {
+            let g = self.runners.lock().unwrap_or_else(|p| p.into_inner());
+            g.values().cloned().collect()
+        };
+        for r in runners {
+            let n = r.remove_orphans().await?;
+            if n > 0 {
+                warn!(
+                    runner = r.name(),
+                    removed = n,
+                    "removed sandboxes left by a crash"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Called when a job starts running: queue the "running" commit
@@ -375,7 +397,11 @@ impl Grader {
             .rescan_interval
             .get()
             .max(Duration::from_millis(50));
-        info!(workers, runner = %self.cfg.grader.runner, "grader started");
+        let chosen = self
+            .runner(self.cfg.grader.runner)
+            .map(|r| r.name())
+            .unwrap_or("unavailable");
+        info!(workers, runner = %self.cfg.grader.runner, chosen, "grader started");
         loop {
             sched.scan(&self.spool);
             let next = sched.dispatch(&self, &permits, &mut tasks, &jobs_cancel);
@@ -384,10 +410,17 @@ impl Grader {
                 .map_or(rescan, |d| d.min(rescan));
             tokio::select! {
                 _ = wake.notified() => {}
-                Some(done) = tasks.join_next() => {
-                    match done {
-                        Ok(project) => { sched.running.remove(&project); }
-                        Err(e) => error!(error = %e, "a job task panicked"),
+                Some(done) = tasks.join_next_with_id() => {
+                    let id = match &done {
+                        Ok((id, _)) => *id,
+                        Err(e) => e.id(),
+                    };
+                    if let Some((name, project)) = sched.spawned.remove(&id) {
+                        sched.running.remove(&project);
+                        if let Err(e) = done {
+                            error!(file = %name, error = %e, "a job task panicked: counted as a crash");
+                            self.after_panic(&name).await;
+                        }
                     }
                 }
                 _ = tokio::time::sleep(sleep_for) => {}
@@ -403,7 +436,16 @@ impl Grader {
         tokio::pin!(grace);
         loop {
             tokio::select! {
-                r = tasks.join_next() => if r.is_none() { break },
+                r = tasks.join_next_with_id() => match r {
+                    None => break,
+                    Some(Err(e)) => {
+                        if let Some((name, _)) = sched.spawned.remove(&e.id()) {
+                            error!(file = %name, error = %e, "a job task panicked: counted as a crash");
+                            self.after_panic(&name).await;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                },
                 _ = &mut grace, if !jobs_cancel.is_cancelled() => {
                     warn!(running = tasks.len(), "grace period over: stopping and requeueing jobs");
                     jobs_cancel.cancel();
@@ -411,6 +453,33 @@ impl Grader {
             }
         }
         info!("grader stopped");
+    }
+
+    /// A job task panicked: count it as a crash, like start-up recovery
+    /// would, so a job that always panics ends in failed/.
+    async fn after_panic(&self, name: &str) {
+        let Ok(bytes) = self.spool.read(State::Active, name) else {
+            return;
+        };
+        let Ok(mut ev) = Event::from_bytes(&bytes) else {
+            let _ = self.spool.quarantine(name, State::Active);
+            return;
+        };
+        ev.crashes += 1;
+        let moved = self
+            .spool
+            .replace(State::Incoming, name, &ev.to_bytes())
+            .map(|_| std::fs::remove_file(self.spool.path(State::Active, name)));
+        if moved.is_ok() && ev.crashes >= self.cfg.grader.max_crashes {
+            let reason = format!(
+                "the grader failed {} times on this job; it goes to failed/ and is not retried \
+                 automatically (`labgrader regrade {}` retries it)",
+                ev.crashes, ev.job_id
+            );
+            if let Err(e) = self.fail(name, &ev, &reason).await {
+                error!(file = %name, error = %e, "cannot move the job to failed/");
+            }
+        }
     }
 
     /// Everything one claimed job goes through; returns its project.
@@ -859,7 +928,7 @@ pub fn job_env(ev: &Event, tests_sha: &str) -> Vec<(String, String)> {
 
 /// Status, reason and grade of a finished run.
 pub fn verdict(out: &RunOutcome, limits: &Limits) -> (Status, String, Option<summary::Summary>) {
-    let parsed = summary::parse(&out.stdout.bytes);
+    let parsed = summary::parse_captured(&out.stdout);
     let cut = if out.stdout.truncated {
         format!(
             " (stdout was cut at output_limit, {} of {} bytes kept)",
@@ -956,6 +1025,8 @@ struct Scheduler {
     index: BTreeMap<String, Meta>,
     /// Projects with a job running.
     running: HashSet<String>,
+    /// Running tasks: file name and project.
+    spawned: HashMap<tokio::task::Id, (String, String)>,
 }
 
 impl Scheduler {
@@ -1045,7 +1116,9 @@ impl Scheduler {
                 }
             };
             self.running.insert(meta.project.clone());
-            tasks.spawn(grader.clone().job(name.clone(), ev, permit, cancel.clone()));
+            let handle = tasks.spawn(grader.clone().job(name.clone(), ev, permit, cancel.clone()));
+            self.spawned
+                .insert(handle.id(), (name.clone(), meta.project.clone()));
         }
         for n in claimed {
             self.index.remove(&n);

@@ -94,6 +94,16 @@ impl SpoolError {
     }
 }
 
+/// A file written in `tmp/` by [`Spool::stage`], not yet durable nor
+/// visible in any state.
+#[derive(Debug)]
+pub struct Staged {
+    pub file: File,
+    pub tmp: PathBuf,
+    /// The name it will have in its state directory.
+    pub name: String,
+}
+
 /// What `recover` found and did at start.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovery {
@@ -162,6 +172,26 @@ impl Spool {
     /// rename, fsync the directory. Fails if `state/name` exists. On any
     /// error nothing is left behind in `tmp/` or in `state/`.
     pub fn publish(&self, state: State, name: &str, bytes: &[u8]) -> Result<PathBuf, SpoolError> {
+        let dest = self.publish_unsynced(state, name, bytes)?;
+        if let Err(source) = fsync_dir(&self.dir(state)) {
+            let _ = fs::remove_file(&dest);
+            return Err(SpoolError::Write { path: dest, source });
+        }
+        Ok(dest)
+    }
+
+    /// [`Spool::publish`] without the final directory fsync: the file's
+    /// contents are durable, its name in `state/` is not until the caller
+    /// fsyncs `self.dir(state)`. For callers that fsync the directory once
+    /// for a group of files (the hook's group commit) and answer no one
+    /// before that fsync returned. Fails if `state/name` exists; on error
+    /// nothing is left behind.
+    pub fn publish_unsynced(
+        &self,
+        state: State,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<PathBuf, SpoolError> {
         let tmp = self.write_tmp(name, bytes)?;
         let dest = self.path(state, name);
         // link(2) + unlink instead of rename(2): it refuses to replace an
@@ -179,11 +209,60 @@ impl Spool {
             });
         }
         let _ = fs::remove_file(&tmp);
-        if let Err(source) = fsync_dir(&self.dir(state)) {
-            let _ = fs::remove_file(&dest);
-            return Err(SpoolError::Write { path: dest, source });
-        }
         Ok(dest)
+    }
+
+    /// Step one of a group publish: write `bytes` to a new file in `tmp/`
+    /// *without* fsync. The caller (one thread serving many writers) then
+    /// fsyncs [`Staged::file`], links it with [`Spool::link_staged`] and
+    /// fsyncs the state directory, in that order, before telling anyone the
+    /// file is stored. On error nothing is left behind.
+    pub fn stage(&self, name: &str, bytes: &[u8]) -> Result<Staged, SpoolError> {
+        let tmp =
+            self.dir(State::Tmp)
+                .join(format!("{name}.{}.{}", std::process::id(), new_job_id()));
+        let result = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(bytes)?;
+            Ok(f)
+        })();
+        match result {
+            Ok(file) => Ok(Staged {
+                file,
+                tmp,
+                name: name.to_string(),
+            }),
+            Err(source) => {
+                let _ = fs::remove_file(&tmp);
+                Err(SpoolError::Write { path: tmp, source })
+            }
+        }
+    }
+
+    /// Step two of a group publish: link a staged file, already fsynced,
+    /// to `state/<name>` (refusing to replace an existing file) and drop its
+    /// tmp name. Durable once `state`'s directory is fsynced. On error the
+    /// staged file is removed.
+    pub fn link_staged(&self, staged: &Staged, state: State) -> Result<PathBuf, SpoolError> {
+        let dest = self.path(state, &staged.name);
+        let linked = fs::hard_link(&staged.tmp, &dest);
+        let _ = fs::remove_file(&staged.tmp);
+        match linked {
+            Ok(()) => Ok(dest),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Err(SpoolError::Exists { path: dest })
+            }
+            Err(source) => Err(SpoolError::Rename {
+                from: staged.tmp.clone(),
+                to: dest,
+                source,
+            }),
+        }
+    }
+
+    /// Drop a staged file that will not be published.
+    pub fn discard(&self, staged: Staged) {
+        let _ = fs::remove_file(&staged.tmp);
     }
 
     /// Durably replace `state/name` with `bytes` (write tmp, fsync, rename
@@ -226,9 +305,9 @@ impl Spool {
     /// A fresh directory under `tmp/` to build a multi-file record in,
     /// later published with [`Spool::publish_dir`].
     pub fn tmp_dir(&self, name: &str) -> Result<PathBuf, SpoolError> {
-        let p = self
-            .dir(State::Tmp)
-            .join(format!("{name}.{}.d", new_job_id()));
+        let p =
+            self.dir(State::Tmp)
+                .join(format!("{name}.{}.{}", std::process::id(), new_job_id()));
         fs::create_dir(&p).map_err(|source| SpoolError::Create {
             path: p.clone(),
             source,
@@ -335,7 +414,43 @@ impl Spool {
         Ok(dest)
     }
 
-    /// Start-up recovery: sweep `tmp/` (nothing in it was ever accepted) and
+    /// Remove the files in `tmp/` left by processes that died while
+    /// writing them (tmp file names carry the writer's pid), and nothing
+    /// else: safe to run while another live process (a separate grader)
+    /// writes its own tmp files. Returns how many were removed.
+    pub fn sweep_dead_tmp(&self) -> Result<usize, SpoolError> {
+        let mut swept = 0;
+        for name in self.list(State::Tmp)? {
+            let p = self.path(State::Tmp, &name);
+            let dead = match tmp_owner(&name) {
+                Some(pid) => pid != std::process::id() && !process_alive(pid),
+                // Not a name we write: keep it a while, then it is junk.
+                None => fs::symlink_metadata(&p)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > STALE_UNOWNED_TMP),
+            };
+            if !dead {
+                continue;
+            }
+            let removed = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            if removed.is_ok() {
+                swept += 1;
+            }
+        }
+        if swept > 0 {
+            let _ = fsync_dir(&self.dir(State::Tmp));
+        }
+        Ok(swept)
+    }
+
+    /// Start-up recovery: sweep what dead writers left in `tmp/` (nothing in
+    /// it was ever accepted) and
     /// move every file in `active/` back to `incoming/`. `rewrite` may
     /// update a requeued job's contents (e.g. raise its attempt count); it
     /// gets the old bytes and returns the new ones, or `None` to keep them.
@@ -343,18 +458,12 @@ impl Spool {
         &self,
         mut rewrite: impl FnMut(&str, &[u8]) -> Option<Vec<u8>>,
     ) -> Result<Recovery, SpoolError> {
-        let mut rec = Recovery::default();
-        for name in self.list(State::Tmp)? {
-            let p = self.path(State::Tmp, &name);
-            let removed = if p.is_dir() {
-                fs::remove_dir_all(&p)
-            } else {
-                fs::remove_file(&p)
-            };
-            if removed.is_ok() {
-                rec.tmp_swept += 1;
-            }
-        }
+        // Only what dead writers left: in `serve`, and with separate hook
+        // and grader units, a live process may be writing there right now.
+        let mut rec = Recovery {
+            tmp_swept: self.sweep_dead_tmp()?,
+            ..Recovery::default()
+        };
         for name in self.list(State::Active)? {
             let src = self.path(State::Active, &name);
             if src.is_dir() {
@@ -380,6 +489,30 @@ impl Spool {
     }
 }
 
+/// The pid in a tmp file name made by `write_tmp`: `<name>.<pid>.<ulid>`.
+/// `tmp/` entries whose name names no writer are removed after this long.
+const STALE_UNOWNED_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn tmp_owner(tmp_name: &str) -> Option<u32> {
+    let mut parts = tmp_name.rsplitn(3, '.');
+    let ulid = parts.next()?;
+    let pid = parts.next()?;
+    parts.next()?;
+    (ulid.len() == 26).then_some(())?;
+    pid.parse().ok()
+}
+
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // Signal 0: existence check. EPERM means it exists under another user.
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(e) => e == nix::errno::Errno::EPERM,
+    }
+}
+
 /// fsync a directory so a rename or create in it is durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -401,12 +534,51 @@ mod tests {
         assert_eq!(s.list(State::Tmp).unwrap(), Vec::<String>::new());
         s.transition("a.json", State::Incoming, State::Active)
             .unwrap();
-        fs::write(s.dir(State::Tmp).join("junk"), b"x").unwrap();
+        // A dead writer's leftover goes; a live writer's file (ours) stays.
+        let dead = format!("b.json.4194304.{}", new_job_id());
+        fs::write(s.dir(State::Tmp).join(&dead), b"x").unwrap();
+        let live = format!("c.json.{}.{}", std::process::id(), new_job_id());
+        fs::write(s.dir(State::Tmp).join(&live), b"x").unwrap();
         let rec = s.recover(|_, b| Some([b, b"!"].concat())).unwrap();
         assert_eq!(rec.tmp_swept, 1);
+        assert_eq!(s.list(State::Tmp).unwrap(), vec![live]);
         assert_eq!(rec.requeued, vec!["a.json".to_string()]);
         assert_eq!(s.read(State::Incoming, "a.json").unwrap(), b"{}!");
         assert!(s.list(State::Active).unwrap().is_empty());
+    }
+
+    #[test]
+    fn sweep_dead_tmp_keeps_live_writers_files() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Spool::open(t.path()).unwrap();
+        let id = new_job_id();
+        // pid 0x7fff_fff0 does not exist; our own pid does.
+        let dead = format!("a.json.{}.{id}", 0x7fff_fff0u32);
+        let live = format!("b.json.{}.{id}", std::process::id());
+        let live_dir = format!("c.{id}.d");
+        fs::write(s.path(State::Tmp, &dead), b"x").unwrap();
+        fs::write(s.path(State::Tmp, &live), b"x").unwrap();
+        fs::create_dir(s.path(State::Tmp, &live_dir)).unwrap();
+        assert_eq!(s.sweep_dead_tmp().unwrap(), 1);
+        assert_eq!(s.list(State::Tmp).unwrap(), vec![live, live_dir]);
+    }
+
+    #[test]
+    fn staged_files_link_once_and_leave_no_tmp() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Spool::open(t.path()).unwrap();
+        let a = s.stage("j.json", b"{}").unwrap();
+        a.file.sync_all().unwrap();
+        s.link_staged(&a, State::Incoming).unwrap();
+        let b = s.stage("j.json", b"{2}").unwrap();
+        assert!(matches!(
+            s.link_staged(&b, State::Incoming),
+            Err(SpoolError::Exists { .. })
+        ));
+        let c = s.stage("k.json", b"x").unwrap();
+        s.discard(c);
+        assert!(s.list(State::Tmp).unwrap().is_empty());
+        assert_eq!(s.read(State::Incoming, "j.json").unwrap(), b"{}");
     }
 
     #[test]

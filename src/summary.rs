@@ -59,6 +59,16 @@ fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
         .find(|&i| &hay[i..i + needle.len()] == needle)
 }
 
+/// Read the grade from captured stdout. When output was dropped, the tail
+/// (the end of the stream) is read first: a block there came after
+/// everything kept at the head.
+pub fn parse_captured(stdout: &crate::sandbox::Captured) -> Result<Summary, SummaryError> {
+    if last_block(&stdout.tail).is_some() {
+        return parse(&stdout.tail);
+    }
+    parse(&stdout.bytes)
+}
+
 /// Read the grade from `stdout`.
 pub fn parse(stdout: &[u8]) -> Result<Summary, SummaryError> {
     let block = last_block(stdout).ok_or(SummaryError::NoBlock)?;

@@ -105,6 +105,7 @@ fn capped_stdout(out: &Captured, limit: u64) -> Captured {
     }
     Captured {
         bytes: out.bytes[..keep].to_vec(),
+        tail: out.tail.clone(),
         total: out.total,
         truncated: out.truncated || keep < out.bytes.len(),
     }
@@ -453,7 +454,7 @@ mod tests {
         let c = Captured {
             bytes: "aé".as_bytes().to_vec(),
             total: 3,
-            truncated: false,
+            ..Captured::default()
         };
         let shown = capped_stdout(&c, 2);
         assert_eq!(shown.bytes, b"a");

@@ -354,7 +354,7 @@ pub fn enqueue(spool: &Spool, rec: &Record) -> Result<bool, DeliverError> {
 }
 
 /// True when commit statuses are configured and can be sent.
-fn commit_status_enabled(cfg: &Config) -> bool {
+pub fn commit_status_enabled(cfg: &Config) -> bool {
     cfg.gitlab.commit_status && cfg.secrets.gitlab_token.is_some()
 }
 

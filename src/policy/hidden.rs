@@ -25,16 +25,13 @@ pub fn callback_view(result: &JobResult, include_hidden: bool, include_stderr: b
         r.hidden.clear();
         r.stdout = Captured {
             bytes: redact_hidden_summary(&r.stdout.bytes),
+            tail: redact_hidden_tail(&r.stdout.tail),
             total: r.stdout.total,
             truncated: r.stdout.truncated,
         };
     }
     if !include_stderr {
-        r.stderr = Captured {
-            bytes: Vec::new(),
-            total: 0,
-            truncated: false,
-        };
+        r.stderr = Captured::default();
     }
     r
 }
@@ -45,9 +42,32 @@ pub fn callback_view(result: &JobResult, include_hidden: bool, include_stderr: b
 /// kept byte for byte. Lines are compared trimmed; section names without
 /// case.
 pub fn redact_hidden_summary(stdout: &[u8]) -> Vec<u8> {
+    redact(stdout, false)
+}
+
+/// The same for the tail kept after a truncation: it may begin inside a
+/// summary block whose `[hidden]` line was dropped, so when a
+/// `</summary>` comes before any `<summary>`, its lines up to the next
+/// section header or `</summary>` are cut (they may be hidden keys).
+pub fn redact_hidden_tail(tail: &[u8]) -> Vec<u8> {
+    let mut starts_inside = false;
+    for line in tail.split(|&b| b == b'\n') {
+        let t = trim(line);
+        if t.eq_ignore_ascii_case(b"<summary>") {
+            break;
+        }
+        if t.eq_ignore_ascii_case(b"</summary>") {
+            starts_inside = true;
+            break;
+        }
+    }
+    redact(tail, starts_inside)
+}
+
+fn redact(stdout: &[u8], starts_inside: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(stdout.len());
-    let mut in_summary = false;
-    let mut hiding = false;
+    let mut in_summary = starts_inside;
+    let mut hiding = starts_inside;
     for line in stdout.split_inclusive(|&b| b == b'\n') {
         let t = trim(line);
         if !in_summary {
@@ -110,6 +130,17 @@ mod tests {
         assert_eq!(
             got,
             "running tests\n<summary>\ngrade_total = 87.5\npassed = 7\n[public]\nnote = ok\n</summary>\nbye\n"
+        );
+    }
+
+    #[test]
+    fn tail_starting_inside_a_summary_is_cut_to_the_end_of_it() {
+        let tail = b"et = 3\nhidden_grade = 9\n</summary>\nafter\n";
+        assert_eq!(redact_hidden_tail(tail), b"</summary>\nafter\n".to_vec());
+        let tail = b"x\n<summary>\ngrade_total = 1\n[hidden]\ns = 2\n</summary>\n";
+        assert_eq!(
+            redact_hidden_tail(tail),
+            b"x\n<summary>\ngrade_total = 1\n</summary>\n".to_vec()
         );
     }
 

@@ -32,8 +32,6 @@ pub use quota::{QuotaDecision, QuotaError, QuotaLedger};
 pub const NOT_A_SUBMISSION_TAG: &str = "not a submission tag";
 /// Answer text for a branch or tag deletion.
 pub const DELETION: &str = "a deletion is not a submission";
-/// Answer text for a tag push to a push-triggered assignment.
-pub const TAG_IN_PUSH_MODE: &str = "tag pushes are not graded for this assignment";
 
 /// Effective limits of one job: the assignment's overrides over
 /// `[grader]` and `[docker]`.
@@ -172,8 +170,6 @@ pub enum IgnoreReason {
     NotSubmissionTag,
     /// A branch or tag deletion (nothing to grade).
     Deletion,
-    /// Push mode and the push is a tag.
-    TagInPushMode,
 }
 
 impl IgnoreReason {
@@ -181,7 +177,14 @@ impl IgnoreReason {
         match self {
             IgnoreReason::NotSubmissionTag => NOT_A_SUBMISSION_TAG,
             IgnoreReason::Deletion => DELETION,
-            IgnoreReason::TagInPushMode => TAG_IN_PUSH_MODE,
+        }
+    }
+
+    /// Short code for metrics (`labgrader_hook_ignored_total{reason}`).
+    pub fn code(self) -> &'static str {
+        match self {
+            IgnoreReason::NotSubmissionTag => "not_submission_tag",
+            IgnoreReason::Deletion => "deletion",
         }
     }
 }
@@ -253,10 +256,8 @@ pub fn hook_ignores(
 pub fn decide_submission(policy: &ResolvedPolicy, push: &PushFacts<'_>) -> Decision {
     let deletion = push.after.is_empty() || push.after == ZERO_SHA;
     match policy.trigger {
+        // Every push (branch or tag) is a submission, as gitlab-ag did.
         Trigger::Push => {
-            if push.kind == EventKind::TagPush || push.git_ref.starts_with("refs/tags/") {
-                return Decision::Ignore(IgnoreReason::TagInPushMode);
-            }
             if deletion {
                 return Decision::Ignore(IgnoreReason::Deletion);
             }
@@ -406,10 +407,10 @@ mod tests {
             decide_submission(&p, &push(EventKind::Push, "refs/heads/main", ZERO_SHA)),
             Decision::Ignore(IgnoreReason::Deletion)
         );
-        assert_eq!(
+        assert!(matches!(
             decide_submission(&p, &push(EventKind::TagPush, "refs/tags/v1", SHA)),
-            Decision::Ignore(IgnoreReason::TagInPushMode)
-        );
+            Decision::Accept(_)
+        ));
     }
 
     #[test]

@@ -11,8 +11,12 @@
 //! ```
 //!
 //! Files are written by write-to-temp + rename, so a reader never sees a
-//! half-written `outcome.json`. This module owns only the format; it runs
-//! nothing.
+//! half-written `outcome.json`. This module is the grader's side: it writes
+//! `job.json` and reads the outcome back. The node side, which reads
+//! `job.json` strictly and runs the native sandbox, is
+//! [`crate::sandbox::native::job`]; both use its [`JobFile`] and the
+//! outcome fields of its `OutcomeFile`. It never submits, polls or cleans
+//! up (the Slurm runner does).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -20,7 +24,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Captured, Limits, RunOutcome, RunSpec, Termination};
+use super::native::job::{JobFile, VERSION};
+use super::{Captured, RunSpec, Termination};
 
 pub const JOB_FILE: &str = "job.json";
 pub const OUTCOME_FILE: &str = "outcome.json";
@@ -28,16 +33,8 @@ pub const WORKSPACE_DIR: &str = "workspace";
 pub const STDOUT_FILE: &str = "stdout";
 pub const STDERR_FILE: &str = "stderr";
 
-/// What to run: everything of a [`RunSpec`] but the workspace path, which
-/// is always `DIR/workspace`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobFile {
-    pub job_id: String,
-    pub env: Vec<(String, String)>,
-    pub limits: Limits,
-}
-
 /// How it ended, with stream sizes (the bytes are in `stdout`/`stderr`).
+/// Reads the node's `outcome.json`; fields it does not write are `None`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutcomeFile {
     pub termination: Termination,
@@ -74,61 +71,12 @@ impl JobDir {
     /// Write `job.json` for `spec` (whose workspace must be `self.workspace()`).
     pub fn write_job(&self, spec: &RunSpec) -> io::Result<()> {
         let job = JobFile {
+            version: VERSION,
             job_id: spec.job_id.clone(),
-            env: spec.env.clone(),
+            env: spec.env.iter().cloned().collect(),
             limits: spec.limits.clone(),
         };
         write_atomic(&self.file(JOB_FILE), &serde_json::to_vec_pretty(&job)?)
-    }
-
-    pub fn read_job(&self) -> io::Result<JobFile> {
-        let b = std::fs::read(self.file(JOB_FILE))?;
-        serde_json::from_slice(&b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-    }
-
-    /// The [`RunSpec`] this directory describes.
-    pub fn spec(&self) -> io::Result<RunSpec> {
-        let job = self.read_job()?;
-        Ok(RunSpec {
-            job_id: job.job_id,
-            workspace: self.workspace(),
-            env: job.env,
-            limits: job.limits,
-            image: None,
-        })
-    }
-
-    /// Write stdout, stderr, then `outcome.json` last.
-    pub fn write_outcome(&self, o: &RunOutcome, host: Option<String>) -> io::Result<()> {
-        write_atomic(&self.file(STDOUT_FILE), &o.stdout.bytes)?;
-        write_atomic(&self.file(STDERR_FILE), &o.stderr.bytes)?;
-        let f = OutcomeFile {
-            termination: o.termination.clone(),
-            stdout: o.stdout.clone(),
-            stderr: o.stderr.clone(),
-            started_at: o.started_at,
-            ended_at: o.ended_at,
-            runner: o.runner.clone(),
-            host,
-            setup_error: None,
-        };
-        write_atomic(&self.file(OUTCOME_FILE), &serde_json::to_vec_pretty(&f)?)
-    }
-
-    /// Record that the sandbox could not be set up (no outcome to report).
-    pub fn write_setup_error(&self, message: &str, host: Option<String>) -> io::Result<()> {
-        let now = Utc::now();
-        let f = OutcomeFile {
-            termination: Termination::Exited { code: -1 },
-            stdout: Captured::default(),
-            stderr: Captured::default(),
-            started_at: now,
-            ended_at: now,
-            runner: "native".into(),
-            host,
-            setup_error: Some(message.to_string()),
-        };
-        write_atomic(&self.file(OUTCOME_FILE), &serde_json::to_vec_pretty(&f)?)
     }
 
     /// `Ok(None)` while the job has not finished. The captured bytes are
@@ -162,10 +110,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::Limits;
     use std::time::Duration;
 
     #[test]
-    fn job_and_outcome_round_trip() {
+    fn job_written_here_is_read_by_the_node_and_its_outcome_read_back() {
         let t = tempfile::tempdir().unwrap();
         let d = JobDir::new(t.path());
         let spec = RunSpec {
@@ -184,25 +133,27 @@ mod tests {
             image: None,
         };
         d.write_job(&spec).unwrap();
-        let back = d.spec().unwrap();
+        let back = crate::sandbox::native::job::read_job_file(t.path()).unwrap();
         assert_eq!(back.limits, spec.limits);
-        assert_eq!(back.env, spec.env);
+        assert_eq!(back.env.get("A").map(String::as_str), Some("b"));
         assert!(d.read_outcome().unwrap().is_none());
+
         let now = Utc::now();
-        let o = RunOutcome {
+        let node = crate::sandbox::native::job::OutcomeFile {
+            version: VERSION,
+            job_id: "j1".into(),
+            runner: "native".into(),
             termination: Termination::Timeout,
             stdout: Captured::from_bytes(b"hello".to_vec(), 1024),
             stderr: Captured::default(),
             started_at: now,
             ended_at: now,
-            runner: "native".into(),
-            image: None,
-            image_id: None,
         };
-        d.write_outcome(&o, Some("node1".into())).unwrap();
+        std::fs::write(d.file(STDOUT_FILE), b"hello").unwrap();
+        write_atomic(&d.file(OUTCOME_FILE), &serde_json::to_vec(&node).unwrap()).unwrap();
         let f = d.read_outcome().unwrap().unwrap();
         assert_eq!(f.termination, Termination::Timeout);
         assert_eq!(f.stdout.bytes, b"hello");
-        assert_eq!(f.host.as_deref(), Some("node1"));
+        assert_eq!(f.host, None);
     }
 }

@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use super::output::{Captured, SharedCapture, drain_into};
+use super::output::{SharedCapture, collect, spawn_drain};
 use super::{RunOutcome, RunSpec, Runner, SandboxError, TEST_COMMAND, Termination};
 
 /// Time between TERM and KILL of the process group.
@@ -55,10 +55,12 @@ impl Runner for NoneRunner {
             .process_group(0)
             .kill_on_drop(true);
         let started_at = Utc::now();
-        let mut child = cmd.spawn().map_err(|e| SandboxError::Setup {
-            step: "spawn test_all",
-            message: e.to_string(),
-        })?;
+        let mut child = spawn_retrying(&mut cmd)
+            .await
+            .map_err(|e| SandboxError::Setup {
+                step: "spawn test_all",
+                message: e.to_string(),
+            })?;
         let pgid = child.id().map(|id| Pid::from_raw(id as i32));
         let limit = spec.limits.output;
         let (out, err) = (SharedCapture::default(), SharedCapture::default());
@@ -83,8 +85,8 @@ impl Runner for NoneRunner {
         if let Some(pg) = pgid {
             let _ = killpg(pg, Signal::SIGKILL);
         }
-        let stdout = collect(out_task, &out).await;
-        let stderr = collect(err_task, &err).await;
+        let stdout = collect(out_task, &out, PIPE_LINGER).await;
+        let stderr = collect(err_task, &err, PIPE_LINGER).await;
         let termination = if timed_out {
             Termination::Timeout
         } else if let Some(code) = status.code() {
@@ -107,6 +109,22 @@ impl Runner for NoneRunner {
     }
 }
 
+/// Spawn, retrying briefly on ETXTBSY: the workspace's `test_all` was just
+/// written by this process, and a child forked by another thread at that
+/// moment (git for another job) holds the write descriptor until it execs.
+async fn spawn_retrying(cmd: &mut Command) -> std::io::Result<tokio::process::Child> {
+    let mut attempt = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < 50 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// TERM the group, give it a moment, then KILL it.
 async fn kill_group(pgid: Option<Pid>, child: &mut tokio::process::Child) {
     if let Some(pg) = pgid {
@@ -118,25 +136,4 @@ async fn kill_group(pgid: Option<Pid>, child: &mut tokio::process::Child) {
         let _ = killpg(pg, Signal::SIGKILL);
     }
     let _ = child.start_kill();
-}
-
-fn spawn_drain<R>(reader: R, limit: u64, into: &SharedCapture) -> tokio::task::JoinHandle<()>
-where
-    R: tokio::io::AsyncRead + Unpin + Send + 'static,
-{
-    let into = into.clone();
-    tokio::spawn(async move {
-        let _ = drain_into(reader, limit, &into).await;
-    })
-}
-
-/// Wait for a drain task, but not forever: a descendant that left the
-/// process group may still hold the pipe. What arrived is kept either way.
-async fn collect(task: tokio::task::JoinHandle<()>, capture: &SharedCapture) -> Captured {
-    let abort = task.abort_handle();
-    if tokio::time::timeout(PIPE_LINGER, task).await.is_err() {
-        abort.abort();
-        capture.mark_truncated();
-    }
-    capture.snapshot()
 }

@@ -1,11 +1,16 @@
 //! Bounded capture of a child's stdout or stderr.
 //!
-//! Keeps at most `limit` bytes, reads and drops the rest so the writer never
-//! blocks on a full pipe, and counts what was dropped. Memory use is bounded
-//! whatever the student prints.
+//! Keeps the first `limit` bytes and the last [`TAIL_KEEP`] bytes, reads
+//! and drops the rest so the writer never blocks on a full pipe, and counts
+//! what was dropped. Memory use is bounded whatever the student prints. The
+//! tail matters: `test_all` prints its summary last, so a run that printed
+//! too much still ends with a readable grade.
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Bytes kept from the end of a stream that overflowed its limit.
+pub const TAIL_KEEP: usize = 64 << 10;
 
 /// Captured output of one stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,6 +18,10 @@ pub struct Captured {
     /// At most the limit, without the truncation mark.
     #[serde(skip)]
     pub bytes: Vec<u8>,
+    /// When output was dropped: the last bytes of the stream (at most
+    /// [`TAIL_KEEP`]), which came after everything dropped.
+    #[serde(skip)]
+    pub tail: Vec<u8>,
     /// Everything the stream produced, kept or not.
     pub total: u64,
     pub truncated: bool,
@@ -20,7 +29,7 @@ pub struct Captured {
 
 impl Captured {
     /// The text shown to a reader: the kept bytes plus, when output was
-    /// dropped, a visible mark saying how much.
+    /// dropped, a visible mark saying how much, then the tail.
     pub fn display_bytes(&self) -> Vec<u8> {
         let mut v = self.bytes.clone();
         if self.truncated {
@@ -28,16 +37,26 @@ impl Captured {
                 v.push(b'\n');
             }
             v.extend_from_slice(self.truncation_mark().as_bytes());
+            v.extend_from_slice(&self.tail);
         }
         v
     }
 
     pub fn truncation_mark(&self) -> String {
-        format!(
-            "[labgrader: output truncated: kept {} of {} bytes]\n",
-            self.bytes.len(),
-            self.total
-        )
+        if self.tail.is_empty() {
+            format!(
+                "[labgrader: output truncated: kept {} of {} bytes]\n",
+                self.bytes.len(),
+                self.total
+            )
+        } else {
+            format!(
+                "[labgrader: output truncated: kept the first {} and the last {} of {} bytes]\n",
+                self.bytes.len(),
+                self.tail.len(),
+                self.total
+            )
+        }
     }
 
     /// Build from bytes already in memory (e.g. read back from a file).
@@ -47,6 +66,7 @@ impl Captured {
         bytes.truncate(limit as usize);
         Captured {
             bytes,
+            tail: Vec::new(),
             total,
             truncated,
         }
@@ -67,7 +87,11 @@ pub struct SharedCapture(std::sync::Arc<std::sync::Mutex<Captured>>);
 
 impl SharedCapture {
     pub fn snapshot(&self) -> Captured {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if c.tail.len() > TAIL_KEEP {
+            c.tail.drain(..c.tail.len() - TAIL_KEEP);
+        }
+        c
     }
 
     /// Mark the stream as cut short (we stopped reading before its end).
@@ -80,13 +104,45 @@ impl SharedCapture {
         let mut out = self.0.lock().unwrap_or_else(|p| p.into_inner());
         out.total += chunk.len() as u64;
         let room = limit.saturating_sub(out.bytes.len() as u64) as usize;
-        if room > 0 {
-            out.bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        }
+        let kept = chunk.len().min(room);
+        out.bytes.extend_from_slice(&chunk[..kept]);
         if chunk.len() > room {
             out.truncated = true;
+            out.tail.extend_from_slice(&chunk[kept..]);
+            // Trim in batches: amortized O(1) per byte, at most 2×TAIL_KEEP held.
+            if out.tail.len() > 2 * TAIL_KEEP {
+                let cut = out.tail.len() - TAIL_KEEP;
+                out.tail.drain(..cut);
+            }
         }
     }
+}
+
+/// Drain `reader` into `into` on a task of its own.
+pub fn spawn_drain<R>(reader: R, limit: u64, into: &SharedCapture) -> tokio::task::JoinHandle<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let into = into.clone();
+    tokio::spawn(async move {
+        let _ = drain_into(reader, limit, &into).await;
+    })
+}
+
+/// Wait for a drain task once the child is gone, but at most `linger`: a
+/// descendant that escaped may still hold the pipe open. What arrived is
+/// kept either way; a stream cut short is marked truncated.
+pub async fn collect(
+    task: tokio::task::JoinHandle<()>,
+    capture: &SharedCapture,
+    linger: std::time::Duration,
+) -> Captured {
+    let abort = task.abort_handle();
+    if tokio::time::timeout(linger, task).await.is_err() {
+        abort.abort();
+        capture.mark_truncated();
+    }
+    capture.snapshot()
 }
 
 /// Read `reader` to its end into `into`, keeping the first `limit` bytes.
@@ -118,8 +174,20 @@ mod tests {
         assert_eq!(c.bytes.len(), 1000);
         assert_eq!(c.total, 200_000);
         assert!(c.truncated);
+        assert_eq!(c.tail.len(), TAIL_KEEP);
         let shown = String::from_utf8(c.display_bytes()).unwrap();
-        assert!(shown.ends_with("[labgrader: output truncated: kept 1000 of 200000 bytes]\n"));
+        assert!(shown.contains(
+            "[labgrader: output truncated: kept the first 1000 and the last 65536 of 200000 bytes]\n"
+        ));
+    }
+
+    #[tokio::test]
+    async fn tail_holds_the_end_of_a_flood() {
+        let mut data = vec![b'x'; 1_000_000];
+        data.extend_from_slice(b"\n<summary>\ngrade_total = 7\n</summary>\n");
+        let c = drain(&data[..], 1000).await.unwrap();
+        assert!(c.tail.ends_with(b"</summary>\n"));
+        assert!(c.tail.len() <= TAIL_KEEP);
     }
 
     #[tokio::test]

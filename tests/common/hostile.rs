@@ -151,13 +151,15 @@ pub fn cases() -> Vec<Case> {
         },
         Case {
             name: "daemonized_child_does_not_outlive_job",
-            // (`exec -a` is not POSIX: dash and busybox lack it, so the
-            // tracked process is a script whose name carries the token.)
-            script: "(setsid sh -c 'sleep 30; echo alive' </dev/null >/dev/null 2>&1 &)\n\
-                     printf 'sleep 60\\n' > ./lg-$TOKEN\n\
-                     (sh ./lg-$TOKEN </dev/null >/dev/null 2>&1 &)\n\
-                     sleep 1\n\
-                     grep -l \"l[g]-$TOKEN\" /proc/[0-9]*/cmdline >/dev/null 2>&1 && echo running\n\
+            // A script named after the token (not `exec -a`: busybox
+            // applets dispatch on argv[0]), so a /proc scan inside and the
+            // host's `pgrep -f` find it (busybox-static has no pgrep).
+            script: "printf '#!/bin/sh\\nsleep 60\\n' > lg-$TOKEN && chmod +x lg-$TOKEN\n\
+                     (setsid ./lg-$TOKEN </dev/null >/dev/null 2>&1 &)\n\
+                     (./lg-$TOKEN </dev/null >/dev/null 2>&1 &)\n\
+                     sleep 0.5\n\
+                     for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done 2>/dev/null | \
+                     grep -q \"[l]g-$TOKEN\" && echo running\n\
                      echo spawned\n"
                 .into(),
             helpers: &[],

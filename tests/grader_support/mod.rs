@@ -188,10 +188,16 @@ impl Fixture {
     }
 
     /// Drop `ev` into incoming/ the way the hook does (tmp, fsync, rename).
+    /// Retried like GitLab retries a failed delivery: a daemon starting at
+    /// the same moment sweeps tmp/ and may remove the half-written file.
     pub fn enqueue(&self, ev: &Event) {
-        self.spool()
-            .publish(State::Incoming, &ev.file_name(), &ev.to_bytes())
-            .unwrap();
+        let spool = self.spool();
+        let mut tries = 0;
+        while let Err(e) = spool.publish(State::Incoming, &ev.file_name(), &ev.to_bytes()) {
+            tries += 1;
+            assert!(tries < 5, "cannot enqueue {}: {e}", ev.job_id);
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn done_dir(&self, job: &str) -> PathBuf {

@@ -187,8 +187,15 @@ impl JobCgroup {
         };
         for base in bases {
             let dir = base.join(&name);
-            fs::create_dir(&dir)
-                .map_err(|e| io::Error::new(e.kind(), format!("mkdir {}: {e}", dir.display())))?;
+            if let Err(e) = fs::create_dir(&dir) {
+                // Never leave the controllers already made behind: an
+                // outer manager (Slurm) cannot remove its cgroup around them.
+                cg.remove();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("mkdir {}: {e}", dir.display()),
+                ));
+            }
             cg.dirs.push(dir);
         }
         if let Some(l) = limits {

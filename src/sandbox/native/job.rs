@@ -156,7 +156,12 @@ pub async fn run_job_dir(
     cancel: &CancellationToken,
 ) -> Result<OutcomeFile, JobDirError> {
     let job = read_job_file(dir)?;
-    let runner = NativeRunner::new(cfg)?;
+    let mut runner = NativeRunner::new(cfg)?;
+    // Inside a Slurm job, the job's cgroup (memory_per_node) enforces memory
+    // and Slurm reports the OOM kill as OUT_OF_MEMORY.
+    if std::env::var_os("SLURM_JOB_ID").is_some() {
+        runner = runner.with_external_memory_limit();
+    }
     let spec = RunSpec {
         job_id: job.job_id.clone(),
         workspace: dir.join("workspace"),

@@ -64,7 +64,7 @@ use tokio_util::sync::CancellationToken;
 use self::cgroup::{Hierarchy, JobCgroup};
 use self::setup::{ChildArgs, FD_SOURCES, MAX_SOURCES, Op, Plan, RECORD_LEN, Record, Step};
 use super::none::SAFE_PATH;
-use super::output::{Captured, SharedCapture, drain_into};
+use super::output::{Captured, SharedCapture, collect, spawn_drain};
 use super::{RunOutcome, RunSpec, Runner, SandboxError, TEST_COMMAND, Termination};
 use crate::config::NativeConfig;
 
@@ -103,6 +103,11 @@ pub struct NativeRunner {
     mode: Mode,
     cgroups: Option<Hierarchy>,
     staging: PathBuf,
+    /// Memory is enforced by an outer cgroup (a Slurm job's), which
+    /// reports an OOM kill; without job cgroups of our own we then leave
+    /// RLIMIT_DATA off, so an over-limit job is an OOM kill the outside can
+    /// name instead of a failed malloc nobody can tell from a crash.
+    external_memory_limit: bool,
 }
 
 /// Can this process create the sandbox's namespaces? `Err` says why not
@@ -294,7 +299,14 @@ impl NativeRunner {
             mode,
             cgroups,
             staging,
+            external_memory_limit: false,
         })
+    }
+
+    /// Memory is enforced outside the sandbox (see the field's doc).
+    pub fn with_external_memory_limit(mut self) -> NativeRunner {
+        self.external_memory_limit = true;
+        self
     }
 
     /// The cgroup hierarchy in use, if any (for logs and benchmarks).
@@ -481,7 +493,7 @@ impl NativeRunner {
             // +1: the sandbox's init runs as the same uid.
             (libc::RLIMIT_NPROC, l.pids + 1, l.pids + 1),
         ];
-        if !with_cgroup {
+        if !with_cgroup && !self.external_memory_limit {
             rlimits.push((libc::RLIMIT_DATA, l.memory, l.memory));
         }
         let plan = Plan {
@@ -679,25 +691,13 @@ fn chown_some(
     Ok(true)
 }
 
-fn spawn_drain(
+fn spawn_pipe_drain(
     fd: OwnedFd,
     limit: u64,
     into: &SharedCapture,
 ) -> Result<tokio::task::JoinHandle<()>, SandboxError> {
     let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
-    let into = into.clone();
-    Ok(tokio::spawn(async move {
-        let _ = drain_into(rx, limit, &into).await;
-    }))
-}
-
-async fn collect(task: tokio::task::JoinHandle<()>, capture: &SharedCapture) -> Captured {
-    let abort = task.abort_handle();
-    if tokio::time::timeout(PIPE_LINGER, task).await.is_err() {
-        abort.abort();
-        capture.mark_truncated();
-    }
-    capture.snapshot()
+    Ok(spawn_drain(rx, limit, into))
 }
 
 fn describe_failure(
@@ -847,8 +847,8 @@ impl NativeRunner {
             .collect();
         let limit = spec.limits.output;
         let (out, err) = (SharedCapture::default(), SharedCapture::default());
-        let out_task = spawn_drain(parent.stdout, limit, &out)?;
-        let err_task = spawn_drain(parent.stderr, limit, &err)?;
+        let out_task = spawn_pipe_drain(parent.stdout, limit, &out)?;
+        let err_task = spawn_pipe_drain(parent.stderr, limit, &err)?;
         let mut report = tokio::net::unix::pipe::Receiver::from_owned_fd(parent.report)?;
         let chown =
             (self.mode == Mode::Root).then(|| (workspace.to_path_buf(), self.uid, self.gid));
@@ -894,8 +894,8 @@ impl NativeRunner {
                 .await
                 .unwrap_or_default();
         }
-        let stdout = collect(out_task, &out).await;
-        let stderr = collect(err_task, &err).await;
+        let stdout = collect(out_task, &out, PIPE_LINGER).await;
+        let stderr = collect(err_task, &err, PIPE_LINGER).await;
         if cancelled {
             return Err(SandboxError::Cancelled);
         }

@@ -1,0 +1,232 @@
+//! Benchmark driver for `scripts/bench slurm`: the slurm runner's per-job
+//! wall time and throughput, beside `labgrader sandbox --job-dir` run
+//! directly on this host (what the compute node runs) in the same run.
+//!
+//! Reads the cluster from the environment `scripts/setup/slurm.sh` exports.
+//! Prints figures; asserts nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use labgrader::config::{Config, Seconds};
+use labgrader::sandbox::jobdir::JobDir;
+use labgrader::sandbox::slurm::SlurmRunner;
+use labgrader::sandbox::{Limits, RunSpec, Runner, Termination};
+use tokio_util::sync::CancellationToken;
+
+struct Args {
+    rounds: usize,
+    jobs: usize,
+    parallel: usize,
+    poll_ms: Option<u64>,
+    bin: PathBuf,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        rounds: 10,
+        jobs: 100,
+        parallel: 8,
+        poll_ms: None,
+        bin: PathBuf::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
+        match k.as_str() {
+            "--rounds" => a.rounds = v().parse().expect("--rounds N"),
+            "--jobs" => a.jobs = v().parse().expect("--jobs N"),
+            "--parallel" => a.parallel = v().parse().expect("--parallel N"),
+            "--poll-ms" => a.poll_ms = Some(v().parse().expect("--poll-ms N")),
+            "--bin" => a.bin = PathBuf::from(v()),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    assert!(
+        !a.bin.as_os_str().is_empty(),
+        "--bin PATH (the labgrader binary) is required"
+    );
+    a
+}
+
+fn env(k: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set; source scripts/setup/slurm.sh"))
+}
+
+fn limits() -> Limits {
+    Limits {
+        timeout: Duration::from_secs(30),
+        memory: 128 << 20,
+        pids: 64,
+        output: 64 << 10,
+        cpus: 1.0,
+        file_size: 16 << 20,
+        open_files: 256,
+    }
+}
+
+fn trivial_workspace(root: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = root.join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    std::fs::set_permissions(&ws, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = ws.join("test_all");
+    std::fs::write(
+        &t,
+        "#!/bin/sh\nprintf '<summary>\\ngrade_total = 1\\n</summary>\\n'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o755)).unwrap();
+    ws
+}
+
+fn spec(job_id: String, ws: &Path) -> RunSpec {
+    RunSpec {
+        job_id,
+        workspace: ws.to_path_buf(),
+        env: vec![],
+        limits: limits(),
+        image: None,
+    }
+}
+
+/// The baseline: what the node does, run here — copy the workspace into a
+/// job directory and run `labgrader sandbox --job-dir` on it.
+async fn direct(bin: &Path, scratch: &Path, spec: &RunSpec) {
+    let jd = JobDir::new(scratch.join(&spec.job_id));
+    labgrader::sandbox::slurm::copy_tree(&spec.workspace, &jd.workspace()).unwrap();
+    let mut s = spec.clone();
+    s.workspace = jd.workspace();
+    jd.write_job(&s).unwrap();
+    let st = tokio::process::Command::new(bin)
+        .args(["--log", "warn", "sandbox", "--job-dir"])
+        .arg(&jd.root)
+        .status()
+        .await
+        .unwrap();
+    assert!(st.success());
+    let o = jd.read_outcome().unwrap().expect("outcome");
+    assert_eq!(o.termination, Termination::Exited { code: 0 });
+    std::fs::remove_dir_all(&jd.root).unwrap();
+}
+
+async fn via_slurm(r: &SlurmRunner, spec: &RunSpec) {
+    let o = r
+        .run(spec, &CancellationToken::new())
+        .await
+        .expect("slurm run");
+    assert_eq!(o.termination, Termination::Exited { code: 0 }, "{o:?}");
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let mut cfg = Config::default();
+    cfg.slurm.url = env("LABGRADER_SLURM_URL");
+    cfg.slurm.token_file = PathBuf::from(env("LABGRADER_SLURM_TOKEN_FILE"));
+    cfg.slurm.shared_dir = PathBuf::from(env("LABGRADER_SLURM_SHARED_DIR"));
+    cfg.slurm.user = std::env::var("LABGRADER_SLURM_USER").unwrap_or_else(|_| "labgrader".into());
+    cfg.slurm.labgrader_bin = a.bin.clone();
+    if let Some(p) = a.poll_ms {
+        cfg.slurm.poll_interval = Seconds(Duration::from_millis(p));
+    }
+    let runner = Arc::new(SlurmRunner::new(&cfg).expect("slurm runner"));
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = trivial_workspace(tmp.path());
+    let scratch = tmp.path().join("direct");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let tag = format!("bench-{}", std::process::id());
+    println!(
+        "bench slurm: {} CPUs, poll_interval {:?}, trivial test_all (prints a summary)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        cfg.slurm.poll_interval.get()
+    );
+
+    // Warm up both paths once (page cache, slurmd's first launch).
+    direct(&a.bin, &scratch, &spec(format!("{tag}-warm-d"), &ws)).await;
+    via_slurm(&runner, &spec(format!("{tag}-warm-s"), &ws)).await;
+
+    // Per-job wall time, one job at a time, alternating.
+    let (mut d, mut s) = (Vec::new(), Vec::new());
+    for i in 0..a.rounds {
+        let t = Instant::now();
+        direct(&a.bin, &scratch, &spec(format!("{tag}-d{i}"), &ws)).await;
+        d.push(t.elapsed());
+        let t = Instant::now();
+        via_slurm(&runner, &spec(format!("{tag}-s{i}"), &ws)).await;
+        s.push(t.elapsed());
+    }
+    let (md, mslurm) = (median(&mut d), median(&mut s));
+    println!(
+        "per job (median of {}): sandbox on this host {:.0} ms, slurm runner {:.0} ms; \
+         overhead {:.0} ms, ratio {:.1}x",
+        a.rounds,
+        ms(md),
+        ms(mslurm),
+        ms(mslurm.saturating_sub(md)),
+        mslurm.as_secs_f64() / md.as_secs_f64()
+    );
+
+    // Throughput: N jobs, P at a time.
+    let sem = Arc::new(tokio::sync::Semaphore::new(a.parallel));
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..a.jobs {
+        let (sem, bin, scratch, sp) = (
+            sem.clone(),
+            a.bin.clone(),
+            scratch.clone(),
+            spec(format!("{tag}-td{i}"), &ws),
+        );
+        set.spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            direct(&bin, &scratch, &sp).await;
+        });
+    }
+    while set.join_next().await.is_some() {}
+    let td = t.elapsed();
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..a.jobs {
+        let (sem, r, sp) = (
+            sem.clone(),
+            runner.clone(),
+            spec(format!("{tag}-ts{i}"), &ws),
+        );
+        set.spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            via_slurm(&r, &sp).await;
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("slurm job task");
+    }
+    let ts = t.elapsed();
+    let (jd, js) = (
+        a.jobs as f64 / td.as_secs_f64(),
+        a.jobs as f64 / ts.as_secs_f64(),
+    );
+    println!(
+        "throughput ({} jobs, {} at a time): sandbox on this host {:.1} jobs/s ({:.1} s), \
+         slurm runner {:.1} jobs/s ({:.1} s); ratio {:.2}",
+        a.jobs,
+        a.parallel,
+        jd,
+        td.as_secs_f64(),
+        js,
+        ts.as_secs_f64(),
+        js / jd
+    );
+}

@@ -1,0 +1,248 @@
+//! Which course test repositories (`TESTS_NS/NAME-test`) exist.
+//!
+//! Owns a cache of answers so GitLab (which gives a receiver 10 s) never
+//! waits on a slow lookup twice. A miss asks the GitLab API
+//! (`GET /projects/:id`) when a token is configured, else runs
+//! `git ls-remote` on the clone URL; both are bounded by
+//! `server.test_repo_lookup_timeout`, and concurrent misses for one path
+//! share one lookup. "Exists" is trusted for `server.test_repo_cache_ttl`,
+//! "missing" for at most [`NEGATIVE_TTL`] (a course may create the test
+//! repository after the first push); project_create / destroy / rename /
+//! transfer system hooks drop the entries they name. A failed lookup is an
+//! error for the caller to decide on, never a cached "missing". This module
+//! never writes to the spool.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, GitlabConfig};
+use crate::gitlab::{GitlabApi, GitlabError};
+use crate::hook::dedup::KeyLocks;
+use crate::httpc::HttpClient;
+
+/// Longest a "does not exist" answer is trusted.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("asking GitLab about {path}: {source}")]
+    Api { path: String, source: GitlabError },
+    #[error("git ls-remote {url} did not answer within {secs} s")]
+    Timeout { url: String, secs: u64 },
+    #[error("cannot run git ls-remote: {0}; is git installed?")]
+    Spawn(std::io::Error),
+    #[error("git ls-remote {url} failed: {stderr}")]
+    Git { url: String, stderr: String },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    exists: bool,
+    at: Instant,
+}
+
+/// How lookups are made.
+#[derive(Debug)]
+enum Source {
+    Api(Box<GitlabApi>),
+    LsRemote,
+}
+
+#[derive(Debug)]
+pub struct TestRepos {
+    gitlab: GitlabConfig,
+    source: Source,
+    ttl: Duration,
+    timeout: Duration,
+    cache: Mutex<HashMap<String, Entry>>,
+    inflight: KeyLocks,
+}
+
+impl TestRepos {
+    pub fn new(cfg: &Config) -> TestRepos {
+        let timeout = cfg.server.test_repo_lookup_timeout.get();
+        let source = match GitlabApi::from_config(cfg, HttpClient::new()) {
+            Some(api) => Source::Api(Box::new(api.with_timeout(timeout))),
+            None => Source::LsRemote,
+        };
+        TestRepos {
+            gitlab: cfg.gitlab.clone(),
+            source,
+            ttl: cfg.server.test_repo_cache_ttl.get(),
+            timeout,
+            cache: Mutex::new(HashMap::new()),
+            inflight: KeyLocks::default(),
+        }
+    }
+
+    /// "GitLab API" or "git ls-remote", for the start-up log.
+    pub fn method(&self) -> &'static str {
+        match self.source {
+            Source::Api(_) => "GitLab API",
+            Source::LsRemote => "git ls-remote",
+        }
+    }
+
+    fn cached(&self, path: &str, now: Instant) -> Option<bool> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let e = cache.get(path)?;
+        let ttl = if e.exists {
+            self.ttl
+        } else {
+            self.ttl.min(NEGATIVE_TTL)
+        };
+        (now.duration_since(e.at) < ttl).then_some(e.exists)
+    }
+
+    /// Does the test repository at `path` (`TESTS_NS/NAME-test`) exist?
+    pub async fn exists(&self, path: &str) -> Result<bool, LookupError> {
+        if let Some(hit) = self.cached(path, Instant::now()) {
+            return Ok(hit);
+        }
+        let _one = self.inflight.lock(path).await;
+        // Someone else may have looked it up while we waited.
+        if let Some(hit) = self.cached(path, Instant::now()) {
+            return Ok(hit);
+        }
+        match self.lookup(path).await {
+            Ok(exists) => {
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                cache.insert(
+                    path.to_string(),
+                    Entry {
+                        exists,
+                        at: Instant::now(),
+                    },
+                );
+                Ok(exists)
+            }
+            Err(e) => {
+                // An old answer beats no answer.
+                let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                match cache.get(path) {
+                    Some(old) => {
+                        tracing::warn!(path, error = %e, "test repository lookup failed; using the cached answer");
+                        Ok(old.exists)
+                    }
+                    None => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Forget what is known about `paths` (project created, destroyed,
+    /// renamed or moved).
+    pub fn invalidate(&self, paths: &[String]) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        for p in paths {
+            cache.remove(p);
+        }
+    }
+
+    async fn lookup(&self, path: &str) -> Result<bool, LookupError> {
+        match &self.source {
+            Source::Api(api) => api
+                .project(path)
+                .await
+                .map(|p| p.is_some())
+                .map_err(|source| LookupError::Api {
+                    path: path.to_string(),
+                    source,
+                }),
+            Source::LsRemote => self.ls_remote(&self.gitlab.clone_url_for(path)).await,
+        }
+    }
+
+    async fn ls_remote(&self, url: &str) -> Result<bool, LookupError> {
+        let mut cmd = tokio::process::Command::new("git");
+        cmd.args(["ls-remote", "--", url, "HEAD"])
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_ASKPASS", "true")
+            .env("SSH_ASKPASS", "true")
+            .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = cmd.spawn().map_err(LookupError::Spawn)?;
+        let out = tokio::time::timeout(self.timeout, child.wait_with_output())
+            .await
+            .map_err(|_| LookupError::Timeout {
+                url: url.to_string(),
+                secs: self.timeout.as_secs(),
+            })?
+            .map_err(LookupError::Spawn)?;
+        if out.status.success() {
+            return Ok(true);
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = stderr.trim();
+        if is_transient(stderr) {
+            return Err(LookupError::Git {
+                url: url.to_string(),
+                stderr: stderr.lines().last().unwrap_or("").to_string(),
+            });
+        }
+        Ok(false)
+    }
+}
+
+/// git's messages for "could not reach the server" (as opposed to "the
+/// server says there is no such repository").
+fn is_transient(stderr: &str) -> bool {
+    const MARKERS: [&str; 9] = [
+        "Could not resolve host",
+        "Connection refused",
+        "Connection timed out",
+        "Connection reset",
+        "Failed to connect",
+        "Temporary failure",
+        "Network is unreachable",
+        "timed out",
+        "The requested URL returned error: 5",
+    ];
+    MARKERS.iter().any(|m| stderr.contains(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_git_errors_are_told_apart() {
+        assert!(is_transient(
+            "fatal: unable to access 'https://x/': Could not resolve host: x"
+        ));
+        assert!(!is_transient(
+            "fatal: '/srv/x.git' does not appear to be a git repository"
+        ));
+        assert!(!is_transient(
+            "remote: The project you were looking for could not be found"
+        ));
+    }
+
+    #[tokio::test]
+    async fn ls_remote_tells_missing_from_present() {
+        let t = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("git")
+            .args(["init", "-q", "--bare"])
+            .arg(t.path().join("root/lab1-test.git"))
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let mut cfg = Config::default();
+        cfg.gitlab.clone_url = format!("file://{}/{{path}}.git", t.path().display());
+        let repos = TestRepos::new(&cfg);
+        assert_eq!(repos.method(), "git ls-remote");
+        assert!(repos.exists("root/lab1-test").await.unwrap());
+        assert!(!repos.exists("root/lab2-test").await.unwrap());
+        // Cached: removing the repository does not change the answer...
+        std::fs::remove_dir_all(t.path().join("root/lab1-test.git")).unwrap();
+        assert!(repos.exists("root/lab1-test").await.unwrap());
+        // ...until a project hook says it changed.
+        repos.invalidate(&["root/lab1-test".into()]);
+        assert!(!repos.exists("root/lab1-test").await.unwrap());
+    }
+}

@@ -1,0 +1,214 @@
+//! The grader daemon with the docker runner, against a real engine: the
+//! `labgrader grader` binary SIGKILLed mid-job leaves a container, which
+//! the restarted daemon removes before it grades the job (exactly once);
+//! `runner = "auto"` picks docker and says so at start; after a hostile job
+//! the daemon still serves the next one.
+//!
+//! Needs a running engine and the busybox test image; FAILS without them
+//! unless `LABGRADER_SKIP_DOCKER=1`.
+
+mod common;
+mod grader_support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use grader_support::Fixture;
+use labgrader::config::DockerConfig;
+use labgrader::gradebook::{Filter, Gradebook, Select};
+use labgrader::result::{JobResult, Status};
+use labgrader::sandbox::docker::DockerRunner;
+
+const BIN: &str = env!("CARGO_BIN_EXE_labgrader");
+const IMAGE: &str = "labgrader/test-busybox:latest";
+const WAIT: Duration = Duration::from_secs(90);
+
+/// Each daemon removes every job container on the engine at start, so the
+/// daemons of these tests must not overlap.
+static ONE_DAEMON_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn skip() -> bool {
+    let s = std::env::var("LABGRADER_SKIP_DOCKER").as_deref() == Ok("1");
+    if s {
+        eprintln!("LABGRADER_SKIP_DOCKER=1: docker test skipped");
+    }
+    s
+}
+
+async fn engine() -> DockerRunner {
+    let cfg = DockerConfig {
+        image: IMAGE.into(),
+        ..DockerConfig::default()
+    };
+    DockerRunner::connect(&cfg).await.unwrap_or_else(|e| {
+        panic!("docker tests need a running engine and {IMAGE}: {e}; run scripts/test or set LABGRADER_SKIP_DOCKER=1")
+    })
+}
+
+fn docker_section(extra: &str) -> String {
+    format!("{extra}\n[docker]\nimage = \"{IMAGE}\"\n")
+}
+
+fn start_daemon(cfg: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(BIN)
+        .args(["grader", "--config"])
+        .arg(cfg)
+        .env("LABGRADER_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("the labgrader binary starts")
+}
+
+fn stop_daemon(mut child: Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < WAIT, "daemon did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn wait_result(f: &Fixture, job: &str) -> JobResult {
+    f.wait_done(job, WAIT).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_sigkilled_mid_docker_job_leaves_no_container_and_grades_once() {
+    if skip() {
+        return;
+    }
+    let _serial = ONE_DAEMON_AT_A_TIME.lock().await;
+    let runner = engine().await;
+    let f = Fixture::new();
+    f.tests_repo(
+        "lab30",
+        "#!/bin/sh\nsleep 3\nprintf '<summary>\\ngrade_total = 77\\n</summary>\\n'\n",
+    );
+    let p = "course/pam/lab30";
+    let sha = f.push(p, |w| std::fs::write(w.join("x"), "1").unwrap());
+    let cfg = f.write_config(&docker_section("runner = \"docker\""));
+    let log = f.tmp.path().join("daemon.log");
+    let mut first = start_daemon(&cfg, &log);
+    let ev = f.event(p, &sha);
+    f.enqueue(&ev);
+
+    let start = Instant::now();
+    while runner
+        .job_containers(Some(&ev.job_id))
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(start.elapsed() < WAIT, "the job's container never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.kill().unwrap(); // SIGKILL: nothing of the daemon cleans up
+    first.wait().unwrap();
+    assert_eq!(
+        runner.job_containers(Some(&ev.job_id)).await.unwrap().len(),
+        1,
+        "a SIGKILLed daemon leaves its container"
+    );
+
+    let second = start_daemon(&cfg, &log);
+    let r = wait_result(&f, &ev.job_id).await;
+    stop_daemon(second);
+    assert_eq!(
+        (r.status, r.grade_total),
+        (Status::Graded, Some(77.0)),
+        "{r:?}"
+    );
+    assert_eq!(r.runner, "docker");
+    assert!(
+        r.image_id
+            .as_deref()
+            .is_some_and(|i| i.starts_with("sha256:"))
+    );
+    assert!(
+        runner
+            .job_containers(Some(&ev.job_id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let gb = Gradebook::open(&f.spool_dir.join("gradebook.sqlite")).unwrap();
+    assert_eq!(gb.select(Select::All, &Filter::default()).unwrap().len(), 1);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("removed sandboxes left by a crash"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_picks_docker_and_daemon_serves_the_next_job_after_a_hostile_one() {
+    if skip() {
+        return;
+    }
+    let _serial = ONE_DAEMON_AT_A_TIME.lock().await;
+    let runner = engine().await;
+    let f = Fixture::new();
+    f.tests_repo("loop", "#!/bin/sh\necho spinning\nwhile :; do :; done\n");
+    // The table's memory hog (static binary) in the test repository.
+    f.push("root/hog-test", |w| {
+        std::fs::copy(common::hostile::helper_bin("memhog"), w.join("memhog")).unwrap();
+        grader_support::write_exec(&w.join("test_all"), "#!/bin/sh\n./memhog\necho survived\n");
+    });
+    f.tests_repo(
+        "ok",
+        "#!/bin/sh\nprintf '<summary>\\ngrade_total = 100\\n</summary>\\n'\n",
+    );
+    let shas: Vec<(String, String)> = ["loop", "hog", "ok"]
+        .iter()
+        .map(|n| {
+            let p = format!("course/pam/{n}");
+            let sha = f.push(&p, |w| std::fs::write(w.join("x"), n).unwrap());
+            (p, sha)
+        })
+        .collect();
+    let cfg = f.write_config(&docker_section(
+        "runner = \"auto\"\ntimeout = \"8s\"\nmemory = \"128MiB\"\nworkers = 1",
+    ));
+    let log = f.tmp.path().join("daemon.log");
+    let daemon = start_daemon(&cfg, &log);
+    let mut results = Vec::new();
+    for (p, sha) in &shas {
+        let ev = f.event(p, sha);
+        f.enqueue(&ev);
+        results.push((ev.job_id.clone(), wait_result(&f, &ev.job_id).await));
+    }
+    stop_daemon(daemon);
+    assert_eq!(results[0].1.status, Status::Timeout, "{:?}", results[0].1);
+    assert_eq!(
+        results[1].1.status,
+        Status::MemoryLimit,
+        "{:?}",
+        results[1].1
+    );
+    assert_eq!(
+        (results[2].1.status, results[2].1.grade_total),
+        (Status::Graded, Some(100.0))
+    );
+    for (job, r) in &results {
+        assert_eq!(r.runner, "docker");
+        assert!(runner.job_containers(Some(job)).await.unwrap().is_empty());
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let started = text
+        .lines()
+        .find(|l| l.contains("grader started"))
+        .unwrap_or_else(|| panic!("no start line in {text}"));
+    assert!(
+        started.contains("auto") && started.contains("docker"),
+        "{started}"
+    );
+}
