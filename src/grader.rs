@@ -818,30 +818,47 @@ impl Grader {
         status: Status,
         reason: String,
     ) -> JobResult {
-        JobResult {
-            schema: RESULT_SCHEMA,
-            job_id: ev.job_id.clone(),
-            project: ev.project.path.clone(),
-            git_ref: ev.git_ref.clone(),
-            student_sha: ev.commit.clone(),
+        result_without_run(
+            ev,
+            self.cfg.grader.runner.to_string(),
             tests_sha,
-            runner: self.cfg.grader.runner.to_string(),
-            image: None,
-            image_id: None,
-            limits: None,
-            received_at: ev.received_at,
-            started_at: None,
-            ended_at: Utc::now(),
             status,
-            reason: Some(reason),
-            termination: None,
-            grade_total: None,
-            summary: BTreeMap::new(),
-            hidden: BTreeMap::new(),
-            stdout: Captured::default(),
-            stderr: Captured::default(),
-            extra: extra_of(ev),
-        }
+            reason,
+        )
+    }
+}
+
+/// The fields of a result every job has, whether it ran or not.
+fn result_without_run(
+    ev: &Event,
+    runner: String,
+    tests_sha: Option<String>,
+    status: Status,
+    reason: String,
+) -> JobResult {
+    JobResult {
+        schema: RESULT_SCHEMA,
+        job_id: ev.job_id.clone(),
+        project: ev.project.path.clone(),
+        git_ref: ev.git_ref.clone(),
+        student_sha: ev.commit.clone(),
+        tests_sha,
+        runner,
+        image: None,
+        image_id: None,
+        limits: None,
+        received_at: ev.received_at,
+        started_at: None,
+        ended_at: Utc::now(),
+        status,
+        reason: Some(reason),
+        termination: None,
+        grade_total: None,
+        summary: BTreeMap::new(),
+        hidden: BTreeMap::new(),
+        stdout: Captured::default(),
+        stderr: Captured::default(),
+        extra: extra_of(ev),
     }
 }
 
@@ -988,28 +1005,18 @@ fn result_from_run(
         None => (None, BTreeMap::new(), BTreeMap::new()),
     };
     JobResult {
-        schema: RESULT_SCHEMA,
-        job_id: ev.job_id.clone(),
-        project: ev.project.path.clone(),
-        git_ref: ev.git_ref.clone(),
-        student_sha: ev.commit.clone(),
-        tests_sha,
-        runner: out.runner,
         image: out.image,
         image_id: out.image_id,
         limits: Some(limits.clone()),
-        received_at: ev.received_at,
         started_at: Some(out.started_at),
         ended_at: out.ended_at,
-        status,
-        reason: Some(reason),
         termination: Some(out.termination),
         grade_total,
         summary,
         hidden,
         stdout: out.stdout,
         stderr: out.stderr,
-        extra: extra_of(ev),
+        ..result_without_run(ev, out.runner, tests_sha, status, reason)
     }
 }
 

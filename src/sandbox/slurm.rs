@@ -25,7 +25,7 @@ use hyper::Method;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::jobdir::{JobDir, OutcomeFile};
+use super::jobdir::{JobDir, OutcomeFile, write_atomic};
 use super::none::SAFE_PATH;
 use super::{Captured, RunOutcome, RunSpec, Runner, SandboxError, Termination};
 use crate::config::Config;
@@ -896,15 +896,6 @@ fn tail_of(path: &Path) -> String {
         .find(|i| t.is_char_boundary(*i))
         .unwrap_or(t.len());
     format!("; {}: {}", path.display(), &t[start..])
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Copy a workspace without following symlinks (a planted link stays a

@@ -20,7 +20,6 @@
 //! daemon run.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -142,11 +141,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), JobDirError> {
         path: path.to_path_buf(),
         source,
     };
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    crate::sandbox::jobdir::write_atomic(path, bytes).map_err(err)
 }
 
 /// Run `DIR/workspace` as `DIR/job.json` says; write the outcome files.
