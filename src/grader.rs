@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, warn};
 
 use crate::config::{Config, RunnerKind};
-use crate::event::{EVENT_SCHEMA, Event, HookSource};
+use crate::event::{EVENT_SCHEMA, Event, EventKind, HookSource};
 use crate::gradebook::{self, Gradebook, GradebookError};
 use crate::metrics;
 use crate::mirror::{MirrorError, Mirrors};
@@ -95,6 +95,9 @@ enum Prepared {
     Ready {
         ws: JobDir,
         tests_sha: String,
+        /// The commit exported: the event's commit, peeled when it named an
+        /// annotated tag object.
+        student_sha: String,
     },
     /// A final outcome without a run (bad SHA, workspace limit, no test_all).
     Final {
@@ -417,7 +420,8 @@ impl Grader {
                 return;
             }
             self.on_started(&ev);
-            let outcome = self.grade_event(&ev, &cancel).await;
+            let mut ev = ev;
+            let outcome = self.grade_event(&mut ev, &cancel).await;
             let outcome = match outcome {
                 Ok(result) => match self.record(&name, &ev, &result).await {
                     Ok(()) => return,
@@ -485,9 +489,11 @@ impl Grader {
     }
 
     /// Fetch, build the workspace, run and read the summary.
+    /// When the event names an annotated tag object, `ev.commit` becomes
+    /// the commit it points to (the tag object stays in `ev.after`).
     async fn grade_event(
         &self,
-        ev: &Event,
+        ev: &mut Event,
         cancel: &CancellationToken,
     ) -> Result<JobResult, Fault> {
         let started = Instant::now();
@@ -512,7 +518,18 @@ impl Grader {
         let runner = self.runner(kind).map_err(|e| Fault::Infra(e.to_string()))?;
         let prepared = self.prepare(ev, None, started, cancel).await?;
         let (ws, tests_sha) = match prepared {
-            Prepared::Ready { ws, tests_sha } => (ws, tests_sha),
+            Prepared::Ready {
+                ws,
+                tests_sha,
+                student_sha,
+            } => {
+                if student_sha != ev.commit {
+                    info!(tag_object = %ev.commit, commit = %student_sha,
+                        "the event named an annotated tag: grading the commit it points to");
+                    ev.commit = student_sha;
+                }
+                (ws, tests_sha)
+            }
             Prepared::Final {
                 status,
                 reason,
@@ -594,9 +611,10 @@ impl Grader {
             Ok(v) => v,
             Err(e) => return mirror_fault(e, None, "test repository"),
         };
-        if let Err(e) = s {
-            return mirror_fault(e, Some(tests_sha), "student repository");
-        }
+        let student_sha = match s {
+            Ok((_, commit)) => commit,
+            Err(e) => return mirror_fault(e, Some(tests_sha), "student repository"),
+        };
         let t = Instant::now();
         let finished = {
             let (tests_dir, ws_dir) = (tests_tree, ws.workspace());
@@ -606,7 +624,11 @@ impl Grader {
         };
         observe("workspace", t.elapsed());
         match finished {
-            Ok(_) => Ok(Prepared::Ready { ws, tests_sha }),
+            Ok(_) => Ok(Prepared::Ready {
+                ws,
+                tests_sha,
+                student_sha,
+            }),
             Err(e) => match e.status() {
                 Some(status) => Ok(Prepared::Final {
                     status,
@@ -728,6 +750,10 @@ fn extra_of(ev: &Event) -> BTreeMap<String, serde_json::Value> {
     }
     if ev.source == HookSource::Local {
         m.insert("source".into(), "local".into());
+    }
+    if ev.kind == EventKind::TagPush && ev.after != ev.commit {
+        // An annotated tag: graded at its commit; the tag object it was.
+        m.insert("tag_object".into(), ev.after.clone().into());
     }
     m
 }
@@ -1319,7 +1345,7 @@ pub async fn replay(cfg: Arc<Config>, spool: Arc<Spool>, job: &str) -> Result<Re
             r.limits = Some(limits.clone());
             r
         }
-        Ok(Prepared::Ready { ws, tests_sha }) => {
+        Ok(Prepared::Ready { ws, tests_sha, .. }) => {
             let spec = RunSpec {
                 job_id: replay_ev.job_id.clone(),
                 workspace: ws.workspace(),

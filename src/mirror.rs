@@ -261,7 +261,10 @@ impl Mirrors {
 
     /// Export commit `sha` of `path` into the empty directory `dest`,
     /// fetching from `url` first only when the mirror lacks the commit
-    /// (the common case, a mirror that has it, costs one `git archive`).
+    /// (the common case, a mirror that has it, costs one `git archive` and
+    /// one `git rev-parse`). Returns the usage and the commit exported:
+    /// `sha` itself, or the commit it points to when `sha` is an annotated
+    /// tag object (a `repository_update` hook names tags by their object).
     pub async fn export_commit(
         &self,
         path: &str,
@@ -270,11 +273,12 @@ impl Mirrors {
         dest: &Path,
         limits: WorkspaceLimits,
         cancel: &CancellationToken,
-    ) -> Result<Usage, MirrorError> {
+    ) -> Result<(Usage, String), MirrorError> {
         if !is_full_sha(sha) {
             return Err(MirrorError::BadSha(sha.to_string()));
         }
-        let dir = self.dir_for(path)?;
+        let mut dir = self.dir_for(path)?;
+        let mut exported = None;
         if dir.join("HEAD").exists() {
             match self.export(&dir, sha, dest, limits, cancel).await {
                 Err(MirrorError::Git { .. }) => {
@@ -286,11 +290,50 @@ impl Mirrors {
                         source,
                     })?;
                 }
-                other => return other,
+                other => exported = Some(other?),
             }
         }
-        let dir = self.ensure_commit(path, url, sha, cancel).await?;
-        self.export(&dir, sha, dest, limits, cancel).await
+        let usage = match exported {
+            Some(u) => u,
+            None => {
+                dir = self.ensure_commit(path, url, sha, cancel).await?;
+                self.export(&dir, sha, dest, limits, cancel).await?
+            }
+        };
+        let commit = self.peel_commit(&dir, url, sha, cancel).await?;
+        Ok((usage, commit))
+    }
+
+    /// The commit `sha` names in `mirror`: itself for a commit, the commit
+    /// an annotated tag object points to (through nested tags) for a tag.
+    pub async fn peel_commit(
+        &self,
+        mirror: &Path,
+        url: &str,
+        sha: &str,
+        cancel: &CancellationToken,
+    ) -> Result<String, MirrorError> {
+        if !is_full_sha(sha) {
+            return Err(MirrorError::BadSha(sha.to_string()));
+        }
+        let peel = format!("{sha}^{{commit}}");
+        let out = self
+            .git(
+                mirror,
+                "rev-parse",
+                url,
+                &["rev-parse", "--verify", "-q", &peel],
+                cancel,
+            )
+            .await;
+        match out {
+            Ok(s) if is_full_sha(s.trim()) => Ok(s.trim().to_ascii_lowercase()),
+            Ok(_) | Err(MirrorError::Git { .. }) => Err(MirrorError::NoCommit {
+                sha: sha.to_string(),
+                url: redact_url(url),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// The tree of commit `sha` of `mirror`, extracted once into a cache
