@@ -214,8 +214,8 @@ impl Grader {
         Ok(())
     }
 
-    /// Called when a job starts running: queue the "running" commit
-    /// status. Best effort: a status that cannot be queued never stops a job.
+    /// Called when a job's workspace is ready and test_all is about to
+    /// run: queue the "running" commit status (on the commit graded). Best effort: a status that cannot be queued never stops a job.
     pub fn on_started(&self, event: &Event) {
         if let Err(e) = crate::deliver::enqueue_commit_status(
             &self.cfg,
@@ -419,7 +419,6 @@ impl Grader {
                 let _ = std::fs::remove_file(self.spool.path(State::Active, &name));
                 return;
             }
-            self.on_started(&ev);
             let mut ev = ev;
             let outcome = self.grade_event(&mut ev, &cancel).await;
             let outcome = match outcome {
@@ -528,6 +527,8 @@ impl Grader {
                         "the event named an annotated tag: grading the commit it points to");
                     ev.commit = student_sha;
                 }
+                // After the peel: GitLab keeps statuses on commits, not tag objects.
+                self.on_started(ev);
                 (ws, tests_sha)
             }
             Prepared::Final {

@@ -184,8 +184,10 @@ mod tests {
             "hello [hidden]\n<summary>\ngrade_total = 5\n[extra]\nk = v\n</summary>\n\
              <summary>\n</summary>\nbye\n"
         );
-        // What is left still grades the same.
-        assert_eq!(parse(shown.as_bytes()).unwrap().grade_total, 5.0);
+        // What is left of a block still grades the same, without the keys.
+        let one = without_hidden(b"<summary>\ngrade_total = 5\n[hidden]\nseed = 42\n</summary>\n");
+        let s = parse(&one).unwrap();
+        assert_eq!((s.grade_total, s.hidden.len()), (5.0, 0));
         let cut = without_hidden(b"<summary>\n[hidden]\nseed = 1</summary>tail");
         assert_eq!(cut, b"<summary>\n</summary>tail");
         assert_eq!(

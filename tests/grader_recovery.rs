@@ -156,7 +156,14 @@ async fn jobs_active_at_a_crash_are_requeued_and_the_third_crash_fails_them() {
             .publish(State::Active, &e.file_name(), &e.to_bytes())
             .unwrap();
     }
-    std::fs::write(spool.dir(State::Tmp).join("half-written"), b"x").unwrap();
+    // What a dead writer left (pid 4194304 is above any pid_max): swept at
+    // start. An unowned name would be kept for an hour (a live writer may
+    // be behind it), so it must carry the writer's pid.
+    let half = format!(
+        "half-written.json.4194304.{}",
+        labgrader::spool::new_job_id()
+    );
+    std::fs::write(spool.dir(State::Tmp).join(half), b"x").unwrap();
     let d = f.start(f.config(""));
     let r = f.wait_done(&once.job_id, WAIT).await;
     d.stop().await;
