@@ -405,6 +405,17 @@ fn gitlab_answer(repos: &Path, req: &Seen, i: usize) -> support::Answer {
     if req.header("PRIVATE-TOKEN") != Some(GITLAB_TOKEN) {
         return (401, json, r#"{"message":"401 Unauthorized"}"#.into());
     }
+    if req.method == "GET"
+        && let Some(id) = req.path.strip_prefix("/api/v4/users/")
+    {
+        // `GET /users/:id`: a non-admin token sees only the public email.
+        let body = serde_json::json!({
+            "id": id.parse::<u64>().unwrap_or(0), "username": "alice",
+            "name": "Alice Student", "state": "active",
+            "public_email": "alice@students.example.edu",
+        });
+        return (200, json, body.to_string());
+    }
     let Some(rest) = req.path.strip_prefix("/api/v4/projects/") else {
         return (404, json, r#"{"error":"404 Not Found"}"#.into());
     };
@@ -786,4 +797,56 @@ async fn annotated_tag_from_repository_update_is_graded_at_its_commit() {
             .contains(&sha[..8]),
         "{m}"
     );
+}
+
+/// A `Tag Push Hook` for an annotated tag: `after` is the tag object,
+/// `checkout_sha` the commit. GitLab's tag push carries no `user_email`, so
+/// the email goes to the address GitLab's user API gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotated_tag_push_hook_is_graded_at_checkout_sha_and_mailed_via_the_user_api() {
+    let w = World::new("").await;
+    w.f.tests_repo("lab1", &grading_test_all(0, None));
+    let sha = w.f.push(PROJECT, |d| {
+        std::fs::write(d.join("answer.txt"), "4").unwrap()
+    });
+    let clone = w.f.tmp.path().join("clones").join(PROJECT);
+    git(&clone, &["tag", "-a", "v1.0.0", "-m", "release"]);
+    git(&clone, &["push", "-q", "origin", "refs/tags/v1.0.0"]);
+    let tag_obj = git(&clone, &["rev-parse", "refs/tags/v1.0.0"]);
+
+    let fx = Path::new("/work/shared/fixtures/gitlab");
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx.join("tag_push.json")).unwrap()).unwrap();
+    assert!(
+        body.get("user_email").is_none(),
+        "GitLab's tag push has no email"
+    );
+    body["after"] = tag_obj.as_str().into();
+    body["checkout_sha"] = sha.as_str().into();
+    body["project"]["path_with_namespace"] = PROJECT.into();
+    body["project"]["name"] = "lab1".into();
+    body["project"]["namespace"] = "alice".into();
+    body["user_username"] = "alice".into();
+    let headers = std::fs::read_to_string(fx.join("tag_push.headers")).unwrap();
+    let serve = w.serve().await;
+    let job = w
+        .post("Tag Push Hook", &headers, "e2e-tag-push-1", &body)
+        .await;
+    let r = w.done(&job).await;
+    assert_eq!(
+        (r.status, r.grade_total),
+        (labgrader::result::Status::Graded, Some(40.0))
+    );
+    assert_eq!(r.student_sha, sha);
+    assert_eq!(r.git_ref, "refs/tags/v1.0.0");
+    assert_eq!(r.extra.get("tag_object"), Some(&serde_json::json!(tag_obj)));
+    w.deliveries_settled(&job).await;
+    serve.stop().await;
+    let msgs = w.smtp.messages();
+    assert_eq!(msgs.len(), 1, "{msgs:#?}");
+    assert_eq!(
+        msgs[0]["rcpt_tos"],
+        serde_json::json!(["alice@students.example.edu"])
+    );
+    assert_eq!(w.statuses(&sha).last().map(String::as_str), Some("success"));
 }
