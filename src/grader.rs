@@ -419,6 +419,13 @@ impl Grader {
                 let _ = std::fs::remove_file(self.spool.path(State::Active, &name));
                 return;
             }
+            if let Some(result) = self.recorded_before_crash(&ev).await {
+                info!("recorded and queued for delivery before a crash: completing that record, not grading again");
+                if let Err(e) = self.record(&name, &ev, &result).await {
+                    error!(error = %e, "cannot complete the record; the job stays in active/ until restart");
+                }
+                return;
+            }
             let mut ev = ev;
             let outcome = self.grade_event(&mut ev, &cancel).await;
             let outcome = match outcome {
@@ -442,6 +449,35 @@ impl Grader {
         .instrument(span)
         .await;
         project
+    }
+
+    /// The result of `ev` when a crash came between queuing its result
+    /// deliveries and publishing `done/`: the gradebook row (written before
+    /// the deliveries), provided a result delivery exists (waiting, sent or
+    /// dead). Grading again could tell the student a second, different
+    /// grade while the first is already on its way.
+    async fn recorded_before_crash(&self, ev: &Event) -> Option<JobResult> {
+        use crate::deliver::{Destination, SENT_DIR, record_file_name};
+        let queued = [
+            Destination::Callback,
+            Destination::Email,
+            Destination::Status,
+        ]
+        .into_iter()
+        .map(|d| record_file_name(&ev.job_id, d))
+        .any(|name| {
+            self.spool.path(State::Outbox, &name).exists()
+                || self.spool.path(State::Dead, &name).exists()
+                || self.spool.root().join(SENT_DIR).join(&name).exists()
+        });
+        if !queued {
+            return None;
+        }
+        let (gb, id) = (self.gradebook.clone(), ev.job_id.clone());
+        tokio::task::spawn_blocking(move || gb.lock().unwrap_or_else(|p| p.into_inner()).get(&id))
+            .await
+            .ok()?
+            .ok()?
     }
 
     /// After a grader fault: retry later, or record `infra_error` when
