@@ -261,8 +261,8 @@ impl Mirrors {
 
     /// Export commit `sha` of `path` into the empty directory `dest`,
     /// fetching from `url` first only when the mirror lacks the commit
-    /// (the common case, a mirror that has it, costs one `git archive` and
-    /// one `git rev-parse`). Returns the usage and the commit exported:
+    /// (the common case, a mirror that has it, costs one `git archive` and,
+    /// beside it, one `git rev-parse`). Returns the usage and the commit exported:
     /// `sha` itself, or the commit it points to when `sha` is an annotated
     /// tag object (a `repository_update` hook names tags by their object).
     pub async fn export_commit(
@@ -277,10 +277,14 @@ impl Mirrors {
         if !is_full_sha(sha) {
             return Err(MirrorError::BadSha(sha.to_string()));
         }
-        let mut dir = self.dir_for(path)?;
-        let mut exported = None;
+        let dir = self.dir_for(path)?;
         if dir.join("HEAD").exists() {
-            match self.export(&dir, sha, dest, limits, cancel).await {
+            // The peel runs beside the export: no added latency.
+            let (exported, commit) = tokio::join!(
+                self.export(&dir, sha, dest, limits, cancel),
+                self.peel_commit(&dir, url, sha, cancel)
+            );
+            match exported {
                 Err(MirrorError::Git { .. }) => {
                     // Most likely an unknown commit: fetch, then try again
                     // on a clean directory.
@@ -290,18 +294,15 @@ impl Mirrors {
                         source,
                     })?;
                 }
-                other => exported = Some(other?),
+                other => return Ok((other?, commit?)),
             }
         }
-        let usage = match exported {
-            Some(u) => u,
-            None => {
-                dir = self.ensure_commit(path, url, sha, cancel).await?;
-                self.export(&dir, sha, dest, limits, cancel).await?
-            }
-        };
-        let commit = self.peel_commit(&dir, url, sha, cancel).await?;
-        Ok((usage, commit))
+        let dir = self.ensure_commit(path, url, sha, cancel).await?;
+        let (exported, commit) = tokio::join!(
+            self.export(&dir, sha, dest, limits, cancel),
+            self.peel_commit(&dir, url, sha, cancel)
+        );
+        Ok((exported?, commit?))
     }
 
     /// The commit `sha` names in `mirror`: itself for a commit, the commit
