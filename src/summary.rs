@@ -59,63 +59,6 @@ fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
         .find(|&i| &hay[i..i + needle.len()] == needle)
 }
 
-/// `stdout` as a student may see it: every `[hidden]` section of every
-/// `<summary>` block removed (its header and keys, up to the next section
-/// header or `</summary>`); everything else byte for byte. Blocks a
-/// student's code forged are stripped too: that hides nothing of theirs.
-pub fn without_hidden(stdout: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(stdout.len());
-    let (mut in_block, mut hiding) = (false, false);
-    for line in stdout.split_inclusive(|&b| b == b'\n') {
-        if in_block && let Some(name) = section_header(line) {
-            hiding = name.eq_ignore_ascii_case(HIDDEN_SECTION);
-        }
-        let close = find(line, CLOSE);
-        let open = find(line, OPEN);
-        match (hiding, close) {
-            // The end of a hidden section: keep `</summary>` and what follows.
-            (true, Some(c)) => out.extend_from_slice(&line[c..]),
-            (true, None) => {}
-            (false, _) => out.extend_from_slice(line),
-        }
-        if let Some(c) = close
-            && open.is_none_or(|o| o < c)
-        {
-            in_block = false;
-            hiding = false;
-        }
-        if let Some(o) = open
-            && close.is_none_or(|c| c < o)
-        {
-            in_block = true;
-            hiding = false;
-        }
-    }
-    out
-}
-
-/// [`without_hidden`] of both parts of a capture (head and tail).
-pub fn captured_without_hidden(c: &crate::sandbox::Captured) -> crate::sandbox::Captured {
-    crate::sandbox::Captured {
-        bytes: without_hidden(&c.bytes),
-        tail: without_hidden(&c.tail),
-        total: c.total,
-        truncated: c.truncated,
-    }
-}
-
-/// The name in an INI section header line (`[name]`), as rust-ini reads it.
-fn section_header(line: &[u8]) -> Option<String> {
-    let t = String::from_utf8_lossy(line);
-    let t = t.trim();
-    let inner = t.strip_prefix('[')?.strip_suffix(']')?;
-    Some(inner.trim().to_string())
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 /// Read the grade from captured stdout. When output was dropped, the tail
 /// (the end of the stream) is read first: a block there came after
 /// everything kept at the head.
@@ -173,28 +116,6 @@ pub fn parse(stdout: &[u8]) -> Result<Summary, SummaryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hidden_sections_are_cut_from_what_students_see() {
-        let out = b"hello [hidden]\n<summary>\ngrade_total = 5\n[hidden]\nseed = 42\n\
-                    [extra]\nk = v\n</summary>\n<summary>\n[ Hidden ]\nx = 1\n</summary>\nbye\n";
-        let shown = String::from_utf8(without_hidden(out)).unwrap();
-        assert_eq!(
-            shown,
-            "hello [hidden]\n<summary>\ngrade_total = 5\n[extra]\nk = v\n</summary>\n\
-             <summary>\n</summary>\nbye\n"
-        );
-        // What is left of a block still grades the same, without the keys.
-        let one = without_hidden(b"<summary>\ngrade_total = 5\n[hidden]\nseed = 42\n</summary>\n");
-        let s = parse(&one).unwrap();
-        assert_eq!((s.grade_total, s.hidden.len()), (5.0, 0));
-        let cut = without_hidden(b"<summary>\n[hidden]\nseed = 1</summary>tail");
-        assert_eq!(cut, b"<summary>\n</summary>tail");
-        assert_eq!(
-            without_hidden(b"no summary\n[hidden]\n"),
-            b"no summary\n[hidden]\n"
-        );
-    }
 
     #[test]
     fn reads_grade_and_other_keys() {

@@ -39,12 +39,6 @@ fn text(c: &Captured) -> String {
 
 /// The callback body of a finished job (field by field in the README).
 pub fn body(cfg: &Config, event: &Event, result: &JobResult) -> serde_json::Value {
-    // Without include_hidden, the summary's `[hidden]` keys leave stdout too.
-    let stdout = if cfg.callback.include_hidden {
-        result.stdout.clone()
-    } else {
-        crate::summary::captured_without_hidden(&result.stdout)
-    };
     let mut b = json!({
         "schema": BODY_SCHEMA,
         "job_id": result.job_id,
@@ -68,9 +62,9 @@ pub fn body(cfg: &Config, event: &Event, result: &JobResult) -> serde_json::Valu
         "started_at": result.started_at,
         "ended_at": result.ended_at,
         "runner": result.runner,
-        "stdout": text(&stdout),
-        "stdout_truncated": stdout.truncated,
-        "stdout_utf8": std::str::from_utf8(&stdout.bytes).is_ok(),
+        "stdout": text(&result.stdout),
+        "stdout_truncated": result.stdout.truncated,
+        "stdout_utf8": std::str::from_utf8(&result.stdout.bytes).is_ok(),
     });
     let m = b.as_object_mut().expect("object");
     if cfg.callback.include_hidden {

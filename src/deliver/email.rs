@@ -95,11 +95,9 @@ pub fn subject(event: &Event, result: &JobResult) -> String {
 }
 
 pub(crate) fn record(cfg: &Config, event: &Event, result: &JobResult) -> Record {
-    // The summary's `[hidden]` keys are for staff: never in the message.
-    let stdout = crate::summary::captured_without_hidden(&result.stdout);
-    let shown = capped_stdout(&stdout, cfg.email.stdout_limit.bytes());
+    let shown = capped_stdout(&result.stdout, cfg.email.stdout_limit.bytes());
     let display = shown.display_bytes();
-    let utf8 = std::str::from_utf8(&stdout.bytes).is_ok();
+    let utf8 = std::str::from_utf8(&result.stdout.bytes).is_ok();
     let mut text = String::from_utf8_lossy(&display).into_owned();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
