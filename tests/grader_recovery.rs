@@ -156,14 +156,13 @@ async fn jobs_active_at_a_crash_are_requeued_and_the_third_crash_fails_them() {
             .publish(State::Active, &e.file_name(), &e.to_bytes())
             .unwrap();
     }
-    // What a dead writer left (pid 4194304 is above any pid_max): swept at
-    // start. An unowned name would be kept for an hour (a live writer may
-    // be behind it), so it must carry the writer's pid.
-    let half = format!(
+    // What a crashed writer leaves: `<name>.<pid>.<ulid>`, its pid now dead
+    // (pid_max is at most 2^22, so 4194304 never runs).
+    let leftover = format!(
         "half-written.json.4194304.{}",
         labgrader::spool::new_job_id()
     );
-    std::fs::write(spool.dir(State::Tmp).join(half), b"x").unwrap();
+    std::fs::write(spool.dir(State::Tmp).join(leftover), b"x").unwrap();
     let d = f.start(f.config(""));
     let r = f.wait_done(&once.job_id, WAIT).await;
     d.stop().await;
