@@ -10,7 +10,9 @@
 //! `infra_attempts`/`not_before` fields and end as `infra_error` only when
 //! the retries are spent; student outcomes are final. At start, jobs left
 //! in `active/` go back to `incoming/` with their crash count raised, and a
-//! job that was active during `max_crashes` crashes goes to `failed/`. On
+//! job that was active during `max_crashes` crashes goes to `failed/`; one
+//! whose result was recorded and queued for delivery before the crash is
+//! completed from the gradebook, never graded a second time. On
 //! shutdown it stops claiming, lets running jobs finish within the grace
 //! period, then cancels them and puts them back.
 //!

@@ -3,7 +3,8 @@
 //! Owns `<spool dir>/mirrors/<namespace>/<name>.git`: one bare repository per
 //! GitLab project, created on first use and fetched incrementally. A
 //! student tree is exported at an exact commit SHA (never "whatever the
-//! branch points to now"); a test tree at the commit its default branch
+//! branch points to now"; an annotated tag object is peeled to its commit,
+//! which the export returns); a test tree at the commit its default branch
 //! pointed to when fetched. Exports stream `git archive` into
 //! [`workspace::extract_tar`], which enforces the workspace limits.
 //!
