@@ -10,7 +10,9 @@
 //! `infra_attempts`/`not_before` fields and end as `infra_error` only when
 //! the retries are spent; student outcomes are final. At start, jobs left
 //! in `active/` go back to `incoming/` with their crash count raised, and a
-//! job that was active during `max_crashes` crashes goes to `failed/`. On
+//! job that was active during `max_crashes` crashes goes to `failed/`; one
+//! whose result was recorded and queued for delivery before the crash is
+//! completed from the gradebook, never graded a second time. On
 //! shutdown it stops claiming, lets running jobs finish within the grace
 //! period, then cancels them and puts them back.
 //!
@@ -34,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, warn};
 
 use crate::config::{Config, RunnerKind};
-use crate::event::{EVENT_SCHEMA, Event, HookSource};
+use crate::event::{EVENT_SCHEMA, Event, EventKind, HookSource};
 use crate::gitlab::GitlabApi;
 use crate::gradebook::{self, Gradebook, GradebookError};
 use crate::metrics;
@@ -99,6 +101,9 @@ enum Prepared {
     Ready {
         ws: JobDir,
         tests_sha: String,
+        /// The commit exported: the event's commit, peeled when it named an
+        /// annotated tag object.
+        student_sha: String,
         /// The course policy's answer (`None` when no gate: replay).
         admitted: Option<Box<Admitted>>,
     },
@@ -233,8 +238,8 @@ impl Grader {
         Ok(())
     }
 
-    /// Called when a job starts running: queue the "running" commit
-    /// status. Best effort: a status that cannot be queued never stops a job.
+    /// Called when a job's workspace is ready and test_all is about to
+    /// run: queue the "running" commit status (on the commit graded). Best effort: a status that cannot be queued never stops a job.
     pub fn on_started(&self, event: &Event) {
         if let Err(e) = crate::deliver::enqueue_commit_status(
             &self.cfg,
@@ -498,8 +503,15 @@ impl Grader {
                 let _ = std::fs::remove_file(self.spool.path(State::Active, &name));
                 return;
             }
-            self.on_started(&ev);
-            let outcome = self.grade_event(&ev, &cancel).await;
+            if let Some(result) = self.recorded_before_crash(&ev).await {
+                info!("recorded and queued for delivery before a crash: completing that record, not grading again");
+                if let Err(e) = self.record(&name, &ev, &result).await {
+                    error!(error = %e, "cannot complete the record; the job stays in active/ until restart");
+                }
+                return;
+            }
+            let mut ev = ev;
+            let outcome = self.grade_event(&mut ev, &cancel).await;
             let outcome = match outcome {
                 Ok(result) => match self.record(&name, &ev, &result).await {
                     Ok(()) => return,
@@ -526,6 +538,35 @@ impl Grader {
         .instrument(span)
         .await;
         project
+    }
+
+    /// The result of `ev` when a crash came between queuing its result
+    /// deliveries and publishing `done/`: the gradebook row (written before
+    /// the deliveries), provided a result delivery exists (waiting, sent or
+    /// dead). Grading again could tell the student a second, different
+    /// grade while the first is already on its way.
+    async fn recorded_before_crash(&self, ev: &Event) -> Option<JobResult> {
+        use crate::deliver::{Destination, SENT_DIR, record_file_name};
+        let queued = [
+            Destination::Callback,
+            Destination::Email,
+            Destination::Status,
+        ]
+        .into_iter()
+        .map(|d| record_file_name(&ev.job_id, d))
+        .any(|name| {
+            self.spool.path(State::Outbox, &name).exists()
+                || self.spool.path(State::Dead, &name).exists()
+                || self.spool.root().join(SENT_DIR).join(&name).exists()
+        });
+        if !queued {
+            return None;
+        }
+        let (gb, id) = (self.gradebook.clone(), ev.job_id.clone());
+        tokio::task::spawn_blocking(move || gb.lock().unwrap_or_else(|p| p.into_inner()).get(&id))
+            .await
+            .ok()?
+            .ok()?
     }
 
     /// After a grader fault: retry later, or record `infra_error` when
@@ -573,9 +614,11 @@ impl Grader {
     }
 
     /// Fetch, build the workspace, run and read the summary.
+    /// When the event names an annotated tag object, `ev.commit` becomes
+    /// the commit it points to (the tag object stays in `ev.after`).
     async fn grade_event(
         &self,
-        ev: &Event,
+        ev: &mut Event,
         cancel: &CancellationToken,
     ) -> Result<JobResult, Fault> {
         let started = Instant::now();
@@ -603,8 +646,18 @@ impl Grader {
             Prepared::Ready {
                 ws,
                 tests_sha,
+                student_sha,
                 admitted,
-            } => (ws, tests_sha, admitted),
+            } => {
+                if student_sha != ev.commit {
+                    info!(tag_object = %ev.commit, commit = %student_sha,
+                        "the event named an annotated tag: grading the commit it points to");
+                    ev.commit = student_sha;
+                }
+                // After the peel: GitLab keeps statuses on commits, not tag objects.
+                self.on_started(ev);
+                (ws, tests_sha, admitted)
+            }
             Prepared::Refused(Refusal::InvalidManifest { message }) => {
                 info!(reason = %message, "invalid manifest: not run");
                 let mut r = self.bare_result(ev, None, Status::InvalidManifest, message);
@@ -700,9 +753,10 @@ impl Grader {
             Ok(v) => v,
             Err(e) => return mirror_fault(e, None, "test repository"),
         };
-        if let Err(e) = s {
-            return mirror_fault(e, Some(tests_sha), "student repository");
-        }
+        let student_sha = match s {
+            Ok((_, commit)) => commit,
+            Err(e) => return mirror_fault(e, Some(tests_sha), "student repository"),
+        };
         // Course policy reads the student's own tree, before the tests are
         // laid over it (manifest, authors, then the quota slot).
         let admitted = match &self.gate {
@@ -735,6 +789,7 @@ impl Grader {
             Ok(_) => Ok(Prepared::Ready {
                 ws,
                 tests_sha,
+                student_sha,
                 admitted,
             }),
             Err(e) => match e.status() {
@@ -875,6 +930,10 @@ fn extra_of(ev: &Event) -> BTreeMap<String, serde_json::Value> {
     }
     if ev.source == HookSource::Local {
         m.insert("source".into(), "local".into());
+    }
+    if ev.kind == EventKind::TagPush && ev.after != ev.commit {
+        // An annotated tag: graded at its commit; the tag object it was.
+        m.insert("tag_object".into(), ev.after.clone().into());
     }
     m
 }

@@ -3,7 +3,8 @@
 //! Owns `<spool dir>/mirrors/<namespace>/<name>.git`: one bare repository per
 //! GitLab project, created on first use and fetched incrementally. A
 //! student tree is exported at an exact commit SHA (never "whatever the
-//! branch points to now"); a test tree at the commit its default branch
+//! branch points to now"; an annotated tag object is peeled to its commit,
+//! which the export returns); a test tree at the commit its default branch
 //! pointed to when fetched. Exports stream `git archive` into
 //! [`workspace::extract_tar`], which enforces the workspace limits.
 //!
@@ -261,7 +262,10 @@ impl Mirrors {
 
     /// Export commit `sha` of `path` into the empty directory `dest`,
     /// fetching from `url` first only when the mirror lacks the commit
-    /// (the common case, a mirror that has it, costs one `git archive`).
+    /// (the common case, a mirror that has it, costs one `git archive` and,
+    /// beside it, one `git rev-parse`). Returns the usage and the commit exported:
+    /// `sha` itself, or the commit it points to when `sha` is an annotated
+    /// tag object (a `repository_update` hook names tags by their object).
     pub async fn export_commit(
         &self,
         path: &str,
@@ -270,13 +274,18 @@ impl Mirrors {
         dest: &Path,
         limits: WorkspaceLimits,
         cancel: &CancellationToken,
-    ) -> Result<Usage, MirrorError> {
+    ) -> Result<(Usage, String), MirrorError> {
         if !is_full_sha(sha) {
             return Err(MirrorError::BadSha(sha.to_string()));
         }
         let dir = self.dir_for(path)?;
         if dir.join("HEAD").exists() {
-            match self.export(&dir, sha, dest, limits, cancel).await {
+            // The peel runs beside the export: no added latency.
+            let (exported, commit) = tokio::join!(
+                self.export(&dir, sha, dest, limits, cancel),
+                self.peel_commit(&dir, url, sha, cancel)
+            );
+            match exported {
                 Err(MirrorError::Git { .. }) => {
                     // Most likely an unknown commit: fetch, then try again
                     // on a clean directory.
@@ -286,11 +295,47 @@ impl Mirrors {
                         source,
                     })?;
                 }
-                other => return other,
+                other => return Ok((other?, commit?)),
             }
         }
         let dir = self.ensure_commit(path, url, sha, cancel).await?;
-        self.export(&dir, sha, dest, limits, cancel).await
+        let (exported, commit) = tokio::join!(
+            self.export(&dir, sha, dest, limits, cancel),
+            self.peel_commit(&dir, url, sha, cancel)
+        );
+        Ok((exported?, commit?))
+    }
+
+    /// The commit `sha` names in `mirror`: itself for a commit, the commit
+    /// an annotated tag object points to (through nested tags) for a tag.
+    pub async fn peel_commit(
+        &self,
+        mirror: &Path,
+        url: &str,
+        sha: &str,
+        cancel: &CancellationToken,
+    ) -> Result<String, MirrorError> {
+        if !is_full_sha(sha) {
+            return Err(MirrorError::BadSha(sha.to_string()));
+        }
+        let peel = format!("{sha}^{{commit}}");
+        let out = self
+            .git(
+                mirror,
+                "rev-parse",
+                url,
+                &["rev-parse", "--verify", "-q", &peel],
+                cancel,
+            )
+            .await;
+        match out {
+            Ok(s) if is_full_sha(s.trim()) => Ok(s.trim().to_ascii_lowercase()),
+            Ok(_) | Err(MirrorError::Git { .. }) => Err(MirrorError::NoCommit {
+                sha: sha.to_string(),
+                url: redact_url(url),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// The tree of commit `sha` of `mirror`, extracted once into a cache

@@ -241,3 +241,44 @@ async fn gitlab_token_never_lands_in_mirrors_records_or_the_gradebook() {
         );
     }
 }
+
+/// A tag that arrives only through a `repository_update` system hook names
+/// the annotated tag OBJECT (there is no checkout_sha): the grader grades
+/// the commit it points to, records that commit as `student_sha` and in
+/// `LABGRADER_STUDENT_SHA`, and keeps the tag object in `extra`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotated_tag_object_in_the_event_is_graded_at_the_tagged_commit() {
+    let f = Fixture::new();
+    f.tests_repo(
+        "lab7",
+        "#!/bin/sh\necho \"at $LABGRADER_STUDENT_SHA\"\nprintf '<summary>\\ngrade_total = %s\\n</summary>\\n' \"$(cat n)\"\n",
+    );
+    let p = "course/tess/lab7";
+    let sha = f.push(p, |w| std::fs::write(w.join("n"), "3").unwrap());
+    let work = f.tmp.path().join("clones").join(p);
+    grader_support::git(&work, &["tag", "-a", "submit-1", "-m", "submission"]);
+    grader_support::git(&work, &["push", "-q", "origin", "refs/tags/submit-1"]);
+    let tag_obj = grader_support::git(&work, &["rev-parse", "refs/tags/submit-1"]);
+    assert_ne!(tag_obj, sha);
+    // A later commit on main: the tag, not the branch, is what counts.
+    f.push(p, |w| std::fs::write(w.join("n"), "9").unwrap());
+    let mut ev = f.event(p, &tag_obj);
+    ev.kind = labgrader::event::EventKind::TagPush;
+    ev.source = labgrader::event::HookSource::SystemHook;
+    ev.git_ref = "refs/tags/submit-1".into();
+    f.enqueue(&ev);
+    let d = f.start(f.config(""));
+    let r = f.wait_done(&ev.job_id, WAIT).await;
+    d.stop().await;
+    assert_eq!(
+        (r.status, r.grade_total),
+        (Status::Graded, Some(3.0)),
+        "{r:?}"
+    );
+    assert_eq!(r.student_sha, sha);
+    assert_eq!(r.extra.get("tag_object"), Some(&serde_json::json!(tag_obj)));
+    let out = std::fs::read_to_string(f.done_dir(&ev.job_id).join("stdout")).unwrap();
+    assert!(out.contains(&format!("at {sha}")), "{out}");
+    let gb = Gradebook::open(&f.spool_dir.join("gradebook.sqlite")).unwrap();
+    assert_eq!(gb.get(&ev.job_id).unwrap().unwrap().student_sha, sha);
+}

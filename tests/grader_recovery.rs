@@ -217,3 +217,51 @@ async fn shutdown_lets_jobs_finish_within_grace_then_requeues_the_rest() {
     assert_eq!(f.wait_done(&ev.job_id, WAIT).await.grade_total, Some(4.0));
     d.stop().await;
 }
+
+/// A crash after the result was recorded in the gradebook and its
+/// deliveries queued, but before `done/` was published: after restart the
+/// job is completed from that record, not graded again (a second run could
+/// give a different grade than the one already on its way to the student).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_queued_for_delivery_before_a_crash_is_not_graded_again() {
+    let f = Fixture::new();
+    let runs = f.tmp.path().join("runs");
+    let grade = f.tmp.path().join("grade");
+    std::fs::write(&grade, "1").unwrap();
+    f.tests_repo(
+        "lab15",
+        &format!(
+            "#!/bin/sh\necho run >> {runs}\nprintf '<summary>\\ngrade_total = %s\\n</summary>\\n' \"$(cat {grade})\"\n",
+            runs = runs.display(),
+            grade = grade.display()
+        ),
+    );
+    let p = "course/olga/lab15";
+    let sha = f.push(p, |_| {});
+    // A callback nobody answers: its record waits in the outbox.
+    let cfg = f.config("[callback]\nurl = \"http://127.0.0.1:9/cb\"\n");
+    let ev = f.event(p, &sha);
+    f.enqueue(&ev);
+    let d = f.start(cfg.clone());
+    assert_eq!(f.wait_done(&ev.job_id, WAIT).await.grade_total, Some(1.0));
+    d.stop().await;
+
+    // The crash window: done/ not yet published, the claim still in active/.
+    std::fs::remove_dir_all(f.done_dir(&ev.job_id)).unwrap();
+    let spool = f.spool();
+    spool
+        .publish(State::Active, &ev.file_name(), &ev.to_bytes())
+        .unwrap();
+    std::fs::write(&grade, "2").unwrap();
+    let d = f.start(cfg);
+    let r = f.wait_done(&ev.job_id, WAIT).await;
+    d.stop().await;
+    assert_eq!(
+        r.grade_total,
+        Some(1.0),
+        "the recorded result, not a new run"
+    );
+    assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 1);
+    assert!(spool.list(State::Active).unwrap().is_empty());
+    assert!(spool.list(State::Incoming).unwrap().is_empty());
+}

@@ -1,0 +1,854 @@
+//! End to end through the real `labgrader serve` binary: real bare git
+//! repositories and a real `git push`, GitLab's own push payload rewritten
+//! to point at them and posted with its own headers, a small local GitLab
+//! API (project lookup, commit statuses) answering as GitLab's docs say, a
+//! real SMTP server (aiosmtpd), and a recording callback receiver. Checks
+//! what a course sees: the gradebook row (through `labgrader gradebook
+//! export`), the `done/` record, one email, one signed callback, and the
+//! commit status going pending → running → success on the pushed SHA.
+//! Deadlines are generous; nothing is a timed assertion.
+
+mod grader_support;
+#[path = "support/deliver.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use grader_support::{Fixture, git};
+use hmac::{KeyInit, Mac};
+use hyper::Method;
+use labgrader::httpc::HttpClient;
+use labgrader::result::JobResult;
+use support::{Seen, SmtpSink, TestServer, free_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_labgrader");
+const WAIT: Duration = Duration::from_secs(120);
+const HOOK_TOKEN: &str = "e2e-webhook-secret-31f";
+const GITLAB_TOKEN: &str = "glpat-e2e-token";
+const CALLBACK_SECRET: &str = "e2e-callback-secret";
+const STAFF_ONLY: &str = "STAFF-ONLY-stderr-8d2";
+const PROJECT: &str = "course/alice/lab1";
+
+/// A test_all that grades the student's `answer.txt` (grade = 10 × the
+/// number in it), prints a line for the student, a line on stderr for
+/// staff, and a summary with a `[hidden]` section. `sleep` seconds first.
+fn grading_test_all(sleep: u32, runs_log: Option<&Path>) -> String {
+    let log = runs_log
+        .map(|p| format!("echo \"$LABGRADER_STUDENT_SHA\" >> {}\n", p.display()))
+        .unwrap_or_default();
+    format!(
+        "#!/bin/sh\n{log}sleep {sleep}\nn=$(cat answer.txt 2>/dev/null || echo 0)\n\
+         echo \"student answer: $n at $LABGRADER_STUDENT_SHA\"\n\
+         echo \"{STAFF_ONLY} pusher=$LABGRADER_PUSHER\" >&2\n\
+         printf '<summary>\\ngrade_total = %s\\nanswer = %s\\n[hidden]\\nseed = 4242\\n</summary>\\n' \"$((n * 10))\" \"$n\"\n"
+    )
+}
+
+/// Everything one test runs against: the repos (in a [`Fixture`]), the
+/// fake GitLab API, the SMTP sink, the callback receiver, the config.
+struct World {
+    f: Fixture,
+    gitlab: TestServer,
+    callback: TestServer,
+    smtp: SmtpSink,
+    listen: String,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl World {
+    async fn new(extra: &str) -> World {
+        let f = Fixture::new();
+        let repos = f.repos.clone();
+        let gitlab = TestServer::start(Arc::new(move |req: &Seen, i: usize| {
+            gitlab_answer(&repos, req, i)
+        }))
+        .await;
+        let callback = TestServer::start(Arc::new(|_: &Seen, _| (200, vec![], "ok".into()))).await;
+        let smtp = SmtpSink::start(free_port(), &f.tmp.path().join("mail"), None).await;
+        let dir = f.tmp.path();
+        let secret = |name: &str, v: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, v).unwrap();
+            p
+        };
+        let listen = format!("127.0.0.1:{}", free_port());
+        let text = format!(
+            r#"[server]
+listen = "{listen}"
+webhook_token_file = "{hook}"
+test_repo_lookup_timeout = "10s"
+
+[spool]
+dir = "{spool}"
+
+[gitlab]
+url = "http://{gitlab}"
+token_file = "{gltoken}"
+clone_url = "file://{repos}/{{path}}.git"
+api_timeout = "10s"
+
+[grader]
+runner = "none"
+workers = 2
+timeout = "60s"
+rescan_interval = "1s"
+infra_backoff = "1s"
+shutdown_grace = "5s"
+
+[email]
+url = "smtp://127.0.0.1:{smtp}"
+from = "Lab Grader <grader@example.edu>"
+timeout = "20s"
+
+[callback]
+url = "{cb}"
+secret_file = "{cbsecret}"
+timeout = "10s"
+
+[deliver]
+backoff_min = "50ms"
+backoff_max = "500ms"
+{extra}
+"#,
+            hook = secret("webhook-token", HOOK_TOKEN).display(),
+            spool = f.spool_dir.display(),
+            gitlab = gitlab.addr,
+            gltoken = secret("gitlab-token", GITLAB_TOKEN).display(),
+            repos = f.repos.display(),
+            smtp = smtp.port,
+            cb = callback.url("/grades"),
+            cbsecret = secret("callback-secret", CALLBACK_SECRET).display(),
+        );
+        let config = dir.join("labgrader.toml");
+        std::fs::write(&config, text).unwrap();
+        let log = dir.join("serve.log");
+        World {
+            f,
+            gitlab,
+            callback,
+            smtp,
+            listen,
+            config,
+            log,
+        }
+    }
+
+    /// Start `labgrader serve` and wait until `/healthz` answers.
+    async fn serve(&self) -> Serve {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("LABGRADER_LOG", "info")
+            .env_remove("LABGRADER_WEBHOOK_TOKEN")
+            .env_remove("LABGRADER_GITLAB_TOKEN")
+            .env_remove("LABGRADER_CALLBACK_SECRET")
+            .env_remove("LABGRADER_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("the labgrader binary starts");
+        let mut s = Serve { child: Some(child) };
+        let url = format!("http://{}/healthz", self.listen);
+        let start = Instant::now();
+        loop {
+            let r = HttpClient::new()
+                .request(Method::GET, &url, &[], None, Duration::from_secs(5))
+                .await;
+            if r.is_ok_and(|r| r.status == 200) {
+                return s;
+            }
+            if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("labgrader serve exited with {st}: {}", self.log_text());
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "serve never answered /healthz: {}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Replace `from` by `to` in the config file.
+    fn set_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains(from), "{from}");
+        std::fs::write(&self.config, text.replace(from, to)).unwrap();
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GitLab's push fixture rewritten for a push of `before..after` to
+    /// `refs/heads/main` of `path` by alice, posted with the fixture's own
+    /// headers (our token, a fresh delivery key). Returns the job id.
+    async fn post_push(&self, path: &str, before: &str, after: &str) -> String {
+        let fx = Path::new("/work/shared/fixtures/gitlab");
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fx.join("push.json")).unwrap()).unwrap();
+        let (ns, name) = path.rsplit_once('/').unwrap();
+        body["before"] = before.into();
+        body["after"] = after.into();
+        body["checkout_sha"] = after.into();
+        body["ref"] = "refs/heads/main".into();
+        body["user_username"] = "alice".into();
+        body["user_name"] = "Alice Student".into();
+        body["user_email"] = "alice@students.example.edu".into();
+        let p = &mut body["project"];
+        p["path_with_namespace"] = path.into();
+        p["namespace"] = ns.into();
+        p["name"] = name.into();
+        p["default_branch"] = "main".into();
+        body["repository"]["name"] = name.into();
+        body["commits"] = serde_json::json!([{"id": after, "message": "work", "title": "work"}]);
+        body["total_commits_count"] = 1.into();
+        let headers = std::fs::read_to_string(fx.join("push.headers")).unwrap();
+        let key = format!("e2e-{}", labgrader::spool::new_job_id());
+        self.post("Push Hook", &headers, &key, &body).await
+    }
+
+    /// POST `body` to the hook with the header lines of a fixture
+    /// (`X-Gitlab-Token` replaced by ours, `Idempotency-Key` by `key`);
+    /// expects 202 and returns the job id.
+    async fn post(
+        &self,
+        event: &str,
+        header_lines: &str,
+        key: &str,
+        body: &serde_json::Value,
+    ) -> String {
+        let mut headers: Vec<(String, String)> = header_lines
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .filter(|(k, _)| {
+                !k.eq_ignore_ascii_case("X-Gitlab-Token")
+                    && !k.eq_ignore_ascii_case("Idempotency-Key")
+            })
+            .collect();
+        assert!(
+            headers
+                .iter()
+                .any(|(k, v)| k.eq_ignore_ascii_case("X-Gitlab-Event") && v == event),
+            "fixture headers name {event}"
+        );
+        headers.push(("X-Gitlab-Token".into(), HOOK_TOKEN.into()));
+        headers.push(("Idempotency-Key".into(), key.into()));
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let url = format!("http://{}/hooks/gitlab", self.listen);
+        let resp = HttpClient::new()
+            .request(
+                Method::POST,
+                &url,
+                &h,
+                Some(serde_json::to_vec(body).unwrap()),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("the hook answers");
+        let text = String::from_utf8_lossy(&resp.body).into_owned();
+        assert_eq!(resp.status, 202, "{text}\n{}", self.log_text());
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let job = v["job_id"].as_str().expect("a job id").to_string();
+        assert!(labgrader::spool::is_valid_name(&job), "{job}");
+        job
+    }
+
+    /// Wait for `done/<job>/result.json`.
+    async fn done(&self, job: &str) -> JobResult {
+        let p = self.f.done_dir(job).join("result.json");
+        wait("the job's done/ record", || p.exists(), self).await;
+        serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+    }
+
+    /// The gradebook through `labgrader gradebook export --format json`.
+    fn export(&self) -> Vec<serde_json::Value> {
+        let out = Command::new(BIN)
+            .args(["gradebook", "export", "--format", "json", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "export: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn sent(&self, name: &str) -> bool {
+        self.f.spool_dir.join("sent").join(name).exists()
+    }
+
+    /// Commit statuses GitLab received for `sha`, as (state, ref).
+    fn statuses(&self, sha: &str) -> Vec<String> {
+        self.gitlab
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with(&format!("/statuses/{sha}")))
+            .map(|r| {
+                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                v["state"].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+
+    /// Every outbox record of `job` delivered (or none left waiting).
+    async fn deliveries_settled(&self, job: &str) {
+        let outbox = self.f.spool_dir.join("outbox");
+        wait(
+            "the job's deliveries",
+            || {
+                std::fs::read_dir(&outbox)
+                    .map(|rd| {
+                        !rd.flatten()
+                            .any(|e| e.file_name().to_string_lossy().starts_with(job))
+                    })
+                    .unwrap_or(true)
+            },
+            self,
+        )
+        .await;
+        let dead = self.f.spool_dir.join("dead");
+        let dead: Vec<_> = std::fs::read_dir(&dead)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(dead.is_empty(), "dead deliveries: {dead:?}");
+    }
+}
+
+impl Drop for World {
+    /// `LABGRADER_E2E_LOG=1` prints the daemon's log after each test.
+    fn drop(&mut self) {
+        if std::env::var("LABGRADER_E2E_LOG").as_deref() == Ok("1") {
+            eprintln!("----- labgrader serve log -----\n{}", self.log_text());
+        }
+    }
+}
+
+struct Serve {
+    child: Option<Child>,
+}
+
+impl Serve {
+    fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.as_ref().unwrap().id() as i32)
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    fn kill(mut self) {
+        nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
+        self.child.take().unwrap().wait().unwrap();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    async fn stop(mut self) {
+        nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+        let mut c = self.child.take().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                assert!(st.success(), "serve exited with {st}");
+                return;
+            }
+            assert!(start.elapsed() < WAIT, "serve did not stop on SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn wait(what: &str, mut cond: impl FnMut() -> bool, w: &World) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out waiting for {what}; spool: {:?}\nlog:\n{}",
+            w.f.listing(),
+            w.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// GitLab's REST API as its docs describe the two calls labgrader makes:
+/// `GET /api/v4/projects/:id` (`:id` the URL-encoded path) and
+/// `POST /api/v4/projects/:id/statuses/:sha` (201 with the status object).
+fn gitlab_answer(repos: &Path, req: &Seen, i: usize) -> support::Answer {
+    let json = vec![("Content-Type", "application/json".to_string())];
+    if req.header("PRIVATE-TOKEN") != Some(GITLAB_TOKEN) {
+        return (401, json, r#"{"message":"401 Unauthorized"}"#.into());
+    }
+    if req.method == "GET"
+        && let Some(id) = req.path.strip_prefix("/api/v4/users/")
+    {
+        // `GET /users/:id`: a non-admin token sees only the public email.
+        let body = serde_json::json!({
+            "id": id.parse::<u64>().unwrap_or(0), "username": "alice",
+            "name": "Alice Student", "state": "active",
+            "public_email": "alice@students.example.edu",
+        });
+        return (200, json, body.to_string());
+    }
+    let Some(rest) = req.path.strip_prefix("/api/v4/projects/") else {
+        return (404, json, r#"{"error":"404 Not Found"}"#.into());
+    };
+    let (id, tail) = match rest.split_once('/') {
+        Some((id, tail)) => (id, Some(tail)),
+        None => (rest, None),
+    };
+    let path = id.replace("%2F", "/").replace("%2f", "/");
+    match (req.method.as_str(), tail) {
+        ("GET", None) => {
+            if repos.join(format!("{path}.git")).is_dir() {
+                let body = serde_json::json!({
+                    "id": 100 + i, "path_with_namespace": path, "default_branch": "main",
+                    "http_url_to_repo": format!("http://gitlab.test/{path}.git"),
+                });
+                (200, json, body.to_string())
+            } else {
+                (404, json, r#"{"message":"404 Project Not Found"}"#.into())
+            }
+        }
+        ("POST", Some(t)) if t.starts_with("statuses/") => {
+            let sha = &t["statuses/".len()..];
+            let b: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+            let body = serde_json::json!({
+                "id": i, "sha": sha, "ref": b["ref"], "status": b["state"], "name": b["name"],
+                "description": b["description"], "target_url": b["target_url"],
+                "created_at": "2026-01-01T00:00:00.000Z", "allow_failure": false,
+            });
+            (201, json, body.to_string())
+        }
+        _ => (404, json, r#"{"error":"404 Not Found"}"#.into()),
+    }
+}
+
+fn hmac_hex(secret: &str, body: &[u8]) -> String {
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    m.update(body);
+    hex::encode(m.finalize().into_bytes())
+}
+
+/// The row of `job` in an export.
+fn row<'a>(rows: &'a [serde_json::Value], job: &str) -> Option<&'a serde_json::Value> {
+    rows.iter().find(|r| r["job_id"] == job)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_through_serve_is_graded_recorded_mailed_called_back_and_statused() {
+    let w = World::new("").await;
+    // One worker, held by another student's job until GitLab has seen
+    // alice's `pending`: the stage is only sent while a job waits (a stage
+    // overtaken before it was sent is dropped by design).
+    w.set_config("workers = 2", "workers = 1");
+    let gate = w.f.tmp.path().join("gate");
+    w.f.tests_repo(
+        "lab0",
+        &format!(
+            "#!/bin/sh\nwhile [ ! -e {} ]; do sleep 0.05; done\nprintf '<summary>\\ngrade_total = 1\\n</summary>\\n'\n",
+            gate.display()
+        ),
+    );
+    let bob_sha = w.f.push("course/bob/lab0", |_| {});
+    let tests_sha = w.f.tests_repo("lab1", &grading_test_all(0, None));
+    let sha = w.f.push(PROJECT, |d| {
+        std::fs::write(d.join("answer.txt"), "7").unwrap()
+    });
+    let serve = w.serve().await;
+    let bob = w
+        .post_push("course/bob/lab0", labgrader::event::ZERO_SHA, &bob_sha)
+        .await;
+    wait(
+        "bob's job to start",
+        || w.statuses(&bob_sha).iter().any(|s| s == "running"),
+        &w,
+    )
+    .await;
+    let job = w.post_push(PROJECT, labgrader::event::ZERO_SHA, &sha).await;
+    wait(
+        "alice's pending status",
+        || w.statuses(&sha).iter().any(|s| s == "pending"),
+        &w,
+    )
+    .await;
+    std::fs::write(&gate, "").unwrap();
+    w.done(&bob).await;
+
+    let r = w.done(&job).await;
+    assert_eq!(r.status, labgrader::result::Status::Graded, "{r:?}");
+    assert_eq!(r.grade_total, Some(70.0));
+    assert_eq!(r.student_sha, sha);
+    assert_eq!(r.tests_sha.as_deref(), Some(tests_sha.as_str()));
+    let done = w.f.done_dir(&job);
+    for f in ["event.json", "result.json", "stdout", "stderr"] {
+        assert!(done.join(f).is_file(), "done/{job}/{f}");
+    }
+    let stdout = std::fs::read_to_string(done.join("stdout")).unwrap();
+    assert!(
+        stdout.contains(&format!("student answer: 7 at {sha}")),
+        "{stdout}"
+    );
+    assert!(
+        std::fs::read_to_string(done.join("stderr"))
+            .unwrap()
+            .contains(STAFF_ONLY)
+    );
+
+    wait("the gradebook row", || row(&w.export(), &job).is_some(), &w).await;
+    let rows = w.export();
+    let rw = row(&rows, &job).unwrap();
+    assert_eq!(rw["grade_total"], 70.0, "{rw}");
+    assert_eq!(rw["student_sha"], sha.as_str());
+    assert_eq!(rw["tests_sha"], tests_sha.as_str());
+    assert_eq!(rw["project"], PROJECT);
+
+    w.deliveries_settled(&job).await;
+    wait(
+        "the final commit status",
+        || w.statuses(&sha).iter().any(|s| s == "success"),
+        &w,
+    )
+    .await;
+    serve.stop().await;
+
+    // Exactly one email for alice's job, to the pusher, with stdout and
+    // nothing for staff.
+    let msgs: Vec<_> = w
+        .smtp
+        .messages()
+        .into_iter()
+        .filter(|m| m["body"].as_str().unwrap_or("").contains(&job))
+        .collect();
+    assert_eq!(msgs.len(), 1, "{msgs:#?}");
+    let m = &msgs[0];
+    assert_eq!(
+        m["rcpt_tos"],
+        serde_json::json!(["alice@students.example.edu"])
+    );
+    assert_eq!(
+        m["headers"]["subject"],
+        format!("[labgrader] {PROJECT} {}: grade 70", &sha[..8])
+    );
+    let body = m["body"].as_str().unwrap().replace("\r\n", "\n");
+    assert!(
+        body.contains(&format!("student answer: 7 at {sha}")),
+        "{body}"
+    );
+    assert!(body.contains("grade_total = 70"), "{body}");
+    assert!(!body.contains(STAFF_ONLY), "stderr leaked: {body}");
+    // The `[hidden]` section is cut from what students get (main's
+    // policy::hidden, merged after this branch was cut).
+    assert!(
+        !body.contains("[hidden]") && !body.contains("4242"),
+        "hidden summary keys reached the student: {body}"
+    );
+
+    // One callback for the job, signed.
+    let calls: Vec<_> = w
+        .callback
+        .requests()
+        .into_iter()
+        .filter(|c| String::from_utf8_lossy(&c.body).contains(&job))
+        .collect();
+    assert_eq!(calls.len(), 1, "{calls:#?}");
+    let c = &calls[0];
+    assert_eq!(
+        c.header("X-Labgrader-Signature"),
+        Some(format!("sha256={}", hmac_hex(CALLBACK_SECRET, &c.body)).as_str())
+    );
+    assert_eq!(
+        c.header("Idempotency-Key"),
+        Some(format!("{job}:callback").as_str())
+    );
+    let cb: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
+    assert_eq!(cb["job_id"], job.as_str());
+    assert_eq!(cb["student_sha"], sha.as_str());
+    assert_eq!(cb["grade_total"], 70.0);
+    let cb_text = String::from_utf8_lossy(&c.body);
+    assert!(
+        !cb_text.contains(STAFF_ONLY) && !cb_text.contains("4242"),
+        "{cb_text}"
+    );
+
+    // GitLab saw the status move forward on the pushed SHA, and only there.
+    assert_eq!(w.statuses(&sha), ["pending", "running", "success"]);
+    let status_posts: Vec<_> = w
+        .gitlab
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with(&format!("/statuses/{sha}")))
+        .collect();
+    assert_eq!(status_posts.len(), 3, "{status_posts:#?}");
+    let last: serde_json::Value = serde_json::from_slice(&status_posts[2].body).unwrap();
+    assert_eq!(last["ref"], "main");
+    assert_eq!(last["name"], "labgrader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_quick_pushes_through_serve_are_each_graded_at_their_own_sha() {
+    let w = World::new("").await;
+    w.f.tests_repo("lab1", &grading_test_all(0, None));
+    let sha1 = w.f.push(PROJECT, |d| {
+        std::fs::write(d.join("answer.txt"), "1").unwrap()
+    });
+    let sha2 = w.f.push(PROJECT, |d| {
+        std::fs::write(d.join("answer.txt"), "2").unwrap()
+    });
+    let serve = w.serve().await;
+    // Both arrive before anything is fetched: main already points at sha2.
+    let j1 = w
+        .post_push(PROJECT, labgrader::event::ZERO_SHA, &sha1)
+        .await;
+    let j2 = w.post_push(PROJECT, &sha1, &sha2).await;
+    assert_ne!(j1, j2);
+    let r1 = w.done(&j1).await;
+    let r2 = w.done(&j2).await;
+    assert_eq!(
+        (r1.student_sha.as_str(), r1.grade_total),
+        (sha1.as_str(), Some(10.0))
+    );
+    assert_eq!(
+        (r2.student_sha.as_str(), r2.grade_total),
+        (sha2.as_str(), Some(20.0))
+    );
+    let rows = w.export();
+    assert_eq!(row(&rows, &j1).unwrap()["student_sha"], sha1.as_str());
+    assert_eq!(row(&rows, &j2).unwrap()["student_sha"], sha2.as_str());
+    for (j, s) in [(&j1, &sha1), (&j2, &sha2)] {
+        w.deliveries_settled(j).await;
+        wait(
+            "the final status",
+            || w.statuses(s).last().map(String::as_str) == Some("success"),
+            &w,
+        )
+        .await;
+    }
+    serve.stop().await;
+    assert_eq!(w.smtp.messages().len(), 2);
+    assert_eq!(w.callback.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_serve_mid_job_then_restart_grades_once_and_mails_once() {
+    let w = World::new("").await;
+    let runs = w.f.tmp.path().join("runs");
+    w.f.tests_repo("lab1", &grading_test_all(3, Some(&runs)));
+    let sha = w.f.push(PROJECT, |d| {
+        std::fs::write(d.join("answer.txt"), "5").unwrap()
+    });
+    let first = w.serve().await;
+    let job = w.post_push(PROJECT, labgrader::event::ZERO_SHA, &sha).await;
+    wait("test_all to start", || runs.exists(), &w).await;
+    first.kill();
+    assert!(!w.f.done_dir(&job).exists(), "killed before the end");
+
+    let second = w.serve().await;
+    let r = w.done(&job).await;
+    assert_eq!(
+        (r.status, r.grade_total),
+        (labgrader::result::Status::Graded, Some(50.0))
+    );
+    assert_eq!(r.extra.get("crashes"), Some(&serde_json::json!(1)), "{r:?}");
+    w.deliveries_settled(&job).await;
+    wait(
+        "the email receipt",
+        || w.sent(&format!("{job}.email.json")) || !w.smtp.messages().is_empty(),
+        &w,
+    )
+    .await;
+    second.stop().await;
+    let rows = w.export();
+    assert_eq!(
+        rows.iter().filter(|r| r["job_id"] == job.as_str()).count(),
+        1
+    );
+    assert_eq!(w.smtp.messages().len(), 1, "{:#?}", w.smtp.messages());
+    assert_eq!(w.callback.requests().len(), 1);
+    // Graded twice (once killed), recorded once.
+    let runs_text = std::fs::read_to_string(&runs).unwrap();
+    assert_eq!(runs_text.lines().count(), 2, "{runs_text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_runner_auto_grades_in_the_docker_image_when_docker_answers() {
+    if std::env::var("LABGRADER_SKIP_DOCKER").as_deref() == Ok("1") {
+        eprintln!("LABGRADER_SKIP_DOCKER=1: docker test skipped");
+        return;
+    }
+    let image = "labgrader/test-busybox:latest";
+    let probe = Command::new(std::env::var("DOCKER").unwrap_or_else(|_| "docker".into()))
+        .args(["image", "inspect", "--format", "{{.Id}}", image])
+        .output();
+    let image_id = match probe {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        other => panic!(
+            "this test needs a running Docker engine with {image} ({other:?}); run scripts/test \
+             or set LABGRADER_SKIP_DOCKER=1"
+        ),
+    };
+    let w = World::new(&format!("[docker]\nimage = \"{image}\"\n")).await;
+    w.set_config("runner = \"none\"", "runner = \"auto\"");
+    w.f.tests_repo("lab1", &grading_test_all(0, None));
+    let sha = w.f.push(PROJECT, |d| {
+        std::fs::write(d.join("answer.txt"), "9").unwrap()
+    });
+    let serve = w.serve().await;
+    let job = w.post_push(PROJECT, labgrader::event::ZERO_SHA, &sha).await;
+    let r = w.done(&job).await;
+    serve.stop().await;
+    assert_eq!(r.status, labgrader::result::Status::Graded, "{r:?}");
+    assert_eq!(r.grade_total, Some(90.0));
+    assert_eq!(r.runner, "docker");
+    assert_eq!(r.image.as_deref(), Some(image));
+    assert_eq!(r.image_id.as_deref(), Some(image_id.as_str()));
+}
+
+/// A tag pushed only through a `repository_update` system hook: the hook
+/// body carries the annotated tag OBJECT's sha (no checkout_sha). The
+/// grader grades the commit it points to, records that commit as
+/// `student_sha`, and keeps the tag object's sha in `extra`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotated_tag_from_repository_update_is_graded_at_its_commit() {
+    let w = World::new("").await;
+    w.f.tests_repo("lab1", &grading_test_all(0, None));
+    let sha = w.f.push(PROJECT, |d| {
+        std::fs::write(d.join("answer.txt"), "8").unwrap()
+    });
+    // An annotated tag on that commit, pushed for real.
+    let clone = w.f.tmp.path().join("clones").join(PROJECT);
+    git(&clone, &["tag", "-a", "submit-1", "-m", "my submission"]);
+    git(&clone, &["push", "-q", "origin", "refs/tags/submit-1"]);
+    let tag_obj = git(&clone, &["rev-parse", "refs/tags/submit-1"]);
+    assert_ne!(tag_obj, sha, "an annotated tag is its own object");
+
+    let fx = Path::new("/work/shared/fixtures/gitlab");
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx.join("system_repository_update.json")).unwrap())
+            .unwrap();
+    body["project"]["path_with_namespace"] = PROJECT.into();
+    body["project"]["name"] = "lab1".into();
+    body["project"]["namespace"] = "alice".into();
+    body["user_email"] = "alice@students.example.edu".into();
+    body["changes"] = serde_json::json!([{
+        "before": labgrader::event::ZERO_SHA, "after": tag_obj, "ref": "refs/tags/submit-1"
+    }]);
+    body["refs"] = serde_json::json!(["refs/tags/submit-1"]);
+    let headers = std::fs::read_to_string(fx.join("system_repository_update.headers")).unwrap();
+    let serve = w.serve().await;
+    let job = w.post("System Hook", &headers, "e2e-tag-1", &body).await;
+    let r = w.done(&job).await;
+    assert_eq!(r.status, labgrader::result::Status::Graded, "{r:?}");
+    assert_eq!(r.grade_total, Some(80.0));
+    assert_eq!(
+        r.student_sha, sha,
+        "graded and recorded at the tagged commit"
+    );
+    assert_eq!(
+        r.extra.get("tag_object"),
+        Some(&serde_json::json!(tag_obj)),
+        "{r:?}"
+    );
+    let stdout = std::fs::read_to_string(w.f.done_dir(&job).join("stdout")).unwrap();
+    assert!(
+        stdout.contains(&format!("at {sha}")),
+        "LABGRADER_STUDENT_SHA: {stdout}"
+    );
+    w.deliveries_settled(&job).await;
+    serve.stop().await;
+    // Once the tag is peeled every status goes to the commit (GitLab keeps
+    // statuses on commits); only the hook's `pending`, sent before anything
+    // was fetched, can name the tag object.
+    assert_eq!(w.statuses(&sha), ["running", "success"]);
+    assert!(
+        w.statuses(&tag_obj).iter().all(|s| s == "pending"),
+        "{:?}",
+        w.statuses(&tag_obj)
+    );
+    let m = &w.smtp.messages()[0];
+    assert!(
+        m["headers"]["subject"]
+            .as_str()
+            .unwrap()
+            .contains(&sha[..8]),
+        "{m}"
+    );
+}
+
+/// A `Tag Push Hook` for an annotated tag: `after` is the tag object,
+/// `checkout_sha` the commit. GitLab's tag push carries no `user_email`, so
+/// the email goes to the address GitLab's user API gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotated_tag_push_hook_is_graded_at_checkout_sha_and_mailed_via_the_user_api() {
+    let w = World::new("").await;
+    w.f.tests_repo("lab1", &grading_test_all(0, None));
+    let sha = w.f.push(PROJECT, |d| {
+        std::fs::write(d.join("answer.txt"), "4").unwrap()
+    });
+    let clone = w.f.tmp.path().join("clones").join(PROJECT);
+    git(&clone, &["tag", "-a", "v1.0.0", "-m", "release"]);
+    git(&clone, &["push", "-q", "origin", "refs/tags/v1.0.0"]);
+    let tag_obj = git(&clone, &["rev-parse", "refs/tags/v1.0.0"]);
+
+    let fx = Path::new("/work/shared/fixtures/gitlab");
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx.join("tag_push.json")).unwrap()).unwrap();
+    assert!(
+        body.get("user_email").is_none(),
+        "GitLab's tag push has no email"
+    );
+    body["after"] = tag_obj.as_str().into();
+    body["checkout_sha"] = sha.as_str().into();
+    body["project"]["path_with_namespace"] = PROJECT.into();
+    body["project"]["name"] = "lab1".into();
+    body["project"]["namespace"] = "alice".into();
+    body["user_username"] = "alice".into();
+    let headers = std::fs::read_to_string(fx.join("tag_push.headers")).unwrap();
+    let serve = w.serve().await;
+    let job = w
+        .post("Tag Push Hook", &headers, "e2e-tag-push-1", &body)
+        .await;
+    let r = w.done(&job).await;
+    assert_eq!(
+        (r.status, r.grade_total),
+        (labgrader::result::Status::Graded, Some(40.0))
+    );
+    assert_eq!(r.student_sha, sha);
+    assert_eq!(r.git_ref, "refs/tags/v1.0.0");
+    assert_eq!(r.extra.get("tag_object"), Some(&serde_json::json!(tag_obj)));
+    w.deliveries_settled(&job).await;
+    serve.stop().await;
+    let msgs = w.smtp.messages();
+    assert_eq!(msgs.len(), 1, "{msgs:#?}");
+    assert_eq!(
+        msgs[0]["rcpt_tos"],
+        serde_json::json!(["alice@students.example.edu"])
+    );
+    assert_eq!(w.statuses(&sha).last().map(String::as_str), Some("success"));
+}
