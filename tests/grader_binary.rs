@@ -5,10 +5,10 @@
 mod grader_support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use grader_support::Fixture;
+use grader_support::{Fixture, daemon};
 use labgrader::gradebook::{Filter, Gradebook, Select};
 use labgrader::result::Status;
 use labgrader::spool::State;
@@ -16,44 +16,10 @@ use labgrader::spool::State;
 const BIN: &str = env!("CARGO_BIN_EXE_labgrader");
 const WAIT: Duration = Duration::from_secs(90);
 
-fn start_daemon(cfg: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(BIN)
-        .args(["grader", "--config"])
-        .arg(cfg)
-        .env("LABGRADER_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("the labgrader binary starts")
-}
-
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
         assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn sigterm_and_wait(mut child: Child) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "daemon exited with {status}");
-            return;
-        }
-        assert!(start.elapsed() < WAIT, "daemon did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -77,7 +43,7 @@ fn sigkill_mid_job_then_restart_grades_exactly_once() {
     // race the test's own write in tmp/ (see the report on Spool::recover).
     let ev = f.event(p, &sha);
     f.enqueue(&ev);
-    let mut first = start_daemon(&cfg, &log);
+    let mut first = daemon::start(&cfg, &log);
     wait_for("test_all to start", || runs.exists());
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
@@ -85,11 +51,11 @@ fn sigkill_mid_job_then_restart_grades_exactly_once() {
     assert_eq!(spool.list(State::Active).unwrap(), [ev.file_name()]);
     assert!(!f.done_dir(&ev.job_id).exists());
 
-    let second = start_daemon(&cfg, &log);
+    let second = daemon::start(&cfg, &log);
     wait_for("the job to be recorded", || {
         f.done_dir(&ev.job_id).join("result.json").exists()
     });
-    sigterm_and_wait(second);
+    daemon::stop(second);
     let r: labgrader::result::JobResult =
         serde_json::from_slice(&std::fs::read(f.done_dir(&ev.job_id).join("result.json")).unwrap())
             .unwrap();
@@ -149,13 +115,13 @@ fn two_hundred_megabytes_of_stdout_are_capped_and_daemon_memory_stays_small() {
     let log = f.tmp.path().join("daemon.log");
     let ev = f.event(p, &sha);
     f.enqueue(&ev);
-    let daemon = start_daemon(&cfg, &log);
+    let daemon = daemon::start(&cfg, &log);
     let pid = daemon.id();
     wait_for("the job to be recorded", || {
         f.done_dir(&ev.job_id).join("result.json").exists()
     });
     let hwm = vm_hwm_kib(pid).expect("VmHWM readable");
-    sigterm_and_wait(daemon);
+    daemon::stop(daemon);
     let r: labgrader::result::JobResult =
         serde_json::from_slice(&std::fs::read(f.done_dir(&ev.job_id).join("result.json")).unwrap())
             .unwrap();

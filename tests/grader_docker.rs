@@ -10,17 +10,14 @@
 mod common;
 mod grader_support;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use grader_support::Fixture;
+use grader_support::{Fixture, daemon};
 use labgrader::config::DockerConfig;
 use labgrader::gradebook::{Filter, Gradebook, Select};
 use labgrader::result::{JobResult, Status};
 use labgrader::sandbox::docker::DockerRunner;
 
-const BIN: &str = env!("CARGO_BIN_EXE_labgrader");
 const IMAGE: &str = "labgrader/test-busybox:latest";
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -50,36 +47,6 @@ fn docker_section(extra: &str) -> String {
     format!("{extra}\n[docker]\nimage = \"{IMAGE}\"\n")
 }
 
-fn start_daemon(cfg: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(BIN)
-        .args(["grader", "--config"])
-        .arg(cfg)
-        .env("LABGRADER_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("the labgrader binary starts")
-}
-
-fn stop_daemon(mut child: Child) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(start.elapsed() < WAIT, "daemon did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 async fn wait_result(f: &Fixture, job: &str) -> JobResult {
     f.wait_done(job, WAIT).await
 }
@@ -100,7 +67,7 @@ async fn daemon_sigkilled_mid_docker_job_leaves_no_container_and_grades_once() {
     let sha = f.push(p, |w| std::fs::write(w.join("x"), "1").unwrap());
     let cfg = f.write_config(&docker_section("runner = \"docker\""));
     let log = f.tmp.path().join("daemon.log");
-    let mut first = start_daemon(&cfg, &log);
+    let mut first = daemon::start(&cfg, &log);
     let ev = f.event(p, &sha);
     f.enqueue(&ev);
 
@@ -122,9 +89,9 @@ async fn daemon_sigkilled_mid_docker_job_leaves_no_container_and_grades_once() {
         "a SIGKILLed daemon leaves its container"
     );
 
-    let second = start_daemon(&cfg, &log);
+    let second = daemon::start(&cfg, &log);
     let r = wait_result(&f, &ev.job_id).await;
-    stop_daemon(second);
+    daemon::stop(second);
     assert_eq!(
         (r.status, r.grade_total),
         (Status::Graded, Some(77.0)),
@@ -179,14 +146,14 @@ async fn auto_picks_docker_and_daemon_serves_the_next_job_after_a_hostile_one() 
         "runner = \"auto\"\ntimeout = \"8s\"\nmemory = \"128MiB\"\nworkers = 1",
     ));
     let log = f.tmp.path().join("daemon.log");
-    let daemon = start_daemon(&cfg, &log);
+    let daemon = daemon::start(&cfg, &log);
     let mut results = Vec::new();
     for (p, sha) in &shas {
         let ev = f.event(p, sha);
         f.enqueue(&ev);
         results.push((ev.job_id.clone(), wait_result(&f, &ev.job_id).await));
     }
-    stop_daemon(daemon);
+    daemon::stop(daemon);
     assert_eq!(results[0].1.status, Status::Timeout, "{:?}", results[0].1);
     assert_eq!(
         results[1].1.status,

@@ -85,6 +85,28 @@ pub struct RunOutcome {
     pub image_id: Option<String>,
 }
 
+impl RunOutcome {
+    /// A run that ended now, by a runner without images (`none`, `native`).
+    pub fn without_image(
+        runner: &str,
+        termination: Termination,
+        stdout: Captured,
+        stderr: Captured,
+        started_at: DateTime<Utc>,
+    ) -> RunOutcome {
+        RunOutcome {
+            termination,
+            stdout,
+            stderr,
+            started_at,
+            ended_at: Utc::now(),
+            runner: runner.to_string(),
+            image: None,
+            image_id: None,
+        }
+    }
+}
+
 /// The grader's own faults: retried, never charged to the student.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {

@@ -96,16 +96,13 @@ impl Runner for NoneRunner {
                 signal: status.signal().unwrap_or(0),
             }
         };
-        Ok(RunOutcome {
+        Ok(RunOutcome::without_image(
+            self.name(),
             termination,
             stdout,
             stderr,
             started_at,
-            ended_at: Utc::now(),
-            runner: self.name().to_string(),
-            image: None,
-            image_id: None,
-        })
+        ))
     }
 }
 

@@ -770,16 +770,13 @@ impl Runner for NativeRunner {
         drop(teardown);
         let (termination, stdout, stderr) = result?;
         tracing::debug!(job_id = %spec.job_id, ?termination, "native run finished");
-        Ok(RunOutcome {
+        Ok(RunOutcome::without_image(
+            self.name(),
             termination,
             stdout,
             stderr,
             started_at,
-            ended_at: Utc::now(),
-            runner: self.name().to_string(),
-            image: None,
-            image_id: None,
-        })
+        ))
     }
 }
 
