@@ -77,6 +77,18 @@ fn stdout(o: &RunOutcome) -> String {
     String::from_utf8_lossy(&o.stdout.bytes).into_owned()
 }
 
+/// Everything a failed check should show: how the run ended, when, and both streams.
+fn shown(o: &RunOutcome) -> String {
+    format!(
+        "{:?} after {} ms on {}\n--- stdout\n{}\n--- stderr\n{}",
+        o.termination,
+        (o.ended_at - o.started_at).num_milliseconds(),
+        o.runner,
+        stdout(o),
+        String::from_utf8_lossy(&o.stderr.bytes)
+    )
+}
+
 /// Every case. Runners may skip none of them.
 pub fn cases() -> Vec<Case> {
     vec![
@@ -85,7 +97,7 @@ pub fn cases() -> Vec<Case> {
             script: "./memhog\n".into(),
             helpers: &["memhog"],
             check: |o, _| {
-                assert_eq!(o.termination, Termination::MemoryLimit, "stdout: {}", stdout(o));
+                assert_eq!(o.termination, Termination::MemoryLimit, "{}", shown(o));
                 assert!(!stdout(o).contains("without being stopped"));
             },
         },
