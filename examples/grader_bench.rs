@@ -164,8 +164,8 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-/// Mean seconds per phase from the process's metrics.
-fn phase_means() -> Vec<(String, f64)> {
+/// Seconds and count per phase so far, from the process's metrics.
+fn phase_totals() -> Vec<(String, f64, f64)> {
     let text = labgrader::metrics::render(&[]);
     let mut out = Vec::new();
     for phase in ["queued", "fetch", "workspace", "run", "record"] {
@@ -175,13 +175,25 @@ fn phase_means() -> Vec<(String, f64)> {
                 .find_map(|l| l.strip_prefix(&key))
                 .and_then(|v| v.trim().parse().ok())
         };
-        if let (Some(sum), Some(count)) = (get("sum"), get("count"))
-            && count > 0.0
-        {
-            out.push((phase.to_string(), sum / count));
+        if let (Some(sum), Some(count)) = (get("sum"), get("count")) {
+            out.push((phase.to_string(), sum, count));
         }
     }
     out
+}
+
+/// Mean milliseconds per phase between two `phase_totals` snapshots.
+fn phase_means(before: &[(String, f64, f64)], after: &[(String, f64, f64)]) -> Vec<(String, f64)> {
+    after
+        .iter()
+        .filter_map(|(p, sum, count)| {
+            let (s0, c0) = before
+                .iter()
+                .find(|(q, _, _)| q == p)
+                .map_or((0.0, 0.0), |(_, s, c)| (*s, *c));
+            (count - c0 > 0.0).then(|| (p.clone(), (sum - s0) / (count - c0) * 1000.0))
+        })
+        .collect()
 }
 
 fn main() -> Result<()> {
@@ -346,7 +358,8 @@ done < "$list"
     }
     let daemon_secs = t.elapsed().as_secs_f64();
     let daemon_rate = ids.len() as f64 / daemon_secs;
-    let throughput_phases = phase_means();
+    let after_throughput = phase_totals();
+    let throughput_phases = phase_means(&[], &after_throughput);
 
     // --- dispatch latency: one job at a time on the idle daemon ---
     let mut lat = Vec::new();
@@ -381,6 +394,7 @@ done < "$list"
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+    let dispatch_phases = phase_means(&after_throughput, &phase_totals());
     shutdown.cancel();
     rt.block_on(daemon)??;
     lat.sort_by(|a, b| a.total_cmp(b));
@@ -423,9 +437,14 @@ done < "$list"
         "    ratio daemon/baseline: {:.2}  (goal: >= 1)",
         daemon_rate / baseline_rate
     );
-    println!("  mean seconds per phase during the throughput run:");
-    for (p, s) in throughput_phases {
-        println!("    {p:<9} {:.1} ms", s * 1000.0);
+    for (what, phases) in [
+        ("the throughput run", throughput_phases),
+        ("the dispatch samples", dispatch_phases),
+    ] {
+        println!("  mean per phase during {what}:");
+        for (p, ms) in phases {
+            println!("    {p:<9} {ms:.1} ms");
+        }
     }
     if args.keep {
         eprintln!("kept {}", root.display());

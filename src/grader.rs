@@ -726,6 +726,7 @@ impl Grader {
             &ev.project.path,
             &student_url,
             &ev.commit,
+            &ev.git_ref,
             &ws_dir,
             limits,
             cancel,

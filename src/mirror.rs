@@ -215,6 +215,13 @@ impl Mirrors {
         if !fresh {
             self.init(&dir).await?;
             let started = Instant::now();
+            // The common case, tests unchanged since the last fetch: one
+            // ref advertisement (`ls-remote`, about 6 ms on file://) instead
+            // of a fetch (about 10 ms). The head is still read at job start.
+            if let Some(head) = self.unchanged_head(&dir, url, cancel).await {
+                state.fetched_at = Some(started);
+                return Ok((dir, head));
+            }
             let head = format!("+HEAD:{TESTS_HEAD_REF}");
             match self.fetch(&dir, url, &[head.as_str()], cancel).await {
                 Ok(()) => {}
@@ -260,17 +267,56 @@ impl Mirrors {
         }
     }
 
+    /// The mirror's recorded tests head when the remote's `HEAD` still
+    /// names it and the mirror holds that commit; `None` when a fetch is
+    /// needed (changed, never fetched, or `ls-remote` failed: the fetch
+    /// then reports the error).
+    async fn unchanged_head(
+        &self,
+        dir: &Path,
+        url: &str,
+        cancel: &CancellationToken,
+    ) -> Option<String> {
+        let ours = std::fs::read_to_string(dir.join(TESTS_HEAD_REF)).ok()?;
+        let ours = ours.trim();
+        if !is_full_sha(ours) {
+            return None;
+        }
+        let out = self
+            .git(
+                dir,
+                "ls-remote",
+                url,
+                &["ls-remote", "--", url, "HEAD"],
+                cancel,
+            )
+            .await
+            .ok()?;
+        let theirs = out.lines().find_map(|l| {
+            let (sha, name) = l.split_once('\t')?;
+            (name == "HEAD").then_some(sha)
+        })?;
+        // The ref is only ever written by a completed fetch, so its commit
+        // is in the mirror.
+        theirs.eq_ignore_ascii_case(ours).then(|| ours.to_string())
+    }
+
     /// Export commit `sha` of `path` into the empty directory `dest`,
     /// fetching from `url` first only when the mirror lacks the commit
-    /// (the common case, a mirror that has it, costs one `git archive` and,
-    /// beside it, one `git rev-parse`). Returns the usage and the commit exported:
-    /// `sha` itself, or the commit it points to when `sha` is an annotated
-    /// tag object (a `repository_update` hook names tags by their object).
+    /// (the common case, a mirror that has it, costs one `git archive`).
+    /// Returns the usage and the commit exported: `sha` itself, or the
+    /// commit it points to when `sha` is an annotated tag object (a
+    /// `repository_update` hook names tags by their object). `git_ref` is
+    /// the ref the event updated: a branch always points to a commit (git
+    /// refuses anything else there), so only other refs pay for a
+    /// `git rev-parse` beside the export.
+    #[allow(clippy::too_many_arguments)]
     pub async fn export_commit(
         &self,
         path: &str,
         url: &str,
         sha: &str,
+        git_ref: &str,
         dest: &Path,
         limits: WorkspaceLimits,
         cancel: &CancellationToken,
@@ -278,12 +324,18 @@ impl Mirrors {
         if !is_full_sha(sha) {
             return Err(MirrorError::BadSha(sha.to_string()));
         }
+        let peel = |dir: PathBuf| async move {
+            if git_ref.starts_with("refs/heads/") {
+                Ok(sha.to_ascii_lowercase())
+            } else {
+                self.peel_commit(&dir, url, sha, cancel).await
+            }
+        };
         let dir = self.dir_for(path)?;
         if dir.join("HEAD").exists() {
-            // The peel runs beside the export: no added latency.
             let (exported, commit) = tokio::join!(
                 self.export(&dir, sha, dest, limits, cancel),
-                self.peel_commit(&dir, url, sha, cancel)
+                peel(dir.clone())
             );
             match exported {
                 Err(MirrorError::Git { .. }) => {
@@ -301,7 +353,7 @@ impl Mirrors {
         let dir = self.ensure_commit(path, url, sha, cancel).await?;
         let (exported, commit) = tokio::join!(
             self.export(&dir, sha, dest, limits, cancel),
-            self.peel_commit(&dir, url, sha, cancel)
+            peel(dir.clone())
         );
         Ok((exported?, commit?))
     }
