@@ -170,19 +170,12 @@ impl Mirrors {
         if !is_full_sha(sha) {
             return Err(MirrorError::BadSha(sha.to_string()));
         }
+        let since = Instant::now();
         let dir = self.dir_for(path)?;
         if dir.exists() && self.has_commit(&dir, sha).await? {
             return Ok(dir);
         }
-        let lock = self.lock_for(&dir);
-        let mut state = lock.lock().await;
-        self.init(&dir).await?;
-        if self.has_commit(&dir, sha).await? {
-            return Ok(dir);
-        }
-        let started = Instant::now();
-        self.fetch(&dir, url, &[], cancel).await?;
-        state.fetched_at = Some(started);
+        self.fetch_since(&dir, url, since, cancel).await?;
         if self.has_commit(&dir, sha).await? {
             return Ok(dir);
         }
@@ -324,38 +317,106 @@ impl Mirrors {
         if !is_full_sha(sha) {
             return Err(MirrorError::BadSha(sha.to_string()));
         }
-        let peel = |dir: PathBuf| async move {
+        let since = Instant::now();
+        let dir = self.dir_for(path)?;
+        // Each git process costs milliseconds of dispatch latency, so no
+        // `has_commit` probes: a commit stored loose (what a fetch of a
+        // push leaves) is exported straight away; otherwise (a fresh push,
+        // the usual case, or a commit in a pack) fetch first, then export.
+        if loose_object_exists(&dir, sha)
+            && let Some(done) = self
+                .try_export(&dir, url, sha, git_ref, dest, limits, cancel)
+                .await?
+        {
+            return Ok(done);
+        }
+        if let Err(e) = self.fetch_since(&dir, url, since, cancel).await {
+            // The commit may be in the mirror already (packed): grade it
+            // rather than fail on the remote.
+            if dir.join("HEAD").exists()
+                && let Some(done) = self
+                    .try_export(&dir, url, sha, git_ref, dest, limits, cancel)
+                    .await?
+            {
+                return Ok(done);
+            }
+            return Err(e);
+        }
+        if let Some(done) = self
+            .try_export(&dir, url, sha, git_ref, dest, limits, cancel)
+            .await?
+        {
+            return Ok(done);
+        }
+        // Not reachable from a branch or tag any more: ask for it by id.
+        let keep = format!("+{sha}:refs/labgrader/commits/{sha}");
+        let _ = self.fetch(&dir, url, &[keep.as_str()], cancel).await;
+        match self
+            .try_export(&dir, url, sha, git_ref, dest, limits, cancel)
+            .await?
+        {
+            Some(done) => Ok(done),
+            None => Err(MirrorError::NoCommit {
+                sha: sha.to_string(),
+                url: redact_url(url),
+            }),
+        }
+    }
+
+    /// One export attempt (with the peel beside it, see `export_commit`).
+    /// `None` when git cannot export `sha` (most likely an unknown commit);
+    /// `dest` is then empty again, ready for the next attempt.
+    #[allow(clippy::too_many_arguments)]
+    async fn try_export(
+        &self,
+        dir: &Path,
+        url: &str,
+        sha: &str,
+        git_ref: &str,
+        dest: &Path,
+        limits: WorkspaceLimits,
+        cancel: &CancellationToken,
+    ) -> Result<Option<(Usage, String)>, MirrorError> {
+        let peel = async {
             if git_ref.starts_with("refs/heads/") {
                 Ok(sha.to_ascii_lowercase())
             } else {
-                self.peel_commit(&dir, url, sha, cancel).await
+                self.peel_commit(dir, url, sha, cancel).await
             }
         };
-        let dir = self.dir_for(path)?;
-        if dir.join("HEAD").exists() {
-            let (exported, commit) = tokio::join!(
-                self.export(&dir, sha, dest, limits, cancel),
-                peel(dir.clone())
-            );
-            match exported {
-                Err(MirrorError::Git { .. }) => {
-                    // Most likely an unknown commit: fetch, then try again
-                    // on a clean directory.
-                    let _ = workspace::remove_tree(dest);
-                    std::fs::create_dir_all(dest).map_err(|source| MirrorError::Io {
-                        path: dest.to_path_buf(),
-                        source,
-                    })?;
-                }
-                other => return Ok((other?, commit?)),
+        let (exported, commit) = tokio::join!(self.export(dir, sha, dest, limits, cancel), peel);
+        match exported {
+            Err(MirrorError::Git { .. }) => {
+                let _ = workspace::remove_tree(dest);
+                std::fs::create_dir_all(dest).map_err(|source| MirrorError::Io {
+                    path: dest.to_path_buf(),
+                    source,
+                })?;
+                Ok(None)
             }
+            other => Ok(Some((other?, commit?))),
         }
-        let dir = self.ensure_commit(path, url, sha, cancel).await?;
-        let (exported, commit) = tokio::join!(
-            self.export(&dir, sha, dest, limits, cancel),
-            peel(dir.clone())
-        );
-        Ok((exported?, commit?))
+    }
+
+    /// Create the mirror if needed and fetch every branch and tag, unless
+    /// a fetch that started at or after `since` already succeeded.
+    async fn fetch_since(
+        &self,
+        dir: &Path,
+        url: &str,
+        since: Instant,
+        cancel: &CancellationToken,
+    ) -> Result<(), MirrorError> {
+        let lock = self.lock_for(dir);
+        let mut state = lock.lock().await;
+        if state.fetched_at.is_some_and(|t| t >= since) {
+            return Ok(());
+        }
+        self.init(dir).await?;
+        let started = Instant::now();
+        self.fetch(dir, url, &[], cancel).await?;
+        state.fetched_at = Some(started);
+        Ok(())
     }
 
     /// The commit `sha` names in `mirror`: itself for a commit, the commit
@@ -699,6 +760,18 @@ impl Mirrors {
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// True when `sha` is stored as a loose object in the bare repository
+/// `dir` (one `stat`, no git process). False says nothing: the object may
+/// be packed, or absent.
+fn loose_object_exists(dir: &Path, sha: &str) -> bool {
+    is_full_sha(sha)
+        && dir
+            .join("objects")
+            .join(sha[..2].to_ascii_lowercase())
+            .join(sha[2..].to_ascii_lowercase())
+            .is_file()
 }
 
 fn tidy_stderr(b: &[u8]) -> String {

@@ -282,3 +282,54 @@ async fn annotated_tag_object_in_the_event_is_graded_at_the_tagged_commit() {
     let gb = Gradebook::open(&f.spool_dir.join("gradebook.sqlite")).unwrap();
     assert_eq!(gb.get(&ev.job_id).unwrap().unwrap().student_sha, sha);
 }
+
+/// A student pushes, then force-pushes over it before the first job runs:
+/// the first job still grades its own commit, which no branch names any
+/// more (fetched by id). A commit the repository never had is a clear
+/// `error` naming it, not a retry loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_pushed_away_commit_is_still_graded_and_an_unknown_one_is_a_clear_error() {
+    let f = Fixture::new();
+    f.tests_repo(
+        "lab16",
+        "#!/bin/sh\nprintf '<summary>\\ngrade_total = %s\\n</summary>\\n' \"$(cat v)\"\n",
+    );
+    let p = "course/rita/lab16";
+    let first = f.push(p, |w| std::fs::write(w.join("v"), "1").unwrap());
+    // Rewrite history: amend the commit and force-push it over the first.
+    let work = f.tmp.path().join("clones").join(p);
+    std::fs::write(work.join("v"), "2").unwrap();
+    grader_support::git(&work, &["commit", "-q", "-a", "--amend", "-m", "rewritten"]);
+    grader_support::git(
+        &work,
+        &["push", "-q", "-f", "origin", "HEAD:refs/heads/main"],
+    );
+    let second = grader_support::git(&work, &["rev-parse", "HEAD"]);
+    assert_ne!(first, second);
+
+    let d = f.start(f.config(""));
+    let ev1 = f.event(p, &first);
+    let ev2 = f.event(p, &second);
+    let unknown = "0123456789abcdef0123456789abcdef01234567";
+    let ev3 = f.event(p, unknown);
+    for ev in [&ev1, &ev2, &ev3] {
+        f.enqueue(ev);
+    }
+    let r1 = f.wait_done(&ev1.job_id, WAIT).await;
+    let r2 = f.wait_done(&ev2.job_id, WAIT).await;
+    let r3 = f.wait_done(&ev3.job_id, WAIT).await;
+    d.stop().await;
+    assert_eq!(
+        (r1.student_sha.as_str(), r1.grade_total),
+        (first.as_str(), Some(1.0)),
+        "{r1:?}"
+    );
+    assert_eq!(
+        (r2.student_sha.as_str(), r2.grade_total),
+        (second.as_str(), Some(2.0)),
+        "{r2:?}"
+    );
+    assert_eq!(r3.status, Status::Error, "{r3:?}");
+    let reason = r3.reason.unwrap_or_default();
+    assert!(reason.contains(unknown), "{reason}");
+}
