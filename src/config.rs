@@ -103,12 +103,17 @@ impl Default for ServerConfig {
 pub struct SpoolConfig {
     /// Root of the spool and of the daemon's state (mirrors, gradebook).
     pub dir: PathBuf,
+    /// How long a dedup marker (`keys/`) and a delivery receipt (`sent/`)
+    /// are kept: a delivery re-sent within this window of the first is
+    /// recognized as a duplicate. Older ones are removed hourly.
+    pub dedup_window: Seconds,
 }
 
 impl Default for SpoolConfig {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("spool"),
+            dedup_window: Seconds(Duration::from_secs(14 * 24 * 3600)),
         }
     }
 }

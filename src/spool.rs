@@ -514,8 +514,69 @@ fn process_alive(pid: u32) -> bool {
 }
 
 /// fsync a directory so a rename or create in it is durable.
+/// How often the daemons prune `keys/` and `sent/` (see [`prune_older_than`]).
+pub const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Remove the entries of `dir` (files or symlinks, never followed) last
+/// modified more than `age` ago, except those `keep` names. Returns how
+/// many were removed; a missing `dir` is empty. For the small bookkeeping
+/// directories (`keys/`, `sent/`) that would otherwise grow forever.
+pub fn prune_older_than(
+    dir: &Path,
+    age: std::time::Duration,
+    keep: impl Fn(&str) -> bool,
+) -> io::Result<usize> {
+    let cutoff = std::time::SystemTime::now()
+        .checked_sub(age)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in rd {
+        let entry = entry?;
+        let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        let old = meta.modified().is_ok_and(|t| t < cutoff);
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !old || meta.is_dir() || keep(name) {
+            continue;
+        }
+        match fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
+}
+
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Test helper: back-date `path`'s mtime (not following a symlink) by `secs`.
+#[cfg(test)]
+pub(crate) fn backdate(path: &Path, secs: i64) {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let t = TimeSpec::new(now - secs, 0);
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &t,
+        &t,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
 }
 
 #[cfg(test)]
@@ -561,6 +622,37 @@ mod tests {
         fs::create_dir(s.path(State::Tmp, &live_dir)).unwrap();
         assert_eq!(s.sweep_dead_tmp().unwrap(), 1);
         assert_eq!(s.list(State::Tmp).unwrap(), vec![live, live_dir]);
+    }
+
+    #[test]
+    fn prune_removes_only_old_unkept_entries_and_never_follows_links() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("keys");
+        fs::create_dir(&dir).unwrap();
+        let outside = t.path().join("outside");
+        fs::write(&outside, b"precious").unwrap();
+        backdate(&outside, 10_000);
+        for name in ["old", "kept", "new"] {
+            fs::write(dir.join(name), b"x").unwrap();
+        }
+        std::os::unix::fs::symlink(&outside, dir.join("old-link")).unwrap();
+        for name in ["old", "kept", "old-link"] {
+            backdate(&dir.join(name), 7200);
+        }
+        let n =
+            prune_older_than(&dir, std::time::Duration::from_secs(3600), |n| n == "kept").unwrap();
+        assert_eq!(n, 2);
+        let mut left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["kept", "new"]);
+        assert_eq!(fs::read(&outside).unwrap(), b"precious");
+        assert_eq!(
+            prune_older_than(&t.path().join("none"), std::time::Duration::ZERO, |_| false).unwrap(),
+            0
+        );
     }
 
     #[test]

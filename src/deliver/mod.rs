@@ -327,6 +327,18 @@ fn receipt_path(spool: &Spool, name: &str) -> PathBuf {
     sent_dir(spool).join(name)
 }
 
+/// Remove receipts older than `window` (`[spool] dedup_window`), except
+/// while their record is still in the outbox or their job still waits or
+/// runs (crash recovery reads receipts of those). Returns how many.
+pub fn prune_receipts(spool: &Spool, window: std::time::Duration) -> std::io::Result<usize> {
+    crate::spool::prune_older_than(&sent_dir(spool), window, |name| {
+        let job = name.split('.').next().unwrap_or_default();
+        spool.path(State::Outbox, name).exists()
+            || spool.path(State::Incoming, &format!("{job}.json")).exists()
+            || spool.path(State::Active, &format!("{job}.json")).exists()
+    })
+}
+
 /// True when `name` is already waiting, delivered or dead.
 fn already_known(spool: &Spool, name: &str) -> bool {
     spool.path(State::Outbox, name).exists()
@@ -515,9 +527,24 @@ pub async fn run(
     let limit = cfg.deliver.concurrency.max(1);
     let mut rescan_needed = true;
     let mut last_scan = std::time::Instant::now();
+    let mut last_prune: Option<std::time::Instant> = None;
     tracing::info!(outbox = %spool.dir(State::Outbox).display(), concurrency = limit, "delivery worker started");
 
     loop {
+        if last_prune.is_none_or(|t| t.elapsed() >= crate::spool::HOUSEKEEPING_EVERY) {
+            last_prune = Some(std::time::Instant::now());
+            let (spool, window) = (spool.clone(), cfg.spool.dedup_window.get());
+            match tokio::task::spawn_blocking(move || prune_receipts(&spool, window)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(
+                    removed = n,
+                    ?window,
+                    "pruned delivery receipts past the window"
+                ),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune spool/sent/"),
+                Err(e) => tracing::warn!(error = %e, "receipt pruning task failed"),
+            }
+        }
         if rescan_needed || last_scan.elapsed() >= POLL {
             rescan(&spool, &mut due).await;
             rescan_needed = false;
@@ -984,6 +1011,37 @@ pub(crate) fn fill(template: &str, vars: &[(&str, &str)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn receipts_past_the_window_go_unless_their_record_or_job_is_live() {
+        let t = tempfile::tempdir().unwrap();
+        let spool = Spool::open(t.path()).unwrap();
+        let sent = sent_dir(&spool);
+        fs::create_dir_all(&sent).unwrap();
+        let names = [
+            "A.email.json",
+            "B.email.json",
+            "C.callback.json",
+            "D.status.json",
+        ];
+        for n in names {
+            fs::write(sent.join(n), b"{}").unwrap();
+        }
+        for n in &names[..3] {
+            crate::spool::backdate(&sent.join(n), 7200);
+        }
+        // B's record is still in the outbox; C's job is running again.
+        fs::write(spool.path(State::Outbox, "B.email.json"), b"{}").unwrap();
+        fs::write(spool.path(State::Active, "C.json"), b"{}").unwrap();
+        assert_eq!(
+            prune_receipts(&spool, Duration::from_secs(3600)).unwrap(),
+            1
+        );
+        assert!(!sent.join("A.email.json").exists());
+        for n in &names[1..] {
+            assert!(sent.join(n).exists(), "{n}");
+        }
+    }
 
     #[test]
     fn backoff_grows_caps_and_jitters() {

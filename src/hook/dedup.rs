@@ -63,6 +63,21 @@ impl Markers {
         &self.dir
     }
 
+    /// Remove markers older than `window` (see `[spool] dedup_window`),
+    /// except those of jobs still waiting or running. Returns how many.
+    pub fn prune(&self, spool_root: &Path, window: std::time::Duration) -> io::Result<usize> {
+        crate::spool::prune_older_than(&self.dir, window, |key| {
+            self.get(key).is_some_and(|job| {
+                [State::Incoming, State::Active].iter().any(|s| {
+                    spool_root
+                        .join(s.dir_name())
+                        .join(format!("{job}.json"))
+                        .exists()
+                })
+            })
+        })
+    }
+
     /// The job id a marker points at, if the marker exists and is sane.
     pub fn get(&self, key: &str) -> Option<String> {
         let target = fs::read_link(self.dir.join(key)).ok()?;
@@ -175,6 +190,26 @@ impl Drop for KeyGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prune_keeps_recent_markers_and_those_of_waiting_jobs() {
+        let t = tempfile::tempdir().unwrap();
+        let m = Markers::open(t.path()).unwrap();
+        fs::create_dir_all(t.path().join(State::Incoming.dir_name())).unwrap();
+        fs::write(t.path().join("incoming/waiting.json"), b"{}").unwrap();
+        for (key, job) in [("old", "gone"), ("queued", "waiting"), ("new", "gone")] {
+            assert!(m.create(key, job).unwrap());
+        }
+        crate::spool::backdate(&m.dir().join("old"), 7200);
+        crate::spool::backdate(&m.dir().join("queued"), 7200);
+        let n = m
+            .prune(t.path(), std::time::Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(m.get("old"), None);
+        assert_eq!(m.get("queued").as_deref(), Some("waiting"));
+        assert_eq!(m.get("new").as_deref(), Some("gone"));
+    }
 
     #[test]
     fn keys_separate_their_parts() {

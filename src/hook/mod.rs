@@ -95,6 +95,7 @@ pub async fn serve(
     let hook = Arc::new(Hook::start(cfg, spool)?);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, path = HOOK_PATH, test_repos = hook.repos.method(), "hook server listening");
+    tokio::spawn(prune_markers(hook.clone(), shutdown.clone()));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut conns = JoinSet::new();
     loop {
@@ -184,6 +185,28 @@ impl Answer {
 enum Outcome {
     Stored { job: String, duplicate: bool },
     Ignored(Ignored),
+}
+
+/// At start and then hourly, drop dedup markers past `[spool] dedup_window`.
+async fn prune_markers(hook: Arc<Hook>, shutdown: CancellationToken) {
+    let window = hook.cfg.spool.dedup_window.get();
+    loop {
+        let h = hook.clone();
+        let pruned =
+            tokio::task::spawn_blocking(move || h.markers.prune(h.spool.root(), window)).await;
+        match pruned {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                tracing::info!(removed = n, ?window, "pruned dedup markers past the window")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune spool/keys/"),
+            Err(e) => tracing::warn!(error = %e, "marker pruning task failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(crate::spool::HOUSEKEEPING_EVERY) => {}
+        }
+    }
 }
 
 impl Hook {
