@@ -1,9 +1,9 @@
-//! Orphaned job containers: a process running a docker job is SIGKILLed
-//! mid-job (nothing of it can clean up), its container is left on the
-//! engine, and `remove_orphans()` — what the daemon calls at start —
-//! removes it. A separate test binary, because `remove_orphans()` removes
-//! every labgrader job container on the engine (cargo runs test binaries
-//! one after another, so no other docker test is running meanwhile).
+//! Orphaned job containers: two processes running docker jobs for two
+//! graders (owners) are SIGKILLed mid-job (nothing of them can clean up),
+//! their containers are left on the engine, and `remove_orphans()` — what
+//! the daemon calls at start — removes its own grader's only. A separate
+//! test binary, because `remove_orphans()` also removes job containers
+//! without an owner label (cargo runs test binaries one after another).
 //!
 //! Needs a running engine and the busybox test image; FAILS without them
 //! unless `LABGRADER_SKIP_DOCKER=1`.
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 const IMAGE: &str = "labgrader/test-busybox:latest";
 
-async fn runner() -> Option<DockerRunner> {
+async fn runner(owner: &str) -> Option<DockerRunner> {
     if std::env::var("LABGRADER_SKIP_DOCKER").as_deref() == Ok("1") {
         eprintln!("LABGRADER_SKIP_DOCKER=1: docker test skipped");
         return None;
@@ -28,15 +28,15 @@ async fn runner() -> Option<DockerRunner> {
         image: IMAGE.into(),
         ..DockerConfig::default()
     };
-    Some(DockerRunner::connect(&cfg).await.unwrap_or_else(|e| {
+    let r = DockerRunner::connect(&cfg).await.unwrap_or_else(|e| {
         panic!("docker tests need a running engine and {IMAGE}: {e}; run scripts/test or set LABGRADER_SKIP_DOCKER=1")
-    }))
+    });
+    Some(r.with_owner(owner))
 }
 
-#[tokio::test]
-async fn runner_killed_mid_job_leaves_a_container_that_remove_orphans_removes() {
-    let Some(runner) = runner().await else { return };
-    let job = format!("orphan-{}", std::process::id());
+/// Start `run_long_job_until_killed` for `owner` in a child process, wait
+/// until its container runs, then SIGKILL the child.
+async fn leave_orphan(observer: &DockerRunner, owner: &str, job: &str) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -44,15 +44,15 @@ async fn runner_killed_mid_job_leaves_a_container_that_remove_orphans_removes() 
             "--ignored",
             "--nocapture",
         ])
-        .env("LG_ORPHAN_JOB", &job)
+        .env("LG_ORPHAN_JOB", job)
+        .env("LG_ORPHAN_OWNER", owner)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until its container runs, then kill the process outright.
     let mut seen = false;
     for _ in 0..100 {
-        if !runner.job_containers(Some(&job)).await.unwrap().is_empty() {
+        if !observer.job_containers(Some(job)).await.unwrap().is_empty() {
             seen = true;
             break;
         }
@@ -61,21 +61,43 @@ async fn runner_killed_mid_job_leaves_a_container_that_remove_orphans_removes() 
     tokio::time::sleep(Duration::from_millis(300)).await;
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(seen, "the child never started a container");
-    assert_eq!(runner.job_containers(Some(&job)).await.unwrap().len(), 1);
-
-    let removed = runner.remove_orphans().await.unwrap();
-    assert!(removed >= 1, "removed {removed}");
-    assert!(runner.job_containers(None).await.unwrap().is_empty());
-    // Idempotent: nothing left to remove.
-    assert_eq!(runner.remove_orphans().await.unwrap(), 0);
+    assert!(seen, "the child never started a container for {owner}");
+    assert_eq!(observer.job_containers(Some(job)).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
-#[ignore = "run by runner_killed_mid_job_leaves_a_container_that_remove_orphans_removes"]
+async fn killed_jobs_leave_containers_and_each_grader_removes_only_its_own() {
+    let ours = format!("/srv/spool-a-{}", std::process::id());
+    let theirs = format!("/srv/spool-b-{}", std::process::id());
+    let Some(a) = runner(&ours).await else { return };
+    let b = runner(&theirs).await.unwrap();
+    let (job_a, job_b) = (
+        format!("orphan-a-{}", std::process::id()),
+        format!("orphan-b-{}", std::process::id()),
+    );
+    leave_orphan(&a, &ours, &job_a).await;
+    leave_orphan(&a, &theirs, &job_b).await;
+
+    let removed = a.remove_orphans().await.unwrap();
+    assert!(removed >= 1, "removed {removed}");
+    assert!(a.job_containers(Some(&job_a)).await.unwrap().is_empty());
+    assert_eq!(
+        a.job_containers(Some(&job_b)).await.unwrap().len(),
+        1,
+        "another grader's container must be left alone"
+    );
+    // Idempotent: nothing of ours left to remove.
+    assert_eq!(a.remove_orphans().await.unwrap(), 0);
+    assert_eq!(b.remove_orphans().await.unwrap(), 1);
+    assert!(a.job_containers(None).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+#[ignore = "run by killed_jobs_leave_containers_and_each_grader_removes_only_its_own"]
 async fn run_long_job_until_killed() {
     let job = std::env::var("LG_ORPHAN_JOB").expect("run by the orphan test");
-    let runner = runner().await.unwrap();
+    let owner = std::env::var("LG_ORPHAN_OWNER").expect("run by the orphan test");
+    let runner = runner(&owner).await.unwrap();
     let ws = tempfile::tempdir().unwrap();
     let t = ws.path().join("test_all");
     std::fs::write(&t, "#!/bin/sh\nsleep 120\n").unwrap();

@@ -67,6 +67,10 @@ use crate::config::DockerConfig;
 
 /// Label carried by every job container; its value is the job id.
 pub const JOB_LABEL: &str = "labgrader.job";
+/// Label naming the grader that made a container (its spool directory),
+/// so that at start a grader removes only its own orphans, never the
+/// running jobs of another grader on the same engine.
+pub const OWNER_LABEL: &str = "labgrader.owner";
 /// Where the workspace is unpacked inside the container (the cwd).
 pub const WORKSPACE_DIR: &str = "/workspace";
 /// How long engine calls made after the run (kill, wait, inspect, remove)
@@ -90,6 +94,8 @@ pub struct DockerRunner {
     client: Arc<OnceCell<Docker>>,
     cfg: DockerConfig,
     user: JobUser,
+    /// Value of [`OWNER_LABEL`] on this runner's containers.
+    owner: String,
 }
 
 /// The configured `user`, as far as it is numeric (for tar headers and the
@@ -168,9 +174,17 @@ impl DockerRunner {
             client: Arc::new(OnceCell::new_with(Some(docker))),
             cfg: cfg.clone(),
             user: JobUser::parse(&cfg.user),
+            owner: String::new(),
         };
         runner.image_id(&cfg.image).await?;
         Ok(runner)
+    }
+
+    /// Name the grader this runner works for (the daemon passes its spool
+    /// directory): see [`OWNER_LABEL`].
+    pub fn with_owner(mut self, owner: impl Into<String>) -> DockerRunner {
+        self.owner = owner.into();
+        self
     }
 
     /// [`DockerRunner::connect`] for synchronous callers (`build_runner`),
@@ -204,6 +218,7 @@ impl DockerRunner {
             client: Arc::new(OnceCell::new()),
             cfg: cfg.clone(),
             user: JobUser::parse(&cfg.user),
+            owner: String::new(),
         })
     }
 
@@ -228,11 +243,32 @@ impl DockerRunner {
         }
     }
 
-    /// Remove every container labelled `labgrader.job` (left by a crashed
-    /// daemon). Call once at start, before any job runs: it also removes
-    /// running ones. Returns how many were removed.
+    /// Remove the job containers (labelled `labgrader.job`) of this
+    /// runner's owner, and those with no owner label (made before there
+    /// was one): what a crashed daemon left. Call once at start, before
+    /// any job runs: it also removes running ones. Another grader's
+    /// containers on the same engine are left alone. Returns how many
+    /// were removed.
     pub async fn remove_orphans(&self) -> Result<usize, SandboxError> {
-        let ids = self.job_containers(None).await?;
+        let filters = HashMap::from([("label", vec![JOB_LABEL])]);
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker()
+            .await?
+            .list_containers(Some(opts))
+            .await
+            .map_err(engine("list containers"))?;
+        let ids: Vec<String> = list
+            .into_iter()
+            .filter(|c| {
+                let owner = c.labels.as_ref().and_then(|l| l.get(OWNER_LABEL));
+                owner.is_none_or(|o| *o == self.owner)
+            })
+            .filter_map(|c| c.id)
+            .collect();
         for id in &ids {
             tracing::warn!(container = %id, "removing orphaned job container");
             self.remove(id).await?;
@@ -319,10 +355,10 @@ impl DockerRunner {
             user: Some(self.cfg.user.clone()),
             working_dir: Some(WORKSPACE_DIR.into()),
             env: Some(env),
-            labels: Some(HashMap::from([(
-                JOB_LABEL.to_string(),
-                spec.job_id.clone(),
-            )])),
+            labels: Some(HashMap::from([
+                (JOB_LABEL.to_string(), spec.job_id.clone()),
+                (OWNER_LABEL.to_string(), self.owner.clone()),
+            ])),
             attach_stdin: Some(true),
             attach_stdout: Some(true),
             attach_stderr: Some(true),

@@ -149,17 +149,26 @@ pub trait Runner: Send + Sync {
 /// `auto` picks docker when its engine answers, else native when the host
 /// supports it, else refuses: it never falls back to `none`, which has no
 /// isolation.
+/// Who a runner's leftovers belong to: the spool directory, one grader
+/// per spool (absolute when it exists, so two spellings of it agree).
+fn owner_of(cfg: &crate::config::Config) -> String {
+    let dir = &cfg.spool.dir;
+    dir.canonicalize()
+        .unwrap_or_else(|_| dir.clone())
+        .display()
+        .to_string()
+}
+
 pub fn build_runner(
     cfg: &crate::config::Config,
     kind: crate::config::RunnerKind,
 ) -> Result<Arc<dyn Runner>, SandboxError> {
     use crate::config::RunnerKind;
-    let _ = cfg;
     match kind {
         RunnerKind::None => Ok(Arc::new(none::NoneRunner)),
-        RunnerKind::Docker => Ok(Arc::new(docker::DockerRunner::connect_blocking(
-            &cfg.docker,
-        )?)),
+        RunnerKind::Docker => Ok(Arc::new(
+            docker::DockerRunner::connect_blocking(&cfg.docker)?.with_owner(owner_of(cfg)),
+        )),
         RunnerKind::Native => Ok(Arc::new(native::NativeRunner::new(&cfg.native)?)),
         RunnerKind::Slurm => Ok(Arc::new(slurm::SlurmRunner::new(cfg)?)),
         RunnerKind::Auto => {
