@@ -250,18 +250,9 @@ impl DockerRunner {
     /// containers on the same engine are left alone. Returns how many
     /// were removed.
     pub async fn remove_orphans(&self) -> Result<usize, SandboxError> {
-        let filters = HashMap::from([("label", vec![JOB_LABEL])]);
-        let opts = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let list = self
-            .docker()
+        let ids: Vec<String> = self
+            .list_labelled(JOB_LABEL)
             .await?
-            .list_containers(Some(opts))
-            .await
-            .map_err(engine("list containers"))?;
-        let ids: Vec<String> = list
             .into_iter()
             .filter(|c| {
                 let owner = c.labels.as_ref().and_then(|l| l.get(OWNER_LABEL));
@@ -282,18 +273,25 @@ impl DockerRunner {
             Some(id) => format!("{JOB_LABEL}={id}"),
             None => JOB_LABEL.to_string(),
         };
-        let filters = HashMap::from([("label", vec![label.as_str()])]);
+        let list = self.list_labelled(&label).await?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    /// Containers in any state matching a `label` filter (`key` or `key=value`).
+    async fn list_labelled(
+        &self,
+        label: &str,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, SandboxError> {
+        let filters = HashMap::from([("label", vec![label])]);
         let opts = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
             .build();
-        let list = self
-            .docker()
+        self.docker()
             .await?
             .list_containers(Some(opts))
             .await
-            .map_err(engine("list containers"))?;
-        Ok(list.into_iter().filter_map(|c| c.id).collect())
+            .map_err(engine("list containers"))
     }
 
     async fn remove(&self, id: &str) -> Result<(), SandboxError> {
