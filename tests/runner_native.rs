@@ -205,6 +205,44 @@ async fn native_concurrent_jobs_do_not_hold_each_others_pipes() {
     assert_eq!(String::from_utf8_lossy(&rb.unwrap().stdout.bytes), "b\n");
 }
 
+/// The sandbox's init is a bare clone(2) of this multi-threaded process.
+/// glibc's set*id wrappers would wait there for the parent's threads
+/// (which the copy does not have) whenever one was starting or exiting at
+/// clone time: a job then hung until its timeout with no output. Many
+/// short jobs while threads come and go must all simply run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn native_jobs_started_while_threads_come_and_go_never_hang() {
+    let r = std::sync::Arc::new(runner());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let hs: Vec<_> = (0..4).map(|_| std::thread::spawn(|| ())).collect();
+                hs.into_iter().for_each(|h| h.join().unwrap());
+            }
+        })
+    };
+    let ws = workspace("echo ok\n");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let (r, mut spec) = (r.clone(), spec(ws.path()));
+        spec.job_id = format!("native-churn-{}-{i}", std::process::id());
+        spec.limits.timeout = Duration::from_secs(15);
+        tasks.spawn(async move { r.run(&spec, &CancellationToken::new()).await });
+        if tasks.len() >= 8 {
+            let o = tasks.join_next().await.unwrap().unwrap().unwrap();
+            assert_eq!(o.termination, Termination::Exited { code: 0 }, "{o:?}");
+        }
+    }
+    while let Some(o) = tasks.join_next().await {
+        let o = o.unwrap().unwrap();
+        assert_eq!(o.termination, Termination::Exited { code: 0 }, "{o:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().unwrap();
+}
+
 fn write_job(dir: &Path, job_id: &str, body: &str) {
     let ws = workspace(body);
     let dst = dir.join("workspace");

@@ -208,7 +208,7 @@ async fn slurm_job_is_found_again_after_a_grader_crash_not_resubmitted() {
     let second = SlurmRunner::new(&cfg).unwrap();
     let o = second.run(&spec, &CancellationToken::new()).await.unwrap();
     assert_eq!(o.termination, Termination::Exited { code: 0 });
-    assert!(stdout(&o).contains("finished-once"));
+    assert!(stdout(&o).contains("finished-once"), "{o:?}");
     let jobs = second.jobs_named(&id).await.unwrap();
     assert_eq!(jobs.len(), 1, "submitted twice: {jobs:?}");
     assert_eq!(jobs[0].job_id, Some(slurm_id));
@@ -236,7 +236,7 @@ async fn slurm_job_whose_id_was_not_recorded_is_found_by_name() {
 
     let second = SlurmRunner::new(&cfg).unwrap();
     let o = second.run(&spec, &CancellationToken::new()).await.unwrap();
-    assert!(stdout(&o).contains("found-by-name"));
+    assert!(stdout(&o).contains("found-by-name"), "{o:?}");
     assert_eq!(second.jobs_named(&id).await.unwrap().len(), 1);
 }
 

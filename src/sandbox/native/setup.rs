@@ -25,7 +25,6 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::unistd::{Gid, Uid};
 
 /// Fixed fd layout inside the init (after [`Step::Fds`]).
 const FD_REPORT: RawFd = 3;
@@ -671,12 +670,27 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
         .map_err(at(Step::Signals))?;
     }
 
+    // Raw system calls, not glibc's (or nix's) wrappers: glibc applies
+    // set*id to every thread it knows of (`__nptl_setxid`), and after a bare
+    // clone(2) of the multi-threaded daemon its thread list still names the
+    // parent's threads, which do not exist here; it then waits on a futex
+    // forever (seen: a job hung until its timeout when another thread was
+    // mid-exit at clone time). The kernel calls act on this thread alone,
+    // the only one there is.
     if plan.drop_groups {
-        nix::unistd::setgroups(&[]).map_err(at(Step::Groups))?;
+        // SAFETY: setgroups(0, NULL) reads no memory.
+        Errno::result(unsafe {
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>())
+        })
+        .map_err(at(Step::Groups))?;
     }
-    let (uid, gid) = (Uid::from_raw(plan.uid), Gid::from_raw(plan.gid));
-    nix::unistd::setresgid(gid, gid, gid).map_err(at(Step::Gid))?;
-    nix::unistd::setresuid(uid, uid, uid).map_err(at(Step::Uid))?;
+    let (uid, gid) = (plan.uid, plan.gid);
+    // SAFETY: plain integer arguments.
+    Errno::result(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })
+        .map_err(at(Step::Gid))?;
+    // SAFETY: plain integer arguments.
+    Errno::result(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) })
+        .map_err(at(Step::Uid))?;
     // Setup continues as the sandbox uid (so files it creates in the new
     // root are owned by a mapped id) with the namespace's capabilities.
     let mut caps = capget().map_err(at(Step::Caps))?;
