@@ -119,6 +119,14 @@ impl Event {
         serde_json::from_slice(b)
     }
 
+    /// True when `commit` may be an annotated tag object rather than a
+    /// commit: a tag event whose body named no `checkout_sha` (a
+    /// `repository_update` system hook). Only the grader can tell, by
+    /// peeling it; GitLab keeps commit statuses on commits.
+    pub fn commit_may_be_tag_object(&self) -> bool {
+        self.kind == EventKind::TagPush && self.raw.get("checkout_sha").is_none_or(|v| v.is_null())
+    }
+
     /// The short commit id shown to students.
     pub fn short_sha(&self) -> &str {
         &self.commit[..self.commit.len().min(8)]
@@ -141,5 +149,51 @@ mod tests {
         assert!(Project::from_path(None, "repo").is_none());
         assert!(Project::from_path(None, "a//repo").is_none());
         assert!(Project::from_path(None, "a/").is_none());
+    }
+
+    #[test]
+    fn only_tag_events_without_checkout_sha_may_name_a_tag_object() {
+        let ev = |kind, raw: serde_json::Value| Event {
+            schema: EVENT_SCHEMA,
+            job_id: "j".into(),
+            received_at: Utc::now(),
+            kind,
+            source: HookSource::SystemHook,
+            gitlab_event: "System Hook".into(),
+            delivery_key: None,
+            project: Project::from_path(None, "a/b").unwrap(),
+            pusher: Pusher {
+                id: None,
+                username: None,
+                name: None,
+                email: None,
+            },
+            git_ref: "refs/tags/t".into(),
+            before: ZERO_SHA.into(),
+            after: "1".repeat(40),
+            commit: "1".repeat(40),
+            clone_url: String::new(),
+            crashes: 0,
+            infra_attempts: 0,
+            not_before: None,
+            raw,
+        };
+        let update = serde_json::json!({"event_name": "repository_update"});
+        assert!(ev(EventKind::TagPush, update.clone()).commit_may_be_tag_object());
+        assert!(
+            ev(
+                EventKind::TagPush,
+                serde_json::json!({"checkout_sha": null})
+            )
+            .commit_may_be_tag_object()
+        );
+        assert!(
+            !ev(
+                EventKind::TagPush,
+                serde_json::json!({"checkout_sha": "2".repeat(40)})
+            )
+            .commit_may_be_tag_object()
+        );
+        assert!(!ev(EventKind::Push, update).commit_may_be_tag_object());
     }
 }

@@ -462,6 +462,13 @@ impl Hook {
         if !crate::deliver::commit_status_enabled(&self.cfg) {
             return;
         }
+        if event.commit_may_be_tag_object() {
+            // A status on a tag object would be refused by GitLab (or
+            // land nowhere a student looks); the grader sends `running`
+            // on the commit once it has peeled the tag.
+            tracing::debug!(job_id = %event.job_id, "no pending status: the commit may be a tag object");
+            return;
+        }
         let (cfg, spool) = (self.cfg.clone(), self.spool.clone());
         tokio::task::spawn_blocking(move || {
             if let Err(e) = crate::deliver::enqueue_commit_status(
