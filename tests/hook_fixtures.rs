@@ -1,4 +1,4 @@
-//! GitLab's own payloads (../shared/fixtures/gitlab) replayed with their
+//! GitLab's own payloads (tests/fixtures/gitlab, copied from GitLab) replayed with their
 //! own headers against the real hook server, and payload shapes no fixture
 //! has (nested groups, annotated tags, tag deletion).
 

@@ -15,7 +15,7 @@ use labgrader::policy::{
 };
 use serde_json::Value;
 
-const FIXTURES: &str = "/work/shared/fixtures/gitlab";
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gitlab");
 
 fn fixture(name: &str) -> Value {
     let dir = std::env::var("LABGRADER_FIXTURES").unwrap_or_else(|_| FIXTURES.into());

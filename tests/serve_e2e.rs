@@ -194,7 +194,10 @@ backoff_max = "500ms"
     /// `refs/heads/main` of `path` by alice, posted with the fixture's own
     /// headers (our token, a fresh delivery key). Returns the job id.
     async fn post_push(&self, path: &str, before: &str, after: &str) -> String {
-        let fx = Path::new("/work/shared/fixtures/gitlab");
+        let fx = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/gitlab"
+        ));
         let mut body: serde_json::Value =
             serde_json::from_slice(&std::fs::read(fx.join("push.json")).unwrap()).unwrap();
         let (ns, name) = path.rsplit_once('/').unwrap();
@@ -748,7 +751,10 @@ async fn annotated_tag_from_repository_update_is_graded_at_its_commit() {
     let tag_obj = git(&clone, &["rev-parse", "refs/tags/submit-1"]);
     assert_ne!(tag_obj, sha, "an annotated tag is its own object");
 
-    let fx = Path::new("/work/shared/fixtures/gitlab");
+    let fx = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/gitlab"
+    ));
     let mut body: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fx.join("system_repository_update.json")).unwrap())
             .unwrap();
@@ -816,7 +822,10 @@ async fn annotated_tag_push_hook_is_graded_at_checkout_sha_and_mailed_via_the_us
     git(&clone, &["push", "-q", "origin", "refs/tags/v1.0.0"]);
     let tag_obj = git(&clone, &["rev-parse", "refs/tags/v1.0.0"]);
 
-    let fx = Path::new("/work/shared/fixtures/gitlab");
+    let fx = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/gitlab"
+    ));
     let mut body: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fx.join("tag_push.json")).unwrap()).unwrap();
     assert!(

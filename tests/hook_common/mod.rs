@@ -16,7 +16,7 @@ use labgrader::spool::{Spool, State};
 use tokio_util::sync::CancellationToken;
 
 pub const TOKEN: &str = "gitlab-fixture-secret";
-pub const FIXTURES: &str = "/work/shared/fixtures/gitlab";
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gitlab");
 
 pub fn fixtures_dir() -> PathBuf {
     std::env::var_os("LABGRADER_FIXTURES")
