@@ -357,6 +357,11 @@ done < "$list"
         let m = root.join("baseline-mirrors").join(format!("{path}.git"));
         std::fs::create_dir_all(&m)?;
         git(&m, &["init", "--bare", "-q"])?;
+        // Warm, as the daemon's mirrors are: the timed samples fetch only
+        // the new commit.
+        let bare = root.join("gitlab").join(format!("{path}.git"));
+        let url = format!("file://{}", bare.display());
+        git(&m, &["fetch", "-q", &url, "+refs/heads/*:refs/heads/*"])?;
     }
     for i in 0..args.samples {
         let path = &projects[i % projects.len()].0;

@@ -833,6 +833,13 @@ impl Config {
         if self.gitlab.tests_namespace.is_empty() {
             return Err(self.invalid("gitlab.tests_namespace", "must not be empty"));
         }
+        if self.spool.dedup_window.0 < self.deliver.retry_for.0 {
+            return Err(self.invalid(
+                "spool.dedup_window",
+                "must be at least deliver.retry_for (a re-sent delivery or a retried \
+                 status stage within it must still be recognized)",
+            ));
+        }
         if self.grader.timeout.0.is_zero() {
             return Err(self.invalid("grader.timeout", "must be longer than zero"));
         }
@@ -1041,6 +1048,21 @@ mod tests {
         let a = c.assignments["a"].deadline.unwrap();
         assert_eq!(a, c.assignments["b"].deadline.unwrap());
         assert_eq!(a.to_rfc3339(), "2026-12-01T23:59:00+01:00");
+    }
+
+    #[test]
+    fn dedup_window_shorter_than_delivery_retries_is_refused() {
+        let e = Config::from_toml("[spool]\ndedup_window = \"1h\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("spool.dedup_window"), "{e}");
+        assert!(e.contains("retry_for"), "{e}");
+        let c = Config::from_toml(
+            "[spool]\ndedup_window = \"2h\"\n[deliver]\nretry_for = \"1h\"\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.spool.dedup_window.get(), Duration::from_secs(7200));
     }
 
     #[test]

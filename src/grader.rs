@@ -505,6 +505,10 @@ impl Grader {
             }
             if let Some(result) = self.recorded_before_crash(&ev).await {
                 info!("recorded and queued for delivery before a crash: completing that record, not grading again");
+                // The event as graded: an annotated tag was peeled to its
+                // commit, which the statuses and done/ must name.
+                let mut ev = ev;
+                ev.commit = result.student_sha.clone();
                 if let Err(e) = self.record(&name, &ev, &result).await {
                     error!(error = %e, "cannot complete the record; the job stays in active/ until restart");
                 }

@@ -211,7 +211,7 @@ impl Mirrors {
             // The common case, tests unchanged since the last fetch: one
             // ref advertisement (`ls-remote`, about 6 ms on file://) instead
             // of a fetch (about 10 ms). The head is still read at job start.
-            if let Some(head) = self.unchanged_head(&dir, url, cancel).await {
+            if let Some(head) = self.unchanged_head(&dir, url, cancel).await? {
                 state.fetched_at = Some(started);
                 return Ok((dir, head));
             }
@@ -262,20 +262,22 @@ impl Mirrors {
 
     /// The mirror's recorded tests head when the remote's `HEAD` still
     /// names it and the mirror holds that commit; `None` when a fetch is
-    /// needed (changed, never fetched, or `ls-remote` failed: the fetch
-    /// then reports the error).
+    /// needed (changed, never fetched, or git refused the `ls-remote`: the
+    /// fetch then reports why). A timeout or cancellation is returned as is.
     async fn unchanged_head(
         &self,
         dir: &Path,
         url: &str,
         cancel: &CancellationToken,
-    ) -> Option<String> {
-        let ours = std::fs::read_to_string(dir.join(TESTS_HEAD_REF)).ok()?;
+    ) -> Result<Option<String>, MirrorError> {
+        let Ok(ours) = std::fs::read_to_string(dir.join(TESTS_HEAD_REF)) else {
+            return Ok(None);
+        };
         let ours = ours.trim();
         if !is_full_sha(ours) {
-            return None;
+            return Ok(None);
         }
-        let out = self
+        let out = match self
             .git(
                 dir,
                 "ls-remote",
@@ -284,14 +286,22 @@ impl Mirrors {
                 cancel,
             )
             .await
-            .ok()?;
+        {
+            Ok(out) => out,
+            // git answered with an error: let the fetch say it properly.
+            Err(MirrorError::Git { .. }) => return Ok(None),
+            // A hung or cancelled remote: do not wait a second time.
+            Err(e) => return Err(e),
+        };
         let theirs = out.lines().find_map(|l| {
             let (sha, name) = l.split_once('\t')?;
             (name == "HEAD").then_some(sha)
-        })?;
+        });
         // The ref is only ever written by a completed fetch, so its commit
         // is in the mirror.
-        theirs.eq_ignore_ascii_case(ours).then(|| ours.to_string())
+        Ok(theirs
+            .filter(|t| t.eq_ignore_ascii_case(ours))
+            .map(|_| ours.to_string()))
     }
 
     /// Export commit `sha` of `path` into the empty directory `dest`,

@@ -513,7 +513,15 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// fsync a directory so a rename or create in it is durable.
+/// True while job `job` waits in `incoming/` or runs in `active/` under
+/// the spool at `root`. Incoming is looked at again after active: a job
+/// moving between the two (claimed, or put back by recovery or a retry)
+/// is seen in one of the three looks.
+pub fn job_waiting_or_running(root: &Path, job: &str) -> bool {
+    let at = |s: State| root.join(s.dir_name()).join(format!("{job}.json")).exists();
+    at(State::Incoming) || at(State::Active) || at(State::Incoming)
+}
+
 /// How often the daemons prune `keys/` and `sent/` (see [`prune_older_than`]).
 pub const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
@@ -555,6 +563,7 @@ pub fn prune_older_than(
     Ok(removed)
 }
 
+/// fsync a directory so a rename or create in it is durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

@@ -328,14 +328,21 @@ fn receipt_path(spool: &Spool, name: &str) -> PathBuf {
 }
 
 /// Remove receipts older than `window` (`[spool] dedup_window`), except
-/// while their record is still in the outbox or their job still waits or
-/// runs (crash recovery reads receipts of those). Returns how many.
+/// while any record of their job is still in the outbox (a later status
+/// stage must still see an earlier one was sent, so it never goes
+/// backwards) or their job still waits or runs (crash recovery reads the
+/// receipts of those). Returns how many.
 pub fn prune_receipts(spool: &Spool, window: std::time::Duration) -> std::io::Result<usize> {
+    let job_of = |name: &str| name.split('.').next().unwrap_or_default().to_string();
+    let queued: std::collections::HashSet<String> = spool
+        .list(State::Outbox)
+        .map_err(std::io::Error::other)?
+        .iter()
+        .map(|n| job_of(n))
+        .collect();
     crate::spool::prune_older_than(&sent_dir(spool), window, |name| {
-        let job = name.split('.').next().unwrap_or_default();
-        spool.path(State::Outbox, name).exists()
-            || spool.path(State::Incoming, &format!("{job}.json")).exists()
-            || spool.path(State::Active, &format!("{job}.json")).exists()
+        let job = job_of(name);
+        queued.contains(&job) || crate::spool::job_waiting_or_running(spool.root(), &job)
     })
 }
 
@@ -533,17 +540,18 @@ pub async fn run(
     loop {
         if last_prune.is_none_or(|t| t.elapsed() >= crate::spool::HOUSEKEEPING_EVERY) {
             last_prune = Some(std::time::Instant::now());
+            // Off the delivery loop: a first pass over a large sent/ must
+            // not hold deliveries back.
             let (spool, window) = (spool.clone(), cfg.spool.dedup_window.get());
-            match tokio::task::spawn_blocking(move || prune_receipts(&spool, window)).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => tracing::info!(
+            tokio::task::spawn_blocking(move || match prune_receipts(&spool, window) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
                     removed = n,
                     ?window,
                     "pruned delivery receipts past the window"
                 ),
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune spool/sent/"),
-                Err(e) => tracing::warn!(error = %e, "receipt pruning task failed"),
-            }
+                Err(e) => tracing::warn!(error = %e, "cannot prune spool/sent/"),
+            });
         }
         if rescan_needed || last_scan.elapsed() >= POLL {
             rescan(&spool, &mut due).await;
@@ -1020,7 +1028,7 @@ mod tests {
         fs::create_dir_all(&sent).unwrap();
         let names = [
             "A.email.json",
-            "B.email.json",
+            "B.status.json",
             "C.callback.json",
             "D.status.json",
         ];
@@ -1030,7 +1038,8 @@ mod tests {
         for n in &names[..3] {
             crate::spool::backdate(&sent.join(n), 7200);
         }
-        // B's record is still in the outbox; C's job is running again.
+        // Another record of B's job still waits (a status stage must not
+        // overtake the one sent); C's job is running again.
         fs::write(spool.path(State::Outbox, "B.email.json"), b"{}").unwrap();
         fs::write(spool.path(State::Active, "C.json"), b"{}").unwrap();
         assert_eq!(

@@ -67,14 +67,8 @@ impl Markers {
     /// except those of jobs still waiting or running. Returns how many.
     pub fn prune(&self, spool_root: &Path, window: std::time::Duration) -> io::Result<usize> {
         crate::spool::prune_older_than(&self.dir, window, |key| {
-            self.get(key).is_some_and(|job| {
-                [State::Incoming, State::Active].iter().any(|s| {
-                    spool_root
-                        .join(s.dir_name())
-                        .join(format!("{job}.json"))
-                        .exists()
-                })
-            })
+            self.get(key)
+                .is_some_and(|job| crate::spool::job_waiting_or_running(spool_root, &job))
         })
     }
 

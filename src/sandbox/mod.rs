@@ -143,12 +143,6 @@ pub trait Runner: Send + Sync {
     }
 }
 
-/// Build the runner of `kind` from `cfg`: the one place runners are
-/// constructed (the grader daemon, `grade` and `replay` all call it).
-///
-/// `auto` picks docker when its engine answers, else native when the host
-/// supports it, else refuses: it never falls back to `none`, which has no
-/// isolation.
 /// Who a runner's leftovers belong to: the spool directory, one grader
 /// per spool (absolute when it exists, so two spellings of it agree).
 fn owner_of(cfg: &crate::config::Config) -> String {
@@ -159,6 +153,12 @@ fn owner_of(cfg: &crate::config::Config) -> String {
         .to_string()
 }
 
+/// Build the runner of `kind` from `cfg`: the one place runners are
+/// constructed (the grader daemon, `grade` and `replay` all call it).
+///
+/// `auto` picks docker when its engine answers, else native when the host
+/// supports it, else refuses: it never falls back to `none`, which has no
+/// isolation.
 pub fn build_runner(
     cfg: &crate::config::Config,
     kind: crate::config::RunnerKind,
