@@ -486,6 +486,15 @@ mod tests {
         ));
     }
 
+    /// How many of the threads' decisions were `Taken`.
+    fn taken(handles: Vec<std::thread::JoinHandle<QuotaDecision>>) -> usize {
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|d| *d == QuotaDecision::Taken)
+            .count()
+    }
+
     #[test]
     fn twenty_threads_with_own_connections_take_exactly_five() {
         let d = tempfile::tempdir().unwrap();
@@ -503,12 +512,7 @@ mod tests {
                 })
             })
             .collect();
-        let taken = handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .filter(|d| *d == QuotaDecision::Taken)
-            .count();
-        assert_eq!(taken, 5);
+        assert_eq!(taken(handles), 5);
     }
 
     #[test]
@@ -525,11 +529,6 @@ mod tests {
                 })
             })
             .collect();
-        let taken = handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .filter(|d| *d == QuotaDecision::Taken)
-            .count();
-        assert_eq!(taken, 5);
+        assert_eq!(taken(handles), 5);
     }
 }
