@@ -918,6 +918,7 @@ fn result_without_run(
         hidden: BTreeMap::new(),
         stdout: Captured::default(),
         stderr: Captured::default(),
+        results: None,
         extra: extra_of(ev),
     }
 }
@@ -1372,6 +1373,7 @@ fn result_skeleton(ev: &Event, runner: &str, limits: &Limits) -> JobResult {
         hidden: BTreeMap::new(),
         stdout: Captured::default(),
         stderr: Captured::default(),
+        results: None,
         extra: BTreeMap::new(),
     }
 }

@@ -21,6 +21,7 @@ pub mod mirror;
 pub mod notify;
 pub mod policy;
 pub mod result;
+pub mod results;
 pub mod sandbox;
 pub mod spool;
 pub mod summary;

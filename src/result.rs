@@ -94,6 +94,11 @@ pub struct JobResult {
     pub hidden: BTreeMap<String, String>,
     pub stdout: Captured,
     pub stderr: Captured,
+    /// What `results.json` said (trusted contract): the grade's source and
+    /// the per-test rows. Student views drop hidden tests
+    /// ([`crate::policy::hidden`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<crate::results::TestResults>,
     /// Extra facts (manifest, authors, late flag…) kept for staff.
     #[serde(default)]
     pub extra: BTreeMap<String, serde_json::Value>,

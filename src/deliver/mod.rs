@@ -1142,6 +1142,7 @@ mod tests {
             hidden: Default::default(),
             stdout: Default::default(),
             stderr: Default::default(),
+            results: None,
             extra: Default::default(),
         }
     }
