@@ -43,11 +43,11 @@ use crate::metrics;
 use crate::mirror::{MirrorError, Mirrors};
 use crate::policy::{Admitted, QuotaLedger, Refusal};
 use crate::result::{JobResult, RESULT_SCHEMA, Status};
+use crate::results::{self, RESULTS_FILE, ResultsError, TestResults};
 use crate::sandbox::{
     self, Captured, Limits, RunOutcome, RunSpec, Runner, SandboxError, Termination,
 };
 use crate::spool::{Spool, SpoolError, State};
-use crate::results::{self, RESULTS_FILE, ResultsError, TestResults};
 use crate::summary::{self, SummaryError};
 use crate::workspace::{self, WorkspaceError, WorkspaceLimits};
 

@@ -118,7 +118,9 @@ pub enum ResultsError {
     Missing,
     #[error("$LABGRADER_RESULTS/{RESULTS_FILE} is not a regular file ({0}); write a plain file")]
     NotRegular(String),
-    #[error("$LABGRADER_RESULTS/{RESULTS_FILE} is {0} bytes, more than the {MAX_FILE} allowed; cap the tests' output")]
+    #[error(
+        "$LABGRADER_RESULTS/{RESULTS_FILE} is {0} bytes, more than the {MAX_FILE} allowed; cap the tests' output"
+    )]
     TooLarge(u64),
     #[error("cannot read $LABGRADER_RESULTS/{RESULTS_FILE}: {0}")]
     Read(String),
@@ -191,8 +193,7 @@ pub fn parse(bytes: &[u8]) -> Result<TestResults, ResultsError> {
         return Err(invalid("the top level must be an object"));
     };
     let score = number(&top, "score", "the top level")?;
-    let default_visibility =
-        visibility(&top, "visibility", "the top level")?.unwrap_or_default();
+    let default_visibility = visibility(&top, "visibility", "the top level")?.unwrap_or_default();
     let stdout_visibility =
         visibility(&top, "stdout_visibility", "the top level")?.unwrap_or_default();
     let execution_time = number(&top, "execution_time", "the top level")?;
@@ -452,8 +453,8 @@ mod tests {
 
     #[test]
     fn top_level_score_is_the_grade_and_sets_the_tests_default_visibility() {
-        let r = parse(br#"{"score": 42.5, "visibility": "hidden", "tests": [{"name": "a"}]}"#)
-            .unwrap();
+        let r =
+            parse(br#"{"score": 42.5, "visibility": "hidden", "tests": [{"name": "a"}]}"#).unwrap();
         assert_eq!(r.grade_total, 42.5);
         assert_eq!(r.tests[0].score, None);
         assert_eq!(r.tests[0].visibility, Visibility::Hidden);
@@ -462,14 +463,27 @@ mod tests {
 
     #[test]
     fn bad_numbers_are_refused_naming_the_test_and_field() {
-        let e = err(r#"{"tests": [{"name": "ok", "score": 1}, {"name": "parse", "score": 12, "max_score": 10}]}"#);
-        assert!(e.contains("tests[1] (`parse`)") && e.contains("`score` 12") && e.contains("`max_score` 10"), "{e}");
+        let e = err(
+            r#"{"tests": [{"name": "ok", "score": 1}, {"name": "parse", "score": 12, "max_score": 10}]}"#,
+        );
+        assert!(
+            e.contains("tests[1] (`parse`)")
+                && e.contains("`score` 12")
+                && e.contains("`max_score` 10"),
+            "{e}"
+        );
         let e = err(r#"{"tests": [{"name": "neg", "score": -1}]}"#);
         assert!(e.contains("tests[0] (`neg`): `score` -1"), "{e}");
         let e = err(r#"{"tests": [{"name": "s", "score": "10"}]}"#);
-        assert!(e.contains("`score` must be a number, found a string"), "{e}");
+        assert!(
+            e.contains("`score` must be a number, found a string"),
+            "{e}"
+        );
         let e = err(r#"{"tests": [{"name": "m", "score": 1, "max_score": 1e999}]}"#);
-        assert!(e.contains("not valid JSON") || e.contains("`max_score`"), "{e}");
+        assert!(
+            e.contains("not valid JSON") || e.contains("`max_score`"),
+            "{e}"
+        );
         // Python's json.dumps(float("nan")) writes a bare NaN: not JSON.
         let e = err(r#"{"score": NaN}"#);
         assert!(e.contains("not valid JSON (line 1"), "{e}");
@@ -486,7 +500,10 @@ mod tests {
         assert!(err(r#"{"tests": [{"score": 1}]}"#).contains("tests[0] has no `name`"));
         assert!(err(r#"{"tests": [{"name": "a"}]}"#).contains("tests[0] (`a`) has no `score`"));
         let e = err(r#"{"tests": [{"name": "a", "score": 1, "visibility": "after_published"}]}"#);
-        assert!(e.contains("`visibility` \"after_published\" is not one of"), "{e}");
+        assert!(
+            e.contains("`visibility` \"after_published\" is not one of"),
+            "{e}"
+        );
         assert!(err(r#"{"score": 1, "output": 3}"#).contains("`output` must be a string"));
         let e = err(r#"{"tests": [{"name": "a", "score": 1, "status": "ok"}]}"#);
         assert!(e.contains("`status`"), "{e}");

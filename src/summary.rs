@@ -257,7 +257,9 @@ pub fn parse(stdout: &[u8]) -> Result<Summary, SummaryError> {
         };
         match Line::classify(line) {
             Line::Blank => {}
-            Line::Section { well_formed: false, .. } => {
+            Line::Section {
+                well_formed: false, ..
+            } => {
                 return Err(bad("a section header is `[name]` alone on its line"));
             }
             Line::Section { name, .. } => section = Some(name),
@@ -406,10 +408,19 @@ mod tests {
         stream.extend(std::iter::repeat_n(b'y', TAIL_KEEP - 20));
         let c = captured(&stream, 1000);
         assert!(c.bytes.starts_with(FORGED));
-        assert!(c.tail.starts_with(&REAL[REAL.len() - 20..]), "the tail starts inside the real block");
+        assert!(
+            c.tail.starts_with(&REAL[REAL.len() - 20..]),
+            "the tail starts inside the real block"
+        );
         let e = parse_captured(&c).unwrap_err();
         assert!(
-            matches!(e, SummaryError::OutputCut { straddled: true, .. }),
+            matches!(
+                e,
+                SummaryError::OutputCut {
+                    straddled: true,
+                    ..
+                }
+            ),
             "{e:?}"
         );
         assert!(e.to_string().contains("cut there"), "{e}");
@@ -466,14 +477,16 @@ mod tests {
 
     #[test]
     fn a_block_after_text_on_the_same_line_is_found() {
-        let s = parse(b"student output<summary>grade_total = 5\n[hidden]\nk = 1</summary>").unwrap();
+        let s =
+            parse(b"student output<summary>grade_total = 5\n[hidden]\nk = 1</summary>").unwrap();
         assert_eq!(s.grade_total, 5.0);
         assert_eq!(s.hidden["k"], "1");
     }
 
     #[test]
     fn a_stray_close_after_a_block_does_not_extend_it() {
-        let s = parse(b"<summary>\ngrade_total = 10\n</summary>\ngrade_total = 100\n</summary>\n").unwrap();
+        let s = parse(b"<summary>\ngrade_total = 10\n</summary>\ngrade_total = 100\n</summary>\n")
+            .unwrap();
         assert_eq!(s.grade_total, 10.0);
     }
 
@@ -492,7 +505,10 @@ mod tests {
     fn blocks_end_at_the_next_marker() {
         let b = b"a<summary>x<summary>y</summary>z</summary><summary>w";
         let found = blocks(b);
-        let texts: Vec<(&[u8], bool)> = found.iter().map(|bl| (&b[bl.content.clone()], bl.closed)).collect();
+        let texts: Vec<(&[u8], bool)> = found
+            .iter()
+            .map(|bl| (&b[bl.content.clone()], bl.closed))
+            .collect();
         assert_eq!(
             texts,
             vec![(&b"x"[..], false), (&b"y"[..], true), (&b"w"[..], false)]

@@ -69,7 +69,14 @@ fn grade(lab: &str, tree: &str, extra: &[(&str, &str)]) -> Graded {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let out = Command::new(env!("CARGO_BIN_EXE_labgrader"))
-        .args(["grade", "--runner", "none", "--contract", "trusted", "--student"])
+        .args([
+            "grade",
+            "--runner",
+            "none",
+            "--contract",
+            "trusted",
+            "--student",
+        ])
         .arg(student.path())
         .arg("--tests")
         .arg(examples().join(lab).join("tests"))
@@ -164,7 +171,11 @@ fn a_student_gnumakefile_does_not_replace_the_tests_makefile() {
                        long_string) echo 1048575;; esac\n";
     let rule = "test_strutil:\n\tcp fake_driver test_strutil && chmod +x test_strutil\n";
     for name in ["GNUmakefile", "makefile"] {
-        let g = grade("c", "student", &[(name, rule), ("fake_driver", fake_driver)]);
+        let g = grade(
+            "c",
+            "student",
+            &[(name, rule), ("fake_driver", fake_driver)],
+        );
         assert_eq!(g.grade(), 60.0, "{name}:\n{}", g.stdout);
     }
 }
@@ -186,7 +197,8 @@ fn a_student_json_module_is_not_imported_by_the_harness() {
 /// `test_all` and data files of the same names stay in the workspace.
 #[test]
 fn a_students_test_all_and_expected_data_are_never_read() {
-    let forged_harness = "#!/bin/sh\nprintf '{\"score\": 100}' > \"$LABGRADER_RESULTS/results.json\"\n";
+    let forged_harness =
+        "#!/bin/sh\nprintf '{\"score\": 100}' > \"$LABGRADER_RESULTS/results.json\"\n";
     for (lab, data, swapped, want) in [
         ("bash", "cases.tsv", "add\t\t2\t+\t3\n", 50.0),
         ("python", "cases.json", "{\"cases\": []}", 40.0),
@@ -220,7 +232,10 @@ fn c_lab_rebuilds_instead_of_running_a_committed_binary() {
     let g = grade(
         "c",
         "student",
-        &[("test_strutil", "#!/bin/sh\necho 5 0\n"), ("strutil.c", "oops\n")],
+        &[
+            ("test_strutil", "#!/bin/sh\necho 5 0\n"),
+            ("strutil.c", "oops\n"),
+        ],
     );
     assert_eq!(g.grade(), 0.0, "{}", g.stdout);
     let g = grade("c", "student", &[("test_strutil", "#!/bin/sh\nexit 0\n")]);

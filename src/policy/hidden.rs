@@ -262,8 +262,16 @@ mod tests {
         );
         // Even with the header on the marker's line, and the close on a key's.
         let out = b"x<summary>[hidden]\nsecret = 42</summary>y";
-        assert_eq!(crate::summary::parse(b"x<summary>grade_total=1\n[hidden]\nsecret = 42</summary>y").unwrap().hidden["secret"], "42");
-        assert_eq!(redact_hidden_summary(out), b"x<summary></summary>y".to_vec());
+        assert_eq!(
+            crate::summary::parse(b"x<summary>grade_total=1\n[hidden]\nsecret = 42</summary>y")
+                .unwrap()
+                .hidden["secret"],
+            "42"
+        );
+        assert_eq!(
+            redact_hidden_summary(out),
+            b"x<summary></summary>y".to_vec()
+        );
     }
 
     #[test]
@@ -321,7 +329,10 @@ mod tests {
         let v = student_view(&r);
         let json = serde_json::to_string(&v).unwrap();
         assert!(json.contains("shown output"), "{json}");
-        assert!(!json.contains("secret") && !json.contains("later"), "{json}");
+        assert!(
+            !json.contains("secret") && !json.contains("later"),
+            "{json}"
+        );
         assert_eq!(callback_view(&r, true, false).results, r.results);
         r.results.as_mut().unwrap().stdout_visibility = Visibility::Hidden;
         let v = student_view(&r);

@@ -114,8 +114,7 @@ fn read_tail(path: &Path) -> Vec<u8> {
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let keep = len.min(TAIL_KEEP as u64);
     let mut out = Vec::with_capacity(keep as usize);
-    if f.seek(SeekFrom::Start(len - keep)).is_err() || f.take(keep).read_to_end(&mut out).is_err()
-    {
+    if f.seek(SeekFrom::Start(len - keep)).is_err() || f.take(keep).read_to_end(&mut out).is_err() {
         return Vec::new();
     }
     out
