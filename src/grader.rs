@@ -1206,7 +1206,7 @@ fn result_from_run(
         ),
         None => (None, BTreeMap::new(), BTreeMap::new(), None),
     };
-    JobResult {
+    let mut r = JobResult {
         image: out.image,
         image_id: out.image_id,
         limits: Some(limits.clone()),
@@ -1220,7 +1220,18 @@ fn result_from_run(
         stderr: out.stderr,
         results,
         ..result_without_run(ev, out.runner, tests_sha, status, reason)
+    };
+    // The problem may name a hidden test: staff keep it, student views
+    // replace it in the reason (policy::hidden).
+    if let Some(Err(e)) = &harness
+        && e.is_malformed()
+    {
+        r.extra.insert(
+            crate::policy::hidden::RESULTS_ERROR_KEY.into(),
+            serde_json::Value::String(e.to_string()),
+        );
     }
+    r
 }
 
 /// Record a trusted-contract job as such (stdout jobs carry no mark, as

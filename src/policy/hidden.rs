@@ -8,8 +8,9 @@
 //! goes with them, since `test_all` printed them there), the tests of
 //! `results.json` whose visibility is `hidden` or `after_due_date` (until
 //! results are shown after the deadline, both stay with staff), and stdout
-//! itself when `results.json` says `stdout_visibility = "hidden"`. stderr
-//! is staff-only too. Blocks are found by the grade parser's own finder
+//! itself when `results.json` says `stdout_visibility = "hidden"`; what
+//! was wrong with a malformed `results.json` (it may name a hidden test)
+//! is replaced in the reason. stderr is staff-only too. Blocks are found by the grade parser's own finder
 //! ([`summary::blocks`], [`summary::block_lines`], [`Line`]), so a block the
 //! parser reads is a block filtered here, wherever it starts on a line.
 //! Nothing here sends anything; deliveries call these before they do.
@@ -20,6 +21,13 @@ use crate::result::JobResult;
 use crate::results::Visibility;
 use crate::sandbox::Captured;
 use crate::summary::{self, Line};
+
+/// Key of `JobResult::extra` holding what was wrong with `results.json`
+/// (staff only: it may name a hidden test).
+pub const RESULTS_ERROR_KEY: &str = "results_error";
+/// What students read instead.
+pub const RESULTS_ERROR_FOR_STUDENTS: &str =
+    "the course's test_all wrote a results.json that cannot be read (staff have the details)";
 
 /// The result as a student may see it (email, commit status text):
 /// no hidden keys or tests, hidden summary lines cut from stdout, no stderr.
@@ -33,6 +41,11 @@ pub fn callback_view(result: &JobResult, include_hidden: bool, include_stderr: b
     let mut r = result.clone();
     if !include_hidden {
         r.hidden.clear();
+        if let Some(serde_json::Value::String(problem)) = r.extra.remove(RESULTS_ERROR_KEY) {
+            r.reason = r
+                .reason
+                .map(|why| why.replace(&problem, RESULTS_ERROR_FOR_STUDENTS));
+        }
         r.stdout = redact_captured(&r.stdout);
         if let Some(res) = r.results.as_mut() {
             res.tests.retain(|t| t.visibility == Visibility::Visible);
@@ -338,5 +351,26 @@ mod tests {
         let v = student_view(&r);
         assert!(v.stdout.display_bytes().is_empty());
         assert_eq!(v.stdout.total, r.stdout.total);
+    }
+
+    #[test]
+    fn a_malformed_results_problem_stays_with_staff() {
+        let problem =
+            "results.json: tests[1] (`secret_case`): `score` 12 is more than its `max_score` 10";
+        let mut r = result();
+        r.status = Status::Error;
+        r.reason = Some(format!("{problem}; test_all exited with status 0"));
+        r.extra.insert(
+            RESULTS_ERROR_KEY.into(),
+            serde_json::Value::String(problem.into()),
+        );
+        let v = student_view(&r);
+        let json = serde_json::to_string(&v).unwrap();
+        assert!(!json.contains("secret_case"), "{json}");
+        assert_eq!(
+            v.reason.as_deref(),
+            Some(format!("{RESULTS_ERROR_FOR_STUDENTS}; test_all exited with status 0").as_str())
+        );
+        assert_eq!(callback_view(&r, true, false).reason, r.reason);
     }
 }
