@@ -167,7 +167,20 @@ pub fn read(dir: &Path) -> Result<TestResults, ResultsError> {
         .metadata()
         .map_err(|e| ResultsError::Read(e.to_string()))?;
     if !meta.is_file() {
-        return Err(ResultsError::NotRegular(format!("{:?}", meta.file_type())));
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        let what = if t.is_dir() {
+            "a directory"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_block_device() || t.is_char_device() {
+            "a device"
+        } else {
+            "not a plain file"
+        };
+        return Err(ResultsError::NotRegular(what.into()));
     }
     if meta.len() > MAX_FILE {
         return Err(ResultsError::TooLarge(meta.len()));
@@ -542,7 +555,10 @@ mod tests {
         assert!(e.is_malformed());
         std::fs::remove_file(path_in(d.path())).unwrap();
         nix::unistd::mkfifo(&path_in(d.path()), nix::sys::stat::Mode::S_IRWXU).unwrap();
-        assert!(matches!(read(d.path()), Err(ResultsError::NotRegular(_))));
+        assert_eq!(
+            read(d.path()),
+            Err(ResultsError::NotRegular("a FIFO".into()))
+        );
         std::fs::remove_file(path_in(d.path())).unwrap();
         std::fs::write(path_in(d.path()), vec![b' '; MAX_FILE as usize + 1]).unwrap();
         assert!(matches!(read(d.path()), Err(ResultsError::TooLarge(_))));

@@ -199,7 +199,7 @@ pub fn block_lines(bytes: &[u8], content: Range<usize>) -> Vec<Range<usize>> {
     out
 }
 
-pub(crate) fn trim(b: &[u8]) -> &[u8] {
+fn trim(b: &[u8]) -> &[u8] {
     let start = b
         .iter()
         .position(|c| !c.is_ascii_whitespace())
