@@ -126,6 +126,8 @@ mod tests {
             Status::Timeout,
             Status::MemoryLimit,
             Status::WorkspaceLimit,
+            Status::DiskLimit,
+            Status::OutputLimit,
             Status::Error,
             Status::InvalidManifest,
             Status::InfraError,
