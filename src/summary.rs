@@ -58,10 +58,10 @@ pub enum SummaryError {
     #[error("grade_total `{0}` is not a finite number")]
     BadGrade(String),
     #[error(
-        "stdout overflowed output_limit and {dropped} bytes were dropped before its last {kept_tail}; \
-         {}, so no earlier block counts (keep test_all's stdout under output_limit: capture \
-         the student's output instead of passing it through)",
-        if *.straddled { "the summary block was cut there" } else { "those last bytes hold no complete summary block" }
+        "stdout overflowed output_limit and {dropped} bytes were dropped before its last \
+         {kept_tail} bytes; {}, so no earlier block counts (keep test_all's stdout under \
+         output_limit: capture the student's output instead of passing it through)",
+        cut_phrase(*.straddled)
     )]
     OutputCut {
         dropped: u64,
@@ -69,6 +69,14 @@ pub enum SummaryError {
         /// The tail begins inside a block: the cut fell in a summary.
         straddled: bool,
     },
+}
+
+fn cut_phrase(straddled: bool) -> &'static str {
+    if straddled {
+        "the summary block was cut there"
+    } else {
+        "those last bytes hold no complete summary block"
+    }
 }
 
 /// A summary marker and where it stands.

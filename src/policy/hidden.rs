@@ -10,9 +10,10 @@
 //! results are shown after the deadline, both stay with staff), and stdout
 //! itself when `results.json` says `stdout_visibility = "hidden"`; what
 //! was wrong with a malformed `results.json` (it may name a hidden test)
-//! is replaced in the reason. stderr is staff-only too. Blocks are found by the grade parser's own finder
-//! ([`summary::blocks`], [`summary::block_lines`], [`Line`]), so a block the
-//! parser reads is a block filtered here, wherever it starts on a line.
+//! is replaced in the reason. stderr is staff-only too. Blocks are found
+//! by the grade parser's own finder ([`summary::blocks`],
+//! [`summary::block_lines`], [`Line`]), so a block the parser reads is a
+//! block filtered here, wherever it starts on a line.
 //! Nothing here sends anything; deliveries call these before they do.
 
 use std::ops::Range;
