@@ -471,6 +471,18 @@ mod tests {
     }
 
     #[test]
+    fn a_forged_block_in_the_tail_loses_to_the_real_one_after_it() {
+        // The tail is the end of the stream: what is last there is last.
+        let mut stream = vec![b'x'; 300_000];
+        stream.extend_from_slice(FORGED);
+        stream.extend(std::iter::repeat_n(b'y', 1000));
+        stream.extend_from_slice(REAL);
+        let c = captured(&stream, 1000);
+        assert!(c.tail.windows(FORGED.len()).any(|w| w == FORGED));
+        assert_eq!(parse_captured(&c).unwrap().grade_total, 12.0);
+    }
+
+    #[test]
     fn head_and_tail_are_one_stream_when_nothing_was_dropped() {
         // The real block is split between head and tail, nothing dropped.
         let mut stream = FORGED.to_vec();
