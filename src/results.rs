@@ -565,4 +565,18 @@ mod tests {
         std::fs::write(path_in(d.path()), br#"{"score": 7}"#).unwrap();
         assert_eq!(read(d.path()).unwrap().grade_total, 7.0);
     }
+
+    #[test]
+    fn the_readme_example_reads() {
+        let readme = include_str!("../README.md");
+        let at = readme
+            .find("`results.json` has the shape of Gradescope's")
+            .expect("README section");
+        let start = at + readme[at..].find("```json\n").unwrap() + "```json\n".len();
+        let end = start + readme[start..].find("```").unwrap();
+        let r = parse(readme[start..end].as_bytes()).unwrap();
+        assert_eq!(r.grade_total, 25.0);
+        assert_eq!(r.tests.len(), 3);
+        assert_eq!(r.tests[2].visibility, Visibility::Hidden);
+    }
 }
