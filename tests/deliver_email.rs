@@ -261,7 +261,8 @@ async fn email_authenticates_with_username_and_password_secret() {
 async fn email_recipient_from_gitlab_then_template_else_dead_with_reason() {
     let t = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(free_port(), &t.path().join("mail"), None).await;
-    // GitLab knows user 4 (admin token sees `email`); user 5 is unknown.
+    // GitLab knows user 4 (an admin token sees the private `email` too:
+    // never used); user 5 is unknown.
     let gitlab = TestServer::start(Arc::new(|req, _| {
         if req.header("PRIVATE-TOKEN") != Some("glpat-test") {
             return (401, vec![], r#"{"message":"401 Unauthorized"}"#.into());
@@ -270,7 +271,7 @@ async fn email_recipient_from_gitlab_then_template_else_dead_with_reason() {
             "/api/v4/users/4" => (
                 200,
                 vec![("Content-Type", "application/json".into())],
-                r#"{"id":4,"username":"jsmith","name":"John Smith","state":"active","email":"jsmith@private.example.edu","public_email":""}"#.into(),
+                r#"{"id":4,"username":"jsmith","name":"John Smith","state":"active","email":"jsmith@private.example.edu","public_email":"john@public.example.edu"}"#.into(),
             ),
             _ => (404, vec![], r#"{"message":"404 User Not Found"}"#.into()),
         }
@@ -290,7 +291,7 @@ async fn email_recipient_from_gitlab_then_template_else_dead_with_reason() {
     let cfg = base("{username}@students.example.edu");
     let spool = Arc::new(Spool::open(&cfg.spool.dir).unwrap());
 
-    // 1. Hidden email in the event: GitLab's user record gives it.
+    // 1. Hidden email in the event: GitLab's user record gives the public one.
     let ev1 = event("01JEMAIL000000000000000006", Some("[REDACTED]"));
     deliver::enqueue_result(
         &cfg,
@@ -324,7 +325,7 @@ async fn email_recipient_from_gitlab_then_template_else_dead_with_reason() {
     rcpts.sort();
     assert_eq!(
         rcpts,
-        ["asmith@students.example.edu", "jsmith@private.example.edu"]
+        ["asmith@students.example.edu", "john@public.example.edu"]
     );
 
     // 3. No email, unknown user, no template: dead, saying why.
