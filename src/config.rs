@@ -107,6 +107,10 @@ pub struct SpoolConfig {
     /// are kept: a delivery re-sent within this window of the first is
     /// recognized as a duplicate. Older ones are removed hourly.
     pub dedup_window: Seconds,
+    /// Free space kept in reserve on the spool's file system: under it the
+    /// hook refuses new jobs (503) and the grader stops claiming, so jobs
+    /// already accepted can finish and deliver. 0 turns the check off.
+    pub min_free: ByteSize,
 }
 
 impl Default for SpoolConfig {
@@ -114,6 +118,7 @@ impl Default for SpoolConfig {
         Self {
             dir: PathBuf::from("spool"),
             dedup_window: Seconds(Duration::from_secs(14 * 24 * 3600)),
+            min_free: ByteSize(1 << 30),
         }
     }
 }

@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Secret};
 use crate::event::{EVENT_SCHEMA, Event, HookSource};
 use crate::metrics;
+use crate::reserve::Reserve;
 use crate::spool::{Spool, SpoolError, State, new_job_id};
 use dedup::{KeyLocks, Markers, job_exists, update_key};
 use parse::{Delivery, Ignored, RefUpdate};
@@ -160,6 +161,8 @@ struct Hook {
     locks: KeyLocks,
     commit: GroupCommit,
     repos: TestRepos,
+    /// `[spool] min_free`: no new job under it.
+    reserve: Reserve,
 }
 
 /// One answer: status and body.
@@ -244,8 +247,10 @@ impl Hook {
             );
         }
         let repos = TestRepos::new(&cfg);
+        let reserve = Reserve::new(spool.root(), cfg.spool.min_free.bytes());
         Ok(Hook {
             cfg,
+            reserve,
             spool,
             token,
             markers,
@@ -332,6 +337,15 @@ impl Hook {
                 )
             })
             .collect();
+        let mut gauges = gauges;
+        if let Ok(free) = self.reserve.free() {
+            gauges.push((
+                "labgrader_spool_free_bytes",
+                "Bytes free on the spool's file system (new jobs are refused under [spool] min_free).",
+                Vec::new(),
+                free as f64,
+            ));
+        }
         metrics::render(&gauges)
     }
 
@@ -530,6 +544,26 @@ impl Hook {
         updates: Vec<RefUpdate>,
         skipped: Vec<Ignored>,
     ) -> Answer {
+        // The reserve: under `[spool] min_free` nothing new is stored, so
+        // jobs already accepted keep room to finish and deliver. Checked
+        // before anything is written: nothing half-written, no marker.
+        if let Err(low) = self.reserve.check() {
+            metrics::inc(
+                "labgrader_hook_low_space_total",
+                "Deliveries refused because the spool's free space was under [spool] min_free.",
+                &[],
+            );
+            tracing::error!(
+                free = low.free,
+                min_free = low.min_free,
+                "SPOOL FILE SYSTEM NEARLY FULL: refusing new jobs (503) until space is freed; \
+                 re-send refused hooks from GitLab afterwards"
+            );
+            return Answer::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("event not stored: {low}; re-send the hook once space is freed"),
+            );
+        }
         // The body parsed once more as a generic value for `raw`: parse()
         // only checked it.
         let raw: serde_json::Value =
