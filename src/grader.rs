@@ -633,10 +633,12 @@ impl Grader {
         }
         error!(attempts = ev.infra_attempts + 1, error = %msg,
             "infrastructure failure and no retries left: recording infra_error; staff must look");
-        let reason = format!(
-            "the grader could not grade this commit (not the student's fault; staff were alerted): {msg}"
-        );
-        let result = self.bare_result(&ev, None, Status::InfraError, reason);
+        // The student sees the verdict, never the grader's own error: it
+        // names host paths (spool, mirrors) and services. Staff find it in
+        // the log, in stderr (staff only) and in failed-attempt counts.
+        let reason = "the grader could not grade this commit (not the student's fault; staff were alerted and it can be regraded)".to_string();
+        let mut result = self.bare_result(&ev, None, Status::InfraError, reason);
+        result.stderr = Captured::from_bytes(format!("labgrader: {msg}\n").into_bytes(), 1 << 16);
         self.release_quota(&ev);
         if let Err(e) = self.record(name, &ev, &result).await {
             error!(error = %e, "cannot record the infra_error result; the job stays in active/");
