@@ -566,7 +566,7 @@ pub enum Directory {
     /// configured. The roster, when the assignment has one, still says who
     /// belongs to the course and gives names and addresses.
     Gitlab {
-        api: GitlabApi,
+        api: Box<GitlabApi>,
         roster: Option<Roster>,
     },
     /// No token: the roster, and its `group` column for membership.
@@ -588,7 +588,10 @@ impl Directory {
             None => None,
         };
         Ok(match (gitlab, roster) {
-            (Some(api), roster) => Directory::Gitlab { api, roster },
+            (Some(api), roster) => Directory::Gitlab {
+                api: Box::new(api),
+                roster,
+            },
             (None, Some(r)) => Directory::Roster(r),
             (None, None) => Directory::Unverified,
         })

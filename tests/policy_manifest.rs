@@ -194,7 +194,7 @@ fn project() -> Project {
 
 fn gitlab_dir(url: &str) -> Directory {
     Directory::Gitlab {
-        api: api(url),
+        api: Box::new(api(url)),
         roster: None,
     }
 }
