@@ -51,10 +51,19 @@ async fn gitlab() -> TestServer {
             "/api/v4/users/3" => (200, json, user(3, "carol", "")),
             "/api/v4/users/4" => (200, json, user(4, "eve", "eve@public.example")),
             "/api/v4/users/9" => (200, json, user(9, "prof", "prof@public.example")),
-            p if p.starts_with("/api/v4/users") => (
+            // `?username=NAME` (the query is not in `req.path`): every user,
+            // which a lookup by name then searches, as GitLab's list would.
+            "/api/v4/users" => (
                 200,
                 json,
-                format!("[{}]", user(4, "eve", "eve@public.example")),
+                format!(
+                    "[{},{},{},{},{}]",
+                    user(1, "alice", ""),
+                    user(2, "bob", "bob@public.example"),
+                    user(3, "carol", ""),
+                    user(4, "eve", "eve@public.example"),
+                    user(9, "prof", "prof@public.example")
+                ),
             ),
             _ => (404, vec![], r#"{"message":"404 Not Found"}"#.into()),
         }
