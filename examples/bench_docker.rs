@@ -39,6 +39,7 @@ fn limits() -> Limits {
         cpus: 1.0,
         file_size: 64 << 20,
         open_files: 1024,
+        disk: 1 << 30,
     }
 }
 
@@ -78,13 +79,12 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 async fn one_job(runner: &DockerRunner, ws: &std::path::Path, i: usize) {
-    let spec = RunSpec {
-        job_id: format!("bench-{}-{i}", std::process::id()),
-        workspace: ws.to_path_buf(),
-        env: vec![],
-        limits: limits(),
-        image: None,
-    };
+    let spec = RunSpec::new(
+        format!("bench-{}-{i}", std::process::id()),
+        ws.to_path_buf(),
+        vec![],
+        limits(),
+    );
     let o = runner
         .run(&spec, &CancellationToken::new())
         .await

@@ -63,6 +63,7 @@ fn limits() -> Limits {
         cpus: 1.0,
         file_size: 16 << 20,
         open_files: 256,
+        disk: 1 << 30,
     }
 }
 
@@ -82,13 +83,7 @@ fn trivial_workspace(root: &Path) -> PathBuf {
 }
 
 fn spec(job_id: String, ws: &Path) -> RunSpec {
-    RunSpec {
-        job_id,
-        workspace: ws.to_path_buf(),
-        env: vec![],
-        limits: limits(),
-        image: None,
-    }
+    RunSpec::new(job_id, ws.to_path_buf(), vec![], limits())
 }
 
 /// The baseline: what the node does, run here — copy the workspace into a

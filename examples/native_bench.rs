@@ -105,11 +105,11 @@ async fn main() {
     let t = ws.path().join("test_all");
     std::fs::write(&t, TEST_ALL).unwrap();
     std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let spec = RunSpec {
-        job_id: "bench".into(),
-        workspace: ws.path().to_path_buf(),
-        env: vec![("LABGRADER_JOB_ID".into(), "bench".into())],
-        limits: Limits {
+    let spec = RunSpec::new(
+        "bench",
+        ws.path().to_path_buf(),
+        vec![("LABGRADER_JOB_ID".into(), "bench".into())],
+        Limits {
             timeout: Duration::from_secs(30),
             memory: 256 << 20,
             pids: 64,
@@ -117,9 +117,9 @@ async fn main() {
             cpus: 1.0,
             file_size: 64 << 20,
             open_files: 256,
+            disk: 1 << 30,
         },
-        image: None,
-    };
+    );
     let native = NativeRunner::new(&NativeConfig::default()).expect("native runner available");
     println!(
         "native runner: uid {}, cgroups: {}",

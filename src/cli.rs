@@ -99,6 +99,20 @@ pub struct GradeArgs {
     /// Wall-clock timeout, e.g. 30s (default: the config's).
     #[arg(long)]
     pub timeout: Option<String>,
+    /// Grading contract: `stdout` or `trusted` (default: the config's
+    /// `[grader] contract`).
+    #[arg(long, value_parser = parse_contract)]
+    pub contract: Option<crate::config::Contract>,
+}
+
+fn parse_contract(s: &str) -> Result<crate::config::Contract, String> {
+    match s {
+        "stdout" => Ok(crate::config::Contract::Stdout),
+        "trusted" => Ok(crate::config::Contract::Trusted),
+        other => Err(format!(
+            "unknown contract `{other}`; use `stdout` or `trusted`"
+        )),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -508,6 +522,7 @@ fn grade(cfg: &Config, args: GradeArgs) -> Result<ExitCode> {
         &args.tests,
         runner,
         timeout,
+        args.contract,
     ))?;
     let mut out = std::io::stdout().lock();
     out.write_all(&result.stdout.display_bytes())?;

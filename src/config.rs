@@ -196,6 +196,35 @@ pub enum RunnerKind {
     None,
 }
 
+/// Which grading contract a job follows (`[grader] contract`, per
+/// assignment `contract`).
+///
+/// - `stdout` (gitlab-ag's): `test_all` runs in the student's workspace with
+///   the test files laid over it (read-only to the job) and the grade is the
+///   last `<summary>` block of its stdout.
+/// - `trusted`: `test_all` (the harness) runs as a harness identity in its
+///   own copy of the test tree; student code runs only through
+///   `run-as-student`, as a student identity, in the workspace (the
+///   student's tree with the tests' `public/` laid over it); the grade is
+///   `results.json` in `$LABGRADER_RESULTS`, which only the harness can
+///   write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Contract {
+    #[default]
+    Stdout,
+    Trusted,
+}
+
+impl fmt::Display for Contract {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Contract::Stdout => "stdout",
+            Contract::Trusted => "trusted",
+        })
+    }
+}
+
 impl fmt::Display for RunnerKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -236,6 +265,11 @@ pub struct GraderConfig {
     pub output_limit: ByteSize,
     pub workspace_limit: ByteSize,
     pub workspace_files: u64,
+    /// Bytes a job may write (workspace, `/tmp`, results), on every
+    /// sandboxed runner; never charged to the spool's filesystem.
+    pub disk: ByteSize,
+    /// The grading contract of assignments that do not set their own.
+    pub contract: Contract,
     /// Timeout of each git command (fetch, export).
     pub git_timeout: Seconds,
     /// A job that was active during this many daemon crashes goes to failed/.
@@ -260,6 +294,8 @@ impl Default for GraderConfig {
             output_limit: ByteSize(1 << 20),
             workspace_limit: ByteSize(512 << 20),
             workspace_files: 20_000,
+            disk: ByteSize(1 << 30),
+            contract: Contract::Stdout,
             git_timeout: Seconds(Duration::from_secs(120)),
             max_crashes: 3,
             infra_retries: 5,
@@ -481,6 +517,7 @@ pub struct AssignmentConfig {
     pub memory: Option<ByteSize>,
     pub pids: Option<u64>,
     pub runner: Option<RunnerKind>,
+    pub contract: Option<Contract>,
     pub trigger: Trigger,
     pub tag_pattern: Option<String>,
     pub manifest: ManifestPolicy,

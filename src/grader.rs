@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, warn};
 
-use crate::config::{Config, RunnerKind};
+use crate::config::{Config, Contract, RunnerKind};
 use crate::event::{EVENT_SCHEMA, Event, EventKind, HookSource};
 use crate::gitlab::GitlabApi;
 use crate::gradebook::{self, Gradebook, GradebookError};
@@ -100,6 +100,8 @@ enum Fault {
 enum Prepared {
     Ready {
         ws: JobDir,
+        /// What the tests laid into `ws`.
+        laid: workspace::Laid,
         tests_sha: String,
         /// The commit exported: the event's commit, peeled when it named an
         /// annotated tag object.
@@ -117,7 +119,9 @@ enum Prepared {
     },
 }
 
-/// `<work>/<job>/workspace/`: where test_all runs; removed on drop.
+/// `<work>/<job>/`: `workspace/` (the student's tree and what the tests
+/// lay over it), `tests/` (the harness's copy, trusted contract),
+/// `results/` and `runner/` (see [`RunSpec`]); removed on drop.
 struct JobDir {
     root: PathBuf,
 }
@@ -126,14 +130,64 @@ impl JobDir {
     fn create(work: &Path, job_id: &str) -> Result<JobDir, WorkspaceError> {
         let root = work.join(job_id);
         let _ = workspace::remove_tree(&root);
-        let d = root.join("workspace");
-        std::fs::create_dir_all(&d).map_err(|source| WorkspaceError::Write { path: d, source })?;
+        for sub in ["workspace", "tests", "results", "runner"] {
+            let d = root.join(sub);
+            std::fs::create_dir_all(&d)
+                .map_err(|source| WorkspaceError::Write { path: d, source })?;
+        }
         Ok(JobDir { root })
     }
     fn workspace(&self) -> PathBuf {
         self.root.join("workspace")
     }
+    fn tests(&self) -> PathBuf {
+        self.root.join("tests")
+    }
+    /// Lay the test tree `tests` into this job directory as `contract` says.
+    fn lay_tests(
+        &self,
+        tests: &Path,
+        contract: Contract,
+        limits: &WorkspaceLimits,
+    ) -> Result<workspace::Laid, WorkspaceError> {
+        match contract {
+            Contract::Stdout => workspace::finish(tests, &self.workspace(), limits),
+            Contract::Trusted => {
+                workspace::finish_trusted(tests, &self.workspace(), &self.tests(), limits)
+            }
+        }
+    }
+    /// The run of this job directory, laid out by [`JobDir::lay_tests`].
+    fn spec(
+        &self,
+        job_id: &str,
+        env: Vec<(String, String)>,
+        limits: &Limits,
+        contract: Contract,
+        laid: workspace::Laid,
+    ) -> RunSpec {
+        RunSpec {
+            contract,
+            test_paths: Arc::new(laid.test_paths),
+            tests: (contract == Contract::Trusted).then(|| self.tests()),
+            results: self.root.join("results"),
+            scratch: self.root.join("runner"),
+            ..RunSpec::new(job_id, self.workspace(), env, limits.clone())
+        }
+    }
 }
+
+/// The grading contract of `assignment`: its own, else `[grader] contract`.
+pub fn contract_for(cfg: &Config, assignment: &str) -> Contract {
+    cfg.assignments
+        .get(assignment)
+        .and_then(|a| a.contract)
+        .unwrap_or(cfg.grader.contract)
+}
+
+/// Key of `JobResult::extra` naming a trusted-contract job (so that
+/// `replay` runs it the same way).
+const CONTRACT_KEY: &str = "contract";
 
 impl Drop for JobDir {
     fn drop(&mut self) {
@@ -673,10 +727,12 @@ impl Grader {
         let limits = limits_for(&self.cfg, &ev.project.name);
         let image = assignment.and_then(|a| a.image.clone());
         let runner = self.runner(kind).map_err(|e| Fault::Infra(e.to_string()))?;
-        let prepared = self.prepare(ev, None, started, cancel).await?;
-        let (ws, tests_sha, admitted) = match prepared {
+        let contract = contract_for(&self.cfg, &ev.project.name);
+        let prepared = self.prepare(ev, None, contract, started, cancel).await?;
+        let (ws, laid, tests_sha, admitted) = match prepared {
             Prepared::Ready {
                 ws,
+                laid,
                 tests_sha,
                 student_sha,
                 admitted,
@@ -688,7 +744,7 @@ impl Grader {
                 }
                 // After the peel: GitLab keeps statuses on commits, not tag objects.
                 self.on_started(ev);
-                (ws, tests_sha, admitted)
+                (ws, laid, tests_sha, admitted)
             }
             Prepared::Refused(Refusal::InvalidManifest { message }) => {
                 info!(reason = %message, "invalid manifest: not run");
@@ -711,11 +767,8 @@ impl Grader {
             }
         };
         let spec = RunSpec {
-            job_id: ev.job_id.clone(),
-            workspace: ws.workspace(),
-            env: job_env(ev, &tests_sha),
-            limits: limits.clone(),
             image,
+            ..ws.spec(&ev.job_id, job_env(ev, &tests_sha), &limits, contract, laid)
         };
         let t = Instant::now();
         let outcome = runner.run(&spec, cancel).await;
@@ -724,6 +777,7 @@ impl Grader {
         match outcome {
             Ok(out) => {
                 let mut r = result_from_run(ev, Some(tests_sha), &limits, out);
+                note_contract(&mut r, contract);
                 if let Some(a) = admitted {
                     r.extra.extend(a.extra);
                 }
@@ -740,6 +794,7 @@ impl Grader {
         &self,
         ev: &Event,
         tests_sha: Option<&str>,
+        contract: Contract,
         since: Instant,
         cancel: &CancellationToken,
     ) -> Result<Prepared, Fault> {
@@ -811,16 +866,15 @@ impl Grader {
             }
         };
         let t = Instant::now();
-        let finished = {
-            let (tests_dir, ws_dir) = (tests_tree, ws.workspace());
-            tokio::task::spawn_blocking(move || workspace::finish(&tests_dir, &ws_dir, &limits))
+        let (finished, ws) =
+            tokio::task::spawn_blocking(move || (ws.lay_tests(&tests_tree, contract, &limits), ws))
                 .await
-                .map_err(|e| Fault::Infra(e.to_string()))?
-        };
+                .map_err(|e| Fault::Infra(e.to_string()))?;
         observe("workspace", t.elapsed());
         match finished {
-            Ok(_) => Ok(Prepared::Ready {
+            Ok(laid) => Ok(Prepared::Ready {
                 ws,
+                laid,
                 tests_sha,
                 student_sha,
                 admitted,
@@ -1017,6 +1071,7 @@ pub fn limits_for(cfg: &Config, assignment: &str) -> Limits {
         cpus: cfg.docker.cpus,
         file_size: g.workspace_limit.bytes(),
         open_files: OPEN_FILES,
+        disk: g.disk.bytes(),
     }
 }
 
@@ -1109,6 +1164,17 @@ fn result_from_run(
         stdout: out.stdout,
         stderr: out.stderr,
         ..result_without_run(ev, out.runner, tests_sha, status, reason)
+    }
+}
+
+/// Record a trusted-contract job as such (stdout jobs carry no mark, as
+/// before the contract existed).
+fn note_contract(r: &mut JobResult, contract: Contract) {
+    if contract == Contract::Trusted {
+        r.extra.insert(
+            CONTRACT_KEY.into(),
+            serde_json::Value::String(contract.to_string()),
+        );
     }
 }
 
@@ -1283,7 +1349,9 @@ pub async fn grade_local(
     tests: &Path,
     runner: Option<RunnerKind>,
     timeout: Option<Duration>,
+    contract: Option<Contract>,
 ) -> Result<JobResult, GraderError> {
+    let contract = contract.unwrap_or(cfg.grader.contract);
     for (what, p) in [("student", student), ("tests", tests)] {
         if !p.is_dir() {
             return Err(GraderError::Other(format!(
@@ -1306,31 +1374,31 @@ pub async fn grade_local(
         files: cfg.grader.workspace_files,
     };
     let ev = local_event(&job_id, student);
-    let (s, t, w) = (student.to_path_buf(), tests.to_path_buf(), jd.workspace());
-    let built = tokio::task::spawn_blocking(move || {
-        workspace::overlay(&s, &w, Some(&wl), &mut workspace::Usage::default())?;
-        workspace::finish(&t, &w, &wl)
+    let (s, t) = (student.to_path_buf(), tests.to_path_buf());
+    let (built, jd) = tokio::task::spawn_blocking(move || {
+        let laid = workspace::overlay(&s, &jd.workspace(), Some(&wl), &mut Default::default())
+            .and_then(|()| jd.lay_tests(&t, contract, &wl));
+        (laid, jd)
     })
     .await
     .map_err(|e| GraderError::Other(e.to_string()))?;
-    if let Err(e) = built {
-        let Some(status) = e.status() else {
-            return Err(e.into());
-        };
-        let mut r = result_skeleton(&ev, runner.name(), &limits);
-        r.status = status;
-        r.reason = Some(e.to_string());
-        return Ok(r);
-    }
-    let spec = RunSpec {
-        job_id: job_id.clone(),
-        workspace: jd.workspace(),
-        env: job_env(&ev, ""),
-        limits: limits.clone(),
-        image: None,
+    let laid = match built {
+        Ok(laid) => laid,
+        Err(e) => {
+            let Some(status) = e.status() else {
+                return Err(e.into());
+            };
+            let mut r = result_skeleton(&ev, runner.name(), &limits);
+            r.status = status;
+            r.reason = Some(e.to_string());
+            return Ok(r);
+        }
     };
+    let spec = jd.spec(&job_id, job_env(&ev, ""), &limits, contract, laid);
     let out = runner.run(&spec, &CancellationToken::new()).await?;
-    Ok(result_from_run(&ev, None, &limits, out))
+    let mut r = result_from_run(&ev, None, &limits, out);
+    note_contract(&mut r, contract);
+    Ok(r)
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -1535,8 +1603,18 @@ pub async fn replay(cfg: Arc<Config>, spool: Arc<Spool>, job: &str) -> Result<Re
     let mut replay_ev = ev.clone();
     replay_ev.job_id = format!("replay-{}", crate::spool::new_job_id());
     let cancel = CancellationToken::new();
+    let contract = match original.extra.get(CONTRACT_KEY).and_then(|v| v.as_str()) {
+        Some("trusted") => Contract::Trusted,
+        _ => Contract::Stdout,
+    };
     let replayed = match g
-        .prepare(&replay_ev, Some(&tests_sha), Instant::now(), &cancel)
+        .prepare(
+            &replay_ev,
+            Some(&tests_sha),
+            contract,
+            Instant::now(),
+            &cancel,
+        )
         .await
     {
         Err(Fault::Infra(m)) => return Err(GraderError::Other(m)),
@@ -1556,17 +1634,27 @@ pub async fn replay(cfg: Arc<Config>, spool: Arc<Spool>, job: &str) -> Result<Re
             r.limits = Some(limits.clone());
             r
         }
-        Ok(Prepared::Ready { ws, tests_sha, .. }) => {
+        Ok(Prepared::Ready {
+            ws,
+            laid,
+            tests_sha,
+            ..
+        }) => {
             let spec = RunSpec {
-                job_id: replay_ev.job_id.clone(),
-                workspace: ws.workspace(),
-                env: job_env(&ev, &tests_sha),
-                limits: limits.clone(),
                 image: original.image_id.clone().or(original.image.clone()),
+                ..ws.spec(
+                    &replay_ev.job_id,
+                    job_env(&ev, &tests_sha),
+                    &limits,
+                    contract,
+                    laid,
+                )
             };
             let out = runner.run(&spec, &cancel).await?;
             drop(ws);
-            result_from_run(&ev, Some(tests_sha), &limits, out)
+            let mut r = result_from_run(&ev, Some(tests_sha), &limits, out);
+            note_contract(&mut r, contract);
+            r
         }
     };
     let same = replayed.status == original.status && replayed.grade_total == original.grade_total;
@@ -1593,6 +1681,7 @@ mod tests {
             runner: "none".into(),
             image: None,
             image_id: None,
+            disk_full: false,
         }
     }
 

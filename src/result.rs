@@ -25,6 +25,11 @@ pub enum Status {
     MemoryLimit,
     /// The workspace exceeded its size or file-count limit.
     WorkspaceLimit,
+    /// The job filled its disk quota (`[grader] disk`).
+    DiskLimit,
+    /// stdout was cut at `output_limit` in a way that leaves no grade that
+    /// can be trusted (the reason says how).
+    OutputLimit,
     /// The submission cannot be graded as delivered (no executable
     /// `test_all`, unreadable tree, …); the reason says what.
     Error,
@@ -42,6 +47,8 @@ impl Status {
             Status::Timeout => "timeout",
             Status::MemoryLimit => "memory_limit",
             Status::WorkspaceLimit => "workspace_limit",
+            Status::DiskLimit => "disk_limit",
+            Status::OutputLimit => "output_limit",
             Status::Error => "error",
             Status::InvalidManifest => "invalid_manifest",
             Status::InfraError => "infra_error",

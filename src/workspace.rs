@@ -303,6 +303,18 @@ pub fn overlay(
     limits: Option<&WorkspaceLimits>,
     usage: &mut Usage,
 ) -> Result<(), WorkspaceError> {
+    overlay_listing(src, dest, limits, usage, None)
+}
+
+/// [`overlay`], also pushing onto `laid` the relative path of every entry
+/// it laid (a directory before its contents).
+fn overlay_listing(
+    src: &Path,
+    dest: &Path,
+    limits: Option<&WorkspaceLimits>,
+    usage: &mut Usage,
+    mut laid: Option<&mut Vec<PathBuf>>,
+) -> Result<(), WorkspaceError> {
     let walk = walkdir::WalkDir::new(src)
         .follow_links(false)
         .min_depth(1)
@@ -322,6 +334,9 @@ pub fn overlay(
             .expect("walkdir yields paths under its root");
         let target = dest.join(rel);
         let ft = entry.file_type();
+        if let Some(l) = laid.as_deref_mut() {
+            l.push(rel.to_path_buf());
+        }
         let meta = entry.metadata().map_err(|e| WorkspaceError::Read {
             path: entry.path().to_path_buf(),
             source: e
@@ -407,20 +422,77 @@ pub fn has_test_all(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Lay `tests` over the student tree already in `ws`, then check the
-/// result: the test tree must hold an executable `test_all`, and the whole
-/// workspace must fit `limits`.
-pub fn finish(tests: &Path, ws: &Path, limits: &WorkspaceLimits) -> Result<Usage, WorkspaceError> {
+/// The directory of a test repository whose contents the trusted contract
+/// lays over the student's workspace (headers, a Makefile, public inputs);
+/// nothing else of the tests is visible to student code.
+pub const PUBLIC_DIR: &str = "public";
+
+/// What [`finish`] or [`finish_trusted`] laid.
+#[derive(Debug, Clone, Default)]
+pub struct Laid {
+    /// Size of the workspace (and of the harness's copy, when trusted).
+    pub usage: Usage,
+    /// Entries of the workspace that came from the test repository
+    /// (relative, a directory before its contents): runners make them
+    /// unwritable by student code.
+    pub test_paths: Vec<PathBuf>,
+}
+
+/// `stdout` contract: lay `tests` over the student tree already in `ws`,
+/// then check the result: the test tree must hold an executable
+/// `test_all`, and the whole workspace must fit `limits`.
+pub fn finish(tests: &Path, ws: &Path, limits: &WorkspaceLimits) -> Result<Laid, WorkspaceError> {
     if !has_test_all(tests) {
         return Err(WorkspaceError::NoTestAll);
     }
-    overlay(tests, ws, None, &mut Usage::default())?;
+    let mut test_paths = Vec::new();
+    overlay_listing(
+        tests,
+        ws,
+        None,
+        &mut Usage::default(),
+        Some(&mut test_paths),
+    )?;
     if !has_test_all(ws) {
         return Err(WorkspaceError::NoTestAll);
     }
     let usage = measure(ws)?;
     limits.check(&usage)?;
-    Ok(usage)
+    Ok(Laid { usage, test_paths })
+}
+
+/// `trusted` contract: copy the whole test tree into the empty directory
+/// `harness` (the harness's working directory), and lay only the tests'
+/// [`PUBLIC_DIR`] over the student tree already in `ws`. Both must fit
+/// `limits` together.
+pub fn finish_trusted(
+    tests: &Path,
+    ws: &Path,
+    harness: &Path,
+    limits: &WorkspaceLimits,
+) -> Result<Laid, WorkspaceError> {
+    if !has_test_all(tests) {
+        return Err(WorkspaceError::NoTestAll);
+    }
+    overlay(tests, harness, None, &mut Usage::default())?;
+    let mut test_paths = Vec::new();
+    let public = tests.join(PUBLIC_DIR);
+    // A symlinked `public` is not followed (it could point anywhere).
+    if fs::symlink_metadata(&public).is_ok_and(|m| m.is_dir()) {
+        overlay_listing(
+            &public,
+            ws,
+            None,
+            &mut Usage::default(),
+            Some(&mut test_paths),
+        )?;
+    }
+    let mut usage = measure(ws)?;
+    let h = measure(harness)?;
+    usage.bytes = usage.bytes.saturating_add(h.bytes);
+    usage.files = usage.files.saturating_add(h.files);
+    limits.check(&usage)?;
+    Ok(Laid { usage, test_paths })
 }
 
 /// Remove a directory tree even when student code made parts of it

@@ -203,15 +203,56 @@ async fn grade_local_runs_a_directory_pair_once() {
         "#!/bin/sh\nprintf '<summary>\\ngrade_total = %s\\n</summary>\\n' \"$(cat n)\"\n",
     );
     let cfg = f.config("");
-    let r = labgrader::grader::grade_local(&cfg, &student, &tests, None, None)
+    let r = labgrader::grader::grade_local(&cfg, &student, &tests, None, None, None)
         .await
         .unwrap();
     assert_eq!(r.grade_total, Some(3.0), "{r:?}");
-    let r = labgrader::grader::grade_local(&cfg, &tests, &student, None, None)
+    let r = labgrader::grader::grade_local(&cfg, &tests, &student, None, None, None)
         .await
         .unwrap();
     assert_eq!(r.status, Status::Error);
     assert!(r.reason.unwrap().contains("test_all"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_contract_lays_out_harness_workspace_and_results() {
+    let f = Fixture::new();
+    let (student, tests) = (f.tmp.path().join("s"), f.tmp.path().join("t"));
+    std::fs::create_dir_all(&student).unwrap();
+    std::fs::write(student.join("answer"), "42").unwrap();
+    std::fs::create_dir_all(tests.join("public")).unwrap();
+    std::fs::write(tests.join("public/header.h"), "int f(void);").unwrap();
+    std::fs::write(tests.join("expected"), "42").unwrap();
+    // The harness runs in its own copy of the tests; student code runs in
+    // the workspace, which holds the student's tree and public/ only.
+    write_exec(
+        &tests.join("test_all"),
+        "#!/bin/sh\nset -e\ntest -f expected\n\
+         ws=$(run-as-student pwd)\ntest \"$ws\" = \"$LABGRADER_WORKSPACE\"\n\
+         run-as-student test -f header.h\n\
+         if run-as-student test -e expected; then echo private-leaked; exit 1; fi\n\
+         test -d \"$LABGRADER_RESULTS\"\n\
+         printf '<summary>\\ngrade_total = %s\\n</summary>\\n' \"$(run-as-student cat answer)\"\n",
+    );
+    let cfg = f.config("");
+    let trusted = Some(labgrader::config::Contract::Trusted);
+    let r = labgrader::grader::grade_local(&cfg, &student, &tests, None, None, trusted)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.extra.get("contract").and_then(|v| v.as_str()),
+        Some("trusted"),
+        "{r:?}"
+    );
+    assert!(r.termination.is_some(), "{r:?}");
+    let out = String::from_utf8_lossy(&r.stdout.bytes);
+    assert!(!out.contains("private-leaked"), "{out}");
+    assert_eq!(
+        r.termination,
+        Some(labgrader::sandbox::Termination::Exited { code: 0 }),
+        "{out}\n{}",
+        String::from_utf8_lossy(&r.stderr.bytes)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,13 +71,12 @@ fn workspace(files: &[(&str, &[u8], bool)]) -> tempfile::TempDir {
 }
 
 fn spec(job_id: &str, ws: &Path, limits: Limits) -> RunSpec {
-    RunSpec {
-        job_id: job_id.into(),
-        workspace: ws.to_path_buf(),
-        env: vec![("LABGRADER_JOB_ID".into(), job_id.into())],
+    RunSpec::new(
+        job_id,
+        ws.to_path_buf(),
+        vec![("LABGRADER_JOB_ID".into(), job_id.into())],
         limits,
-        image: None,
-    }
+    )
 }
 
 fn stdout(o: &RunOutcome) -> String {
@@ -547,6 +546,7 @@ printf '<summary>\\ngrade_total = %s\\npassed = %s\\n</summary>\\n' $((pass * 10
         cpus: 1.0,
         file_size: 64 << 20,
         open_files: 256,
+        disk: 1 << 30,
     };
     let o = runner
         .run(&spec("c-lab", ws.path(), limits), &CancellationToken::new())

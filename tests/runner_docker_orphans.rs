@@ -102,11 +102,11 @@ async fn run_long_job_until_killed() {
     let t = ws.path().join("test_all");
     std::fs::write(&t, "#!/bin/sh\nsleep 120\n").unwrap();
     std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let spec = RunSpec {
-        job_id: job,
-        workspace: ws.path().to_path_buf(),
-        env: vec![],
-        limits: Limits {
+    let spec = RunSpec::new(
+        job,
+        ws.path().to_path_buf(),
+        vec![],
+        Limits {
             timeout: Duration::from_secs(120),
             memory: 64 << 20,
             pids: 32,
@@ -114,8 +114,8 @@ async fn run_long_job_until_killed() {
             cpus: 1.0,
             file_size: 1 << 20,
             open_files: 64,
+            disk: 1 << 30,
         },
-        image: None,
-    };
+    );
     let _ = runner.run(&spec, &CancellationToken::new()).await;
 }

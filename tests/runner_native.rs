@@ -79,13 +79,12 @@ fn workspace(body: &str) -> tempfile::TempDir {
 }
 
 fn spec(ws: &Path) -> RunSpec {
-    RunSpec {
-        job_id: "native-test".into(),
-        workspace: ws.to_path_buf(),
-        env: vec![("LABGRADER_JOB_ID".into(), "native-test".into())],
-        limits: common::hostile::limits(),
-        image: None,
-    }
+    RunSpec::new(
+        "native-test",
+        ws.to_path_buf(),
+        vec![("LABGRADER_JOB_ID".into(), "native-test".into())],
+        common::hostile::limits(),
+    )
 }
 
 #[tokio::test]

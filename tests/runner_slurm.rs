@@ -61,13 +61,12 @@ fn workspace(script: &str) -> tempfile::TempDir {
 fn spec(job_id: &str, ws: &Path) -> RunSpec {
     let mut limits = common::hostile::limits();
     limits.timeout = Duration::from_secs(20);
-    RunSpec {
-        job_id: job_id.into(),
-        workspace: ws.to_path_buf(),
-        env: vec![("LABGRADER_JOB_ID".into(), job_id.into())],
+    RunSpec::new(
+        job_id,
+        ws.to_path_buf(),
+        vec![("LABGRADER_JOB_ID".into(), job_id.into())],
         limits,
-        image: None,
-    }
+    )
 }
 
 fn unique(name: &str) -> String {

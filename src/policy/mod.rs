@@ -589,6 +589,7 @@ mod tests {
             cpus: 1.0,
             file_size: 5,
             open_files: 6,
+            disk: 1 << 30,
         };
         big.apply_limits(&mut l);
         assert_eq!(

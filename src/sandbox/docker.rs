@@ -692,6 +692,7 @@ impl Runner for DockerRunner {
                 runner: self.name().into(),
                 image: Some(image),
                 image_id: None,
+                disk_full: false,
             });
         }
 
@@ -767,6 +768,7 @@ impl Runner for DockerRunner {
             runner: self.name().into(),
             image: Some(image),
             image_id: ran.state.image_id,
+            disk_full: false,
         })
     }
 }

@@ -117,11 +117,11 @@ mod tests {
     fn job_written_here_is_read_by_the_node_and_its_outcome_read_back() {
         let t = tempfile::tempdir().unwrap();
         let d = JobDir::new(t.path());
-        let spec = RunSpec {
-            job_id: "j1".into(),
-            workspace: d.workspace(),
-            env: vec![("A".into(), "b".into())],
-            limits: Limits {
+        let spec = RunSpec::new(
+            "j1",
+            d.workspace(),
+            vec![("A".into(), "b".into())],
+            Limits {
                 timeout: Duration::from_secs(3),
                 memory: 1 << 26,
                 pids: 10,
@@ -129,9 +129,9 @@ mod tests {
                 cpus: 1.0,
                 file_size: 1 << 20,
                 open_files: 64,
+                disk: 1 << 30,
             },
-            image: None,
-        };
+        );
         d.write_job(&spec).unwrap();
         let back = crate::sandbox::native::job::read_job_file(t.path()).unwrap();
         assert_eq!(back.limits, spec.limits);

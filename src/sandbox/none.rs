@@ -5,6 +5,12 @@
 //! It still does what every child needs: its own process group, stdin
 //! null, a clean environment, stdout/stderr drained while waiting and
 //! capped, and on timeout TERM → grace → KILL of the whole group.
+//!
+//! Under the trusted contract it runs `test_all` in the tests' copy, sets
+//! `$LABGRADER_RESULTS` to the host results directory and puts a
+//! `run-as-student` on `PATH` that only changes into the workspace: there
+//! is one identity here, so nothing of the contract's protection holds;
+//! it lets staff try a trusted `test_all` without a sandbox.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
@@ -17,7 +23,10 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use super::output::{SharedCapture, collect, spawn_drain};
-use super::{RunOutcome, RunSpec, Runner, SandboxError, TEST_COMMAND, Termination};
+use super::{
+    Contract, ENV_RESULTS, ENV_WORKSPACE, RUN_AS_STUDENT, RunOutcome, RunSpec, Runner,
+    SandboxError, TEST_COMMAND, Termination,
+};
 
 /// Time between TERM and KILL of the process group.
 const KILL_GRACE: Duration = Duration::from_millis(500);
@@ -42,18 +51,32 @@ impl Runner for NoneRunner {
         spec: &RunSpec,
         cancel: &CancellationToken,
     ) -> Result<RunOutcome, SandboxError> {
+        let path = match spec.contract {
+            Contract::Stdout => SAFE_PATH.to_string(),
+            Contract::Trusted => {
+                let bin = write_shim(&spec.scratch).map_err(|e| SandboxError::Setup {
+                    step: "write the run-as-student shim",
+                    message: e.to_string(),
+                })?;
+                format!("{}:{SAFE_PATH}", bin.display())
+            }
+        };
         let mut cmd = Command::new(TEST_COMMAND);
-        cmd.current_dir(&spec.workspace)
+        cmd.current_dir(spec.harness_dir())
             .env_clear()
-            .env("PATH", SAFE_PATH)
+            .env("PATH", path)
             .env("HOME", &spec.workspace)
             .env("LANG", "C.UTF-8")
+            .env(ENV_WORKSPACE, &spec.workspace)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        if spec.contract == Contract::Trusted {
+            cmd.env(ENV_RESULTS, &spec.results);
+        }
         let started_at = Utc::now();
         let mut child = spawn_retrying(&mut cmd)
             .await
@@ -133,4 +156,23 @@ async fn kill_group(pgid: Option<Pid>, child: &mut tokio::process::Child) {
         let _ = killpg(pg, Signal::SIGKILL);
     }
     let _ = child.start_kill();
+}
+
+/// Write `<scratch>/bin/run-as-student`, which runs its arguments in the
+/// workspace as the same user (no identity change without a sandbox).
+fn write_shim(scratch: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = scratch.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let shim = bin.join(RUN_AS_STUDENT);
+    std::fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\n# labgrader's none runner: no isolation, same user.\n\
+             [ $# -gt 0 ] || {{ echo 'usage: {RUN_AS_STUDENT} CMD [ARG...]' >&2; exit 2; }}\n\
+             cd \"${ENV_WORKSPACE}\" || exit 125\nexec \"$@\"\n"
+        ),
+    )?;
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755))?;
+    Ok(bin)
 }

@@ -732,6 +732,7 @@ impl SlurmRunner {
             runner: "slurm".into(),
             image: None,
             image_id: None,
+            disk_full: false,
         })
     }
 

@@ -26,6 +26,7 @@ pub fn limits() -> Limits {
         cpus: 1.0,
         file_size: 64 << 20,
         open_files: 256,
+        disk: 1 << 30,
     }
 }
 
@@ -234,17 +235,16 @@ pub async fn run_case(runner: &dyn Runner, case_name: &str) -> RunOutcome {
         host_port: listener.local_addr().unwrap().port(),
         token: format!("{}-{}", case.name, std::process::id()),
     };
-    let spec = RunSpec {
-        job_id: format!("hostile-{}", probe.token),
-        workspace: ws.path().to_path_buf(),
-        env: vec![
+    let spec = RunSpec::new(
+        format!("hostile-{}", probe.token),
+        ws.path().to_path_buf(),
+        vec![
             ("HOST_PORT".into(), probe.host_port.to_string()),
             ("HOST_PID".into(), std::process::id().to_string()),
             ("TOKEN".into(), probe.token.clone()),
         ],
-        limits: limits(),
-        image: None,
-    };
+        limits(),
+    );
     let outcome = runner
         .run(&spec, &CancellationToken::new())
         .await

@@ -117,6 +117,7 @@ pub fn result(
             cpus: 1.0,
             file_size: 64 << 20,
             open_files: 256,
+            disk: 1 << 30,
         }),
         received_at: event.received_at,
         started_at: Some(Utc::now()),

@@ -157,13 +157,12 @@ pub async fn run_job_dir(
     if std::env::var_os("SLURM_JOB_ID").is_some() {
         runner = runner.with_external_memory_limit();
     }
-    let spec = RunSpec {
-        job_id: job.job_id.clone(),
-        workspace: dir.join("workspace"),
-        env: job.env.clone().into_iter().collect(),
-        limits: job.limits.clone(),
-        image: None,
-    };
+    let spec = RunSpec::new(
+        job.job_id.clone(),
+        dir.join("workspace"),
+        job.env.clone().into_iter().collect(),
+        job.limits.clone(),
+    );
     tracing::info!(job_id = %job.job_id, dir = %dir.display(), "sandbox job starting");
     let outcome = runner.run(&spec, cancel).await?;
     write_atomic(&dir.join("stdout"), &outcome.stdout.bytes)?;
