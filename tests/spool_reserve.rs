@@ -107,6 +107,22 @@ async fn intake_under_min_free_answers_503_and_stores_nothing_then_202_once_spac
     assert_eq!(s.incoming(), [format!("{first}.json")]);
     assert!(entries(&spool.join("tmp")).is_empty());
     assert_eq!(entries(&spool.join("keys")), keys_before);
+    // A re-send of the push already stored is still answered as such, and
+    // a push that is no submission still gets its 200.
+    let r = s
+        .post(
+            &push_headers("Push Hook", "key-1"),
+            push_body("course/ada/lab1", "refs/heads/main", &sha(0), &sha(1)),
+        )
+        .await;
+    assert_eq!(job_of(&r), first);
+    let r = s
+        .post(
+            &push_headers("Push Hook", "key-3"),
+            push_body("course/ada/nolab", "refs/heads/main", &sha(0), &sha(1)),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", text(&r));
     let m = text(&s.get("/metrics").await);
     assert!(m.contains("labgrader_hook_low_space_total 1"), "{m}");
     assert!(m.contains("labgrader_spool_free_bytes "), "{m}");

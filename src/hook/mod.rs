@@ -84,6 +84,9 @@ pub enum HookError {
     Sync(String),
     #[error("intake task failed: {0}")]
     Task(String),
+    /// Under `[spool] min_free`: no new job is stored.
+    #[error(transparent)]
+    LowSpace(#[from] crate::reserve::LowSpace),
 }
 
 /// Serve GitLab webhooks on `listener` until `shutdown` fires.
@@ -544,26 +547,6 @@ impl Hook {
         updates: Vec<RefUpdate>,
         skipped: Vec<Ignored>,
     ) -> Answer {
-        // The reserve: under `[spool] min_free` nothing new is stored, so
-        // jobs already accepted keep room to finish and deliver. Checked
-        // before anything is written: nothing half-written, no marker.
-        if let Err(low) = self.reserve.check() {
-            metrics::inc(
-                "labgrader_hook_low_space_total",
-                "Deliveries refused because the spool's free space was under [spool] min_free.",
-                &[],
-            );
-            tracing::error!(
-                free = low.free,
-                min_free = low.min_free,
-                "SPOOL FILE SYSTEM NEARLY FULL: refusing new jobs (503) until space is freed; \
-                 re-send refused hooks from GitLab afterwards"
-            );
-            return Answer::text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("event not stored: {low}; re-send the hook once space is freed"),
-            );
-        }
         // The body parsed once more as a generic value for `raw`: parse()
         // only checked it.
         let raw: serde_json::Value =
@@ -590,6 +573,23 @@ impl Hook {
                     }
                 }
                 Ok(Outcome::Ignored(i)) => ignored.push(i),
+                Err(HookError::LowSpace(low)) => {
+                    metrics::inc(
+                        "labgrader_hook_low_space_total",
+                        "Deliveries refused because the spool's free space was under [spool] min_free.",
+                        &[],
+                    );
+                    tracing::error!(
+                        free = low.free,
+                        min_free = low.min_free,
+                        "SPOOL FILE SYSTEM NEARLY FULL: refusing new jobs (503) until space is freed; \
+                         re-send refused hooks from GitLab afterwards"
+                    );
+                    return Answer::text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("event not stored: {low}; re-send the hook once space is freed"),
+                    );
+                }
                 Err(e) => {
                     metrics::inc(
                         "labgrader_hook_spool_errors_total",
@@ -701,6 +701,12 @@ impl Hook {
                 duplicate: true,
             });
         }
+
+        // The reserve: under `[spool] min_free` no new job is stored, so
+        // the jobs already accepted keep room to finish and deliver.
+        // Checked before anything is written (no marker, no tmp file);
+        // duplicates and ignored refs above are still answered.
+        self.reserve.check()?;
 
         let job = new_job_id();
         let event = Event {
