@@ -73,8 +73,8 @@ pub enum ManifestError {
     Lookup(#[from] GitlabError),
     /// The token cannot see the project's members (staff must fix it).
     #[error(
-        "GitLab answered 404 to the members of {project}: give the gitlab.token_file token \
-         read access to the student projects"
+        "GitLab answered 404 to the members of {project}: give the GitLab token (credential \
+         gitlab-token, or gitlab.token_file) read access to the student projects"
     )]
     NoMembers { project: String },
 }
