@@ -221,6 +221,8 @@ pub struct Grader {
     work: PathBuf,
     /// Course policy (manifest, authors, quota); `None` for replays.
     gate: Option<PolicyGate>,
+    /// `[spool] min_free`: no job is claimed under it.
+    reserve: crate::reserve::Reserve,
 }
 
 /// What admission needs besides the config.
@@ -247,7 +249,9 @@ impl Grader {
         })?;
         let ledger = QuotaLedger::in_spool(&root).map_err(|e| GraderError::Other(e.to_string()))?;
         let gitlab = GitlabApi::from_config(&cfg, crate::httpc::HttpClient::new());
+        let reserve = crate::reserve::Reserve::new(&root, cfg.spool.min_free.bytes());
         let g = Grader {
+            reserve,
             cfg,
             spool,
             mirrors,
@@ -462,9 +466,31 @@ impl Grader {
             .map(|r| r.name())
             .unwrap_or("unavailable");
         info!(workers, runner = %self.cfg.grader.runner, chosen, "grader started");
+        let mut low_space = false;
         loop {
             sched.scan(&self.spool);
-            let next = sched.dispatch(&self, &permits, &mut tasks, &jobs_cancel);
+            // Under `[spool] min_free` no new job is claimed: the reserve
+            // is for the jobs already running to finish and deliver.
+            let next = match self.reserve.check() {
+                Err(low) => {
+                    if !low_space {
+                        error!(
+                            free = low.free,
+                            min_free = low.min_free,
+                            "SPOOL FILE SYSTEM NEARLY FULL: not claiming new jobs until space is freed"
+                        );
+                    }
+                    low_space = true;
+                    None
+                }
+                Ok(()) => {
+                    if low_space {
+                        info!("free space back above [spool] min_free: claiming jobs again");
+                    }
+                    low_space = false;
+                    sched.dispatch(&self, &permits, &mut tasks, &jobs_cancel)
+                }
+            };
             let sleep_for = next
                 .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
                 .map_or(rescan, |d| d.min(rescan));
@@ -662,10 +688,12 @@ impl Grader {
         }
         error!(attempts = ev.infra_attempts + 1, error = %msg,
             "infrastructure failure and no retries left: recording infra_error; staff must look");
-        let reason = format!(
-            "the grader could not grade this commit (not the student's fault; staff were alerted): {msg}"
-        );
-        let result = self.bare_result(&ev, None, Status::InfraError, reason);
+        // The student sees the verdict, never the grader's own error: it
+        // names host paths (spool, mirrors) and services. Staff find it in
+        // the log, in stderr (staff only) and in failed-attempt counts.
+        let reason = "the grader could not grade this commit (not the student's fault; staff were alerted and it can be regraded)".to_string();
+        let mut result = self.bare_result(&ev, None, Status::InfraError, reason);
+        result.stderr = Captured::from_bytes(format!("labgrader: {msg}\n").into_bytes(), 1 << 16);
         self.release_quota(&ev);
         if let Err(e) = self.record(name, &ev, &result).await {
             error!(error = %e, "cannot record the infra_error result; the job stays in active/");
@@ -1665,6 +1693,7 @@ pub async fn replay(cfg: Arc<Config>, spool: Arc<Spool>, job: &str) -> Result<Re
         runners: Mutex::new(HashMap::new()),
         work: spool.root().join("work"),
         gate: None,
+        reserve: crate::reserve::Reserve::new(spool.root(), cfg.spool.min_free.bytes()),
         cfg,
         spool,
     };

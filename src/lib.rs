@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod notify;
 pub mod policy;
+pub mod reserve;
 pub mod result;
 pub mod results;
 pub mod sandbox;
