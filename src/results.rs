@@ -574,7 +574,7 @@ mod tests {
             .expect("README section");
         let start = at + readme[at..].find("```json\n").unwrap() + "```json\n".len();
         let end = start + readme[start..].find("```").unwrap();
-        let r = parse(readme[start..end].as_bytes()).unwrap();
+        let r = parse(&readme.as_bytes()[start..end]).unwrap();
         assert_eq!(r.grade_total, 25.0);
         assert_eq!(r.tests.len(), 3);
         assert_eq!(r.tests[2].visibility, Visibility::Hidden);
