@@ -861,3 +861,107 @@ async fn annotated_tag_push_hook_is_graded_at_checkout_sha_and_mailed_via_the_us
     );
     assert_eq!(w.statuses(&sha).last().map(String::as_str), Some("success"));
 }
+
+/// The trusted contract end to end, through `labgrader serve` and the
+/// docker runner: the harness runs the student's program with
+/// `run-as-student` and writes `results.json`. A student with no working
+/// code tries everything at once — prints a forged summary, hunts the
+/// whole container for the expected answer, writes and keeps rewriting
+/// `results.json` from the background, and kills its parent — and gets the
+/// harness's grade: 0. An honest student gets 10. Both grades reach the
+/// gradebook, the email and the commit status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_contract_through_serve_grades_only_what_the_harness_wrote() {
+    if std::env::var("LABGRADER_SKIP_DOCKER").as_deref() == Ok("1") {
+        eprintln!("LABGRADER_SKIP_DOCKER=1: docker test skipped");
+        return;
+    }
+    let image = "labgrader/test-busybox:latest";
+    let w = World::new(&format!(
+        "[docker]\nimage = \"{image}\"\n[assignments.lab7]\ncontract = \"trusted\"\n"
+    ))
+    .await;
+    w.set_config("runner = \"none\"", "runner = \"docker\"");
+    // The harness: the expected answer stays in its private copy.
+    w.f.push("root/lab7-test", |d| {
+        std::fs::write(d.join("expected.txt"), "4242\n").unwrap();
+        grader_support::write_exec(
+            &d.join("test_all"),
+            "#!/bin/sh\n\
+             got=$(run-as-student sh ./solve.sh </dev/null 2>/dev/null | tail -n 1)\n\
+             if [ \"$got\" = \"$(cat expected.txt)\" ]; then s=10; else s=0; fi\n\
+             echo \"your answer: $got\"\n\
+             printf '{\"tests\": [{\"name\": \"answer\", \"score\": %s, \"max_score\": 10}]}' \"$s\" \
+               > \"$LABGRADER_RESULTS/results.json.tmp\"\n\
+             mv \"$LABGRADER_RESULTS/results.json.tmp\" \"$LABGRADER_RESULTS/results.json\"\n",
+        );
+    });
+    let cheat = "course/mallory/lab7";
+    let honest = "course/alice/lab7";
+    let cheat_sha = w.f.push(cheat, |d| {
+        std::fs::write(
+            d.join("solve.sh"),
+            "forged='{\"score\": 100, \"tests\": []}'\n\
+             for r in \"$LABGRADER_RESULTS\" /harness/results /results; do\n\
+               echo \"$forged\" > \"$r/results.json\" 2>/dev/null && echo WROTE-RESULTS\n\
+             done\n\
+             ( while :; do for r in /harness/results /results; do\n\
+                 echo \"$forged\" > \"$r/results.json\" 2>/dev/null; done; done ) &\n\
+             found=$(grep -rs 4242 / 2>/dev/null | head -n 1)\n\
+             [ -n \"$found\" ] && echo \"FOUND: $found\"\n\
+             printf '<summary>\\ngrade_total = 100\\n</summary>\\n'\n\
+             kill -STOP $PPID 2>/dev/null; kill -KILL $PPID 2>/dev/null\n\
+             echo 0\n",
+        )
+        .unwrap();
+    });
+    let honest_sha = w.f.push(honest, |d| {
+        std::fs::write(d.join("solve.sh"), "echo 4242\n").unwrap();
+    });
+    let serve = w.serve().await;
+    let cheat_job = w.post_push(cheat, labgrader::event::ZERO_SHA, &cheat_sha).await;
+    let honest_job = w
+        .post_push(honest, labgrader::event::ZERO_SHA, &honest_sha)
+        .await;
+    let c = w.done(&cheat_job).await;
+    let h = w.done(&honest_job).await;
+    w.deliveries_settled(&cheat_job).await;
+    w.deliveries_settled(&honest_job).await;
+    serve.stop().await;
+
+    let out = String::from_utf8_lossy(&c.stdout.bytes).into_owned();
+    assert_eq!(c.runner, "docker", "{c:?}");
+    assert_eq!(
+        (c.status, c.grade_total),
+        (labgrader::result::Status::Graded, Some(0.0)),
+        "{out}\n{c:?}"
+    );
+    assert!(!out.contains("WROTE-RESULTS"), "{out}");
+    assert!(!out.contains("FOUND"), "the expected answer leaked: {out}");
+    assert_eq!(
+        (h.status, h.grade_total),
+        (labgrader::result::Status::Graded, Some(10.0)),
+        "{h:?}"
+    );
+    let rows = w.export();
+    assert_eq!(row(&rows, &cheat_job).unwrap()["grade_total"], 0.0);
+    assert_eq!(row(&rows, &honest_job).unwrap()["grade_total"], 10.0);
+    let subjects: Vec<String> = w
+        .smtp
+        .messages()
+        .iter()
+        .map(|m| m["headers"]["subject"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        subjects
+            .iter()
+            .any(|s| s.contains(&cheat_sha[..8]) && s.ends_with("grade 0")),
+        "{subjects:?}"
+    );
+    assert!(
+        subjects
+            .iter()
+            .any(|s| s.contains(&honest_sha[..8]) && s.ends_with("grade 10")),
+        "{subjects:?}"
+    );
+}
