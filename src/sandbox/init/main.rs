@@ -110,9 +110,7 @@ fn init(a: &Args) -> Result<i32, Fail> {
     };
     sys::set_umask(0o022);
     let tests_dir = a.harness.join("tests");
-    if let Some(from) = &a.copy_from {
-        copy_in(a, from, &tests_dir)?;
-    }
+    // Read before the copy: the list may sit among the staged trees.
     let test_paths = match &a.test_paths {
         Some(f) => {
             let b = fs::read(f)
@@ -121,6 +119,9 @@ fn init(a: &Args) -> Result<i32, Fail> {
         }
         None => BTreeSet::new(),
     };
+    if let Some(from) = &a.copy_from {
+        copy_in(a, from, &tests_dir)?;
+    }
     layout_workspace(a, &test_paths)?;
     let listener = match a.contract {
         Contract::Trusted => {
