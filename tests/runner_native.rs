@@ -113,11 +113,10 @@ async fn native_happy_path_reads_summary_and_sees_its_sandbox() {
     assert!(stdout.contains("grade_total = 87.5"), "{stdout}");
     assert_eq!(String::from_utf8_lossy(&out.stderr.bytes), "to-staff\n");
     assert_eq!(out.runner, "native");
-    // The workspace is the host directory, read-write.
-    assert_eq!(
-        std::fs::read_to_string(ws.path().join("result.txt")).unwrap(),
-        "kept\n"
-    );
+    assert!(!out.disk_full);
+    // The workspace is a copy in the job's own tmpfs: the host's is left
+    // as it was (and the spool's filesystem pays nothing).
+    assert!(!ws.path().join("result.txt").exists());
 }
 
 #[tokio::test]
@@ -148,7 +147,7 @@ async fn native_setup_failure_names_the_step() {
         .unwrap_err();
     match err {
         SandboxError::Setup { step, message } => {
-            assert_eq!(step, "exec test_all", "{message}");
+            assert_eq!(step, "start test_all", "{message}");
             assert!(message.contains("execve"), "{message}");
         }
         other => panic!("expected a setup error, got {other}"),
@@ -315,31 +314,51 @@ fn sandbox_subcommand_refuses_a_bad_job_file_without_writing() {
     assert!(!dir.path().join("outcome.json").exists());
 }
 
-/// The same subcommand as an ordinary user (uid 65534 via setpriv): no
-/// root, unprivileged user namespaces, no cgroup (rlimits instead).
+/// The daemon's unprivileged user (`labgrader`, the grader unit's): its
+/// uid and gid, when this host has it.
+fn daemon_user() -> Option<nix::unistd::User> {
+    nix::unistd::User::from_name("labgrader").ok().flatten()
+}
+
+/// `labgrader sandbox --job-dir DIR` run as `user` (its groups too) via
+/// setpriv, after handing DIR to it.
+fn sandbox_as(user: &str, uid: u32, gid: u32, dir: &Path) -> std::process::Output {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for e in walkdir::WalkDir::new(dir) {
+        std::os::unix::fs::lchown(e.unwrap().path(), Some(uid), Some(gid)).unwrap();
+    }
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"));
+    if user.is_empty() {
+        cmd.arg("--clear-groups");
+    } else {
+        cmd.arg("--init-groups");
+    }
+    cmd.arg("--")
+        .arg(env!("CARGO_BIN_EXE_labgrader"))
+        .args(["sandbox", "--job-dir"])
+        .arg(dir)
+        .output()
+        .expect("setpriv (util-linux) is needed")
+}
+
+/// The same subcommand as the daemon's unprivileged user: no root, a user
+/// namespace mapped through newuidmap from its subordinate range, no
+/// cgroup (rlimits instead).
 #[test]
 fn sandbox_subcommand_works_unprivileged() {
-    if !nix::unistd::geteuid().is_root() {
-        // Every test of this file already runs unprivileged.
+    let Some(u) = daemon_user().filter(|_| nix::unistd::geteuid().is_root()) else {
+        eprintln!("skipped: needs root and a `labgrader` user (scripts/setup/native.sh)");
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     write_job(
         dir.path(),
         "job-user",
         "id -u\ngrep CapEff /proc/self/status\n",
     );
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    for e in walkdir::WalkDir::new(dir.path()) {
-        std::os::unix::fs::lchown(e.unwrap().path(), Some(65534), Some(65534)).unwrap();
-    }
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_labgrader"))
-        .args(["sandbox", "--job-dir"])
-        .arg(dir.path())
-        .output()
-        .expect("setpriv (util-linux) is needed");
+    let out = sandbox_as("labgrader", u.uid.as_raw(), u.gid.as_raw(), dir.path());
     assert!(
         out.status.success(),
         "{}",
@@ -348,6 +367,66 @@ fn sandbox_subcommand_works_unprivileged() {
     let stdout = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
     // (output is capped at 16 bytes by write_job)
     assert_eq!(stdout, "65534\nCapEff:\t00", "{stdout}");
+}
+
+/// Issue 14: no job runs as the daemon's uid or with its groups. Run as the
+/// daemon's user (unprivileged mode), a job cannot read a 0600 file of the
+/// daemon's uid (its webhook token, say) nor a 0640 file of its group.
+#[test]
+fn native_unprivileged_job_cannot_read_the_daemons_files() {
+    let Some(u) = daemon_user().filter(|_| nix::unistd::geteuid().is_root()) else {
+        eprintln!("skipped: needs root and a `labgrader` user (scripts/setup/native.sh)");
+        return;
+    };
+    // In /etc, which every job sees (read-only), as the daemon's secrets do.
+    let secrets = tempfile::Builder::new()
+        .prefix("lg-test-secrets-")
+        .tempdir_in("/etc")
+        .unwrap();
+    std::fs::set_permissions(secrets.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (own, group) = (secrets.path().join("own"), secrets.path().join("group"));
+    std::fs::write(&own, "own-secret\n").unwrap();
+    std::fs::write(&group, "group-secret\n").unwrap();
+    std::os::unix::fs::chown(&own, Some(u.uid.as_raw()), Some(u.gid.as_raw())).unwrap();
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&group, Some(0), Some(u.gid.as_raw())).unwrap();
+    std::fs::set_permissions(&group, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_job(
+        dir.path(),
+        "job-secrets",
+        &format!(
+            "cat {} {} 2>/dev/null | tr -d '\\n' | head -c 16\n",
+            own.display(),
+            group.display()
+        ),
+    );
+    let out = sandbox_as("labgrader", u.uid.as_raw(), u.gid.as_raw(), dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
+    assert_eq!(stdout, "", "the job read the daemon's files");
+}
+
+/// Without a subordinate range (uid 65534 has none) the unprivileged
+/// runner refuses to start, and says what to do.
+#[test]
+fn native_without_a_subordinate_range_refuses_with_what_to_do() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (to become a user without a range)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_job(dir.path(), "job-norange", "echo never\n");
+    let out = sandbox_as("", 65534, 65534, dir.path());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/etc/subuid"), "{err}");
+    assert!(err.contains("scripts/install --native"), "{err}");
+    assert!(!dir.path().join("outcome.json").exists());
 }
 
 /// A student cannot create a user namespace (and with it capabilities)
@@ -443,31 +522,39 @@ fn remove_job_cgroups(prefix: &str) {
     }
 }
 
-/// As root the workspace is handed to the sandbox uid, all of it (past the
-/// inline budget too), without following a symlink planted in it.
+/// The host's workspace is never handed to a job id nor written: a large
+/// tree (and a symlink planted in it) is copied in and laid out inside the
+/// sandbox, where the student owns its files.
 #[tokio::test]
-async fn native_hands_a_large_workspace_to_the_sandbox_uid() {
+async fn native_copies_a_large_workspace_in_and_leaves_the_hosts_alone() {
     use std::os::unix::fs::MetadataExt;
-    if !nix::unistd::geteuid().is_root() {
-        return;
-    }
-    let ws = workspace("touch sub/new && echo wrote\n");
+    let ws = workspace(
+        "touch sub/new && echo wrote\nstat -c '%u %a' sub/f399 .\nls sub | wc -l\n\
+         cat planted 2>/dev/null || echo planted: unreadable\n",
+    );
     std::fs::create_dir(ws.path().join("sub")).unwrap();
     for i in 0..400 {
         std::fs::write(ws.path().join("sub").join(format!("f{i}")), "x").unwrap();
     }
     let victim = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(victim.path(), "host secret\n").unwrap();
     std::os::unix::fs::symlink(victim.path(), ws.path().join("planted")).unwrap();
+    let me = nix::unistd::geteuid().as_raw();
     let out = runner()
         .run(&spec(ws.path()), &CancellationToken::new())
         .await
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout.bytes), "wrote\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout.bytes),
+        "wrote\n65534 644\n65533 1777\n401\nplanted: unreadable\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr.bytes)
+    );
+    assert!(!ws.path().join("sub/new").exists());
     for e in walkdir::WalkDir::new(ws.path()) {
         let m = std::fs::symlink_metadata(e.unwrap().path()).unwrap();
-        assert_eq!((m.uid(), m.gid()), (65534, 65534));
+        assert_eq!(m.uid(), me);
     }
-    assert_eq!(std::fs::metadata(victim.path()).unwrap().uid(), 0);
 }
 
 /// A caller that stops waiting (its future dropped, e.g. a task aborted)
@@ -523,4 +610,189 @@ async fn native_dropped_run_kills_the_job() {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "job cgroups left behind: {left:?}");
+}
+
+// ---------------------------------------------------------------------
+// The two identities (issue 13): attacks first, each failing when the
+// student owns the whole workspace.
+
+/// A job directory laid out as the grader does: `workspace/` (student
+/// files plus the listed test files), `tests/` (trusted), `results/`,
+/// `runner/`.
+struct Job {
+    dir: tempfile::TempDir,
+    spec: RunSpec,
+}
+
+fn exe(p: &Path, body: &str) {
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(p, body).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn file(p: &Path, body: &str) {
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(p, body).unwrap();
+}
+
+/// `student` and `tests` are (relative path, contents, executable).
+fn job(
+    contract: labgrader::sandbox::Contract,
+    student: &[(&str, &str, bool)],
+    tests: &[(&str, &str, bool)],
+) -> Job {
+    use labgrader::sandbox::Contract;
+    let dir = tempfile::Builder::new()
+        .prefix("lg-job-")
+        .tempdir()
+        .unwrap();
+    let ws = dir.path().join("workspace");
+    std::fs::create_dir(&ws).unwrap();
+    let put = |root: &Path, entries: &[(&str, &str, bool)]| {
+        for (p, body, x) in entries {
+            if *x {
+                exe(&root.join(p), body)
+            } else {
+                file(&root.join(p), body)
+            }
+        }
+    };
+    put(&ws, student);
+    let mut spec = RunSpec::new(
+        format!("native-ids-{}", std::process::id()),
+        ws.clone(),
+        vec![("LABGRADER_JOB_ID".into(), "native-ids".into())],
+        common::hostile::limits(),
+    );
+    spec.contract = contract;
+    match contract {
+        Contract::Stdout => {
+            put(&ws, tests);
+            let mut paths = Vec::new();
+            for (p, _, _) in tests {
+                let mut acc = PathBuf::new();
+                for c in Path::new(p).components() {
+                    acc.push(c);
+                    if !paths.contains(&acc) {
+                        paths.push(acc.clone());
+                    }
+                }
+            }
+            spec.test_paths = std::sync::Arc::new(paths);
+        }
+        Contract::Trusted => {
+            let t = dir.path().join("tests");
+            std::fs::create_dir(&t).unwrap();
+            put(&t, tests);
+            spec.tests = Some(t);
+        }
+    }
+    std::fs::create_dir(&spec.results).unwrap();
+    std::fs::create_dir(&spec.scratch).unwrap();
+    Job { dir, spec }
+}
+
+fn out_of(o: &labgrader::sandbox::RunOutcome) -> String {
+    String::from_utf8_lossy(&o.stdout.bytes).into_owned()
+}
+
+fn shown(o: &labgrader::sandbox::RunOutcome) -> String {
+    format!(
+        "{:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.termination,
+        out_of(o),
+        String::from_utf8_lossy(&o.stderr.bytes)
+    )
+}
+
+/// The bash harness-rewrite attack: `test_all` (bash, which reads its
+/// script as it runs) calls the student's script, which rewrites the rest
+/// of `test_all` (in place, appended, replaced by rename or unlink) so
+/// that the injected lines print a perfect summary.
+#[tokio::test]
+async fn native_stdout_harness_rewrite_attack_is_defeated() {
+    use labgrader::sandbox::Contract;
+    let injected = "echo '<summary>'; echo 'grade_total = 100'; echo '</summary>'; exit 0\n";
+    let student = format!(
+        "#!/bin/sh\n\
+         INJ=\"{injected}\"\n\
+         printf '%s' \"$INJ\" >> test_all 2>/dev/null && echo appended\n\
+         printf '%s' \"$INJ$INJ$INJ\" | dd of=test_all bs=1 seek=40 conv=notrunc 2>/dev/null && echo overwrote\n\
+         {{ head -c 40 test_all; printf '%s' \"$INJ\"; }} > /tmp/t && mv -f /tmp/t test_all 2>/dev/null && echo renamed\n\
+         {{ head -c 40 test_all; printf '%s' \"$INJ\"; }} > /tmp/t; rm -f test_all 2>/dev/null; cp /tmp/t test_all 2>/dev/null && echo replaced\n\
+         chmod u+w test_all 2>/dev/null && echo chmodded\n\
+         exit 0\n"
+    );
+    let j = job(
+        Contract::Stdout,
+        &[("student.sh", &student, true)],
+        &[(
+            "test_all",
+            "#!/bin/bash\n./student.sh\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\
+             echo '<summary>'\necho 'grade_total = 10'\necho '</summary>'\n",
+            true,
+        )],
+    );
+    let o = runner()
+        .run(&j.spec, &CancellationToken::new())
+        .await
+        .unwrap();
+    let out = out_of(&o);
+    assert!(!out.contains("grade_total = 100"), "{}", shown(&o));
+    assert!(out.contains("grade_total = 10\n"), "{}", shown(&o));
+    for verb in ["appended", "overwrote", "renamed", "replaced", "chmodded"] {
+        assert!(!out.contains(verb), "{verb}: {}", shown(&o));
+    }
+    drop(j.dir);
+}
+
+/// The data-swap attack: the student replaces the expected output that
+/// `test_all` reads after running the student's code (write, unlink and
+/// create, rename over, chmod, rename of the directory); the student's own
+/// files stay the student's (a build works, new files in a test
+/// directory can be created).
+#[tokio::test]
+async fn native_stdout_data_swap_attack_is_defeated_and_a_build_works() {
+    use labgrader::sandbox::Contract;
+    let student = "#!/bin/sh\n\
+        E=data/expected.txt\n\
+        echo 41 > $E 2>/dev/null && echo swap: write\n\
+        rm -f $E 2>/dev/null; [ -e $E ] || { echo 41 > $E && echo swap: unlink; }\n\
+        echo 41 > /tmp/e; mv -f /tmp/e $E 2>/dev/null && echo swap: rename\n\
+        chmod 666 $E 2>/dev/null && echo swap: chmod\n\
+        mv data data.old 2>/dev/null && mkdir data && echo 41 > $E && echo swap: dir\n\
+        ln -sf /tmp/e $E 2>/dev/null && echo swap: link\n\
+        echo 'int main(void){return 0;}' > src/main.c && cc -o src/prog src/main.c && ./src/prog && echo build: ok\n\
+        echo mine > data/mine.txt && echo mine: ok\n\
+        echo 41\n";
+    let j = job(
+        Contract::Stdout,
+        &[
+            ("student.sh", student, true),
+            ("src/main.c", "int main(void){return 1;}\n", false),
+        ],
+        &[
+            (
+                "test_all",
+                "#!/bin/sh\ngot=$(./student.sh)\necho \"$got\" | grep -v '^41$'\n\
+                 [ \"$(echo \"$got\" | tail -n1)\" = \"$(cat data/expected.txt)\" ] && g=100 || g=0\n\
+                 echo '<summary>'\necho \"grade_total = $g\"\necho '</summary>'\n",
+                true,
+            ),
+            ("data/expected.txt", "7\n", false),
+        ],
+    );
+    let o = runner()
+        .run(&j.spec, &CancellationToken::new())
+        .await
+        .unwrap();
+    let out = out_of(&o);
+    assert!(out.contains("grade_total = 0\n"), "{}", shown(&o));
+    assert!(!out.contains("swap:"), "{}", shown(&o));
+    assert!(out.contains("build: ok\n"), "{}", shown(&o));
+    assert!(out.contains("mine: ok\n"), "{}", shown(&o));
 }

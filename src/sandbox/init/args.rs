@@ -141,9 +141,7 @@ pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<Args, String> {
     let mut it = argv.into_iter();
     while let Some(opt) = it.next() {
         let (opt, inline) = match opt.split_once('=') {
-            Some((o, v)) if o.starts_with("--") => {
-                (o.to_string(), Some(v.to_string()))
-            }
+            Some((o, v)) if o.starts_with("--") => (o.to_string(), Some(v.to_string())),
             _ => (opt, None),
         };
         if opt == "--help" {
