@@ -796,3 +796,133 @@ async fn native_stdout_data_swap_attack_is_defeated_and_a_build_works() {
     assert!(out.contains("build: ok\n"), "{}", shown(&o));
     assert!(out.contains("mine: ok\n"), "{}", shown(&o));
 }
+
+/// Trusted contract: the student's code tries to forge the results (write
+/// them, keep rewriting them from a background process, stop or kill its
+/// parent and the harness, print a perfect summary); the results the
+/// runner returns are the harness's.
+#[tokio::test]
+async fn native_trusted_results_are_the_harness_s_whatever_the_student_does() {
+    use labgrader::sandbox::Contract;
+    let student = "#!/bin/sh\nR=$1\n\
+        echo forged > $R/results.json 2>/dev/null && echo 'wrote results'\n\
+        (while :; do echo forged > $R/results.json 2>/dev/null; sleep 0.01; done) &\n\
+        setsid sh -c \"while :; do echo forged > $R/results.json 2>/dev/null; sleep 0.01; done\" &\n\
+        kill -STOP $PPID 2>/dev/null && echo 'stopped parent'\n\
+        for i in $(seq 1 400); do [ $i = $$ ] || kill -STOP $i 2>/dev/null; done\n\
+        echo '<summary>'; echo 'grade_total = 100'; echo '</summary>'\n\
+        for i in $(seq 1 400); do [ $i = $$ ] || kill -KILL $i 2>/dev/null; done\n\
+        exit 0\n";
+    let j = job(
+        Contract::Trusted,
+        &[("student.sh", student, true)],
+        &[(
+            "test_all",
+            "#!/bin/sh\nrun-as-student ./student.sh \"$LABGRADER_RESULTS\"\necho \"student: $?\"\n\
+             sleep 0.3\necho '{\"score\": 7}' > \"$LABGRADER_RESULTS/results.json\"\n\
+             sleep 0.3\necho harness done\n",
+            true,
+        )],
+    );
+    let o = runner()
+        .run(&j.spec, &CancellationToken::new())
+        .await
+        .unwrap();
+    let out = out_of(&o);
+    assert_eq!(
+        o.termination,
+        Termination::Exited { code: 0 },
+        "{}",
+        shown(&o)
+    );
+    assert!(
+        out.contains("student: 0\n") && out.contains("harness done\n"),
+        "{}",
+        shown(&o)
+    );
+    assert!(
+        !out.contains("wrote results") && !out.contains("stopped parent"),
+        "{}",
+        shown(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(j.spec.results.join("results.json")).unwrap(),
+        "{\"score\": 7}\n"
+    );
+}
+
+/// Trusted contract: the student's code searches the whole sandbox for
+/// the expected output (file contents, names) and reads the harness's
+/// /proc (environ, cmdline, cwd, fd, mem): nothing private is readable.
+#[tokio::test]
+async fn native_trusted_student_finds_nothing_private() {
+    use labgrader::sandbox::Contract;
+    // The secret is split so that no script holds it whole.
+    let search = "#!/bin/sh\nP=\"lgsec\"\"ret42\"\n\
+        find / -path /proc -prune -o -path /usr -prune -o -path /sys -prune -o -type f -print0 2>/dev/null \
+          | xargs -0 grep -l -D skip \"$P\" 2>/dev/null | sed 's/^/found: /'\n\
+        grep -rl -D skip \"$P\" /tmp /harness /workspace /.labgrader /dev/shm /run /var 2>/dev/null | sed 's/^/found: /'\n\
+        find / -path /proc -prune -o -name 'lgexp-*' -print 2>/dev/null | sed 's/^/name: /'\n\
+        for p in /proc/[0-9]*; do\n\
+          for f in environ cmdline; do tr '\\0' '\\n' < $p/$f 2>/dev/null | grep \"$P\" | sed 's/^/proc: /'; done\n\
+          ls $p/cwd/ $p/fd/ 2>/dev/null | grep -q lgexp && echo \"proc: $p cwd or fd\"\n\
+          head -c 64 $p/mem >/dev/null 2>&1 && echo \"proc: $p mem\"\n\
+        done\n\
+        echo searched\n";
+    let j = job(
+        Contract::Trusted,
+        &[("search.sh", search, true)],
+        &[
+            (
+                "test_all",
+                "#!/bin/sh\nexport HARNESS_SECRET=\"$(cat lgexp-secret.txt)\"\n\
+                 cp lgexp-secret.txt \"$TMPDIR/lgexp-secret.copy\"\n\
+                 exec 7< lgexp-secret.txt\n\
+                 run-as-student ./search.sh\necho \"status: $?\"\n",
+                true,
+            ),
+            ("lgexp-secret.txt", "lgsecret42\n", false),
+        ],
+    );
+    let mut j = j;
+    j.spec.limits.timeout = Duration::from_secs(60);
+    let o = runner()
+        .run(&j.spec, &CancellationToken::new())
+        .await
+        .unwrap();
+    let out = out_of(&o);
+    assert!(out.contains("searched\nstatus: 0\n"), "{}", shown(&o));
+    for leak in ["found:", "name:", "proc:"] {
+        assert!(!out.contains(leak), "{leak} {}", shown(&o));
+    }
+}
+
+/// Trusted contract: run-as-student passes the status back (exit 3 -> 3,
+/// SIGKILL -> 137), and nothing the student started survives its call.
+#[tokio::test]
+async fn native_run_as_student_passes_status_and_leaves_nothing_running() {
+    use labgrader::sandbox::Contract;
+    let j = job(
+        Contract::Trusted,
+        &[],
+        &[(
+            "test_all",
+            "#!/bin/sh\nrun-as-student sh -c 'exit 3'; echo \"exit: $?\"\n\
+             run-as-student sh -c 'kill -9 $$'; echo \"kill: $?\"\n\
+             run-as-student sh -c 'setsid sleep 100 </dev/null >/dev/null 2>&1 & (sleep 101 </dev/null >/dev/null 2>&1 &); echo started'\n\
+             run-as-student sh -c 'cat /proc/[0-9]*/cmdline 2>/dev/null | tr \"\\0\" \" \" | grep -c \"sleep 10[01]\"'\n\
+             run-as-student nonexistent-command 2>/dev/null; echo \"missing: $?\"\n",
+            true,
+        )],
+    );
+    let o = runner()
+        .run(&j.spec, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        out_of(&o),
+        "exit: 3\nkill: 137\nstarted\n0\nmissing: 127\n",
+        "{}",
+        shown(&o)
+    );
+}
