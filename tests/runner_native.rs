@@ -926,3 +926,62 @@ async fn native_run_as_student_passes_status_and_leaves_nothing_running() {
         shown(&o)
     );
 }
+
+/// OOM parity: a child of test_all is OOM-killed, test_all survives it
+/// and prints a summary: the run is memory_limit (as on docker and Slurm).
+#[tokio::test]
+async fn native_oom_killed_child_with_surviving_test_all_is_memory_limit() {
+    let ws = workspace(
+        "./memhog; echo \"memhog: $?\"\necho '<summary>'\necho 'grade_total = 50'\necho '</summary>'\nexit 0\n",
+    );
+    std::fs::copy(
+        common::hostile::helper_bin("memhog"),
+        ws.path().join("memhog"),
+    )
+    .unwrap();
+    let r = runner();
+    if r.cgroups().is_none() {
+        eprintln!("skipped: no job cgroups here (an OOM kill cannot be told from a crash)");
+        return;
+    }
+    let o = r.run(&spec(ws.path()), &CancellationToken::new()).await.unwrap();
+    let out = out_of(&o);
+    assert!(out.contains("grade_total = 50"), "{}", shown(&o));
+    assert_eq!(o.termination, Termination::MemoryLimit, "{}", shown(&o));
+}
+
+/// Disk quota: a 3 GB write (workspace and /tmp) stops at `limits.disk`,
+/// the outcome says the disk was full, and the filesystem holding the
+/// host's job files (the spool's) grows by less than the quota.
+#[tokio::test]
+async fn native_disk_quota_stops_a_3gb_write_and_the_spool_pays_nothing() {
+    let ws = workspace(
+        "dd if=/dev/zero of=big bs=1M count=3072 2>&1 | grep -o 'No space left on device' | head -1\n\
+         dd if=/dev/zero of=/tmp/big bs=1M count=3072 2>&1 | grep -o 'No space left on device' | head -1\n\
+         du -sm big | cut -f1\necho done\n",
+    );
+    let mut s = spec(ws.path());
+    s.limits.disk = 64 << 20;
+    s.limits.memory = 512 << 20;
+    s.limits.file_size = 4 << 30;
+    s.limits.timeout = Duration::from_secs(30);
+    let free = || {
+        let v = nix::sys::statvfs::statvfs(ws.path()).unwrap();
+        v.blocks_available() as u64 * v.fragment_size() as u64
+    };
+    let before = free();
+    let o = runner().run(&s, &CancellationToken::new()).await.unwrap();
+    let after = free();
+    assert_eq!(
+        out_of(&o),
+        "No space left on device\nNo space left on device\n64\ndone\n",
+        "{}",
+        shown(&o)
+    );
+    assert!(o.disk_full, "{}", shown(&o));
+    assert!(
+        before.saturating_sub(after) < s.limits.disk,
+        "the spool's filesystem lost {} bytes",
+        before.saturating_sub(after)
+    );
+}
