@@ -944,7 +944,10 @@ async fn native_oom_killed_child_with_surviving_test_all_is_memory_limit() {
         eprintln!("skipped: no job cgroups here (an OOM kill cannot be told from a crash)");
         return;
     }
-    let o = r.run(&spec(ws.path()), &CancellationToken::new()).await.unwrap();
+    let o = r
+        .run(&spec(ws.path()), &CancellationToken::new())
+        .await
+        .unwrap();
     let out = out_of(&o);
     assert!(out.contains("grade_total = 50"), "{}", shown(&o));
     assert_eq!(o.termination, Termination::MemoryLimit, "{}", shown(&o));
