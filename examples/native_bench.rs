@@ -90,10 +90,32 @@ fn kernel_floor() -> Duration {
 fn bwrap(ws: &std::path::Path) -> Option<Duration> {
     let t0 = Instant::now();
     let st = Command::new("bwrap")
-        .args(["--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr"])
-        .args(["--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib"])
-        .args(["--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin"])
-        .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind"])
+        .args([
+            "--unshare-all",
+            "--die-with-parent",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+        ])
+        .args([
+            "--symlink",
+            "usr/bin",
+            "/bin",
+            "--symlink",
+            "usr/lib",
+            "/lib",
+        ])
+        .args([
+            "--symlink",
+            "usr/lib64",
+            "/lib64",
+            "--symlink",
+            "usr/sbin",
+            "/sbin",
+        ])
+        .args([
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind",
+        ])
         .arg(ws)
         .args(["/workspace", "--chdir", "/workspace", "./test_all"])
         .stdin(Stdio::null())
@@ -153,10 +175,7 @@ async fn main() {
         .unwrap();
     for (dir, body) in [
         (tests.path(), TEST_ALL.to_string()),
-        (
-            tests2.path(),
-            format!("{TEST_ALL}run-as-student true\n"),
-        ),
+        (tests2.path(), format!("{TEST_ALL}run-as-student true\n")),
     ] {
         let t = dir.join("test_all");
         std::fs::write(&t, body).unwrap();

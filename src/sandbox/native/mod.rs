@@ -1,15 +1,20 @@
 //! The `native` runner: `test_all` in Linux namespaces, cgroups and rlimits,
-//! set up with raw syscalls (the nix crate), no helper binary, no Docker —
-//! the way isolate, nsjail and bubblewrap do it, in a few milliseconds.
+//! set up with raw syscalls (the nix crate) — the way isolate, nsjail and
+//! bubblewrap do it, in a few milliseconds — and laid out inside by
+//! `lg-init` ([`crate::sandbox::init`]), the helper the docker runner
+//! shares.
 //!
 //! It owns the whole life of one sandboxed run: the job cgroup
-//! ([`cgroup`]), the plan of the mount tree, the clone into new user, PID,
-//! mount, network, IPC and UTS namespaces, the uid/gid maps, the timeout,
-//! the kill, the verdict ([`Termination`]) and the cleanup. It never reads
-//! the summary, never touches the spool or the gradebook, and never changes
-//! anything on the host but the job's cgroup directories (removed after
-//! the run) and, when the daemon is root, the ownership of the workspace
-//! (handed to the sandbox uid).
+//! ([`cgroup`]), the subordinate id range and the id maps ([`ids`]), the
+//! plan of the mount tree, the clone into new user, PID, mount, network,
+//! IPC and UTS namespaces, the timeout, the kill, the verdict
+//! ([`Termination`]), the results stream and the cleanup. It never reads
+//! the summary, never touches the spool or the gradebook, never maps the
+//! daemon's own uid or groups into a job, and never changes anything on
+//! the host but the job's cgroup directories (removed after the run), the
+//! `o+rX` bits of the job's own files (so the sandbox's root, nobody on the
+//! host, can copy them) and the files it leaves in `RunSpec::results` and
+//! `RunSpec::scratch`.
 //!
 //! **Why clone from the daemon and not a re-exec'd helper.** The daemon is
 //! a multi-threaded tokio process; after a fork only async-signal-safe work
@@ -23,21 +28,29 @@
 //! on the report pipe, and exits (taking the namespace with it) when the
 //! daemon dies or drops the run.
 //!
-//! **Layout of a run.** The parent clones the child with all namespaces,
-//! writes its uid/gid maps (sandbox uid → itself when root, → the daemon's
-//! uid otherwise), puts it in the job cgroup, then releases it over a pipe.
-//! The child (pid 1 of its PID namespace) builds the new root: a tmpfs with
-//! read-only, nosuid, nodev binds of the rootfs's system directories, the
-//! workspace read-write at `/workspace`, a fresh `/tmp` and `/dev/shm`, a
-//! minimal `/dev`, a new `/proc`; pivots into it, brings up `lo`, sets
+//! **Layout of a run.** The parent clones the child with all namespaces;
+//! the child opens its bind sources while it still has the daemon's
+//! credentials, then waits for its id maps: the namespace's ids 0-65535
+//! are a subordinate range (written directly by a root daemon, by
+//! newuidmap/newgidmap otherwise). The parent puts it in the job cgroup
+//! and releases it. The child (pid 1 of its PID namespace, the sandbox's
+//! root) builds the new root: a tmpfs with read-only, nosuid, nodev binds
+//! of the rootfs's system directories, `lg-init` written into
+//! `/.labgrader`, the host's job files bound read-only in a root-only
+//! `/.labgrader/in`, a tmpfs of `limits.disk` bytes for each writable
+//! place (`/workspace`, `/harness`, `/tmp`, `/dev/shm`), a minimal `/dev`,
+//! a new `/proc` (`hidepid=2`); pivots into it, brings up `lo`, sets
 //! `no_new_privs`, forbids nested user namespaces, enters a cgroup
-//! namespace rooted at the job cgroup, and starts `test_all` with the
-//! run's rlimits and no capabilities. It reaps orphans and, when `test_all` ends, reports the
-//! wait status and exits, so the kernel kills everything left in the
-//! namespace. On timeout the parent kills the init (the namespace dies
-//! with it) and everything in the job cgroup. A setup failure comes back
-//! over a close-on-exec pipe as `SandboxError::Setup` naming the step and
-//! syscall: a grader fault, never the student's.
+//! namespace rooted at the job cgroup, and starts `lg-init`, which copies
+//! the job in, unmounts the staging, gives harness and student their
+//! files and runs `test_all` (see its module). The init reaps orphans and,
+//! when `lg-init` ends, reports its wait status and exits, so the kernel
+//! kills everything left in the namespace. `lg-init`'s results stream
+//! comes back over a pipe of its own. On timeout the parent kills the init
+//! (the namespace dies with it) and everything in the job cgroup. A setup
+//! failure comes back over a close-on-exec pipe (or as `lg-init`'s exit
+//! 125 with its reason on stderr) as `SandboxError::Setup` naming the step
+//! and syscall: a grader fault, never the student's.
 
 pub mod cgroup;
 pub mod ids;

@@ -1,5 +1,5 @@
 //! The sandbox's inside: what runs between `clone(2)` and `execve(2)` of
-//! `test_all`, as an ordered list of one-step functions (google/nsjail's
+//! `lg-init` (which starts `test_all`), as an ordered list of one-step functions (google/nsjail's
 //! `contain.cc`, isolate). Each step names itself and its syscall; a failing
 //! step writes a fixed-size [`Record`] to the close-on-exec report pipe and
 //! the child exits, so the daemon can say *which* step failed and why.
@@ -12,13 +12,15 @@
 //! the parent before the clone.
 //!
 //! Process layout inside the new PID namespace: pid 1 is our init (this
-//! code after setup): it starts `test_all` with a second (vfork-style)
-//! clone, reaps every orphan, and when `test_all` ends writes its wait
+//! code after setup): it starts `lg-init` with a second (vfork-style)
+//! clone, reaps every orphan, and when `lg-init` ends writes its wait
 //! status to the report pipe and exits, which makes the kernel kill
 //! whatever is left in the namespace. It also exits at once when the
-//! report pipe loses its reader: the daemon died or dropped the run. Everything inside runs as the sandbox uid/gid with no
-//! capabilities left after exec, `no_new_privs`, and the limits of the
-//! run.
+//! report pipe loses its reader: the daemon died or dropped the run. The
+//! init and what it starts (`lg-init`) are the sandbox's root (uid 0 of
+//! the job's user namespace, a subordinate id on the host) with
+//! `no_new_privs`; `lg-init` gives every job process its identity, drops
+//! its capabilities and applies the run's limits.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -113,7 +115,7 @@ impl Step {
         match self {
             Step::Cgroup => "enter the job cgroup",
             Step::Fds => "arrange file descriptors",
-            Step::ParentDeath => "watch the daemon and test_all",
+            Step::ParentDeath => "watch the daemon and lg-init",
             Step::WaitParent => "wait for the user namespace id maps",
             Step::Sources => "open the bind sources",
             Step::Session => "start a new session",
@@ -128,17 +130,17 @@ impl Step {
             Step::RootReadonly => "make the new root read-only",
             Step::PivotRoot => "pivot to the new root",
             Step::DetachOldRoot => "detach the host's root",
-            Step::Chdir => "enter /workspace",
+            Step::Chdir => "enter the new root",
             Step::Loopback => "bring up loopback",
             Step::NoNestedUserns => "forbid nested user namespaces",
             Step::NoNewPrivs => "set no_new_privs",
             Step::Dumpable => "make the init undumpable",
             Step::WaitCgroup => "wait for the job cgroup",
             Step::CgroupNs => "hide the host's cgroup paths",
-            Step::Fork => "start test_all",
+            Step::Fork => "start lg-init",
             Step::Rlimit => "set resource limits",
             Step::DropCaps => "drop capabilities",
-            Step::Exec => "exec test_all",
+            Step::Exec => "exec lg-init",
         }
     }
 
@@ -301,7 +303,7 @@ pub struct Plan {
 pub enum Record {
     /// Setup failed at `step` (op index for [`Step::Tree`]) with `errno`.
     Failed { step: u32, errno: i32, op: u32 },
-    /// `test_all` ended with this raw wait status.
+    /// `lg-init` (so `test_all`) ended with this raw wait status.
     Status(i32),
 }
 
@@ -842,7 +844,7 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
     Ok(pid)
 }
 
-/// Entry of the second clone: limits, no capabilities, exec test_all.
+/// Entry of the second clone: a clean signal mask, exec lg-init.
 extern "C" fn exec_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: as in init_main; this is a copy of the init's memory.
     let args = unsafe { &*(arg as *const ChildArgs) };
