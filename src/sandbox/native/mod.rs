@@ -1129,7 +1129,8 @@ impl NativeRunner {
         if let Some(r) = results {
             disk_full = r.disk_full();
             if spec.contract == Contract::Trusted {
-                results_stream::write_into(&spec.results, &r).map_err(|e| {
+                std::fs::create_dir_all(&spec.results)
+                    .and_then(|_| results_stream::write_into(&spec.results, &r)).map_err(|e| {
                     setup_err(
                         "leave the results",
                         format!("{}: {e}", spec.results.display()),
