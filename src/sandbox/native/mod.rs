@@ -1130,12 +1130,13 @@ impl NativeRunner {
             disk_full = r.disk_full();
             if spec.contract == Contract::Trusted {
                 std::fs::create_dir_all(&spec.results)
-                    .and_then(|_| results_stream::write_into(&spec.results, &r)).map_err(|e| {
-                    setup_err(
-                        "leave the results",
-                        format!("{}: {e}", spec.results.display()),
-                    )
-                })?;
+                    .and_then(|_| results_stream::write_into(&spec.results, &r))
+                    .map_err(|e| {
+                        setup_err(
+                            "leave the results",
+                            format!("{}: {e}", spec.results.display()),
+                        )
+                    })?;
             }
         }
         Ok(Ended {
