@@ -988,3 +988,40 @@ async fn native_disk_quota_stops_a_3gb_write_and_the_spool_pays_nothing() {
         before.saturating_sub(after)
     );
 }
+
+/// Unprivileged under `no_new_privs` (systemd's NoNewPrivileges=yes, the
+/// grader unit without the native drop-in): the setuid newuidmap cannot
+/// work, and the runner refuses at start saying what to do.
+#[test]
+fn native_unprivileged_under_no_new_privs_refuses_with_what_to_do() {
+    let Some(u) = daemon_user().filter(|_| nix::unistd::geteuid().is_root()) else {
+        eprintln!("skipped: needs root and a `labgrader` user (scripts/setup/native.sh)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_job(dir.path(), "job-nnp", "echo never\n");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for e in walkdir::WalkDir::new(dir.path()) {
+        std::os::unix::fs::lchown(
+            e.unwrap().path(),
+            Some(u.uid.as_raw()),
+            Some(u.gid.as_raw()),
+        )
+        .unwrap();
+    }
+    let out = std::process::Command::new("setpriv")
+        .arg(format!("--reuid={}", u.uid))
+        .arg(format!("--regid={}", u.gid))
+        .args(["--init-groups", "--no-new-privs", "--"])
+        .arg(env!("CARGO_BIN_EXE_labgrader"))
+        .args(["sandbox", "--job-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("NoNewPrivileges") && err.contains("scripts/install --native"),
+        "{err}"
+    );
+}

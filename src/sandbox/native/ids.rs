@@ -132,10 +132,26 @@ pub fn writer() -> Result<Writer, String> {
                 )
             })
     };
-    Ok(Writer::Helpers {
+    let helpers = Writer::Helpers {
         newuidmap: find("newuidmap")?,
         newgidmap: find("newgidmap")?,
-    })
+    };
+    let nnp = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("NoNewPrivs:").map(|v| v.trim() == "1"))
+        })
+        .unwrap_or(false);
+    if nnp {
+        return Err(
+            "this process runs with no_new_privs (systemd's NoNewPrivileges=yes), so the \
+             setuid newuidmap/newgidmap cannot map the jobs' ids: install the native drop-in \
+             (scripts/install --native; it sets NoNewPrivileges=no) or run the grader as root"
+                .into(),
+        );
+    }
+    Ok(helpers)
 }
 
 /// The contents of a map file for `r`.
