@@ -166,19 +166,18 @@ fn init(a: &Args) -> Result<i32, Fail> {
         if fds[0].revents != 0 {
             sys::drain_fd(sigfd);
         }
-        if let (Some(l), Some(pfd)) = (&listener, fds.get(1)) {
-            if pfd.revents != 0 {
-                if let Ok((conn, _)) = l.accept() {
-                    match sys::do_fork() {
-                        Ok(0) => {
-                            drop(listener);
-                            sys::close_fd(sigfd);
-                            session(a, conn)
-                        }
-                        Ok(pid) => sessions.push(pid),
-                        Err(e) => eprintln!("lg-init: broker: fork: {e}"),
-                    }
+        if let (Some(l), Some(pfd)) = (&listener, fds.get(1))
+            && pfd.revents != 0
+            && let Ok((conn, _)) = l.accept()
+        {
+            match sys::do_fork() {
+                Ok(0) => {
+                    drop(listener);
+                    sys::close_fd(sigfd);
+                    session(a, conn)
                 }
+                Ok(pid) => sessions.push(pid),
+                Err(e) => eprintln!("lg-init: broker: fork: {e}"),
             }
         }
     };
