@@ -312,10 +312,11 @@ async fn main() {
         for _ in 0..m {
             let t0 = Instant::now();
             let st = Command::new("docker")
-                .args(["run", "--rm", "--network", "none", "-v"])
+                .args(["run", "--rm", "--pull", "never", "--network", "none", "-v"])
                 .arg(format!("{}:/workspace", ws.path().display()))
                 .args(["-w", "/workspace", &image, "./test_all"])
                 .stdout(Stdio::null())
+                .stderr(Stdio::null())
                 .status()
                 .unwrap();
             if !st.success() {
