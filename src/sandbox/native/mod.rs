@@ -78,7 +78,8 @@ use tokio_util::sync::CancellationToken;
 use self::cgroup::{Hierarchy, JobCgroup};
 use self::ids::{Ranges, Writer};
 use self::setup::{
-    ChildArgs, FD_RESULTS, FD_SOURCES, MAX_SOURCES, Op, Plan, RECORD_LEN, Record, Step,
+    ChildArgs, FD_RESULTS, FD_SOURCES, FD_TEST_PATHS, MAX_SOURCES, Op, Plan, RECORD_LEN, Record,
+    Step,
 };
 use super::none::SAFE_PATH;
 use super::output::{Captured, SharedCapture, collect, spawn_drain};
@@ -462,13 +463,6 @@ impl NativeRunner {
         if let Some(t) = &staged.tests {
             bind(&mut ops, t, ".labgrader/in/tests", true, stage_flags)?;
         }
-        bind(
-            &mut ops,
-            &staged.test_paths,
-            ".labgrader/in/test-paths",
-            false,
-            stage_flags,
-        )?;
         // Every writable place is a tmpfs of `limits.disk` bytes (its pages
         // are charged to the job's memory cgroup as well).
         let tmpfs = cstr("tmpfs")?;
@@ -587,7 +581,7 @@ impl NativeRunner {
             "--copy-from".into(),
             STAGE.into(),
             "--test-paths".into(),
-            format!("{STAGE}/test-paths"),
+            format!("/proc/self/fd/{FD_TEST_PATHS}"),
             "--student".into(),
             format!("{}:{}", self.uid, self.gid),
             "--harness-id".into(),
@@ -616,6 +610,7 @@ impl NativeRunner {
             report: pipes.report,
             go: pipes.go,
             results: pipes.results,
+            test_paths: staged.test_paths()?,
             cgroup_tasks: Vec::new(),
             sources,
             source_paths,
@@ -647,8 +642,23 @@ impl NativeRunner {
 struct Staged {
     workspace: PathBuf,
     tests: Option<PathBuf>,
-    /// NUL-separated `RunSpec::test_paths`, written in the scratch dir.
-    test_paths: PathBuf,
+    /// NUL-separated `RunSpec::test_paths` (no host file: a memfd per run).
+    test_paths: Vec<u8>,
+}
+
+impl Staged {
+    /// A memfd holding the test-paths list, at offset 0.
+    fn test_paths(&self) -> Result<OwnedFd, SandboxError> {
+        use nix::sys::memfd::{MFdFlags, memfd_create};
+        let fail = |e: nix::errno::Errno| setup_err("stage the job files", format!("memfd: {e}"));
+        let fd = memfd_create(c"lg-test-paths", MFdFlags::MFD_CLOEXEC).map_err(fail)?;
+        let mut rest: &[u8] = &self.test_paths;
+        while !rest.is_empty() {
+            let n = nix::unistd::write(&fd, rest).map_err(fail)?;
+            rest = &rest[n..];
+        }
+        Ok(fd)
+    }
 }
 
 /// The child's ends of the pipes (moved into the plan).
@@ -894,7 +904,7 @@ struct Ended {
 }
 
 impl NativeRunner {
-    /// Check the host's job files and make them readable to lg-init; write
+    /// Check the host's job files and make them readable to lg-init; build
     /// the test-paths list.
     async fn stage(&self, spec: &RunSpec) -> Result<Staged, SandboxError> {
         let dir = |p: &Path, what: &'static str| -> Result<PathBuf, SandboxError> {
@@ -921,18 +931,13 @@ impl NativeRunner {
             (Contract::Stdout, _) => None,
         };
         let fail = |e: std::io::Error| setup_err("stage the job files", e);
-        std::fs::create_dir_all(&spec.scratch).map_err(fail)?;
-        let scratch = dir(&spec.scratch, "stage the job files")?;
-        let test_paths = scratch.join("test-paths");
-        let mut list = Vec::new();
+        let mut test_paths = Vec::new();
         for p in spec.test_paths.iter() {
-            list.extend_from_slice(p.as_os_str().as_bytes());
-            list.push(0);
+            test_paths.extend_from_slice(p.as_os_str().as_bytes());
+            test_paths.push(0);
         }
-        std::fs::write(&test_paths, &list).map_err(fail)?;
         let roots: Vec<PathBuf> = std::iter::once(workspace.clone())
             .chain(tests.clone())
-            .chain(std::iter::once(test_paths.clone()))
             .collect();
         tokio::task::spawn_blocking(move || roots.iter().try_for_each(|r| make_readable(r)))
             .await

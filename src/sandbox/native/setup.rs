@@ -34,8 +34,11 @@ const FD_GO: RawFd = 4;
 /// The results pipe's write end: inherited (not close-on-exec) by
 /// `lg-init`, which is told `--results-fd 5`.
 pub(super) const FD_RESULTS: RawFd = 5;
+/// A memfd holding the test-paths list, inherited by `lg-init`, which is
+/// told `--test-paths /proc/self/fd/6` (and marks it close-on-exec).
+pub(super) const FD_TEST_PATHS: RawFd = 6;
 /// First O_PATH source fd inside the init.
-pub(super) const FD_SOURCES: RawFd = 6;
+pub(super) const FD_SOURCES: RawFd = 7;
 /// Most bind sources a plan may carry (the child keeps a fixed array).
 pub(super) const MAX_SOURCES: usize = 48;
 
@@ -267,6 +270,8 @@ pub struct Plan {
     pub go: OwnedFd,
     /// Write end of the results pipe (`FD_RESULTS` in the sandbox).
     pub results: OwnedFd,
+    /// The test-paths list (`FD_TEST_PATHS` in the sandbox).
+    pub test_paths: OwnedFd,
     /// cgroup v1 `tasks` files (opened by the parent) the init writes `0`
     /// to, moving itself into the job cgroup before anything else.
     pub cgroup_tasks: Vec<OwnedFd>,
@@ -412,13 +417,14 @@ pub extern "C" fn init_main(arg: *mut libc::c_void) -> libc::c_int {
 /// Move the fds the child needs to its fixed layout and close the rest
 /// (other jobs' pipes must not stay open in this process).
 fn arrange_fds(plan: &Plan) -> Result<(), Fail> {
-    let mut fixed: [RawFd; 6] = [
+    let mut fixed: [RawFd; 7] = [
         plan.stdin.as_raw_fd(),
         plan.stdout.as_raw_fd(),
         plan.stderr.as_raw_fd(),
         plan.report.as_raw_fd(),
         plan.go.as_raw_fd(),
         plan.results.as_raw_fd(),
+        plan.test_paths.as_raw_fd(),
     ];
     let mut high: RawFd = FD_SOURCES;
     for fd in fixed.iter() {
@@ -436,7 +442,8 @@ fn arrange_fds(plan: &Plan) -> Result<(), Fail> {
             0..=2 => (i as RawFd, 0),
             3 => (FD_REPORT, libc::O_CLOEXEC),
             4 => (FD_GO, libc::O_CLOEXEC),
-            _ => (FD_RESULTS, 0),
+            5 => (FD_RESULTS, 0),
+            _ => (FD_TEST_PATHS, 0),
         };
         // SAFETY: dup3 on fds we hold.
         let r = unsafe { libc::dup3(*fd, to, flags) };
@@ -840,6 +847,7 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
         libc::close(1);
         libc::close(2);
         libc::close(FD_RESULTS);
+        libc::close(FD_TEST_PATHS);
     }
     Ok(pid)
 }
