@@ -37,8 +37,9 @@
 //! root) builds the new root: a tmpfs with read-only, nosuid, nodev binds
 //! of the rootfs's system directories, `lg-init` written into
 //! `/.labgrader`, the host's job files bound read-only in a root-only
-//! `/.labgrader/in`, a tmpfs of `limits.disk` bytes for each writable
-//! place (`/workspace`, `/harness`, `/tmp`, `/dev/shm`), a minimal `/dev`,
+//! `/.labgrader/in`, one tmpfs of `limits.disk` bytes for the student's
+//! writable places (`/workspace`, `/tmp`, `/dev/shm`, bound from
+//! `/.labgrader/rw`) and one for `/harness`, a minimal `/dev`,
 //! a new `/proc` (`hidepid=2`); pivots into it, brings up `lo`, sets
 //! `no_new_privs`, forbids nested user namespaces, enters a cgroup
 //! namespace rooted at the job cgroup, and starts `lg-init`, which copies
@@ -480,11 +481,36 @@ impl NativeRunner {
             });
             Ok(())
         };
-        scratch(&mut ops, "workspace", 0o755)?;
+        // One tmpfs for every place the student can write (the quota is
+        // the job's total, and without cgroups no more than `disk` of
+        // memory goes to files); the harness's home has its own, so the
+        // student cannot fill it.
+        scratch(&mut ops, ".labgrader/rw", 0o755)?;
+        let shared = |ops: &mut Vec<Op>, sub: &str, at: &str, mode: u32| {
+            let from = format!(".labgrader/rw/{sub}");
+            ops.push(Op::Mkdir {
+                path: under(&from)?,
+                mode,
+            });
+            ops.push(Op::Chmod {
+                path: under(&from)?,
+                mode,
+            });
+            ops.push(Op::Mkdir {
+                path: under(at)?,
+                mode: 0o755,
+            });
+            ops.push(Op::BindLocal {
+                from: under(&from)?,
+                path: under(at)?,
+            });
+            Ok::<(), SandboxError>(())
+        };
+        shared(&mut ops, "workspace", "workspace", 0o755)?;
+        shared(&mut ops, "tmp", "tmp", 0o1777)?;
         if spec.contract == Contract::Trusted {
             scratch(&mut ops, "harness", 0o700)?;
         }
-        scratch(&mut ops, "tmp", 0o1777)?;
         ops.push(Op::Mkdir {
             path: under("dev")?,
             mode: 0o755,
@@ -517,7 +543,7 @@ impl NativeRunner {
                 path: under(link)?,
             });
         }
-        scratch(&mut ops, "dev/shm", 0o1777)?;
+        shared(&mut ops, "shm", "dev/shm", 0o1777)?;
         ops.push(Op::Readonly {
             path: under("dev")?,
             flags: dev_flags,

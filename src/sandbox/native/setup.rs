@@ -229,6 +229,16 @@ pub enum Op {
         target: CString,
         path: CString,
     },
+    /// Bind a directory of the new tree on `path` (flags of its mount).
+    BindLocal {
+        from: CString,
+        path: CString,
+    },
+    /// Set a mode (mkdir's is reduced by the umask).
+    Chmod {
+        path: CString,
+        mode: u32,
+    },
 }
 
 impl Op {
@@ -242,6 +252,8 @@ impl Op {
             Op::Readonly { .. } => "mount(MS_REMOUNT|MS_BIND|MS_RDONLY)",
             Op::WriteFile { .. } => "open(O_CREAT|O_EXCL)/write",
             Op::Link { .. } => "link",
+            Op::BindLocal { .. } => "mount(MS_BIND)",
+            Op::Chmod { .. } => "chmod",
         }
     }
 
@@ -254,7 +266,9 @@ impl Op {
             | Op::Mount { path, .. }
             | Op::Readonly { path, .. }
             | Op::WriteFile { path, .. }
-            | Op::Link { path, .. } => path,
+            | Op::Link { path, .. }
+            | Op::BindLocal { path, .. }
+            | Op::Chmod { path, .. } => path,
         }
     }
 }
@@ -652,6 +666,17 @@ fn run_op(plan: &Plan, op: &Op) -> Result<(), Errno> {
         Op::Link { target, path } => {
             // SAFETY: link on C strings.
             Errno::result(unsafe { libc::link(target.as_ptr(), path.as_ptr()) }).map(drop)
+        }
+        Op::BindLocal { from, path } => mount(
+            Some(from.as_c_str()),
+            path.as_c_str(),
+            None::<&CStr>,
+            MsFlags::MS_BIND,
+            None::<&CStr>,
+        ),
+        Op::Chmod { path, mode } => {
+            // SAFETY: chmod on a C string.
+            Errno::result(unsafe { libc::chmod(path.as_ptr(), *mode as libc::mode_t) }).map(drop)
         }
     }
 }
