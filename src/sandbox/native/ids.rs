@@ -176,14 +176,33 @@ pub fn write_maps(pid: i32, ranges: &Ranges, writer: &Writer) -> Result<(), Stri
             newuidmap,
             newgidmap,
         } => {
+            // Both at once: they touch different files of the child.
+            let mut running = Vec::new();
             for (helper, r) in [(newgidmap, ranges.gid), (newuidmap, ranges.uid)] {
-                let out = Command::new(helper)
+                let child = Command::new(helper)
                     .arg(pid.to_string())
                     .args(["0", &r.start.to_string(), &r.count.to_string()])
                     .env_clear()
                     .stdin(std::process::Stdio::null())
-                    .output()
-                    .map_err(|e| format!("run {}: {e}", helper.display()))?;
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(|e| format!("run {}: {e}", helper.display()));
+                running.push((helper, r, child));
+            }
+            // Every started helper is waited for, whatever failed.
+            let finished: Vec<_> = running
+                .into_iter()
+                .map(|(helper, r, child)| {
+                    let out = child.and_then(|c| {
+                        c.wait_with_output()
+                            .map_err(|e| format!("run {}: {e}", helper.display()))
+                    });
+                    (helper, r, out)
+                })
+                .collect();
+            for (helper, r, out) in finished {
+                let out = out?;
                 if !out.status.success() {
                     let err = String::from_utf8_lossy(&out.stderr);
                     return Err(format!(
