@@ -474,8 +474,12 @@ fn start_test_all(a: &Args, tests_dir: &Path) -> Result<i32, Fail> {
             (
                 a.harness_id,
                 tests_dir.to_path_buf(),
+                // HOME is the harness's own: a HOME in the workspace would
+                // let the student plant dotfiles the harness's tools read
+                // (a Python user-site .pth, ~/.gitconfig, …).
                 job_env(&[
                     (ENV_WORKSPACE, ws),
+                    ("HOME", a.harness.clone().into_os_string()),
                     (ENV_RESULTS, a.harness.join("results").into_os_string()),
                     (ENV_BROKER, a.harness.join(BROKER).into_os_string()),
                     ("TMPDIR", a.harness.join("tmp").into_os_string()),
