@@ -1025,3 +1025,38 @@ fn native_unprivileged_under_no_new_privs_refuses_with_what_to_do() {
         "{err}"
     );
 }
+
+/// Trusted contract: the harness's HOME is its own, not the workspace: a
+/// student who plants a Python user-site `.pth` (or any dotfile) where the
+/// harness's tools would read it gets nothing run as the harness.
+#[tokio::test]
+async fn native_trusted_harness_home_is_not_the_students() {
+    use labgrader::sandbox::Contract;
+    if !Path::new("/usr/bin/python3").exists() {
+        eprintln!("skipped: needs python3");
+        return;
+    }
+    let plant = "#!/bin/sh\n\
+        d=$(python3 -c 'import site; print(site.getusersitepackages())')\n\
+        mkdir -p \"$d\" && echo 'import os; print(\"PWNED as\", os.getuid())' > \"$d/evil.pth\"\n\
+        echo planted in $d\n";
+    let j = job(
+        Contract::Trusted,
+        &[("plant.sh", plant, true)],
+        &[(
+            "test_all",
+            "#!/bin/sh\nrun-as-student ./plant.sh\necho \"harness HOME=$HOME\"\n\
+             python3 -c 'print(\"harness python ran\")'\n",
+            true,
+        )],
+    );
+    let o = runner()
+        .run(&j.spec, &CancellationToken::new())
+        .await
+        .unwrap();
+    let out = out_of(&o);
+    assert!(out.contains("planted in /workspace/"), "{}", shown(&o));
+    assert!(out.contains("harness HOME=/harness\n"), "{}", shown(&o));
+    assert!(out.contains("harness python ran\n"), "{}", shown(&o));
+    assert!(!out.contains("PWNED"), "{}", shown(&o));
+}
