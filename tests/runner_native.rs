@@ -1060,3 +1060,42 @@ async fn native_trusted_harness_home_is_not_the_students() {
     assert!(out.contains("harness python ran\n"), "{}", shown(&o));
     assert!(!out.contains("PWNED"), "{}", shown(&o));
 }
+
+/// Stdout contract: a test file in a directory that also came from the
+/// student (and is not itself listed) still cannot be unlinked or renamed
+/// away by the student: its directories are the harness's, sticky.
+#[tokio::test]
+async fn native_stdout_test_file_in_a_student_directory_stays() {
+    use labgrader::sandbox::Contract;
+    let mut j = job(
+        Contract::Stdout,
+        &[
+            ("lib/mine.py", "x = 1\n", false),
+            (
+                "student.sh",
+                "#!/bin/sh\nrm -f lib/check.py 2>/dev/null; mv lib/check.py lib/x 2>/dev/null\n\
+                 [ -e lib/check.py ] || echo removed\necho 'print(100)' > lib/check.py 2>/dev/null\n\
+                 echo 'x = 2' > lib/mine.py && echo mine: ok\n",
+                true,
+            ),
+        ],
+        &[
+            (
+                "test_all",
+                "#!/bin/sh\n./student.sh\ncat lib/check.py\n",
+                true,
+            ),
+            ("lib/check.py", "print(7)\n", false),
+        ],
+    );
+    // As a layer that lists only files would: `lib` itself not listed.
+    j.spec.test_paths = std::sync::Arc::new(vec![
+        PathBuf::from("test_all"),
+        PathBuf::from("lib/check.py"),
+    ]);
+    let o = runner()
+        .run(&j.spec, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(out_of(&o), "mine: ok\nprint(7)\n", "{}", shown(&o));
+}
