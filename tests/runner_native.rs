@@ -1099,3 +1099,42 @@ async fn native_stdout_test_file_in_a_student_directory_stays() {
         .unwrap();
     assert_eq!(out_of(&o), "mine: ok\nprint(7)\n", "{}", shown(&o));
 }
+
+/// Trusted contract: the tests are immutable for the harness too (it can
+/// add files beside them, never change one), and the student cannot even
+/// list the harness's home.
+#[tokio::test]
+async fn native_trusted_tests_are_immutable_and_the_harness_home_private() {
+    use labgrader::sandbox::Contract;
+    let j = job(
+        Contract::Trusted,
+        &[(
+            "peek.sh",
+            "#!/bin/sh\nls /harness >/dev/null 2>&1 && echo student: listed || echo student: denied\n\
+             cat /harness/tests/data.txt 2>/dev/null || echo student: unreadable\n",
+            true,
+        )],
+        &[
+            (
+                "test_all",
+                "#!/bin/sh\necho x >> data.txt 2>/dev/null && echo harness: changed\n\
+                 rm -f data.txt 2>/dev/null; [ -e data.txt ] || echo harness: removed\n\
+                 chmod u+w data.txt 2>/dev/null && echo harness: chmodded\n\
+                 echo mine > scratch.txt && echo harness: added\n\
+                 run-as-student ./peek.sh\ncat data.txt\n",
+                true,
+            ),
+            ("data.txt", "original\n", false),
+        ],
+    );
+    let o = runner()
+        .run(&j.spec, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        out_of(&o),
+        "harness: added\nstudent: denied\nstudent: unreadable\noriginal\n",
+        "{}",
+        shown(&o)
+    );
+}
