@@ -220,4 +220,24 @@ mod tests {
         assert_eq!(f.host, None);
         assert!(f.disk_full);
     }
+
+    #[test]
+    fn results_the_node_left_are_taken_as_plain_files_only() {
+        let t = tempfile::tempdir().unwrap();
+        let (from, into) = (t.path().join("results"), t.path().join("into"));
+        std::fs::create_dir(&from).unwrap();
+        std::fs::write(from.join("results.json"), b"{}").unwrap();
+        std::fs::write(t.path().join("secret"), b"host").unwrap();
+        std::os::unix::fs::symlink(t.path().join("secret"), from.join("link")).unwrap();
+        std::fs::create_dir(from.join("dir")).unwrap();
+        take_results(&from, &into).unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(&into)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["results.json"]);
+        // Nothing there (a stdout run, a node that wrote none): nothing taken.
+        take_results(&t.path().join("none"), &into).unwrap();
+    }
 }
