@@ -9,10 +9,12 @@
 //! the student.
 
 pub mod docker;
+pub mod init;
 pub mod jobdir;
 pub mod native;
 pub mod none;
 pub mod output;
+pub mod results_stream;
 pub mod slurm;
 
 use std::path::PathBuf;

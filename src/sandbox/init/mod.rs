@@ -1,0 +1,128 @@
+//! The host side of `lg-init`, the helper every sandboxing runner starts
+//! inside the sandbox as its first process (source: `main.rs` beside this
+//! file; built by `build.rs` as a static executable). This module only
+//! embeds the binary and installs it where a runner can mount or copy it;
+//! it never runs it itself.
+//!
+//! The helper's command line (`--contract stdout|trusted`, `--workspace`,
+//! `--harness`, `--bin-dir`, `--test-paths`, `--copy-from`, `--student`,
+//! `--harness-id`, `--results-fd`, `--results-nonce-file`, `--rlimit`) is a
+//! stable interface: see [`USAGE`]. Exit status 125 ([`EXIT_SETUP`]) means
+//! the job could not be set up (the reason is on its stderr), a grader
+//! fault; otherwise it is `test_all`'s (a signal death as 128+N). The
+//! results stream it writes is parsed by [`crate::sandbox::results_stream`].
+
+#[path = "args.rs"]
+#[allow(dead_code)]
+mod args;
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+pub use args::{EXIT_SETUP, USAGE};
+
+/// The static `lg-init` executable.
+pub static BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lg-init"));
+
+/// Where a sandbox holds the helper, and `run-as-student` (the same
+/// binary: it dispatches on `argv[0]`).
+pub const SANDBOX_PATH: &str = "/.labgrader/lg-init";
+pub const SANDBOX_BIN_DIR: &str = "/.labgrader/bin";
+
+/// Write [`BINARY`] into `dir` (created 0755 if missing) as
+/// `lg-init-<hash>`, 0755, once: an existing file of the same name is
+/// already this binary. Returns its path.
+pub fn install(dir: &Path) -> io::Result<PathBuf> {
+    use sha2::Digest;
+    let hash = hex::encode(&sha2::Sha256::digest(BINARY)[..8]);
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("lg-init-{hash}"));
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() == BINARY.len() as u64)
+    {
+        return Ok(path);
+    }
+    let tmp = dir.join(format!(".lg-init-{hash}.{}", std::process::id()));
+    std::fs::write(&tmp, BINARY)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn limits_match_the_hosts() {
+        assert_eq!(args::RESULTS_FILES, crate::sandbox::RESULTS_FILES);
+        assert_eq!(args::RESULTS_BYTES, crate::sandbox::RESULTS_BYTES);
+        assert_eq!(
+            args::FLAG_DISK_FULL,
+            crate::sandbox::results_stream::FLAG_DISK_FULL
+        );
+    }
+
+    #[test]
+    fn frames_are_what_the_host_parses() {
+        let mut s = Vec::new();
+        args::frame_file(&mut s, b"results.json", b"{}");
+        args::frame_end(&mut s, args::FLAG_DISK_FULL);
+        let r = crate::sandbox::results_stream::parse(&s).unwrap();
+        assert_eq!(r.files, vec![("results.json".to_string(), b"{}".to_vec())]);
+        assert!(r.disk_full());
+    }
+
+    /// Does a 64-bit ELF file name a program interpreter (PT_INTERP)?
+    fn has_interpreter(elf: &[u8]) -> bool {
+        let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+        let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+        let (size, num) = (u16_at(0x36), u16_at(0x38));
+        (0..num).any(|i| {
+            let o = phoff + i * size;
+            u32::from_le_bytes(elf[o..o + 4].try_into().unwrap()) == 3
+        })
+    }
+
+    #[test]
+    fn binary_is_static_and_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = install(dir.path()).unwrap();
+        assert_eq!(install(dir.path()).unwrap(), p);
+        // ELF, and no interpreter: it runs in any image.
+        assert_eq!(&BINARY[..4], b"\x7fELF");
+        assert!(
+            !has_interpreter(BINARY),
+            "lg-init must be linked statically"
+        );
+        let out = Command::new(&p).arg("--help").output().unwrap();
+        assert_eq!(out.status.code(), Some(EXIT_SETUP));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--contract"));
+        let out = Command::new(&p)
+            .arg("--contract")
+            .arg("x")
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stderr).contains("stdout or trusted"));
+    }
+
+    #[test]
+    fn run_as_student_outside_a_sandbox_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = install(dir.path()).unwrap();
+        let link = dir.path().join("run-as-student");
+        std::fs::hard_link(&p, &link).unwrap();
+        let out = Command::new(&link)
+            .arg("true")
+            .env("LABGRADER_BROKER", dir.path().join("nope"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(125));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("cannot reach the broker"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
