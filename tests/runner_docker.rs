@@ -1004,7 +1004,7 @@ async fn trusted_run_as_student_passes_status_and_drops_identity() {
         run-as-student sh -c 'grep ^Cap /proc/self/status'\n\
         echo x >> test_all 2>/dev/null && echo 'tests: writable' || echo 'tests: immutable'\n\
         echo x > mine.txt && echo 'harness dir: writable'\n\
-        grep ^CapEff /proc/self/status\n";
+        grep -E '^Cap(Eff|Prm|Bnd)' /proc/self/status\n";
     let job = contract::trusted_job(
         "status",
         &[("student.c", b"", false)],
@@ -1023,8 +1023,15 @@ async fn trusted_run_as_student_passes_status_and_drops_identity() {
     );
     assert!(out.contains("tests: immutable\n"), "{shown}");
     assert!(out.contains("harness dir: writable\n"), "{shown}");
+    assert!(
+        out.lines().filter(|l| l.starts_with("Cap")).count() >= 8,
+        "{shown}"
+    );
     for line in out.lines().filter(|l| l.starts_with("Cap")) {
-        if line.starts_with("CapEff") || line.starts_with("CapPrm") || line.starts_with("CapAmb") {
+        if ["CapInh", "CapEff", "CapPrm", "CapAmb", "CapBnd"]
+            .iter()
+            .any(|c| line.starts_with(c))
+        {
             assert!(
                 line.ends_with("0000000000000000"),
                 "capabilities left: {line}\n{shown}"
