@@ -21,12 +21,13 @@
 //!   uploaded before start. The container is created with stdin open; its
 //!   command is `sh -c 'tar -xof - -C / && printf READY >&2 && exec
 //!   lg-init …'` under the engine's init (`docker-init`, which reaps
-//!   zombies; `lg-init` is also the job's subreaper). We attach before start (so no output is missed),
-//!   start, and stream one tar built on the fly into stdin: `lg-init` with
-//!   its `run-as-student` link, the test-paths file and the results nonce
-//!   under `/.labgrader/`, the workspace (symlinks stored as links, never
-//!   followed) and, under `trusted`, the tests at `/harness/tests`. No bind
-//!   mount: a remote engine works too. The image needs `/bin/sh` and `tar`.
+//!   zombies; `lg-init` is also the job's subreaper). We attach before
+//!   start (so no output is missed), start, and stream one tar built on
+//!   the fly into stdin: `lg-init` with its `run-as-student` link, the
+//!   test-paths file and the results nonce under `/.labgrader/`, the
+//!   workspace (symlinks stored as links, never followed) and, under
+//!   `trusted`, the tests at `/harness/tests`. No bind mount: a remote
+//!   engine works too. The image needs `/bin/sh` and `tar`.
 //! - The READY line carries a per-job marker and is stripped from stderr.
 //!   Nothing the student wrote has run before it, so a run that ends
 //!   without it is a setup failure (grader fault), never a verdict; so is
@@ -38,8 +39,9 @@
 //!   [`super::results_stream`] into `RunSpec::results`. Its flags give
 //!   `RunOutcome::disk_full`.
 //! - Limits: memory = memory+swap (no swap), pids, CPU quota, `fsize` and
-//!   `nofile` rlimits on the job's processes (set by `lg-init`), logging driver `none` (output is streamed, never
-//!   stored by the engine), label `labgrader.job=<id>`.
+//!   `nofile` rlimits on the job's processes (set by `lg-init`), logging
+//!   driver `none` (output is streamed, never stored by the engine), label
+//!   `labgrader.job=<id>`.
 //! - Verdicts: deadline → SIGKILL the container, [`Termination::Timeout`];
 //!   `State.OOMKilled` → [`Termination::MemoryLimit`] (only that flag means
 //!   memory: an exit code of 137 alone may be a pids-limit casualty or a
