@@ -1175,3 +1175,37 @@ async fn file_size_limit_binds_the_job_not_the_setup() {
     assert!(stdout(&o).contains("dd: 153\n"), "{shown}");
     assert!(stdout(&o).contains("nofile: 100\n"), "{shown}");
 }
+
+/// A fork bomb still running when `test_all` ends (the pids limit
+/// reached, so `lg-init` may not be able to fork to kill it, and the
+/// bomb's output may mingle with the results stream) is a verdict on the
+/// student, never a grader fault.
+#[tokio::test]
+async fn fork_bomb_left_running_at_the_end_is_a_verdict() {
+    let Some(runner) = busybox().await else {
+        return;
+    };
+    let bomb: &[u8] = b"#!/bin/sh\nb() { echo bomb >&2; b | b & }\nb\nsleep 1\necho end\n";
+    for trusted in [false, true] {
+        let job = if trusted {
+            contract::trusted_job(
+                "bomb-t",
+                &[("bomb.sh", bomb, true)],
+                &[(
+                    "test_all",
+                    b"#!/bin/sh\n(run-as-student ./bomb.sh &)\nsleep 2\necho harness end\n",
+                    true,
+                )],
+                contract::limits(),
+            )
+        } else {
+            contract::stdout_job("bomb", &[], &[("test_all", bomb, true)], contract::limits())
+        };
+        let o = contract::run(&runner, &job).await;
+        assert!(
+            !matches!(o.termination, Termination::Timeout),
+            "trusted={trusted}: {}",
+            contract::shown(&o)
+        );
+    }
+}

@@ -1065,11 +1065,12 @@ impl DockerRunner {
             }
             return Ok(false);
         };
-        let parsed = if tap.overflow {
-            Err(results_stream::StreamError::TooLarge)
-        } else {
-            results_stream::parse(&bytes)
-        };
+        let (parsed, late) = parse_stream(&bytes);
+        if !late.is_empty() {
+            tracing::warn!(job_id = %spec.job_id, bytes = late.len(), overflow = tap.overflow,
+                "job output after the results stream");
+            ran.stderr.push(late, spec.limits.output);
+        }
         let results = match parsed {
             Ok(r) => r,
             // Cut short by the kill: nothing to keep, and not a fault.
@@ -1090,6 +1091,24 @@ impl DockerRunner {
             })?;
         }
         Ok(results.disk_full())
+    }
+}
+
+/// Parse the bytes after the nonce: the stream, and what followed it
+/// (output of a job process that outlived `lg-init`'s end kill: the job's
+/// stderr, not a fault).
+fn parse_stream(
+    bytes: &[u8],
+) -> (
+    Result<results_stream::Results, results_stream::StreamError>,
+    &[u8],
+) {
+    match results_stream::parse(bytes) {
+        Err(results_stream::StreamError::Trailing(n)) => {
+            let end = bytes.len() - n;
+            (results_stream::parse(&bytes[..end]), &bytes[end..])
+        }
+        r => (r, &[]),
     }
 }
 
@@ -1355,6 +1374,19 @@ mod tests {
         let cap = split_all(&mut s, &[b"R\nerr\nlabgrader-results-ab"]);
         assert_eq!(cap.snapshot().bytes, b"err\nlabgrader-results-ab");
         assert!(s.tap.stream.is_none());
+    }
+
+    #[test]
+    fn output_after_the_results_stream_is_the_jobs() {
+        let mut bytes = results_stream::encode(&[("results.json", b"{}")], 1);
+        let (r, late) = parse_stream(&bytes);
+        assert!(r.unwrap().disk_full());
+        assert!(late.is_empty());
+        bytes.extend_from_slice(b"late bomb\n");
+        let (r, late) = parse_stream(&bytes);
+        assert_eq!(r.unwrap().files.len(), 1);
+        assert_eq!(late, b"late bomb\n");
+        assert!(parse_stream(b"\x01\0\0\0").0.is_err());
     }
 
     #[test]
