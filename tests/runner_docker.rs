@@ -964,6 +964,8 @@ async fn trusted_student_reads_nothing_private() {
         [ -n \"$SECRET\" ] || exec env SECRET=lgsecret4711 ./test_all\n\
         cat expected.out >/dev/null\n\
         cp expected.out \"$LABGRADER_RESULTS/copy\"\n\
+        cp expected.out \"$TMPDIR/copy\"\n\
+        cp expected.out /tmp/shared-by-the-harness && chmod 644 /tmp/shared-by-the-harness\n\
         run-as-student ./student.sh\n";
     let job = contract::trusted_job(
         "private",
@@ -978,7 +980,11 @@ async fn trusted_student_reads_nothing_private() {
     let out = stdout(&o);
     let shown = contract::shown(&o);
     assert!(out.contains("searched\n"), "{shown}");
-    assert!(out.contains("files with the secret: []\n"), "{shown}");
+    // The search works: it finds the copy the harness chose to share.
+    assert!(
+        out.contains("files with the secret: [/tmp/shared-by-the-harness]\n"),
+        "{shown}"
+    );
     assert!(
         out.contains("saw harness process"),
         "the harness was not seen: {shown}"
