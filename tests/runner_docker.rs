@@ -1215,3 +1215,37 @@ async fn fork_bomb_left_running_at_the_end_is_a_verdict() {
         );
     }
 }
+
+/// trusted contract, planting in the harness's home: the student's code
+/// plants a Python `.pth` file (run at every interpreter start) where a
+/// `$HOME` in the workspace would put the user site directory; the
+/// harness then starts python3. The harness's home is its own, so nothing
+/// of the student's runs as the harness.
+#[tokio::test]
+async fn trusted_harness_home_is_not_the_students() {
+    let Some(runner) = runner_for(COURSE_IMAGE).await else {
+        return;
+    };
+    let student = b"#!/bin/sh\n\
+        site=$(python3 -c 'import site; print(site.getusersitepackages())')\n\
+        mkdir -p \"$site\" && echo 'import os; print(\"pwned as\", os.getuid())' > \"$site/evil.pth\" \
+        && echo \"planted in $site\"\n\
+        echo 'echo pwned by profile' > \"$HOME/.profile\"\n";
+    let test_all = b"#!/bin/sh\n\
+        run-as-student ./plant.sh\n\
+        echo \"harness home: $HOME\"\n\
+        python3 -c 'print(\"harness python ok\")'\n";
+    let job = contract::trusted_job(
+        "home",
+        &[("plant.sh", student, true)],
+        &[("test_all", test_all, true)],
+        contract::limits(),
+    );
+    let o = contract::run(&runner, &job).await;
+    let out = stdout(&o);
+    let shown = contract::shown(&o);
+    assert!(out.contains("planted in /workspace/"), "{shown}");
+    assert!(out.contains("harness python ok\n"), "{shown}");
+    assert!(!out.contains("pwned"), "{shown}");
+    assert!(out.contains("harness home: /harness\n"), "{shown}");
+}

@@ -364,9 +364,16 @@ impl DockerRunner {
 
     fn container_body(&self, spec: &RunSpec, image: &str, marker: &str) -> ContainerCreateBody {
         let l = &spec.limits;
+        // The harness's home is its own: a home in the workspace would let
+        // student code plant start-up files (a Python user site `.pth`,
+        // `.profile`, `.gitconfig`) that the harness's tools then run.
+        let home = match spec.contract {
+            Contract::Stdout => WORKSPACE_DIR,
+            Contract::Trusted => HARNESS_DIR,
+        };
         let mut env = vec![
             format!("PATH={SAFE_PATH}"),
-            format!("HOME={WORKSPACE_DIR}"),
+            format!("HOME={home}"),
             "LANG=C.UTF-8".to_string(),
             format!("{ENV_WORKSPACE}={WORKSPACE_DIR}"),
         ];
