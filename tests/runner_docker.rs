@@ -1058,7 +1058,9 @@ async fn disk_quota_stops_a_3gb_write_off_the_host() {
         dd if=/dev/zero of=big bs=1048576 count=3072 2>/dev/null; echo \"dd: $?\"\n\
         echo \"size: $(($(stat -c %s big) >> 20)) MiB\"\n\
         dd if=/dev/zero of=/tmp/big bs=1048576 count=3072 2>/dev/null; echo \"tmp dd: $?\"\n\
-        rm -f /tmp/big\n";
+        rm -f /tmp/big\n\
+        dd if=/dev/zero of=/dev/shm/big bs=1048576 count=3072 2>/dev/null; echo \"shm dd: $?\"\n\
+        rm -f /dev/shm/big\n";
     for trusted in [false, true] {
         let limits = Limits {
             disk: 64 << 20,
@@ -1087,6 +1089,7 @@ async fn disk_quota_stops_a_3gb_write_off_the_host() {
         assert!(out.contains("dd: 1\n"), "trusted={trusted}: {shown}");
         assert!(out.contains("size: 6"), "stopped near 64 MiB: {shown}");
         assert!(out.contains("tmp dd: 1\n"), "trusted={trusted}: {shown}");
+        assert!(out.contains("shm dd: 1\n"), "trusted={trusted}: {shown}");
         assert!(o.disk_full, "trusted={trusted}: disk_full not set: {shown}");
         assert!(
             after + (200 << 20) > before,

@@ -102,6 +102,8 @@ const HARNESS_DIR: &str = "/harness";
 const INIT_DIR: &str = "/.labgrader";
 const TEST_PATHS_FILE: &str = "/.labgrader/test-paths";
 const NONCE_FILE: &str = "/.labgrader/nonce";
+/// Largest `/dev/shm` (the engine's default size).
+const SHM_MAX: u64 = 64 << 20;
 /// Size of [`INIT_DIR`]'s tmpfs (the helper and two small files).
 const INIT_TMPFS_SIZE: u64 = 64 << 20;
 /// The capabilities the container's root keeps, for `tar` and `lg-init`
@@ -431,6 +433,8 @@ impl DockerRunner {
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 readonly_rootfs: Some(self.cfg.readonly_rootfs),
                 ipc_mode: Some("private".into()),
+                // /dev/shm: the engine's 64 MiB, or less when `disk` is.
+                shm_size: Some(clamp(l.disk.min(SHM_MAX))),
                 tmpfs: Some(tmpfs),
                 log_config: Some(HostConfigLogConfig {
                     typ: Some("none".into()),
