@@ -1252,3 +1252,70 @@ async fn trusted_harness_home_is_not_the_students() {
     assert!(!out.contains("pwned"), "{shown}");
     assert!(out.contains("harness home: /harness\n"), "{shown}");
 }
+
+/// Exit status 125 is lg-init's "could not set the job up" only without
+/// its results stream: a `test_all` that exits 125 is a verdict, under
+/// both contracts.
+#[tokio::test]
+async fn test_all_exiting_125_is_a_verdict_not_a_setup_fault() {
+    let Some(runner) = busybox().await else {
+        return;
+    };
+    let t: &[u8] = b"#!/bin/sh\necho ran\nexit 125\n";
+    for job in [
+        contract::stdout_job("x125", &[], &[("test_all", t, true)], contract::limits()),
+        contract::trusted_job("x125-t", &[], &[("test_all", t, true)], contract::limits()),
+    ] {
+        let o = contract::run(&runner, &job).await;
+        assert_eq!(
+            o.termination,
+            Termination::Exited { code: 125 },
+            "{}",
+            contract::shown(&o)
+        );
+        assert_eq!(stdout(&o), "ran\n");
+    }
+}
+
+/// lg-init refusing to set a job up (here: the two identities the same,
+/// which config validation would have refused) is a grader fault naming
+/// the reason, never a verdict.
+#[tokio::test]
+async fn lg_init_setup_failure_is_a_grader_fault() {
+    if skip() {
+        return;
+    }
+    let cfg = DockerConfig {
+        harness_user: "65534:65534".into(),
+        ..config(BUSYBOX_IMAGE)
+    };
+    let runner = DockerRunner::connect(&cfg).await.unwrap();
+    let job = contract::stdout_job(
+        "setup-fail",
+        &[],
+        &[("test_all", b"#!/bin/sh\necho ran\n", true)],
+        contract::limits(),
+    );
+    let err = runner
+        .run(&job.spec, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SandboxError::Setup {
+                step: "start the job in the container",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("must differ"), "{err}");
+    assert!(
+        runner
+            .job_containers(Some(&job.spec.job_id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
