@@ -1,6 +1,9 @@
-//! Job start overhead of the native runner, beside a bare fork/exec of the
-//! same trivial `test_all`, the `none` runner, and `docker run` when a
-//! Docker engine answers. Called by `scripts/bench.d/native`; prints one
+//! Job start overhead of the native runner — the `stdout` contract (one
+//! identity) and the two-identity `trusted` setup (harness and student,
+//! lg-init's broker; with and without one `run-as-student` call) — beside
+//! a bare fork/exec of the same trivial `test_all`, the `none` runner,
+//! bubblewrap's full sandbox (`bwrap --unshare-all`) and `docker run` when
+//! a Docker engine answers. Called by `scripts/bench.d/native`; prints one
 //! line per method and the ratios. Not a test: figures, not assertions.
 //!
 //! Usage: native_bench [ITERATIONS] (default 50). Env: LABGRADER_BENCH_IMAGE
@@ -13,7 +16,7 @@ use std::time::{Duration, Instant};
 use labgrader::config::NativeConfig;
 use labgrader::sandbox::native::NativeRunner;
 use labgrader::sandbox::none::NoneRunner;
-use labgrader::sandbox::{Limits, RunSpec, Runner, Termination};
+use labgrader::sandbox::{Contract, Limits, RunSpec, Runner, Termination};
 use tokio_util::sync::CancellationToken;
 
 const TEST_ALL: &str = "#!/bin/sh\necho '<summary>'\necho 'grade_total = 1'\necho '</summary>'\n";
@@ -82,6 +85,46 @@ fn kernel_floor() -> Duration {
     t0.elapsed()
 }
 
+/// bubblewrap's full sandbox around the same test_all: every namespace, a
+/// read-only /usr, fresh /proc, /dev and /tmp, the workspace bound in.
+fn bwrap(ws: &std::path::Path) -> Option<Duration> {
+    let t0 = Instant::now();
+    let st = Command::new("bwrap")
+        .args([
+            "--unshare-all",
+            "--die-with-parent",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+        ])
+        .args([
+            "--symlink",
+            "usr/bin",
+            "/bin",
+            "--symlink",
+            "usr/lib",
+            "/lib",
+        ])
+        .args([
+            "--symlink",
+            "usr/lib64",
+            "/lib64",
+            "--symlink",
+            "usr/sbin",
+            "/sbin",
+        ])
+        .args([
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind",
+        ])
+        .arg(ws)
+        .args(["/workspace", "--chdir", "/workspace", "./test_all"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .ok()?;
+    st.success().then(|| t0.elapsed())
+}
+
 fn docker_answers() -> bool {
     Command::new("docker")
         .args(["version", "--format", "{{.Server.Version}}"])
@@ -120,6 +163,34 @@ async fn main() {
             disk: 1 << 30,
         },
     );
+    // The trusted contract: the same test_all as the harness, in a copy of
+    // the tests; a second one calls run-as-student once.
+    let tests = tempfile::Builder::new()
+        .prefix("lg-bench-tests-")
+        .tempdir()
+        .unwrap();
+    let tests2 = tempfile::Builder::new()
+        .prefix("lg-bench-tests-")
+        .tempdir()
+        .unwrap();
+    for (dir, body) in [
+        (tests.path(), TEST_ALL.to_string()),
+        (tests2.path(), format!("{TEST_ALL}run-as-student true\n")),
+    ] {
+        let t = dir.join("test_all");
+        std::fs::write(&t, body).unwrap();
+        std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let results = tempfile::tempdir().unwrap();
+    let trusted_in = |tests: &std::path::Path| {
+        let mut s = spec.clone();
+        s.contract = Contract::Trusted;
+        s.tests = Some(tests.to_path_buf());
+        s.results = results.path().to_path_buf();
+        s.scratch = results.path().join("runner");
+        s
+    };
+    let (trusted, trusted_call) = (trusted_in(tests.path()), trusted_in(tests2.path()));
     let native = NativeRunner::new(&NativeConfig::default()).expect("native runner available");
     println!(
         "native runner: uid {}, cgroups: {}",
@@ -139,9 +210,22 @@ async fn main() {
         samples: vec![],
     };
     let mut nat = Stats {
-        name: "native runner".into(),
+        name: "native, stdout contract".into(),
         samples: vec![],
     };
+    let mut nat_t = Stats {
+        name: "native, trusted (2 ids)".into(),
+        samples: vec![],
+    };
+    let mut nat_tc = Stats {
+        name: "native, trusted + 1 call".into(),
+        samples: vec![],
+    };
+    let mut bw = Stats {
+        name: "bwrap --unshare-all".into(),
+        samples: vec![],
+    };
+    let have_bwrap = bwrap(ws.path()).is_some();
     let mut floor = Stats {
         name: "kernel: clone 6 namespaces".into(),
         samples: vec![],
@@ -172,6 +256,17 @@ async fn main() {
         assert_eq!(o.termination, Termination::Exited { code: 0 });
         assert!(String::from_utf8_lossy(&o.stdout.bytes).contains("grade_total"));
 
+        for (stats, s) in [(&mut nat_t, &trusted), (&mut nat_tc, &trusted_call)] {
+            let t0 = Instant::now();
+            let o = native.run(s, &cancel).await.unwrap();
+            stats.samples.push(t0.elapsed());
+            assert_eq!(o.termination, Termination::Exited { code: 0 }, "{o:?}");
+        }
+
+        if have_bwrap {
+            bw.samples.extend(bwrap(ws.path()));
+        }
+
         floor.samples.push(kernel_floor());
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -186,13 +281,26 @@ async fn main() {
     none.print();
     floor.print();
     nat.print();
+    nat_t.print();
+    nat_tc.print();
     let overhead = nat.median().saturating_sub(bare.median());
     println!(
-        "native overhead over bare fork/exec (median): {:.2} ms (goal < 20 ms); \
-         of which the kernel's namespace clone+teardown alone: {:.2} ms",
+        "native overhead over bare fork/exec (median): {:.2} ms stdout, {:.2} ms trusted \
+         (goal < 20 ms); of which the kernel's namespace clone+teardown alone: {:.2} ms",
         ms(overhead),
+        ms(nat_t.median().saturating_sub(bare.median())),
         ms(floor.median())
     );
+    if bw.samples.is_empty() {
+        println!("bwrap: not installed or not usable here; bubblewrap comparison not measured");
+    } else {
+        bw.print();
+        println!(
+            "native / bwrap (median): {:.2}x stdout, {:.2}x trusted (goal < 2x)",
+            nat.median().as_secs_f64() / bw.median().as_secs_f64(),
+            nat_t.median().as_secs_f64() / bw.median().as_secs_f64()
+        );
+    }
 
     if docker_answers() {
         let image = std::env::var("LABGRADER_BENCH_IMAGE").unwrap_or_else(|_| "busybox".into());
@@ -204,17 +312,21 @@ async fn main() {
         for _ in 0..m {
             let t0 = Instant::now();
             let st = Command::new("docker")
-                .args(["run", "--rm", "--network", "none", "-v"])
+                .args(["run", "--rm", "--pull", "never", "--network", "none", "-v"])
                 .arg(format!("{}:/workspace", ws.path().display()))
                 .args(["-w", "/workspace", &image, "./test_all"])
                 .stdout(Stdio::null())
+                .stderr(Stdio::null())
                 .status()
                 .unwrap();
+            if !st.success() {
+                break;
+            }
             dock.samples.push(t0.elapsed());
-            assert!(
-                st.success(),
-                "docker run failed (is the image {image} present?)"
-            );
+        }
+        if dock.samples.is_empty() {
+            println!("docker: `docker run {image}` failed (is the image present?); not measured");
+            return;
         }
         dock.print();
         println!(

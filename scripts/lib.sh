@@ -29,3 +29,23 @@ _lg_run_cleanup() {
 trap _lg_run_cleanup EXIT
 
 log() { echo "scripts: $*" >&2; }
+
+# Give USER a subordinate id range of 65536 ids in /etc/subuid and
+# /etc/subgid (the native runner's jobs run as ids from it, never as the
+# daemon's own), unless it has one; and install newuidmap/newgidmap
+# (package uidmap), which the runner uses when it is not root. The range
+# starts at 100000 or past every range already given to anyone.
+ensure_subids() {
+    local user=$1 f start
+    need_pkgs uidmap
+    for f in /etc/subuid /etc/subgid; do
+        [ -e "$f" ] || install -m 0644 /dev/null "$f"
+        if awk -F: -v u="$user" '$1 == u && $3 >= 65536 { found = 1 } END { exit !found }' "$f"; then
+            continue
+        fi
+        start=$(awk -F: 'BEGIN { s = 100000 } NF >= 3 && $2 + $3 > s { s = $2 + $3 } END { print s }' \
+            /etc/subuid /etc/subgid)
+        echo "$user:$start:65536" >> "$f"
+        log "gave $user the subordinate ids $start-$((start + 65535)) in $f"
+    done
+}

@@ -354,8 +354,12 @@ impl Default for DockerConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct NativeConfig {
     pub rootfs: PathBuf,
+    /// The student identity inside the sandbox (the harness is 65533).
     pub uid: u32,
     pub gid: u32,
+    /// A root daemon maps its jobs' ids from this user's range in
+    /// /etc/subuid and /etc/subgid; an unprivileged one uses its own user's.
+    pub subid_user: String,
 }
 
 impl Default for NativeConfig {
@@ -364,6 +368,7 @@ impl Default for NativeConfig {
             rootfs: PathBuf::from("/"),
             uid: 65534,
             gid: 65534,
+            subid_user: "labgrader".into(),
         }
     }
 }

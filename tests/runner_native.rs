@@ -113,11 +113,10 @@ async fn native_happy_path_reads_summary_and_sees_its_sandbox() {
     assert!(stdout.contains("grade_total = 87.5"), "{stdout}");
     assert_eq!(String::from_utf8_lossy(&out.stderr.bytes), "to-staff\n");
     assert_eq!(out.runner, "native");
-    // The workspace is the host directory, read-write.
-    assert_eq!(
-        std::fs::read_to_string(ws.path().join("result.txt")).unwrap(),
-        "kept\n"
-    );
+    assert!(!out.disk_full);
+    // The workspace is a copy in the job's own tmpfs: the host's is left
+    // as it was (and the spool's filesystem pays nothing).
+    assert!(!ws.path().join("result.txt").exists());
 }
 
 #[tokio::test]
@@ -148,7 +147,7 @@ async fn native_setup_failure_names_the_step() {
         .unwrap_err();
     match err {
         SandboxError::Setup { step, message } => {
-            assert_eq!(step, "exec test_all", "{message}");
+            assert_eq!(step, "start test_all", "{message}");
             assert!(message.contains("execve"), "{message}");
         }
         other => panic!("expected a setup error, got {other}"),
@@ -315,31 +314,51 @@ fn sandbox_subcommand_refuses_a_bad_job_file_without_writing() {
     assert!(!dir.path().join("outcome.json").exists());
 }
 
-/// The same subcommand as an ordinary user (uid 65534 via setpriv): no
-/// root, unprivileged user namespaces, no cgroup (rlimits instead).
+/// The daemon's unprivileged user (`labgrader`, the grader unit's): its
+/// uid and gid, when this host has it.
+fn daemon_user() -> Option<nix::unistd::User> {
+    nix::unistd::User::from_name("labgrader").ok().flatten()
+}
+
+/// `labgrader sandbox --job-dir DIR` run as `user` (its groups too) via
+/// setpriv, after handing DIR to it.
+fn sandbox_as(user: &str, uid: u32, gid: u32, dir: &Path) -> std::process::Output {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for e in walkdir::WalkDir::new(dir) {
+        std::os::unix::fs::lchown(e.unwrap().path(), Some(uid), Some(gid)).unwrap();
+    }
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"));
+    if user.is_empty() {
+        cmd.arg("--clear-groups");
+    } else {
+        cmd.arg("--init-groups");
+    }
+    cmd.arg("--")
+        .arg(env!("CARGO_BIN_EXE_labgrader"))
+        .args(["sandbox", "--job-dir"])
+        .arg(dir)
+        .output()
+        .expect("setpriv (util-linux) is needed")
+}
+
+/// The same subcommand as the daemon's unprivileged user: no root, a user
+/// namespace mapped through newuidmap from its subordinate range, no
+/// cgroup (rlimits instead).
 #[test]
 fn sandbox_subcommand_works_unprivileged() {
-    if !nix::unistd::geteuid().is_root() {
-        // Every test of this file already runs unprivileged.
+    let Some(u) = daemon_user().filter(|_| nix::unistd::geteuid().is_root()) else {
+        eprintln!("skipped: needs root and a `labgrader` user (scripts/setup/native.sh)");
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     write_job(
         dir.path(),
         "job-user",
         "id -u\ngrep CapEff /proc/self/status\n",
     );
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    for e in walkdir::WalkDir::new(dir.path()) {
-        std::os::unix::fs::lchown(e.unwrap().path(), Some(65534), Some(65534)).unwrap();
-    }
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_labgrader"))
-        .args(["sandbox", "--job-dir"])
-        .arg(dir.path())
-        .output()
-        .expect("setpriv (util-linux) is needed");
+    let out = sandbox_as("labgrader", u.uid.as_raw(), u.gid.as_raw(), dir.path());
     assert!(
         out.status.success(),
         "{}",
@@ -348,6 +367,66 @@ fn sandbox_subcommand_works_unprivileged() {
     let stdout = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
     // (output is capped at 16 bytes by write_job)
     assert_eq!(stdout, "65534\nCapEff:\t00", "{stdout}");
+}
+
+/// Issue 14: no job runs as the daemon's uid or with its groups. Run as the
+/// daemon's user (unprivileged mode), a job cannot read a 0600 file of the
+/// daemon's uid (its webhook token, say) nor a 0640 file of its group.
+#[test]
+fn native_unprivileged_job_cannot_read_the_daemons_files() {
+    let Some(u) = daemon_user().filter(|_| nix::unistd::geteuid().is_root()) else {
+        eprintln!("skipped: needs root and a `labgrader` user (scripts/setup/native.sh)");
+        return;
+    };
+    // In /etc, which every job sees (read-only), as the daemon's secrets do.
+    let secrets = tempfile::Builder::new()
+        .prefix("lg-test-secrets-")
+        .tempdir_in("/etc")
+        .unwrap();
+    std::fs::set_permissions(secrets.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (own, group) = (secrets.path().join("own"), secrets.path().join("group"));
+    std::fs::write(&own, "own-secret\n").unwrap();
+    std::fs::write(&group, "group-secret\n").unwrap();
+    std::os::unix::fs::chown(&own, Some(u.uid.as_raw()), Some(u.gid.as_raw())).unwrap();
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&group, Some(0), Some(u.gid.as_raw())).unwrap();
+    std::fs::set_permissions(&group, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_job(
+        dir.path(),
+        "job-secrets",
+        &format!(
+            "cat {} {} 2>/dev/null | tr -d '\\n' | head -c 16\n",
+            own.display(),
+            group.display()
+        ),
+    );
+    let out = sandbox_as("labgrader", u.uid.as_raw(), u.gid.as_raw(), dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = std::fs::read_to_string(dir.path().join("stdout")).unwrap();
+    assert_eq!(stdout, "", "the job read the daemon's files");
+}
+
+/// Without a subordinate range (uid 65534 has none) the unprivileged
+/// runner refuses to start, and says what to do.
+#[test]
+fn native_without_a_subordinate_range_refuses_with_what_to_do() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (to become a user without a range)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_job(dir.path(), "job-norange", "echo never\n");
+    let out = sandbox_as("", 65534, 65534, dir.path());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/etc/subuid"), "{err}");
+    assert!(err.contains("scripts/install --native"), "{err}");
+    assert!(!dir.path().join("outcome.json").exists());
 }
 
 /// A student cannot create a user namespace (and with it capabilities)
@@ -443,31 +522,39 @@ fn remove_job_cgroups(prefix: &str) {
     }
 }
 
-/// As root the workspace is handed to the sandbox uid, all of it (past the
-/// inline budget too), without following a symlink planted in it.
+/// The host's workspace is never handed to a job id nor written: a large
+/// tree (and a symlink planted in it) is copied in and laid out inside the
+/// sandbox, where the student owns its files.
 #[tokio::test]
-async fn native_hands_a_large_workspace_to_the_sandbox_uid() {
+async fn native_copies_a_large_workspace_in_and_leaves_the_hosts_alone() {
     use std::os::unix::fs::MetadataExt;
-    if !nix::unistd::geteuid().is_root() {
-        return;
-    }
-    let ws = workspace("touch sub/new && echo wrote\n");
+    let ws = workspace(
+        "touch sub/new && echo wrote\nstat -c '%u %a' sub/f399 .\nls sub | wc -l\n\
+         cat planted 2>/dev/null || echo planted: unreadable\n",
+    );
     std::fs::create_dir(ws.path().join("sub")).unwrap();
     for i in 0..400 {
         std::fs::write(ws.path().join("sub").join(format!("f{i}")), "x").unwrap();
     }
     let victim = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(victim.path(), "host secret\n").unwrap();
     std::os::unix::fs::symlink(victim.path(), ws.path().join("planted")).unwrap();
+    let me = nix::unistd::geteuid().as_raw();
     let out = runner()
         .run(&spec(ws.path()), &CancellationToken::new())
         .await
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout.bytes), "wrote\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout.bytes),
+        "wrote\n65534 644\n65533 1777\n401\nplanted: unreadable\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr.bytes)
+    );
+    assert!(!ws.path().join("sub/new").exists());
     for e in walkdir::WalkDir::new(ws.path()) {
         let m = std::fs::symlink_metadata(e.unwrap().path()).unwrap();
-        assert_eq!((m.uid(), m.gid()), (65534, 65534));
+        assert_eq!(m.uid(), me);
     }
-    assert_eq!(std::fs::metadata(victim.path()).unwrap().uid(), 0);
 }
 
 /// A caller that stops waiting (its future dropped, e.g. a task aborted)
@@ -523,4 +610,531 @@ async fn native_dropped_run_kills_the_job() {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "job cgroups left behind: {left:?}");
+}
+
+// ---------------------------------------------------------------------
+// The two identities (issue 13): attacks first, each failing when the
+// student owns the whole workspace.
+
+/// A job directory laid out as the grader does: `workspace/` (student
+/// files plus the listed test files), `tests/` (trusted), `results/`,
+/// `runner/`.
+struct Job {
+    dir: tempfile::TempDir,
+    spec: RunSpec,
+}
+
+fn exe(p: &Path, body: &str) {
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(p, body).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn file(p: &Path, body: &str) {
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(p, body).unwrap();
+}
+
+/// `student` and `tests` are (relative path, contents, executable).
+fn job(
+    contract: labgrader::sandbox::Contract,
+    student: &[(&str, &str, bool)],
+    tests: &[(&str, &str, bool)],
+) -> Job {
+    use labgrader::sandbox::Contract;
+    let dir = tempfile::Builder::new()
+        .prefix("lg-job-")
+        .tempdir()
+        .unwrap();
+    let ws = dir.path().join("workspace");
+    std::fs::create_dir(&ws).unwrap();
+    let put = |root: &Path, entries: &[(&str, &str, bool)]| {
+        for (p, body, x) in entries {
+            if *x {
+                exe(&root.join(p), body)
+            } else {
+                file(&root.join(p), body)
+            }
+        }
+    };
+    put(&ws, student);
+    let mut spec = RunSpec::new(
+        format!("native-ids-{}", std::process::id()),
+        ws.clone(),
+        vec![("LABGRADER_JOB_ID".into(), "native-ids".into())],
+        common::hostile::limits(),
+    );
+    spec.contract = contract;
+    match contract {
+        Contract::Stdout => {
+            put(&ws, tests);
+            let mut paths = Vec::new();
+            for (p, _, _) in tests {
+                let mut acc = PathBuf::new();
+                for c in Path::new(p).components() {
+                    acc.push(c);
+                    if !paths.contains(&acc) {
+                        paths.push(acc.clone());
+                    }
+                }
+            }
+            spec.test_paths = std::sync::Arc::new(paths);
+        }
+        Contract::Trusted => {
+            let t = dir.path().join("tests");
+            std::fs::create_dir(&t).unwrap();
+            put(&t, tests);
+            spec.tests = Some(t);
+        }
+    }
+    std::fs::create_dir(&spec.results).unwrap();
+    std::fs::create_dir(&spec.scratch).unwrap();
+    Job { dir, spec }
+}
+
+fn out_of(o: &labgrader::sandbox::RunOutcome) -> String {
+    String::from_utf8_lossy(&o.stdout.bytes).into_owned()
+}
+
+fn shown(o: &labgrader::sandbox::RunOutcome) -> String {
+    format!(
+        "{:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.termination,
+        out_of(o),
+        String::from_utf8_lossy(&o.stderr.bytes)
+    )
+}
+
+/// The bash harness-rewrite attack: `test_all` (bash, which reads its
+/// script as it runs) calls the student's script, which rewrites the rest
+/// of `test_all` (in place, appended, replaced by rename or unlink) so
+/// that the injected lines print a perfect summary.
+#[tokio::test]
+async fn native_stdout_harness_rewrite_attack_is_defeated() {
+    use labgrader::sandbox::Contract;
+    let injected = "echo '<summary>'; echo 'grade_total = 100'; echo '</summary>'; exit 0\n";
+    let student = format!(
+        "#!/bin/sh\n\
+         INJ=\"{injected}\"\n\
+         printf '%s' \"$INJ\" >> test_all 2>/dev/null && echo appended\n\
+         printf '%s' \"$INJ$INJ$INJ\" | dd of=test_all bs=1 seek=40 conv=notrunc 2>/dev/null && echo overwrote\n\
+         {{ head -c 40 test_all; printf '%s' \"$INJ\"; }} > /tmp/t && mv -f /tmp/t test_all 2>/dev/null && echo renamed\n\
+         {{ head -c 40 test_all; printf '%s' \"$INJ\"; }} > /tmp/t; rm -f test_all 2>/dev/null; cp /tmp/t test_all 2>/dev/null && echo replaced\n\
+         chmod u+w test_all 2>/dev/null && echo chmodded\n\
+         exit 0\n"
+    );
+    let j = job(
+        Contract::Stdout,
+        &[("student.sh", &student, true)],
+        &[(
+            "test_all",
+            "#!/bin/bash\n./student.sh\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\n\
+             echo '<summary>'\necho 'grade_total = 10'\necho '</summary>'\n",
+            true,
+        )],
+    );
+    let o = runner()
+        .run(&j.spec, &CancellationToken::new())
+        .await
+        .unwrap();
+    let out = out_of(&o);
+    assert!(!out.contains("grade_total = 100"), "{}", shown(&o));
+    assert!(out.contains("grade_total = 10\n"), "{}", shown(&o));
+    for verb in ["appended", "overwrote", "renamed", "replaced", "chmodded"] {
+        assert!(!out.contains(verb), "{verb}: {}", shown(&o));
+    }
+    drop(j.dir);
+}
+
+/// The data-swap attack: the student replaces the expected output that
+/// `test_all` reads after running the student's code (write, unlink and
+/// create, rename over, chmod, rename of the directory); the student's own
+/// files stay the student's (a build works, new files in a test
+/// directory can be created).
+#[tokio::test]
+async fn native_stdout_data_swap_attack_is_defeated_and_a_build_works() {
+    use labgrader::sandbox::Contract;
+    let student = "#!/bin/sh\n\
+        E=data/expected.txt\n\
+        echo 41 > $E 2>/dev/null && echo swap: write\n\
+        rm -f $E 2>/dev/null; [ -e $E ] || { echo 41 > $E && echo swap: unlink; }\n\
+        echo 41 > /tmp/e; mv -f /tmp/e $E 2>/dev/null && echo swap: rename\n\
+        chmod 666 $E 2>/dev/null && echo swap: chmod\n\
+        mv data data.old 2>/dev/null && mkdir data && echo 41 > $E && echo swap: dir\n\
+        ln -sf /tmp/e $E 2>/dev/null && echo swap: link\n\
+        echo 'int main(void){return 0;}' > src/main.c && cc -o src/prog src/main.c && ./src/prog && echo build: ok\n\
+        echo mine > data/mine.txt && echo mine: ok\n\
+        echo 41\n";
+    let j = job(
+        Contract::Stdout,
+        &[
+            ("student.sh", student, true),
+            ("src/main.c", "int main(void){return 1;}\n", false),
+        ],
+        &[
+            (
+                "test_all",
+                "#!/bin/sh\ngot=$(./student.sh)\necho \"$got\" | grep -v '^41$'\n\
+                 [ \"$(echo \"$got\" | tail -n1)\" = \"$(cat data/expected.txt)\" ] && g=100 || g=0\n\
+                 echo '<summary>'\necho \"grade_total = $g\"\necho '</summary>'\n",
+                true,
+            ),
+            ("data/expected.txt", "7\n", false),
+        ],
+    );
+    let o = runner()
+        .run(&j.spec, &CancellationToken::new())
+        .await
+        .unwrap();
+    let out = out_of(&o);
+    assert!(out.contains("grade_total = 0\n"), "{}", shown(&o));
+    assert!(!out.contains("swap:"), "{}", shown(&o));
+    assert!(out.contains("build: ok\n"), "{}", shown(&o));
+    assert!(out.contains("mine: ok\n"), "{}", shown(&o));
+}
+
+/// Trusted contract: the student's code tries to forge the results (write
+/// them, keep rewriting them from a background process, stop or kill its
+/// parent and the harness, print a perfect summary); the results the
+/// runner returns are the harness's.
+#[tokio::test]
+async fn native_trusted_results_are_the_harness_s_whatever_the_student_does() {
+    use labgrader::sandbox::Contract;
+    let student = "#!/bin/sh\nR=$1\n\
+        echo forged > $R/results.json 2>/dev/null && echo 'wrote results'\n\
+        (while :; do echo forged > $R/results.json 2>/dev/null; sleep 0.01; done) &\n\
+        setsid sh -c \"while :; do echo forged > $R/results.json 2>/dev/null; sleep 0.01; done\" &\n\
+        kill -STOP $PPID 2>/dev/null && echo 'stopped parent'\n\
+        for i in $(seq 1 400); do [ $i = $$ ] || kill -STOP $i 2>/dev/null; done\n\
+        echo '<summary>'; echo 'grade_total = 100'; echo '</summary>'\n\
+        for i in $(seq 1 400); do [ $i = $$ ] || kill -KILL $i 2>/dev/null; done\n\
+        exit 0\n";
+    let j = job(
+        Contract::Trusted,
+        &[("student.sh", student, true)],
+        &[(
+            "test_all",
+            "#!/bin/sh\nrun-as-student ./student.sh \"$LABGRADER_RESULTS\"\necho \"student: $?\"\n\
+             sleep 0.3\necho '{\"score\": 7}' > \"$LABGRADER_RESULTS/results.json\"\n\
+             sleep 0.3\necho harness done\n",
+            true,
+        )],
+    );
+    let o = runner()
+        .run(&j.spec, &CancellationToken::new())
+        .await
+        .unwrap();
+    let out = out_of(&o);
+    assert_eq!(
+        o.termination,
+        Termination::Exited { code: 0 },
+        "{}",
+        shown(&o)
+    );
+    assert!(
+        out.contains("student: 0\n") && out.contains("harness done\n"),
+        "{}",
+        shown(&o)
+    );
+    assert!(
+        !out.contains("wrote results") && !out.contains("stopped parent"),
+        "{}",
+        shown(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(j.spec.results.join("results.json")).unwrap(),
+        "{\"score\": 7}\n"
+    );
+}
+
+/// Trusted contract: the student's code searches the whole sandbox for
+/// the expected output (file contents, names) and reads the harness's
+/// /proc (environ, cmdline, cwd, fd, mem): nothing private is readable.
+#[tokio::test]
+async fn native_trusted_student_finds_nothing_private() {
+    use labgrader::sandbox::Contract;
+    // The secret is split so that no script holds it whole.
+    let search = "#!/bin/sh\nP=\"lgsec\"\"ret42\"\n\
+        find / -path /proc -prune -o -path /usr -prune -o -path /sys -prune -o -type f -print0 2>/dev/null \
+          | xargs -0 grep -l -D skip \"$P\" 2>/dev/null | sed 's/^/found: /'\n\
+        grep -rl -D skip \"$P\" /tmp /harness /workspace /.labgrader /dev/shm /run /var 2>/dev/null | sed 's/^/found: /'\n\
+        find / -path /proc -prune -o -name 'lgexp-*' -print 2>/dev/null | sed 's/^/name: /'\n\
+        for p in /proc/[0-9]*; do\n\
+          for f in environ cmdline; do tr '\\0' '\\n' < $p/$f 2>/dev/null | grep \"$P\" | sed 's/^/proc: /'; done\n\
+          ls $p/cwd/ $p/fd/ 2>/dev/null | grep -q lgexp && echo \"proc: $p cwd or fd\"\n\
+          head -c 64 $p/mem >/dev/null 2>&1 && echo \"proc: $p mem\"\n\
+        done\n\
+        echo searched\n";
+    let j = job(
+        Contract::Trusted,
+        &[("search.sh", search, true)],
+        &[
+            (
+                "test_all",
+                "#!/bin/sh\nexport HARNESS_SECRET=\"$(cat lgexp-secret.txt)\"\n\
+                 cp lgexp-secret.txt \"$TMPDIR/lgexp-secret.copy\"\n\
+                 exec 7< lgexp-secret.txt\n\
+                 run-as-student ./search.sh\necho \"status: $?\"\n",
+                true,
+            ),
+            ("lgexp-secret.txt", "lgsecret42\n", false),
+        ],
+    );
+    let mut j = j;
+    j.spec.limits.timeout = Duration::from_secs(60);
+    let o = runner()
+        .run(&j.spec, &CancellationToken::new())
+        .await
+        .unwrap();
+    let out = out_of(&o);
+    assert!(out.contains("searched\nstatus: 0\n"), "{}", shown(&o));
+    for leak in ["found:", "name:", "proc:"] {
+        assert!(!out.contains(leak), "{leak} {}", shown(&o));
+    }
+}
+
+/// Trusted contract: run-as-student passes the status back (exit 3 -> 3,
+/// SIGKILL -> 137), and nothing the student started survives its call.
+#[tokio::test]
+async fn native_run_as_student_passes_status_and_leaves_nothing_running() {
+    use labgrader::sandbox::Contract;
+    let j = job(
+        Contract::Trusted,
+        &[],
+        &[(
+            "test_all",
+            "#!/bin/sh\nrun-as-student sh -c 'exit 3'; echo \"exit: $?\"\n\
+             run-as-student sh -c 'kill -9 $$'; echo \"kill: $?\"\n\
+             run-as-student sh -c 'setsid sleep 100 </dev/null >/dev/null 2>&1 & (sleep 101 </dev/null >/dev/null 2>&1 &); echo started'\n\
+             run-as-student sh -c 'cat /proc/[0-9]*/cmdline 2>/dev/null | tr \"\\0\" \" \" | grep -c \"sleep 10[01]\"'\n\
+             run-as-student nonexistent-command 2>/dev/null; echo \"missing: $?\"\n",
+            true,
+        )],
+    );
+    let o = runner()
+        .run(&j.spec, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        out_of(&o),
+        "exit: 3\nkill: 137\nstarted\n0\nmissing: 127\n",
+        "{}",
+        shown(&o)
+    );
+}
+
+/// OOM parity: a child of test_all is OOM-killed, test_all survives it
+/// and prints a summary: the run is memory_limit (as on docker and Slurm).
+#[tokio::test]
+async fn native_oom_killed_child_with_surviving_test_all_is_memory_limit() {
+    let ws = workspace(
+        "./memhog; echo \"memhog: $?\"\necho '<summary>'\necho 'grade_total = 50'\necho '</summary>'\nexit 0\n",
+    );
+    std::fs::copy(
+        common::hostile::helper_bin("memhog"),
+        ws.path().join("memhog"),
+    )
+    .unwrap();
+    let r = runner();
+    if r.cgroups().is_none() {
+        eprintln!("skipped: no job cgroups here (an OOM kill cannot be told from a crash)");
+        return;
+    }
+    let o = r
+        .run(&spec(ws.path()), &CancellationToken::new())
+        .await
+        .unwrap();
+    let out = out_of(&o);
+    assert!(out.contains("grade_total = 50"), "{}", shown(&o));
+    assert_eq!(o.termination, Termination::MemoryLimit, "{}", shown(&o));
+}
+
+/// Disk quota: a 3 GB write (workspace and /tmp) stops at `limits.disk`,
+/// the outcome says the disk was full, and the filesystem holding the
+/// host's job files (the spool's) grows by less than the quota.
+#[tokio::test]
+async fn native_disk_quota_stops_a_3gb_write_and_the_spool_pays_nothing() {
+    let ws = workspace(
+        "dd if=/dev/zero of=big bs=1M count=3072 2>&1 | grep -o 'No space left on device' | head -1\n\
+         dd if=/dev/zero of=/tmp/big bs=1M count=3072 2>&1 | grep -o 'No space left on device' | head -1\n\
+         du -sm big | cut -f1\necho done\n",
+    );
+    let mut s = spec(ws.path());
+    s.limits.disk = 64 << 20;
+    s.limits.memory = 512 << 20;
+    s.limits.file_size = 4 << 30;
+    s.limits.timeout = Duration::from_secs(30);
+    let free = || {
+        let v = nix::sys::statvfs::statvfs(ws.path()).unwrap();
+        v.blocks_available() as u64 * v.fragment_size() as u64
+    };
+    let before = free();
+    let o = runner().run(&s, &CancellationToken::new()).await.unwrap();
+    let after = free();
+    assert_eq!(
+        out_of(&o),
+        "No space left on device\nNo space left on device\n64\ndone\n",
+        "{}",
+        shown(&o)
+    );
+    assert!(o.disk_full, "{}", shown(&o));
+    assert!(
+        before.saturating_sub(after) < s.limits.disk,
+        "the spool's filesystem lost {} bytes",
+        before.saturating_sub(after)
+    );
+}
+
+/// Unprivileged under `no_new_privs` (systemd's NoNewPrivileges=yes, the
+/// grader unit without the native drop-in): the setuid newuidmap cannot
+/// work, and the runner refuses at start saying what to do.
+#[test]
+fn native_unprivileged_under_no_new_privs_refuses_with_what_to_do() {
+    let Some(u) = daemon_user().filter(|_| nix::unistd::geteuid().is_root()) else {
+        eprintln!("skipped: needs root and a `labgrader` user (scripts/setup/native.sh)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_job(dir.path(), "job-nnp", "echo never\n");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for e in walkdir::WalkDir::new(dir.path()) {
+        std::os::unix::fs::lchown(
+            e.unwrap().path(),
+            Some(u.uid.as_raw()),
+            Some(u.gid.as_raw()),
+        )
+        .unwrap();
+    }
+    let out = std::process::Command::new("setpriv")
+        .arg(format!("--reuid={}", u.uid))
+        .arg(format!("--regid={}", u.gid))
+        .args(["--init-groups", "--no-new-privs", "--"])
+        .arg(env!("CARGO_BIN_EXE_labgrader"))
+        .args(["sandbox", "--job-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("NoNewPrivileges") && err.contains("scripts/install --native"),
+        "{err}"
+    );
+}
+
+/// Trusted contract: the harness's HOME is its own, not the workspace: a
+/// student who plants a Python user-site `.pth` (or any dotfile) where the
+/// harness's tools would read it gets nothing run as the harness.
+#[tokio::test]
+async fn native_trusted_harness_home_is_not_the_students() {
+    use labgrader::sandbox::Contract;
+    if !Path::new("/usr/bin/python3").exists() {
+        eprintln!("skipped: needs python3");
+        return;
+    }
+    let plant = "#!/bin/sh\n\
+        d=$(python3 -c 'import site; print(site.getusersitepackages())')\n\
+        mkdir -p \"$d\" && echo 'import os; print(\"PWNED as\", os.getuid())' > \"$d/evil.pth\"\n\
+        echo planted in $d\n";
+    let j = job(
+        Contract::Trusted,
+        &[("plant.sh", plant, true)],
+        &[(
+            "test_all",
+            "#!/bin/sh\nrun-as-student ./plant.sh\necho \"harness HOME=$HOME\"\n\
+             python3 -c 'print(\"harness python ran\")'\n",
+            true,
+        )],
+    );
+    let o = runner()
+        .run(&j.spec, &CancellationToken::new())
+        .await
+        .unwrap();
+    let out = out_of(&o);
+    assert!(out.contains("planted in /workspace/"), "{}", shown(&o));
+    assert!(out.contains("harness HOME=/harness\n"), "{}", shown(&o));
+    assert!(out.contains("harness python ran\n"), "{}", shown(&o));
+    assert!(!out.contains("PWNED"), "{}", shown(&o));
+}
+
+/// Stdout contract: a test file in a directory that also came from the
+/// student (and is not itself listed) still cannot be unlinked or renamed
+/// away by the student: its directories are the harness's, sticky.
+#[tokio::test]
+async fn native_stdout_test_file_in_a_student_directory_stays() {
+    use labgrader::sandbox::Contract;
+    let mut j = job(
+        Contract::Stdout,
+        &[
+            ("lib/mine.py", "x = 1\n", false),
+            (
+                "student.sh",
+                "#!/bin/sh\nrm -f lib/check.py 2>/dev/null; mv lib/check.py lib/x 2>/dev/null\n\
+                 [ -e lib/check.py ] || echo removed\necho 'print(100)' > lib/check.py 2>/dev/null\n\
+                 echo 'x = 2' > lib/mine.py && echo mine: ok\n",
+                true,
+            ),
+        ],
+        &[
+            (
+                "test_all",
+                "#!/bin/sh\n./student.sh\ncat lib/check.py\n",
+                true,
+            ),
+            ("lib/check.py", "print(7)\n", false),
+        ],
+    );
+    // As a layer that lists only files would: `lib` itself not listed.
+    j.spec.test_paths = std::sync::Arc::new(vec![
+        PathBuf::from("test_all"),
+        PathBuf::from("lib/check.py"),
+    ]);
+    let o = runner()
+        .run(&j.spec, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(out_of(&o), "mine: ok\nprint(7)\n", "{}", shown(&o));
+}
+
+/// Trusted contract: the tests are immutable for the harness too (it can
+/// add files beside them, never change one), and the student cannot even
+/// list the harness's home.
+#[tokio::test]
+async fn native_trusted_tests_are_immutable_and_the_harness_home_private() {
+    use labgrader::sandbox::Contract;
+    let j = job(
+        Contract::Trusted,
+        &[(
+            "peek.sh",
+            "#!/bin/sh\nls /harness >/dev/null 2>&1 && echo student: listed || echo student: denied\n\
+             cat /harness/tests/data.txt 2>/dev/null || echo student: unreadable\n",
+            true,
+        )],
+        &[
+            (
+                "test_all",
+                "#!/bin/sh\necho x >> data.txt 2>/dev/null && echo harness: changed\n\
+                 rm -f data.txt 2>/dev/null; [ -e data.txt ] || echo harness: removed\n\
+                 chmod u+w data.txt 2>/dev/null && echo harness: chmodded\n\
+                 echo mine > scratch.txt && echo harness: added\n\
+                 run-as-student ./peek.sh\ncat data.txt\n",
+                true,
+            ),
+            ("data.txt", "original\n", false),
+        ],
+    );
+    let o = runner()
+        .run(&j.spec, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        out_of(&o),
+        "harness: added\nstudent: denied\nstudent: unreadable\noriginal\n",
+        "{}",
+        shown(&o)
+    );
 }

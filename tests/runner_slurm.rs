@@ -384,3 +384,121 @@ async fn slurm_unreachable_restd_is_unavailable() {
         .unwrap_err();
     assert!(matches!(err, SandboxError::Unavailable { .. }), "{err}");
 }
+
+// --- the contract, results, OOM parity and quota through the job dir -------
+
+fn exe(p: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(p, body).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Stdout contract through Slurm: the test files listed in `test_paths`
+/// stay immutable to the student on the node (the data-swap attack), and
+/// the student's own files stay writable.
+#[tokio::test]
+async fn slurm_stdout_test_files_are_immutable_to_the_student() {
+    let Some(r) = runner() else { return };
+    let ws = workspace(
+        "E=data/expected.txt\n\
+         echo 41 > $E 2>/dev/null && echo swap: write\n\
+         echo 41 > /tmp/e; mv -f /tmp/e $E 2>/dev/null && echo swap: rename\n\
+         chmod 666 $E 2>/dev/null && echo swap: chmod\n\
+         echo built > mine.o && echo build: ok\n\
+         cat $E\n",
+    );
+    std::fs::create_dir(ws.path().join("data")).unwrap();
+    std::fs::write(ws.path().join("data/expected.txt"), "7\n").unwrap();
+    let mut s = spec(&unique("swap"), ws.path());
+    s.test_paths = Arc::new(vec![
+        PathBuf::from("test_all"),
+        PathBuf::from("data"),
+        PathBuf::from("data/expected.txt"),
+    ]);
+    let o = r.run(&s, &CancellationToken::new()).await.unwrap();
+    assert_eq!(stdout(&o), "build: ok\n7\n", "{o:?}");
+}
+
+/// Trusted contract through Slurm: the harness's results come back (the
+/// student's forgeries do not), with its tests private on the node.
+#[tokio::test]
+async fn slurm_trusted_results_come_back_and_the_student_cannot_forge_them() {
+    let Some(r) = runner() else { return };
+    let ws = tempfile::Builder::new()
+        .prefix("lg-slurm-")
+        .tempdir()
+        .unwrap();
+    exe(
+        &ws.path().join("student.sh"),
+        "#!/bin/sh\necho forged > \"$1/results.json\" 2>/dev/null && echo forged\n\
+         cat /harness/tests/secret.txt 2>/dev/null || echo secret: hidden\n\
+         (while :; do echo forged > \"$1/results.json\" 2>/dev/null; sleep 0.01; done) &\nexit 5\n",
+    );
+    let tests = tempfile::Builder::new()
+        .prefix("lg-slurm-tests-")
+        .tempdir()
+        .unwrap();
+    exe(
+        &tests.path().join("test_all"),
+        "#!/bin/sh\nrun-as-student ./student.sh \"$LABGRADER_RESULTS\"; echo \"student: $?\"\n\
+         echo '{\"score\": 3}' > \"$LABGRADER_RESULTS/results.json\"\nsleep 0.2\n",
+    );
+    std::fs::write(tests.path().join("secret.txt"), "s3cret\n").unwrap();
+    let results = tempfile::tempdir().unwrap();
+    let mut s = spec(&unique("trusted"), ws.path());
+    s.contract = labgrader::sandbox::Contract::Trusted;
+    s.tests = Some(tests.path().to_path_buf());
+    s.results = results.path().join("results");
+    std::fs::create_dir(&s.results).unwrap();
+    let o = r.run(&s, &CancellationToken::new()).await.unwrap();
+    assert_eq!(o.termination, Termination::Exited { code: 0 }, "{o:?}");
+    assert_eq!(stdout(&o), "secret: hidden\nstudent: 5\n", "{o:?}");
+    assert_eq!(
+        std::fs::read_to_string(s.results.join("results.json")).unwrap(),
+        "{\"score\": 3}\n"
+    );
+}
+
+/// OOM parity through Slurm: a child is OOM-killed, test_all survives
+/// and prints a summary: memory_limit, as on native and docker.
+#[tokio::test]
+async fn slurm_oom_killed_child_with_surviving_test_all_is_memory_limit() {
+    let Some(r) = runner() else { return };
+    let ws = workspace(
+        "./memhog; echo \"memhog: $?\"\necho '<summary>'\necho 'grade_total = 50'\necho '</summary>'\nexit 0\n",
+    );
+    std::fs::copy(
+        common::hostile::helper_bin("memhog"),
+        ws.path().join("memhog"),
+    )
+    .unwrap();
+    let o = r
+        .run(&spec(&unique("oom"), ws.path()), &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        o.termination,
+        Termination::MemoryLimit,
+        "{o:?} {}",
+        stdout(&o)
+    );
+}
+
+/// The disk quota through Slurm: a large write stops at `limits.disk`
+/// on the node, and the outcome says so.
+#[tokio::test]
+async fn slurm_disk_quota_stops_a_large_write_and_is_reported() {
+    let Some(r) = runner() else { return };
+    let ws = workspace(
+        "dd if=/dev/zero of=big bs=1M count=3072 2>&1 | grep -o 'No space left on device' | head -1\n",
+    );
+    let mut s = spec(&unique("disk"), ws.path());
+    s.limits.disk = 32 << 20;
+    s.limits.file_size = 4 << 30;
+    let o = r.run(&s, &CancellationToken::new()).await.unwrap();
+    assert_eq!(stdout(&o), "No space left on device\n", "{o:?}");
+    assert!(o.disk_full, "{o:?}");
+}

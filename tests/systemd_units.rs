@@ -156,7 +156,8 @@ fn hook_unit_has_no_docker_access_and_the_tightest_filters() {
 #[test]
 fn exposure_stays_low() {
     // Hardening regression guard; figures on systemd 252: hook 1.1,
-    // grader 1.5, serve 1.5, grader with the native drop-in 4.9.
+    // grader 1.5, serve 1.5, grader with the native drop-in 5.3 (4.9 before
+    // it let the setuid newuidmap/newgidmap work).
     let (_dir, units) = staged_units();
     for u in &units {
         let e = exposure(u);

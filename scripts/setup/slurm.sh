@@ -32,6 +32,10 @@ lg_slurm_main() {
     if ! id -u "$user" >/dev/null 2>&1; then
         useradd --system --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin "$user"
     fi
+    # The node's sandbox maps its jobs' ids from a subordinate range (as
+    # root: labgrader's; as the job user: that user's), with newuidmap.
+    ensure_subids "$user" || return 1
+    [ "$job_user" = "$user" ] || [ "$job_user" = root ] || ensure_subids "$job_user" || return 1
 
     mkdir -p "$dir"/{etc,state,spool,log,run,shared}
     chmod 0755 "$dir" "$dir/etc" "$dir/shared"

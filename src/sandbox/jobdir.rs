@@ -4,7 +4,10 @@
 //!
 //! ```text
 //! DIR/job.json       JobFile, written by the grader before submission
+//!                    (limits, environment, contract, test paths)
 //! DIR/workspace/     the prepared workspace (test_all at its top)
+//! DIR/tests/         the harness's tests (trusted contract)
+//! DIR/results/       the harness's results files, written by the node
 //! DIR/stdout         captured stdout (at most limits.output bytes)
 //! DIR/stderr         captured stderr (at most limits.output bytes)
 //! DIR/outcome.json   OutcomeFile, written last (its presence = finished)
@@ -25,11 +28,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::native::job::{JobFile, VERSION};
-use super::{Captured, RunSpec, Termination};
+use super::{Captured, RESULTS_BYTES, RESULTS_FILES, RunSpec, Termination};
 
 pub const JOB_FILE: &str = "job.json";
 pub const OUTCOME_FILE: &str = "outcome.json";
 pub const WORKSPACE_DIR: &str = "workspace";
+pub const TESTS_DIR: &str = "tests";
+pub const RESULTS_DIR: &str = "results";
 pub const STDOUT_FILE: &str = "stdout";
 pub const STDERR_FILE: &str = "stderr";
 
@@ -47,6 +52,9 @@ pub struct OutcomeFile {
     pub host: Option<String>,
     /// A setup failure of the sandbox itself (a grader fault), if any.
     pub setup_error: Option<String>,
+    /// A writable place of the job was full (`limits.disk`) at its end.
+    #[serde(default)]
+    pub disk_full: bool,
 }
 
 /// Paths of one job directory.
@@ -64,6 +72,14 @@ impl JobDir {
         self.root.join(WORKSPACE_DIR)
     }
 
+    pub fn tests(&self) -> PathBuf {
+        self.root.join(TESTS_DIR)
+    }
+
+    pub fn results(&self) -> PathBuf {
+        self.root.join(RESULTS_DIR)
+    }
+
     pub fn file(&self, name: &str) -> PathBuf {
         self.root.join(name)
     }
@@ -75,6 +91,8 @@ impl JobDir {
             job_id: spec.job_id.clone(),
             env: spec.env.iter().cloned().collect(),
             limits: spec.limits.clone(),
+            contract: spec.contract,
+            test_paths: spec.test_paths.to_vec(),
         };
         write_atomic(&self.file(JOB_FILE), &serde_json::to_vec_pretty(&job)?)
     }
@@ -94,6 +112,50 @@ impl JobDir {
         f.stderr.bytes = std::fs::read(self.file(STDERR_FILE)).unwrap_or_default();
         Ok(Some(f))
     }
+}
+
+/// Move the node's results files (`DIR/results/`) into `into`, as the
+/// sandbox's results stream would: regular files only, never through a
+/// symlink, at most [`RESULTS_FILES`] files and [`RESULTS_BYTES`] bytes,
+/// created `O_EXCL`. The job directory is on a shared filesystem the node
+/// wrote: its contents are checked like any sandbox output.
+pub fn take_results(from: &Path, into: &Path) -> io::Result<()> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut names: Vec<String> = match std::fs::read_dir(from) {
+        Ok(rd) => rd
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    names.sort();
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    for name in names {
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+            continue;
+        }
+        let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(from.join(&name))
+        else {
+            continue;
+        };
+        let meta = f.metadata()?;
+        if !meta.is_file() || files.len() >= RESULTS_FILES || total + meta.len() > RESULTS_BYTES {
+            continue;
+        }
+        let mut data = Vec::new();
+        f.take(meta.len()).read_to_end(&mut data)?;
+        total += data.len() as u64;
+        files.push((name, data));
+    }
+    std::fs::create_dir_all(into)?;
+    let results = super::results_stream::Results { files, flags: 0 };
+    super::results_stream::write_into(into, &results)
 }
 
 /// Write `bytes` to `path` through a temporary file, fsync, rename: a
@@ -148,6 +210,7 @@ mod tests {
             stderr: Captured::default(),
             started_at: now,
             ended_at: now,
+            disk_full: true,
         };
         std::fs::write(d.file(STDOUT_FILE), b"hello").unwrap();
         write_atomic(&d.file(OUTCOME_FILE), &serde_json::to_vec(&node).unwrap()).unwrap();
@@ -155,5 +218,6 @@ mod tests {
         assert_eq!(f.termination, Termination::Timeout);
         assert_eq!(f.stdout.bytes, b"hello");
         assert_eq!(f.host, None);
+        assert!(f.disk_full);
     }
 }

@@ -487,10 +487,15 @@ impl SlurmRunner {
         Ok(Attach::None)
     }
 
-    /// Copy the workspace into a fresh job directory and write `job.json`.
+    /// Copy the workspace (and, trusted, the tests) into a fresh job
+    /// directory and write `job.json`.
     async fn prepare(&self, jd: &JobDir, spec: &RunSpec) -> Result<(), SlurmError> {
         let jd = jd.clone();
         let src = spec.workspace.clone();
+        let tests = match spec.contract {
+            super::Contract::Trusted => spec.tests.clone(),
+            super::Contract::Stdout => None,
+        };
         let mut spec = spec.clone();
         let chown_to = self.chown_to;
         tokio::task::spawn_blocking(move || {
@@ -502,6 +507,10 @@ impl SlurmRunner {
                 std::fs::create_dir_all(&root)?;
                 copy_tree(&src, &jd.workspace())?;
                 spec.workspace = jd.workspace();
+                if let Some(t) = &tests {
+                    copy_tree(t, &jd.tests())?;
+                    spec.tests = Some(jd.tests());
+                }
                 jd.write_job(&spec)?;
                 if let Some((uid, gid)) = chown_to {
                     chown_tree(&root, uid, gid)?;
@@ -694,6 +703,7 @@ impl SlurmRunner {
                     runner: "slurm".into(),
                     host: job.as_ref().and_then(|j| j.batch_host.clone()),
                     setup_error: None,
+                    disk_full: false,
                 }
             }
             (Some(o), None) if o.setup_error.is_some() => {
@@ -732,8 +742,31 @@ impl SlurmRunner {
             runner: "slurm".into(),
             image: None,
             image_id: None,
-            disk_full: false,
+            disk_full: o.disk_full,
         })
+    }
+
+    /// [`Self::collect`], then (trusted) the harness's results files the
+    /// node left in the job directory, into `spec.results`.
+    async fn collect_with_results(
+        &self,
+        jd: &JobDir,
+        spec: &RunSpec,
+        slurm_id: Option<u64>,
+        job: Option<SlurmJob>,
+    ) -> Result<RunOutcome, SandboxError> {
+        let outcome = self.collect(jd, slurm_id, job).await?;
+        if spec.contract == super::Contract::Trusted {
+            let (from, into) = (jd.results(), spec.results.clone());
+            tokio::task::spawn_blocking(move || super::jobdir::take_results(&from, &into))
+                .await
+                .map_err(|e| SandboxError::Io(io::Error::other(e.to_string())))?
+                .map_err(|e| SandboxError::Setup {
+                    step: "collect the results",
+                    message: format!("{}: {e}", jd.results().display()),
+                })?;
+        }
+        Ok(outcome)
     }
 
     async fn run_inner(
@@ -749,7 +782,7 @@ impl SlurmRunner {
             }
             Attach::OutcomeOnly => {
                 tracing::info!(job_id = %spec.job_id, "collecting a slurm job finished before a restart");
-                return self.collect(jd, None, None).await;
+                return self.collect_with_results(jd, spec, None, None).await;
             }
             Attach::None => {
                 self.prepare(jd, spec).await?;
@@ -762,7 +795,8 @@ impl SlurmRunner {
             hook(&spec.job_id, slurm_id);
         }
         let job = self.wait(spec, slurm_id, cancel).await?;
-        self.collect(jd, Some(slurm_id), job).await
+        self.collect_with_results(jd, spec, Some(slurm_id), job)
+            .await
     }
 }
 
@@ -1036,6 +1070,7 @@ mod tests {
             runner: "native".into(),
             host: Some("n1".into()),
             setup_error: setup_error.map(str::to_string),
+            disk_full: false,
         };
         std::fs::write(jd.file(super::super::jobdir::STDOUT_FILE), &o.stdout.bytes).unwrap();
         std::fs::write(

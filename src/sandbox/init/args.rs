@@ -141,9 +141,7 @@ pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<Args, String> {
     let mut it = argv.into_iter();
     while let Some(opt) = it.next() {
         let (opt, inline) = match opt.split_once('=') {
-            Some((o, v)) if o.starts_with("--") => {
-                (o.to_string(), Some(v.to_string()))
-            }
+            Some((o, v)) if o.starts_with("--") => (o.to_string(), Some(v.to_string())),
             _ => (opt, None),
         };
         if opt == "--help" {
@@ -202,8 +200,9 @@ pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<Args, String> {
 }
 
 /// The test-paths file: NUL-separated relative paths (empty entries
-/// ignored). Refuses anything absolute or with `..`: the list comes from
-/// the runner, and a bad one is a grader bug, not something to guess at.
+/// ignored), each with the directories above it. Refuses anything
+/// absolute or with `..`: the list comes from the runner, and a bad one is
+/// a grader bug, not something to guess at.
 pub fn parse_test_paths(bytes: &[u8]) -> Result<BTreeSet<PathBuf>, String> {
     use std::os::unix::ffi::OsStrExt;
     let mut out = BTreeSet::new();
@@ -222,8 +221,13 @@ pub fn parse_test_paths(bytes: &[u8]) -> Result<BTreeSet<PathBuf>, String> {
                 }
             }
         }
-        if !clean.as_os_str().is_empty() {
-            out.insert(clean);
+        // Every directory above a test file is the harness's too: a
+        // student-owned parent would let the student unlink or rename the
+        // file it holds (only a sticky, foreign directory forbids that).
+        let mut up = clean.as_path();
+        while !up.as_os_str().is_empty() {
+            out.insert(up.to_path_buf());
+            up = up.parent().unwrap_or(Path::new(""));
         }
     }
     Ok(out)
@@ -412,6 +416,16 @@ mod tests {
             let e = p(bad).unwrap_err();
             assert!(e.contains(want), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn test_paths_bring_their_directories() {
+        let s = parse_test_paths(b"lib/deep/helper.py\0").unwrap();
+        let want: BTreeSet<PathBuf> = ["lib", "lib/deep", "lib/deep/helper.py"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(s, want);
     }
 
     #[test]

@@ -110,9 +110,7 @@ fn init(a: &Args) -> Result<i32, Fail> {
     };
     sys::set_umask(0o022);
     let tests_dir = a.harness.join("tests");
-    if let Some(from) = &a.copy_from {
-        copy_in(a, from, &tests_dir)?;
-    }
+    // Read before the copy: the list may sit among the staged trees.
     let test_paths = match &a.test_paths {
         Some(f) => {
             let b = fs::read(f)
@@ -121,6 +119,9 @@ fn init(a: &Args) -> Result<i32, Fail> {
         }
         None => BTreeSet::new(),
     };
+    if let Some(from) = &a.copy_from {
+        copy_in(a, from, &tests_dir)?;
+    }
     layout_workspace(a, &test_paths)?;
     let listener = match a.contract {
         Contract::Trusted => {
@@ -165,26 +166,27 @@ fn init(a: &Args) -> Result<i32, Fail> {
         if fds[0].revents != 0 {
             sys::drain_fd(sigfd);
         }
-        if let (Some(l), Some(pfd)) = (&listener, fds.get(1)) {
-            if pfd.revents != 0 {
-                if let Ok((conn, _)) = l.accept() {
-                    match sys::do_fork() {
-                        Ok(0) => {
-                            drop(listener);
-                            sys::close_fd(sigfd);
-                            session(a, conn)
-                        }
-                        Ok(pid) => sessions.push(pid),
-                        Err(e) => eprintln!("lg-init: broker: fork: {e}"),
-                    }
+        if let (Some(l), Some(pfd)) = (&listener, fds.get(1))
+            && pfd.revents != 0
+            && let Ok((conn, _)) = l.accept()
+        {
+            match sys::do_fork() {
+                Ok(0) => {
+                    drop(listener);
+                    sys::close_fd(sigfd);
+                    session(a, conn)
                 }
+                Ok(pid) => sessions.push(pid),
+                Err(e) => eprintln!("lg-init: broker: fork: {e}"),
             }
         }
     };
 
     // test_all ended: nothing of the harness or the student survives it.
     drop(listener);
-    kill_identity(a.harness_id);
+    if a.contract == Contract::Trusted {
+        kill_identity(a.harness_id);
+    }
     kill_identity(a.student);
     for pid in &sessions {
         let _ = sys::signal_pid(*pid, sys::SIGKILL);
@@ -472,8 +474,12 @@ fn start_test_all(a: &Args, tests_dir: &Path) -> Result<i32, Fail> {
             (
                 a.harness_id,
                 tests_dir.to_path_buf(),
+                // HOME is the harness's own: a HOME in the workspace would
+                // let the student plant dotfiles the harness's tools read
+                // (a Python user-site .pth, ~/.gitconfig, …).
                 job_env(&[
                     (ENV_WORKSPACE, ws),
+                    ("HOME", a.harness.clone().into_os_string()),
                     (ENV_RESULTS, a.harness.join("results").into_os_string()),
                     (ENV_BROKER, a.harness.join(BROKER).into_os_string()),
                     ("TMPDIR", a.harness.join("tmp").into_os_string()),
@@ -518,6 +524,10 @@ fn start_test_all(a: &Args, tests_dir: &Path) -> Result<i32, Fail> {
 /// The child then waits until none is left alive (zombies aside), so a
 /// caller that returns next finds nothing of that identity running.
 fn kill_identity(ids: (u32, u32)) {
+    // Most jobs leave nothing behind: then no fork is needed.
+    if !any_alive(ids.0) {
+        return;
+    }
     match sys::do_fork() {
         Ok(0) => {
             if sys::clear_groups().and_then(|_| sys::set_ids(ids.0, ids.1)).is_err() {
@@ -596,9 +606,17 @@ fn results_stream(a: &Args) -> Vec<u8> {
     let mut out = Vec::new();
     if a.contract == Contract::Trusted {
         let dir = a.harness.join("results");
+        // The harness owns its home: a results "directory" that is a
+        // symlink is not followed (nothing of the job runs any more).
+        let real_dir = fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
         let mut names: Vec<OsString> = fs::read_dir(&dir)
-            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default();
+            .ok()
+            .filter(|_| real_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         names.sort();
         let (mut files, mut bytes) = (0usize, 0u64);
         for name in names {

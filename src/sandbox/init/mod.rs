@@ -92,7 +92,10 @@ mod tests {
         assert_eq!(install(dir.path()).unwrap(), p);
         // ELF, and no interpreter: it runs in any image.
         assert_eq!(&BINARY[..4], b"\x7fELF");
-        assert!(!has_interpreter(BINARY), "lg-init must be linked statically");
+        assert!(
+            !has_interpreter(BINARY),
+            "lg-init must be linked statically"
+        );
         let out = Command::new(&p).arg("--help").output().unwrap();
         assert_eq!(out.status.code(), Some(EXIT_SETUP));
         assert!(String::from_utf8_lossy(&out.stderr).contains("--contract"));

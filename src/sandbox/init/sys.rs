@@ -309,10 +309,10 @@ pub fn cloexec_from(first: c_int) -> io::Result<()> {
     }
     // Kernels before 5.11: one by one over what /proc/self/fd lists.
     for e in std::fs::read_dir("/proc/self/fd")?.flatten() {
-        if let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<c_int>().ok()) {
-            if fd >= first {
-                let _ = set_cloexec(fd, true);
-            }
+        if let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<c_int>().ok())
+            && fd >= first
+        {
+            let _ = set_cloexec(fd, true);
         }
     }
     Ok(())

@@ -109,6 +109,62 @@ impl Hierarchy {
     }
 }
 
+/// OOM kills counted so far in this process's own memory cgroup and in
+/// each ancestor that limits memory (a Slurm job's cgroup sits above the
+/// step's): compare before and after a run to learn whether the limit
+/// killed something of it. 0 when there is no memory cgroup to read.
+pub fn own_oom_kills() -> u64 {
+    let (base, rel, v2) = if Path::new(ROOT).join("cgroup.controllers").exists() {
+        let text = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let rel = text
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or("/")
+            .to_string();
+        (PathBuf::from(ROOT), rel, true)
+    } else {
+        let Some(rel) = own_v1_path("memory") else {
+            return 0;
+        };
+        (Path::new(ROOT).join("memory"), rel, false)
+    };
+    let mut dir = base.join(rel.trim_start_matches('/'));
+    let mut total = 0;
+    let mut leaf = true;
+    while dir.starts_with(&base) && dir != base {
+        let limited = if v2 {
+            fs::read_to_string(dir.join("memory.max")).is_ok_and(|t| t.trim() != "max")
+        } else {
+            fs::read_to_string(dir.join("memory.limit_in_bytes"))
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .is_some_and(|v| v < 1 << 62)
+        };
+        if !leaf && !limited {
+            break;
+        }
+        let file = dir.join(if v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        });
+        total += fs::read_to_string(file)
+            .ok()
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    l.strip_prefix("oom_kill ")
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+            })
+            .unwrap_or(0);
+        leaf = false;
+        if !dir.pop() {
+            break;
+        }
+    }
+    total
+}
+
 /// The daemon's own cgroup path for a v1 controller (from /proc/self/cgroup).
 fn own_v1_path(ctl: &str) -> Option<String> {
     let text = fs::read_to_string("/proc/self/cgroup").ok()?;

@@ -6,13 +6,18 @@
 //!   "env": {"LABGRADER_JOB_ID": "…", …}, "limits": {"timeout": 60.0,
 //!   "memory": 536870912, "pids": 256, "output": 1048576, "cpus": 1.0,
 //!   "file_size": 67108864, "open_files": 256}}` (timeout in seconds, sizes
-//!   in bytes; unknown keys are refused).
-//! - `DIR/workspace/`: the workspace, `test_all` at its top.
+//!   in bytes; unknown keys are refused), plus, optional, `"contract":
+//!   "stdout"|"trusted"` and `"test_paths": ["test_all", "data", …]` (the
+//!   workspace entries that came from the tests, relative).
+//! - `DIR/workspace/`: the workspace, `test_all` at its top (`stdout`), or
+//!   the student's tree with the tests' `public/` (`trusted`).
+//! - `DIR/tests/`: the test tree, the harness's (`trusted` only).
 //!
 //! Output, written only when the run itself worked (whatever the student's
 //! code did; exit status 0): `DIR/stdout` and `DIR/stderr` (the kept bytes,
-//! at most `limits.output` each, without a truncation mark) and, last, so
-//! that its presence means "complete", `DIR/outcome.json`: [`OutcomeFile`].
+//! at most `limits.output` each, without a truncation mark), the harness's
+//! results files in `DIR/results/` (`trusted`), and, last, so that its
+//! presence means "complete", `DIR/outcome.json`: [`OutcomeFile`].
 //! A grader fault (setup failed, bad job file) writes nothing, prints the
 //! error and exits non-zero. This module reads only those files and never
 //! writes outside `DIR`. `job.json` is untrusted input: it is size-capped,
@@ -28,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::NativeRunner;
 use crate::config::NativeConfig;
-use crate::sandbox::{Captured, Limits, RunSpec, Runner, SandboxError, Termination};
+use crate::sandbox::{Captured, Contract, Limits, RunSpec, Runner, SandboxError, Termination};
 
 /// Version of both files.
 pub const VERSION: u32 = 1;
@@ -44,6 +49,11 @@ pub struct JobFile {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub limits: Limits,
+    #[serde(default)]
+    pub contract: Contract,
+    /// Relative paths of the workspace entries that came from the tests.
+    #[serde(default)]
+    pub test_paths: Vec<PathBuf>,
 }
 
 /// `DIR/outcome.json`.
@@ -58,6 +68,9 @@ pub struct OutcomeFile {
     pub stderr: Captured,
     pub started_at: DateTime<Utc>,
     pub ended_at: DateTime<Utc>,
+    /// A writable place of the job was full (`limits.disk`) at its end.
+    #[serde(default)]
+    pub disk_full: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +146,12 @@ pub fn read_job_file(dir: &Path) -> Result<JobFile, JobDirError> {
     if !l.cpus.is_finite() || l.cpus < 0.0 {
         return Err(bad("limits.cpus must be a non-negative number"));
     }
+    if job.test_paths.iter().any(|p| {
+        p.components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    }) {
+        return Err(bad("test_paths must be plain relative paths"));
+    }
     Ok(job)
 }
 
@@ -157,14 +176,42 @@ pub async fn run_job_dir(
     if std::env::var_os("SLURM_JOB_ID").is_some() {
         runner = runner.with_external_memory_limit();
     }
-    let spec = RunSpec::new(
+    let mut spec = RunSpec::new(
         job.job_id.clone(),
         dir.join("workspace"),
         job.env.clone().into_iter().collect(),
         job.limits.clone(),
     );
+    spec.contract = job.contract;
+    spec.test_paths = std::sync::Arc::new(job.test_paths.clone());
+    if job.contract == Contract::Trusted {
+        spec.tests = Some(dir.join("tests"));
+        // Only what this run leaves there comes back.
+        let results = &spec.results;
+        if results.exists() {
+            std::fs::remove_dir_all(results).map_err(|source| JobDirError::Write {
+                path: results.clone(),
+                source,
+            })?;
+        }
+        std::fs::create_dir(results).map_err(|source| JobDirError::Write {
+            path: results.clone(),
+            source,
+        })?;
+    }
     tracing::info!(job_id = %job.job_id, dir = %dir.display(), "sandbox job starting");
-    let outcome = runner.run(&spec, cancel).await?;
+    // Under Slurm the job's memory cgroup is Slurm's: an OOM kill in it
+    // during the run names the limit, as the native runner's own does.
+    let oom_before = super::cgroup::own_oom_kills();
+    let mut outcome = runner.run(&spec, cancel).await?;
+    if super::cgroup::own_oom_kills() > oom_before
+        && matches!(
+            outcome.termination,
+            Termination::Exited { .. } | Termination::Signaled { .. }
+        )
+    {
+        outcome.termination = Termination::MemoryLimit;
+    }
     write_atomic(&dir.join("stdout"), &outcome.stdout.bytes)?;
     write_atomic(&dir.join("stderr"), &outcome.stderr.bytes)?;
     let file = OutcomeFile {
@@ -176,6 +223,7 @@ pub async fn run_job_dir(
         stderr: outcome.stderr,
         started_at: outcome.started_at,
         ended_at: outcome.ended_at,
+        disk_full: outcome.disk_full,
     };
     let json = serde_json::to_vec_pretty(&file).expect("outcome serializes");
     write_atomic(&dir.join("outcome.json"), &json)?;

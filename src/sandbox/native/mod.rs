@@ -1,15 +1,20 @@
 //! The `native` runner: `test_all` in Linux namespaces, cgroups and rlimits,
-//! set up with raw syscalls (the nix crate), no helper binary, no Docker —
-//! the way isolate, nsjail and bubblewrap do it, in a few milliseconds.
+//! set up with raw syscalls (the nix crate) — the way isolate, nsjail and
+//! bubblewrap do it, in a few milliseconds — and laid out inside by
+//! `lg-init` ([`crate::sandbox::init`]), the helper the docker runner
+//! shares.
 //!
 //! It owns the whole life of one sandboxed run: the job cgroup
-//! ([`cgroup`]), the plan of the mount tree, the clone into new user, PID,
-//! mount, network, IPC and UTS namespaces, the uid/gid maps, the timeout,
-//! the kill, the verdict ([`Termination`]) and the cleanup. It never reads
-//! the summary, never touches the spool or the gradebook, and never changes
-//! anything on the host but the job's cgroup directories (removed after
-//! the run) and, when the daemon is root, the ownership of the workspace
-//! (handed to the sandbox uid).
+//! ([`cgroup`]), the subordinate id range and the id maps ([`ids`]), the
+//! plan of the mount tree, the clone into new user, PID, mount, network,
+//! IPC and UTS namespaces, the timeout, the kill, the verdict
+//! ([`Termination`]), the results stream and the cleanup. It never reads
+//! the summary, never touches the spool or the gradebook, never maps the
+//! daemon's own uid or groups into a job, and never changes anything on
+//! the host but the job's cgroup directories (removed after the run), the
+//! `o+rX` bits of the job's own files (so the sandbox's root, nobody on the
+//! host, can copy them) and the files it leaves in `RunSpec::results` and
+//! `RunSpec::scratch`.
 //!
 //! **Why clone from the daemon and not a re-exec'd helper.** The daemon is
 //! a multi-threaded tokio process; after a fork only async-signal-safe work
@@ -23,23 +28,33 @@
 //! on the report pipe, and exits (taking the namespace with it) when the
 //! daemon dies or drops the run.
 //!
-//! **Layout of a run.** The parent clones the child with all namespaces,
-//! writes its uid/gid maps (sandbox uid → itself when root, → the daemon's
-//! uid otherwise), puts it in the job cgroup, then releases it over a pipe.
-//! The child (pid 1 of its PID namespace) builds the new root: a tmpfs with
-//! read-only, nosuid, nodev binds of the rootfs's system directories, the
-//! workspace read-write at `/workspace`, a fresh `/tmp` and `/dev/shm`, a
-//! minimal `/dev`, a new `/proc`; pivots into it, brings up `lo`, sets
+//! **Layout of a run.** The parent clones the child with all namespaces;
+//! the child opens its bind sources while it still has the daemon's
+//! credentials, then waits for its id maps: the namespace's ids 0-65535
+//! are a subordinate range (written directly by a root daemon, by
+//! newuidmap/newgidmap otherwise). The parent puts it in the job cgroup
+//! and releases it. The child (pid 1 of its PID namespace, the sandbox's
+//! root) builds the new root: a tmpfs with read-only, nosuid, nodev binds
+//! of the rootfs's system directories, `lg-init` written into
+//! `/.labgrader`, the host's job files bound read-only in a root-only
+//! `/.labgrader/in`, one tmpfs of `limits.disk` bytes for the student's
+//! writable places (`/workspace`, `/tmp`, `/dev/shm`, bound from
+//! `/.labgrader/rw`) and one for `/harness`, a minimal `/dev`,
+//! a new `/proc` (`hidepid=2`); pivots into it, brings up `lo`, sets
 //! `no_new_privs`, forbids nested user namespaces, enters a cgroup
-//! namespace rooted at the job cgroup, and starts `test_all` with the
-//! run's rlimits and no capabilities. It reaps orphans and, when `test_all` ends, reports the
-//! wait status and exits, so the kernel kills everything left in the
-//! namespace. On timeout the parent kills the init (the namespace dies
-//! with it) and everything in the job cgroup. A setup failure comes back
-//! over a close-on-exec pipe as `SandboxError::Setup` naming the step and
-//! syscall: a grader fault, never the student's.
+//! namespace rooted at the job cgroup, and starts `lg-init`, which copies
+//! the job in, unmounts the staging, gives harness and student their
+//! files and runs `test_all` (see its module). The init reaps orphans and,
+//! when `lg-init` ends, reports its wait status and exits, so the kernel
+//! kills everything left in the namespace. `lg-init`'s results stream
+//! comes back over a pipe of its own. On timeout the parent kills the init
+//! (the namespace dies with it) and everything in the job cgroup. A setup
+//! failure comes back over a close-on-exec pipe (or as `lg-init`'s exit
+//! 125 with its reason on stderr) as `SandboxError::Setup` naming the step
+//! and syscall: a grader fault, never the student's.
 
 pub mod cgroup;
+pub mod ids;
 pub mod job;
 pub mod setup;
 
@@ -62,10 +77,15 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use self::cgroup::{Hierarchy, JobCgroup};
-use self::setup::{ChildArgs, FD_SOURCES, MAX_SOURCES, Op, Plan, RECORD_LEN, Record, Step};
+use self::ids::{Ranges, Writer};
+use self::setup::{
+    ChildArgs, FD_RESULTS, FD_SOURCES, FD_TEST_PATHS, MAX_SOURCES, Op, Plan, RECORD_LEN, Record,
+    Step,
+};
 use super::none::SAFE_PATH;
 use super::output::{Captured, SharedCapture, collect, spawn_drain};
-use super::{RunOutcome, RunSpec, Runner, SandboxError, TEST_COMMAND, Termination};
+use super::results_stream;
+use super::{Contract, RunOutcome, RunSpec, Runner, SandboxError, Termination};
 use crate::config::NativeConfig;
 
 /// Top-level directories of the rootfs shown (read-only) in the sandbox.
@@ -84,15 +104,12 @@ pub const HOSTNAME: &str = "labgrader";
 /// jobs' short-lived clones could hold them) before reading stops.
 const PIPE_LINGER: Duration = Duration::from_secs(2);
 
-/// How the daemon may create the namespaces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// Root: maps the sandbox uid/gid to the same host ids.
-    Root,
-    /// Unprivileged user namespaces: the sandbox uid/gid map to the
-    /// daemon's own (the only ids it may map).
-    User { uid: u32, gid: u32 },
-}
+/// The harness identity inside the sandbox (the student's is `[native]
+/// uid`/`gid`, 65534 by default).
+pub const HARNESS_ID: (u32, u32) = (65533, 65533);
+/// Where the helper sits in the sandbox, and what the staging holds.
+const LG_INIT: &str = "/.labgrader/lg-init";
+const STAGE: &str = "/.labgrader/in";
 
 /// The native runner. Build with [`NativeRunner::new`].
 #[derive(Debug)]
@@ -100,7 +117,10 @@ pub struct NativeRunner {
     rootfs: PathBuf,
     uid: u32,
     gid: u32,
-    mode: Mode,
+    /// The subordinate ranges jobs' ids come from.
+    ranges: Ranges,
+    /// Root writes the maps itself; otherwise newuidmap/newgidmap.
+    writer: Writer,
     cgroups: Option<Hierarchy>,
     staging: PathBuf,
     /// Memory is enforced by an outer cgroup (a Slurm job's), which
@@ -263,14 +283,15 @@ impl NativeRunner {
                 rootfs.display()
             )));
         }
-        let mode = if nix::unistd::geteuid().is_root() {
-            Mode::Root
-        } else {
-            Mode::User {
-                uid: nix::unistd::geteuid().as_raw(),
-                gid: nix::unistd::getegid().as_raw(),
-            }
-        };
+        if cfg.uid >= ids::NEEDED || cfg.gid >= ids::NEEDED || (cfg.uid, cfg.gid) == HARNESS_ID {
+            return Err(unavailable(format!(
+                "[native] uid and gid must be below {} and not the harness's {}:{}",
+                ids::NEEDED,
+                HARNESS_ID.0,
+                HARNESS_ID.1
+            )));
+        }
+        let (ranges, writer) = Self::id_ranges(cfg).map_err(unavailable)?;
         let cgroups = match Hierarchy::detect() {
             Ok(h) => {
                 tracing::info!(cgroups = %h.describe(), "native runner: job cgroups");
@@ -296,11 +317,44 @@ impl NativeRunner {
             rootfs,
             uid: cfg.uid,
             gid: cfg.gid,
-            mode,
+            ranges,
+            writer,
             cgroups,
             staging,
             external_memory_limit: false,
         })
+    }
+
+    /// The subordinate ranges: of `[native] subid_user` when root, of the
+    /// daemon's own user otherwise (newuidmap checks the caller's).
+    fn id_ranges(cfg: &NativeConfig) -> Result<(Ranges, Writer), String> {
+        let euid = nix::unistd::geteuid();
+        let user = if euid.is_root() {
+            cfg.subid_user.clone()
+        } else {
+            nix::unistd::User::from_uid(euid)
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| euid.to_string())
+        };
+        let uid = if euid.is_root() {
+            nix::unistd::User::from_name(&user)
+                .ok()
+                .flatten()
+                .map_or(u32::MAX, |u| u.uid.as_raw())
+        } else {
+            euid.as_raw()
+        };
+        let mut own = vec![euid.as_raw(), nix::unistd::getegid().as_raw()];
+        own.extend(
+            nix::unistd::getgroups()
+                .unwrap_or_default()
+                .iter()
+                .map(|g| g.as_raw()),
+        );
+        let ranges = ids::lookup(Path::new("/etc"), &user, uid, &own)?;
+        Ok((ranges, ids::writer()?))
     }
 
     /// Memory is enforced outside the sandbox (see the field's doc).
@@ -314,11 +368,12 @@ impl NativeRunner {
         self.cgroups.as_ref().map(Hierarchy::describe)
     }
 
-    /// Build the child's plan: fds, mount operations, argv/envp, rlimits.
+    /// Build the child's plan: fds, mount operations, argv/envp, and
+    /// `lg-init`'s command line (the layout, the identities, the limits).
     fn plan(
         &self,
         spec: &RunSpec,
-        workspace: &Path,
+        staged: &Staged,
         pipes: ChildEnds,
         with_cgroup: bool,
     ) -> Result<(Plan, Vec<String>), SandboxError> {
@@ -376,29 +431,86 @@ impl NativeRunner {
             target: cstr("/tmp")?,
             path: under("var/tmp")?,
         });
+        // The helper, root-owned in the read-only root, and its second name.
+        for (dir, mode) in [
+            (".labgrader", 0o755),
+            (".labgrader/bin", 0o755),
+            (".labgrader/in", 0o700),
+        ] {
+            ops.push(Op::Mkdir {
+                path: under(dir)?,
+                mode,
+            });
+        }
+        ops.push(Op::WriteFile {
+            path: under(".labgrader/lg-init")?,
+            data: super::init::BINARY,
+            mode: 0o555,
+        });
+        ops.push(Op::Link {
+            target: under(".labgrader/lg-init")?,
+            path: under(".labgrader/bin/run-as-student")?,
+        });
+        // The host's job files, read-only, in a root-only directory that
+        // lg-init unmounts once it has copied them.
+        let stage_flags = ro | MsFlags::MS_NOEXEC;
         bind(
             &mut ops,
-            workspace,
-            "workspace",
+            &staged.workspace,
+            ".labgrader/in/workspace",
             true,
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            stage_flags,
         )?;
+        if let Some(t) = &staged.tests {
+            bind(&mut ops, t, ".labgrader/in/tests", true, stage_flags)?;
+        }
+        // Every writable place is a tmpfs of `limits.disk` bytes (its pages
+        // are charged to the job's memory cgroup as well).
         let tmpfs = cstr("tmpfs")?;
-        let mem = spec.limits.memory.max(1 << 20);
-        let scratch = |ops: &mut Vec<Op>, dst: &str| -> Result<(), SandboxError> {
+        let disk = spec.limits.disk.max(1 << 20);
+        let scratch = |ops: &mut Vec<Op>, dst: &str, mode: u32| -> Result<(), SandboxError> {
             ops.push(Op::Mkdir {
                 path: under(dst)?,
-                mode: 0o1777,
+                mode,
             });
             ops.push(Op::Mount {
                 fstype: tmpfs.clone(),
                 path: under(dst)?,
                 flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                data: Some(cstr(format!("mode=1777,size={mem}"))?),
+                data: Some(cstr(format!("mode={mode:o},size={disk}"))?),
             });
             Ok(())
         };
-        scratch(&mut ops, "tmp")?;
+        // One tmpfs for every place the student can write (the quota is
+        // the job's total, and without cgroups no more than `disk` of
+        // memory goes to files); the harness's home has its own, so the
+        // student cannot fill it.
+        scratch(&mut ops, ".labgrader/rw", 0o755)?;
+        let shared = |ops: &mut Vec<Op>, sub: &str, at: &str, mode: u32| {
+            let from = format!(".labgrader/rw/{sub}");
+            ops.push(Op::Mkdir {
+                path: under(&from)?,
+                mode,
+            });
+            ops.push(Op::Chmod {
+                path: under(&from)?,
+                mode,
+            });
+            ops.push(Op::Mkdir {
+                path: under(at)?,
+                mode: 0o755,
+            });
+            ops.push(Op::BindLocal {
+                from: under(&from)?,
+                path: under(at)?,
+            });
+            Ok::<(), SandboxError>(())
+        };
+        shared(&mut ops, "workspace", "workspace", 0o755)?;
+        shared(&mut ops, "tmp", "tmp", 0o1777)?;
+        if spec.contract == Contract::Trusted {
+            scratch(&mut ops, "harness", 0o700)?;
+        }
         ops.push(Op::Mkdir {
             path: under("dev")?,
             mode: 0o755,
@@ -431,7 +543,7 @@ impl NativeRunner {
                 path: under(link)?,
             });
         }
-        scratch(&mut ops, "dev/shm")?;
+        shared(&mut ops, "shm", "dev/shm", 0o1777)?;
         ops.push(Op::Readonly {
             path: under("dev")?,
             flags: dev_flags,
@@ -440,11 +552,13 @@ impl NativeRunner {
             path: under("proc")?,
             mode: 0o555,
         });
+        // hidepid: a job process sees only its own identity's processes
+        // (the student never sees the harness's command line or status).
         ops.push(Op::Mount {
             fstype: cstr("proc")?,
             path: under("proc")?,
             flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            data: None,
+            data: Some(cstr("hidepid=2")?),
         });
         if sources.len() > MAX_SOURCES {
             return Err(setup_err("plan the sandbox", "too many bind sources"));
@@ -464,7 +578,8 @@ impl NativeRunner {
             )
         }));
 
-        // Environment: the documented variables, the spec's override.
+        // Environment: the documented variables, the spec's override;
+        // lg-init adds the contract's own.
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         env.insert("PATH".into(), SAFE_PATH.into());
         env.insert("HOME".into(), "/workspace".into());
@@ -485,57 +600,90 @@ impl NativeRunner {
 
         let l = &spec.limits;
         let cpu = l.timeout.as_secs() + 2;
-        let mut rlimits = vec![
-            (libc::RLIMIT_CPU, cpu, cpu + 1),
-            (libc::RLIMIT_FSIZE, l.file_size, l.file_size),
-            (libc::RLIMIT_NOFILE, l.open_files, l.open_files),
-            (libc::RLIMIT_CORE, 0, 0),
-            // +1: the sandbox's init runs as the same uid.
-            (libc::RLIMIT_NPROC, l.pids + 1, l.pids + 1),
+        let mut argv = vec![
+            LG_INIT.to_string(),
+            "--contract".into(),
+            spec.contract.to_string(),
+            "--copy-from".into(),
+            STAGE.into(),
+            "--test-paths".into(),
+            format!("/proc/self/fd/{FD_TEST_PATHS}"),
+            "--student".into(),
+            format!("{}:{}", self.uid, self.gid),
+            "--harness-id".into(),
+            format!("{}:{}", HARNESS_ID.0, HARNESS_ID.1),
+            "--results-fd".into(),
+            FD_RESULTS.to_string(),
         ];
+        let mut rlimit = |name: &str, soft: u64, hard: u64| {
+            argv.push("--rlimit".into());
+            argv.push(format!("{name}={soft}:{hard}"));
+        };
+        rlimit("cpu", cpu, cpu + 1);
+        rlimit("fsize", l.file_size, l.file_size);
+        rlimit("nofile", l.open_files, l.open_files);
+        rlimit("core", 0, 0);
+        // Per identity: the harness and the student each get `pids`.
+        rlimit("nproc", l.pids, l.pids);
         if !with_cgroup && !self.external_memory_limit {
-            rlimits.push((libc::RLIMIT_DATA, l.memory, l.memory));
+            rlimit("data", l.memory, l.memory);
         }
+        let argv = argv.iter().map(cstr).collect::<Result<Vec<_>, _>>()?;
         let plan = Plan {
             stdin: pipes.stdin,
             stdout: pipes.stdout,
             stderr: pipes.stderr,
             report: pipes.report,
             go: pipes.go,
+            results: pipes.results,
+            test_paths: staged.test_paths()?,
             cgroup_tasks: Vec::new(),
             sources,
             source_paths,
             staging: cpath(root)?,
-            root_data: cstr("mode=0755,size=1m")?,
+            // The helper (static, ~1.5 MB) lives in the root tmpfs.
+            root_data: cstr(format!(
+                "mode=0755,size={}",
+                super::init::BINARY.len() + (1 << 20)
+            ))?,
             ops,
             root_flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             hostname: cstr(HOSTNAME)?,
-            uid: self.uid,
-            gid: self.gid,
-            drop_groups: self.mode == Mode::Root,
-            rlimits,
-            workdir: cstr("/workspace")?,
-            exec_path: cstr(TEST_COMMAND)?,
-            argv: vec![cstr(TEST_COMMAND)?],
+            // The init and lg-init are the sandbox's root; lg-init gives
+            // the job its identities.
+            uid: 0,
+            gid: 0,
+            drop_groups: true,
+            rlimits: Vec::new(),
+            workdir: cstr("/")?,
+            exec_path: cstr(LG_INIT)?,
+            argv,
             envp,
         };
         Ok((plan, described))
     }
+}
 
-    /// uid_map, gid_map and setgroups contents for the child.
-    fn id_maps(&self) -> (String, String, &'static str) {
-        match self.mode {
-            Mode::Root => (
-                format!("{0} {0} 1\n", self.uid),
-                format!("{0} {0} 1\n", self.gid),
-                "allow",
-            ),
-            Mode::User { uid, gid } => (
-                format!("{} {uid} 1\n", self.uid),
-                format!("{} {gid} 1\n", self.gid),
-                "deny",
-            ),
+/// The host files a run shows to lg-init (read-only, then unmounted).
+struct Staged {
+    workspace: PathBuf,
+    tests: Option<PathBuf>,
+    /// NUL-separated `RunSpec::test_paths` (no host file: a memfd per run).
+    test_paths: Vec<u8>,
+}
+
+impl Staged {
+    /// A memfd holding the test-paths list, at offset 0.
+    fn test_paths(&self) -> Result<OwnedFd, SandboxError> {
+        use nix::sys::memfd::{MFdFlags, memfd_create};
+        let fail = |e: nix::errno::Errno| setup_err("stage the job files", format!("memfd: {e}"));
+        let fd = memfd_create(c"lg-test-paths", MFdFlags::MFD_CLOEXEC).map_err(fail)?;
+        let mut rest: &[u8] = &self.test_paths;
+        while !rest.is_empty() {
+            let n = nix::unistd::write(&fd, rest).map_err(fail)?;
+            rest = &rest[n..];
         }
+        Ok(fd)
     }
 }
 
@@ -546,6 +694,7 @@ struct ChildEnds {
     stderr: OwnedFd,
     report: OwnedFd,
     go: OwnedFd,
+    results: OwnedFd,
 }
 
 /// The parent's ends.
@@ -554,6 +703,7 @@ struct ParentEnds {
     stderr: OwnedFd,
     report: OwnedFd,
     go: OwnedFd,
+    results: OwnedFd,
 }
 
 fn pipes() -> Result<(ChildEnds, ParentEnds), SandboxError> {
@@ -562,6 +712,7 @@ fn pipes() -> Result<(ChildEnds, ParentEnds), SandboxError> {
     let (err_r, err_w) = p()?;
     let (rep_r, rep_w) = p()?;
     let (go_r, go_w) = p()?;
+    let (res_r, res_w) = p()?;
     let null = open(
         "/dev/null",
         OFlag::O_RDONLY | OFlag::O_CLOEXEC,
@@ -575,12 +726,14 @@ fn pipes() -> Result<(ChildEnds, ParentEnds), SandboxError> {
             stderr: err_w,
             report: rep_w,
             go: go_r,
+            results: res_w,
         },
         ParentEnds {
             stdout: out_r,
             stderr: err_r,
             report: rep_r,
             go: go_w,
+            results: res_r,
         },
     ))
 }
@@ -589,24 +742,31 @@ fn pipes() -> Result<(ChildEnds, ParentEnds), SandboxError> {
 /// it. Returns its host pid.
 async fn start(
     plan: Plan,
-    maps: (String, String, &'static str),
+    ranges: &Ranges,
+    writer: &Writer,
     cgroup: Option<Arc<JobCgroup>>,
     go: OwnedFd,
-    chown: Option<(PathBuf, u32, u32)>,
 ) -> Result<Pid, SandboxError> {
-    // The chown walks the whole workspace: a small tree is done here, a
-    // large one finishes on the blocking pool.
-    if let Some((ws, uid, gid)) = chown {
-        let fail = |e: std::io::Error| setup_err("hand the workspace to the sandbox uid", e);
-        let mut walk = walkdir::WalkDir::new(&ws).follow_links(false).into_iter();
-        if !chown_some(&mut walk, uid, gid, Some(256)).map_err(fail)? {
-            tokio::task::spawn_blocking(move || chown_some(&mut walk, uid, gid, None))
+    let pid = clone_init(&plan)?;
+    let kill = |pid: Pid| async move {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = tokio::task::spawn_blocking(move || waitpid(pid, Some(WaitPidFlag::__WALL))).await;
+    };
+    // The child waits for its maps (newuidmap, when unprivileged, is a
+    // process of its own: off this thread).
+    let maps = match writer {
+        Writer::Direct => ids::write_maps(pid.as_raw(), ranges, writer),
+        Writer::Helpers { .. } => {
+            let (r, w) = (ranges.clone(), writer.clone());
+            tokio::task::spawn_blocking(move || ids::write_maps(pid.as_raw(), &r, &w))
                 .await
-                .map_err(|e| setup_err("hand the workspace to the sandbox uid", e))?
-                .map_err(fail)?;
+                .unwrap_or_else(|e| Err(e.to_string()))
         }
+    };
+    if let Err(e) = maps {
+        kill(pid).await;
+        return Err(setup_err("write the user namespace id maps", e));
     }
-    let pid = clone_init(&plan, &maps)?;
     let release = |what| match nix::unistd::write(&go, b"g") {
         // The child already failed and exited: its report says why.
         Ok(_) | Err(nix::errno::Errno::EPIPE) => Ok(()),
@@ -625,20 +785,16 @@ async fn start(
         release("after the cgroup")
     };
     if let Err(e) = attach.await {
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = tokio::task::spawn_blocking(move || waitpid(pid, Some(WaitPidFlag::__WALL))).await;
+        kill(pid).await;
         return Err(e);
     }
     drop(plan); // closes the child's ends in this process
     Ok(pid)
 }
 
-/// Clone the init with every namespace and write its id maps. It waits
-/// for the go pipe before doing anything else.
-fn clone_init(
-    plan: &Plan,
-    (uid_map, gid_map, setgroups): &(String, String, &'static str),
-) -> Result<Pid, SandboxError> {
+/// Clone the init with every namespace. It opens its bind sources, then
+/// waits for the go pipe (its id maps) before doing anything else.
+fn clone_init(plan: &Plan) -> Result<Pid, SandboxError> {
     let mut args = ChildArgs::new(plan);
     let mut stack = vec![0u8; setup::STACK_SIZE];
     // SAFETY: the child gets a copy of this address space and runs
@@ -653,42 +809,36 @@ fn clone_init(
             (&mut args as *mut ChildArgs).cast(),
         )
     };
-    let pid = nix::errno::Errno::result(pid)
+    nix::errno::Errno::result(pid)
         .map(Pid::from_raw)
-        .map_err(|e| setup_err("clone the sandbox", format!("clone: {e}")))?;
-    let proc = PathBuf::from(format!("/proc/{pid}"));
-    let w = |f: &str, v: &str| {
-        std::fs::write(proc.join(f), v)
-            .map_err(|e| setup_err("write the user namespace id maps", format!("{f}: {e}")))
-    };
-    let maps = w("setgroups", setgroups)
-        .and_then(|_| w("gid_map", gid_map))
-        .and_then(|_| w("uid_map", uid_map));
-    if let Err(e) = maps {
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = waitpid(pid, Some(WaitPidFlag::__WALL));
-        return Err(e);
-    }
-    Ok(pid)
+        .map_err(|e| setup_err("clone the sandbox", format!("clone: {e}")))
 }
 
-/// Hand the workspace to the sandbox uid (root daemon only): lchown
-/// entries, never following a symlink, at most `budget` of them. Returns
-/// whether the walk is complete.
-fn chown_some(
-    walk: &mut walkdir::IntoIter,
-    uid: u32,
-    gid: u32,
-    budget: Option<usize>,
-) -> std::io::Result<bool> {
-    for (i, entry) in walk.by_ref().enumerate() {
+/// Make the host's job files readable by the sandbox's root, which is
+/// nobody on the host (`o+r`, directories `o+rx`; symlinks untouched). The
+/// directories above them keep the daemon's own modes.
+fn make_readable(root: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walkdir::WalkDir::new(root).follow_links(false) {
         let entry = entry.map_err(std::io::Error::other)?;
-        std::os::unix::fs::lchown(entry.path(), Some(uid), Some(gid))?;
-        if budget.is_some_and(|b| i + 1 >= b) {
-            return Ok(false);
+        let meta = entry.metadata().map_err(std::io::Error::other)?;
+        let ft = meta.file_type();
+        let want = if ft.is_dir() {
+            0o005
+        } else if ft.is_file() {
+            0o004
+        } else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & want != want {
+            std::fs::set_permissions(
+                entry.path(),
+                std::fs::Permissions::from_mode((mode | want) & 0o7777),
+            )?;
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 fn spawn_pipe_drain(
@@ -721,7 +871,7 @@ fn describe_failure(
             "open {}",
             sources.get(op as usize).map(String::as_str).unwrap_or("?")
         ),
-        Step::Exec => format!("execve {TEST_COMMAND} in /workspace"),
+        Step::Exec => format!("execve {LG_INIT}"),
         s => s.syscall().to_string(),
     };
     setup_err(step.name(), format!("{what}: {}", errno.desc()))
@@ -739,18 +889,7 @@ impl Runner for NativeRunner {
         cancel: &CancellationToken,
     ) -> Result<RunOutcome, SandboxError> {
         let started_at = Utc::now();
-        let workspace = spec.workspace.canonicalize().map_err(|e| {
-            setup_err(
-                "find the workspace",
-                format!("{}: {e}", spec.workspace.display()),
-            )
-        })?;
-        if !workspace.is_dir() {
-            return Err(setup_err(
-                "find the workspace",
-                format!("{} is not a directory", workspace.display()),
-            ));
-        }
+        let staged = self.stage(spec).await?;
         let cgroup = match &self.cgroups {
             Some(h) => Some(Arc::new(
                 JobCgroup::create(h, &spec.job_id, Some(&spec.limits))
@@ -763,20 +902,78 @@ impl Runner for NativeRunner {
             cgroup: cgroup.clone(),
         };
         let result = self
-            .run_in(spec, &workspace, cgroup, cancel, &mut teardown.init)
+            .run_in(spec, &staged, cgroup, cancel, &mut teardown.init)
             .await;
         // The verdict is known; the namespace's teardown, the reap of its
         // init and the cgroup's removal need not delay it.
         drop(teardown);
-        let (termination, stdout, stderr) = result?;
-        tracing::debug!(job_id = %spec.job_id, ?termination, "native run finished");
-        Ok(RunOutcome::without_image(
+        let ended = result?;
+        tracing::debug!(job_id = %spec.job_id, termination = ?ended.termination, "native run finished");
+        let mut outcome = RunOutcome::without_image(
             self.name(),
-            termination,
-            stdout,
-            stderr,
+            ended.termination,
+            ended.stdout,
+            ended.stderr,
             started_at,
-        ))
+        );
+        outcome.disk_full = ended.disk_full;
+        Ok(outcome)
+    }
+}
+
+/// What a run ended with.
+struct Ended {
+    termination: Termination,
+    stdout: Captured,
+    stderr: Captured,
+    disk_full: bool,
+}
+
+impl NativeRunner {
+    /// Check the host's job files and make them readable to lg-init; build
+    /// the test-paths list.
+    async fn stage(&self, spec: &RunSpec) -> Result<Staged, SandboxError> {
+        let dir = |p: &Path, what: &'static str| -> Result<PathBuf, SandboxError> {
+            let c = p
+                .canonicalize()
+                .map_err(|e| setup_err(what, format!("{}: {e}", p.display())))?;
+            if !c.is_dir() {
+                return Err(setup_err(
+                    what,
+                    format!("{} is not a directory", c.display()),
+                ));
+            }
+            Ok(c)
+        };
+        let workspace = dir(&spec.workspace, "find the workspace")?;
+        let tests = match (spec.contract, &spec.tests) {
+            (Contract::Trusted, Some(t)) => Some(dir(t, "find the tests")?),
+            (Contract::Trusted, None) => {
+                return Err(setup_err(
+                    "find the tests",
+                    "a trusted run needs RunSpec::tests",
+                ));
+            }
+            (Contract::Stdout, _) => None,
+        };
+        let fail = |e: std::io::Error| setup_err("stage the job files", e);
+        let mut test_paths = Vec::new();
+        for p in spec.test_paths.iter() {
+            test_paths.extend_from_slice(p.as_os_str().as_bytes());
+            test_paths.push(0);
+        }
+        let roots: Vec<PathBuf> = std::iter::once(workspace.clone())
+            .chain(tests.clone())
+            .collect();
+        tokio::task::spawn_blocking(move || roots.iter().try_for_each(|r| make_readable(r)))
+            .await
+            .map_err(|e| setup_err("stage the job files", e))?
+            .map_err(fail)?;
+        Ok(Staged {
+            workspace,
+            tests,
+            test_paths,
+        })
     }
 }
 
@@ -816,13 +1013,13 @@ impl NativeRunner {
     async fn run_in(
         &self,
         spec: &RunSpec,
-        workspace: &Path,
+        staged: &Staged,
         cgroup: Option<Arc<JobCgroup>>,
         cancel: &CancellationToken,
         init: &mut Option<Pid>,
-    ) -> Result<(Termination, Captured, Captured), SandboxError> {
+    ) -> Result<Ended, SandboxError> {
         let (child_ends, parent) = pipes()?;
-        let (mut plan, ops) = self.plan(spec, workspace, child_ends, cgroup.is_some())?;
+        let (mut plan, ops) = self.plan(spec, staged, child_ends, cgroup.is_some())?;
         if let Some(files) = cgroup.as_ref().and_then(|c| c.self_attach_files()) {
             for f in files {
                 plan.cgroup_tasks.push(
@@ -846,14 +1043,21 @@ impl NativeRunner {
         let (out, err) = (SharedCapture::default(), SharedCapture::default());
         let out_task = spawn_pipe_drain(parent.stdout, limit, &out)?;
         let err_task = spawn_pipe_drain(parent.stderr, limit, &err)?;
+        let results_task = {
+            let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(parent.results)?;
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let cap = results_stream::STREAM_MAX as u64 + 1;
+                let _ = (&mut rx).take(cap).read_to_end(&mut buf).await;
+                buf
+            })
+        };
         let mut report = tokio::net::unix::pipe::Receiver::from_owned_fd(parent.report)?;
-        let chown =
-            (self.mode == Mode::Root).then(|| (workspace.to_path_buf(), self.uid, self.gid));
-        let pid = start(plan, self.id_maps(), cgroup.clone(), parent.go, chown).await?;
+        let pid = start(plan, &self.ranges, &self.writer, cgroup.clone(), parent.go).await?;
         *init = Some(pid);
 
         let mut records = Vec::new();
-        // Records up to test_all's status (the init's last word; its own
+        // Records up to lg-init's status (the init's last word; its own
         // exit, which tears down a copy of the daemon's address space, need
         // not be waited for), or to the end of the pipe.
         let reading = async {
@@ -893,28 +1097,45 @@ impl NativeRunner {
         }
         let stdout = collect(out_task, &out, PIPE_LINGER).await;
         let stderr = collect(err_task, &err, PIPE_LINGER).await;
+        let stream = match tokio::time::timeout(PIPE_LINGER, results_task).await {
+            Ok(Ok(b)) => b,
+            _ => Vec::new(),
+        };
         if cancelled {
             return Err(SandboxError::Cancelled);
         }
 
-        let mut test_status = None;
+        let mut status = None;
         for record in records {
             match record {
                 Some(Record::Failed { step, errno, op }) => {
                     return Err(describe_failure(step, errno, op, &ops, &sources));
                 }
-                Some(Record::Status(s)) => test_status = Some(s),
+                Some(Record::Status(s)) => status = Some(s),
                 None => {}
             }
         }
+        // lg-init wrote the stream after test_all ended: without it, the
+        // job never ran (or lg-init itself was killed).
+        let results = (!stream.is_empty())
+            .then(|| results_stream::parse(&stream))
+            .transpose()
+            .map_err(|e| setup_err("read the results", e))?;
         let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
         let termination = if timed_out {
             Termination::Timeout
         } else {
-            match test_status {
-                Some(s) if libc::WIFEXITED(s) => Termination::Exited {
-                    code: libc::WEXITSTATUS(s),
-                },
+            match status {
+                Some(s) if libc::WIFEXITED(s) => {
+                    let code = libc::WEXITSTATUS(s);
+                    if code == super::init::EXIT_SETUP && results.is_none() {
+                        return Err(lg_init_failure(&stderr));
+                    }
+                    match code {
+                        129..=192 => Termination::Signaled { signal: code - 128 },
+                        code => Termination::Exited { code },
+                    }
+                }
                 Some(s) if libc::WIFSIGNALED(s) => Termination::Signaled {
                     signal: libc::WTERMSIG(s),
                 },
@@ -922,18 +1143,80 @@ impl NativeRunner {
                 _ => {
                     return Err(setup_err(
                         "sandbox init",
-                        "the init ended without reporting test_all's status",
+                        "the init ended without reporting lg-init's status",
                     ));
                 }
             }
         };
-        // An OOM kill anywhere in the job names the limit, unless test_all
-        // itself handled it and succeeded.
+        // An OOM kill anywhere in the job names the limit, even when
+        // test_all survived it (docker and Slurm say the same).
         let termination = match termination {
-            Termination::Exited { code } if oom && code != 0 => Termination::MemoryLimit,
-            Termination::Signaled { .. } if oom => Termination::MemoryLimit,
+            Termination::Exited { .. } | Termination::Signaled { .. } if oom => {
+                Termination::MemoryLimit
+            }
             t => t,
         };
-        Ok((termination, stdout, stderr))
+        let mut disk_full = false;
+        if let Some(r) = results {
+            disk_full = r.disk_full();
+            if spec.contract == Contract::Trusted {
+                std::fs::create_dir_all(&spec.results)
+                    .and_then(|_| results_stream::write_into(&spec.results, &r))
+                    .map_err(|e| {
+                        setup_err(
+                            "leave the results",
+                            format!("{}: {e}", spec.results.display()),
+                        )
+                    })?;
+            }
+        }
+        Ok(Ended {
+            termination,
+            stdout,
+            stderr,
+            disk_full,
+        })
     }
 }
+
+/// lg-init could not set the job up: its last `lg-init:` line on stderr
+/// says where (`setup failed at STEP: CALL: ERROR`).
+fn lg_init_failure(stderr: &Captured) -> SandboxError {
+    let text = String::from_utf8_lossy(&stderr.bytes);
+    let line = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("lg-init: "))
+        .unwrap_or("exited 125 without a reason");
+    match line
+        .strip_prefix("setup failed at ")
+        .and_then(|r| r.split_once(": "))
+    {
+        Some((step, rest)) => {
+            let step = LG_INIT_STEPS
+                .iter()
+                .find(|s| **s == step)
+                .copied()
+                .unwrap_or("lg-init");
+            setup_err(step, rest)
+        }
+        None => setup_err("lg-init", line),
+    }
+}
+
+/// lg-init's step names (its errors name them; `SandboxError::Setup`
+/// wants a static one).
+const LG_INIT_STEPS: &[&str] = &[
+    "arrange descriptors",
+    "read the nonce",
+    "read the test paths",
+    "copy the workspace in",
+    "copy the tests in",
+    "hide the staged trees",
+    "lay out the workspace",
+    "lay out the harness",
+    "open the broker",
+    "become the job's reaper",
+    "watch the job",
+    "start test_all",
+];

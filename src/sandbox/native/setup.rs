@@ -1,5 +1,5 @@
 //! The sandbox's inside: what runs between `clone(2)` and `execve(2)` of
-//! `test_all`, as an ordered list of one-step functions (google/nsjail's
+//! `lg-init` (which starts `test_all`), as an ordered list of one-step functions (google/nsjail's
 //! `contain.cc`, isolate). Each step names itself and its syscall; a failing
 //! step writes a fixed-size [`Record`] to the close-on-exec report pipe and
 //! the child exits, so the daemon can say *which* step failed and why.
@@ -12,13 +12,15 @@
 //! the parent before the clone.
 //!
 //! Process layout inside the new PID namespace: pid 1 is our init (this
-//! code after setup): it starts `test_all` with a second (vfork-style)
-//! clone, reaps every orphan, and when `test_all` ends writes its wait
+//! code after setup): it starts `lg-init` with a second (vfork-style)
+//! clone, reaps every orphan, and when `lg-init` ends writes its wait
 //! status to the report pipe and exits, which makes the kernel kill
 //! whatever is left in the namespace. It also exits at once when the
-//! report pipe loses its reader: the daemon died or dropped the run. Everything inside runs as the sandbox uid/gid with no
-//! capabilities left after exec, `no_new_privs`, and the limits of the
-//! run.
+//! report pipe loses its reader: the daemon died or dropped the run. The
+//! init and what it starts (`lg-init`) are the sandbox's root (uid 0 of
+//! the job's user namespace, a subordinate id on the host) with
+//! `no_new_privs`; `lg-init` gives every job process its identity, drops
+//! its capabilities and applies the run's limits.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -29,8 +31,14 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 /// Fixed fd layout inside the init (after [`Step::Fds`]).
 const FD_REPORT: RawFd = 3;
 const FD_GO: RawFd = 4;
+/// The results pipe's write end: inherited (not close-on-exec) by
+/// `lg-init`, which is told `--results-fd 5`.
+pub(super) const FD_RESULTS: RawFd = 5;
+/// A memfd holding the test-paths list, inherited by `lg-init`, which is
+/// told `--test-paths /proc/self/fd/6` (and marks it close-on-exec).
+pub(super) const FD_TEST_PATHS: RawFd = 6;
 /// First O_PATH source fd inside the init.
-pub(super) const FD_SOURCES: RawFd = 5;
+pub(super) const FD_SOURCES: RawFd = 7;
 /// Most bind sources a plan may carry (the child keeps a fixed array).
 pub(super) const MAX_SOURCES: usize = 48;
 
@@ -110,7 +118,7 @@ impl Step {
         match self {
             Step::Cgroup => "enter the job cgroup",
             Step::Fds => "arrange file descriptors",
-            Step::ParentDeath => "watch the daemon and test_all",
+            Step::ParentDeath => "watch the daemon and lg-init",
             Step::WaitParent => "wait for the user namespace id maps",
             Step::Sources => "open the bind sources",
             Step::Session => "start a new session",
@@ -125,17 +133,17 @@ impl Step {
             Step::RootReadonly => "make the new root read-only",
             Step::PivotRoot => "pivot to the new root",
             Step::DetachOldRoot => "detach the host's root",
-            Step::Chdir => "enter /workspace",
+            Step::Chdir => "enter the new root",
             Step::Loopback => "bring up loopback",
             Step::NoNestedUserns => "forbid nested user namespaces",
             Step::NoNewPrivs => "set no_new_privs",
             Step::Dumpable => "make the init undumpable",
             Step::WaitCgroup => "wait for the job cgroup",
             Step::CgroupNs => "hide the host's cgroup paths",
-            Step::Fork => "start test_all",
+            Step::Fork => "start lg-init",
             Step::Rlimit => "set resource limits",
             Step::DropCaps => "drop capabilities",
-            Step::Exec => "exec test_all",
+            Step::Exec => "exec lg-init",
         }
     }
 
@@ -208,6 +216,29 @@ pub enum Op {
         path: CString,
         flags: MsFlags,
     },
+    /// A new file holding `data` (the embedded `lg-init`, written into the
+    /// root tmpfs before it is made read-only: owned by the sandbox's root,
+    /// no host file involved).
+    WriteFile {
+        path: CString,
+        data: &'static [u8],
+        mode: u32,
+    },
+    /// A hard link (`run-as-student` is `lg-init` under another name).
+    Link {
+        target: CString,
+        path: CString,
+    },
+    /// Bind a directory of the new tree on `path` (flags of its mount).
+    BindLocal {
+        from: CString,
+        path: CString,
+    },
+    /// Set a mode (mkdir's is reduced by the umask).
+    Chmod {
+        path: CString,
+        mode: u32,
+    },
 }
 
 impl Op {
@@ -219,6 +250,10 @@ impl Op {
             Op::Bind { .. } => "mount(MS_BIND)",
             Op::Mount { .. } => "mount",
             Op::Readonly { .. } => "mount(MS_REMOUNT|MS_BIND|MS_RDONLY)",
+            Op::WriteFile { .. } => "open(O_CREAT|O_EXCL)/write",
+            Op::Link { .. } => "link",
+            Op::BindLocal { .. } => "mount(MS_BIND)",
+            Op::Chmod { .. } => "chmod",
         }
     }
 
@@ -229,7 +264,11 @@ impl Op {
             | Op::Symlink { path, .. }
             | Op::Bind { path, .. }
             | Op::Mount { path, .. }
-            | Op::Readonly { path, .. } => path,
+            | Op::Readonly { path, .. }
+            | Op::WriteFile { path, .. }
+            | Op::Link { path, .. }
+            | Op::BindLocal { path, .. }
+            | Op::Chmod { path, .. } => path,
         }
     }
 }
@@ -243,13 +282,19 @@ pub struct Plan {
     pub stderr: OwnedFd,
     pub report: OwnedFd,
     pub go: OwnedFd,
+    /// Write end of the results pipe (`FD_RESULTS` in the sandbox).
+    pub results: OwnedFd,
+    /// The test-paths list (`FD_TEST_PATHS` in the sandbox).
+    pub test_paths: OwnedFd,
     /// cgroup v1 `tasks` files (opened by the parent) the init writes `0`
     /// to, moving itself into the job cgroup before anything else.
     pub cgroup_tasks: Vec<OwnedFd>,
     /// Host paths of bind sources (and whether each is a directory). The
-    /// child opens them (O_PATH) inside its new mount namespace before it
-    /// switches to the sandbox uid, so it may traverse directories that uid
-    /// could not; a bind needs a source in the caller's own namespace.
+    /// child opens them (O_PATH) inside its new mount namespace before its
+    /// id maps exist, so the lookup is still made with the daemon's own
+    /// credentials (the sandbox's ids, from a subordinate range, could not
+    /// traverse the daemon's directories); a bind needs a source in the
+    /// caller's own namespace.
     pub sources: Vec<(CString, bool)>,
     /// `/proc/self/fd/N` for each source, N = FD_SOURCES + index.
     pub source_paths: Vec<CString>,
@@ -277,7 +322,7 @@ pub struct Plan {
 pub enum Record {
     /// Setup failed at `step` (op index for [`Step::Tree`]) with `errno`.
     Failed { step: u32, errno: i32, op: u32 },
-    /// `test_all` ended with this raw wait status.
+    /// `lg-init` (so `test_all`) ended with this raw wait status.
     Status(i32),
 }
 
@@ -386,12 +431,14 @@ pub extern "C" fn init_main(arg: *mut libc::c_void) -> libc::c_int {
 /// Move the fds the child needs to its fixed layout and close the rest
 /// (other jobs' pipes must not stay open in this process).
 fn arrange_fds(plan: &Plan) -> Result<(), Fail> {
-    let mut fixed: [RawFd; 5] = [
+    let mut fixed: [RawFd; 7] = [
         plan.stdin.as_raw_fd(),
         plan.stdout.as_raw_fd(),
         plan.stderr.as_raw_fd(),
         plan.report.as_raw_fd(),
         plan.go.as_raw_fd(),
+        plan.results.as_raw_fd(),
+        plan.test_paths.as_raw_fd(),
     ];
     let mut high: RawFd = FD_SOURCES;
     for fd in fixed.iter() {
@@ -408,7 +455,9 @@ fn arrange_fds(plan: &Plan) -> Result<(), Fail> {
         let (to, flags) = match i {
             0..=2 => (i as RawFd, 0),
             3 => (FD_REPORT, libc::O_CLOEXEC),
-            _ => (FD_GO, libc::O_CLOEXEC),
+            4 => (FD_GO, libc::O_CLOEXEC),
+            5 => (FD_RESULTS, 0),
+            _ => (FD_TEST_PATHS, 0),
         };
         // SAFETY: dup3 on fds we hold.
         let r = unsafe { libc::dup3(*fd, to, flags) };
@@ -584,6 +633,51 @@ fn run_op(plan: &Plan, op: &Op) -> Result<(), Errno> {
             MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | *flags,
             None::<&CStr>,
         ),
+        Op::WriteFile { path, data, mode } => {
+            // SAFETY: open/write/close on a C string and a static slice.
+            unsafe {
+                let fd = Errno::result(libc::open(
+                    path.as_ptr(),
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+                    *mode as libc::c_uint,
+                ))?;
+                let mut rest: &[u8] = data;
+                while !rest.is_empty() {
+                    let n = libc::write(fd, rest.as_ptr().cast(), rest.len());
+                    if n <= 0 {
+                        let e = if n < 0 { Errno::last() } else { Errno::EIO };
+                        if e == Errno::EINTR {
+                            continue;
+                        }
+                        libc::close(fd);
+                        return Err(e);
+                    }
+                    rest = rest.get(n as usize..).unwrap_or(&[]);
+                }
+                let r = libc::fchmod(fd, *mode as libc::mode_t);
+                let e = Errno::last();
+                libc::close(fd);
+                if r != 0 {
+                    return Err(e);
+                }
+            }
+            Ok(())
+        }
+        Op::Link { target, path } => {
+            // SAFETY: link on C strings.
+            Errno::result(unsafe { libc::link(target.as_ptr(), path.as_ptr()) }).map(drop)
+        }
+        Op::BindLocal { from, path } => mount(
+            Some(from.as_c_str()),
+            path.as_c_str(),
+            None::<&CStr>,
+            MsFlags::MS_BIND,
+            None::<&CStr>,
+        ),
+        Op::Chmod { path, mode } => {
+            // SAFETY: chmod on a C string.
+            Errno::result(unsafe { libc::chmod(path.as_ptr(), *mode as libc::mode_t) }).map(drop)
+        }
     }
 }
 
@@ -641,12 +735,14 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
         Errno::result(r).map_err(at(Step::Cgroup))?;
     }
     arrange_fds(plan)?;
+    // Before the id maps exist: path lookups still use the daemon's
+    // credentials (see `Plan::sources`).
+    open_sources(plan)?;
 
     // First byte: the id maps are written. (The second comes once the
     // init is in the job cgroup: with cgroup v2 the parent attaches it
     // while this setup runs.)
     wait_go(Step::WaitParent)?;
-    open_sources(plan)?;
 
     nix::unistd::setsid().map_err(at(Step::Session))?;
     // Handlers inherited from the daemon (tokio's SIGCHLD/SIGTERM) would
@@ -738,15 +834,9 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
     // namespace the student never gains a capability anywhere (the attack
     // surface Docker closes with seccomp).
     no_nested_userns().map_err(at(Step::NoNestedUserns))?;
-    // Nothing inside may ever regain a capability (file caps, ambient).
-    for cap in 0..64 {
-        // SAFETY: prctl with integer arguments; EINVAL past the last cap.
-        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0
-            && Errno::last() == Errno::EINVAL
-        {
-            break;
-        }
-    }
+    // The capabilities of the sandbox's root stay for lg-init (it lays the
+    // job out and runs the broker); it drops them, and the bounding set,
+    // in every job process it starts.
     nix::sys::prctl::set_no_new_privs().map_err(at(Step::NoNewPrivs))?;
     nix::sys::prctl::set_dumpable(false).map_err(at(Step::Dumpable))?;
     wait_go(Step::WaitCgroup)?;
@@ -781,11 +871,13 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
         libc::close(0);
         libc::close(1);
         libc::close(2);
+        libc::close(FD_RESULTS);
+        libc::close(FD_TEST_PATHS);
     }
     Ok(pid)
 }
 
-/// Entry of the second clone: limits, no capabilities, exec test_all.
+/// Entry of the second clone: a clean signal mask, exec lg-init.
 extern "C" fn exec_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: as in init_main; this is a copy of the init's memory.
     let args = unsafe { &*(arg as *const ChildArgs) };
@@ -827,9 +919,6 @@ extern "C" fn exec_main(arg: *mut libc::c_void) -> libc::c_int {
             0,
             0,
         );
-    }
-    if let Err(e) = capset(&[CapData::default(); 2]) {
-        return fail((Step::DropCaps, e, 0));
     }
     // SAFETY: execve with NULL-terminated arrays built by the parent.
     unsafe {
