@@ -23,6 +23,16 @@ pub const GITLAB_TOKEN_ENV: &str = "LABGRADER_GITLAB_TOKEN";
 pub const CALLBACK_SECRET_ENV: &str = "LABGRADER_CALLBACK_SECRET";
 pub const SMTP_PASSWORD_ENV: &str = "LABGRADER_SMTP_PASSWORD";
 pub const SLURM_TOKEN_ENV: &str = "LABGRADER_SLURM_TOKEN";
+/// Set by systemd to the unit's credentials directory (`LoadCredential=`):
+/// a secret found there wins over the `*_file` keys and the environment.
+pub const CREDENTIALS_ENV: &str = "CREDENTIALS_DIRECTORY";
+/// Credential names: files in `$CREDENTIALS_DIRECTORY`, loaded by the
+/// units from `/etc/labgrader/credentials/<name>`.
+pub const WEBHOOK_TOKEN_CREDENTIAL: &str = "webhook-token";
+pub const GITLAB_TOKEN_CREDENTIAL: &str = "gitlab-token";
+pub const CALLBACK_SECRET_CREDENTIAL: &str = "callback-secret";
+pub const SMTP_PASSWORD_CREDENTIAL: &str = "smtp-password";
+pub const SLURM_TOKEN_CREDENTIAL: &str = "slurm-token";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -107,6 +117,10 @@ pub struct SpoolConfig {
     /// are kept: a delivery re-sent within this window of the first is
     /// recognized as a duplicate. Older ones are removed hourly.
     pub dedup_window: Seconds,
+    /// Free space kept in reserve on the spool's file system: under it the
+    /// hook refuses new jobs (503) and the grader stops claiming, so jobs
+    /// already accepted can finish and deliver. 0 turns the check off.
+    pub min_free: ByteSize,
 }
 
 impl Default for SpoolConfig {
@@ -114,6 +128,7 @@ impl Default for SpoolConfig {
         Self {
             dir: PathBuf::from("spool"),
             dedup_window: Seconds(Duration::from_secs(14 * 24 * 3600)),
+            min_free: ByteSize(1 << 30),
         }
     }
 }
@@ -838,28 +853,46 @@ impl Config {
     fn finish(&mut self, path: Option<&Path>) -> Result<(), ConfigError> {
         self.source = path.map(Path::to_path_buf);
         self.validate()?;
+        let creds = std::env::var_os(CREDENTIALS_ENV)
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
+        let creds = creds.as_deref();
         self.secrets = Secrets {
             webhook_token: read_secret(
+                creds,
+                WEBHOOK_TOKEN_CREDENTIAL,
                 "server.webhook_token_file",
                 &self.server.webhook_token_file,
                 WEBHOOK_TOKEN_ENV,
             )?,
             gitlab_token: read_secret(
+                creds,
+                GITLAB_TOKEN_CREDENTIAL,
                 "gitlab.token_file",
                 &self.gitlab.token_file,
                 GITLAB_TOKEN_ENV,
             )?,
             callback_secret: read_secret(
+                creds,
+                CALLBACK_SECRET_CREDENTIAL,
                 "callback.secret_file",
                 &self.callback.secret_file,
                 CALLBACK_SECRET_ENV,
             )?,
             smtp_password: read_secret(
+                creds,
+                SMTP_PASSWORD_CREDENTIAL,
                 "email.password_file",
                 &self.email.password_file,
                 SMTP_PASSWORD_ENV,
             )?,
-            slurm_token: read_secret("slurm.token_file", &self.slurm.token_file, SLURM_TOKEN_ENV)?,
+            slurm_token: read_secret(
+                creds,
+                SLURM_TOKEN_CREDENTIAL,
+                "slurm.token_file",
+                &self.slurm.token_file,
+                SLURM_TOKEN_ENV,
+            )?,
         };
         Ok(())
     }
@@ -1022,13 +1055,51 @@ impl Config {
     }
 }
 
-fn read_secret(key: &str, file: &Path, env: &str) -> Result<Option<Secret>, ConfigError> {
+/// One secret, from the first place that has it: the systemd credential
+/// `credential` in `creds` (`$CREDENTIALS_DIRECTORY`; an empty or missing
+/// file there does not count), else the `*_file` key `key` (`file`), else
+/// the environment variable `env`. Text is trimmed; empty means none.
+fn read_secret(
+    creds: Option<&Path>,
+    credential: &str,
+    key: &str,
+    file: &Path,
+    env: &str,
+) -> Result<Option<Secret>, ConfigError> {
+    // An empty credential: the units load every name, unused ones empty.
+    let mut empty_credential = false;
+    if let Some(dir) = creds {
+        let path = dir.join(credential);
+        match std::fs::read_to_string(&path) {
+            Ok(text) if !text.trim().is_empty() => return Ok(Some(Secret::new(text.trim()))),
+            Ok(_) => empty_credential = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ConfigError::Secret {
+                    key: format!("credential {credential}"),
+                    path,
+                    source,
+                });
+            }
+        }
+    }
     if !file.as_os_str().is_empty() {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Secret {
-            key: key.into(),
-            path: file.to_path_buf(),
-            source,
-        })?;
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            // A config from before the credentials still names a secret
+            // file scripts/install has since moved into them (empty there:
+            // not configured). Nothing to read, nothing to fail on.
+            Err(e) if empty_credential && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(source) => {
+                return Err(ConfigError::Secret {
+                    key: key.into(),
+                    path: file.to_path_buf(),
+                    source,
+                });
+            }
+        };
         let t = text.trim();
         return Ok((!t.is_empty()).then(|| Secret::new(t)));
     }
@@ -1113,6 +1184,56 @@ mod tests {
         let q: Quota = "5/24h".parse().unwrap();
         assert_eq!((q.count, q.window), (5, Duration::from_secs(86400)));
         assert!("5".parse::<Quota>().is_err());
+    }
+
+    #[test]
+    fn a_systemd_credential_wins_over_the_file_key_and_the_environment() {
+        let d = tempfile::tempdir().unwrap();
+        let creds = d.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        std::fs::write(creds.join("webhook-token"), "from-credential\n").unwrap();
+        std::fs::write(creds.join("smtp-password"), "\n").unwrap();
+        let file = d.path().join("token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let read = |cred: &str, file: &Path| {
+            read_secret(
+                Some(&creds),
+                cred,
+                "k",
+                file,
+                "LABGRADER_TEST_UNSET_VARIABLE",
+            )
+            .unwrap()
+            .map(|s| s.expose().to_string())
+        };
+        assert_eq!(
+            read("webhook-token", &file).as_deref(),
+            Some("from-credential")
+        );
+        // An empty credential (the placeholder install leaves) or none at
+        // all: the file key still counts.
+        assert_eq!(read("smtp-password", &file).as_deref(), Some("from-file"));
+        assert_eq!(read("gitlab-token", &file).as_deref(), Some("from-file"));
+        assert_eq!(read("gitlab-token", Path::new("")), None);
+        // With the credential there, a file key the daemon could not read
+        // (the old root-only path) is never opened.
+        assert_eq!(
+            read("webhook-token", Path::new("/nonexistent/webhook-token")).as_deref(),
+            Some("from-credential")
+        );
+        // An old config naming a secret file install moved away, with the
+        // credential left empty: not configured, not an error.
+        assert_eq!(read("smtp-password", Path::new("/nonexistent/pw")), None);
+        assert!(
+            read_secret(
+                Some(&creds),
+                "gitlab-token",
+                "k",
+                Path::new("/nonexistent/t"),
+                "X"
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Owns the base URL, the `PRIVATE-TOKEN` header and the mapping of GitLab's
 //! answers to typed errors. Typed calls (project lookup, commit status,
-//! users, hooks) are methods on [`GitlabApi`]. It never logs the token and
+//! users, project members, hooks) are methods on [`GitlabApi`]. It never logs the token and
 //! never retries by itself.
 
 use std::time::Duration;
@@ -196,13 +196,15 @@ pub struct GitlabUser {
 }
 
 impl GitlabUser {
-    /// The best address GitLab gave: the private one (admin token), else the public one.
-    pub fn best_email(&self) -> Option<&str> {
-        [self.email.as_deref(), self.public_email.as_deref()]
-            .into_iter()
-            .flatten()
+    /// The address the user made public on GitLab (`public_email`), if any.
+    /// The private `email` (shown to admin tokens) is never used: mail
+    /// sent there, or copied to others, would reveal an address the user
+    /// chose to hide.
+    pub fn public_address(&self) -> Option<&str> {
+        self.public_email
+            .as_deref()
             .map(str::trim)
-            .find(|e| e.contains('@'))
+            .filter(|e| e.contains('@'))
     }
 }
 
@@ -212,6 +214,82 @@ impl GitlabApi {
         self.get_json(&format!("/users/{id}")).await
     }
 }
+// --- Project members (issue #14: manifest authors are verified). ---
+
+/// GitLab's access level of a Developer: a member at this level or above
+/// can push to the project.
+pub const DEVELOPER_ACCESS: u32 = 30;
+/// Members read per page, and the most pages followed (5 000 members).
+const MEMBERS_PER_PAGE: u32 = 100;
+const MEMBERS_MAX_PAGES: u32 = 50;
+
+/// One member as `GET /projects/:id/members/all` lists it (direct and
+/// inherited members; no email addresses).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ProjectMember {
+    pub id: u64,
+    pub username: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `active`, `blocked`, ...
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub access_level: u32,
+}
+
+impl ProjectMember {
+    /// An active member who can push to the project (Developer or above).
+    /// Inherited Guests and Reporters (a course group that lets every
+    /// student see every project) do not make a classmate a co-author.
+    pub fn can_push(&self) -> bool {
+        self.access_level >= DEVELOPER_ACCESS && self.state.as_deref().is_none_or(|s| s == "active")
+    }
+}
+
+impl GitlabApi {
+    /// Every member of the project (`id` or `namespace/name`), direct and
+    /// inherited, following `X-Next-Page`. `Ok(None)` when GitLab says 404.
+    pub async fn project_members(
+        &self,
+        project: &str,
+    ) -> Result<Option<Vec<ProjectMember>>, GitlabError> {
+        let base = format!("/projects/{}/members/all", encode_path(project));
+        let mut all = Vec::new();
+        let mut page: u32 = 1;
+        while page <= MEMBERS_MAX_PAGES {
+            let path = format!("{base}?per_page={MEMBERS_PER_PAGE}&page={page}");
+            let resp = self.send(Method::GET, &path, None).await?;
+            if resp.status == StatusCode::NOT_FOUND && page == 1 {
+                return Ok(None);
+            }
+            if !resp.status.is_success() {
+                return Err(GitlabError::Status {
+                    method: Method::GET,
+                    path,
+                    status: resp.status,
+                    body: resp.body_snippet(),
+                });
+            }
+            let items: Vec<ProjectMember> = resp
+                .json()
+                .map_err(|source| GitlabError::Decode { path, source })?;
+            let n = items.len() as u32;
+            all.extend(items);
+            let next = match resp.headers.get("x-next-page") {
+                Some(v) => v.to_str().ok().and_then(|s| s.trim().parse::<u32>().ok()),
+                None if n >= MEMBERS_PER_PAGE => Some(page + 1),
+                None => None,
+            };
+            match next {
+                Some(next) if next > page => page = next,
+                _ => break,
+            }
+        }
+        Ok(Some(all))
+    }
+}
+
 // Hook setup (system hook, project hooks, project_create): see hooks.rs.
 pub mod hooks;
 pub use hooks::ensure_project_hook;

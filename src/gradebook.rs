@@ -410,6 +410,7 @@ mod tests {
             hidden: Default::default(),
             stdout: Captured::default(),
             stderr: Captured::default(),
+            results: None,
             extra: Default::default(),
         }
     }

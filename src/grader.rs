@@ -43,11 +43,12 @@ use crate::metrics;
 use crate::mirror::{MirrorError, Mirrors};
 use crate::policy::{Admitted, QuotaLedger, Refusal};
 use crate::result::{JobResult, RESULT_SCHEMA, Status};
+use crate::results::{self, RESULTS_FILE, ResultsError, TestResults};
 use crate::sandbox::{
     self, Captured, Limits, RunOutcome, RunSpec, Runner, SandboxError, Termination,
 };
 use crate::spool::{Spool, SpoolError, State};
-use crate::summary;
+use crate::summary::{self, SummaryError};
 use crate::workspace::{self, WorkspaceError, WorkspaceLimits};
 
 const PHASE_METRIC: &str = "labgrader_grader_phase_seconds";
@@ -220,6 +221,8 @@ pub struct Grader {
     work: PathBuf,
     /// Course policy (manifest, authors, quota); `None` for replays.
     gate: Option<PolicyGate>,
+    /// `[spool] min_free`: no job is claimed under it.
+    reserve: crate::reserve::Reserve,
 }
 
 /// What admission needs besides the config.
@@ -246,7 +249,9 @@ impl Grader {
         })?;
         let ledger = QuotaLedger::in_spool(&root).map_err(|e| GraderError::Other(e.to_string()))?;
         let gitlab = GitlabApi::from_config(&cfg, crate::httpc::HttpClient::new());
+        let reserve = crate::reserve::Reserve::new(&root, cfg.spool.min_free.bytes());
         let g = Grader {
+            reserve,
             cfg,
             spool,
             mirrors,
@@ -461,9 +466,31 @@ impl Grader {
             .map(|r| r.name())
             .unwrap_or("unavailable");
         info!(workers, runner = %self.cfg.grader.runner, chosen, "grader started");
+        let mut low_space = false;
         loop {
             sched.scan(&self.spool);
-            let next = sched.dispatch(&self, &permits, &mut tasks, &jobs_cancel);
+            // Under `[spool] min_free` no new job is claimed: the reserve
+            // is for the jobs already running to finish and deliver.
+            let next = match self.reserve.check() {
+                Err(low) => {
+                    if !low_space {
+                        error!(
+                            free = low.free,
+                            min_free = low.min_free,
+                            "SPOOL FILE SYSTEM NEARLY FULL: not claiming new jobs until space is freed"
+                        );
+                    }
+                    low_space = true;
+                    None
+                }
+                Ok(()) => {
+                    if low_space {
+                        info!("free space back above [spool] min_free: claiming jobs again");
+                    }
+                    low_space = false;
+                    sched.dispatch(&self, &permits, &mut tasks, &jobs_cancel)
+                }
+            };
             let sleep_for = next
                 .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
                 .map_or(rescan, |d| d.min(rescan));
@@ -661,10 +688,12 @@ impl Grader {
         }
         error!(attempts = ev.infra_attempts + 1, error = %msg,
             "infrastructure failure and no retries left: recording infra_error; staff must look");
-        let reason = format!(
-            "the grader could not grade this commit (not the student's fault; staff were alerted): {msg}"
-        );
-        let result = self.bare_result(&ev, None, Status::InfraError, reason);
+        // The student sees the verdict, never the grader's own error: it
+        // names host paths (spool, mirrors) and services. Staff find it in
+        // the log, in stderr (staff only) and in failed-attempt counts.
+        let reason = "the grader could not grade this commit (not the student's fault; staff were alerted and it can be regraded)".to_string();
+        let mut result = self.bare_result(&ev, None, Status::InfraError, reason);
+        result.stderr = Captured::from_bytes(format!("labgrader: {msg}\n").into_bytes(), 1 << 16);
         self.release_quota(&ev);
         if let Err(e) = self.record(name, &ev, &result).await {
             error!(error = %e, "cannot record the infra_error result; the job stays in active/");
@@ -745,10 +774,11 @@ impl Grader {
         let t = Instant::now();
         let outcome = runner.run(&spec, cancel).await;
         observe("run", t.elapsed());
+        let harness = harness_results(&spec);
         drop(ws);
         match outcome {
             Ok(out) => {
-                let mut r = result_from_run(ev, Some(tests_sha), &limits, out);
+                let mut r = result_from_run(ev, Some(tests_sha), &limits, out, harness);
                 note_contract(&mut r, contract);
                 if let Some(a) = admitted {
                     r.extra.extend(a.extra);
@@ -972,6 +1002,7 @@ fn result_without_run(
         hidden: BTreeMap::new(),
         stdout: Captured::default(),
         stderr: Captured::default(),
+        results: None,
         extra: extra_of(ev),
     }
 }
@@ -1062,18 +1093,47 @@ pub fn job_env(ev: &Event, tests_sha: &str) -> Vec<(String, String)> {
     ]
 }
 
-/// Status, reason and grade of a finished run.
-pub fn verdict(out: &RunOutcome, limits: &Limits) -> (Status, String, Option<summary::Summary>) {
-    let parsed = summary::parse_captured(&out.stdout);
-    let cut = if out.stdout.truncated {
-        format!(
-            " (stdout was cut at output_limit, {} of {} bytes kept)",
-            out.stdout.bytes.len(),
-            out.stdout.total
-        )
-    } else {
-        String::new()
-    };
+/// Where a run's grade came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Grade {
+    /// The stdout contract: the last complete `<summary>` block.
+    Summary(summary::Summary),
+    /// The trusted contract: `results.json` in `$LABGRADER_RESULTS`.
+    Results(TestResults),
+}
+
+impl Grade {
+    pub fn total(&self) -> f64 {
+        match self {
+            Grade::Summary(s) => s.grade_total,
+            Grade::Results(r) => r.grade_total,
+        }
+    }
+}
+
+/// What the harness left in the results directory of `spec`: `None` under
+/// the stdout contract (there is none), else `results.json` read and
+/// checked. Call it before the job directory is removed.
+pub fn harness_results(spec: &RunSpec) -> Option<Result<TestResults, ResultsError>> {
+    (spec.contract == Contract::Trusted).then(|| results::read(&spec.results))
+}
+
+/// Status, reason and grade of a finished run. `harness` is
+/// [`harness_results`]: under the trusted contract `results.json` is the
+/// only source of a grade (stdout is feedback, a summary there never
+/// counts); without it the grade is read from stdout's summary.
+///
+/// - A limit that stopped the run (timeout, memory, disk) is the status;
+///   a grade written before that still counts (partial credit).
+/// - trusted: no `results.json` is `no_grade`; a malformed one is `error`,
+///   the reason naming the problem (the harness is wrong, not the student).
+/// - stdout: a summary cut by `output_limit` is `output_limit` (see
+///   [`summary::parse_captured`]); no valid summary is `no_grade`.
+pub fn verdict(
+    out: &RunOutcome,
+    limits: &Limits,
+    harness: Option<&Result<TestResults, ResultsError>>,
+) -> (Status, String, Option<Grade>) {
     let limit_reason = match &out.termination {
         Termination::Timeout => Some((
             Status::Timeout,
@@ -1086,7 +1146,53 @@ pub fn verdict(out: &RunOutcome, limits: &Limits) -> (Status, String, Option<sum
             Status::MemoryLimit,
             format!("stopped by the memory limit of {} bytes", limits.memory),
         )),
+        _ if out.disk_full => Some((
+            Status::DiskLimit,
+            format!("the job filled its disk limit of {} bytes", limits.disk),
+        )),
         _ => None,
+    };
+    let how = match out.termination {
+        Termination::Exited { code } => format!("test_all exited with status {code}"),
+        Termination::Signaled { signal } => format!("test_all was killed by signal {signal}"),
+        _ => String::new(),
+    };
+    if let Some(harness) = harness {
+        return match (limit_reason, harness) {
+            (Some((status, why)), Ok(r)) => (
+                status,
+                format!(
+                    "{why}; grade {} from the {RESULTS_FILE} written before that",
+                    r.grade_total
+                ),
+                Some(Grade::Results(r.clone())),
+            ),
+            (Some((status, why)), Err(e)) => (status, format!("{why}; {e}"), None),
+            (None, Ok(r)) => (
+                Status::Graded,
+                format!("grade {} from {RESULTS_FILE}", r.grade_total),
+                Some(Grade::Results(r.clone())),
+            ),
+            (None, Err(e)) if !e.is_malformed() => (
+                Status::NoGrade,
+                format!(
+                    "{e} (under the trusted contract stdout is feedback: a summary there \
+                     does not count); {how}"
+                ),
+                None,
+            ),
+            (None, Err(e)) => (Status::Error, format!("{e}; {how}"), None),
+        };
+    }
+    let parsed = summary::parse_captured(&out.stdout);
+    let cut = if out.stdout.truncated && !matches!(parsed, Err(SummaryError::OutputCut { .. })) {
+        format!(
+            " (stdout was cut at output_limit, {} of {} bytes kept)",
+            out.stdout.bytes.len() + out.stdout.tail.len(),
+            out.stdout.total
+        )
+    } else {
+        String::new()
     };
     match (limit_reason, parsed) {
         (Some((status, why)), Ok(s)) => (
@@ -1095,20 +1201,18 @@ pub fn verdict(out: &RunOutcome, limits: &Limits) -> (Status, String, Option<sum
                 "{why}; grade {} from the last complete summary printed before that",
                 s.grade_total
             ),
-            Some(s),
+            Some(Grade::Summary(s)),
         ),
         (Some((status, why)), Err(e)) => (status, format!("{why}; {e}{cut}"), None),
-        (None, Ok(s)) => (Status::Graded, format!("grade {}", s.grade_total), Some(s)),
-        (None, Err(e)) => {
-            let how = match out.termination {
-                Termination::Exited { code } => format!("test_all exited with status {code}"),
-                Termination::Signaled { signal } => {
-                    format!("test_all was killed by signal {signal}")
-                }
-                _ => String::new(),
-            };
-            (Status::NoGrade, format!("{e}{cut}; {how}"), None)
+        (None, Ok(s)) => (
+            Status::Graded,
+            format!("grade {}", s.grade_total),
+            Some(Grade::Summary(s)),
+        ),
+        (None, Err(e @ SummaryError::OutputCut { .. })) => {
+            (Status::OutputLimit, format!("{e}; {how}"), None)
         }
+        (None, Err(e)) => (Status::NoGrade, format!("{e}{cut}; {how}"), None),
     }
 }
 
@@ -1117,13 +1221,20 @@ fn result_from_run(
     tests_sha: Option<String>,
     limits: &Limits,
     out: RunOutcome,
+    harness: Option<Result<TestResults, ResultsError>>,
 ) -> JobResult {
-    let (status, reason, s) = verdict(&out, limits);
-    let (grade_total, summary, hidden) = match s {
-        Some(s) => (Some(s.grade_total), s.summary, s.hidden),
-        None => (None, BTreeMap::new(), BTreeMap::new()),
+    let (status, reason, grade) = verdict(&out, limits, harness.as_ref());
+    let (grade_total, summary, hidden, results) = match grade {
+        Some(Grade::Summary(s)) => (Some(s.grade_total), s.summary, s.hidden, None),
+        Some(Grade::Results(r)) => (
+            Some(r.grade_total),
+            BTreeMap::new(),
+            BTreeMap::new(),
+            Some(r),
+        ),
+        None => (None, BTreeMap::new(), BTreeMap::new(), None),
     };
-    JobResult {
+    let mut r = JobResult {
         image: out.image,
         image_id: out.image_id,
         limits: Some(limits.clone()),
@@ -1135,8 +1246,20 @@ fn result_from_run(
         hidden,
         stdout: out.stdout,
         stderr: out.stderr,
+        results,
         ..result_without_run(ev, out.runner, tests_sha, status, reason)
+    };
+    // The problem may name a hidden test: staff keep it, student views
+    // replace it in the reason (policy::hidden).
+    if let Some(Err(e)) = &harness
+        && e.is_malformed()
+    {
+        r.extra.insert(
+            crate::policy::hidden::RESULTS_ERROR_KEY.into(),
+            serde_json::Value::String(e.to_string()),
+        );
     }
+    r
 }
 
 /// Record a trusted-contract job as such (stdout jobs carry no mark, as
@@ -1368,7 +1491,8 @@ pub async fn grade_local(
     };
     let spec = jd.spec(&job_id, job_env(&ev, ""), &limits, contract, laid);
     let out = runner.run(&spec, &CancellationToken::new()).await?;
-    let mut r = result_from_run(&ev, None, &limits, out);
+    let harness = harness_results(&spec);
+    let mut r = result_from_run(&ev, None, &limits, out, harness);
     note_contract(&mut r, contract);
     Ok(r)
 }
@@ -1440,6 +1564,7 @@ fn result_skeleton(ev: &Event, runner: &str, limits: &Limits) -> JobResult {
         hidden: BTreeMap::new(),
         stdout: Captured::default(),
         stderr: Captured::default(),
+        results: None,
         extra: BTreeMap::new(),
     }
 }
@@ -1568,6 +1693,7 @@ pub async fn replay(cfg: Arc<Config>, spool: Arc<Spool>, job: &str) -> Result<Re
         runners: Mutex::new(HashMap::new()),
         work: spool.root().join("work"),
         gate: None,
+        reserve: crate::reserve::Reserve::new(spool.root(), cfg.spool.min_free.bytes()),
         cfg,
         spool,
     };
@@ -1622,8 +1748,9 @@ pub async fn replay(cfg: Arc<Config>, spool: Arc<Spool>, job: &str) -> Result<Re
                 )
             };
             let out = runner.run(&spec, &cancel).await?;
+            let harness = harness_results(&spec);
             drop(ws);
-            let mut r = result_from_run(&ev, Some(tests_sha), &limits, out);
+            let mut r = result_from_run(&ev, Some(tests_sha), &limits, out, harness);
             note_contract(&mut r, contract);
             r
         }
@@ -1666,16 +1793,16 @@ mod tests {
             Termination::Timeout,
             b"<summary>\ngrade_total = 30\n</summary>\n<summary>\ngrade_to",
         );
-        let (status, reason, s) = verdict(&out, &limits());
+        let (status, reason, s) = verdict(&out, &limits(), None);
         assert_eq!(status, Status::Timeout);
-        assert_eq!(s.unwrap().grade_total, 30.0);
+        assert_eq!(s.unwrap().total(), 30.0);
         assert!(reason.contains("timeout"), "{reason}");
     }
 
     #[test]
     fn exit_without_summary_is_no_grade_with_the_reason() {
         let out = outcome(Termination::Exited { code: 2 }, b"oops");
-        let (status, reason, _) = verdict(&out, &limits());
+        let (status, reason, _) = verdict(&out, &limits(), None);
         assert_eq!(status, Status::NoGrade);
         assert!(reason.contains("no complete <summary>"), "{reason}");
         assert!(reason.contains("status 2"), "{reason}");
@@ -1684,9 +1811,70 @@ mod tests {
     #[test]
     fn memory_kill_is_named() {
         let out = outcome(Termination::MemoryLimit, b"");
-        let (status, reason, _) = verdict(&out, &limits());
+        let (status, reason, _) = verdict(&out, &limits(), None);
         assert_eq!(status, Status::MemoryLimit);
         assert!(reason.contains("memory limit"), "{reason}");
+    }
+
+    fn results(json: &str) -> Option<Result<TestResults, ResultsError>> {
+        Some(crate::results::parse(json.as_bytes()))
+    }
+
+    #[test]
+    fn trusted_grade_is_results_json_and_a_printed_summary_never_counts() {
+        let forged = b"<summary>\ngrade_total = 100\n</summary>\n";
+        let out = outcome(Termination::Exited { code: 0 }, forged);
+        let r = results(r#"{"tests": [{"name": "a", "score": 3, "max_score": 5}]}"#);
+        let (status, reason, g) = verdict(&out, &limits(), r.as_ref());
+        assert_eq!(status, Status::Graded);
+        assert_eq!(g.unwrap().total(), 3.0);
+        assert!(reason.contains("results.json"), "{reason}");
+
+        let (status, reason, g) = verdict(&out, &limits(), Some(&Err(ResultsError::Missing)));
+        assert_eq!(status, Status::NoGrade);
+        assert!(g.is_none());
+        assert!(
+            reason.contains("wrote no results.json in $LABGRADER_RESULTS"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn trusted_malformed_results_is_an_error_naming_the_problem() {
+        let out = outcome(Termination::Exited { code: 0 }, b"");
+        let r = results(r#"{"tests": [{"name": "parse", "score": 12, "max_score": 10}]}"#);
+        let (status, reason, g) = verdict(&out, &limits(), r.as_ref());
+        assert_eq!(status, Status::Error);
+        assert!(g.is_none());
+        assert!(reason.contains("tests[0] (`parse`)"), "{reason}");
+    }
+
+    #[test]
+    fn trusted_limit_keeps_the_results_written_before_it() {
+        let out = outcome(Termination::Timeout, b"");
+        let (status, reason, g) = verdict(&out, &limits(), results(r#"{"score": 20}"#).as_ref());
+        assert_eq!(status, Status::Timeout);
+        assert_eq!(g.unwrap().total(), 20.0);
+        assert!(reason.contains("timeout"), "{reason}");
+        let mut out = outcome(Termination::Exited { code: 1 }, b"");
+        out.disk_full = true;
+        let (status, reason, _) = verdict(&out, &limits(), Some(&Err(ResultsError::Missing)));
+        assert_eq!(status, Status::DiskLimit);
+        assert!(reason.contains("disk limit"), "{reason}");
+    }
+
+    #[test]
+    fn stdout_cut_before_a_trustworthy_summary_is_output_limit() {
+        let mut stream = b"<summary>\ngrade_total = 100\n</summary>\n".to_vec();
+        stream.extend(std::iter::repeat_n(b'x', 300_000));
+        let cap = crate::sandbox::output::SharedCapture::default();
+        cap.push(&stream, 1000);
+        let mut out = outcome(Termination::Exited { code: 0 }, b"");
+        out.stdout = cap.snapshot();
+        let (status, reason, g) = verdict(&out, &limits(), None);
+        assert_eq!(status, Status::OutputLimit);
+        assert!(g.is_none());
+        assert!(reason.contains("no earlier block counts"), "{reason}");
     }
 
     #[test]

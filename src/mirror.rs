@@ -592,6 +592,17 @@ impl Mirrors {
                 });
             }
         };
+        // An archive that cannot be read is the tree's fault, unless git
+        // itself said why it stopped writing it.
+        if matches!(extracted, Err(WorkspaceError::Unreadable { .. }))
+            && !String::from_utf8_lossy(&err).trim().is_empty()
+        {
+            return Err(MirrorError::Git {
+                op: "archive",
+                url: mirror.display().to_string(),
+                stderr: tidy_stderr(&err),
+            });
+        }
         let usage = extracted?;
         let status = status.map_err(MirrorError::Spawn)?;
         if !status.success() {

@@ -15,9 +15,11 @@ pub const RESULT_SCHEMA: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
-    /// A grade was read from the summary and no limit stopped the run.
+    /// A grade was read (`results.json` under the trusted contract, the
+    /// summary under the stdout contract) and no limit stopped the run.
     Graded,
-    /// `test_all` ran but printed no valid summary / `grade_total`.
+    /// `test_all` ran but gave no grade: no valid summary / `grade_total`
+    /// (stdout contract), no `results.json` (trusted contract).
     NoGrade,
     /// Killed at the wall-clock limit (a partial grade may still count).
     Timeout,
@@ -31,7 +33,8 @@ pub enum Status {
     /// can be trusted (the reason says how).
     OutputLimit,
     /// The submission cannot be graded as delivered (no executable
-    /// `test_all`, unreadable tree, …); the reason says what.
+    /// `test_all`, unreadable tree, a malformed `results.json`, …); the
+    /// reason says what.
     Error,
     /// `labgrader.json` was malformed or missing when required.
     InvalidManifest,
@@ -101,6 +104,11 @@ pub struct JobResult {
     pub hidden: BTreeMap<String, String>,
     pub stdout: Captured,
     pub stderr: Captured,
+    /// What `results.json` said (trusted contract): the grade's source and
+    /// the per-test rows. Student views drop hidden tests
+    /// ([`crate::policy::hidden`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<crate::results::TestResults>,
     /// Extra facts (manifest, authors, late flag…) kept for staff.
     #[serde(default)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -118,6 +126,8 @@ mod tests {
             Status::Timeout,
             Status::MemoryLimit,
             Status::WorkspaceLimit,
+            Status::DiskLimit,
+            Status::OutputLimit,
             Status::Error,
             Status::InvalidManifest,
             Status::InfraError,

@@ -21,6 +21,11 @@ use crate::result::Status;
 
 /// The file every test repository must provide, executable, at its top.
 pub const TEST_ALL: &str = "test_all";
+/// Longest path (bytes) a student tree may hold, relative to its top:
+/// well inside `PATH_MAX` (4096) wherever the workspace is mounted.
+pub const MAX_PATH: usize = 2048;
+/// Longest file or directory name (Linux's `NAME_MAX`).
+pub const MAX_NAME: usize = 255;
 
 /// Size limits of one workspace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +82,9 @@ pub enum WorkspaceError {
     NoTestAll,
     #[error("refusing archive entry {path:?}: {reason}")]
     BadEntry { path: String, reason: String },
+    /// The student tree's archive cannot be read (as git produced it).
+    #[error("the repository's files cannot be extracted: {reason}")]
+    Unreadable { reason: String },
     #[error("cannot read the tree to copy at {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error("cannot write the workspace at {path}: {source}")]
@@ -91,7 +99,9 @@ impl WorkspaceError {
             WorkspaceError::SizeLimit { .. } | WorkspaceError::FileLimit { .. } => {
                 Some(Status::WorkspaceLimit)
             }
-            WorkspaceError::NoTestAll | WorkspaceError::BadEntry { .. } => Some(Status::Error),
+            WorkspaceError::NoTestAll
+            | WorkspaceError::BadEntry { .. }
+            | WorkspaceError::Unreadable { .. } => Some(Status::Error),
             WorkspaceError::Read { .. } | WorkspaceError::Write { .. } => None,
         }
     }
@@ -111,11 +121,83 @@ fn read_err(path: &Path) -> impl FnOnce(io::Error) -> WorkspaceError + '_ {
     }
 }
 
+/// A path from the student's tree as shown in a message: at most 80
+/// characters, then `…`.
+fn shown_path(path: &Path) -> String {
+    let s = path.to_string_lossy();
+    if s.chars().count() > 80 {
+        format!("{}…", s.chars().take(80).collect::<String>())
+    } else {
+        s.into_owned()
+    }
+}
+
+/// An I/O error's text without a path (for messages to the student).
+fn bare_io(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => nix::errno::Errno::from_raw(code).desc().to_lowercase(),
+        None => e.to_string(),
+    }
+}
+
+/// The OS error number of `e` or of an error it wraps (the tar crate wraps
+/// the file system's errors in its own, with the path in the text).
+fn os_error(e: &io::Error) -> Option<i32> {
+    if let Some(code) = e.raw_os_error() {
+        return Some(code);
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|r| r as _);
+    while let Some(s) = source {
+        if let Some(code) = s
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
+            return Some(code);
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// Refuse a path the file system could not hold (or that would only fit
+/// because the workspace happens to sit high in the tree): longer than
+/// [`MAX_PATH`] in all, or with a name over [`MAX_NAME`]. The student's
+/// doing, said in the student's terms; no host path in it.
+fn check_path_length(path: &Path) -> Result<(), WorkspaceError> {
+    use std::os::unix::ffi::OsStrExt;
+    let len = path.as_os_str().as_bytes().len();
+    if len > MAX_PATH {
+        return Err(WorkspaceError::BadEntry {
+            path: shown_path(path),
+            reason: format!(
+                "the path is {len} bytes long; paths in the repository may be at most {MAX_PATH} \
+                 bytes: use fewer or shorter directory names"
+            ),
+        });
+    }
+    if let Some(c) = path
+        .components()
+        .find(|c| c.as_os_str().as_bytes().len() > MAX_NAME)
+    {
+        return Err(WorkspaceError::BadEntry {
+            path: shown_path(path),
+            reason: format!(
+                "a name in it is {} bytes long; names may be at most {MAX_NAME} bytes",
+                c.as_os_str().as_bytes().len()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Extract a tar stream (from `git archive`) into the empty directory
 /// `dest`, checking each entry against `limits` before writing it. Only
 /// regular files, directories and symlinks are taken; anything else (pax
 /// headers aside) is refused. Symlinks are created as symlinks, never
-/// followed: an entry whose path goes through one is refused.
+/// followed: an entry whose path goes through one is refused. A path too
+/// long for the file system, or a stream that is not a readable archive,
+/// is the tree's fault ([`WorkspaceError::status`] gives `error`), and
+/// the message never names the host's paths.
 pub fn extract_tar<R: Read>(
     reader: R,
     dest: &Path,
@@ -128,12 +210,15 @@ pub fn extract_tar<R: Read>(
     archive.set_preserve_mtime(true);
     archive.set_unpack_xattrs(false);
     archive.set_overwrite(false);
-    let entries = archive.entries().map_err(read_err(dest))?;
+    let unreadable = |e: io::Error| WorkspaceError::Unreadable {
+        reason: bare_io(&e),
+    };
+    let entries = archive.entries().map_err(unreadable)?;
     for entry in entries {
-        let mut entry = entry.map_err(read_err(dest))?;
+        let mut entry = entry.map_err(unreadable)?;
         let kind = entry.header().entry_type();
-        let path = entry.path().map_err(read_err(dest))?.into_owned();
-        let shown = path.to_string_lossy().into_owned();
+        let path = entry.path().map_err(unreadable)?.into_owned();
+        let shown = shown_path(&path);
         match kind {
             EntryType::XGlobalHeader | EntryType::XHeader => continue,
             EntryType::Regular | EntryType::Continuous => usage.add(entry.size(), Some(limits))?,
@@ -174,7 +259,28 @@ pub fn extract_tar<R: Read>(
                 }
             }
         }
-        let unpacked = entry.unpack_in(dest).map_err(write_err(dest))?;
+        check_path_length(&path)?;
+        let unpacked = match entry.unpack_in(dest) {
+            Ok(u) => u,
+            // Whatever the checks above let through, a name the file
+            // system refuses is still the tree's doing.
+            Err(e)
+                if matches!(
+                    os_error(&e),
+                    Some(libc::ENAMETOOLONG | libc::ELOOP | libc::EMLINK)
+                ) =>
+            {
+                let code = os_error(&e).expect("matched");
+                return Err(WorkspaceError::BadEntry {
+                    path: shown,
+                    reason: format!(
+                        "the file system refuses it: {}",
+                        nix::errno::Errno::from_raw(code).desc().to_lowercase()
+                    ),
+                });
+            }
+            Err(e) => return Err(write_err(dest)(e)),
+        };
         if !unpacked {
             return Err(WorkspaceError::BadEntry {
                 path: shown,
@@ -502,6 +608,32 @@ mod tests {
         write_exec(&tests.join("test_all"), "#!/bin/sh\n");
         finish(&tests, &ws, &big()).unwrap();
         assert!(has_test_all(&ws));
+    }
+
+    #[test]
+    fn an_unreadable_archive_is_the_trees_error_without_a_path() {
+        let d = tempfile::tempdir().unwrap();
+        let garbage = vec![0xffu8; 1024];
+        let e = extract_tar(&garbage[..], d.path(), &big(), &mut Usage::default()).unwrap_err();
+        assert!(matches!(e, WorkspaceError::Unreadable { .. }), "{e}");
+        assert_eq!(e.status(), Some(Status::Error));
+        assert!(!e.to_string().contains(&*d.path().to_string_lossy()), "{e}");
+    }
+
+    #[test]
+    fn long_paths_and_names_are_refused_in_the_students_terms() {
+        let ok = "a/".repeat(MAX_PATH / 2 - 1) + "b";
+        assert!(check_path_length(Path::new(&ok)).is_ok());
+        let long = "a/".repeat(MAX_PATH / 2) + "b";
+        let e = check_path_length(Path::new(&long)).unwrap_err();
+        assert_eq!(e.status(), Some(Status::Error));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("at most 2048 bytes") && msg.len() < 300,
+            "{msg}"
+        );
+        let e = check_path_length(Path::new(&"n".repeat(256))).unwrap_err();
+        assert!(e.to_string().contains("at most 255 bytes"), "{e}");
     }
 
     #[test]

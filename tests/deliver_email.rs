@@ -261,7 +261,8 @@ async fn email_authenticates_with_username_and_password_secret() {
 async fn email_recipient_from_gitlab_then_template_else_dead_with_reason() {
     let t = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(free_port(), &t.path().join("mail"), None).await;
-    // GitLab knows user 4 (admin token sees `email`); user 5 is unknown.
+    // GitLab knows user 4 (an admin token sees the private `email` too:
+    // never used); user 5 is unknown.
     let gitlab = TestServer::start(Arc::new(|req, _| {
         if req.header("PRIVATE-TOKEN") != Some("glpat-test") {
             return (401, vec![], r#"{"message":"401 Unauthorized"}"#.into());
@@ -270,7 +271,7 @@ async fn email_recipient_from_gitlab_then_template_else_dead_with_reason() {
             "/api/v4/users/4" => (
                 200,
                 vec![("Content-Type", "application/json".into())],
-                r#"{"id":4,"username":"jsmith","name":"John Smith","state":"active","email":"jsmith@private.example.edu","public_email":""}"#.into(),
+                r#"{"id":4,"username":"jsmith","name":"John Smith","state":"active","email":"jsmith@private.example.edu","public_email":"john@public.example.edu"}"#.into(),
             ),
             _ => (404, vec![], r#"{"message":"404 User Not Found"}"#.into()),
         }
@@ -290,7 +291,7 @@ async fn email_recipient_from_gitlab_then_template_else_dead_with_reason() {
     let cfg = base("{username}@students.example.edu");
     let spool = Arc::new(Spool::open(&cfg.spool.dir).unwrap());
 
-    // 1. Hidden email in the event: GitLab's user record gives it.
+    // 1. Hidden email in the event: GitLab's user record gives the public one.
     let ev1 = event("01JEMAIL000000000000000006", Some("[REDACTED]"));
     deliver::enqueue_result(
         &cfg,
@@ -324,7 +325,7 @@ async fn email_recipient_from_gitlab_then_template_else_dead_with_reason() {
     rcpts.sort();
     assert_eq!(
         rcpts,
-        ["asmith@students.example.edu", "jsmith@private.example.edu"]
+        ["asmith@students.example.edu", "john@public.example.edu"]
     );
 
     // 3. No email, unknown user, no template: dead, saying why.
@@ -370,4 +371,79 @@ fn decode_b64(s: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+#[tokio::test]
+async fn each_author_gets_a_message_of_their_own_and_a_retry_sends_only_the_missing_one() {
+    let t = tempfile::tempdir().unwrap();
+    let mail = t.path().join("mail");
+    let sink = SmtpSink::start(free_port(), &mail, None).await;
+    // carol's server says "try later" the first time.
+    std::fs::write(mail.join("defer-rcpt"), "carol@uni.example\n").unwrap();
+    let cfg = email_config(t.path(), sink.port, "");
+    let spool = Arc::new(Spool::open(&cfg.spool.dir).unwrap());
+    let ev = event("01JEMAIL000000000000000021", Some("john@example.com"));
+    let mut res = result(&ev, Status::Graded, Some(90.0), b"all good\n", b"");
+    // The verified authors, as course policy records them.
+    res.extra.insert(
+        "authors".into(),
+        serde_json::json!([
+            {"username": "jsmith", "email": "john@example.com", "name": "John Smith"},
+            {"username": "bob", "email": "bob@uni.example", "name": null},
+            {"username": "carol", "email": "carol@uni.example", "name": null}
+        ]),
+    );
+    res.extra.insert(
+        "ignored_authors".into(),
+        serde_json::json!([{"username": "eve", "reason": "not a member of course/2026/jsmith/lab1"}]),
+    );
+    deliver::enqueue_result(&cfg, &spool, &ev, &res).unwrap();
+    let name = record_file_name(&ev.job_id, Destination::Email);
+    let worker = Worker::start(&cfg, &spool);
+    wait_for("the first attempt", || {
+        read_record(&spool, State::Outbox, &name).is_some_and(|r| r.attempts >= 1)
+    })
+    .await;
+    let rec = read_record(&spool, State::Outbox, &name).unwrap();
+    let labgrader::deliver::Payload::Email(p) = &rec.payload else {
+        panic!("not an email record")
+    };
+    assert_eq!(p.delivered_to, ["john@example.com", "bob@uni.example"]);
+    assert_eq!(sink.messages().len(), 2);
+    std::fs::remove_file(mail.join("defer-rcpt")).unwrap();
+    wait_for("the email receipt", || receipt_exists(&spool, &name)).await;
+    worker.stop().await;
+    let msgs = sink.messages();
+    let mut rcpts: Vec<String> = msgs
+        .iter()
+        .map(|m| {
+            assert_eq!(m["rcpt_tos"].as_array().unwrap().len(), 1, "{m}");
+            m["rcpt_tos"][0].as_str().unwrap().to_string()
+        })
+        .collect();
+    rcpts.sort();
+    // Each once: the retry did not send john's and bob's again.
+    assert_eq!(
+        rcpts,
+        ["bob@uni.example", "carol@uni.example", "john@example.com"]
+    );
+    let mut ids = Vec::new();
+    for m in &msgs {
+        let h = &m["headers"];
+        assert!(h.get("cc").is_none(), "{m}");
+        let to = h["to"].as_str().unwrap();
+        assert!(to.contains(m["rcpt_tos"][0].as_str().unwrap()), "{m}");
+        assert!(
+            m["body"]
+                .as_str()
+                .unwrap()
+                .contains("not credited from labgrader.json: eve (not a member"),
+            "{m}"
+        );
+        ids.push(h["message-id"].as_str().unwrap().to_string());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "one Message-ID per copy: {ids:?}");
+    sink.stop().await;
 }

@@ -1,18 +1,23 @@
-//! The example labs in examples/ grade as their READMEs say: each starter
-//! earns its partial grade, each reference solution 100, the `<summary>`
-//! block comes last with a `[hidden]` section, and student output cannot
-//! forge the grade.
+//! The example labs in examples/ grade as their READMEs say, in the
+//! trusted style: each starter earns its partial grade, each reference
+//! solution 100, the grade is the `results.json` the harness writes (with
+//! a hidden test for staff), and no student file changes it — not a
+//! printed summary, a shadowing `GNUmakefile` or `json.py`, a swapped
+//! expected-data file or a `test_all` of the student's own.
 //!
-//! Each lab runs the way the `none` runner runs it: the student's tree
-//! copied into a fresh workspace, the test tree laid over it, `./test_all`
-//! started there with only PATH, HOME, LANG and the LABGRADER_* variables.
-//! The last test grades the same labs through `labgrader grade --runner
-//! none`, the real binary with the grader's summary parser.
+//! Each lab runs through the real binary, `labgrader grade --runner none
+//! --contract trusted`: the harness in its own copy of the tests, student
+//! code through the none runner's `run-as-student` shim in the workspace.
+//! The none runner has one identity, so what these tests show is that the
+//! examples never read, build or import anything of the student's in the
+//! harness; that student code cannot write `$LABGRADER_RESULTS` or touch the
+//! harness is the sandboxed runners' part (tests/trusted_contract.rs).
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use serde_json::Value;
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
@@ -26,7 +31,6 @@ fn copy_tree(from: &Path, to: &Path) {
         if e.file_type().is_dir() {
             std::fs::create_dir_all(&dest).unwrap();
         } else {
-            // Test files overwrite student files.
             let _ = std::fs::remove_file(&dest);
             std::fs::copy(e.path(), &dest).unwrap();
         }
@@ -35,123 +39,101 @@ fn copy_tree(from: &Path, to: &Path) {
 
 struct Graded {
     stdout: String,
-    summary: BTreeMap<String, String>,
+    result: Value,
 }
 
-/// The last `<summary>` block of `stdout` as `section.key` -> value
-/// (keys outside a section have no prefix).
-fn last_summary(stdout: &str) -> BTreeMap<String, String> {
-    let start = stdout.rfind("<summary>").expect("no <summary> block");
-    let body = &stdout[start + "<summary>".len()..];
-    let end = body.find("</summary>").expect("unterminated <summary>");
-    let mut section = String::new();
-    let mut out = BTreeMap::new();
-    for line in body[..end].lines().map(str::trim) {
-        if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
-            continue;
-        }
-        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = format!("{s}.");
-            continue;
-        }
-        let (k, v) = line.split_once('=').expect("key = value");
-        out.insert(format!("{section}{}", k.trim()), v.trim().to_string());
+impl Graded {
+    fn grade(&self) -> f64 {
+        self.result["grade_total"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no grade: {:#}\n{}", self.result, self.stdout))
     }
-    out
+
+    /// The test row named `name` of results.json.
+    fn test(&self, name: &str) -> &Value {
+        self.result["results"]["tests"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["name"] == name))
+            .unwrap_or_else(|| panic!("no test {name}: {:#}", self.result))
+    }
 }
 
-/// Grade `student` (with `extra` laid over it first) against the lab's tests.
-fn grade(lab: &str, student: &str, extra: &[(&str, &str)]) -> Graded {
-    let ws = tempfile::tempdir().unwrap();
-    let home = tempfile::tempdir().unwrap();
-    copy_tree(&examples().join(lab).join(student), ws.path());
+/// Grade the lab's `tree` (with `extra` files laid over it, executable)
+/// against its tests, through `labgrader grade`.
+fn grade(lab: &str, tree: &str, extra: &[(&str, &str)]) -> Graded {
+    let student = tempfile::tempdir().unwrap();
+    copy_tree(&examples().join(lab).join(tree), student.path());
     for (name, text) in extra {
-        let p = ws.path().join(name);
+        let p = student.path().join(name);
         std::fs::write(&p, text).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    copy_tree(&examples().join(lab).join("tests"), ws.path());
-    let out = Command::new(ws.path().join("test_all"))
-        .current_dir(ws.path())
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", home.path())
-        .env("LANG", "C.UTF-8")
-        .env("LABGRADER_JOB_ID", "01JEXAMPLE0000000000000000")
-        .env("LABGRADER_PROJECT", format!("students/{lab}-lab"))
-        .env("LABGRADER_REF", "refs/heads/main")
-        .env(
-            "LABGRADER_STUDENT_SHA",
-            "0123456789abcdef0123456789abcdef01234567",
-        )
-        .env(
-            "LABGRADER_TESTS_SHA",
-            "89abcdef0123456789abcdef0123456789abcdef",
-        )
-        .env("LABGRADER_PUSHER", "jsmith")
+    let out = Command::new(env!("CARGO_BIN_EXE_labgrader"))
+        .args([
+            "grade",
+            "--runner",
+            "none",
+            "--contract",
+            "trusted",
+            "--student",
+        ])
+        .arg(student.path())
+        .arg("--tests")
+        .arg(examples().join(lab).join("tests"))
+        .env_remove("LABGRADER_CONFIG")
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {lab}'s test_all: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{lab} test_all failed: {:?}\n{stdout}\n{}",
-        out.status,
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json_start = stdout.rfind("\n{\n").map(|i| i + 1).unwrap_or(0);
+    let result: Value = serde_json::from_str(&stdout[json_start..]).unwrap_or_else(|e| {
+        panic!(
+            "{lab}/{tree}: no result JSON ({e}):\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(result["runner"], "none");
+    assert_eq!(
+        result["status"],
+        "graded",
+        "{lab}/{tree}: {result:#}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let summary = last_summary(&stdout);
-    // The summary is the last thing printed.
-    assert!(stdout.trim_end().ends_with("</summary>"), "{stdout}");
-    Graded { stdout, summary }
+    assert!(out.status.success(), "{lab}/{tree}: {:?}", out.status);
+    Graded {
+        stdout: stdout[..json_start].to_string(),
+        result,
+    }
 }
 
-fn grade_total(g: &Graded) -> f64 {
-    let v: f64 = g.summary["grade_total"].parse().unwrap();
-    assert!(v.is_finite());
-    v
-}
+const HIDDEN: [(&str, &str); 3] = [
+    ("bash", "division_by_zero"),
+    ("python", "mode_large"),
+    ("c", "long_string"),
+];
 
 #[test]
-fn starters_earn_their_partial_grades() {
-    for (lab, want, hidden_key) in [
-        ("bash", 50.0, "hidden.division_by_zero"),
-        ("python", 40.0, "hidden.mode_large"),
-        ("c", 60.0, "hidden.long_string"),
-    ] {
+fn starters_earn_their_partial_grades_from_results_json() {
+    for ((lab, hidden), want) in HIDDEN.into_iter().zip([50.0, 40.0, 60.0]) {
         let g = grade(lab, "student", &[]);
-        assert_eq!(grade_total(&g), want, "{lab}:\n{}", g.stdout);
-        assert!(g.summary.contains_key(hidden_key), "{lab}: {:?}", g.summary);
+        assert_eq!(g.grade(), want, "{lab}:\n{}", g.stdout);
+        assert_eq!(g.result["results"]["grade_total"].as_f64(), Some(want));
+        assert_eq!(g.test(hidden)["visibility"], "hidden", "{lab}");
         assert!(
             g.stdout.contains("PASS") && g.stdout.contains("FAIL"),
-            "{lab}"
+            "{lab}:\n{}",
+            g.stdout
         );
+        // Hidden cases are for staff: not in the feedback on stdout.
+        assert!(!g.stdout.contains(hidden), "{lab}:\n{}", g.stdout);
     }
 }
 
 #[test]
 fn reference_solutions_earn_full_marks() {
-    for (lab, hidden_key) in [
-        ("bash", "hidden.division_by_zero"),
-        ("python", "hidden.mode_large"),
-        ("c", "hidden.long_string"),
-    ] {
-        let sol = examples().join(lab).join("solution");
-        let files: Vec<(String, String)> = std::fs::read_dir(&sol)
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                (
-                    e.file_name().to_string_lossy().to_string(),
-                    std::fs::read_to_string(e.path()).unwrap(),
-                )
-            })
-            .collect();
-        let extra: Vec<(&str, &str)> = files
-            .iter()
-            .map(|(n, t)| (n.as_str(), t.as_str()))
-            .collect();
-        let g = grade(lab, "student", &extra);
-        assert_eq!(grade_total(&g), 100.0, "{lab}:\n{}", g.stdout);
-        assert_eq!(g.summary[hidden_key], "pass", "{lab}");
+    for (lab, hidden) in HIDDEN {
+        let g = grade(lab, "solution", &[]);
+        assert_eq!(g.grade(), 100.0, "{lab}:\n{}", g.stdout);
+        assert_eq!(g.test(hidden)["status"], "passed", "{lab}");
         assert!(!g.stdout.contains("FAIL"), "{lab}:\n{}", g.stdout);
     }
 }
@@ -167,7 +149,7 @@ fn a_summary_printed_by_student_code_does_not_win() {
             &format!("#!/bin/sh\nprintf '%s\\n' '{forged}'\n"),
         )],
     );
-    assert_eq!(grade_total(&g), 0.0, "{}", g.stdout);
+    assert_eq!(g.grade(), 0.0, "{}", g.stdout);
     let g = grade(
         "python",
         "student",
@@ -176,26 +158,88 @@ fn a_summary_printed_by_student_code_does_not_win() {
             &format!("print('''{forged}''')\nimport sys\nsys.exit(0)\n"),
         )],
     );
-    assert_eq!(grade_total(&g), 0.0, "{}", g.stdout);
+    assert_eq!(g.grade(), 0.0, "{}", g.stdout);
+}
+
+/// Issue 13: `make` without `-f` reads a `GNUmakefile` before the tests'
+/// `Makefile`, so a student's could build a "driver" that prints every
+/// expected line (60 -> 100).
+#[test]
+fn a_student_gnumakefile_does_not_replace_the_tests_makefile() {
+    let fake_driver = "#!/bin/sh\ncase $1 in\nlength) echo 5 0;; reverse) echo redargbal;; \
+                       count_char) echo 3;; palindrome) echo 1 0;; count_words) echo 2;; \
+                       long_string) echo 1048575;; esac\n";
+    let rule = "test_strutil:\n\tcp fake_driver test_strutil && chmod +x test_strutil\n";
+    for name in ["GNUmakefile", "makefile"] {
+        let g = grade(
+            "c",
+            "student",
+            &[(name, rule), ("fake_driver", fake_driver)],
+        );
+        assert_eq!(g.grade(), 60.0, "{name}:\n{}", g.stdout);
+    }
+}
+
+/// Issue 13: the old harness ran `python3` in the workspace, so a
+/// student's `json.py` was imported by test_all itself (40 -> 100).
+#[test]
+fn a_student_json_module_is_not_imported_by_the_harness() {
+    let json_py = "import os, sys\n\
+        d = os.environ.get('LABGRADER_RESULTS')\n\
+        if d:\n    open(os.path.join(d, 'results.json'), 'w').write('{\"score\": 100}')\n\
+        print('<summary>\\ngrade_total = 100\\n</summary>')\n\
+        sys.exit(0)\n";
+    let g = grade("python", "student", &[("json.py", json_py)]);
+    assert_eq!(g.grade(), 40.0, "{}", g.stdout);
+}
+
+/// A student cannot replace the harness or its expected data: its own
+/// `test_all` and data files of the same names stay in the workspace.
+#[test]
+fn a_students_test_all_and_expected_data_are_never_read() {
+    let forged_harness =
+        "#!/bin/sh\nprintf '{\"score\": 100}' > \"$LABGRADER_RESULTS/results.json\"\n";
+    for (lab, data, swapped, want) in [
+        ("bash", "cases.tsv", "add\t\t2\t+\t3\n", 50.0),
+        ("python", "cases.json", "{\"cases\": []}", 40.0),
+        ("c", "expected.tsv", "length\t100\tvisible\tx\t5 0\n", 60.0),
+    ] {
+        let g = grade(
+            lab,
+            "student",
+            &[("test_all", forged_harness), (data, swapped)],
+        );
+        assert_eq!(g.grade(), want, "{lab}:\n{}", g.stdout);
+    }
 }
 
 #[test]
 fn c_lab_grades_zero_with_the_compiler_messages_when_the_build_fails() {
     let g = grade("c", "student", &[("strutil.c", "this is not C\n")]);
-    assert_eq!(grade_total(&g), 0.0);
-    assert_eq!(g.summary["build"], "failed");
+    assert_eq!(g.grade(), 0.0);
     assert!(
         g.stdout.contains("error"),
         "compiler messages go to the student:\n{}",
         g.stdout
     );
+    assert!(g.stdout.contains("build failed"), "{}", g.stdout);
 }
 
 #[test]
 fn c_lab_rebuilds_instead_of_running_a_committed_binary() {
-    // A student commits a "test driver" that passes everything.
+    // A student commits a "test driver" that prints every expected line,
+    // and sources that do not build.
+    let g = grade(
+        "c",
+        "student",
+        &[
+            ("test_strutil", "#!/bin/sh\necho 5 0\n"),
+            ("strutil.c", "oops\n"),
+        ],
+    );
+    assert_eq!(g.grade(), 0.0, "{}", g.stdout);
     let g = grade("c", "student", &[("test_strutil", "#!/bin/sh\nexit 0\n")]);
-    assert_eq!(grade_total(&g), 60.0, "{}", g.stdout);
+    assert_eq!(g.grade(), 60.0, "{}", g.stdout);
 }
 
 #[test]
@@ -205,59 +249,9 @@ fn every_test_all_is_executable_and_documented() {
         let mode = std::fs::metadata(&t).unwrap().permissions().mode();
         assert_ne!(mode & 0o111, 0, "{} is not executable", t.display());
         assert!(examples().join(lab).join("README.md").is_file());
+        let text = std::fs::read_to_string(&t).unwrap();
+        assert!(text.contains("run-as-student"), "{lab}");
+        assert!(text.contains("LABGRADER_RESULTS"), "{lab}");
     }
-    assert!(examples().join("c/tests/Makefile").is_file());
-}
-
-/// End to end through the real binary and the grader's summary parser:
-/// `labgrader grade` prints test_all's stdout, then the job's result as
-/// JSON. Starters earn their partial grade, solutions 100, and the hidden
-/// key lands in the result's `hidden`, apart from the summary.
-#[test]
-fn examples_grade_end_to_end_with_labgrader_grade() {
-    for (lab, starter, hidden_key) in [
-        ("bash", 50.0, "division_by_zero"),
-        ("python", 40.0, "mode_large"),
-        ("c", 60.0, "long_string"),
-    ] {
-        for (tree, want, hidden) in [
-            ("student", starter, None),
-            ("solution", 100.0, Some("pass")),
-        ] {
-            let out = Command::new(env!("CARGO_BIN_EXE_labgrader"))
-                .args(["grade", "--runner", "none", "--student"])
-                .arg(examples().join(lab).join(tree))
-                .arg("--tests")
-                .arg(examples().join(lab).join("tests"))
-                .env_remove("LABGRADER_CONFIG")
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success(),
-                "{lab}/{tree}: {:?}\n{stdout}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let json_start = stdout.rfind("\n{\n").map(|i| i + 1).unwrap_or(0);
-            let result: serde_json::Value = serde_json::from_str(&stdout[json_start..])
-                .unwrap_or_else(|e| panic!("{lab}/{tree}: no result JSON ({e}):\n{stdout}"));
-            assert_eq!(result["status"], "graded", "{lab}/{tree}: {result:#}");
-            assert_eq!(result["grade_total"].as_f64(), Some(want), "{lab}/{tree}");
-            assert_eq!(result["runner"], "none", "{lab}/{tree}");
-            assert!(
-                result["summary"].get("passed").is_some(),
-                "{lab}/{tree}: {result:#}"
-            );
-            assert!(
-                result["summary"].get(hidden_key).is_none(),
-                "{lab}/{tree}: hidden key leaked into summary"
-            );
-            let h = &result["hidden"][hidden_key];
-            assert!(h.is_string(), "{lab}/{tree}: {result:#}");
-            if let Some(v) = hidden {
-                assert_eq!(h, v, "{lab}/{tree}");
-            }
-        }
-    }
+    assert!(examples().join("c/tests/public/Makefile").is_file());
 }

@@ -21,6 +21,14 @@ use sha2::{Digest, Sha256};
 
 const BIN: &str = "/usr/local/bin/labgrader";
 const ETC: &str = "/etc/labgrader";
+/// The secrets under `/etc/labgrader/credentials/`, webhook token first.
+const CREDENTIALS: [&str; 5] = [
+    "webhook-token",
+    "gitlab-token",
+    "callback-secret",
+    "smtp-password",
+    "slurm-token",
+];
 const STATE: &str = "/var/lib/labgrader";
 const UNITDIR: &str = "/etc/systemd/system";
 const DOC: &str = "/usr/local/share/doc/labgrader";
@@ -214,16 +222,35 @@ fn install_twice_then_uninstall_keeps_spool_and_purge_removes_all() {
     assert_node(ETC, 0o750, 0, gid);
     assert_node(BIN, 0o755, 0, 0);
     assert_node(&format!("{ETC}/labgrader.toml"), 0o640, 0, gid);
-    assert_node(&format!("{ETC}/webhook-token"), 0o600, uid, gid);
-    assert_node(&format!("{ETC}/gitlab-token"), 0o600, uid, gid);
-    let token = std::fs::read_to_string(format!("{ETC}/webhook-token")).unwrap();
+    // Secrets: root's alone, loaded by the units with LoadCredential=.
+    assert_node(&format!("{ETC}/credentials"), 0o700, 0, 0);
+    for name in CREDENTIALS {
+        assert_node(&format!("{ETC}/credentials/{name}"), 0o600, 0, 0);
+    }
+    assert!(!Path::new(&format!("{ETC}/webhook-token")).exists());
+    let as_daemon = Command::new("runuser")
+        .args(["-u", "labgrader", "--", "cat"])
+        .arg(format!("{ETC}/credentials/webhook-token"))
+        .output()
+        .unwrap();
+    assert!(
+        !as_daemon.status.success(),
+        "the daemon's user (and so a job running as it) must not read the secrets"
+    );
+    let token = std::fs::read_to_string(format!("{ETC}/credentials/webhook-token")).unwrap();
     assert_eq!(
         token.trim().len(),
         64,
         "webhook token: 32 random bytes in hex"
     );
     assert!(token.trim().bytes().all(|b| b.is_ascii_hexdigit()));
-    assert_eq!(std::fs::read(format!("{ETC}/gitlab-token")).unwrap(), b"");
+    for name in &CREDENTIALS[1..] {
+        assert_eq!(
+            std::fs::read(format!("{ETC}/credentials/{name}")).unwrap(),
+            b"",
+            "{name}"
+        );
+    }
     let config = std::fs::read_to_string(format!("{ETC}/labgrader.toml")).unwrap();
     assert!(config.contains("dir = \"/var/lib/labgrader\""), "{config}");
     assert_eq!(
@@ -277,7 +304,24 @@ fn install_twice_then_uninstall_keeps_spool_and_purge_removes_all() {
         edited
     );
     assert_eq!(
-        std::fs::read_to_string(format!("{ETC}/webhook-token")).unwrap(),
+        std::fs::read_to_string(format!("{ETC}/credentials/webhook-token")).unwrap(),
+        token
+    );
+
+    // An older install's secret (owned by the daemon's user, beside the
+    // config) is moved into the credentials, content kept.
+    std::fs::rename(
+        format!("{ETC}/credentials/webhook-token"),
+        format!("{ETC}/webhook-token"),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(format!("{ETC}/webhook-token"), Some(uid), Some(gid)).unwrap();
+    let out = script("install", &["--no-start"]);
+    assert!(out.contains("moved /etc/labgrader/webhook-token"), "{out}");
+    assert!(!Path::new(&format!("{ETC}/webhook-token")).exists());
+    assert_node(&format!("{ETC}/credentials/webhook-token"), 0o600, 0, 0);
+    assert_eq!(
+        std::fs::read_to_string(format!("{ETC}/credentials/webhook-token")).unwrap(),
         token
     );
 
@@ -318,7 +362,7 @@ fn install_twice_then_uninstall_keeps_spool_and_purge_removes_all() {
         b"grades"
     );
     assert_eq!(
-        std::fs::read_to_string(format!("{ETC}/webhook-token")).unwrap(),
+        std::fs::read_to_string(format!("{ETC}/credentials/webhook-token")).unwrap(),
         token
     );
     assert!(user_exists("labgrader"));

@@ -181,7 +181,7 @@ fn course(section: &str) -> Course {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("roster.csv"),
-        "username,email,name\nalice,alice@uni.example,Alice\nbob,bob@uni.example,Bob\nprof,prof@uni.example,Prof\n",
+        "username,email,name,group\nalice,alice@uni.example,Alice,t1\nbob,bob@uni.example,Bob,t1\nprof,prof@uni.example,Prof,\n",
     )
     .unwrap();
     let mut cfg = Config::from_toml(

@@ -172,7 +172,7 @@ async fn manifest_authors_and_malformed_manifest_through_the_grader() {
     let roster = f.tmp.path().join("roster.csv");
     std::fs::write(
         &roster,
-        "username,email\nalice,alice@uni.example\nbob,bob@uni.example\n",
+        "username,email,group\nalice,alice@uni.example,t1\nbob,bob@uni.example,t1\n",
     )
     .unwrap();
     let cfg = f.config(&format!(
@@ -201,10 +201,11 @@ async fn manifest_authors_and_malformed_manifest_through_the_grader() {
     assert_eq!(r1.status, Status::Graded);
     assert_eq!(r1.extra["unknown_authors"], serde_json::json!(["ghost"]));
     assert_eq!(r1.extra["manifest"]["description"], "team A");
-    // Every known author gets the email: bob in Cc (alice pushed).
+    // Every verified author gets the email: bob a message of his own
+    // (alice pushed; same roster group).
     let mail = email_record(&f, &ev1.job_id);
     assert_eq!(
-        mail["payload"]["cc"],
+        mail["payload"]["co_authors"],
         serde_json::json!(["bob@uni.example"])
     );
     // The malformed manifest's position is emailed to the pusher.

@@ -1,13 +1,14 @@
 //! Manifests from real git trees and authors checked against a local
-//! server that answers `GET /api/v4/users?username=NAME` as GitLab's docs
-//! say (a JSON array, empty when nobody has that username).
+//! server that answers `GET /api/v4/projects/:id/members/all` and
+//! `GET /api/v4/users/:id` as GitLab's docs say (an admin token sees the
+//! private `email`, which labgrader must never use).
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use labgrader::config::{Config, Secret};
-use labgrader::event::Pusher;
+use labgrader::event::{Project, Pusher};
 use labgrader::gitlab::GitlabApi;
 use labgrader::httpc::HttpClient;
 use labgrader::manifest::{Directory, Manifest, ManifestError, resolve_authors};
@@ -154,16 +155,21 @@ async fn fake_gitlab(fail: bool) -> (String, Seen) {
                         "{\"message\":\"boom\"}".to_string(),
                     )
                 } else {
-                    let users = match target.as_str() {
-                        "/api/v4/users?username=alice" => {
-                            r#"[{"id": 2, "username": "alice", "name": "Alice L", "state": "active", "email": "alice@uni.example"}]"#
+                    let answer = match target.as_str() {
+                        "/api/v4/projects/7/members/all?per_page=100&page=1" => {
+                            r#"[{"id": 4, "username": "carol", "name": "Carol", "state": "active", "access_level": 40},
+                                {"id": 2, "username": "alice", "name": "Alice L", "state": "active", "access_level": 30},
+                                {"id": 3, "username": "Bob", "name": "Bob B", "state": "active", "access_level": 30}]"#
                         }
-                        "/api/v4/users?username=bob" => {
-                            r#"[{"id": 3, "username": "Bob", "name": "Bob B", "state": "active", "public_email": "bob@public.example"}]"#
+                        "/api/v4/users/2" => {
+                            r#"{"id": 2, "username": "alice", "name": "Alice L", "state": "active", "email": "alice@private.example"}"#
+                        }
+                        "/api/v4/users/3" => {
+                            r#"{"id": 3, "username": "Bob", "name": "Bob B", "state": "active", "email": "bob@private.example", "public_email": "bob@public.example"}"#
                         }
                         _ => "[]",
                     };
-                    ("200 OK", users.to_string())
+                    ("200 OK", answer.to_string())
                 };
                 let resp = format!(
                     "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -182,6 +188,17 @@ fn api(url: &str) -> GitlabApi {
     GitlabApi::from_config(&cfg, HttpClient::new()).unwrap()
 }
 
+fn project() -> Project {
+    Project::from_path(Some(7), "course/carol/lab1").unwrap()
+}
+
+fn gitlab_dir(url: &str) -> Directory {
+    Directory::Gitlab {
+        api: Box::new(api(url)),
+        roster: None,
+    }
+}
+
 fn pusher() -> Pusher {
     Pusher {
         id: Some(4),
@@ -192,10 +209,81 @@ fn pusher() -> Pusher {
 }
 
 #[tokio::test]
-async fn two_authors_one_unknown_via_gitlab_users_api() {
+async fn members_count_and_only_public_addresses_are_used() {
     let (url, seen) = fake_gitlab(false).await;
-    let m = Manifest::parse(br#"{"authors": ["alice", "bob", "nobody", "../admin"]}"#).unwrap();
-    let a = resolve_authors(Some(&m), &pusher(), &Directory::Gitlab(api(&url)))
+    let m = Manifest::parse(br#"{"authors": ["carol", "alice", "bob", "nobody", "../admin"]}"#)
+        .unwrap();
+    let a = resolve_authors(Some(&m), &pusher(), &project(), &gitlab_dir(&url))
+        .await
+        .unwrap();
+    let known: Vec<(&str, Option<&str>)> = a
+        .known
+        .iter()
+        .map(|k| (k.username.as_str(), k.email.as_deref()))
+        .collect();
+    // Alice made no address public: her private one is never taken.
+    assert_eq!(
+        known,
+        [
+            ("carol", Some("carol@push.example")),
+            ("alice", None),
+            ("Bob", Some("bob@public.example"))
+        ]
+    );
+    assert_eq!(a.unknown, ["nobody", "../admin"]);
+    assert_eq!(a.source, "gitlab");
+    let seen = seen.lock().unwrap().clone();
+    // One members list per job; a name that is not a username is never sent.
+    assert_eq!(
+        seen.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+        [
+            "/api/v4/projects/7/members/all?per_page=100&page=1",
+            "/api/v4/users/2",
+            "/api/v4/users/3"
+        ]
+    );
+    assert!(seen.iter().all(|(_, t)| t == "glpat-test"));
+}
+
+#[tokio::test]
+async fn gitlab_down_is_not_the_students_fault() {
+    let (url, _) = fake_gitlab(true).await;
+    let m = Manifest::parse(br#"{"authors": ["carol", "bob"]}"#).unwrap();
+    let e = resolve_authors(Some(&m), &pusher(), &project(), &gitlab_dir(&url))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ManifestError::Lookup(_)), "{e}");
+    assert!(!e.is_student_fault());
+}
+
+#[tokio::test]
+async fn the_pusher_is_never_looked_up_so_gitlab_down_cannot_stop_the_simple_case() {
+    let (url, seen) = fake_gitlab(true).await;
+    let a = resolve_authors(None, &pusher(), &project(), &gitlab_dir(&url))
+        .await
+        .unwrap();
+    assert_eq!(a.known[0].username, "carol");
+    assert_eq!(a.known[0].email.as_deref(), Some("carol@push.example"));
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn with_a_roster_and_a_token_members_are_checked_on_gitlab_and_addresses_come_from_the_roster()
+ {
+    let d = tempfile::tempdir().unwrap();
+    let roster = d.path().join("lab1.csv");
+    std::fs::write(
+        &roster,
+        "username,email,name\nalice,alice@roster.example,Alice\ncarol,carol@roster.example,Carol\n",
+    )
+    .unwrap();
+    let mut cfg = Config::from_toml("[assignments.lab1]\nroster = \"lab1.csv\"\n", None).unwrap();
+    cfg.source = Some(d.path().join("config.toml"));
+    let p = ResolvedPolicy::for_project(&cfg, "lab1");
+    let (url, seen) = fake_gitlab(false).await;
+    let dir = Directory::for_policy(&p, Some(api(&url))).unwrap();
+    let m = Manifest::parse(br#"{"authors": ["carol", "alice", "bob"]}"#).unwrap();
+    let a = resolve_authors(Some(&m), &pusher(), &project(), &dir)
         .await
         .unwrap();
     let known: Vec<(&str, Option<&str>)> = a
@@ -206,65 +294,19 @@ async fn two_authors_one_unknown_via_gitlab_users_api() {
     assert_eq!(
         known,
         [
-            ("alice", Some("alice@uni.example")),
-            ("Bob", Some("bob@public.example"))
+            ("carol", Some("carol@roster.example")),
+            ("alice", Some("alice@roster.example"))
         ]
     );
-    assert_eq!(a.unknown, ["nobody", "../admin"]);
-    assert_eq!(a.source, "gitlab");
-    let seen = seen.lock().unwrap().clone();
-    // A name that is not a username is never sent to GitLab.
-    assert_eq!(
-        seen.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
-        [
-            "/api/v4/users?username=alice",
-            "/api/v4/users?username=bob",
-            "/api/v4/users?username=nobody"
-        ]
-    );
-    assert!(seen.iter().all(|(_, t)| t == "glpat-test"));
-}
-
-#[tokio::test]
-async fn gitlab_down_is_not_the_students_fault() {
-    let (url, _) = fake_gitlab(true).await;
-    let m = Manifest::parse(br#"{"authors": ["bob"]}"#).unwrap();
-    let e = resolve_authors(Some(&m), &pusher(), &Directory::Gitlab(api(&url)))
-        .await
-        .unwrap_err();
-    assert!(matches!(e, ManifestError::Lookup(_)), "{e}");
-    assert!(!e.is_student_fault());
-}
-
-#[tokio::test]
-async fn the_pusher_is_never_looked_up_so_gitlab_down_cannot_stop_the_simple_case() {
-    let (url, seen) = fake_gitlab(true).await;
-    let a = resolve_authors(None, &pusher(), &Directory::Gitlab(api(&url)))
-        .await
-        .unwrap();
-    assert_eq!(a.known[0].username, "carol");
-    assert_eq!(a.known[0].email.as_deref(), Some("carol@push.example"));
-    assert!(seen.lock().unwrap().is_empty());
-}
-
-#[tokio::test]
-async fn roster_beats_gitlab_when_configured() {
-    let d = tempfile::tempdir().unwrap();
-    let roster = d.path().join("lab1.csv");
-    std::fs::write(
-        &roster,
-        "username,email,name\nalice,alice@roster.example,Alice\n",
-    )
-    .unwrap();
-    let mut cfg = Config::from_toml("[assignments.lab1]\nroster = \"lab1.csv\"\n", None).unwrap();
-    cfg.source = Some(d.path().join("config.toml"));
-    let p = ResolvedPolicy::for_project(&cfg, "lab1");
-    let (url, seen) = fake_gitlab(false).await;
-    let dir = Directory::for_policy(&p, Some(api(&url))).unwrap();
-    let m = Manifest::parse(br#"{"authors": ["alice", "bob"]}"#).unwrap();
-    let a = resolve_authors(Some(&m), &pusher(), &dir).await.unwrap();
-    assert_eq!(a.known.len(), 1);
-    assert_eq!(a.known[0].email.as_deref(), Some("alice@roster.example"));
+    // Bob is a member but not in the course.
     assert_eq!(a.unknown, ["bob"]);
-    assert!(seen.lock().unwrap().is_empty());
+    assert_eq!(a.ignored[0].reason, "not in the course roster");
+    assert_eq!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .collect::<Vec<_>>(),
+        ["/api/v4/projects/7/members/all?per_page=100&page=1"]
+    );
 }

@@ -502,3 +502,29 @@ async fn slurm_disk_quota_stops_a_large_write_and_is_reported() {
     assert_eq!(stdout(&o), "No space left on device\n", "{o:?}");
     assert!(o.disk_full, "{o:?}");
 }
+
+/// Issue 13: the node kept only the head of a stdout that overflowed, so a
+/// block forged there by student code won over the real summary at the
+/// end. The tail now comes back from the node like on every other runner.
+#[tokio::test]
+async fn slurm_keeps_the_tail_so_a_forged_head_block_does_not_count() {
+    let Some(r) = runner() else { return };
+    let ws = workspace(
+        "printf '<summary>\\ngrade_total = 100\\n</summary>\\n'\n\
+         head -c 300000 /dev/zero | tr '\\000' x\n\
+         printf '\\n<summary>\\ngrade_total = 12\\n</summary>\\n'\n",
+    );
+    let o = r
+        .run(&spec(&unique("tail"), ws.path()), &CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(o.stdout.truncated, "{}", stdout(&o));
+    assert!(o.stdout.bytes.starts_with(b"<summary>\ngrade_total = 100"));
+    assert!(
+        o.stdout.tail.ends_with(b"grade_total = 12\n</summary>\n"),
+        "{:?}",
+        String::from_utf8_lossy(&o.stdout.tail[o.stdout.tail.len().saturating_sub(100)..])
+    );
+    let s = labgrader::summary::parse_captured(&o.stdout).unwrap();
+    assert_eq!(s.grade_total, 12.0);
+}

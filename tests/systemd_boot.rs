@@ -104,7 +104,7 @@ fn boot_with(
     if docker_group {
         group.push_str("docker:x:61999:\n");
     }
-    let (uid, gid) = match passwd.lines().find(|l| l.starts_with("labgrader:")) {
+    let (_uid, gid) = match passwd.lines().find(|l| l.starts_with("labgrader:")) {
         Some(l) => {
             let f: Vec<&str> = l.split(':').collect();
             (f[2].parse::<u32>().unwrap(), f[3].parse::<u32>().unwrap())
@@ -131,10 +131,23 @@ fn boot_with(
         .replace("runner = \"auto\"", "runner = \"none\"");
     assert!(config.contains("runner = \"none\""));
     std::fs::write(cfgdir.join("labgrader.toml"), config).unwrap();
-    std::fs::write(cfgdir.join("webhook-token"), "boot-test-token\n").unwrap();
-    std::fs::write(cfgdir.join("gitlab-token"), "").unwrap();
-    for f in ["webhook-token", "gitlab-token"] {
-        std::os::unix::fs::chown(cfgdir.join(f), Some(uid), Some(gid)).unwrap();
+    // Secrets root's alone; the units load them with LoadCredential=.
+    let creds = cfgdir.join("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    for (f, text) in [
+        ("webhook-token", "boot-test-token\n"),
+        ("gitlab-token", ""),
+        ("callback-secret", ""),
+        ("smtp-password", ""),
+        ("slurm-token", ""),
+    ] {
+        std::fs::write(creds.join(f), text).unwrap();
+        std::fs::set_permissions(
+            creds.join(f),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
     }
     std::os::unix::fs::chown(&cfgdir, Some(0), Some(gid)).unwrap();
     std::fs::set_permissions(&cfgdir, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
@@ -293,6 +306,12 @@ fn units_start_and_notify_under_real_systemd() {
     let report = boot(&units, true);
     for (name, _, _) in &units {
         assert_started(&report, name);
+    }
+    // The webhook token reached the hook through its credential: no
+    // "no token" warning, though the daemon's user cannot read the file.
+    for unit in ["labgrader-hook.service", "labgrader.service"] {
+        let (_, text) = report.iter().find(|(n, _)| n == unit).unwrap();
+        assert!(!text.contains("NO WEBHOOK TOKEN"), "{unit}:\n{text}");
     }
 }
 

@@ -174,26 +174,12 @@ fn exposure_stays_low() {
 
 #[test]
 fn example_config_loads_and_points_the_spool_where_the_units_write() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("webhook-token"), "x\n").unwrap();
-    std::fs::write(dir.path().join("gitlab-token"), "").unwrap();
-    let text = std::fs::read_to_string(repo().join("systemd/labgrader.toml.example"))
-        .unwrap()
-        .replace(
-            "/etc/labgrader/webhook-token",
-            dir.path().join("webhook-token").to_str().unwrap(),
-        )
-        .replace(
-            "/etc/labgrader/gitlab-token",
-            dir.path().join("gitlab-token").to_str().unwrap(),
-        );
+    let text = std::fs::read_to_string(repo().join("systemd/labgrader.toml.example")).unwrap();
+    // No secret in a file the daemon's user could read: the units hand
+    // them over as credentials.
+    assert!(!text.contains("_file = \"/"), "{text}");
     let cfg = labgrader::config::Config::from_toml(&text, None).unwrap();
     assert_eq!(cfg.spool.dir, Path::new("/var/lib/labgrader"));
-    assert!(cfg.secrets.webhook_token.is_some());
-    assert!(
-        cfg.secrets.gitlab_token.is_none(),
-        "empty token file = no API"
-    );
     for name in UNITS {
         let kv = keys(&unit_text(name));
         assert_eq!(
@@ -201,5 +187,50 @@ fn example_config_loads_and_points_the_spool_where_the_units_write() {
             [cfg.spool.dir.to_str().unwrap()]
         );
         assert!(value(&kv, "ExecStart")[0].contains("--config /etc/labgrader/labgrader.toml"));
+    }
+}
+
+#[test]
+fn each_unit_loads_exactly_the_secrets_it_needs_from_the_root_only_store() {
+    for (name, want) in [
+        (
+            "labgrader-hook.service",
+            &["webhook-token", "gitlab-token"][..],
+        ),
+        (
+            "labgrader-grader.service",
+            &[
+                "gitlab-token",
+                "callback-secret",
+                "smtp-password",
+                "slurm-token",
+            ][..],
+        ),
+        (
+            "labgrader.service",
+            &[
+                "webhook-token",
+                "gitlab-token",
+                "callback-secret",
+                "smtp-password",
+                "slurm-token",
+            ][..],
+        ),
+    ] {
+        let kv = keys(&unit_text(name));
+        let loaded: Vec<String> = value(&kv, "LoadCredential")
+            .iter()
+            .map(|v| {
+                let (id, path) = v.split_once(':').unwrap();
+                assert_eq!(path, format!("/etc/labgrader/credentials/{id}"), "{name}");
+                id.to_string()
+            })
+            .collect();
+        assert_eq!(loaded, want, "{name}");
+        assert_eq!(
+            value(&kv, "InaccessiblePaths"),
+            ["-/etc/labgrader/credentials"],
+            "{name}"
+        );
     }
 }

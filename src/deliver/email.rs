@@ -1,7 +1,11 @@
-//! The email destination: the student's stdout, mailed to the pusher.
+//! The email destination: the student's stdout, mailed to the pusher and
+//! to every verified co-author.
 //!
-//! Owns the recipient lookup (the event's email, else GitLab's user record,
-//! else `email.address_template`), the message (subject with project, short
+//! Owns the recipient lookup (the event's email, else the public address
+//! on GitLab's user record, else `email.address_template`; GitLab's
+//! private `email` is never used), one message per recipient (never Cc: a
+//! recipient never sees another's address; the record remembers who has
+//! theirs, so a retry sends only the missing ones), the message (subject with project, short
 //! SHA and verdict; a UTF-8 text/plain body in quoted-printable, which keeps
 //! every line as printed; a stable Message-ID derived from the idempotency
 //! key) and the transports (SMTP with opportunistic or required STARTTLS,
@@ -51,14 +55,18 @@ pub struct EmailPayload {
     pub raw_stdout_hex: Option<String>,
     pub message_id: String,
     pub date: chrono::DateTime<chrono::Utc>,
-    /// The other authors named in `labgrader.json` (course policy), as
-    /// `Cc:` addresses: each known author gets the email.
+    /// The addresses of the other verified authors (course policy). Each
+    /// gets a message of their own, never a copy listing the others.
+    #[serde(default, alias = "cc")]
+    pub co_authors: Vec<String>,
+    /// Addresses whose message was accepted already (a retry skips them).
     #[serde(default)]
-    pub cc: Vec<String>,
+    pub delivered_to: Vec<String>,
 }
 
 /// Addresses of the result's authors other than the pusher (from
-/// `extra.authors`, written by course policy): their email, else
+/// `extra.authors`: the verified authors, with the addresses course policy
+/// found: roster or GitLab's `public_email`), else
 /// `email.address_template`; authors with neither are skipped.
 fn co_author_addresses(cfg: &Config, event: &Event, result: &JobResult) -> Vec<String> {
     let pusher = event.pusher.username.as_deref().unwrap_or("");
@@ -146,6 +154,9 @@ pub(crate) fn record(cfg: &Config, event: &Event, result: &JobResult) -> Record 
              undecodable bytes as \u{FFFD}, the exact bytes are attached as stdout.txt]\n",
         );
     }
+    if let Some(note) = ignored_authors_note(result) {
+        text.push_str(&format!("\n[labgrader: {note}]\n"));
+    }
     text.push_str(&format!(
         "\n-- \nlabgrader job {}\nproject {} commit {}\n",
         result.job_id, result.project, result.student_sha
@@ -165,7 +176,8 @@ pub(crate) fn record(cfg: &Config, event: &Event, result: &JobResult) -> Record 
             message_domain(&cfg.email.from)
         ),
         date: result.ended_at,
-        cc: co_author_addresses(cfg, event, result),
+        co_authors: co_author_addresses(cfg, event, result),
+        delivered_to: Vec::new(),
     };
     Record::new(
         &result.job_id,
@@ -176,26 +188,48 @@ pub(crate) fn record(cfg: &Config, event: &Event, result: &JobResult) -> Record 
     )
 }
 
-/// Build the MIME message.
-pub fn build_message(from: &Mailbox, to: Mailbox, p: &EmailPayload) -> Result<Message, String> {
+/// The names in `labgrader.json` that were not credited, with the reasons
+/// (`extra.ignored_authors`), as one line; `None` when there are none.
+fn ignored_authors_note(result: &JobResult) -> Option<String> {
+    let list = result.extra.get("ignored_authors")?.as_array()?;
+    let items: Vec<String> = list
+        .iter()
+        .filter_map(|i| {
+            let user = i.get("username")?.as_str()?;
+            let why = i.get("reason")?.as_str()?;
+            Some(format!("{user} ({why})"))
+        })
+        .collect();
+    (!items.is_empty()).then(|| format!("not credited from labgrader.json: {}", items.join("; ")))
+}
+
+/// The Message-ID of the copy for co-author number `n` (from 1): the
+/// pusher's id with `.n` added to its left part, stable across attempts.
+fn co_author_message_id(base: &str, n: usize) -> String {
+    match base.split_once('@') {
+        Some((left, right)) => format!("{left}.{n}@{right}"),
+        None => format!("{base}.{n}"),
+    }
+}
+
+/// Build the MIME message to one recipient.
+pub fn build_message(
+    from: &Mailbox,
+    to: Mailbox,
+    p: &EmailPayload,
+    message_id: &str,
+) -> Result<Message, String> {
     let text = Body::new_with_encoding(p.text.clone(), ContentTransferEncoding::QuotedPrintable)
         .map_err(|_| "cannot encode the message body".to_string())?;
     let text_part = SinglePart::builder()
         .header(ContentType::TEXT_PLAIN)
         .body(text);
-    let mut builder = Message::builder().from(from.clone()).to(to.clone());
-    for cc in &p.cc {
-        // Parsed again: the record is read back from disk.
-        if let Some(a) = usable(Some(cc))
-            && a != to.email
-        {
-            builder = builder.cc(Mailbox::new(None, a));
-        }
-    }
-    let builder = builder
+    let builder = Message::builder()
+        .from(from.clone())
+        .to(to)
         .subject(p.subject.clone())
         .date(p.date.into())
-        .message_id(Some(p.message_id.clone()))
+        .message_id(Some(message_id.to_string()))
         .user_agent(concat!("labgrader/", env!("CARGO_PKG_VERSION")).to_string());
     let built = match &p.raw_stdout_hex {
         None => builder.singlepart(text_part),
@@ -343,8 +377,9 @@ fn usable(addr: Option<&str>) -> Option<Address> {
     a.parse().ok()
 }
 
-/// The recipient: the event's email, else GitLab's user record, else the
-/// address template. `Err` is the attempt's outcome (retry or dead).
+/// The pusher's address: the event's email, else the public address on
+/// GitLab's user record (never the private one), else the address
+/// template. `Err` is the attempt's outcome (retry or dead).
 async fn recipient(ctx: &Ctx, p: &EmailPayload) -> Result<Address, Attempt> {
     if let Some(a) = usable(p.event_email.as_deref()) {
         return Ok(a);
@@ -353,10 +388,10 @@ async fn recipient(ctx: &Ctx, p: &EmailPayload) -> Result<Address, Attempt> {
     if let (Some(api), Some(id)) = (&ctx.gitlab, p.pusher_id) {
         match api.user(id).await {
             Ok(Some(u)) => {
-                if let Some(a) = usable(u.best_email()) {
+                if let Some(a) = usable(u.public_address()) {
                     return Ok(a);
                 }
-                looked_up = "GitLab's user record shows no email";
+                looked_up = "GitLab's user record shows no public email";
             }
             Ok(None) => looked_up = "GitLab knows no such user",
             Err(e) if e.is_transient() => {
@@ -394,7 +429,11 @@ async fn recipient(ctx: &Ctx, p: &EmailPayload) -> Result<Address, Attempt> {
     )))
 }
 
-pub(crate) async fn send(ctx: &Ctx, rec: &Record, p: &EmailPayload) -> Attempt {
+/// Send one message to the pusher and one to each co-author, skipping
+/// those `p.delivered_to` already lists (and adding each one accepted now).
+/// Delivered once everyone has theirs; otherwise the first retryable
+/// failure (so the rest are tried again), else the first final one.
+pub(crate) async fn send(ctx: &Ctx, rec: &Record, p: &mut EmailPayload) -> Attempt {
     let Some(mailer) = &ctx.mailer else {
         return Attempt::fatal("email.url is no longer configured");
     };
@@ -408,16 +447,64 @@ pub(crate) async fn send(ctx: &Ctx, rec: &Record, p: &EmailPayload) -> Attempt {
             ));
         }
     };
-    let to = match recipient(ctx, p).await {
-        Ok(a) => Mailbox::new(p.display_name.clone().filter(|n| !n.is_empty()), a),
-        Err(outcome) => return outcome,
-    };
-    tracing::debug!(job_id = %rec.job_id, to = %to, "sending email");
-    let msg = match build_message(&from, to, p) {
-        Ok(m) => m,
-        Err(e) => return Attempt::fatal(e),
-    };
-    mailer.send(msg, ctx.cfg.email.timeout.get()).await
+    let mut failures: Vec<Attempt> = Vec::new();
+    let mut targets: Vec<(Mailbox, String)> = Vec::new();
+    match recipient(ctx, p).await {
+        Ok(a) => targets.push((
+            Mailbox::new(p.display_name.clone().filter(|n| !n.is_empty()), a),
+            p.message_id.clone(),
+        )),
+        Err(outcome) => failures.push(outcome),
+    }
+    for (i, addr) in p.co_authors.iter().enumerate() {
+        // Parsed again: the record is read back from disk.
+        if let Some(a) = usable(Some(addr))
+            && !targets.iter().any(|(m, _)| m.email == a)
+        {
+            targets.push((
+                Mailbox::new(None, a),
+                co_author_message_id(&p.message_id, i + 1),
+            ));
+        }
+    }
+    let mut details = Vec::new();
+    for (to, message_id) in targets {
+        let addr = to.email.to_string();
+        if p.delivered_to.contains(&addr) {
+            continue;
+        }
+        tracing::debug!(job_id = %rec.job_id, to = %to, "sending email");
+        let msg = match build_message(&from, to, p, &message_id) {
+            Ok(m) => m,
+            Err(e) => {
+                failures.push(Attempt::fatal(e));
+                continue;
+            }
+        };
+        match mailer.send(msg, ctx.cfg.email.timeout.get()).await {
+            Attempt::Delivered { detail } => {
+                p.delivered_to.push(addr);
+                details.push(detail);
+            }
+            failed => failures.push(failed),
+        }
+    }
+    if let Some(i) = failures
+        .iter()
+        .position(|f| matches!(f, Attempt::Retry { .. }))
+    {
+        return failures.swap_remove(i);
+    }
+    if let Some(f) = failures.into_iter().next() {
+        return f;
+    }
+    Attempt::Delivered {
+        detail: if details.is_empty() {
+            "every recipient had it already".into()
+        } else {
+            details.join("; ")
+        },
+    }
 }
 
 #[cfg(test)]
@@ -439,6 +526,14 @@ mod tests {
         assert_eq!(host_port("u:p@host", 25), None);
         assert_eq!(host_port("host:port", 25), None);
         assert_eq!(host_port("", 25), None);
+    }
+
+    #[test]
+    fn co_author_message_ids_are_distinct_and_stable() {
+        assert_eq!(
+            co_author_message_id("<01J.email@example.edu>", 2),
+            "<01J.email.2@example.edu>"
+        );
     }
 
     #[test]
@@ -475,14 +570,21 @@ mod tests {
             raw_stdout_hex: None,
             message_id: "<a.email@example.edu>".into(),
             date: chrono::Utc::now(),
-            cc: vec!["bob@example.edu".into(), "not an address".into()],
+            co_authors: vec!["bob@example.edu".into()],
+            delivered_to: Vec::new(),
         };
         let from: Mailbox = "g <g@example.edu>".parse().unwrap();
         let to: Mailbox = "s@example.edu".parse().unwrap();
-        let raw = String::from_utf8(build_message(&from, to, &p).unwrap().formatted()).unwrap();
+        let raw = String::from_utf8(
+            build_message(&from, to, &p, "<a.email@example.edu>")
+                .unwrap()
+                .formatted(),
+        )
+        .unwrap();
         assert!(raw.contains("Content-Transfer-Encoding: quoted-printable"));
-        // Co-authors are copied; a bad address is dropped, not fatal.
-        assert!(raw.contains("Cc: bob@example.edu\r\n"), "{raw}");
+        // Co-authors get their own message: never named in this one.
+        assert!(!raw.contains("bob@example.edu"), "{raw}");
+        assert!(!raw.contains("\r\nCc:"), "{raw}");
         // Soft breaks only: undoing them gives the line back as printed.
         let body = raw.split("\r\n\r\n").nth(1).unwrap();
         let decoded = body

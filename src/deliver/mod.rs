@@ -738,7 +738,13 @@ async fn attempt_one(ctx: Arc<Ctx>, spool: Arc<Spool>, name: String) -> Option<D
     let started = std::time::Instant::now();
     let outcome = match &rec.payload {
         Payload::Callback(p) => callback::send(&ctx, &rec, p).await,
-        Payload::Email(p) => email::send(&ctx, &rec, p).await,
+        Payload::Email(p) => {
+            // The sender notes who has their copy, so a retry skips them.
+            let mut p = p.clone();
+            let outcome = email::send(&ctx, &rec, &mut p).await;
+            rec.payload = Payload::Email(p);
+            outcome
+        }
         Payload::Status(p) => status::send(&ctx, &rec, p).await,
     };
     crate::metrics::observe(
@@ -1145,6 +1151,7 @@ mod tests {
             hidden: Default::default(),
             stdout: Default::default(),
             stderr: Default::default(),
+            results: None,
             extra: Default::default(),
         }
     }

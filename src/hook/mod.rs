@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Secret};
 use crate::event::{EVENT_SCHEMA, Event, HookSource};
 use crate::metrics;
+use crate::reserve::Reserve;
 use crate::spool::{Spool, SpoolError, State, new_job_id};
 use dedup::{KeyLocks, Markers, job_exists, update_key};
 use parse::{Delivery, Ignored, RefUpdate};
@@ -83,6 +84,9 @@ pub enum HookError {
     Sync(String),
     #[error("intake task failed: {0}")]
     Task(String),
+    /// Under `[spool] min_free`: no new job is stored.
+    #[error(transparent)]
+    LowSpace(#[from] crate::reserve::LowSpace),
 }
 
 /// Serve GitLab webhooks on `listener` until `shutdown` fires.
@@ -160,6 +164,8 @@ struct Hook {
     locks: KeyLocks,
     commit: GroupCommit,
     repos: TestRepos,
+    /// `[spool] min_free`: no new job under it.
+    reserve: Reserve,
 }
 
 /// One answer: status and body.
@@ -244,8 +250,10 @@ impl Hook {
             );
         }
         let repos = TestRepos::new(&cfg);
+        let reserve = Reserve::new(spool.root(), cfg.spool.min_free.bytes());
         Ok(Hook {
             cfg,
+            reserve,
             spool,
             token,
             markers,
@@ -332,6 +340,15 @@ impl Hook {
                 )
             })
             .collect();
+        let mut gauges = gauges;
+        if let Ok(free) = self.reserve.free() {
+            gauges.push((
+                "labgrader_spool_free_bytes",
+                "Bytes free on the spool's file system (new jobs are refused under [spool] min_free).",
+                Vec::new(),
+                free as f64,
+            ));
+        }
         metrics::render(&gauges)
     }
 
@@ -556,6 +573,23 @@ impl Hook {
                     }
                 }
                 Ok(Outcome::Ignored(i)) => ignored.push(i),
+                Err(HookError::LowSpace(low)) => {
+                    metrics::inc(
+                        "labgrader_hook_low_space_total",
+                        "Deliveries refused because the spool's free space was under [spool] min_free.",
+                        &[],
+                    );
+                    tracing::error!(
+                        free = low.free,
+                        min_free = low.min_free,
+                        "SPOOL FILE SYSTEM NEARLY FULL: refusing new jobs (503) until space is freed; \
+                         re-send refused hooks from GitLab afterwards"
+                    );
+                    return Answer::text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("event not stored: {low}; re-send the hook once space is freed"),
+                    );
+                }
                 Err(e) => {
                     metrics::inc(
                         "labgrader_hook_spool_errors_total",
@@ -667,6 +701,12 @@ impl Hook {
                 duplicate: true,
             });
         }
+
+        // The reserve: under `[spool] min_free` no new job is stored, so
+        // the jobs already accepted keep room to finish and deliver.
+        // Checked before anything is written (no marker, no tmp file);
+        // duplicates and ignored refs above are still answered.
+        self.reserve.check()?;
 
         let job = new_job_id();
         let event = Event {

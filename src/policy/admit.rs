@@ -1,7 +1,7 @@
 //! Admission: the one call the grader makes between exporting the student
 //! tree and running `test_all`, applying every course rule in order.
 //!
-//! Owns the order (late? manifest → authors → quota) and the
+//! Owns the order (late? manifest → verified authors → quota) and the
 //! split of outcomes into three kinds: admitted (run it, with these
 //! limits, authors and result extras), refused by policy (the student's
 //! doing: a final status or `failed/` reason and a message for the
@@ -39,8 +39,8 @@ pub struct Admitted {
 /// Refused by policy: the submission's own doing. Never retried.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {
-    /// `labgrader.json` is malformed, missing when required, or names no
-    /// known author: finish the job with status `invalid_manifest`,
+    /// `labgrader.json` is malformed, missing when required, or its
+    /// `authors` leave out the pusher: finish the job with status `invalid_manifest`,
     /// reason = `message`, and email the pusher.
     InvalidManifest { message: String },
     /// `late = "reject"` and past deadline + grace: `failed/`, reason `late`.
@@ -121,10 +121,11 @@ pub async fn admit(
         Ok(d) => d,
         Err(e) => return invalid(e),
     };
-    let authors = match resolve_authors(manifest.as_ref(), &event.pusher, &dir).await {
-        Ok(a) => a,
-        Err(e) => return invalid(e),
-    };
+    let authors =
+        match resolve_authors(manifest.as_ref(), &event.pusher, &event.project, &dir).await {
+            Ok(a) => a,
+            Err(e) => return invalid(e),
+        };
     let mut extra = acceptance.extras();
     if let Some(m) = &manifest {
         extra.insert("manifest".into(), m.to_extra());
@@ -132,15 +133,18 @@ pub async fn admit(
     extra.extend(authors.to_extra());
     if let (Some(quota), false) = (policy.quota, event.source == HookSource::Local) {
         let names: Vec<String> = authors.known.iter().map(|a| a.username.clone()).collect();
-        let (p, l, job, at) = (
+        let (p, l, job, at, pusher) = (
             policy.clone(),
             ledger.clone(),
             event.job_id.clone(),
             event.received_at,
+            event.pusher.username.clone(),
         );
-        let decision = tokio::task::spawn_blocking(move || p.take_quota(&l, &names, &job, at))
-            .await
-            .map_err(|e| AdmitError::Join(e.to_string()))??;
+        let decision = tokio::task::spawn_blocking(move || {
+            p.take_quota(&l, pusher.as_deref(), &names, &job, at)
+        })
+        .await
+        .map_err(|e| AdmitError::Join(e.to_string()))??;
         if let QuotaDecision::Over { next_slot_at, .. } = &decision {
             return Ok(Err(Refusal::Quota {
                 message: decision.over_message(quota).unwrap_or_default(),

@@ -1,34 +1,63 @@
 //! Hidden results: what a student (or a callback without
 //! `include_hidden = true`) may see of a [`JobResult`].
 //!
-//! Owns one rule: keys under the `[hidden]` section of the summary INI are
-//! for staff. They live in `JobResult::hidden`; the views built here empty
-//! that map AND cut the `[hidden]` section out of every `<summary>` block
-//! of the stdout that goes with them (the student reads stdout, and
-//! `test_all` printed the hidden keys there). stderr is staff-only too.
+//! Owns one rule: what staff marked hidden stays with staff. That is the
+//! keys under the `[hidden]` section of the summary INI (kept in
+//! `JobResult::hidden`; the views built here empty that map AND cut the
+//! `[hidden]` section out of every `<summary>` block of the stdout that
+//! goes with them, since `test_all` printed them there), the tests of
+//! `results.json` whose visibility is `hidden` or `after_due_date` (until
+//! results are shown after the deadline, both stay with staff), and stdout
+//! itself when `results.json` says `stdout_visibility = "hidden"`; what
+//! was wrong with a malformed `results.json` (it may name a hidden test)
+//! is replaced in the reason. stderr is staff-only too. Blocks are found
+//! by the grade parser's own finder ([`summary::blocks`],
+//! [`summary::block_lines`], [`Line`]), so a block the parser reads is a
+//! block filtered here, wherever it starts on a line.
 //! Nothing here sends anything; deliveries call these before they do.
 
+use std::ops::Range;
+
 use crate::result::JobResult;
+use crate::results::Visibility;
 use crate::sandbox::Captured;
+use crate::summary::{self, Line};
+
+/// Key of `JobResult::extra` holding what was wrong with `results.json`
+/// (staff only: it may name a hidden test).
+pub const RESULTS_ERROR_KEY: &str = "results_error";
+/// What students read instead.
+pub const RESULTS_ERROR_FOR_STUDENTS: &str =
+    "the course's test_all wrote a results.json that cannot be read (staff have the details)";
 
 /// The result as a student may see it (email, commit status text):
-/// no hidden keys, hidden summary lines cut from stdout, no stderr.
+/// no hidden keys or tests, hidden summary lines cut from stdout, no stderr.
 pub fn student_view(result: &JobResult) -> JobResult {
     callback_view(result, false, false)
 }
 
-/// The result for a callback: hidden keys and stderr only when the
-/// callback's config includes them.
+/// The result for a callback: hidden keys, hidden tests and stderr only
+/// when the callback's config includes them.
 pub fn callback_view(result: &JobResult, include_hidden: bool, include_stderr: bool) -> JobResult {
     let mut r = result.clone();
     if !include_hidden {
         r.hidden.clear();
-        r.stdout = Captured {
-            bytes: redact_hidden_summary(&r.stdout.bytes),
-            tail: redact_hidden_tail(&r.stdout.tail),
-            total: r.stdout.total,
-            truncated: r.stdout.truncated,
-        };
+        if let Some(serde_json::Value::String(problem)) = r.extra.remove(RESULTS_ERROR_KEY) {
+            r.reason = r
+                .reason
+                .map(|why| why.replace(&problem, RESULTS_ERROR_FOR_STUDENTS));
+        }
+        r.stdout = redact_captured(&r.stdout);
+        if let Some(res) = r.results.as_mut() {
+            res.tests.retain(|t| t.visibility == Visibility::Visible);
+            if res.stdout_visibility != Visibility::Visible {
+                r.stdout = Captured {
+                    total: r.stdout.total,
+                    truncated: r.stdout.truncated,
+                    ..Captured::default()
+                };
+            }
+        }
     }
     if !include_stderr {
         r.stderr = Captured::default();
@@ -36,73 +65,99 @@ pub fn callback_view(result: &JobResult, include_hidden: bool, include_stderr: b
     r
 }
 
+/// Captured stdout with the `[hidden]` sections cut from its head and its
+/// tail. When nothing was dropped between them they are one stream (a block
+/// may run from one into the other); otherwise the tail may begin inside a
+/// block whose section is unknown, and its lines up to the next section
+/// header or `</summary>` are cut.
+pub fn redact_captured(c: &Captured) -> Captured {
+    let (bytes, tail) = if c.tail.is_empty() {
+        (redact_hidden_summary(&c.bytes), Vec::new())
+    } else if summary::dropped(c) == 0 {
+        let mut all = c.bytes.clone();
+        all.extend_from_slice(&c.tail);
+        let cuts = hidden_ranges(&all, false);
+        let split = c.bytes.len();
+        (
+            keep_outside(&all[..split], &cuts, 0),
+            keep_outside(&all[split..], &cuts, split),
+        )
+    } else {
+        let head_open = summary::blocks(&c.bytes).last().is_some_and(|b| !b.closed);
+        (
+            redact_hidden_summary(&c.bytes),
+            redact_tail(&c.tail, head_open),
+        )
+    };
+    Captured {
+        bytes,
+        tail,
+        total: c.total,
+        truncated: c.truncated,
+    }
+}
+
 /// Stdout with the `[hidden]` section of every `<summary>` block removed
-/// (from the `[hidden]` line up to the next `[section]` line or
-/// `</summary>`; an unclosed block is cut to the end). Everything else is
-/// kept byte for byte. Lines are compared trimmed; section names without
-/// case.
+/// (from the `[hidden]` line up to the next section header or the block's
+/// end; an unclosed block is cut to the end). Everything else is kept byte
+/// for byte.
 pub fn redact_hidden_summary(stdout: &[u8]) -> Vec<u8> {
-    redact(stdout, false)
+    keep_outside(stdout, &hidden_ranges(stdout, false), 0)
 }
 
-/// The same for the tail kept after a truncation: it may begin inside a
-/// summary block whose `[hidden]` line was dropped, so when a
-/// `</summary>` comes before any `<summary>`, its lines up to the next
-/// section header or `</summary>` are cut (they may be hidden keys).
-pub fn redact_hidden_tail(tail: &[u8]) -> Vec<u8> {
-    let mut starts_inside = false;
-    for line in tail.split(|&b| b == b'\n') {
-        let t = trim(line);
-        if t.eq_ignore_ascii_case(b"<summary>") {
-            break;
-        }
-        if t.eq_ignore_ascii_case(b"</summary>") {
-            starts_inside = true;
-            break;
-        }
+/// The same for a tail kept after bytes were dropped: it may begin inside
+/// a summary block whose `[hidden]` line was dropped, so when its first
+/// marker is `</summary>` (or it has none and the head ended inside a
+/// block: `head_open`), its lines up to the next section header or
+/// `</summary>` are cut (they may be hidden keys).
+pub fn redact_tail(tail: &[u8], head_open: bool) -> Vec<u8> {
+    keep_outside(tail, &hidden_ranges(tail, head_open), 0)
+}
+
+/// Byte ranges of `bytes` in `[hidden]` sections of summary blocks. When
+/// `bytes` begins inside a block (its first marker is `</summary>`, or it
+/// has no marker and `open_at_start`), that block's section is unknown and
+/// its lines count as hidden until a section header.
+fn hidden_ranges(bytes: &[u8], open_at_start: bool) -> Vec<Range<usize>> {
+    let blocks = summary::blocks(bytes);
+    let mut regions: Vec<(Range<usize>, bool)> = Vec::new();
+    if let Some(lead) = summary::leading_content(bytes) {
+        regions.push((lead, true));
+    } else if open_at_start && blocks.is_empty() {
+        regions.push((0..bytes.len(), true));
     }
-    redact(tail, starts_inside)
-}
-
-fn redact(stdout: &[u8], starts_inside: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(stdout.len());
-    let mut in_summary = starts_inside;
-    let mut hiding = starts_inside;
-    for line in stdout.split_inclusive(|&b| b == b'\n') {
-        let t = trim(line);
-        if !in_summary {
-            if t.eq_ignore_ascii_case(b"<summary>") {
-                in_summary = true;
+    regions.extend(blocks.into_iter().map(|b| (b.content, false)));
+    let mut cuts = Vec::new();
+    for (content, mut hiding) in regions {
+        for line in summary::block_lines(bytes, content) {
+            let kind = Line::classify(&bytes[line.clone()]);
+            if matches!(kind, Line::Section { .. }) {
+                hiding = kind.is_hidden_header();
             }
-            out.extend_from_slice(line);
-            continue;
-        }
-        if t.eq_ignore_ascii_case(b"</summary>") {
-            in_summary = false;
-            hiding = false;
-            out.extend_from_slice(line);
-            continue;
-        }
-        if t.starts_with(b"[") && t.ends_with(b"]") {
-            hiding = trim(&t[1..t.len() - 1]).eq_ignore_ascii_case(b"hidden");
-        }
-        if !hiding {
-            out.extend_from_slice(line);
+            if hiding {
+                cuts.push(line);
+            }
         }
     }
-    out
+    cuts
 }
 
-fn trim(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &b[start..end.max(start)]
+/// The bytes of `part` (which starts at `offset` of the stream `cuts`
+/// refer to) outside every cut.
+fn keep_outside(part: &[u8], cuts: &[Range<usize>], offset: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(part.len());
+    let end = offset + part.len();
+    let mut at = offset;
+    for c in cuts {
+        let (s, e) = (c.start.clamp(offset, end), c.end.clamp(offset, end));
+        if s >= e {
+            continue;
+        }
+        out.extend_from_slice(&part[at - offset..s - offset]);
+        at = e;
+    }
+    out.extend_from_slice(&part[at - offset..]);
+    out
 }
 
 #[cfg(test)]
@@ -136,10 +191,10 @@ mod tests {
     #[test]
     fn tail_starting_inside_a_summary_is_cut_to_the_end_of_it() {
         let tail = b"et = 3\nhidden_grade = 9\n</summary>\nafter\n";
-        assert_eq!(redact_hidden_tail(tail), b"</summary>\nafter\n".to_vec());
+        assert_eq!(redact_tail(tail, false), b"</summary>\nafter\n".to_vec());
         let tail = b"x\n<summary>\ngrade_total = 1\n[hidden]\ns = 2\n</summary>\n";
         assert_eq!(
-            redact_hidden_tail(tail),
+            redact_tail(tail, false),
             b"x\n<summary>\ngrade_total = 1\n</summary>\n".to_vec()
         );
     }
@@ -178,6 +233,7 @@ mod tests {
             hidden: BTreeMap::from([("hidden_grade".into(), "3".into())]),
             stdout: Captured::from_bytes(OUT.as_bytes().to_vec(), 1 << 20),
             stderr: Captured::from_bytes(b"staff only\n".to_vec(), 1 << 20),
+            results: None,
             extra: BTreeMap::new(),
         }
     }
@@ -204,5 +260,118 @@ mod tests {
         let v = callback_view(&r, false, true);
         assert!(v.hidden.is_empty());
         assert_eq!(v.stderr, r.stderr);
+    }
+
+    #[test]
+    fn a_block_after_student_text_on_the_same_line_is_filtered_as_it_is_graded() {
+        // The parser grades this block; the filter used to look for
+        // `<summary>` alone on a line and let the hidden keys through.
+        let out = b"student says hi<summary>\ngrade_total = 3\n[hidden]\nsecret = 42\n</summary>\n";
+        let s = crate::summary::parse(out).unwrap();
+        assert_eq!(s.hidden["secret"], "42");
+        let shown = redact_hidden_summary(out);
+        assert_eq!(
+            shown,
+            b"student says hi<summary>\ngrade_total = 3\n</summary>\n".to_vec()
+        );
+        // Even with the header on the marker's line, and the close on a key's.
+        let out = b"x<summary>[hidden]\nsecret = 42</summary>y";
+        assert_eq!(
+            crate::summary::parse(b"x<summary>grade_total=1\n[hidden]\nsecret = 42</summary>y")
+                .unwrap()
+                .hidden["secret"],
+            "42"
+        );
+        assert_eq!(
+            redact_hidden_summary(out),
+            b"x<summary></summary>y".to_vec()
+        );
+    }
+
+    #[test]
+    fn a_block_running_from_the_head_into_the_tail_is_filtered_as_one() {
+        let stream = b"<summary>\ngrade_total = 3\n[hidden]\nsecret = 42\nother = 1\n</summary>\n";
+        let split = stream.len() - 20; // inside `other = 1`
+        let c = Captured {
+            bytes: stream[..split].to_vec(),
+            tail: stream[split..].to_vec(),
+            total: stream.len() as u64,
+            truncated: true,
+        };
+        let v = redact_captured(&c);
+        let shown = [v.bytes.clone(), v.tail.clone()].concat();
+        assert_eq!(shown, b"<summary>\ngrade_total = 3\n</summary>\n".to_vec());
+        // With bytes dropped in between and no marker in the tail, a head
+        // ending inside a block hides the tail up to a section header.
+        let c = Captured {
+            bytes: b"<summary>\n[hidden]\na = 1\n".to_vec(),
+            tail: b"b = 2\n[public]\nc = 3\n".to_vec(),
+            total: 1000,
+            truncated: true,
+        };
+        let v = redact_captured(&c);
+        assert_eq!(v.bytes, b"<summary>\n".to_vec());
+        assert_eq!(v.tail, b"[public]\nc = 3\n".to_vec());
+    }
+
+    #[test]
+    fn hidden_and_later_tests_and_hidden_stdout_stay_with_staff() {
+        use crate::results::{TestResults, TestRow, Visibility};
+        let row = |name: &str, visibility| TestRow {
+            name: name.into(),
+            number: None,
+            score: Some(1.0),
+            max_score: Some(1.0),
+            visibility,
+            status: None,
+            output: Some(format!("{name} output")),
+            tags: vec![],
+        };
+        let mut r = result();
+        r.results = Some(TestResults {
+            grade_total: 3.0,
+            score: None,
+            output: None,
+            stdout_visibility: Visibility::Visible,
+            execution_time: None,
+            tests: vec![
+                row("shown", Visibility::Visible),
+                row("secret", Visibility::Hidden),
+                row("later", Visibility::AfterDueDate),
+            ],
+        });
+        let v = student_view(&r);
+        let json = serde_json::to_string(&v).unwrap();
+        assert!(json.contains("shown output"), "{json}");
+        assert!(
+            !json.contains("secret") && !json.contains("later"),
+            "{json}"
+        );
+        assert_eq!(callback_view(&r, true, false).results, r.results);
+        r.results.as_mut().unwrap().stdout_visibility = Visibility::Hidden;
+        let v = student_view(&r);
+        assert!(v.stdout.display_bytes().is_empty());
+        assert_eq!(v.stdout.total, r.stdout.total);
+    }
+
+    #[test]
+    fn a_malformed_results_problem_stays_with_staff() {
+        let problem =
+            "results.json: tests[1] (`secret_case`): `score` 12 is more than its `max_score` 10";
+        let mut r = result();
+        r.status = Status::Error;
+        r.reason = Some(format!("{problem}; test_all exited with status 0"));
+        r.extra.insert(
+            RESULTS_ERROR_KEY.into(),
+            serde_json::Value::String(problem.into()),
+        );
+        let v = student_view(&r);
+        let json = serde_json::to_string(&v).unwrap();
+        assert!(!json.contains("secret_case"), "{json}");
+        assert_eq!(
+            v.reason.as_deref(),
+            Some(format!("{RESULTS_ERROR_FOR_STUDENTS}; test_all exited with status 0").as_str())
+        );
+        assert_eq!(callback_view(&r, true, false).reason, r.reason);
     }
 }

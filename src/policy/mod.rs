@@ -59,7 +59,7 @@ pub struct ResolvedPolicy {
     /// Roster CSV, resolved against the config file's directory.
     pub roster: Option<PathBuf>,
     pub quota: Option<Quota>,
-    /// Usernames exempt from the quota (lower-cased).
+    /// Usernames whose pushes are exempt from the quota (lower-cased).
     pub staff: Vec<String>,
     pub deadline: Option<DateTime<FixedOffset>>,
     pub grace: Duration,
@@ -113,7 +113,7 @@ impl ResolvedPolicy {
         limits.pids = self.job.pids;
     }
 
-    /// Staff are exempt from the quota.
+    /// Whether `username` is staff (their pushes take no quota).
     pub fn is_staff(&self, username: &str) -> bool {
         let u = username.trim().to_lowercase();
         self.staff.contains(&u)
@@ -125,13 +125,16 @@ impl ResolvedPolicy {
         Some(d + chrono::Duration::from_std(self.grace).unwrap_or(chrono::Duration::MAX))
     }
 
-    /// Take one quota slot for every non-staff author of job `job_id`,
-    /// all or none, at the submission time `at` (the hook's receipt time).
-    /// No quota configured, or only staff authors → [`QuotaDecision::Exempt`].
+    /// Take one quota slot for every author of job `job_id`, all or none,
+    /// at the submission time `at` (the hook's receipt time). The staff
+    /// exemption is the pusher's: a push by staff takes no slot, and a
+    /// student who lists staff among the authors is charged like any other
+    /// submission. No quota configured → [`QuotaDecision::Exempt`].
     /// Blocking (SQLite): call it from `spawn_blocking` in async code.
     pub fn take_quota(
         &self,
         ledger: &QuotaLedger,
+        pusher: Option<&str>,
         authors: &[String],
         job_id: &str,
         at: DateTime<Utc>,
@@ -139,11 +142,10 @@ impl ResolvedPolicy {
         let Some(quota) = self.quota else {
             return Ok(QuotaDecision::Exempt);
         };
-        let counted: Vec<&str> = authors
-            .iter()
-            .map(String::as_str)
-            .filter(|a| !self.is_staff(a))
-            .collect();
+        if pusher.is_some_and(|p| self.is_staff(p)) {
+            return Ok(QuotaDecision::Exempt);
+        }
+        let counted: Vec<&str> = authors.iter().map(String::as_str).collect();
         if counted.is_empty() {
             return Ok(QuotaDecision::Exempt);
         }

@@ -10,6 +10,8 @@
 //! DIR/results/       the harness's results files, written by the node
 //! DIR/stdout         captured stdout (at most limits.output bytes)
 //! DIR/stderr         captured stderr (at most limits.output bytes)
+//! DIR/stdout.tail    the end of a stdout that overflowed (at most 64 KiB)
+//! DIR/stderr.tail    the same for stderr
 //! DIR/outcome.json   OutcomeFile, written last (its presence = finished)
 //! ```
 //!
@@ -28,6 +30,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::native::job::{JobFile, VERSION};
+use super::output::TAIL_KEEP;
 use super::{Captured, RESULTS_BYTES, RESULTS_FILES, RunSpec, Termination};
 
 pub const JOB_FILE: &str = "job.json";
@@ -37,6 +40,8 @@ pub const TESTS_DIR: &str = "tests";
 pub const RESULTS_DIR: &str = "results";
 pub const STDOUT_FILE: &str = "stdout";
 pub const STDERR_FILE: &str = "stderr";
+pub const STDOUT_TAIL_FILE: &str = "stdout.tail";
+pub const STDERR_TAIL_FILE: &str = "stderr.tail";
 
 /// How it ended, with stream sizes (the bytes are in `stdout`/`stderr`).
 /// Reads the node's `outcome.json`; fields it does not write are `None`.
@@ -110,6 +115,10 @@ impl JobDir {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         f.stdout.bytes = std::fs::read(self.file(STDOUT_FILE)).unwrap_or_default();
         f.stderr.bytes = std::fs::read(self.file(STDERR_FILE)).unwrap_or_default();
+        // Without its tail a stream that overflowed has no trustworthy
+        // summary (the grader then gives none), never the head's.
+        f.stdout.tail = read_tail(&self.file(STDOUT_TAIL_FILE));
+        f.stderr.tail = read_tail(&self.file(STDERR_TAIL_FILE));
         Ok(Some(f))
     }
 }
@@ -156,6 +165,21 @@ pub fn take_results(from: &Path, into: &Path) -> io::Result<()> {
     std::fs::create_dir_all(into)?;
     let results = super::results_stream::Results { files, flags: 0 };
     super::results_stream::write_into(into, &results)
+}
+
+/// The last [`TAIL_KEEP`] bytes of `path` (empty when it is missing).
+fn read_tail(path: &Path) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let keep = len.min(TAIL_KEEP as u64);
+    let mut out = Vec::with_capacity(keep as usize);
+    if f.seek(SeekFrom::Start(len - keep)).is_err() || f.take(keep).read_to_end(&mut out).is_err() {
+        return Vec::new();
+    }
+    out
 }
 
 /// Write `bytes` to `path` through a temporary file, fsync, rename: a
@@ -213,10 +237,13 @@ mod tests {
             disk_full: true,
         };
         std::fs::write(d.file(STDOUT_FILE), b"hello").unwrap();
+        std::fs::write(d.file(STDOUT_TAIL_FILE), b"the end").unwrap();
         write_atomic(&d.file(OUTCOME_FILE), &serde_json::to_vec(&node).unwrap()).unwrap();
         let f = d.read_outcome().unwrap().unwrap();
         assert_eq!(f.termination, Termination::Timeout);
         assert_eq!(f.stdout.bytes, b"hello");
+        assert_eq!(f.stdout.tail, b"the end");
+        assert!(f.stderr.tail.is_empty());
         assert_eq!(f.host, None);
         assert!(f.disk_full);
     }

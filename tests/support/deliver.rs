@@ -130,6 +130,7 @@ pub fn result(
         hidden,
         stdout: Captured::from_bytes(stdout.to_vec(), 1 << 20),
         stderr: Captured::from_bytes(stderr.to_vec(), 1 << 20),
+        results: None,
         extra: BTreeMap::new(),
     }
 }

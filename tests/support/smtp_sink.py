@@ -7,6 +7,8 @@ Listens on 127.0.0.1:PORT and writes each received message to DIR as
 package makes of it: headers, decoded text body, attachments, MIME
 defects). With USER:PASSWORD it requires AUTH (allowed without TLS: the test
 runs on loopback). Prints "ready" on stdout once it accepts connections.
+While DIR/defer-rcpt exists, the addresses it lists (one a line) are refused
+at RCPT with 451 (try again later), so a test can fail one recipient.
 """
 
 import base64
@@ -33,6 +35,17 @@ class Sink:
         self.directory = directory
         self.lock = threading.Lock()
         self.count = 0
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        try:
+            with open(os.path.join(self.directory, "defer-rcpt")) as f:
+                deferred = {line.strip() for line in f if line.strip()}
+        except FileNotFoundError:
+            deferred = set()
+        if address in deferred:
+            return "451 4.3.0 Try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         raw = envelope.original_content or envelope.content

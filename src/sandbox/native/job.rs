@@ -15,7 +15,9 @@
 //!
 //! Output, written only when the run itself worked (whatever the student's
 //! code did; exit status 0): `DIR/stdout` and `DIR/stderr` (the kept bytes,
-//! at most `limits.output` each, without a truncation mark), the harness's
+//! at most `limits.output` each, without a truncation mark),
+//! `DIR/stdout.tail` and `DIR/stderr.tail` (the last bytes of a stream
+//! that overflowed, at most 64 KiB; empty otherwise), the harness's
 //! results files in `DIR/results/` (`trusted`), and, last, so that its
 //! presence means "complete", `DIR/outcome.json`: [`OutcomeFile`].
 //! A grader fault (setup failed, bad job file) writes nothing, prints the
@@ -214,6 +216,10 @@ pub async fn run_job_dir(
     }
     write_atomic(&dir.join("stdout"), &outcome.stdout.bytes)?;
     write_atomic(&dir.join("stderr"), &outcome.stderr.bytes)?;
+    // The end of a stream that overflowed: the grader reads the summary
+    // from it, as on every other runner.
+    write_atomic(&dir.join("stdout.tail"), &outcome.stdout.tail)?;
+    write_atomic(&dir.join("stderr.tail"), &outcome.stderr.tail)?;
     let file = OutcomeFile {
         version: VERSION,
         job_id: job.job_id,

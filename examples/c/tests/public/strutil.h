@@ -1,5 +1,5 @@
-/* Lab 3 interface. This file comes from the test repository and replaces
- * any copy in the student's repository. */
+/* Lab 3 interface. This file comes from the tests' public/ directory and
+ * replaces any copy in the student's repository. */
 #ifndef STRUTIL_H
 #define STRUTIL_H
 

@@ -1,0 +1,110 @@
+//! The trusted contract against a student who attacks the harness, on the
+//! runners that give the harness and the student different identities
+//! (docker and native): the student's code writes `results.json`, keeps
+//! rewriting it from a background process, sends SIGSTOP then SIGKILL to
+//! its parent and to every process it can see, and prints a forged
+//! summary. The recorded grade is the one the harness wrote afterwards.
+//!
+//! Goes through `grader::grade_local`, the path `labgrader grade` takes:
+//! workspace and harness copy laid out as the daemon does, the runner, then
+//! the verdict that reads `results.json`. The docker case needs a running
+//! engine and the busybox test image and FAILS without them unless
+//! `LABGRADER_SKIP_DOCKER=1`; the native case needs root or unprivileged
+//! user namespaces, like tests/runner_native.rs.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use labgrader::config::{Config, Contract, RunnerKind};
+use labgrader::result::{JobResult, Status};
+
+const IMAGE: &str = "labgrader/test-busybox:latest";
+
+/// The student's attack, run by the harness as `run-as-student sh
+/// attack.sh RESULTS_DIR` (the student is told where the results go).
+const ATTACK: &str = r#"R=${1:-$LABGRADER_RESULTS}
+forge() { printf '{"score": 100}\n' > "$R/results.json" 2>/dev/null; }
+forge
+( while :; do forge; done ) </dev/null >/dev/null 2>&1 &
+bg=$!
+for sig in STOP KILL; do
+    kill -$sig "$PPID" 2>/dev/null
+    for p in /proc/[0-9]*; do
+        p=${p#/proc/}
+        [ "$p" = "$$" ] || [ "$p" = "$bg" ] || kill -$sig "$p" 2>/dev/null
+    done
+done
+printf '<summary>\ngrade_total = 100\n</summary>\n'
+exit 0
+"#;
+
+/// The harness: runs the attack, waits while the background rewriter
+/// would be at work, writes its own grade, and waits again.
+const HARNESS: &str = r#"#!/bin/sh
+run-as-student sh attack.sh "$LABGRADER_RESULTS"
+echo "the student's code exited with status $?"
+sleep 1
+printf '{"tests": [{"name": "harness", "score": 7, "max_score": 10}]}\n' \
+    > "$LABGRADER_RESULTS/results.json"
+sleep 2
+echo "harness done"
+"#;
+
+fn write(dir: &Path, name: &str, text: &str, mode: u32) {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+async fn attack_on(kind: RunnerKind, cfg: Config) -> JobResult {
+    let student = tempfile::tempdir().unwrap();
+    let tests = tempfile::tempdir().unwrap();
+    write(student.path(), "attack.sh", ATTACK, 0o644);
+    write(tests.path(), "test_all", HARNESS, 0o755);
+    labgrader::grader::grade_local(
+        &cfg,
+        student.path(),
+        tests.path(),
+        Some(kind),
+        Some(Duration::from_secs(30)),
+        Some(Contract::Trusted),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{kind} runner: {e}"))
+}
+
+fn assert_the_harness_graded(r: &JobResult) {
+    let stdout = String::from_utf8_lossy(&r.stdout.display_bytes()).into_owned();
+    assert_eq!(
+        r.status,
+        Status::Graded,
+        "{:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        r.reason,
+        String::from_utf8_lossy(&r.stderr.display_bytes())
+    );
+    assert_eq!(r.grade_total, Some(7.0), "{:?}\n{stdout}", r.reason);
+    let results = r.results.as_ref().expect("results.json recorded");
+    assert_eq!(results.tests.len(), 1);
+    assert_eq!(results.tests[0].name, "harness");
+    assert!(stdout.contains("harness done"), "{stdout}");
+    assert!(r.summary.is_empty() && r.hidden.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_student_cannot_forge_rewrite_or_stop_the_harness_grade() {
+    if std::env::var("LABGRADER_SKIP_DOCKER").as_deref() == Ok("1") {
+        eprintln!("LABGRADER_SKIP_DOCKER=1: docker test skipped");
+        return;
+    }
+    let mut cfg = Config::default();
+    cfg.docker.image = IMAGE.into();
+    let r = attack_on(RunnerKind::Docker, cfg).await;
+    assert_the_harness_graded(&r);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_student_cannot_forge_rewrite_or_stop_the_harness_grade() {
+    let r = attack_on(RunnerKind::Native, Config::default()).await;
+    assert_the_harness_graded(&r);
+}
