@@ -2,8 +2,11 @@
 //! same run on the same engine (called by `scripts/bench.d/docker`).
 //!
 //! 1. Per-job wall time: a trivial `test_all` through `DockerRunner::run`
-//!    beside `docker run --rm --network none --memory M IMAGE ./test_all`
-//!    (workspace bind-mounted), alternating, median of each.
+//!    under the `stdout` contract (one identity, `test_all` a test file),
+//!    under `trusted` (two identities: the harness's copy, the broker) and
+//!    `trusted` with one `run-as-student true` call, beside `docker run --rm
+//!    --network none --memory M IMAGE ./test_all` (workspace bind-mounted),
+//!    alternating, median of each.
 //! 2. Throughput: J jobs with P at a time through the runner, beside
 //!    `xargs -P P` of the same `docker run`.
 //!
@@ -15,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use labgrader::config::DockerConfig;
+use labgrader::config::{Contract, DockerConfig};
 use labgrader::sandbox::docker::DockerRunner;
 use labgrader::sandbox::{Limits, RunSpec, Runner, Termination};
 use tokio_util::sync::CancellationToken;
@@ -79,12 +82,44 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 async fn one_job(runner: &DockerRunner, ws: &std::path::Path, i: usize) {
-    let spec = RunSpec::new(
-        format!("bench-{}-{i}", std::process::id()),
-        ws.to_path_buf(),
-        vec![],
-        limits(),
-    );
+    let spec = RunSpec {
+        test_paths: Arc::new(vec!["test_all".into()]),
+        ..RunSpec::new(
+            format!("bench-{}-{i}", std::process::id()),
+            ws.to_path_buf(),
+            vec![],
+            limits(),
+        )
+    };
+    run_spec(runner, spec).await;
+}
+
+/// A trusted job: the harness's tests in `tests` (its `test_all`), an
+/// empty workspace beside it.
+async fn trusted_job(runner: &DockerRunner, root: &std::path::Path, tests: &str, i: usize) {
+    let spec = RunSpec {
+        contract: Contract::Trusted,
+        tests: Some(root.join(tests)),
+        ..RunSpec::new(
+            format!("bench-t-{}-{i}", std::process::id()),
+            root.join("workspace"),
+            vec![],
+            limits(),
+        )
+    };
+    run_spec(runner, spec).await;
+}
+
+/// A trusted tree under `root`: `workspace/`, and `name/test_all` = `body`.
+fn trusted_tree(root: &std::path::Path, name: &str, body: &str) {
+    std::fs::create_dir_all(root.join("workspace")).unwrap();
+    std::fs::create_dir_all(root.join(name)).unwrap();
+    let t = root.join(name).join("test_all");
+    std::fs::write(&t, body).unwrap();
+    std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+async fn run_spec(runner: &DockerRunner, spec: RunSpec) {
     let o = runner
         .run(&spec, &CancellationToken::new())
         .await
@@ -109,6 +144,16 @@ async fn main() {
     std::fs::write(&t, TEST_ALL).unwrap();
     std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o755)).unwrap();
     let ws_s = ws.path().to_str().unwrap().to_string();
+    let troot = tempfile::Builder::new()
+        .prefix("lg-bench-t-")
+        .tempdir()
+        .unwrap();
+    trusted_tree(troot.path(), "plain", TEST_ALL);
+    trusted_tree(
+        troot.path(),
+        "broker",
+        &format!("#!/bin/sh\nrun-as-student true\n{}", &TEST_ALL[10..]),
+    );
 
     let cfg = DockerConfig {
         image: image.clone(),
@@ -124,23 +169,48 @@ async fn main() {
     // Warm up both paths (page cache, image layers, client pool).
     for i in 0..2 {
         one_job(&runner, ws.path(), i).await;
+        trusted_job(&runner, troot.path(), "broker", i).await;
         assert!(bare_cmd(&docker, &image, &ws_s).status().unwrap().success());
     }
 
-    // 1. Per-job wall time, alternating so drift hits both alike.
+    // 1. Per-job wall time, alternating so drift hits all alike.
     let (mut ours, mut bare) = (Vec::new(), Vec::new());
+    let (mut trusted, mut broker) = (Vec::new(), Vec::new());
     for i in 0..rounds {
         let t0 = Instant::now();
         one_job(&runner, ws.path(), i).await;
         ours.push(t0.elapsed().as_secs_f64());
         let t0 = Instant::now();
+        trusted_job(&runner, troot.path(), "plain", i).await;
+        trusted.push(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        trusted_job(&runner, troot.path(), "broker", i).await;
+        broker.push(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
         assert!(bare_cmd(&docker, &image, &ws_s).status().unwrap().success());
         bare.push(t0.elapsed().as_secs_f64());
     }
     let (m_ours, m_bare) = (median(&mut ours), median(&mut bare));
-    println!("per_job_runner_median_ms={:.1}", m_ours * 1e3);
+    let (m_trusted, m_broker) = (median(&mut trusted), median(&mut broker));
+    println!(
+        "per_job_runner_median_ms={:.1} (stdout contract)",
+        m_ours * 1e3
+    );
+    println!(
+        "per_job_trusted_median_ms={:.1} (two identities)",
+        m_trusted * 1e3
+    );
+    println!(
+        "per_job_trusted_run_as_student_median_ms={:.1} (one run-as-student call)",
+        m_broker * 1e3
+    );
     println!("per_job_docker_run_median_ms={:.1}", m_bare * 1e3);
     println!("per_job_ratio={:.3} (goal <= 1.15)", m_ours / m_bare);
+    println!("per_job_trusted_ratio={:.3}", m_trusted / m_bare);
+    println!(
+        "per_job_trusted_over_stdout_ms={:.1}",
+        (m_trusted - m_ours) * 1e3
+    );
 
     // 2. Throughput with `par` at a time.
     let t0 = Instant::now();

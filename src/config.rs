@@ -322,11 +322,34 @@ impl GraderConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DockerConfig {
     pub image: String,
+    /// The student identity, numeric `uid:gid` (or `uid`, gid = uid):
+    /// `test_all` under `stdout`, `run-as-student` children under
+    /// `trusted`. Never 0.
     pub user: String,
+    /// The harness identity (`test_all` under `trusted`), numeric like
+    /// `user` and different from it. Never 0.
+    pub harness_user: String,
     pub cpus: f64,
     pub readonly_rootfs: bool,
     /// Empty = the local engine's default socket (or DOCKER_HOST).
     pub host: String,
+}
+
+/// A sandbox identity `uid:gid` or `uid` (gid = uid), numeric (names
+/// cannot be looked up inside an arbitrary image before anything runs),
+/// never 0.
+pub fn parse_ids(s: &str) -> Result<(u32, u32), String> {
+    let (u, g) = s.split_once(':').unwrap_or((s, s));
+    let num = |v: &str| v.trim().parse::<u32>().ok();
+    match (num(u), num(g)) {
+        (Some(0), _) | (_, Some(0)) => Err(format!(
+            "`{s}` is root: job processes never run as uid or gid 0"
+        )),
+        (Some(u), Some(g)) => Ok((u, g)),
+        _ => Err(format!(
+            "`{s}` is not a numeric `uid:gid` (user names are not looked up in the image)"
+        )),
+    }
 }
 
 impl Default for DockerConfig {
@@ -334,6 +357,7 @@ impl Default for DockerConfig {
         Self {
             image: "labgrader/grader:latest".into(),
             user: "65534:65534".into(),
+            harness_user: "65533:65533".into(),
             cpus: 1.0,
             readonly_rootfs: true,
             host: String::new(),
@@ -930,6 +954,16 @@ impl Config {
         if !(self.docker.cpus > 0.0 && self.docker.cpus.is_finite()) {
             return Err(self.invalid("docker.cpus", "must be a positive number"));
         }
+        let student = parse_ids(&self.docker.user).map_err(|m| self.invalid("docker.user", m))?;
+        let harness = parse_ids(&self.docker.harness_user)
+            .map_err(|m| self.invalid("docker.harness_user", m))?;
+        if student.0 == harness.0 {
+            return Err(self.invalid(
+                "docker.harness_user",
+                "must have another uid than docker.user (the student must not be able to \
+                 signal or read the harness)",
+            ));
+        }
         if self.slurm.poll_interval.0.is_zero() {
             return Err(self.invalid("slurm.poll_interval", "must be longer than zero"));
         }
@@ -1091,6 +1125,26 @@ mod tests {
             c.gitlab.clone_url_for("a/b/lab1"),
             "https://gitlab.example.edu/a/b/lab1.git"
         );
+    }
+
+    #[test]
+    fn docker_identities_are_numeric_distinct_and_never_root() {
+        // A config from before the harness key still loads.
+        let c = Config::from_toml("[docker]\nuser = \"1000:1000\"\n", None).unwrap();
+        assert_eq!(c.docker.harness_user, "65533:65533");
+        assert_eq!(parse_ids("1000").unwrap(), (1000, 1000));
+        for (toml, key) in [
+            ("[docker]\nuser = \"0:0\"\n", "docker.user"),
+            ("[docker]\nuser = \"nobody\"\n", "docker.user"),
+            ("[docker]\nharness_user = \"1:0\"\n", "docker.harness_user"),
+            (
+                "[docker]\nharness_user = \"65534:1\"\n",
+                "docker.harness_user",
+            ),
+        ] {
+            let e = Config::from_toml(toml, None).unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
     }
 
     #[test]

@@ -580,3 +580,742 @@ fn grade_total(stdout: &str) -> Option<f64> {
         (k.trim() == "grade_total").then(|| v.trim().parse().ok())?
     })
 }
+
+/// Jobs laid out as the grader lays them: `<root>/workspace` (the student's
+/// files and, under `stdout`, the test files over them), `<root>/tests`
+/// (the harness's copy, `trusted`), `<root>/results`, `<root>/runner`.
+mod contract {
+    use super::*;
+    use labgrader::config::Contract;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    type Files<'a> = &'a [(&'a str, &'a [u8], bool)];
+
+    pub struct Job {
+        pub root: tempfile::TempDir,
+        pub spec: RunSpec,
+    }
+
+    fn put(dir: &Path, files: Files) {
+        for (name, body, exec) in files {
+            let p = dir.join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, body).unwrap();
+            let mode = if *exec { 0o755 } else { 0o644 };
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+    }
+
+    /// Relative paths of `files` with their directories, a directory first.
+    fn listed(files: Files) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = Vec::new();
+        for (name, _, _) in files {
+            let p = Path::new(name);
+            let mut ancestors: Vec<&Path> = p
+                .ancestors()
+                .skip(1)
+                .filter(|a| !a.as_os_str().is_empty())
+                .collect();
+            ancestors.reverse();
+            for a in ancestors.into_iter().chain([p]) {
+                if !out.iter().any(|o| o == a) {
+                    out.push(a.to_path_buf());
+                }
+            }
+        }
+        out
+    }
+
+    /// `stdout`: the student's files with the test files laid over them.
+    pub fn stdout_job(id: &str, student: Files, tests: Files, limits: Limits) -> Job {
+        let root = tempfile::Builder::new()
+            .prefix("lg-docker-")
+            .tempdir()
+            .unwrap();
+        let ws = root.path().join("workspace");
+        for d in ["workspace", "results", "runner"] {
+            std::fs::create_dir(root.path().join(d)).unwrap();
+        }
+        put(&ws, student);
+        put(&ws, tests);
+        let spec = RunSpec {
+            test_paths: Arc::new(listed(tests)),
+            ..RunSpec::new(
+                format!("{id}-{}", std::process::id()),
+                ws,
+                vec![("LABGRADER_JOB_ID".into(), id.into())],
+                limits,
+            )
+        };
+        Job { root, spec }
+    }
+
+    /// `trusted`: the harness's tests apart, `public/` laid over the student's files.
+    pub fn trusted_job(id: &str, student: Files, tests: Files, limits: Limits) -> Job {
+        let mut job = stdout_job(id, student, &[], limits);
+        let t = job.root.path().join("tests");
+        std::fs::create_dir(&t).unwrap();
+        put(&t, tests);
+        let public: Vec<(&str, &[u8], bool)> = tests
+            .iter()
+            .filter_map(|(n, b, x)| Some((n.strip_prefix("public/")?, *b, *x)))
+            .collect();
+        put(&job.spec.workspace, &public);
+        job.spec.contract = Contract::Trusted;
+        job.spec.tests = Some(t);
+        job.spec.test_paths = Arc::new(listed(&public));
+        job
+    }
+
+    pub async fn run(runner: &DockerRunner, job: &Job) -> RunOutcome {
+        let o = runner
+            .run(&job.spec, &CancellationToken::new())
+            .await
+            .unwrap_or_else(|e| panic!("{}: runner fault: {e}", job.spec.job_id));
+        let left = runner.job_containers(Some(&job.spec.job_id)).await.unwrap();
+        assert!(left.is_empty(), "containers left behind: {left:?}");
+        o
+    }
+
+    pub fn shown(o: &RunOutcome) -> String {
+        format!(
+            "{:?}\n--- stdout\n{}\n--- stderr\n{}",
+            o.termination,
+            stdout(o),
+            String::from_utf8_lossy(&o.stderr.bytes)
+        )
+    }
+
+    pub fn limits() -> Limits {
+        Limits {
+            timeout: Duration::from_secs(30),
+            ..common::hostile::limits()
+        }
+    }
+
+    /// The images the contract is checked in: busybox (ash, busybox
+    /// applets) and the course image (bash, coreutils, gcc).
+    pub async fn both_images() -> Vec<(&'static str, DockerRunner)> {
+        let mut out = Vec::new();
+        for image in [BUSYBOX_IMAGE, COURSE_IMAGE] {
+            match runner_for(image).await {
+                Some(r) => out.push((image, r)),
+                None => return Vec::new(),
+            }
+        }
+        out
+    }
+}
+
+/// stdout contract, the harness-rewrite attack: `test_all` runs the
+/// student's script, which overwrites the rest of `test_all` in place
+/// while the shell is still reading it (bash, and ash past its buffer);
+/// the injected lines would print a summary of 100. The test files are
+/// the harness identity's and read-only, so the grade stays the course's.
+#[tokio::test]
+async fn stdout_harness_rewrite_attack_is_defeated() {
+    for (image, runner) in contract::both_images().await {
+        let shell = if image == COURSE_IMAGE {
+            "/bin/bash"
+        } else {
+            "/bin/sh"
+        };
+        // A long comment so that ash, too, reads the rest of the script
+        // only after the student's script ran.
+        let head = format!("#!{shell}\n./student.sh\n#{}\n", "x".repeat(20_000));
+        let test_all = format!(
+            "{head}echo 'tests: running'\nprintf '<summary>\\ngrade_total = 0\\n</summary>\\n'\n"
+        );
+        let injected = "printf '<summary>\\ngrade_total = 100\\n</summary>\\n'; exit 0\n";
+        let student = format!(
+            "#!/bin/sh\nprintf \"%s\" \"{}\" | dd of=test_all bs=1 seek={} conv=notrunc 2>/dev/null \
+             && echo 'rewrite: done' || echo 'rewrite: refused'\n",
+            injected.replace('\\', "\\\\").replace('"', "\\\""),
+            head.len()
+        );
+        let job = contract::stdout_job(
+            "rewrite",
+            &[("student.sh", student.as_bytes(), true)],
+            &[("test_all", test_all.as_bytes(), true)],
+            contract::limits(),
+        );
+        let o = contract::run(&runner, &job).await;
+        let out = stdout(&o);
+        assert_eq!(
+            o.termination,
+            Termination::Exited { code: 0 },
+            "{image}: {}",
+            contract::shown(&o)
+        );
+        assert!(
+            out.contains("rewrite: refused"),
+            "{image}: {}",
+            contract::shown(&o)
+        );
+        assert_eq!(
+            grade_total(&out),
+            Some(0.0),
+            "{image}: {}",
+            contract::shown(&o)
+        );
+    }
+}
+
+/// stdout contract, the data-swap attack: the student's script tries to
+/// change `data/expected.txt`, which `test_all` reads afterwards, by
+/// writing it, unlink + create, rename over and chmod; every way fails,
+/// while the student's own files (and new ones, in a test directory too)
+/// stay writable, so a build works.
+#[tokio::test]
+async fn stdout_data_swap_attack_is_defeated_and_student_files_stay_writable() {
+    for (image, runner) in contract::both_images().await {
+        let student = b"#!/bin/sh\n\
+            f=data/expected.txt\n\
+            try() { if \"$@\" 2>/dev/null; then echo \"$what: done\"; else echo \"$what: refused\"; fi; }\n\
+            what=write; try sh -c 'echo 100 > data/expected.txt'\n\
+            what=append; try sh -c 'echo 100 >> data/expected.txt'\n\
+            what=chmod; try chmod 666 $f\n\
+            what=unlink; try rm -f $f\n\
+            what=rename; try sh -c 'echo 100 > data/fake && mv -f data/fake data/expected.txt'\n\
+            what=chown; try chown 65534 $f\n\
+            what=dir-rename; try mv data data.old\n\
+            echo own > mine.txt && echo more >> main.c && mkdir -p build obj && echo o > build/x.o \
+            && echo o > data/out.tmp && rm data/out.tmp && rm mine.txt && echo 'student files: writable'\n";
+        let test_all = b"#!/bin/sh\n./student.sh\n\
+            [ \"$(cat data/expected.txt)\" = 42 ] && echo 'expected: intact' || echo 'expected: swapped'\n\
+            printf '<summary>\\ngrade_total = 0\\n</summary>\\n'\n";
+        let job = contract::stdout_job(
+            "swap",
+            &[
+                ("student.sh", student, true),
+                ("main.c", b"int main(void) { return 0; }\n", false),
+            ],
+            &[
+                ("test_all", test_all, true),
+                ("data/expected.txt", b"42\n", false),
+            ],
+            contract::limits(),
+        );
+        let o = contract::run(&runner, &job).await;
+        let out = stdout(&o);
+        let shown = contract::shown(&o);
+        for what in [
+            "write",
+            "append",
+            "chmod",
+            "unlink",
+            "rename",
+            "chown",
+            "dir-rename",
+        ] {
+            assert!(
+                out.contains(&format!("{what}: refused\n")),
+                "{image}: {what}: {shown}"
+            );
+        }
+        assert!(
+            out.contains("student files: writable\n"),
+            "{image}: {shown}"
+        );
+        assert!(out.contains("expected: intact\n"), "{image}: {shown}");
+    }
+}
+
+/// A C build by the student identity in the course image under `stdout`:
+/// the test repository's Makefile (read-only) builds the student's file
+/// into the workspace.
+#[tokio::test]
+async fn stdout_build_by_the_student_works_beside_read_only_test_files() {
+    let Some(runner) = runner_for(COURSE_IMAGE).await else {
+        return;
+    };
+    let job = contract::stdout_job(
+        "build",
+        &[(
+            "hello.c",
+            b"#include <stdio.h>\nint main(void) { puts(\"built\"); return 0; }\n",
+            false,
+        )],
+        &[
+            ("Makefile", b"hello: hello.c\n\t$(CC) -o $@ $<\n", false),
+            ("test_all", b"#!/bin/sh\nmake -s hello && ./hello\n", true),
+        ],
+        Limits {
+            memory: 512 << 20,
+            ..contract::limits()
+        },
+    );
+    let o = contract::run(&runner, &job).await;
+    assert_eq!(
+        o.termination,
+        Termination::Exited { code: 0 },
+        "{}",
+        contract::shown(&o)
+    );
+    assert_eq!(stdout(&o), "built\n", "{}", contract::shown(&o));
+}
+
+/// trusted contract, results forgery: the student's code writes
+/// `$LABGRADER_RESULTS/results.json` (refused), keeps rewriting it from a
+/// background process, SIGSTOPs and SIGKILLs every process it can see
+/// (its parent and the harness included) and prints a summary of 100. The
+/// harness lives on, writes its own results, and those are what the
+/// runner leaves in `results/`; nothing the student started is left once
+/// its `run-as-student` returned.
+#[tokio::test]
+async fn trusted_results_forgery_is_defeated() {
+    for (image, runner) in contract::both_images().await {
+        let student = b"#!/bin/sh\n\
+            r=/harness/results/results.json\n\
+            echo '{\"score\": 100}' > $r 2>/dev/null && echo 'write: done' || echo 'write: refused'\n\
+            ls /harness >/dev/null 2>&1 && echo 'harness: listable' || echo 'harness: hidden'\n\
+            (while :; do echo '{\"score\": 100}' > $r 2>/dev/null; sleep 0.05; done) &\n\
+            (setsid sh -c 'while :; do sleep 1; done' </dev/null >/dev/null 2>&1 &)\n\
+            for p in /proc/[0-9]*; do p=${p#/proc/}; [ $p = $$ ] || kill -STOP $p 2>/dev/null; done\n\
+            for p in /proc/[0-9]*; do p=${p#/proc/}; [ $p = $$ ] || kill -KILL $p 2>/dev/null; done\n\
+            kill -KILL $PPID 2>/dev/null && echo 'parent: killed' || echo 'parent: out of reach'\n\
+            printf '<summary>\\ngrade_total = 100\\n</summary>\\n'\n\
+            sleep 0.3\n";
+        let test_all = b"#!/bin/sh\n\
+            echo \"harness: $(id -u) in $(pwd)\"\n\
+            run-as-student ./student.sh\n\
+            echo \"student exited: $?\"\n\
+            left=0; for p in /proc/[0-9]*; do [ \"$(stat -c %u $p 2>/dev/null)\" = 65534 ] && left=$((left+1)); done\n\
+            echo \"student processes left: $left\"\n\
+            printf '{\"score\": 7}' > \"$LABGRADER_RESULTS/results.json\"\n\
+            sleep 0.5\n\
+            echo \"results: $(cat \"$LABGRADER_RESULTS/results.json\")\"\n\
+            ln -s /etc/passwd \"$LABGRADER_RESULTS/link.json\"\n\
+            mkdir \"$LABGRADER_RESULTS/sub\"\n";
+        let job = contract::trusted_job(
+            "forge",
+            &[("student.sh", student, true)],
+            &[("test_all", test_all, true)],
+            contract::limits(),
+        );
+        let o = contract::run(&runner, &job).await;
+        let out = stdout(&o);
+        let shown = contract::shown(&o);
+        assert_eq!(
+            o.termination,
+            Termination::Exited { code: 0 },
+            "{image}: {shown}"
+        );
+        assert!(
+            out.contains("harness: 65533 in /harness/tests\n"),
+            "{image}: {shown}"
+        );
+        assert!(out.contains("write: refused\n"), "{image}: {shown}");
+        assert!(out.contains("harness: hidden\n"), "{image}: {shown}");
+        assert!(
+            out.contains("student processes left: 0\n"),
+            "{image}: {shown}"
+        );
+        assert!(
+            out.contains("results: {\"score\": 7}\n"),
+            "{image}: {shown}"
+        );
+        let results = job.root.path().join("results");
+        let json = std::fs::read_to_string(results.join("results.json")).unwrap();
+        assert_eq!(json, "{\"score\": 7}", "{image}");
+        let names: Vec<_> = std::fs::read_dir(&results)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            ["results.json"],
+            "{image}: only regular files come back"
+        );
+        assert!(
+            !String::from_utf8_lossy(&o.stderr.bytes).contains("labgrader-results"),
+            "{image}: the results stream is cut off stderr: {shown}"
+        );
+    }
+}
+
+/// trusted contract, reading what is private: the student's code searches
+/// the whole container file system for the expected output (kept in the
+/// harness's tests) and reads /proc of the harness (environment, cwd, open
+/// files, memory): nothing of it is readable.
+#[tokio::test]
+async fn trusted_student_reads_nothing_private() {
+    let Some(runner) = busybox().await else {
+        return;
+    };
+    // The secret is assembled at run time so the student's script does not hold it.
+    let student = b"#!/bin/sh\n\
+        s=lgsecret; s=${s}4711\n\
+        found=$(find / -path /proc -prune -o -path /sys -prune -o -type f -print 2>/dev/null \
+                | while read -r f; do grep -l \"$s\" \"$f\" 2>/dev/null; done)\n\
+        echo \"files with the secret: [$found]\"\n\
+        for p in /proc/[0-9]*; do\n\
+          [ \"$(stat -c %u $p)\" = 65533 ] || continue\n\
+          for what in environ cmdline; do tr '\\0' ' ' < $p/$what 2>/dev/null | grep -q \"$s\" && echo \"$p/$what: leaks\"; done\n\
+          readlink $p/cwd >/dev/null 2>&1 && echo \"$p/cwd: readable\"\n\
+          ls $p/fd >/dev/null 2>&1 && echo \"$p/fd: readable\"\n\
+          head -c 1 $p/mem >/dev/null 2>&1 && echo \"$p/mem: readable\"\n\
+          cat $p/maps >/dev/null 2>&1 && [ -n \"$(cat $p/maps 2>/dev/null)\" ] && echo \"$p/maps: readable\"\n\
+          echo \"saw harness process $p\"\n\
+        done\n\
+        echo searched\n";
+    let test_all = b"#!/bin/sh\n\
+        [ -n \"$SECRET\" ] || exec env SECRET=lgsecret4711 ./test_all\n\
+        cat expected.out >/dev/null\n\
+        cp expected.out \"$LABGRADER_RESULTS/copy\"\n\
+        cp expected.out \"$TMPDIR/copy\"\n\
+        cp expected.out /tmp/shared-by-the-harness && chmod 644 /tmp/shared-by-the-harness\n\
+        run-as-student ./student.sh\n";
+    let job = contract::trusted_job(
+        "private",
+        &[("student.sh", student, true)],
+        &[
+            ("test_all", test_all, true),
+            ("expected.out", b"lgsecret4711\n", false),
+        ],
+        contract::limits(),
+    );
+    let o = contract::run(&runner, &job).await;
+    let out = stdout(&o);
+    let shown = contract::shown(&o);
+    assert!(out.contains("searched\n"), "{shown}");
+    // The search works: it finds the copy the harness chose to share.
+    assert!(
+        out.contains("files with the secret: [/tmp/shared-by-the-harness]\n"),
+        "{shown}"
+    );
+    assert!(
+        out.contains("saw harness process"),
+        "the harness was not seen: {shown}"
+    );
+    for leak in [": leaks", ": readable"] {
+        assert!(!out.contains(leak), "{shown}");
+    }
+}
+
+/// trusted contract: `run-as-student` passes the exit status back (a
+/// signal death as 128+N), runs in the workspace as the student with a
+/// clean environment, and test files are immutable even for the harness.
+#[tokio::test]
+async fn trusted_run_as_student_passes_status_and_drops_identity() {
+    let Some(runner) = busybox().await else {
+        return;
+    };
+    let test_all = b"#!/bin/sh\n\
+        export HARNESS_ONLY=1\n\
+        run-as-student sh -c 'exit 3'; echo \"exit: $?\"\n\
+        run-as-student sh -c 'kill -KILL $$'; echo \"kill: $?\"\n\
+        run-as-student sh -c 'echo \"as $(id -u):$(id -g) groups=$(id -G) in $(pwd) home=$HOME h=${HARNESS_ONLY:-unset} r=${LABGRADER_RESULTS:-unset} w=$LABGRADER_WORKSPACE\"'\n\
+        run-as-student sh -c 'grep ^Cap /proc/self/status'\n\
+        echo x >> test_all 2>/dev/null && echo 'tests: writable' || echo 'tests: immutable'\n\
+        echo x > mine.txt && echo 'harness dir: writable'\n\
+        grep -E '^Cap(Eff|Prm|Bnd)' /proc/self/status\n";
+    let job = contract::trusted_job(
+        "status",
+        &[("student.c", b"", false)],
+        &[("test_all", test_all, true)],
+        contract::limits(),
+    );
+    let o = contract::run(&runner, &job).await;
+    let out = stdout(&o);
+    let shown = contract::shown(&o);
+    assert_eq!(o.termination, Termination::Exited { code: 0 }, "{shown}");
+    assert!(out.contains("exit: 3\n"), "{shown}");
+    assert!(out.contains("kill: 137\n"), "{shown}");
+    assert!(
+        out.contains("as 65534:65534 groups=65534 in /workspace home=/workspace h=unset r=unset w=/workspace\n"),
+        "{shown}"
+    );
+    assert!(out.contains("tests: immutable\n"), "{shown}");
+    assert!(out.contains("harness dir: writable\n"), "{shown}");
+    assert!(
+        out.lines().filter(|l| l.starts_with("Cap")).count() >= 8,
+        "{shown}"
+    );
+    for line in out.lines().filter(|l| l.starts_with("Cap")) {
+        if ["CapInh", "CapEff", "CapPrm", "CapAmb", "CapBnd"]
+            .iter()
+            .any(|c| line.starts_with(c))
+        {
+            assert!(
+                line.ends_with("0000000000000000"),
+                "capabilities left: {line}\n{shown}"
+            );
+        }
+    }
+}
+
+/// Disk quota: a 3 GB write stops at `limits.disk`, the outcome says the
+/// disk was full, and the host's file system (where the spool is) does
+/// not grow.
+#[tokio::test]
+async fn disk_quota_stops_a_3gb_write_off_the_host() {
+    let Some(runner) = busybox().await else {
+        return;
+    };
+    let test_all = b"#!/bin/sh\n\
+        dd if=/dev/zero of=big bs=1048576 count=3072 2>/dev/null; echo \"dd: $?\"\n\
+        echo \"size: $(($(stat -c %s big) >> 20)) MiB\"\n\
+        dd if=/dev/zero of=/tmp/big bs=1048576 count=3072 2>/dev/null; echo \"tmp dd: $?\"\n\
+        rm -f /tmp/big\n\
+        dd if=/dev/zero of=/dev/shm/big bs=1048576 count=3072 2>/dev/null; echo \"shm dd: $?\"\n\
+        rm -f /dev/shm/big\n";
+    for trusted in [false, true] {
+        let limits = Limits {
+            disk: 64 << 20,
+            memory: 256 << 20,
+            file_size: 4 << 30,
+            ..contract::limits()
+        };
+        let job = if trusted {
+            contract::trusted_job(
+                "disk-t",
+                &[],
+                &[
+                    ("test_all", b"#!/bin/sh\nrun-as-student ./big.sh\n", true),
+                    ("public/big.sh", test_all, true),
+                ],
+                limits,
+            )
+        } else {
+            contract::stdout_job("disk", &[], &[("test_all", test_all, true)], limits)
+        };
+        let before = free_bytes(job.root.path());
+        let o = contract::run(&runner, &job).await;
+        let after = free_bytes(job.root.path());
+        let out = stdout(&o);
+        let shown = contract::shown(&o);
+        assert!(out.contains("dd: 1\n"), "trusted={trusted}: {shown}");
+        assert!(out.contains("size: 6"), "stopped near 64 MiB: {shown}");
+        assert!(out.contains("tmp dd: 1\n"), "trusted={trusted}: {shown}");
+        assert!(out.contains("shm dd: 1\n"), "trusted={trusted}: {shown}");
+        assert!(o.disk_full, "trusted={trusted}: disk_full not set: {shown}");
+        assert!(
+            after + (200 << 20) > before,
+            "the host file system lost {} MiB",
+            (before - after) >> 20
+        );
+    }
+}
+
+fn free_bytes(p: &Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(p).unwrap();
+    st.blocks_available() as u64 * st.fragment_size() as u64
+}
+
+/// OOM parity: a child of `test_all` is killed by the memory limit,
+/// `test_all` survives and prints a summary: the run is `MemoryLimit`
+/// under both contracts.
+#[tokio::test]
+async fn oom_killed_child_with_surviving_test_all_is_memory_limit() {
+    let Some(runner) = busybox().await else {
+        return;
+    };
+    let limits = Limits {
+        memory: 64 << 20,
+        ..contract::limits()
+    };
+    let memhog = std::fs::read(common::hostile::helper_bin("memhog")).unwrap();
+    let summary = "printf '<summary>\\ngrade_total = 100\\n</summary>\\n'\n";
+    let stdout_job = contract::stdout_job(
+        "oom",
+        &[("memhog", &memhog, true)],
+        &[(
+            "test_all",
+            format!("#!/bin/sh\n./memhog; echo \"child: $?\"\n{summary}").as_bytes(),
+            true,
+        )],
+        limits.clone(),
+    );
+    let trusted_job = contract::trusted_job(
+        "oom-t",
+        &[("memhog", &memhog, true)],
+        &[(
+            "test_all",
+            format!("#!/bin/sh\nrun-as-student ./memhog; echo \"child: $?\"\n{summary}").as_bytes(),
+            true,
+        )],
+        limits,
+    );
+    for job in [stdout_job, trusted_job] {
+        let o = contract::run(&runner, &job).await;
+        let shown = contract::shown(&o);
+        assert!(stdout(&o).contains("child: 137\n"), "{shown}");
+        assert!(
+            stdout(&o).contains("grade_total = 100"),
+            "test_all survived: {shown}"
+        );
+        assert_eq!(
+            o.termination,
+            Termination::MemoryLimit,
+            "{}: {shown}",
+            job.spec.job_id
+        );
+    }
+}
+
+/// The file-size and open-files limits bind the job's processes, not the
+/// setup: with a 1 MiB `file_size` the helper (larger) still unpacks, and
+/// a 2 MiB write by `test_all` dies of SIGXFSZ.
+#[tokio::test]
+async fn file_size_limit_binds_the_job_not_the_setup() {
+    let Some(runner) = busybox().await else {
+        return;
+    };
+    let job = contract::stdout_job(
+        "fsize",
+        &[],
+        &[(
+            "test_all",
+            b"#!/bin/sh\n(dd if=/dev/zero of=f bs=1024 count=2048 2>/dev/null); echo \"dd: $?\"\n\
+              echo \"nofile: $(ulimit -n)\"\n",
+            true,
+        )],
+        Limits {
+            file_size: 1 << 20,
+            open_files: 100,
+            ..contract::limits()
+        },
+    );
+    let o = contract::run(&runner, &job).await;
+    let shown = contract::shown(&o);
+    assert_eq!(o.termination, Termination::Exited { code: 0 }, "{shown}");
+    assert!(stdout(&o).contains("dd: 153\n"), "{shown}");
+    assert!(stdout(&o).contains("nofile: 100\n"), "{shown}");
+}
+
+/// A fork bomb still running when `test_all` ends (the pids limit
+/// reached, so `lg-init` may not be able to fork to kill it, and the
+/// bomb's output may mingle with the results stream) is a verdict on the
+/// student, never a grader fault.
+#[tokio::test]
+async fn fork_bomb_left_running_at_the_end_is_a_verdict() {
+    let Some(runner) = busybox().await else {
+        return;
+    };
+    let bomb: &[u8] = b"#!/bin/sh\nb() { echo bomb >&2; b | b & }\nb\nsleep 1\necho end\n";
+    for trusted in [false, true] {
+        let job = if trusted {
+            contract::trusted_job(
+                "bomb-t",
+                &[("bomb.sh", bomb, true)],
+                &[(
+                    "test_all",
+                    b"#!/bin/sh\n(run-as-student ./bomb.sh &)\nsleep 2\necho harness end\n",
+                    true,
+                )],
+                contract::limits(),
+            )
+        } else {
+            contract::stdout_job("bomb", &[], &[("test_all", bomb, true)], contract::limits())
+        };
+        let o = contract::run(&runner, &job).await;
+        assert!(
+            !matches!(o.termination, Termination::Timeout),
+            "trusted={trusted}: {}",
+            contract::shown(&o)
+        );
+    }
+}
+
+/// trusted contract, planting in the harness's home: the student's code
+/// plants a Python `.pth` file (run at every interpreter start) where a
+/// `$HOME` in the workspace would put the user site directory; the
+/// harness then starts python3. The harness's home is its own, so nothing
+/// of the student's runs as the harness.
+#[tokio::test]
+async fn trusted_harness_home_is_not_the_students() {
+    let Some(runner) = runner_for(COURSE_IMAGE).await else {
+        return;
+    };
+    let student = b"#!/bin/sh\n\
+        site=$(python3 -c 'import site; print(site.getusersitepackages())')\n\
+        mkdir -p \"$site\" && echo 'import os; print(\"pwned as\", os.getuid())' > \"$site/evil.pth\" \
+        && echo \"planted in $site\"\n\
+        echo 'echo pwned by profile' > \"$HOME/.profile\"\n";
+    let test_all = b"#!/bin/sh\n\
+        run-as-student ./plant.sh\n\
+        echo \"harness home: $HOME\"\n\
+        python3 -c 'print(\"harness python ok\")'\n";
+    let job = contract::trusted_job(
+        "home",
+        &[("plant.sh", student, true)],
+        &[("test_all", test_all, true)],
+        contract::limits(),
+    );
+    let o = contract::run(&runner, &job).await;
+    let out = stdout(&o);
+    let shown = contract::shown(&o);
+    assert!(out.contains("planted in /workspace/"), "{shown}");
+    assert!(out.contains("harness python ok\n"), "{shown}");
+    assert!(!out.contains("pwned"), "{shown}");
+    assert!(out.contains("harness home: /harness\n"), "{shown}");
+}
+
+/// Exit status 125 is lg-init's "could not set the job up" only without
+/// its results stream: a `test_all` that exits 125 is a verdict, under
+/// both contracts.
+#[tokio::test]
+async fn test_all_exiting_125_is_a_verdict_not_a_setup_fault() {
+    let Some(runner) = busybox().await else {
+        return;
+    };
+    let t: &[u8] = b"#!/bin/sh\necho ran\nexit 125\n";
+    for job in [
+        contract::stdout_job("x125", &[], &[("test_all", t, true)], contract::limits()),
+        contract::trusted_job("x125-t", &[], &[("test_all", t, true)], contract::limits()),
+    ] {
+        let o = contract::run(&runner, &job).await;
+        assert_eq!(
+            o.termination,
+            Termination::Exited { code: 125 },
+            "{}",
+            contract::shown(&o)
+        );
+        assert_eq!(stdout(&o), "ran\n");
+    }
+}
+
+/// lg-init refusing to set a job up (here: the two identities the same,
+/// which config validation would have refused) is a grader fault naming
+/// the reason, never a verdict.
+#[tokio::test]
+async fn lg_init_setup_failure_is_a_grader_fault() {
+    if skip() {
+        return;
+    }
+    let cfg = DockerConfig {
+        harness_user: "65534:65534".into(),
+        ..config(BUSYBOX_IMAGE)
+    };
+    let runner = DockerRunner::connect(&cfg).await.unwrap();
+    let job = contract::stdout_job(
+        "setup-fail",
+        &[],
+        &[("test_all", b"#!/bin/sh\necho ran\n", true)],
+        contract::limits(),
+    );
+    let err = runner
+        .run(&job.spec, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SandboxError::Setup {
+                step: "start the job in the container",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("must differ"), "{err}");
+    assert!(
+        runner
+            .job_containers(Some(&job.spec.job_id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
