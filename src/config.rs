@@ -339,6 +339,11 @@ pub struct DockerConfig {
 /// cannot be looked up inside an arbitrary image before anything runs),
 /// never 0.
 pub fn parse_ids(s: &str) -> Result<(u32, u32), String> {
+    // The old default (`user = "nobody"`) keeps working: nobody is 65534
+    // in Debian, Alpine and busybox images alike.
+    if matches!(s.trim(), "nobody" | "nobody:nogroup" | "nobody:nobody") {
+        return Ok((65534, 65534));
+    }
     let (u, g) = s.split_once(':').unwrap_or((s, s));
     let num = |v: &str| v.trim().parse::<u32>().ok();
     match (num(u), num(g)) {
@@ -347,7 +352,8 @@ pub fn parse_ids(s: &str) -> Result<(u32, u32), String> {
         )),
         (Some(u), Some(g)) => Ok((u, g)),
         _ => Err(format!(
-            "`{s}` is not a numeric `uid:gid` (user names are not looked up in the image)"
+            "`{s}` is not a numeric `uid:gid` (user names other than `nobody` are not looked \
+             up in the image); write e.g. \"65534:65534\""
         )),
     }
 }
@@ -1133,9 +1139,12 @@ mod tests {
         let c = Config::from_toml("[docker]\nuser = \"1000:1000\"\n", None).unwrap();
         assert_eq!(c.docker.harness_user, "65533:65533");
         assert_eq!(parse_ids("1000").unwrap(), (1000, 1000));
+        // So does the old default, `user = "nobody"`.
+        let c = Config::from_toml("[docker]\nuser = \"nobody\"\n", None).unwrap();
+        assert_eq!(parse_ids(&c.docker.user).unwrap(), (65534, 65534));
         for (toml, key) in [
             ("[docker]\nuser = \"0:0\"\n", "docker.user"),
-            ("[docker]\nuser = \"nobody\"\n", "docker.user"),
+            ("[docker]\nuser = \"www-data\"\n", "docker.user"),
             ("[docker]\nharness_user = \"1:0\"\n", "docker.harness_user"),
             (
                 "[docker]\nharness_user = \"65534:1\"\n",
