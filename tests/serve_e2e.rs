@@ -921,7 +921,9 @@ async fn trusted_contract_through_serve_grades_only_what_the_harness_wrote() {
         std::fs::write(d.join("solve.sh"), "echo 4242\n").unwrap();
     });
     let serve = w.serve().await;
-    let cheat_job = w.post_push(cheat, labgrader::event::ZERO_SHA, &cheat_sha).await;
+    let cheat_job = w
+        .post_push(cheat, labgrader::event::ZERO_SHA, &cheat_sha)
+        .await;
     let honest_job = w
         .post_push(honest, labgrader::event::ZERO_SHA, &honest_sha)
         .await;
