@@ -75,11 +75,18 @@ fn run(
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
     )
     .unwrap();
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    // The binary was just written; a fork in another test thread may still
+    // hold its write descriptor for a moment (ETXTBSY).
+    let child = (0..50)
+        .find_map(|_| match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                None
+            }
+            r => Some(r.unwrap()),
+        })
+        .expect("lg-init stayed busy (ETXTBSY)");
     drop(wr);
     let reader = std::thread::spawn(move || {
         use std::io::Read;

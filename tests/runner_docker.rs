@@ -1319,3 +1319,42 @@ async fn lg_init_setup_failure_is_a_grader_fault() {
             .is_empty()
     );
 }
+
+/// Trusted contract: a fork bomb that fills the process limit (so that
+/// nothing in the container can fork) ends with its `run-as-student` call:
+/// lg-init kills the student's processes without forking a killer, and the
+/// harness can run commands again afterwards. (A forked killer failed with
+/// EAGAIN and left the bomb running past the job's end.)
+#[tokio::test]
+async fn trusted_fork_bomb_filling_the_pids_limit_ends_with_its_call() {
+    let Some(runner) = runner_for(COURSE_IMAGE).await else {
+        return;
+    };
+    let bomb = b"import os, time\n\
+        for _ in range(2):\n\
+        \x20   if os.fork() == 0:\n\
+        \x20       os.setsid()\n\
+        \x20       while True:\n\
+        \x20           try:\n\
+        \x20               if os.fork() == 0:\n\
+        \x20                   continue\n\
+        \x20           except OSError:\n\
+        \x20               pass\n\
+        time.sleep(3)\n";
+    let test_all = b"#!/bin/sh\n\
+        run-as-student python3 ./bomb.py </dev/null >/dev/null 2>&1\n\
+        sleep 1\n\
+        echo \"left: $(grep -l '^Uid:[[:space:]]*65534' /proc/[0-9]*/status 2>/dev/null | wc -l)\"\n\
+        echo harness-can-fork\n";
+    let job = contract::trusted_job(
+        "forkbomb",
+        &[("bomb.py", bomb, false)],
+        &[("test_all", test_all, true)],
+        contract::limits(),
+    );
+    let o = contract::run(&runner, &job).await;
+    let out = stdout(&o);
+    let shown = contract::shown(&o);
+    assert!(out.contains("left: 0\n"), "{shown}");
+    assert!(out.contains("harness-can-fork\n"), "{shown}");
+}

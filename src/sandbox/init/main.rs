@@ -524,10 +524,39 @@ fn start_test_all(a: &Args, tests_dir: &Path) -> Result<i32, Fail> {
 /// The child then waits until none is left alive (zombies aside), so a
 /// caller that returns next finds nothing of that identity running.
 fn kill_identity(ids: (u32, u32)) {
-    // Most jobs leave nothing behind: then no fork is needed.
+    // Most jobs leave nothing behind.
     if !any_alive(ids.0) {
         return;
     }
+    // Signal as the identity for a moment, in this thread, rather than
+    // from a forked killer: with the job's process limit full (a fork
+    // bomb) a fork fails and the bomb would outlive the job. /proc is read
+    // as root (the identity may not see its own processes there under
+    // hidepid); real and saved uids stay root's, so the switch back is
+    // allowed.
+    for _ in 0..10_000 {
+        let pids = pids_of(ids.0);
+        if pids.is_empty() {
+            return;
+        }
+        if sys::set_thread_euid(ids.0).is_err() {
+            return kill_identity_by_fork(ids);
+        }
+        for pid in pids {
+            let _ = sys::signal_pid(pid, sys::SIGKILL);
+        }
+        if sys::set_thread_euid(0).is_err() {
+            eprintln!("lg-init: cannot become root again after ending the job's processes");
+            sys::exit_now(EXIT_SETUP);
+        }
+        sys::sleep_us(200);
+    }
+    eprintln!("lg-init: processes of uid {} survived the end of the job", ids.0);
+}
+
+/// [`kill_identity`] from a child that became the identity (where the
+/// thread's euid cannot be switched).
+fn kill_identity_by_fork(ids: (u32, u32)) {
     match sys::do_fork() {
         Ok(0) => {
             if sys::clear_groups().and_then(|_| sys::set_ids(ids.0, ids.1)).is_err() {
@@ -558,35 +587,46 @@ fn kill_identity(ids: (u32, u32)) {
     }
 }
 
+/// Pids of the live processes of real uid `uid`, other than this one.
+fn pids_of(uid: u32) -> Vec<i32> {
+    procs_of(uid).collect()
+}
+
 /// Is a process of real uid `uid`, other than this one, alive (not a zombie)?
 fn any_alive(uid: u32) -> bool {
+    procs_of(uid).next().is_some()
+}
+
+/// The live (not zombie) processes of real uid `uid`, other than this one,
+/// as `/proc` shows them now.
+fn procs_of(uid: u32) -> impl Iterator<Item = i32> {
     let me = std::process::id().to_string();
-    let Ok(rd) = fs::read_dir("/proc") else {
-        return false;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name();
-        let Some(n) = name.to_str() else { continue };
-        if !n.bytes().all(|b| b.is_ascii_digit()) || n == me {
-            continue;
-        }
-        let Ok(status) = fs::read_to_string(e.path().join("status")) else {
-            continue;
-        };
-        let field = |k: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .map(str::trim)
-                .unwrap_or("")
-        };
-        let state = field("State:");
-        let real = field("Uid:").split_whitespace().next().unwrap_or("");
-        if real == uid.to_string() && !state.starts_with('Z') && !state.starts_with('X') {
-            return true;
-        }
-    }
-    false
+    let uid = uid.to_string();
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(move |e| {
+            let name = e.file_name();
+            let n = name.to_str()?;
+            if !n.bytes().all(|b| b.is_ascii_digit()) || n == me {
+                return None;
+            }
+            let status = fs::read_to_string(e.path().join("status")).ok()?;
+            let field = |k: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(str::trim)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let state = field("State:");
+            let real = field("Uid:");
+            let real = real.split_whitespace().next().unwrap_or("");
+            let live = !state.starts_with('Z') && !state.starts_with('X');
+            (real == uid && live).then(|| n.parse().ok()).flatten()
+        })
 }
 
 /// Reap every child left (all were killed), for at most about a second.

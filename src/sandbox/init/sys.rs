@@ -217,6 +217,20 @@ pub fn set_ids(uid: uid_t, gid: gid_t) -> io::Result<()> {
     check(unsafe { setresuid(uid, uid, uid) }).map(drop)
 }
 
+/// Set this thread's effective uid only (the raw system call: glibc's
+/// `seteuid` would change every thread). Real and saved uids stay, so a
+/// root caller can switch back.
+pub fn set_thread_euid(uid: uid_t) -> io::Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    const SYS_SETRESUID: c_long = 117;
+    #[cfg(target_arch = "aarch64")]
+    const SYS_SETRESUID: c_long = 147;
+    let keep = uid_t::MAX as c_long; // -1: unchanged
+    // SAFETY: integer arguments.
+    let r = unsafe { syscall(SYS_SETRESUID, keep, uid as c_long, keep) };
+    check(r as c_int).map(drop)
+}
+
 pub fn pr(option: c_int, a: c_ulong, b: c_ulong) -> io::Result<()> {
     // SAFETY: integer arguments.
     check(unsafe { prctl(option, a, b, 0, 0) }).map(drop)
