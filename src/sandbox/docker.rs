@@ -455,19 +455,25 @@ impl DockerRunner {
 /// unpacking the helper itself.
 fn init_script(spec: &RunSpec, ids: Identities, marker: &str) -> String {
     let l = &spec.limits;
+    let argv = super::init::Invocation {
+        contract: spec.contract,
+        copy_from: None,
+        test_paths: TEST_PATHS_FILE,
+        student: ids.student,
+        harness: ids.harness,
+        rlimits: vec![
+            ("fsize", l.file_size, l.file_size),
+            ("nofile", l.open_files, l.open_files),
+        ],
+        results_fd: 3,
+        nonce_file: Some(NONCE_FILE),
+    }
+    .argv();
+    // Every word is a number, a contract name or one of our fixed paths:
+    // nothing to quote.
     format!(
-        "tar -xof - -C / && printf '%s\\n' '{marker}' >&2 && \
-         exec {INIT_DIR}/lg-init --contract {} \
-         --student {}:{} --harness-id {}:{} --test-paths {TEST_PATHS_FILE} \
-         --rlimit fsize={} --rlimit nofile={} \
-         --results-fd 3 --results-nonce-file {NONCE_FILE} 3>&2",
-        spec.contract,
-        ids.student.0,
-        ids.student.1,
-        ids.harness.0,
-        ids.harness.1,
-        l.file_size,
-        l.open_files,
+        "tar -xof - -C / && printf '%s\\n' '{marker}' >&2 && exec {} 3>&2",
+        argv.join(" ")
     )
 }
 

@@ -30,6 +30,62 @@ pub static BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lg-init"));
 pub const SANDBOX_PATH: &str = "/.labgrader/lg-init";
 pub const SANDBOX_BIN_DIR: &str = "/.labgrader/bin";
 
+/// `lg-init`'s command line as a runner starts it: the one place the host
+/// spells the helper's options (the helper parses them in `args.rs`).
+#[derive(Debug, Clone)]
+pub struct Invocation<'a> {
+    pub contract: crate::config::Contract,
+    /// The staged job files to copy in first (native), if any.
+    pub copy_from: Option<&'a str>,
+    pub test_paths: &'a str,
+    /// `uid:gid` of the student and of the harness.
+    pub student: (u32, u32),
+    pub harness: (u32, u32),
+    /// `(name, soft, hard)` of each limit lg-init sets on job processes.
+    pub rlimits: Vec<(&'static str, u64, u64)>,
+    pub results_fd: i32,
+    /// The root-only file holding the nonce that precedes the results
+    /// stream (docker, where the stream shares stderr).
+    pub nonce_file: Option<&'a str>,
+}
+
+impl Invocation<'_> {
+    /// The argument vector, [`SANDBOX_PATH`] first.
+    pub fn argv(&self) -> Vec<String> {
+        let mut a = vec![SANDBOX_PATH.to_string()];
+        let mut opt = |k: &str, v: String| {
+            a.push(k.to_string());
+            a.push(v);
+        };
+        opt("--contract", self.contract.to_string());
+        if let Some(d) = self.copy_from {
+            opt("--copy-from", d.to_string());
+        }
+        opt("--test-paths", self.test_paths.to_string());
+        opt(
+            "--student",
+            format!("{}:{}", self.student.0, self.student.1),
+        );
+        opt(
+            "--harness-id",
+            format!("{}:{}", self.harness.0, self.harness.1),
+        );
+        for &(name, soft, hard) in &self.rlimits {
+            let v = if soft == hard {
+                format!("{name}={soft}")
+            } else {
+                format!("{name}={soft}:{hard}")
+            };
+            opt("--rlimit", v);
+        }
+        opt("--results-fd", self.results_fd.to_string());
+        if let Some(f) = self.nonce_file {
+            opt("--results-nonce-file", f.to_string());
+        }
+        a
+    }
+}
+
 /// Write [`BINARY`] into `dir` (created 0755 if missing) as
 /// `lg-init-<hash>`, 0755, once: an existing file of the same name is
 /// already this binary. Returns its path.

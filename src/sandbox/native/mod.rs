@@ -108,7 +108,7 @@ const PIPE_LINGER: Duration = Duration::from_secs(2);
 /// uid`/`gid`, 65534 by default).
 pub const HARNESS_ID: (u32, u32) = (65533, 65533);
 /// Where the helper sits in the sandbox, and what the staging holds.
-const LG_INIT: &str = "/.labgrader/lg-init";
+const LG_INIT: &str = super::init::SANDBOX_PATH;
 const STAGE: &str = "/.labgrader/in";
 
 /// The native runner. Build with [`NativeRunner::new`].
@@ -600,34 +600,29 @@ impl NativeRunner {
 
         let l = &spec.limits;
         let cpu = l.timeout.as_secs() + 2;
-        let mut argv = vec![
-            LG_INIT.to_string(),
-            "--contract".into(),
-            spec.contract.to_string(),
-            "--copy-from".into(),
-            STAGE.into(),
-            "--test-paths".into(),
-            format!("/proc/self/fd/{FD_TEST_PATHS}"),
-            "--student".into(),
-            format!("{}:{}", self.uid, self.gid),
-            "--harness-id".into(),
-            format!("{}:{}", HARNESS_ID.0, HARNESS_ID.1),
-            "--results-fd".into(),
-            FD_RESULTS.to_string(),
+        let test_paths = format!("/proc/self/fd/{FD_TEST_PATHS}");
+        let mut rlimits = vec![
+            ("cpu", cpu, cpu + 1),
+            ("fsize", l.file_size, l.file_size),
+            ("nofile", l.open_files, l.open_files),
+            ("core", 0, 0),
+            // Per identity: the harness and the student each get `pids`.
+            ("nproc", l.pids, l.pids),
         ];
-        let mut rlimit = |name: &str, soft: u64, hard: u64| {
-            argv.push("--rlimit".into());
-            argv.push(format!("{name}={soft}:{hard}"));
-        };
-        rlimit("cpu", cpu, cpu + 1);
-        rlimit("fsize", l.file_size, l.file_size);
-        rlimit("nofile", l.open_files, l.open_files);
-        rlimit("core", 0, 0);
-        // Per identity: the harness and the student each get `pids`.
-        rlimit("nproc", l.pids, l.pids);
         if !with_cgroup && !self.external_memory_limit {
-            rlimit("data", l.memory, l.memory);
+            rlimits.push(("data", l.memory, l.memory));
         }
+        let argv = super::init::Invocation {
+            contract: spec.contract,
+            copy_from: Some(STAGE),
+            test_paths: &test_paths,
+            student: (self.uid, self.gid),
+            harness: HARNESS_ID,
+            rlimits,
+            results_fd: FD_RESULTS,
+            nonce_file: None,
+        }
+        .argv();
         let argv = argv.iter().map(cstr).collect::<Result<Vec<_>, _>>()?;
         let plan = Plan {
             stdin: pipes.stdin,
