@@ -143,7 +143,7 @@ pub fn take_results(from: &Path, into: &Path) -> io::Result<()> {
     let mut files = Vec::new();
     let mut total = 0u64;
     for name in names {
-        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        if !super::results_stream::valid_name(&name) {
             continue;
         }
         let Ok(f) = std::fs::OpenOptions::new()

@@ -97,8 +97,9 @@ pub fn parse(bytes: &[u8]) -> Result<Results, StreamError> {
     Ok(out)
 }
 
-/// One plain path component: not empty, no `/` or NUL, not `.` or `..`.
-fn valid_name(n: &str) -> bool {
+/// One plain path component: not empty, no `/` or NUL, not `.` or `..`
+/// (a results file's name, whichever way it came out of the sandbox).
+pub fn valid_name(n: &str) -> bool {
     !n.is_empty() && n != "." && n != ".." && !n.contains(['/', '\0'])
 }
 

@@ -535,12 +535,13 @@ fn kill_identity(ids: (u32, u32)) {
     // hidepid); real and saved uids stay root's, so the switch back is
     // allowed.
     for _ in 0..10_000 {
-        let pids = pids_of(ids.0);
+        let pids: Vec<i32> = procs_of(ids.0).collect();
         if pids.is_empty() {
             return;
         }
-        if sys::set_thread_euid(ids.0).is_err() {
-            return kill_identity_by_fork(ids);
+        if let Err(e) = sys::set_thread_euid(ids.0) {
+            eprintln!("lg-init: cannot act as uid {} to end its processes: {e}", ids.0);
+            return;
         }
         for pid in pids {
             let _ = sys::signal_pid(pid, sys::SIGKILL);
@@ -552,44 +553,6 @@ fn kill_identity(ids: (u32, u32)) {
         sys::sleep_us(200);
     }
     eprintln!("lg-init: processes of uid {} survived the end of the job", ids.0);
-}
-
-/// [`kill_identity`] from a child that became the identity (where the
-/// thread's euid cannot be switched).
-fn kill_identity_by_fork(ids: (u32, u32)) {
-    match sys::do_fork() {
-        Ok(0) => {
-            if sys::clear_groups().and_then(|_| sys::set_ids(ids.0, ids.1)).is_err() {
-                sys::exit_now(1);
-            }
-            // kill(-1) answers ESRCH only when no other process is visible
-            // at all, so whether one is left is read from /proc.
-            for _ in 0..10_000 {
-                let _ = sys::signal_pid(-1, sys::SIGKILL);
-                if !any_alive(ids.0) {
-                    sys::exit_now(0);
-                }
-                sys::sleep_us(200);
-            }
-            sys::exit_now(1);
-        }
-        Ok(pid) => {
-            // Reap others while waiting, so zombies do not pile up.
-            loop {
-                match sys::wait(-1, 0) {
-                    Ok(Some((p, _))) if p == pid => break,
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-        }
-        Err(e) => eprintln!("lg-init: fork to end the job: {e}"),
-    }
-}
-
-/// Pids of the live processes of real uid `uid`, other than this one.
-fn pids_of(uid: u32) -> Vec<i32> {
-    procs_of(uid).collect()
 }
 
 /// Is a process of real uid `uid`, other than this one, alive (not a zombie)?
