@@ -378,7 +378,7 @@ mod erased {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::Captured;
+    use crate::result::Captured;
     use chrono::{TimeZone, Utc};
 
     fn result(

@@ -42,11 +42,9 @@ use crate::gradebook::{self, Gradebook, GradebookError};
 use crate::metrics;
 use crate::mirror::{MirrorError, Mirrors};
 use crate::policy::{Admitted, QuotaLedger, Refusal};
-use crate::result::{JobResult, RESULT_SCHEMA, Status};
+use crate::result::{Captured, JobResult, Limits, RESULT_SCHEMA, Status, Termination};
 use crate::results::{self, RESULTS_FILE, ResultsError, TestResults};
-use crate::sandbox::{
-    self, Captured, Limits, RunOutcome, RunSpec, Runner, SandboxError, Termination,
-};
+use crate::sandbox::{self, RunOutcome, RunSpec, Runner, SandboxError};
 use crate::spool::{Spool, SpoolError, State};
 use crate::summary::{self, SummaryError};
 use crate::workspace::{self, WorkspaceError, WorkspaceLimits};
@@ -451,7 +449,12 @@ impl Grader {
         let workers = self.cfg.grader.effective_workers().max(1);
         let permits = Arc::new(Semaphore::new(workers));
         let wake = Arc::new(Notify::new());
-        let _watcher = watch(&self.spool.dir(State::Incoming), wake.clone());
+        let _watcher = {
+            let wake = wake.clone();
+            crate::watch::watch_dir(&self.spool.dir(State::Incoming), "incoming/", move || {
+                wake.notify_one()
+            })
+        };
         let jobs_cancel = CancellationToken::new();
         let mut tasks: JoinSet<String> = JoinSet::new();
         let mut sched = Scheduler::default();
@@ -631,19 +634,7 @@ impl Grader {
     /// dead). Grading again could tell the student a second, different
     /// grade while the first is already on its way.
     async fn recorded_before_crash(&self, ev: &Event) -> Option<JobResult> {
-        use crate::deliver::{Destination, SENT_DIR, record_file_name};
-        let queued = [
-            Destination::Callback,
-            Destination::Email,
-            Destination::Status,
-        ]
-        .into_iter()
-        .map(|d| record_file_name(&ev.job_id, d))
-        .any(|name| {
-            self.spool.path(State::Outbox, &name).exists()
-                || self.spool.path(State::Dead, &name).exists()
-                || self.spool.root().join(SENT_DIR).join(&name).exists()
-        });
+        let queued = crate::deliver::has_result_delivery(&self.spool, &ev.job_id);
         if !queued {
             return None;
         }
@@ -660,10 +651,11 @@ impl Grader {
         let retries = self.cfg.grader.infra_retries;
         if ev.infra_attempts < retries {
             ev.infra_attempts += 1;
-            let delay = backoff(
-                self.cfg.grader.infra_backoff.get(),
+            let delay = crate::retry::backoff(
                 ev.infra_attempts,
-                &ev.job_id,
+                self.cfg.grader.infra_backoff.get(),
+                MAX_BACKOFF,
+                crate::retry::stable_jitter(&ev.job_id, ev.infra_attempts),
             );
             ev.not_before =
                 Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
@@ -1050,18 +1042,6 @@ fn observe(phase: &'static str, d: Duration) {
     metrics::observe(PHASE_METRIC, PHASE_HELP, &[("phase", phase)], d);
 }
 
-/// Exponential backoff from `base`, doubled per attempt, capped, with up
-/// to 25 % jitter derived from the job id (stable across restarts).
-fn backoff(base: Duration, attempt: u32, job_id: &str) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-    let capped = exp.min(MAX_BACKOFF.max(base));
-    let h = job_id.bytes().fold(attempt as u64, |a, b| {
-        a.wrapping_mul(31).wrapping_add(b as u64)
-    });
-    let jitter = capped.mul_f64((h % 1000) as f64 / 4000.0);
-    capped + jitter
-}
-
 /// Limits of a job of `assignment`: `[grader]` with the assignment's overrides.
 pub fn limits_for(cfg: &Config, assignment: &str) -> Limits {
     let a = cfg.assignments.get(assignment);
@@ -1407,30 +1387,6 @@ fn read_event(spool: &Spool, state: State, name: &str) -> Result<Event, ReadErro
         )));
     }
     Ok(ev)
-}
-
-/// Wake `wake` on any change in `dir`. `None` when inotify is unavailable
-/// (the periodic rescan still finds jobs).
-fn watch(dir: &Path, wake: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
-            wake.notify_one();
-        }
-    });
-    match w {
-        Ok(mut w) => match w.watch(dir, notify::RecursiveMode::NonRecursive) {
-            Ok(()) => Some(w),
-            Err(e) => {
-                warn!(error = %e, "cannot watch incoming/; relying on the periodic rescan");
-                None
-            }
-        },
-        Err(e) => {
-            warn!(error = %e, "no file watcher; relying on the periodic rescan");
-            None
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1875,15 +1831,5 @@ mod tests {
         assert_eq!(status, Status::OutputLimit);
         assert!(g.is_none());
         assert!(reason.contains("no earlier block counts"), "{reason}");
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let b = Duration::from_secs(10);
-        let a1 = backoff(b, 1, "J");
-        let a3 = backoff(b, 3, "J");
-        assert!(a1 >= b && a1 <= b.mul_f64(1.25));
-        assert!(a3 >= b * 4);
-        assert!(backoff(b, 30, "J") <= MAX_BACKOFF.mul_f64(1.25));
     }
 }

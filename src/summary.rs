@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use crate::sandbox::Captured;
+use crate::result::Captured;
 
 const OPEN: &[u8] = b"<summary>";
 const CLOSE: &[u8] = b"</summary>";
@@ -310,7 +310,7 @@ pub fn parse(stdout: &[u8]) -> Result<Summary, SummaryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::output::TAIL_KEEP;
+    use crate::result::captured::TAIL_KEEP;
 
     #[test]
     fn reads_grade_and_other_keys() {

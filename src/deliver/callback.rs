@@ -17,8 +17,8 @@ use super::{Attempt, Ctx, Destination, Payload, Record};
 use crate::config::Config;
 use crate::event::Event;
 use crate::httpc::HttpError;
+use crate::result::Captured;
 use crate::result::JobResult;
-use crate::sandbox::Captured;
 
 /// Schema number of the callback body (`"schema"` in it).
 pub const BODY_SCHEMA: u32 = 1;

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use super::{Attempt, Ctx, Destination, Payload, Record};
 use crate::config::{Config, StartTls};
 use crate::event::Event;
+use crate::result::Captured;
 use crate::result::JobResult;
-use crate::sandbox::Captured;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmailError {

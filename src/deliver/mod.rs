@@ -298,25 +298,22 @@ pub fn parse_retry_after(v: &str, now: DateTime<Utc>) -> Option<Duration> {
     Some((when - now).to_std().unwrap_or(Duration::ZERO))
 }
 
-/// Delay before attempt `attempts + 1`: `backoff_min · 2^(attempts-1)`,
-/// capped at `backoff_max`, with "equal jitter" (a uniform pick in the
-/// upper half) so that a burst of failures does not retry in lockstep.
-/// A receiver's `Retry-After` is honoured when it asks for longer.
-pub fn backoff(
-    attempts: u32,
-    min: Duration,
-    max: Duration,
-    retry_after: Option<Duration>,
-    jitter: f64,
-) -> Duration {
-    let exp = attempts.saturating_sub(1).min(30);
-    let base = min.saturating_mul(1u32 << exp).min(max);
-    let jitter = jitter.clamp(0.0, 1.0);
-    let delay = base / 2 + base.mul_f64(jitter / 2.0);
-    match retry_after {
-        Some(ra) if ra > delay => ra,
-        _ => delay,
-    }
+/// Whether a result delivery of `job_id` was queued: waiting in the
+/// outbox, sent, or dead. The grader asks this after a crash, instead of
+/// reading the outbox's directories itself.
+pub fn has_result_delivery(spool: &Spool, job_id: &str) -> bool {
+    [
+        Destination::Callback,
+        Destination::Email,
+        Destination::Status,
+    ]
+    .into_iter()
+    .map(|d| record_file_name(job_id, d))
+    .any(|name| {
+        spool.path(State::Outbox, &name).exists()
+            || spool.path(State::Dead, &name).exists()
+            || sent_dir(spool).join(&name).exists()
+    })
 }
 
 fn sent_dir(spool: &Spool) -> PathBuf {
@@ -526,7 +523,9 @@ pub async fn run(
     }
 
     let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
-    let _watcher = watch(&spool.dir(State::Outbox), wake_tx);
+    let _watcher = crate::watch::watch_dir(&spool.dir(State::Outbox), "the outbox", move || {
+        let _ = wake_tx.try_send(());
+    });
 
     let mut due: HashMap<String, DateTime<Utc>> = HashMap::new();
     let mut in_flight: HashMap<tokio::task::Id, String> = HashMap::new();
@@ -809,13 +808,14 @@ fn record_outcome(
         }
         Attempt::Retry { error, retry_after } => {
             let d = &cfg.deliver;
-            let delay = backoff(
+            // A receiver's `Retry-After` is honoured when it asks for longer.
+            let delay = crate::retry::backoff(
                 rec.attempts,
                 d.backoff_min.get(),
                 d.backoff_max.get(),
-                retry_after,
                 rand::random::<f64>(),
-            );
+            )
+            .max(retry_after.unwrap_or_default());
             let first = rec.first_try_at.unwrap_or(now);
             rec.last_error = Some(error.clone());
             let deadline = first + d.retry_for.get();
@@ -943,45 +943,11 @@ fn bury(spool: &Spool, mut rec: Record, reason: String) {
     }
 }
 
-/// Wake the worker when something lands in the outbox. `None` (polling
-/// only) when inotify is unavailable.
-fn watch(dir: &std::path::Path, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    use notify::{EventKind, RecursiveMode, Watcher};
-    let handler = move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev
-            && matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(_))
-        {
-            let _ = wake.try_send(());
-        }
-    };
-    let mut w = match notify::recommended_watcher(handler) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the outbox; polling only");
-            return None;
-        }
-    };
-    if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
-        tracing::warn!(error = %e, "cannot watch the outbox; polling only");
-        return None;
-    }
-    Some(w)
-}
-
-/// A grade as people write it: `87.5`, `100`.
-pub fn format_grade(g: f64) -> String {
-    if g.is_finite() && g.fract() == 0.0 && g.abs() < 1e15 {
-        format!("{}", g as i64)
-    } else {
-        format!("{g}")
-    }
-}
-
 /// One phrase for a result: the grade, or what went wrong (e.g. "timed
 /// out after 120 s"), used in email subjects and commit statuses.
 pub fn verdict(result: &JobResult) -> String {
     use crate::result::Status;
-    let grade = result.grade_total.map(format_grade);
+    let grade = result.grade_total.map(crate::result::format_grade);
     if result.status == Status::Graded {
         return match grade {
             Some(g) => format!("grade {g}"),
@@ -1061,25 +1027,6 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_caps_and_jitters() {
-        let (min, max) = (Duration::from_secs(2), Duration::from_secs(600));
-        assert_eq!(backoff(1, min, max, None, 1.0), Duration::from_secs(2));
-        assert_eq!(backoff(1, min, max, None, 0.0), Duration::from_secs(1));
-        assert_eq!(backoff(4, min, max, None, 1.0), Duration::from_secs(16));
-        assert_eq!(backoff(40, min, max, None, 1.0), max);
-        assert_eq!(backoff(40, min, max, None, 0.0), max / 2);
-        // Retry-After is honoured when longer, never shortens the backoff.
-        assert_eq!(
-            backoff(1, min, max, Some(Duration::from_secs(30)), 1.0),
-            Duration::from_secs(30)
-        );
-        assert_eq!(
-            backoff(4, min, max, Some(Duration::from_secs(1)), 1.0),
-            Duration::from_secs(16)
-        );
-    }
-
-    #[test]
     fn retry_after_seconds_and_dates() {
         let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
             .unwrap()
@@ -1130,7 +1077,7 @@ mod tests {
             runner: "none".into(),
             image: None,
             image_id: None,
-            limits: Some(crate::sandbox::Limits {
+            limits: Some(crate::result::Limits {
                 timeout: Duration::from_secs(90),
                 memory: 1 << 20,
                 pids: 1,
@@ -1159,9 +1106,6 @@ mod tests {
     #[test]
     fn verdicts_name_the_grade_or_the_failure() {
         use crate::result::Status;
-        assert_eq!(format_grade(87.5), "87.5");
-        assert_eq!(format_grade(100.0), "100");
-        assert_eq!(format_grade(-0.25), "-0.25");
         assert_eq!(
             verdict(&result(Status::Graded, Some(100.0), None)),
             "grade 100"

@@ -174,17 +174,6 @@ pub const COLUMNS: [&str; 7] = [
     "late",
 ];
 
-/// A grade as a spreadsheet reads it: shortest exact decimal, empty when none.
-pub fn format_grade(g: Option<f64>) -> String {
-    match g {
-        Some(g) if g.is_finite() => {
-            let s = format!("{g}");
-            if s == "-0" { "0".into() } else { s }
-        }
-        _ => String::new(),
-    }
-}
-
 /// A text cell made safe for spreadsheets: formulas defused, quoted
 /// when it holds a separator, quote or line break.
 pub fn csv_cell(text: &str) -> String {
@@ -231,7 +220,10 @@ pub fn write_csv<W: Write>(mut w: W, rows: &[GradeRow], include_hidden: bool) ->
         let mut cells = vec![
             csv_cell(&r.username),
             csv_cell(r.email.as_deref().unwrap_or("")),
-            format_grade(r.grade),
+            r.grade
+                .filter(|g| g.is_finite())
+                .map(crate::result::format_grade)
+                .unwrap_or_default(),
             csv_cell(&r.job),
             csv_cell(&r.commit),
             r.submitted_at
@@ -410,10 +402,10 @@ mod tests {
 
     #[test]
     fn grades_format_like_numbers() {
-        assert_eq!(format_grade(Some(100.0)), "100");
-        assert_eq!(format_grade(Some(87.5)), "87.5");
-        assert_eq!(format_grade(Some(-0.0)), "0");
-        assert_eq!(format_grade(Some(f64::NAN)), "");
-        assert_eq!(format_grade(None), "");
+        use crate::result::format_grade;
+        assert_eq!(format_grade(100.0), "100");
+        assert_eq!(format_grade(87.5), "87.5");
+        assert_eq!(format_grade(-0.0), "0");
+        assert_eq!(format_grade(-0.25), "-0.25");
     }
 }

@@ -18,9 +18,9 @@
 
 use std::ops::Range;
 
+use crate::result::Captured;
 use crate::result::JobResult;
 use crate::results::Visibility;
-use crate::sandbox::Captured;
 use crate::summary::{self, Line};
 
 /// Key of `JobResult::extra` holding what was wrong with `results.json`

@@ -23,7 +23,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 
 use crate::config::{Config, LatePolicy, ManifestPolicy, Quota, RunnerKind, Trigger};
 use crate::event::{EventKind, ZERO_SHA};
-use crate::sandbox::Limits;
+use crate::result::Limits;
 
 pub use admit::{AdmitError, Admitted, Refusal, admit};
 pub use quota::{QuotaDecision, QuotaError, QuotaLedger};

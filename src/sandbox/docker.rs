@@ -80,12 +80,13 @@ use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::none::SAFE_PATH;
-use super::output::{Captured, SharedCapture};
+use super::output::SharedCapture;
 use super::results_stream;
 use super::{
     Contract, ENV_WORKSPACE, RUN_AS_STUDENT, RunOutcome, RunSpec, Runner, SandboxError, Termination,
 };
 use crate::config::DockerConfig;
+use crate::result::Captured;
 
 /// Label carried by every job container; its value is the job id.
 pub const JOB_LABEL: &str = "labgrader.job";
@@ -1476,7 +1477,7 @@ mod tests {
             "j",
             PathBuf::from("/w"),
             vec![],
-            super::super::Limits {
+            crate::result::Limits {
                 timeout: Duration::from_secs(1),
                 memory: 1 << 20,
                 pids: 1,

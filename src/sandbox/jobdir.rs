@@ -30,8 +30,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::native::job::{JobFile, VERSION};
-use super::output::TAIL_KEEP;
-use super::{Captured, RESULTS_BYTES, RESULTS_FILES, RunSpec, Termination};
+use super::{RESULTS_BYTES, RESULTS_FILES, RunSpec};
+use crate::result::captured::TAIL_KEEP;
+use crate::result::{Captured, Termination};
 
 pub const JOB_FILE: &str = "job.json";
 pub const OUTCOME_FILE: &str = "outcome.json";
@@ -196,7 +197,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::Limits;
+    use crate::result::Limits;
     use std::time::Duration;
 
     #[test]

@@ -19,13 +19,11 @@ pub mod slurm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-pub use output::Captured;
+pub use crate::result::{Captured, Limits, Termination};
 
 /// The command every runner executes, relative to its working directory
 /// (the workspace under `stdout`, the harness's copy of the tests under
@@ -46,31 +44,6 @@ pub const RESULTS_BYTES: u64 = 8 << 20;
 pub const RESULTS_FILES: usize = 16;
 
 pub use crate::config::Contract;
-
-/// Resource limits of one run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Limits {
-    #[serde(with = "duration_secs")]
-    pub timeout: Duration,
-    /// Bytes of memory (and memory+swap: no swap).
-    pub memory: u64,
-    pub pids: u64,
-    /// Bytes kept of each of stdout and stderr.
-    pub output: u64,
-    pub cpus: f64,
-    /// Largest file the student may write (RLIMIT_FSIZE).
-    pub file_size: u64,
-    /// Open files (RLIMIT_NOFILE).
-    pub open_files: u64,
-    /// Bytes the job may write (workspace, `/tmp`, results) on sandboxed
-    /// runners; never charged to the spool's filesystem.
-    #[serde(default = "default_disk")]
-    pub disk: u64,
-}
-
-fn default_disk() -> u64 {
-    1 << 30
-}
 
 /// One run: what to execute and under which limits.
 ///
@@ -157,17 +130,6 @@ impl RunSpec {
             _ => &self.workspace,
         }
     }
-}
-
-/// How the run ended. Limits are named so the result can say which one
-/// stopped the job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Termination {
-    Exited { code: i32 },
-    Signaled { signal: i32 },
-    Timeout,
-    MemoryLimit,
 }
 
 /// A finished run (whatever the student's code did).
@@ -293,18 +255,5 @@ pub fn build_runner(
                 ),
             })
         }
-    }
-}
-
-mod duration_secs {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
     }
 }

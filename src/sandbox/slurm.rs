@@ -27,9 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::jobdir::{JobDir, OutcomeFile, write_atomic};
 use super::none::SAFE_PATH;
-use super::{Captured, RunOutcome, RunSpec, Runner, SandboxError, Termination};
+use super::{RunOutcome, RunSpec, Runner, SandboxError};
 use crate::config::Config;
 use crate::httpc::{HttpClient, HttpError};
+use crate::result::{Captured, Termination};
 
 /// File in the job directory holding the Slurm job id (written atomically
 /// right after submission).

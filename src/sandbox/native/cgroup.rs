@@ -15,7 +15,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::sandbox::Limits;
+use crate::result::Limits;
 
 const ROOT: &str = "/sys/fs/cgroup";
 

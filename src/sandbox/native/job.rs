@@ -35,7 +35,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::NativeRunner;
 use crate::config::NativeConfig;
-use crate::sandbox::{Captured, Contract, Limits, RunSpec, Runner, SandboxError, Termination};
+use crate::result::{Captured, Limits, Termination};
+use crate::sandbox::{Contract, RunSpec, Runner, SandboxError};
 
 /// Version of both files.
 pub const VERSION: u32 = 1;

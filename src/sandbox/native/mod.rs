@@ -83,10 +83,11 @@ use self::setup::{
     Step,
 };
 use super::none::SAFE_PATH;
-use super::output::{Captured, SharedCapture, collect, spawn_drain};
+use super::output::{SharedCapture, collect, spawn_drain};
 use super::results_stream;
-use super::{Contract, RunOutcome, RunSpec, Runner, SandboxError, Termination};
+use super::{Contract, RunOutcome, RunSpec, Runner, SandboxError};
 use crate::config::NativeConfig;
+use crate::result::{Captured, Termination};
 
 /// Top-level directories of the rootfs shown (read-only) in the sandbox.
 /// Everything else (home, root, run, var, mnt, srv, …) is an empty

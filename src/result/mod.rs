@@ -1,14 +1,27 @@
 //! A job's result: the record the grader writes to `done/<job>/result.json`,
 //! the gradebook stores, and deliveries send. Shared vocabulary; no I/O.
 
+pub mod captured;
+pub mod run;
+
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::sandbox::{Captured, Limits, Termination};
+pub use captured::Captured;
+pub use run::{Limits, Termination};
 
 pub const RESULT_SCHEMA: u32 = 1;
+
+/// A grade as people and spreadsheets write it: the shortest exact
+/// decimal (`87.5`, `100`), never `-0`.
+pub fn format_grade(g: f64) -> String {
+    if g == 0.0 {
+        return "0".into();
+    }
+    format!("{g}")
+}
 
 /// What became of a job. Student-side outcomes are final; `InfraError`
 /// is the grader's fault and only appears after the retries ran out.
