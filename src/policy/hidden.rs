@@ -334,6 +334,7 @@ mod tests {
             output: None,
             stdout_visibility: Visibility::Visible,
             execution_time: None,
+            source: None,
             tests: vec![
                 row("shown", Visibility::Visible),
                 row("secret", Visibility::Hidden),

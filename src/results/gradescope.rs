@@ -1,199 +1,11 @@
-//! `results.json`: the grade under the trusted contract.
-//!
-//! Owns reading the file the harness wrote in `$LABGRADER_RESULTS` (the
-//! runner leaves it in the job's host `results/` directory) and turning it
-//! into a grade and per-test rows. It never runs anything, never decides a
-//! job's status (the grader does, from [`ResultsError`]) and never decides
-//! what a student may see (`policy::hidden` cuts hidden tests from student
-//! views).
-//!
-//! The shape is Gradescope's `results.json`. Known keys, all optional
-//! unless said:
-//! - top level: `score` (the grade; else the sum of the tests' scores),
-//!   `output` (feedback text), `visibility` (default of the tests'),
-//!   `stdout_visibility` (`hidden` keeps stdout from students),
-//!   `execution_time` (seconds), `tests` (array);
-//! - each test: `name` (required), `score` (required unless the top level
-//!   has one), `max_score`, `number`, `output`, `tags` (strings),
-//!   `visibility` (`visible`, `hidden` or `after_due_date`), `status`
-//!   (`passed` or `failed`).
-//!
-//! Other keys (Gradescope's `extra_data`, `leaderboard`, `output_format`,
-//! `name_format`, …) are accepted and ignored. The file is untrusted input
-//! in the sense that a harness bug must not crash or mislead the grader:
-//! it is read without following a symlink, only when it is a regular file
-//! of at most [`MAX_FILE`] bytes, with at most [`MAX_TESTS`] tests; every
-//! number must be finite and not negative, a test's score at most its
-//! `max_score`; each problem is an error naming the test and the field.
-//! Outputs are kept up to [`MAX_OUTPUT`] bytes each.
+//! `results.json` in Gradescope's shape: checking its text and turning it
+//! into [`TestResults`] (see the module map in `results` for the keys).
 
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// The file's name in `$LABGRADER_RESULTS`.
-pub const RESULTS_FILE: &str = "results.json";
-/// Largest `results.json` read.
-pub const MAX_FILE: u64 = 4 << 20;
-/// Most tests one file may report.
-pub const MAX_TESTS: usize = 2000;
-/// Bytes kept of each `output` (a test's, or the top-level one).
-pub const MAX_OUTPUT: usize = 16 << 10;
-/// Longest test name, tag or number accepted.
-pub const MAX_NAME: usize = 1024;
-
-/// Who may see a test (Gradescope's values; `after_published` has no
-/// meaning here and is refused).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Visibility {
-    #[default]
-    Visible,
-    Hidden,
-    /// Shown to the student once the assignment's deadline has passed.
-    AfterDueDate,
-}
-
-impl Visibility {
-    fn parse(s: &str) -> Option<Visibility> {
-        match s {
-            "visible" => Some(Visibility::Visible),
-            "hidden" => Some(Visibility::Hidden),
-            "after_due_date" => Some(Visibility::AfterDueDate),
-            _ => None,
-        }
-    }
-}
-
-/// One test as the harness reported it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TestRow {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub number: Option<String>,
-    /// `None` when the top-level `score` is the grade and the test gave none.
-    pub score: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_score: Option<f64>,
-    #[serde(default)]
-    pub visibility: Visibility,
-    /// `passed` or `failed`, when given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-    /// At most [`MAX_OUTPUT`] bytes, with a mark when cut.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tags: Vec<String>,
-}
-
-/// What `results.json` said, as kept in the job's result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TestResults {
-    /// The grade: `score` when given, else the sum of the tests' scores.
-    pub grade_total: f64,
-    /// The file's top-level `score`, when given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub score: Option<f64>,
-    /// Top-level feedback text (at most [`MAX_OUTPUT`] bytes).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<String>,
-    /// Whether students see `test_all`'s stdout (`hidden`: they do not).
-    #[serde(default)]
-    pub stdout_visibility: Visibility,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub execution_time: Option<f64>,
-    #[serde(default)]
-    pub tests: Vec<TestRow>,
-}
-
-/// Why `results.json` gives no grade. Messages are for staff and name the
-/// problem.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ResultsError {
-    #[error("test_all wrote no {RESULTS_FILE} in $LABGRADER_RESULTS")]
-    Missing,
-    #[error("$LABGRADER_RESULTS/{RESULTS_FILE} is not a regular file ({0}); write a plain file")]
-    NotRegular(String),
-    #[error(
-        "$LABGRADER_RESULTS/{RESULTS_FILE} is {0} bytes, more than the {MAX_FILE} allowed; cap the tests' output"
-    )]
-    TooLarge(u64),
-    #[error("cannot read $LABGRADER_RESULTS/{RESULTS_FILE}: {0}")]
-    Read(String),
-    #[error("{RESULTS_FILE} is not valid JSON (line {line}, column {column}): {message}")]
-    Json {
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("{RESULTS_FILE}: {0}")]
-    Invalid(String),
-}
-
-impl ResultsError {
-    /// The file exists but says nothing usable (staff's harness is wrong),
-    /// as opposed to [`ResultsError::Missing`].
-    pub fn is_malformed(&self) -> bool {
-        !matches!(self, ResultsError::Missing)
-    }
-}
-
-/// The path of `results.json` in the host results directory `dir`.
-pub fn path_in(dir: &Path) -> PathBuf {
-    dir.join(RESULTS_FILE)
-}
-
-/// Read and check `dir/results.json`.
-pub fn read(dir: &Path) -> Result<TestResults, ResultsError> {
-    let path = path_in(dir);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        // No symlink followed; a FIFO does not block the open.
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(&path);
-    let file = match file {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ResultsError::Missing),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(ResultsError::NotRegular("a symbolic link".into()));
-        }
-        Err(e) => return Err(ResultsError::Read(e.to_string())),
-    };
-    let meta = file
-        .metadata()
-        .map_err(|e| ResultsError::Read(e.to_string()))?;
-    if !meta.is_file() {
-        use std::os::unix::fs::FileTypeExt;
-        let t = meta.file_type();
-        let what = if t.is_dir() {
-            "a directory"
-        } else if t.is_fifo() {
-            "a FIFO"
-        } else if t.is_socket() {
-            "a socket"
-        } else if t.is_block_device() || t.is_char_device() {
-            "a device"
-        } else {
-            "not a plain file"
-        };
-        return Err(ResultsError::NotRegular(what.into()));
-    }
-    if meta.len() > MAX_FILE {
-        return Err(ResultsError::TooLarge(meta.len()));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| ResultsError::Read(e.to_string()))?;
-    if bytes.len() as u64 > MAX_FILE {
-        return Err(ResultsError::TooLarge(bytes.len() as u64));
-    }
-    parse(&bytes)
-}
+use super::model::{
+    MAX_NAME, MAX_TESTS, ResultsError, TestResults, TestRow, Visibility, cap_output, shorten,
+};
 
 /// Check the text of a `results.json`.
 pub fn parse(bytes: &[u8]) -> Result<TestResults, ResultsError> {
@@ -245,6 +57,7 @@ pub fn parse(bytes: &[u8]) -> Result<TestResults, ResultsError> {
         stdout_visibility,
         execution_time,
         tests: rows,
+        source: None,
     })
 }
 
@@ -396,36 +209,10 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// At most [`MAX_OUTPUT`] bytes (cut at a character boundary), with a mark.
-fn cap_output(s: String) -> String {
-    if s.len() <= MAX_OUTPUT {
-        return s;
-    }
-    let mut end = MAX_OUTPUT;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut out = s[..end].to_string();
-    out.push_str(&format!(
-        "\n[labgrader: output cut at {MAX_OUTPUT} of {} bytes]\n",
-        s.len()
-    ));
-    out
-}
-
-/// A name for a message: at most 60 characters.
-fn shorten(s: &str) -> String {
-    if s.chars().count() <= 60 {
-        return s.to_string();
-    }
-    let mut out: String = s.chars().take(57).collect();
-    out.push('…');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::results::MAX_OUTPUT;
 
     fn err(json: &str) -> String {
         parse(json.as_bytes()).unwrap_err().to_string()
@@ -545,30 +332,8 @@ mod tests {
     }
 
     #[test]
-    fn the_file_is_read_only_when_regular_and_small() {
-        let d = tempfile::tempdir().unwrap();
-        assert_eq!(read(d.path()), Err(ResultsError::Missing));
-        assert!(!ResultsError::Missing.is_malformed());
-        std::os::unix::fs::symlink("/etc/passwd", path_in(d.path())).unwrap();
-        let e = read(d.path()).unwrap_err();
-        assert!(matches!(e, ResultsError::NotRegular(_)), "{e}");
-        assert!(e.is_malformed());
-        std::fs::remove_file(path_in(d.path())).unwrap();
-        nix::unistd::mkfifo(&path_in(d.path()), nix::sys::stat::Mode::S_IRWXU).unwrap();
-        assert_eq!(
-            read(d.path()),
-            Err(ResultsError::NotRegular("a FIFO".into()))
-        );
-        std::fs::remove_file(path_in(d.path())).unwrap();
-        std::fs::write(path_in(d.path()), vec![b' '; MAX_FILE as usize + 1]).unwrap();
-        assert!(matches!(read(d.path()), Err(ResultsError::TooLarge(_))));
-        std::fs::write(path_in(d.path()), br#"{"score": 7}"#).unwrap();
-        assert_eq!(read(d.path()).unwrap().grade_total, 7.0);
-    }
-
-    #[test]
     fn the_readme_example_reads() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         let at = readme
             .find("`results.json` has the shape of Gradescope's")
             .expect("README section");
