@@ -4,7 +4,7 @@
 //! runner leaves it in the job's host `results/` directory) and turning it
 //! into a grade and per-test rows. It never runs anything, never decides a
 //! job's status (the grader does, from [`ResultsError`]) and never decides
-//! what a student may see (`policy::hidden` cuts hidden tests from student
+//! what a student may see (`deliver::hidden` cuts hidden tests from student
 //! views).
 //!
 //! The shape is Gradescope's `results.json`. Known keys, all optional
