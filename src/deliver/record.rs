@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub const RECORD_SCHEMA: u32 = 1;
 
 /// Where a delivery goes. The commit status has one destination per stage
-/// so a late `pending` can never overwrite a `success` (see [`Destination::stage`]).
+/// so a late `pending` can never overwrite a `success` (see `Destination::stage`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Destination {
