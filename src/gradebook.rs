@@ -6,13 +6,16 @@
 //! row, never adds one) and `labgrader gradebook export`. Every field of a
 //! [`JobResult`] has a column, and the whole result is kept as JSON so an
 //! export loses nothing. It never grades and never delivers. Exports never
-//! count `infra_error` rows as a student's outcome.
+//! count `infra_error` rows as a student's outcome. CSV cells are written
+//! by the one CSV writer of grade exports
+//! ([`crate::policy::export::write_csv_record`]), never by hand here.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::policy::export::write_csv_record;
 use crate::result::{JobResult, Status};
 
 /// File name of the gradebook inside the spool directory.
@@ -282,11 +285,11 @@ impl Gradebook {
                 writeln!(out)?;
             }
             Format::Csv => {
-                writeln!(out, "{}", CSV_HEADER.join(","))?;
+                // The one CSV writer of grade exports (formula defusing,
+                // quoting); this export has always ended lines with `\n`.
+                write_csv_record(out, CSV_HEADER, "\n")?;
                 for r in &rows {
-                    let fields = csv_fields(r);
-                    let line: Vec<String> = fields.iter().map(|f| csv_quote(f)).collect();
-                    writeln!(out, "{}", line.join(","))?;
+                    write_csv_record(out, csv_fields(r), "\n")?;
                 }
             }
         }
@@ -341,21 +344,6 @@ fn csv_fields(r: &JobResult) -> Vec<String> {
         r.image.clone().unwrap_or_default(),
         serde_json::to_string(&r.summary).unwrap_or_default(),
     ]
-}
-
-/// RFC 4180 quoting; a leading `=`, `+`, `-`, `@` is prefixed with `'` so
-/// spreadsheets do not run student-controlled text as a formula.
-fn csv_quote(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@']) && s.parse::<f64>().is_err() {
-        format!("'{s}")
-    } else {
-        s.to_string()
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
-    }
 }
 
 /// Timestamps as fixed-width UTC text, so text order is time order.
@@ -477,5 +465,38 @@ mod tests {
         assert!(text.starts_with("job_id,project,"), "{text}");
         assert!(text.contains(",-5,"), "{text}");
         assert!(text.contains("\"'=cmd, \"\"quoted\"\"\""), "{text}");
+    }
+
+    #[test]
+    fn cells_starting_with_tab_or_cr_are_defused_in_every_export() {
+        let t = tempfile::tempdir().unwrap();
+        let gb = Gradebook::open(&t.path().join("g.sqlite")).unwrap();
+        let mut r = result("j1", "s/a/lab1", 1, Status::Graded, Some(5.0));
+        r.reason = Some("\t=1+1".into());
+        r.runner = "\r=2+2".into();
+        r.summary.insert("note".into(), "\t=3+3".into());
+        r.extra.insert(
+            "authors".into(),
+            serde_json::json!([{"username": "\r=4+4", "email": "\t=5+5"}]),
+        );
+        gb.record(&r).unwrap();
+        // The gradebook's own export.
+        let mut out = Vec::new();
+        gb.export(Select::All, &Filter::default(), Format::Csv, &mut out)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(",'\t=1+1,"), "{text}");
+        assert!(text.contains(",\"'\r=2+2\","), "{text}");
+        // The per-student export (`--policy`).
+        use crate::policy::export::{ExportPolicy, rows_from_results, select_rows, write_csv};
+        let rows = select_rows(
+            &rows_from_results(&gb.select(Select::All, &Filter::default()).unwrap()),
+            ExportPolicy::Best,
+        );
+        let mut out = Vec::new();
+        write_csv(&mut out, &rows, true).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\r\n\"'\r=4+4\",'\t=5+5,5,"), "{text}");
+        assert!(text.ends_with(",'\t=3+3\r\n"), "{text}");
     }
 }

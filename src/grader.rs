@@ -1230,12 +1230,12 @@ fn result_from_run(
         ..result_without_run(ev, out.runner, tests_sha, status, reason)
     };
     // The problem may name a hidden test: staff keep it, student views
-    // replace it in the reason (policy::hidden).
+    // replace it in the reason (deliver::hidden).
     if let Some(Err(e)) = &harness
         && e.is_malformed()
     {
         r.extra.insert(
-            crate::policy::hidden::RESULTS_ERROR_KEY.into(),
+            crate::deliver::hidden::RESULTS_ERROR_KEY.into(),
             serde_json::Value::String(e.to_string()),
         );
     }

@@ -3,7 +3,7 @@
 //! [`crate::results`]).
 //!
 //! Owns finding blocks ([`blocks`], the one block finder: the `[hidden]`
-//! filter in [`crate::policy::hidden`] uses it too, so what is graded is
+//! filter in [`crate::deliver::hidden`] uses it too, so what is graded is
 //! exactly what is filtered), splitting a block into INI lines
 //! ([`block_lines`], [`Line`]) and reading them. It never runs anything and
 //! never decides a job's status beyond "a grade was read or not, and why".

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use grader_support::{Fixture, simple_test_all};
+use labgrader::deliver::hidden::student_view;
 use labgrader::gradebook::{Filter, Gradebook, Select};
 use labgrader::policy::export::{ExportPolicy, rows_from_results, select_rows, write_csv};
-use labgrader::policy::hidden::student_view;
 use labgrader::result::Status;
 use labgrader::spool::State;
 

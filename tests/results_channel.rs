@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use labgrader::config::{ByteSize, Config, Contract, RunnerKind};
-use labgrader::policy::hidden::student_view;
+use labgrader::deliver::hidden::student_view;
 use labgrader::result::{JobResult, Status};
 use labgrader::results::Visibility;
 

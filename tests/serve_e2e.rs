@@ -567,7 +567,7 @@ async fn push_through_serve_is_graded_recorded_mailed_called_back_and_statused()
     assert!(body.contains("grade_total = 70"), "{body}");
     assert!(!body.contains(STAFF_ONLY), "stderr leaked: {body}");
     // The `[hidden]` section is cut from what students get (main's
-    // policy::hidden, merged after this branch was cut).
+    // deliver::hidden, merged after this branch was cut).
     assert!(
         !body.contains("[hidden]") && !body.contains("4242"),
         "hidden summary keys reached the student: {body}"

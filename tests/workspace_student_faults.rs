@@ -94,7 +94,7 @@ async fn a_commit_with_a_path_over_path_max_is_the_students_error_without_host_p
         "{reason}"
     );
     // Nothing the student receives names a host path.
-    let student = serde_json::to_string(&labgrader::policy::hidden::student_view(&r)).unwrap();
+    let student = serde_json::to_string(&labgrader::deliver::hidden::student_view(&r)).unwrap();
     let tmp = f.tmp.path().to_string_lossy().into_owned();
     for text in [&reason, &student] {
         assert!(!text.contains(&tmp), "{text}");

@@ -1,21 +1,26 @@
-//! The email destination: the student's stdout, mailed to the pusher and
-//! to every verified co-author.
+//! The email sender: the stored message, mailed to the pusher and to
+//! every verified co-author.
 //!
 //! Owns the recipient lookup (the event's email, else the public address
 //! on GitLab's user record, else `email.address_template`; GitLab's
 //! private `email` is never used), one message per recipient (never Cc: a
 //! recipient never sees another's address; the record remembers who has
-//! theirs, so a retry sends only the missing ones), the message (subject with project, short
-//! SHA and verdict; a UTF-8 text/plain body in quoted-printable, which keeps
-//! every line as printed; a stable Message-ID derived from the idempotency
-//! key) and the transports (SMTP with opportunistic or required STARTTLS,
-//! SMTPS, AUTH, or the local sendmail). It never puts the stderr or the
-//! hidden summary keys in a message, and never writes the SMTP password to
-//! disk. Stdout is student output: it goes only into the encoded body,
-//! never into a header.
+//! theirs, so a retry sends only the missing ones), the MIME message (a
+//! UTF-8 text/plain body in quoted-printable, which keeps every line as
+//! printed; a stable Message-ID per recipient derived from the stored one)
+//! and the transports (SMTP with opportunistic or required STARTTLS,
+//! SMTPS, AUTH, or the local sendmail). The subject and text are made at
+//! enqueue time by [`super::render`]. It never writes the SMTP password to
+//! disk, and never puts stored text anywhere but the subject and the
+//! encoded body.
 
 use std::time::Duration;
 
+use super::attempt::Attempt;
+use super::record::{EmailPayload, Record};
+use super::render::{fill, usable};
+use crate::config::{Config, StartTls};
+use crate::gitlab::GitlabApi;
 use lettre::message::header::{ContentTransferEncoding, ContentType};
 use lettre::message::{Attachment, Body, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
@@ -23,13 +28,6 @@ use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{
     Address, AsyncSendmailTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
 };
-use serde::{Deserialize, Serialize};
-
-use super::{Attempt, Ctx, Destination, Payload, Record};
-use crate::config::{Config, StartTls};
-use crate::event::Event;
-use crate::result::Captured;
-use crate::result::JobResult;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmailError {
@@ -37,170 +35,6 @@ pub enum EmailError {
     Url { url: String, message: String },
     #[error("email.url `{url}`: cannot set up TLS: {message}")]
     Tls { url: String, message: String },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EmailPayload {
-    /// The pusher's email as the event carried it (GitLab may hide it).
-    pub event_email: Option<String>,
-    pub pusher_id: Option<u64>,
-    pub username: Option<String>,
-    /// Display name for the To: header.
-    pub display_name: Option<String>,
-    pub subject: String,
-    /// The text body: stdout (capped, with the truncation mark) and the job id.
-    pub text: String,
-    /// The exact stdout bytes, hex-encoded, when they are not UTF-8 (sent
-    /// as an attachment beside the lossy text).
-    pub raw_stdout_hex: Option<String>,
-    pub message_id: String,
-    pub date: chrono::DateTime<chrono::Utc>,
-    /// The addresses of the other verified authors (course policy). Each
-    /// gets a message of their own, never a copy listing the others.
-    #[serde(default, alias = "cc")]
-    pub co_authors: Vec<String>,
-    /// Addresses whose message was accepted already (a retry skips them).
-    #[serde(default)]
-    pub delivered_to: Vec<String>,
-}
-
-/// Addresses of the result's authors other than the pusher (from
-/// `extra.authors`: the verified authors, with the addresses course policy
-/// found: roster or GitLab's `public_email`), else
-/// `email.address_template`; authors with neither are skipped.
-fn co_author_addresses(cfg: &Config, event: &Event, result: &JobResult) -> Vec<String> {
-    let pusher = event.pusher.username.as_deref().unwrap_or("");
-    let Some(authors) = result.extra.get("authors").and_then(|a| a.as_array()) else {
-        return Vec::new();
-    };
-    let mut out: Vec<String> = Vec::new();
-    for a in authors {
-        let Some(user) = a.get("username").and_then(|u| u.as_str()) else {
-            continue;
-        };
-        if user.eq_ignore_ascii_case(pusher) {
-            continue;
-        }
-        let addr = a
-            .get("email")
-            .and_then(|e| e.as_str())
-            .map(str::to_string)
-            .or_else(|| {
-                let t = &cfg.email.address_template;
-                (!t.is_empty()).then(|| super::fill(t, &[("username", user)]))
-            });
-        if let Some(addr) = addr
-            && usable(Some(&addr)).is_some()
-            && !out.contains(&addr)
-        {
-            out.push(addr);
-        }
-    }
-    out
-}
-
-/// The stdout shown in the message: at most `limit` bytes (cut at a
-/// character boundary when it is UTF-8), with the truncation mark when the
-/// run or this cap dropped output.
-fn capped_stdout(out: &Captured, limit: u64) -> Captured {
-    let mut keep = out.bytes.len().min(limit as usize);
-    if keep < out.bytes.len()
-        && let Err(e) = std::str::from_utf8(&out.bytes[..keep])
-        && e.error_len().is_none()
-    {
-        // Cut inside a character of otherwise valid text: back off.
-        keep = e.valid_up_to();
-    }
-    Captured {
-        bytes: out.bytes[..keep].to_vec(),
-        tail: out.tail.clone(),
-        total: out.total,
-        truncated: out.truncated || keep < out.bytes.len(),
-    }
-}
-
-fn message_domain(from: &str) -> String {
-    from.parse::<Mailbox>()
-        .map(|m| m.email.domain().to_string())
-        .unwrap_or_else(|_| "labgrader.invalid".into())
-}
-
-/// Subject: project, short SHA and the grade or the failure.
-pub fn subject(event: &Event, result: &JobResult) -> String {
-    // Headers must stay on one line whatever a reason contains.
-    let verdict: String = super::verdict(result)
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    format!(
-        "[labgrader] {} {}: {}",
-        result.project,
-        event.short_sha(),
-        verdict
-    )
-}
-
-pub(crate) fn record(cfg: &Config, event: &Event, result: &JobResult) -> Record {
-    let shown = capped_stdout(&result.stdout, cfg.email.stdout_limit.bytes());
-    let display = shown.display_bytes();
-    let utf8 = std::str::from_utf8(&result.stdout.bytes).is_ok();
-    let mut text = String::from_utf8_lossy(&display).into_owned();
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
-    }
-    if !utf8 {
-        text.push_str(
-            "\n[labgrader: the output was not valid UTF-8; the text above shows \
-             undecodable bytes as \u{FFFD}, the exact bytes are attached as stdout.txt]\n",
-        );
-    }
-    if let Some(note) = ignored_authors_note(result) {
-        text.push_str(&format!("\n[labgrader: {note}]\n"));
-    }
-    text.push_str(&format!(
-        "\n-- \nlabgrader job {}\nproject {} commit {}\n",
-        result.job_id, result.project, result.student_sha
-    ));
-    let key = super::idempotency_key(&result.job_id, Destination::Email);
-    let payload = EmailPayload {
-        event_email: event.pusher.email.clone(),
-        pusher_id: event.pusher.id,
-        username: event.pusher.username.clone(),
-        display_name: event.pusher.name.clone(),
-        subject: subject(event, result),
-        text,
-        raw_stdout_hex: (!utf8).then(|| hex::encode(&shown.bytes)),
-        message_id: format!(
-            "<{}@{}>",
-            key.replace(':', "."),
-            message_domain(&cfg.email.from)
-        ),
-        date: result.ended_at,
-        co_authors: co_author_addresses(cfg, event, result),
-        delivered_to: Vec::new(),
-    };
-    Record::new(
-        &result.job_id,
-        Destination::Email,
-        &result.project,
-        &result.student_sha,
-        Payload::Email(payload),
-    )
-}
-
-/// The names in `labgrader.json` that were not credited, with the reasons
-/// (`extra.ignored_authors`), as one line; `None` when there are none.
-fn ignored_authors_note(result: &JobResult) -> Option<String> {
-    let list = result.extra.get("ignored_authors")?.as_array()?;
-    let items: Vec<String> = list
-        .iter()
-        .filter_map(|i| {
-            let user = i.get("username")?.as_str()?;
-            let why = i.get("reason")?.as_str()?;
-            Some(format!("{user} ({why})"))
-        })
-        .collect();
-    (!items.is_empty()).then(|| format!("not credited from labgrader.json: {}", items.join("; ")))
 }
 
 /// The Message-ID of the copy for co-author number `n` (from 1): the
@@ -368,24 +202,19 @@ fn classify_smtp(e: &lettre::transport::smtp::Error) -> Attempt {
     }
 }
 
-/// A usable address, or `None` (empty, hidden, not an address).
-fn usable(addr: Option<&str>) -> Option<Address> {
-    let a = addr?.trim();
-    if a.is_empty() || a.eq_ignore_ascii_case("[redacted]") {
-        return None;
-    }
-    a.parse().ok()
-}
-
 /// The pusher's address: the event's email, else the public address on
 /// GitLab's user record (never the private one), else the address
 /// template. `Err` is the attempt's outcome (retry or dead).
-async fn recipient(ctx: &Ctx, p: &EmailPayload) -> Result<Address, Attempt> {
+async fn recipient(
+    cfg: &Config,
+    gitlab: Option<&GitlabApi>,
+    p: &EmailPayload,
+) -> Result<Address, Attempt> {
     if let Some(a) = usable(p.event_email.as_deref()) {
         return Ok(a);
     }
     let mut looked_up = "no GitLab token to look the user up";
-    if let (Some(api), Some(id)) = (&ctx.gitlab, p.pusher_id) {
+    if let (Some(api), Some(id)) = (gitlab, p.pusher_id) {
         match api.user(id).await {
             Ok(Some(u)) => {
                 if let Some(a) = usable(u.public_address()) {
@@ -404,14 +233,14 @@ async fn recipient(ctx: &Ctx, p: &EmailPayload) -> Result<Address, Attempt> {
                 looked_up = "the GitLab user lookup failed";
             }
         }
-    } else if ctx.gitlab.is_some() {
+    } else if gitlab.is_some() {
         looked_up = "the event has no user id to look up";
     }
-    let template = &ctx.cfg.email.address_template;
+    let template = &cfg.email.address_template;
     if let Some(user) = p.username.as_deref().filter(|u| !u.is_empty())
         && !template.is_empty()
     {
-        let filled = super::fill(template, &[("username", user)]);
+        let filled = fill(template, &[("username", user)]);
         return filled.parse().map_err(|e| {
             Attempt::fatal(format!(
                 "email.address_template gives `{filled}` for {user}, not an address: {e}"
@@ -433,23 +262,29 @@ async fn recipient(ctx: &Ctx, p: &EmailPayload) -> Result<Address, Attempt> {
 /// those `p.delivered_to` already lists (and adding each one accepted now).
 /// Delivered once everyone has theirs; otherwise the first retryable
 /// failure (so the rest are tried again), else the first final one.
-pub(crate) async fn send(ctx: &Ctx, rec: &Record, p: &mut EmailPayload) -> Attempt {
-    let Some(mailer) = &ctx.mailer else {
+pub(super) async fn send(
+    cfg: &Config,
+    mailer: Option<&Mailer>,
+    gitlab: Option<&GitlabApi>,
+    rec: &Record,
+    p: &mut EmailPayload,
+) -> Attempt {
+    let Some(mailer) = mailer else {
         return Attempt::fatal("email.url is no longer configured");
     };
-    let from: Mailbox = match ctx.cfg.email.from.parse() {
+    let from: Mailbox = match cfg.email.from.parse() {
         Ok(m) => m,
         // The config is wrong for every message: keep retrying until fixed.
         Err(e) => {
             return Attempt::retry(format!(
                 "email.from `{}` is not an address: {e}",
-                ctx.cfg.email.from
+                cfg.email.from
             ));
         }
     };
     let mut failures: Vec<Attempt> = Vec::new();
     let mut targets: Vec<(Mailbox, String)> = Vec::new();
-    match recipient(ctx, p).await {
+    match recipient(cfg, gitlab, p).await {
         Ok(a) => targets.push((
             Mailbox::new(p.display_name.clone().filter(|n| !n.is_empty()), a),
             p.message_id.clone(),
@@ -481,7 +316,7 @@ pub(crate) async fn send(ctx: &Ctx, rec: &Record, p: &mut EmailPayload) -> Attem
                 continue;
             }
         };
-        match mailer.send(msg, ctx.cfg.email.timeout.get()).await {
+        match mailer.send(msg, cfg.email.timeout.get()).await {
             Attempt::Delivered { detail } => {
                 p.delivered_to.push(addr);
                 details.push(detail);
@@ -534,27 +369,6 @@ mod tests {
             co_author_message_id("<01J.email@example.edu>", 2),
             "<01J.email.2@example.edu>"
         );
-    }
-
-    #[test]
-    fn hidden_addresses_are_not_used() {
-        assert!(usable(Some("[REDACTED]")).is_none());
-        assert!(usable(Some("")).is_none());
-        assert!(usable(Some("not an address")).is_none());
-        assert!(usable(Some("alice@example.edu")).is_some());
-    }
-
-    #[test]
-    fn cap_backs_off_to_a_character_boundary() {
-        let c = Captured {
-            bytes: "aé".as_bytes().to_vec(),
-            total: 3,
-            ..Captured::default()
-        };
-        let shown = capped_stdout(&c, 2);
-        assert_eq!(shown.bytes, b"a");
-        assert!(shown.truncated);
-        assert_eq!(shown.total, 3);
     }
 
     #[test]

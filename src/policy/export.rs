@@ -1,13 +1,15 @@
 //! Grade exports: which of a student's jobs counts (`best`, `latest`,
 //! `latest-on-time`) and how rows are written for a spreadsheet or an LMS.
 //!
-//! Owns the pure selection over [`GradeRow`]s and the CSV/JSON writers; it
-//! never opens the gradebook (the caller turns gradebook rows into
-//! `GradeRow`s: one per job and author). Cells hold text students chose
-//! (names in manifests, summary values printed by code they control), so
-//! the CSV writer quotes every cell that needs it and defuses spreadsheet
-//! formulas: a text cell starting with `=`, `+`, `-`, `@`, tab or carriage
-//! return gets a leading apostrophe unless it is a plain number.
+//! Owns the pure selection over [`GradeRow`]s, the JSON writer and the one
+//! CSV writer of every grade export ([`csv_cell`], [`write_csv_record`]:
+//! this module's `--policy` exports and the gradebook's own). It never
+//! opens the gradebook (the caller turns gradebook rows into `GradeRow`s:
+//! one per job and author). Cells hold text students chose (names in
+//! manifests, summary values printed by code they control), so the CSV
+//! writer quotes every cell that needs it and defuses spreadsheet formulas:
+//! a cell starting with `=`, `+`, `-`, `@`, tab or carriage return gets a
+//! leading apostrophe unless it is a number.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
@@ -174,13 +176,15 @@ pub const COLUMNS: [&str; 7] = [
     "late",
 ];
 
-/// A text cell made safe for spreadsheets: formulas defused, quoted
-/// when it holds a separator, quote or line break.
+/// A cell made safe for spreadsheets: formulas defused (a leading `=`,
+/// `+`, `-`, `@`, tab or carriage return gets an apostrophe unless the cell
+/// is a number: a finite `f64` as written, without surrounding spaces),
+/// then quoted when it holds a separator, quote or line break, or begins
+/// or ends with a space (which spreadsheets would trim).
 pub fn csv_cell(text: &str) -> String {
+    let number = text.parse::<f64>().is_ok_and(f64::is_finite);
     let defused = match text.chars().next() {
-        Some('=' | '+' | '-' | '@' | '\t' | '\r') if text.trim().parse::<f64>().is_err() => {
-            format!("'{text}")
-        }
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') if !number => format!("'{text}"),
         _ => text.to_string(),
     };
     if defused.contains([',', '"', '\n', '\r'])
@@ -191,6 +195,20 @@ pub fn csv_cell(text: &str) -> String {
     } else {
         defused
     }
+}
+
+/// Write one CSV record: every cell through [`csv_cell`], separated by
+/// commas and ended by `eol` (`\r\n` for RFC 4180, `\n` for the
+/// gradebook's plain export, as each always was).
+// Not the `csv` crate: it never quotes edge spaces, and its `QuoteStyle::Always` would change every cell.
+pub fn write_csv_record<W, I>(w: &mut W, cells: I, eol: &str) -> io::Result<()>
+where
+    W: Write + ?Sized,
+    I: IntoIterator,
+    I::Item: AsRef<str>,
+{
+    let line: Vec<String> = cells.into_iter().map(|c| csv_cell(c.as_ref())).collect();
+    write!(w, "{}{eol}", line.join(","))
 }
 
 /// Write `rows` as CSV (RFC 4180, CRLF line ends): the fixed columns, then
@@ -209,34 +227,30 @@ pub fn write_csv<W: Write>(mut w: W, rows: &[GradeRow], include_hidden: bool) ->
         BTreeSet::new()
     };
     let mut header: Vec<String> = COLUMNS.iter().map(|c| c.to_string()).collect();
-    header.extend(
-        summary_keys
-            .iter()
-            .map(|k| csv_cell(&format!("summary.{k}"))),
-    );
-    header.extend(hidden_keys.iter().map(|k| csv_cell(&format!("hidden.{k}"))));
-    write!(w, "{}\r\n", header.join(","))?;
+    header.extend(summary_keys.iter().map(|k| format!("summary.{k}")));
+    header.extend(hidden_keys.iter().map(|k| format!("hidden.{k}")));
+    write_csv_record(&mut w, &header, "\r\n")?;
     for r in rows {
         let mut cells = vec![
-            csv_cell(&r.username),
-            csv_cell(r.email.as_deref().unwrap_or("")),
+            r.username.clone(),
+            r.email.clone().unwrap_or_default(),
             r.grade
                 .filter(|g| g.is_finite())
                 .map(crate::result::format_grade)
                 .unwrap_or_default(),
-            csv_cell(&r.job),
-            csv_cell(&r.commit),
+            r.job.clone(),
+            r.commit.clone(),
             r.submitted_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             r.late.to_string(),
         ];
         for k in &summary_keys {
-            cells.push(csv_cell(r.summary.get(*k).map_or("", String::as_str)));
+            cells.push(r.summary.get(*k).cloned().unwrap_or_default());
         }
         for k in &hidden_keys {
-            cells.push(csv_cell(r.hidden.get(*k).map_or("", String::as_str)));
+            cells.push(r.hidden.get(*k).cloned().unwrap_or_default());
         }
-        write!(w, "{}\r\n", cells.join(","))?;
+        write_csv_record(&mut w, &cells, "\r\n")?;
     }
     w.flush()
 }
@@ -366,6 +380,9 @@ mod tests {
         assert_eq!(csv_cell("-2+3"), "'-2+3");
         assert_eq!(csv_cell("@SUM(A1)"), "'@SUM(A1)");
         assert_eq!(csv_cell("\tcmd"), "'\tcmd");
+        assert_eq!(csv_cell("\r=1+1"), "\"'\r=1+1\"");
+        assert_eq!(csv_cell("\t5"), "'\t5");
+        assert_eq!(csv_cell("-inf"), "'-inf");
         assert_eq!(csv_cell("-12.5"), "-12.5");
         assert_eq!(csv_cell("a,b"), "\"a,b\"");
         assert_eq!(csv_cell("two\nlines"), "\"two\nlines\"");

@@ -5,14 +5,13 @@
 //! (trigger, tag pattern, deletions), whether it is late (deadline, grace,
 //! late policy; the submission time is always the hook's receipt time,
 //! never a commit date, which students control), and the job's limits.
-//! The quota ledger ([`quota`]), the selection of rows for grade exports
-//! ([`export`]) and the student-facing view of results ([`hidden`]) live
-//! in submodules. Nothing here touches the spool, the network or the
-//! sandbox; callers hand in the facts and act on the answer.
+//! The quota ledger ([`quota`]) and the selection of rows for grade
+//! exports ([`export`]) live in submodules. Nothing here touches the
+//! spool, the network or the sandbox; callers hand in the facts and act on
+//! the answer.
 
 pub mod admit;
 pub mod export;
-pub mod hidden;
 pub mod quota;
 
 use std::collections::BTreeMap;

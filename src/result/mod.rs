@@ -119,7 +119,7 @@ pub struct JobResult {
     pub stderr: Captured,
     /// What `results.json` said (trusted contract): the grade's source and
     /// the per-test rows. Student views drop hidden tests
-    /// ([`crate::policy::hidden`]).
+    /// ([`crate::deliver::hidden`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results: Option<crate::results::TestResults>,
     /// Extra facts (manifest, authors, late flag…) kept for staff.

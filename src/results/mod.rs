@@ -6,7 +6,7 @@
 //! there (the grade comes from exactly one file); `junit.xml` is read by
 //! [`junit`]. It never runs anything, never decides a
 //! job's status (the grader does, from [`ResultsError`]) and never decides
-//! what a student may see (`policy::hidden` cuts hidden tests from student
+//! what a student may see (`deliver::hidden` cuts hidden tests from student
 //! views).
 //!
 //! The shape is Gradescope's `results.json`. Known keys, all optional

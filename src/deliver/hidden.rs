@@ -1,6 +1,9 @@
 //! Hidden results: what a student (or a callback without
 //! `include_hidden = true`) may see of a [`JobResult`].
 //!
+//! Lives beside the renderer ([`super::render`]), which applies it to a
+//! result before the callback body or the email is made from it.
+//!
 //! Owns one rule: what staff marked hidden stays with staff. That is the
 //! keys under the `[hidden]` section of the summary INI (kept in
 //! `JobResult::hidden`; the views built here empty that map AND cut the
@@ -14,7 +17,7 @@
 //! by the grade parser's own finder ([`summary::blocks`],
 //! [`summary::block_lines`], [`Line`]), so a block the parser reads is a
 //! block filtered here, wherever it starts on a line.
-//! Nothing here sends anything; deliveries call these before they do.
+//! Nothing here sends or writes anything; it never decides a grade.
 
 use std::ops::Range;
 

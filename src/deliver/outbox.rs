@@ -1,0 +1,315 @@
+//! The outbox on disk: what is waiting, what was given up on, what was sent.
+//!
+//! Owns `spool/outbox/` (one JSON record per job and destination, written
+//! with the spool protocol), `spool/dead/` (records given up on, with the
+//! reason) and `spool/sent/` (small receipts of what was delivered, so that
+//! enqueuing the same delivery again is a no-op): queuing a finished job's
+//! deliveries, the [`has_result_delivery`] query the grader asks after a
+//! crash, reading records back (one that does not parse goes to
+//! `corrupt/`), writing receipts, pruning old ones and the lines of
+//! `labgrader queue`. It never sends anything, never decides when to try
+//! again (the worker does), never renames files between spool states
+//! itself, and never touches `incoming/`, `active/` or `done/`.
+
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::error::DeliverError;
+use super::record::{CommitState, Destination, Receipt, Record, record_file_name};
+use super::render;
+use crate::config::Config;
+use crate::event::Event;
+use crate::result::JobResult;
+use crate::spool::{Spool, SpoolError, State, fsync_dir};
+
+/// Directory (under the spool root) holding delivery receipts.
+pub const SENT_DIR: &str = "sent";
+
+/// Whether a result delivery of `job_id` was queued: waiting in the
+/// outbox, sent, or dead. The grader asks this after a crash, instead of
+/// reading the outbox's directories itself.
+pub fn has_result_delivery(spool: &Spool, job_id: &str) -> bool {
+    [
+        Destination::Callback,
+        Destination::Email,
+        Destination::Status,
+    ]
+    .into_iter()
+    .map(|d| record_file_name(job_id, d))
+    .any(|name| {
+        spool.path(State::Outbox, &name).exists()
+            || spool.path(State::Dead, &name).exists()
+            || sent_dir(spool).join(&name).exists()
+    })
+}
+
+pub(super) fn sent_dir(spool: &Spool) -> PathBuf {
+    spool.root().join(SENT_DIR)
+}
+
+pub(super) fn receipt_path(spool: &Spool, name: &str) -> PathBuf {
+    sent_dir(spool).join(name)
+}
+
+/// Remove receipts older than `window` (`[spool] dedup_window`), except
+/// while any record of their job is still in the outbox (a later status
+/// stage must still see an earlier one was sent, so it never goes
+/// backwards) or their job still waits or runs (crash recovery reads the
+/// receipts of those). Returns how many.
+pub fn prune_receipts(spool: &Spool, window: std::time::Duration) -> std::io::Result<usize> {
+    let job_of = |name: &str| name.split('.').next().unwrap_or_default().to_string();
+    let queued: std::collections::HashSet<String> = spool
+        .list(State::Outbox)
+        .map_err(std::io::Error::other)?
+        .iter()
+        .map(|n| job_of(n))
+        .collect();
+    crate::spool::prune_older_than(&sent_dir(spool), window, |name| {
+        let job = job_of(name);
+        queued.contains(&job) || crate::spool::job_waiting_or_running(spool.root(), &job)
+    })
+}
+
+/// True when `name` is already waiting, delivered or dead.
+fn already_known(spool: &Spool, name: &str) -> bool {
+    spool.path(State::Outbox, name).exists()
+        || spool.path(State::Dead, name).exists()
+        || receipt_path(spool, name).exists()
+}
+
+/// Write `rec` to the outbox unless it is already there, delivered or dead.
+/// Returns whether a new record was written.
+pub fn enqueue(spool: &Spool, rec: &Record) -> Result<bool, DeliverError> {
+    let name = rec.file_name();
+    if already_known(spool, &name) {
+        tracing::debug!(job_id = %rec.job_id, destination = %rec.destination, "delivery already queued");
+        return Ok(false);
+    }
+    match spool.publish(State::Outbox, &name, &rec.to_bytes()) {
+        Ok(_) => {
+            tracing::info!(job_id = %rec.job_id, project = %rec.project, sha = %rec.sha,
+                destination = %rec.destination, "delivery queued");
+            Ok(true)
+        }
+        Err(SpoolError::Exists { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// True when commit statuses are configured and can be sent.
+pub fn commit_status_enabled(cfg: &Config) -> bool {
+    cfg.gitlab.commit_status && cfg.secrets.gitlab_token.is_some()
+}
+
+/// Queue every configured delivery of a finished job: callback (when
+/// `callback.url` is set), email (when `email.url` is set) and the final
+/// commit status (when `gitlab.commit_status` and a token are set), each
+/// written durably before this returns. Safe to call again for the same
+/// job: nothing is queued twice.
+///
+/// `result.stdout.bytes` (and `stderr.bytes`) must hold the captured
+/// output: they are not part of `result.json`.
+pub fn enqueue_result(
+    cfg: &Config,
+    spool: &Spool,
+    event: &Event,
+    result: &JobResult,
+) -> Result<(), DeliverError> {
+    let mut records = Vec::new();
+    // The renderer applies the hidden-key filter: hidden summary keys (and
+    // their lines in stdout) are never emailed, and reach the callback only
+    // with include_hidden.
+    if !cfg.callback.url.is_empty() {
+        records.push(render::callback_record(cfg, event, result));
+    }
+    if !cfg.email.url.is_empty() {
+        records.push(render::email_record(cfg, event, result));
+    }
+    if commit_status_enabled(cfg) {
+        records.push(render::final_status_record(cfg, event, result));
+    }
+    for rec in &records {
+        enqueue(spool, rec)?;
+    }
+    Ok(())
+}
+
+/// Queue only the email of `result` (e.g. a job refused by course policy,
+/// whose `stdout` holds the explanation). A no-op when email is off.
+pub fn enqueue_email(
+    cfg: &Config,
+    spool: &Spool,
+    event: &Event,
+    result: &JobResult,
+) -> Result<(), DeliverError> {
+    if cfg.email.url.is_empty() {
+        return Ok(());
+    }
+    enqueue(spool, &render::email_record(cfg, event, result))?;
+    Ok(())
+}
+
+/// Queue a `pending` (job accepted) or `running` (job started) commit
+/// status. A no-op when commit statuses are off or no GitLab token is set.
+/// `success`/`failed` come from [`enqueue_result`]; passed here they are
+/// queued as the final status without a grade.
+pub fn enqueue_commit_status(
+    cfg: &Config,
+    spool: &Spool,
+    event: &Event,
+    state: CommitState,
+) -> Result<(), DeliverError> {
+    if !commit_status_enabled(cfg) {
+        return Ok(());
+    }
+    enqueue(spool, &render::stage_status_record(cfg, event, state))?;
+    Ok(())
+}
+
+/// One line of `labgrader queue` about a delivery.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryLine {
+    pub key: String,
+    pub attempts: u32,
+    pub next_try_at: Option<DateTime<Utc>>,
+    /// Last error (waiting) or the reason it was given up (dead).
+    pub reason: Option<String>,
+}
+
+/// Up to `limit` waiting and dead deliveries (oldest first), for `labgrader queue`.
+pub fn report(
+    spool: &Spool,
+    limit: usize,
+) -> Result<(Vec<DeliveryLine>, Vec<DeliveryLine>), DeliverError> {
+    let lines = |state: State| -> Result<Vec<DeliveryLine>, DeliverError> {
+        let mut out = Vec::new();
+        for name in spool.list(state)?.into_iter().take(limit) {
+            let line = match spool
+                .read(state, &name)
+                .ok()
+                .and_then(|b| Record::from_bytes(&b).ok())
+            {
+                Some(r) => DeliveryLine {
+                    key: r.key,
+                    attempts: r.attempts,
+                    next_try_at: (state == State::Outbox).then_some(r.next_try_at),
+                    reason: if state == State::Dead {
+                        r.dead_reason.or(r.last_error)
+                    } else {
+                        r.last_error
+                    },
+                },
+                None => DeliveryLine {
+                    key: name,
+                    attempts: 0,
+                    next_try_at: None,
+                    reason: Some("unreadable record".into()),
+                },
+            };
+            out.push(line);
+        }
+        Ok(out)
+    };
+    Ok((lines(State::Outbox)?, lines(State::Dead)?))
+}
+
+/// Read and parse an outbox record; an unparseable one is quarantined
+/// (`Ok(None)`), as is one whose name does not match its contents.
+pub(super) fn read_record(spool: &Spool, name: &str) -> Result<Option<Record>, SpoolError> {
+    let bytes = match spool.read(State::Outbox, name) {
+        Ok(b) => b,
+        Err(e) if e.io_kind() == Some(io::ErrorKind::NotFound) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match Record::from_bytes(&bytes) {
+        Ok(rec) if rec.file_name() == name => Ok(Some(rec)),
+        Ok(_) | Err(_) => {
+            let why = match Record::from_bytes(&bytes) {
+                Err(e) => e.to_string(),
+                Ok(_) => "file name does not match its job and destination".into(),
+            };
+            match spool.quarantine(name, State::Outbox) {
+                Ok(to) => tracing::error!(name, error = %why, to = %to.display(),
+                    "outbox record unreadable; moved to corrupt/"),
+                Err(e) => tracing::error!(name, error = %e, "cannot quarantine outbox record"),
+            }
+            Ok(None)
+        }
+    }
+}
+
+pub(super) fn write_receipt(spool: &Spool, name: &str, receipt: &Receipt) -> io::Result<()> {
+    let dir = sent_dir(spool);
+    let tmp = spool
+        .dir(State::Tmp)
+        .join(format!("{name}.receipt.{}", crate::spool::new_job_id()));
+    let mut bytes = serde_json::to_vec_pretty(receipt).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    let res = (|| {
+        use std::io::Write;
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, dir.join(name))?;
+        fsync_dir(&dir)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// Remove a record whose receipt is written. No directory fsync: should
+/// the removal be lost in a crash, the receipt keeps it from being re-sent.
+pub(super) fn remove_record(spool: &Spool, name: &str) {
+    let p = spool.path(State::Outbox, name);
+    match fs::remove_file(&p) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::error!(path = %p.display(), error = %e, "cannot remove delivered record")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn receipts_past_the_window_go_unless_their_record_or_job_is_live() {
+        let t = tempfile::tempdir().unwrap();
+        let spool = Spool::open(t.path()).unwrap();
+        let sent = sent_dir(&spool);
+        fs::create_dir_all(&sent).unwrap();
+        let names = [
+            "A.email.json",
+            "B.status.json",
+            "C.callback.json",
+            "D.status.json",
+        ];
+        for n in names {
+            fs::write(sent.join(n), b"{}").unwrap();
+        }
+        for n in &names[..3] {
+            crate::spool::backdate(&sent.join(n), 7200);
+        }
+        // Another record of B's job still waits (a status stage must not
+        // overtake the one sent); C's job is running again.
+        fs::write(spool.path(State::Outbox, "B.email.json"), b"{}").unwrap();
+        fs::write(spool.path(State::Active, "C.json"), b"{}").unwrap();
+        assert_eq!(
+            prune_receipts(&spool, Duration::from_secs(3600)).unwrap(),
+            1
+        );
+        assert!(!sent.join("A.email.json").exists());
+        for n in &names[1..] {
+            assert!(sent.join(n).exists(), "{n}");
+        }
+    }
+}
