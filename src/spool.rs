@@ -5,7 +5,10 @@
 //! fsynced (the Maildir/Postfix way). After that it only ever moves by
 //! `rename(2)` under its stable name. Nothing reads `tmp/`. The spool never
 //! interprets job contents beyond what recovery needs, and never deletes an
-//! accepted job: unreadable files go to `corrupt/`.
+//! accepted job: unreadable files go to `corrupt/`. A job's moves between
+//! states are typed operations here ([`Spool::claim`], [`Spool::requeue`],
+//! [`Spool::fail`], [`Spool::finish`]); no other module renames or removes
+//! a job's files.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

@@ -167,6 +167,7 @@ impl Grader {
             }
             Err(refusal) => return Ok(Graded::Refused(refusal)),
         };
+        // Prepare, continued: the tests laid into the admitted tree.
         let (fetched, laid) = match self.lay_tests(fetched, plan.contract).await? {
             Ok(ready) => ready,
             Err(s) => return Ok(stopped(self, ev, &*runner, &plan, s)),
