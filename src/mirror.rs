@@ -88,7 +88,10 @@ impl MirrorError {
             | MirrorError::BadSha(_)
             | MirrorError::NoCommit { .. }
             | MirrorError::Cancelled => false,
-            MirrorError::Workspace(w) => w.status().is_none(),
+            MirrorError::Workspace(w) => matches!(
+                w,
+                WorkspaceError::Read { .. } | WorkspaceError::Write { .. }
+            ),
             _ => true,
         }
     }

@@ -5,7 +5,10 @@
 //! fsynced (the Maildir/Postfix way). After that it only ever moves by
 //! `rename(2)` under its stable name. Nothing reads `tmp/`. The spool never
 //! interprets job contents beyond what recovery needs, and never deletes an
-//! accepted job: unreadable files go to `corrupt/`.
+//! accepted job: unreadable files go to `corrupt/`. A job's moves between
+//! states are typed operations here ([`Spool::claim`], [`Spool::requeue`],
+//! [`Spool::fail`], [`Spool::finish`]); no other module renames or removes
+//! a job's files.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -489,6 +492,137 @@ impl Spool {
     }
 }
 
+// ---------------------------------------------------------------------------
+// A job's moves between states: the only ones the grader makes. Each names
+// the job by its file name in `incoming/` or `active/` (`<job id>.json`).
+
+/// A job's finished record being built in `tmp/` (`event.json`,
+/// `result.json`, `stdout`, `stderr`), published by [`Spool::finish`].
+#[derive(Debug)]
+pub struct DoneRecord {
+    dir: PathBuf,
+    job_id: String,
+}
+
+impl Spool {
+    /// Claim a waiting job: move `incoming/<name>` to `active/<name>`.
+    /// `Ok(false)` when it is gone (another worker claimed it).
+    pub fn claim(&self, name: &str) -> Result<bool, SpoolError> {
+        // A plain rename, no directory fsync: whichever of incoming/ or
+        // active/ a crash leaves the job in, start-up puts it back in
+        // incoming/, so the claim need not be durable.
+        match fs::rename(
+            self.path(State::Incoming, name),
+            self.path(State::Active, name),
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(SpoolError::Rename {
+                from: self.path(State::Incoming, name),
+                to: self.path(State::Active, name),
+                source,
+            }),
+        }
+    }
+
+    /// Put a claimed job back to wait: `active/<name>` returns to
+    /// `incoming/`, durably. With `event`, the waiting file gets those
+    /// bytes (a raised attempt or crash count, a `not_before`) and the
+    /// claim is dropped; without, the file moves as it is (a job cancelled
+    /// by shutdown).
+    pub fn requeue(&self, name: &str, event: Option<&[u8]>) -> Result<(), SpoolError> {
+        let Some(bytes) = event else {
+            return self
+                .transition(name, State::Active, State::Incoming)
+                .map(drop);
+        };
+        self.replace(State::Incoming, name, bytes)?;
+        let active = self.path(State::Active, name);
+        fs::remove_file(&active).map_err(|source| SpoolError::Write {
+            path: active,
+            source,
+        })
+    }
+
+    /// Give up on a job for good: publish `failed/<job_id>/` (`event.json`,
+    /// `reason` = `reason` and a newline), then remove `from/<name>`. A
+    /// `failed/<job_id>/` already there is kept as it is.
+    pub fn fail(
+        &self,
+        from: State,
+        name: &str,
+        job_id: &str,
+        event: &[u8],
+        reason: &str,
+    ) -> Result<(), SpoolError> {
+        let tmp = self.tmp_dir(job_id)?;
+        let reason = format!("{reason}\n");
+        for (file, bytes) in [("event.json", event), ("reason", reason.as_bytes())] {
+            let p = tmp.join(file);
+            fs::write(&p, bytes).map_err(|source| SpoolError::Write { path: p, source })?;
+        }
+        match self.publish_dir(&tmp, State::Failed, job_id) {
+            Ok(_) | Err(SpoolError::Exists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let _ = fs::remove_dir_all(&tmp);
+        let _ = fs::remove_file(self.path(from, name));
+        let _ = fsync_dir(&self.dir(from));
+        Ok(())
+    }
+
+    /// Step one of finishing a job: write its record (`files`: name and
+    /// contents) into a fresh directory under `tmp/`, not yet visible.
+    pub fn draft_done(
+        &self,
+        job_id: &str,
+        files: &[(&str, &[u8])],
+    ) -> Result<DoneRecord, SpoolError> {
+        let dir = self.tmp_dir(job_id)?;
+        for (file, bytes) in files {
+            let p = dir.join(file);
+            fs::write(&p, bytes).map_err(|source| SpoolError::Write { path: p, source })?;
+        }
+        Ok(DoneRecord {
+            dir,
+            job_id: job_id.to_string(),
+        })
+    }
+
+    /// Step two: publish `record` as `done/<job id>/` (a record already
+    /// there wins; this one is dropped) and drop the claim `active/<name>`.
+    pub fn finish(&self, record: DoneRecord, name: &str) -> Result<(), SpoolError> {
+        match self.publish_dir(&record.dir, State::Done, &record.job_id) {
+            Ok(_) => {}
+            Err(SpoolError::Exists { .. }) => {
+                let _ = fs::remove_dir_all(&record.dir);
+            }
+            Err(e) => return Err(e),
+        }
+        let active = self.path(State::Active, name);
+        if let Err(source) = fs::remove_file(&active)
+            && source.kind() != io::ErrorKind::NotFound
+        {
+            return Err(SpoolError::Write {
+                path: active,
+                source,
+            });
+        }
+        let _ = fsync_dir(&self.dir(State::Active));
+        Ok(())
+    }
+
+    /// True when job `job_id` is already in `done/`: then `from/<name>` is
+    /// a leftover (a claim, or a job put back by recovery) and is removed.
+    pub fn drop_if_done(&self, from: State, name: &str, job_id: &str) -> bool {
+        if !self.path(State::Done, job_id).exists() {
+            return false;
+        }
+        let _ = fs::remove_file(self.path(from, name));
+        true
+    }
+}
+
 /// The pid in a tmp file name made by `write_tmp`: `<name>.<pid>.<ulid>`.
 /// `tmp/` entries whose name names no writer are removed after this long.
 const STALE_UNOWNED_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -615,6 +749,45 @@ mod tests {
         assert_eq!(rec.requeued, vec!["a.json".to_string()]);
         assert_eq!(s.read(State::Incoming, "a.json").unwrap(), b"{}!");
         assert!(s.list(State::Active).unwrap().is_empty());
+    }
+
+    #[test]
+    fn job_moves_claim_requeue_fail_and_finish() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Spool::open(t.path()).unwrap();
+        s.publish(State::Incoming, "j.json", b"v1").unwrap();
+        assert!(s.claim("j.json").unwrap());
+        assert!(!s.claim("j.json").unwrap(), "already claimed");
+        s.requeue("j.json", Some(b"v2")).unwrap();
+        assert_eq!(s.read(State::Incoming, "j.json").unwrap(), b"v2");
+        assert!(s.list(State::Active).unwrap().is_empty());
+        assert!(s.claim("j.json").unwrap());
+        s.requeue("j.json", None).unwrap();
+        assert_eq!(s.read(State::Incoming, "j.json").unwrap(), b"v2");
+        s.fail(State::Incoming, "j.json", "j", b"ev", "why")
+            .unwrap();
+        assert!(s.list(State::Incoming).unwrap().is_empty());
+        assert_eq!(
+            fs::read(s.path(State::Failed, "j").join("reason")).unwrap(),
+            b"why\n"
+        );
+
+        s.publish(State::Incoming, "k.json", b"k").unwrap();
+        assert!(s.claim("k.json").unwrap());
+        let draft = s
+            .draft_done("k", &[("event.json", b"k"), ("stdout", b"out")])
+            .unwrap();
+        s.finish(draft, "k.json").unwrap();
+        assert_eq!(
+            fs::read(s.path(State::Done, "k").join("stdout")).unwrap(),
+            b"out"
+        );
+        assert!(s.list(State::Active).unwrap().is_empty());
+        assert!(s.list(State::Tmp).unwrap().is_empty());
+        s.publish(State::Incoming, "k.json", b"k").unwrap();
+        assert!(s.drop_if_done(State::Incoming, "k.json", "k"));
+        assert!(!s.drop_if_done(State::Incoming, "j.json", "j"));
+        assert!(s.list(State::Incoming).unwrap().is_empty());
     }
 
     #[test]

@@ -17,8 +17,6 @@ use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::result::Status;
-
 /// The file every test repository must provide, executable, at its top.
 pub const TEST_ALL: &str = "test_all";
 /// Longest path (bytes) a student tree may hold, relative to its top:
@@ -89,22 +87,6 @@ pub enum WorkspaceError {
     Read { path: PathBuf, source: io::Error },
     #[error("cannot write the workspace at {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
-}
-
-impl WorkspaceError {
-    /// The job status when the submission is at fault; `None` when the
-    /// grader is (disk full, permissions): an infrastructure failure.
-    pub fn status(&self) -> Option<Status> {
-        match self {
-            WorkspaceError::SizeLimit { .. } | WorkspaceError::FileLimit { .. } => {
-                Some(Status::WorkspaceLimit)
-            }
-            WorkspaceError::NoTestAll
-            | WorkspaceError::BadEntry { .. }
-            | WorkspaceError::Unreadable { .. } => Some(Status::Error),
-            WorkspaceError::Read { .. } | WorkspaceError::Write { .. } => None,
-        }
-    }
 }
 
 fn write_err(path: &Path) -> impl FnOnce(io::Error) -> WorkspaceError + '_ {
@@ -196,7 +178,7 @@ fn check_path_length(path: &Path) -> Result<(), WorkspaceError> {
 /// headers aside) is refused. Symlinks are created as symlinks, never
 /// followed: an entry whose path goes through one is refused. A path too
 /// long for the file system, or a stream that is not a readable archive,
-/// is the tree's fault ([`WorkspaceError::status`] gives `error`), and
+/// is the tree's fault (the grader's blame gives it `error`), and
 /// the message never names the host's paths.
 pub fn extract_tar<R: Read>(
     reader: R,
@@ -616,7 +598,6 @@ mod tests {
         let garbage = vec![0xffu8; 1024];
         let e = extract_tar(&garbage[..], d.path(), &big(), &mut Usage::default()).unwrap_err();
         assert!(matches!(e, WorkspaceError::Unreadable { .. }), "{e}");
-        assert_eq!(e.status(), Some(Status::Error));
         assert!(!e.to_string().contains(&*d.path().to_string_lossy()), "{e}");
     }
 
@@ -626,7 +607,7 @@ mod tests {
         assert!(check_path_length(Path::new(&ok)).is_ok());
         let long = "a/".repeat(MAX_PATH / 2) + "b";
         let e = check_path_length(Path::new(&long)).unwrap_err();
-        assert_eq!(e.status(), Some(Status::Error));
+        assert!(matches!(e, WorkspaceError::BadEntry { .. }), "{e}");
         let msg = e.to_string();
         assert!(
             msg.contains("at most 2048 bytes") && msg.len() < 300,
@@ -651,7 +632,6 @@ mod tests {
         };
         let e = overlay(&src, &ws, Some(&few), &mut Usage::default()).unwrap_err();
         assert!(matches!(e, WorkspaceError::FileLimit { limit: 3 }), "{e}");
-        assert_eq!(e.status(), Some(Status::WorkspaceLimit));
         let small = WorkspaceLimits {
             bytes: 250,
             files: 100,

@@ -4,7 +4,8 @@
 //! effective settings ([`ResolvedPolicy`]), whether a push is a submission
 //! (trigger, tag pattern, deletions), whether it is late (deadline, grace,
 //! late policy; the submission time is always the hook's receipt time,
-//! never a commit date, which students control), and the job's limits.
+//! never a commit date, which students control). A job's limits are the
+//! grader's (`grader::limits`).
 //! The quota ledger ([`quota`]) and the selection of rows for grade
 //! exports ([`export`]) live in submodules. Nothing here touches the
 //! spool, the network or the sandbox; callers hand in the facts and act on
@@ -20,9 +21,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, Utc};
 
-use crate::config::{Config, LatePolicy, ManifestPolicy, Quota, RunnerKind, Trigger};
+use crate::config::{Config, LatePolicy, ManifestPolicy, Quota, Trigger};
 use crate::event::{EventKind, ZERO_SHA};
-use crate::result::Limits;
 
 pub use admit::{AdmitError, Admitted, Refusal, admit};
 pub use quota::{QuotaDecision, QuotaError, QuotaLedger};
@@ -31,19 +31,6 @@ pub use quota::{QuotaDecision, QuotaError, QuotaLedger};
 pub const NOT_A_SUBMISSION_TAG: &str = "not a submission tag";
 /// Answer text for a branch or tag deletion.
 pub const DELETION: &str = "a deletion is not a submission";
-
-/// Effective limits of one job: the assignment's overrides over
-/// `[grader]` and `[docker]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobSettings {
-    pub timeout: Duration,
-    pub memory: u64,
-    pub pids: u64,
-    /// Container image (`[docker] image` unless overridden).
-    pub image: String,
-    /// `[grader] runner` (possibly `auto`) unless overridden.
-    pub runner: RunnerKind,
-}
 
 /// The policy of one assignment, resolved from the config once per event.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,7 +50,6 @@ pub struct ResolvedPolicy {
     pub deadline: Option<DateTime<FixedOffset>>,
     pub grace: Duration,
     pub late: LatePolicy,
-    pub job: JobSettings,
 }
 
 impl ResolvedPolicy {
@@ -94,22 +80,7 @@ impl ResolvedPolicy {
             deadline: a.deadline,
             grace: a.grace.map(|g| g.get()).unwrap_or_default(),
             late: a.late,
-            job: JobSettings {
-                timeout: a.timeout.unwrap_or(cfg.grader.timeout).get(),
-                memory: a.memory.unwrap_or(cfg.grader.memory).bytes(),
-                pids: a.pids.unwrap_or(cfg.grader.pids),
-                image: a.image.unwrap_or_else(|| cfg.docker.image.clone()),
-                runner: a.runner.unwrap_or(cfg.grader.runner),
-            },
         }
-    }
-
-    /// Put this assignment's timeout, memory and pids into `limits` (built
-    /// by the grader from `[grader]`); other limits are left alone.
-    pub fn apply_limits(&self, limits: &mut Limits) {
-        limits.timeout = self.job.timeout;
-        limits.memory = self.job.memory;
-        limits.pids = self.job.pids;
     }
 
     /// Whether `username` is staff (their pushes take no quota).
@@ -398,8 +369,6 @@ mod tests {
         let p = ResolvedPolicy::for_project(&c, "lab1");
         assert!(!p.configured);
         assert_eq!(p.trigger, Trigger::Push);
-        assert_eq!(p.job.timeout, c.grader.timeout.get());
-        assert_eq!(p.job.image, c.docker.image);
         assert!(matches!(
             decide_submission(&p, &push(EventKind::Push, "refs/heads/main", SHA)),
             Decision::Accept(Acceptance { late: false, .. })
@@ -553,48 +522,6 @@ mod tests {
             at_time(&p, "2026-12-03T00:00:00Z"),
             Decision::Accept(Acceptance { late: true, .. })
         ));
-    }
-
-    #[test]
-    fn limits_override_grader_and_docker() {
-        let c = cfg(
-            "[grader]\ntimeout = \"60s\"\nmemory = \"128MiB\"\npids = 64\nrunner = \"docker\"\n\
-             [docker]\nimage = \"base:1\"\n\
-             [assignments.big]\ntimeout = \"10m\"\nmemory = \"2GiB\"\nimage = \"ml:2\"\nrunner = \"native\"\n\
-             [assignments.small]\npids = 8\n",
-        );
-        let big = ResolvedPolicy::for_project(&c, "big");
-        assert_eq!(
-            big.job,
-            JobSettings {
-                timeout: Duration::from_secs(600),
-                memory: 2 << 30,
-                pids: 64,
-                image: "ml:2".into(),
-                runner: RunnerKind::Native,
-            }
-        );
-        let small = ResolvedPolicy::for_project(&c, "small");
-        assert_eq!(small.job.timeout, Duration::from_secs(60));
-        assert_eq!(small.job.memory, 128 << 20);
-        assert_eq!(small.job.pids, 8);
-        assert_eq!(small.job.image, "base:1");
-        assert_eq!(small.job.runner, RunnerKind::Docker);
-        let mut l = Limits {
-            timeout: Duration::from_secs(1),
-            memory: 1,
-            pids: 1,
-            output: 77,
-            cpus: 1.0,
-            file_size: 5,
-            open_files: 6,
-            disk: 1 << 30,
-        };
-        big.apply_limits(&mut l);
-        assert_eq!(
-            (l.timeout, l.memory, l.pids, l.output),
-            (Duration::from_secs(600), 2 << 30, 64, 77)
-        );
     }
 
     #[test]

@@ -1,0 +1,551 @@
+//! One claimed job, read top to bottom: prepare → admit → run → verdict →
+//! record; then what a fault does to it, and recovery after a crash.
+//!
+//! Owns the job's way through the pipeline: a fresh job directory gets the
+//! student's tree at the event's commit and the test tree at its default
+//! branch's head (prepare), course policy reads the student's own tree
+//! (admit), the tests are laid over it, the "running" commit status is
+//! queued, `test_all` runs in the sandbox (run), the run becomes a result
+//! (verdict) and the result is recorded: gradebook row, deliveries queued,
+//! then `done/<job>/` (record), so no result is ever recorded without its
+//! deliveries. A stage that stops the job gives a final [`Verdict`] or a
+//! refusal by course policy (`failed/`); the grader's faults are retried
+//! with backoff through the event's `infra_attempts`/`not_before` and end
+//! as `infra_error` when the retries are spent; a cancelled job goes back
+//! to `incoming/` untouched. It never claims jobs (the scheduler does),
+//! never builds a sandbox, never tells the student the grader's own error
+//! text, and never moves a spool file except through the spool's typed
+//! operations.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, warn};
+
+use crate::config::Contract;
+use crate::event::{EVENT_SCHEMA, Event};
+use crate::metrics;
+use crate::mirror::MirrorError;
+use crate::policy::{Admitted, Refusal};
+use crate::result::{Captured, JobResult, Status};
+use crate::sandbox::{RunSpec, Runner};
+use crate::spool::{SpoolError, State};
+use crate::workspace::{self, Laid};
+
+use super::blame::{FetchError, GraderFault, Repo, Verdict, step};
+use super::jobdir::{JobDir, job_env};
+use super::limits::{JobPlan, workspace_limits};
+use super::verdict::{harness_results, note_contract, result_from_run};
+use super::wiring::Grader;
+
+const PHASE_METRIC: &str = "labgrader_grader_phase_seconds";
+const PHASE_HELP: &str = "Time spent per job phase (queued, fetch, workspace, run, record).";
+const STATUS_METRIC: &str = "labgrader_grader_jobs_total";
+const STATUS_HELP: &str = "Finished jobs by status.";
+const RETRY_METRIC: &str = "labgrader_grader_infra_retries_total";
+const RETRY_HELP: &str = "Jobs put back for a retry after an infrastructure failure.";
+/// Longest wait between infrastructure retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// How grading one job ended, short of a grader fault.
+enum Graded {
+    /// Record this result: a run's, or a verdict without a run.
+    Result(Box<JobResult>),
+    /// Refused by course policy (late, quota): `failed/`, never retried.
+    Refused(Refusal),
+}
+
+/// Both trees in a fresh job directory.
+pub(super) struct Fetched {
+    pub(super) ws: JobDir,
+    pub(super) tests_sha: String,
+    /// The test tree (a shared cache: read only).
+    tests_tree: PathBuf,
+    /// The commit exported: the event's commit, peeled when it named an
+    /// annotated tag object.
+    student_sha: String,
+}
+
+/// A job stopped before its run: the verdict, and the test commit when
+/// it was fetched.
+pub(super) struct Stopped {
+    pub(super) verdict: Verdict,
+    pub(super) tests_sha: Option<String>,
+}
+
+impl Grader {
+    /// Everything one claimed job (`active/<name>`) goes through; returns
+    /// its project.
+    pub(super) async fn job(
+        self: Arc<Self>,
+        name: String,
+        ev: Event,
+        _permit: OwnedSemaphorePermit,
+        cancel: CancellationToken,
+    ) -> String {
+        let project = ev.project.path.clone();
+        let span = tracing::info_span!("job", job_id = %ev.job_id, project = %ev.project.path, sha = %ev.commit);
+        async {
+            if self.spool.drop_if_done(State::Active, &name, &ev.job_id) {
+                info!("already recorded in done/: dropping the leftover claim");
+                return;
+            }
+            if let Some(result) = self.recorded_before_crash(&ev).await {
+                info!("recorded and queued for delivery before a crash: completing that record, not grading again");
+                // The event as graded: an annotated tag was peeled to its
+                // commit, which the statuses and done/ must name.
+                let mut ev = ev;
+                ev.commit = result.student_sha.clone();
+                if let Err(e) = self.record(&name, &ev, &result).await {
+                    error!(error = %e, "cannot complete the record; the job stays in active/ until restart");
+                }
+                return;
+            }
+            let mut ev = ev;
+            let fault = match self.grade(&mut ev, &cancel).await {
+                Ok(Graded::Result(result)) => match self.record(&name, &ev, &result).await {
+                    Ok(()) => return,
+                    Err(e) => GraderFault::Record(Box::new(e)),
+                },
+                Ok(Graded::Refused(r)) => {
+                    if let Err(e) = self.refuse(&name, &ev, &r) {
+                        error!(error = %e, "cannot move a refused job to failed/; it stays in active/ until restart");
+                    }
+                    return;
+                }
+                Err(fault) => fault,
+            };
+            self.after_fault(&name, ev, fault).await;
+        }
+        .instrument(span)
+        .await;
+        project
+    }
+
+    /// Prepare, admit, run and judge `ev`. When the event names an
+    /// annotated tag object, `ev.commit` becomes the commit it points to
+    /// (the tag object stays in `ev.after`).
+    async fn grade(
+        &self,
+        ev: &mut Event,
+        cancel: &CancellationToken,
+    ) -> Result<Graded, GraderFault> {
+        let started = Instant::now();
+        observe(
+            "queued",
+            (Utc::now() - ev.received_at).to_std().unwrap_or_default(),
+        );
+        if ev.schema != EVENT_SCHEMA {
+            let why = format!("event schema {} is not {EVENT_SCHEMA}", ev.schema);
+            let r = self.bare_result(ev, None, Verdict::new(Status::Error, why));
+            return Ok(Graded::Result(Box::new(r)));
+        }
+        let plan = JobPlan::of(&self.cfg, &ev.project.name);
+        let runner = self.runner(plan.runner)?;
+
+        // Prepare: both trees in a fresh job directory.
+        let fetched = match self.fetch(ev, None, started, cancel).await? {
+            Ok(f) => f,
+            Err(s) => return Ok(stopped(self, ev, &*runner, &plan, s)),
+        };
+
+        // Admit: course policy reads the student's own tree, before the
+        // tests are laid over it (manifest, authors, then the quota slot).
+        let admitted = match self.admit(ev, &fetched).await? {
+            Ok(a) => a,
+            Err(Refusal::InvalidManifest { message }) => {
+                let verdict = Verdict::new(Status::InvalidManifest, message);
+                let s = Stopped {
+                    verdict,
+                    tests_sha: None,
+                };
+                return Ok(stopped(self, ev, &*runner, &plan, s));
+            }
+            Err(refusal) => return Ok(Graded::Refused(refusal)),
+        };
+        // Prepare, continued: the tests laid into the admitted tree.
+        let (fetched, laid) = match self.lay_tests(fetched, plan.contract).await? {
+            Ok(ready) => ready,
+            Err(s) => return Ok(stopped(self, ev, &*runner, &plan, s)),
+        };
+
+        // Run, on the commit graded: GitLab keeps statuses on commits, not
+        // on tag objects, so the "running" status goes out after the peel.
+        if fetched.student_sha != ev.commit {
+            info!(tag_object = %ev.commit, commit = %fetched.student_sha,
+                "the event named an annotated tag: grading the commit it points to");
+            ev.commit = fetched.student_sha.clone();
+        }
+        self.queue_running_status(ev);
+        let Fetched { ws, tests_sha, .. } = fetched;
+        let spec = RunSpec {
+            image: plan.image.clone(),
+            ..ws.spec(
+                &ev.job_id,
+                job_env(ev, &tests_sha),
+                &plan.limits,
+                plan.contract,
+                laid,
+            )
+        };
+        let t = Instant::now();
+        let outcome = runner.run(&spec, cancel).await;
+        observe("run", t.elapsed());
+        let harness = harness_results(&spec);
+        drop(ws);
+        let out = outcome?;
+
+        // Verdict: status, reason and grade of the run.
+        let mut r = result_from_run(ev, Some(tests_sha), &plan.limits, out, harness);
+        note_contract(&mut r, plan.contract);
+        if let Some(a) = admitted {
+            r.extra.extend(a.extra);
+        }
+        Ok(Graded::Result(Box::new(r)))
+    }
+
+    /// Prepare: a fresh job directory holding the student's tree at the
+    /// event's commit, and the test tree at `tests_sha` (replay pins it)
+    /// or, with `None`, at its default branch's head fetched since `since`.
+    pub(super) async fn fetch(
+        &self,
+        ev: &Event,
+        tests_sha: Option<&str>,
+        since: Instant,
+        cancel: &CancellationToken,
+    ) -> Result<Result<Fetched, Stopped>, GraderFault> {
+        let gl = &self.cfg.gitlab;
+        let student_url = gl.clone_url_for(&ev.project.path);
+        let tests_path = gl.tests_path_for(&ev.project.name);
+        let tests_url = gl.clone_url_for(&tests_path);
+        let stop = |verdict, tests_sha| Ok(Err(Stopped { verdict, tests_sha }));
+        let ws = match step(JobDir::create(&self.work, &ev.job_id))? {
+            Ok(ws) => ws,
+            Err(v) => return stop(v, None),
+        };
+        let t = Instant::now();
+        let ws_dir = ws.workspace();
+        let student = self.mirrors.export_commit(
+            &ev.project.path,
+            &student_url,
+            &ev.commit,
+            &ev.git_ref,
+            &ws_dir,
+            workspace_limits(&self.cfg),
+            cancel,
+        );
+        let tests = async {
+            let (m, sha) = match tests_sha {
+                Some(sha) => (
+                    self.mirrors
+                        .ensure_commit(&tests_path, &tests_url, sha, cancel)
+                        .await?,
+                    sha.to_string(),
+                ),
+                None => {
+                    self.mirrors
+                        .default_head(&tests_path, &tests_url, since, cancel)
+                        .await?
+                }
+            };
+            let tree = self.mirrors.cached_tree(&m, &sha, cancel).await?;
+            Ok::<_, MirrorError>((sha, tree))
+        };
+        let (s, te) = tokio::join!(student, tests);
+        observe("fetch", t.elapsed());
+        let te = te.map_err(|source| FetchError {
+            repo: Repo::Tests,
+            source,
+        });
+        let (tests_sha, tests_tree) = match step(te)? {
+            Ok(v) => v,
+            Err(v) => return stop(v, None),
+        };
+        let s = s.map_err(|source| FetchError {
+            repo: Repo::Student,
+            source,
+        });
+        let student_sha = match step(s)? {
+            Ok((_, commit)) => commit,
+            Err(v) => return stop(v, Some(tests_sha)),
+        };
+        Ok(Ok(Fetched {
+            ws,
+            tests_sha,
+            tests_tree,
+            student_sha,
+        }))
+    }
+
+    /// Admit: the course policy's answer on the student's own tree
+    /// (`None` when there is no gate: replay).
+    async fn admit(
+        &self,
+        ev: &Event,
+        fetched: &Fetched,
+    ) -> Result<Result<Option<Admitted>, Refusal>, GraderFault> {
+        let Some(gate) = &self.gate else {
+            return Ok(Ok(None));
+        };
+        let workspace = fetched.ws.workspace();
+        let answer =
+            crate::policy::admit(&self.cfg, ev, &workspace, gate.gitlab.clone(), &gate.ledger)
+                .await?;
+        Ok(answer.map(Some))
+    }
+
+    /// Lay the test tree into the job directory as `contract` says and
+    /// check the workspace against its limits.
+    pub(super) async fn lay_tests(
+        &self,
+        fetched: Fetched,
+        contract: Contract,
+    ) -> Result<Result<(Fetched, Laid), Stopped>, GraderFault> {
+        let limits = workspace_limits(&self.cfg);
+        let t = Instant::now();
+        let (laid, fetched) = tokio::task::spawn_blocking(move || {
+            let laid = fetched.ws.lay_tests(&fetched.tests_tree, contract, &limits);
+            (laid, fetched)
+        })
+        .await?;
+        observe("workspace", t.elapsed());
+        Ok(match step(laid)? {
+            Ok(laid) => Ok((fetched, laid)),
+            Err(verdict) => Err(Stopped {
+                verdict,
+                tests_sha: Some(fetched.tests_sha),
+            }),
+        })
+    }
+
+    /// The job's workspace is ready and `test_all` is about to run: queue
+    /// the "running" commit status (on the commit graded). Best effort: a
+    /// status that cannot be queued never stops a job.
+    fn queue_running_status(&self, event: &Event) {
+        if let Err(e) = crate::deliver::enqueue_commit_status(
+            &self.cfg,
+            &self.spool,
+            event,
+            crate::deliver::CommitState::Running,
+        ) {
+            warn!(error = %e, "cannot queue the running commit status");
+        }
+    }
+
+    /// Record: the gradebook row, the deliveries, then `done/<job>/` and
+    /// the claim `active/<name>` dropped.
+    async fn record(&self, name: &str, ev: &Event, result: &JobResult) -> Result<(), GraderFault> {
+        let t = Instant::now();
+        let mut json = serde_json::to_vec_pretty(result).expect("result serializes");
+        json.push(b'\n');
+        let draft = self.spool.draft_done(
+            &ev.job_id,
+            &[
+                ("event.json", &ev.to_bytes()),
+                ("result.json", &json),
+                ("stdout", &result.stdout.display_bytes()),
+                ("stderr", &result.stderr.display_bytes()),
+            ],
+        )?;
+        self.record_gradebook(result.clone()).await?;
+        // Deliveries are queued before the job counts as done: a crash in
+        // between regrades the job, and queuing again is idempotent, so no
+        // result is ever recorded without its deliveries.
+        crate::deliver::enqueue_result(&self.cfg, &self.spool, ev, result)?;
+        self.spool.finish(draft, name)?;
+        observe("record", t.elapsed());
+        metrics::inc(
+            STATUS_METRIC,
+            STATUS_HELP,
+            &[("status", result.status.as_str())],
+        );
+        info!(status = %result.status, grade = ?result.grade_total,
+            tests_sha = result.tests_sha.as_deref().unwrap_or(""), "recorded");
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------
+    // When the job does not end in a result: refused, cancelled, a fault.
+
+    /// Move a job refused by course policy from `active/` to
+    /// `failed/<job>/` (`event.json`, `reason` = `CODE: message`) and email
+    /// the pusher why.
+    fn refuse(&self, name: &str, ev: &Event, refusal: &Refusal) -> Result<(), SpoolError> {
+        let reason = format!("{}: {}", refusal.code(), refusal.message());
+        self.spool
+            .fail(State::Active, name, &ev.job_id, &ev.to_bytes(), &reason)?;
+        metrics::inc(STATUS_METRIC, STATUS_HELP, &[("status", refusal.code())]);
+        info!(
+            reason = refusal.code(),
+            message = refusal.message(),
+            "refused by course policy: failed/"
+        );
+        self.email_refusal(ev, refusal);
+        Ok(())
+    }
+
+    /// Email the pusher why course policy refused a job (late, over quota;
+    /// for the quota, when the next slot opens). Best effort, like the
+    /// running status.
+    fn email_refusal(&self, event: &Event, refusal: &Refusal) {
+        let text = refusal.message().to_string();
+        let why = Verdict::new(Status::Error, format!("not graded: {text}"));
+        let mut r = self.bare_result(event, None, why);
+        r.stdout = Captured::from_bytes(format!("{text}\n").into_bytes(), 1 << 16);
+        if let Err(e) = crate::deliver::enqueue_email(&self.cfg, &self.spool, event, &r) {
+            warn!(error = %e, "cannot queue the refusal email");
+        }
+    }
+
+    /// A job that ended in a fault: a cancelled one goes back to
+    /// `incoming/` untouched; any other is the grader's fault.
+    async fn after_fault(&self, name: &str, ev: Event, fault: GraderFault) {
+        if let GraderFault::Cancelled = fault {
+            info!("cancelled by shutdown: back to incoming/");
+            if let Err(e) = self.spool.requeue(name, None) {
+                error!(error = %e, "cannot requeue a cancelled job; it stays in active/ until restart");
+            }
+            return;
+        }
+        self.infra_failure(name, ev, fault).await
+    }
+
+    /// After a grader fault: retry later, or record `infra_error` when
+    /// the retries are spent.
+    async fn infra_failure(&self, name: &str, mut ev: Event, fault: GraderFault) {
+        let retries = self.cfg.grader.infra_retries;
+        if ev.infra_attempts < retries {
+            ev.infra_attempts += 1;
+            let delay = crate::retry::backoff(
+                ev.infra_attempts,
+                self.cfg.grader.infra_backoff.get(),
+                MAX_BACKOFF,
+                crate::retry::stable_jitter(&ev.job_id, ev.infra_attempts),
+            );
+            ev.not_before =
+                Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
+            error!(attempt = ev.infra_attempts, of = retries, retry_in = ?delay, error = %fault,
+                "infrastructure failure (not the student's fault): will retry");
+            metrics::inc(RETRY_METRIC, RETRY_HELP, &[]);
+            if let Err(e) = self.spool.requeue(name, Some(&ev.to_bytes())) {
+                error!(error = %e, "cannot requeue the job; it stays in active/ until restart");
+            }
+            return;
+        }
+        error!(attempts = ev.infra_attempts + 1, error = %fault,
+            "infrastructure failure and no retries left: recording infra_error; staff must look");
+        // The student sees the verdict, never the grader's own error: it
+        // names host paths (spool, mirrors) and services. Staff find it in
+        // the log, in stderr (staff only) and in failed-attempt counts.
+        let reason = "the grader could not grade this commit (not the student's fault; staff were alerted and it can be regraded)";
+        let mut result = self.bare_result(&ev, None, Verdict::new(Status::InfraError, reason));
+        result.stderr = Captured::from_bytes(format!("labgrader: {fault}\n").into_bytes(), 1 << 16);
+        self.release_quota(&ev);
+        if let Err(e) = self.record(name, &ev, &result).await {
+            error!(error = %e, "cannot record the infra_error result; the job stays in active/");
+        }
+    }
+
+    /// Give up on a job waiting in `incoming/<name>`: record it as an
+    /// `infra_error` in the gradebook, then move it to `failed/<job>/`
+    /// with its reason.
+    pub(super) async fn fail(
+        &self,
+        name: &str,
+        ev: &Event,
+        reason: &str,
+    ) -> Result<(), GraderFault> {
+        let result = self.bare_result(ev, None, Verdict::new(Status::InfraError, reason));
+        self.record_gradebook(result).await?;
+        self.release_quota(ev);
+        self.spool
+            .fail(State::Incoming, name, &ev.job_id, &ev.to_bytes(), reason)?;
+        metrics::inc(STATUS_METRIC, STATUS_HELP, &[("status", "infra_error")]);
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------
+    // Recovery after a crash.
+
+    /// The result of `ev` when a crash came between queuing its result
+    /// deliveries and publishing `done/`: the gradebook row (written before
+    /// the deliveries), provided a result delivery exists (waiting, sent or
+    /// dead). Grading again could tell the student a second, different
+    /// grade while the first is already on its way.
+    async fn recorded_before_crash(&self, ev: &Event) -> Option<JobResult> {
+        if !crate::deliver::has_result_delivery(&self.spool, &ev.job_id) {
+            return None;
+        }
+        self.gradebook_row(&ev.job_id).await
+    }
+
+    /// Start-up recovery: sweep workspaces and `tmp/`, put `active/` jobs
+    /// back with their crash count raised, and fail those that crashed the
+    /// daemon `max_crashes` times.
+    pub(super) async fn recover(&self) -> Result<(), GraderFault> {
+        if let Ok(rd) = std::fs::read_dir(&self.work) {
+            for e in rd.flatten() {
+                let _ = workspace::remove_tree(&e.path());
+            }
+        }
+        let rec = self.spool.recover(|_, bytes| {
+            let mut ev = Event::from_bytes(bytes).ok()?;
+            ev.crashes += 1;
+            Some(ev.to_bytes())
+        })?;
+        if rec.tmp_swept > 0 || !rec.requeued.is_empty() {
+            info!(
+                tmp_swept = rec.tmp_swept,
+                requeued = rec.requeued.len(),
+                "recovered the spool"
+            );
+        }
+        for name in rec.requeued {
+            let Ok(bytes) = self.spool.read(State::Incoming, &name) else {
+                continue;
+            };
+            let Ok(ev) = Event::from_bytes(&bytes) else {
+                continue;
+            };
+            // Recorded before the crash; only the claim was left behind.
+            if self.spool.drop_if_done(State::Incoming, &name, &ev.job_id) {
+                continue;
+            }
+            if ev.crashes >= self.cfg.grader.max_crashes {
+                let reason = format!(
+                    "the job was running during {} grader crashes; it goes to failed/ and is not \
+                     retried automatically (`labgrader regrade {}` retries it)",
+                    ev.crashes, ev.job_id
+                );
+                error!(job_id = %ev.job_id, project = %ev.project.path, sha = %ev.commit,
+                    crashes = ev.crashes, "job crashed the grader too often: failed");
+                self.fail(&name, &ev, &reason).await?;
+            } else {
+                warn!(job_id = %ev.job_id, project = %ev.project.path, sha = %ev.commit,
+                    crashes = ev.crashes, "job was active during a crash: requeued");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The result of a job stopped before its run: it names the runner chosen
+/// and the limits the run would have had.
+fn stopped(g: &Grader, ev: &Event, runner: &dyn Runner, plan: &JobPlan, s: Stopped) -> Graded {
+    match s.verdict.status {
+        Status::InvalidManifest => info!(reason = %s.verdict.reason, "invalid manifest: not run"),
+        status => info!(%status, reason = %s.verdict.reason, "not run"),
+    }
+    let mut r = g.bare_result(ev, s.tests_sha, s.verdict);
+    r.runner = runner.name().to_string();
+    r.limits = Some(plan.limits.clone());
+    Graded::Result(Box::new(r))
+}
+
+fn observe(phase: &'static str, d: Duration) {
+    metrics::observe(PHASE_METRIC, PHASE_HELP, &[("phase", phase)], d);
+}

@@ -1,0 +1,288 @@
+//! The scheduler: which waiting job runs next, and the worker pool.
+//!
+//! Owns `incoming/` as a queue: it watches the directory (inotify through
+//! [`crate::watch`], plus a periodic rescan), keeps an index of the waiting
+//! jobs (oldest first; an unreadable event goes to `corrupt/`), claims a
+//! job when a worker is free (at most `[grader] workers` at once, never two
+//! jobs of the same student project at once, never before a job's
+//! `not_before`, never under `[spool] min_free`) and starts it. On shutdown
+//! it stops claiming, lets running jobs finish within the grace period,
+//! then cancels them (they put themselves back). A job task that panicked
+//! counts as a crash. It never grades anything itself: what a job goes
+//! through is [`super::job`]'s.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::event::Event;
+use crate::spool::{Spool, State};
+
+use super::wiring::Grader;
+
+impl Grader {
+    /// The scheduling loop. Returns after shutdown once every job has
+    /// finished or been put back.
+    pub(super) async fn serve(self: Arc<Self>, shutdown: CancellationToken) {
+        let workers = self.cfg.grader.effective_workers().max(1);
+        let permits = Arc::new(Semaphore::new(workers));
+        let wake = Arc::new(Notify::new());
+        let _watcher = {
+            let wake = wake.clone();
+            crate::watch::watch_dir(&self.spool.dir(State::Incoming), "incoming/", move || {
+                wake.notify_one()
+            })
+        };
+        let jobs_cancel = CancellationToken::new();
+        let mut tasks: JoinSet<String> = JoinSet::new();
+        let mut sched = Scheduler::default();
+        let rescan = self
+            .cfg
+            .grader
+            .rescan_interval
+            .get()
+            .max(Duration::from_millis(50));
+        let chosen = self
+            .runner(self.cfg.grader.runner)
+            .map(|r| r.name())
+            .unwrap_or("unavailable");
+        info!(workers, runner = %self.cfg.grader.runner, chosen, "grader started");
+        let mut low_space = false;
+        loop {
+            sched.scan(&self.spool);
+            // Under `[spool] min_free` no new job is claimed: the reserve
+            // is for the jobs already running to finish and deliver.
+            let next = match self.reserve.check() {
+                Err(low) => {
+                    if !low_space {
+                        error!(
+                            free = low.free,
+                            min_free = low.min_free,
+                            "SPOOL FILE SYSTEM NEARLY FULL: not claiming new jobs until space is freed"
+                        );
+                    }
+                    low_space = true;
+                    None
+                }
+                Ok(()) => {
+                    if low_space {
+                        info!("free space back above [spool] min_free: claiming jobs again");
+                    }
+                    low_space = false;
+                    sched.dispatch(&self, &permits, &mut tasks, &jobs_cancel)
+                }
+            };
+            let sleep_for = next
+                .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+                .map_or(rescan, |d| d.min(rescan));
+            tokio::select! {
+                _ = wake.notified() => {}
+                Some(done) = tasks.join_next_with_id() => {
+                    let id = match &done {
+                        Ok((id, _)) => *id,
+                        Err(e) => e.id(),
+                    };
+                    if let Some((name, project)) = sched.spawned.remove(&id) {
+                        sched.running.remove(&project);
+                        if let Err(e) = done {
+                            error!(file = %name, error = %e, "a job task panicked: counted as a crash");
+                            self.after_panic(&name).await;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(sleep_for) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        let running = tasks.len();
+        if running > 0 {
+            info!(running, grace = ?self.cfg.grader.shutdown_grace.get(),
+                "shutting down: waiting for running jobs");
+        }
+        let grace = tokio::time::sleep(self.cfg.grader.shutdown_grace.get());
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                r = tasks.join_next_with_id() => match r {
+                    None => break,
+                    Some(Err(e)) => {
+                        if let Some((name, _)) = sched.spawned.remove(&e.id()) {
+                            error!(file = %name, error = %e, "a job task panicked: counted as a crash");
+                            self.after_panic(&name).await;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                },
+                _ = &mut grace, if !jobs_cancel.is_cancelled() => {
+                    warn!(running = tasks.len(), "grace period over: stopping and requeueing jobs");
+                    jobs_cancel.cancel();
+                }
+            }
+        }
+        info!("grader stopped");
+    }
+
+    /// A job task panicked: count it as a crash, like start-up recovery
+    /// would, so a job that always panics ends in failed/.
+    async fn after_panic(&self, name: &str) {
+        let Ok(bytes) = self.spool.read(State::Active, name) else {
+            return;
+        };
+        let Ok(mut ev) = Event::from_bytes(&bytes) else {
+            let _ = self.spool.quarantine(name, State::Active);
+            return;
+        };
+        ev.crashes += 1;
+        let moved = self.spool.requeue(name, Some(&ev.to_bytes()));
+        if let Err(e) = &moved {
+            error!(file = %name, error = %e, "cannot requeue the job; it stays in active/ until restart");
+        }
+        if moved.is_ok() && ev.crashes >= self.cfg.grader.max_crashes {
+            let reason = format!(
+                "the grader failed {} times on this job; it goes to failed/ and is not retried \
+                 automatically (`labgrader regrade {}` retries it)",
+                ev.crashes, ev.job_id
+            );
+            if let Err(e) = self.fail(name, &ev, &reason).await {
+                error!(file = %name, error = %e, "cannot move the job to failed/");
+            }
+        }
+    }
+}
+
+/// What the scheduler knows of each waiting job (never the whole event).
+struct Meta {
+    project: String,
+    not_before: Option<DateTime<Utc>>,
+}
+
+#[derive(Default)]
+struct Scheduler {
+    /// Waiting jobs by file name (= oldest first).
+    index: BTreeMap<String, Meta>,
+    /// Projects with a job running.
+    running: HashSet<String>,
+    /// Running tasks: file name and project.
+    spawned: HashMap<tokio::task::Id, (String, String)>,
+}
+
+impl Scheduler {
+    /// Bring the index in line with `incoming/`; quarantine what cannot be read.
+    fn scan(&mut self, spool: &Spool) {
+        let names = match spool.list(State::Incoming) {
+            Ok(n) => n,
+            Err(e) => {
+                error!(error = %e, "cannot list incoming/");
+                return;
+            }
+        };
+        let present: HashSet<&String> = names.iter().collect();
+        self.index.retain(|n, _| present.contains(n));
+        for name in &names {
+            if self.index.contains_key(name) {
+                continue;
+            }
+            match read_event(spool, State::Incoming, name) {
+                Ok(ev) => {
+                    self.index.insert(
+                        name.clone(),
+                        Meta {
+                            project: ev.project.path,
+                            not_before: ev.not_before,
+                        },
+                    );
+                }
+                Err(ReadError::Gone) => {}
+                Err(ReadError::Bad(why)) => {
+                    error!(file = %name, reason = %why, "unreadable event: moved to corrupt/");
+                    if let Err(e) = spool.quarantine(name, State::Incoming) {
+                        error!(file = %name, error = %e, "cannot quarantine");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claim and start what may run now; returns the earliest future
+    /// `not_before` among waiting jobs.
+    fn dispatch(
+        &mut self,
+        grader: &Arc<Grader>,
+        permits: &Arc<Semaphore>,
+        tasks: &mut JoinSet<String>,
+        cancel: &CancellationToken,
+    ) -> Option<DateTime<Utc>> {
+        let now = Utc::now();
+        let mut next: Option<DateTime<Utc>> = None;
+        let mut claimed = Vec::new();
+        for (name, meta) in &self.index {
+            if self.running.contains(&meta.project) {
+                continue;
+            }
+            if let Some(t) = meta.not_before
+                && t > now
+            {
+                next = Some(next.map_or(t, |n| n.min(t)));
+                continue;
+            }
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                break;
+            };
+            claimed.push(name.clone());
+            // Not durable on purpose (see `Spool::claim`).
+            match grader.spool.claim(name) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    error!(file = %name, error = %e, "cannot claim a job");
+                    continue;
+                }
+            }
+            let ev = match read_event(&grader.spool, State::Active, name) {
+                Ok(ev) => ev,
+                Err(ReadError::Gone) => continue,
+                Err(ReadError::Bad(why)) => {
+                    error!(file = %name, reason = %why, "unreadable event: moved to corrupt/");
+                    let _ = grader.spool.quarantine(name, State::Active);
+                    continue;
+                }
+            };
+            self.running.insert(meta.project.clone());
+            let handle = tasks.spawn(grader.clone().job(name.clone(), ev, permit, cancel.clone()));
+            self.spawned
+                .insert(handle.id(), (name.clone(), meta.project.clone()));
+        }
+        for n in claimed {
+            self.index.remove(&n);
+        }
+        next
+    }
+}
+
+enum ReadError {
+    Gone,
+    Bad(String),
+}
+
+fn read_event(spool: &Spool, state: State, name: &str) -> Result<Event, ReadError> {
+    let bytes = match spool.read(state, name) {
+        Ok(b) => b,
+        Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => return Err(ReadError::Gone),
+        Err(e) => return Err(ReadError::Bad(e.to_string())),
+    };
+    let ev = Event::from_bytes(&bytes).map_err(|e| ReadError::Bad(format!("not an event: {e}")))?;
+    let stem = crate::event::job_id_of(name);
+    if !name.ends_with(".json") || ev.job_id != stem || !crate::spool::is_valid_name(stem) {
+        return Err(ReadError::Bad(format!(
+            "file name does not match job id {:?}",
+            ev.job_id
+        )));
+    }
+    Ok(ev)
+}
