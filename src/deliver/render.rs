@@ -371,7 +371,10 @@ pub(super) fn stage_status_record(cfg: &Config, event: &Event, state: CommitStat
 
 /// The final status of a finished job, its description the grade or the failure.
 pub(super) fn final_status_record(cfg: &Config, event: &Event, result: &JobResult) -> Record {
-    let p = status_payload(cfg, event, final_state(result), verdict(result));
+    // Students read commit statuses on GitLab: the text is the student
+    // view's (a malformed results.json's problem may name a hidden test).
+    let shown = hidden::student_view(result);
+    let p = status_payload(cfg, event, final_state(result), verdict(&shown));
     Record::new(
         &event.job_id,
         Destination::Status,
@@ -450,6 +453,31 @@ mod tests {
             verdict(&result(Status::NoGrade, None, None)),
             "no grade_total in the summary"
         );
+    }
+
+    #[test]
+    fn a_commit_status_never_names_a_hidden_test() {
+        use crate::result::Status;
+        let problem =
+            "results.json: tests[1] (`secret_case`): `score` 3 is more than its `max_score` 1";
+        let mut r = result(Status::Error, None, Some(problem));
+        r.extra.insert(
+            hidden::RESULTS_ERROR_KEY.into(),
+            serde_json::Value::String(problem.into()),
+        );
+        let ev: Event = serde_json::from_value(serde_json::json!({
+            "schema": crate::event::EVENT_SCHEMA, "job_id": "01J", "received_at": "2026-12-06T10:00:00Z",
+            "kind": "push", "source": "project_hook", "gitlab_event": "Push Hook",
+            "project": {"path": "a/b", "namespace": "a", "name": "b"},
+            "pusher": {}, "ref": "refs/heads/main", "before": "0", "after": "abc",
+            "commit": "abc", "clone_url": "", "raw": null
+        }))
+        .unwrap();
+        let rec = final_status_record(&Config::default(), &ev, &r);
+        let Payload::Status(p) = rec.payload else {
+            panic!("not a status")
+        };
+        assert!(!p.description.contains("secret_case"), "{}", p.description);
     }
 
     #[test]
