@@ -9,9 +9,9 @@
 //! `JobResult::hidden`; the views built here empty that map AND cut the
 //! `[hidden]` section out of every `<summary>` block of the stdout that
 //! goes with them, since `test_all` printed them there), the tests of
-//! `results.json` whose visibility is `hidden` or `after_due_date` (until
-//! results are shown after the deadline, both stay with staff), and stdout
-//! itself when `results.json` says `stdout_visibility = "hidden"`; what
+//! `results.json` whose visibility is `hidden`, or `after_due_date` until
+//! the assignment's deadline (with its grace) has passed, and stdout itself
+//! when `results.json` says `stdout_visibility` is one of those; what
 //! was wrong with a malformed `results.json` (it may name a hidden test)
 //! is replaced in the reason. stderr is staff-only too. Blocks are found
 //! by the grade parser's own finder ([`summary::blocks`],
@@ -33,17 +33,44 @@ pub const RESULTS_ERROR_KEY: &str = "results_error";
 pub const RESULTS_ERROR_FOR_STUDENTS: &str =
     "the course's test_all wrote a results.json that cannot be read (staff have the details)";
 
-/// The result as a student may see it (email, commit status text):
-/// no hidden keys or tests, hidden summary lines cut from stdout, no stderr.
-pub fn student_view(result: &JobResult) -> JobResult {
-    callback_view(result, false, false)
+/// Who reads a view of a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Audience {
+    /// Staff-only parts too: hidden keys, tests and lines, the results
+    /// problem as it is (a callback with `include_hidden`).
+    pub hidden: bool,
+    /// stderr (a callback with `include_stderr`).
+    pub stderr: bool,
+    /// The assignment's deadline (with its grace) has passed: tests (and
+    /// stdout) marked `after_due_date` are shown.
+    pub after_due: bool,
 }
 
-/// The result for a callback: hidden keys, hidden tests and stderr only
-/// when the callback's config includes them.
-pub fn callback_view(result: &JobResult, include_hidden: bool, include_stderr: bool) -> JobResult {
+impl Audience {
+    /// A student before the deadline: email, commit status text.
+    pub const STUDENT: Audience = Audience {
+        hidden: false,
+        stderr: false,
+        after_due: false,
+    };
+
+    /// Whether a test (or stdout) of visibility `v` is shown.
+    pub fn sees(self, v: Visibility) -> bool {
+        self.hidden || v == Visibility::Visible || (self.after_due && v == Visibility::AfterDueDate)
+    }
+}
+
+/// The result as a student may see it before the deadline (email, commit
+/// status text): no hidden keys or tests, hidden summary lines cut from
+/// stdout, no stderr.
+pub fn student_view(result: &JobResult) -> JobResult {
+    view(result, Audience::STUDENT)
+}
+
+/// The result as `audience` may see it.
+pub fn view(result: &JobResult, audience: Audience) -> JobResult {
     let mut r = result.clone();
-    if !include_hidden {
+    if !audience.hidden {
         r.hidden.clear();
         if let Some(serde_json::Value::String(problem)) = r.extra.remove(RESULTS_ERROR_KEY) {
             r.reason = r
@@ -52,8 +79,8 @@ pub fn callback_view(result: &JobResult, include_hidden: bool, include_stderr: b
         }
         r.stdout = redact_captured(&r.stdout);
         if let Some(res) = r.results.as_mut() {
-            res.tests.retain(|t| t.visibility == Visibility::Visible);
-            if res.stdout_visibility != Visibility::Visible {
+            res.tests.retain(|t| audience.sees(t.visibility));
+            if !audience.sees(res.stdout_visibility) {
                 r.stdout = Captured {
                     total: r.stdout.total,
                     truncated: r.stdout.truncated,
@@ -62,7 +89,7 @@ pub fn callback_view(result: &JobResult, include_hidden: bool, include_stderr: b
             }
         }
     }
-    if !include_stderr {
+    if !audience.stderr {
         r.stderr = Captured::default();
     }
     r
@@ -256,11 +283,25 @@ mod tests {
     }
 
     #[test]
-    fn callback_view_follows_its_switches() {
+    fn views_follow_their_switches() {
         let r = result();
-        let v = callback_view(&r, true, true);
+        let v = view(
+            &r,
+            Audience {
+                hidden: true,
+                stderr: true,
+                after_due: false,
+            },
+        );
         assert_eq!(v, r);
-        let v = callback_view(&r, false, true);
+        let v = view(
+            &r,
+            Audience {
+                hidden: false,
+                stderr: true,
+                after_due: false,
+            },
+        );
         assert!(v.hidden.is_empty());
         assert_eq!(v.stderr, r.stderr);
     }
@@ -351,7 +392,18 @@ mod tests {
             !json.contains("secret") && !json.contains("later"),
             "{json}"
         );
-        assert_eq!(callback_view(&r, true, false).results, r.results);
+        assert_eq!(
+            view(
+                &r,
+                Audience {
+                    hidden: true,
+                    stderr: false,
+                    after_due: false
+                }
+            )
+            .results,
+            r.results
+        );
         r.results.as_mut().unwrap().stdout_visibility = Visibility::Hidden;
         let v = student_view(&r);
         assert!(v.stdout.display_bytes().is_empty());
@@ -376,6 +428,17 @@ mod tests {
             v.reason.as_deref(),
             Some(format!("{RESULTS_ERROR_FOR_STUDENTS}; test_all exited with status 0").as_str())
         );
-        assert_eq!(callback_view(&r, true, false).reason, r.reason);
+        assert_eq!(
+            view(
+                &r,
+                Audience {
+                    hidden: true,
+                    stderr: false,
+                    after_due: false
+                }
+            )
+            .reason,
+            r.reason
+        );
     }
 }

@@ -39,6 +39,7 @@ pub mod outbox;
 pub mod record;
 pub mod render;
 pub mod status;
+pub mod table;
 pub mod worker;
 
 pub use attempt::{Attempt, classify_http, parse_retry_after};

@@ -17,11 +17,12 @@ use lettre::Address;
 use lettre::message::Mailbox;
 use serde_json::json;
 
-use super::hidden;
+use super::hidden::{self, Audience};
 use super::record::{
     CallbackPayload, CommitState, Destination, EmailPayload, Payload, Record, StatusPayload,
     idempotency_key,
 };
+use super::table;
 use crate::config::Config;
 use crate::event::Event;
 use crate::result::{Captured, JobResult};
@@ -69,6 +70,22 @@ pub fn verdict(result: &JobResult) -> String {
     }
 }
 
+/// Whether the deadline (with its grace) of `event`'s assignment has
+/// passed now: `after_due_date` tests are shown from then on.
+pub fn after_due(cfg: &Config, event: &Event) -> bool {
+    crate::policy::ResolvedPolicy::for_project(cfg, &event.project.name)
+        .due()
+        .is_some_and(|due| chrono::Utc::now() > due)
+}
+
+/// A student's audience for `event` now.
+fn student(cfg: &Config, event: &Event) -> Audience {
+    Audience {
+        after_due: after_due(cfg, event),
+        ..Audience::STUDENT
+    }
+}
+
 /// Replace `{name}` placeholders from `vars` in `template`.
 pub(super) fn fill(template: &str, vars: &[(&str, &str)]) -> String {
     let mut s = template.to_string();
@@ -96,7 +113,7 @@ fn text(c: &Captured) -> String {
 }
 
 /// The callback body of a finished job (field by field in the README),
-/// from a result already through [`hidden::callback_view`].
+/// from a result already through [`hidden::view`].
 fn callback_body(cfg: &Config, event: &Event, result: &JobResult) -> serde_json::Value {
     let mut b = json!({
         "schema": BODY_SCHEMA,
@@ -126,6 +143,9 @@ fn callback_body(cfg: &Config, event: &Event, result: &JobResult) -> serde_json:
         "stdout_utf8": std::str::from_utf8(&result.stdout.bytes).is_ok(),
     });
     let m = b.as_object_mut().expect("object");
+    if let Some(res) = &result.results {
+        m.insert("tests".into(), json!(res.tests));
+    }
     if cfg.callback.include_hidden {
         m.insert("hidden".into(), json!(result.hidden));
     }
@@ -139,7 +159,14 @@ fn callback_body(cfg: &Config, event: &Event, result: &JobResult) -> serde_json:
 /// The callback record of a finished job. Hidden keys and tests go only
 /// with `callback.include_hidden`, stderr only with `callback.include_stderr`.
 pub(super) fn callback_record(cfg: &Config, event: &Event, result: &JobResult) -> Record {
-    let shown = hidden::callback_view(result, cfg.callback.include_hidden, true);
+    let shown = hidden::view(
+        result,
+        Audience {
+            hidden: cfg.callback.include_hidden,
+            stderr: true,
+            ..student(cfg, event)
+        },
+    );
     let body = serde_json::to_string(&callback_body(cfg, event, &shown)).expect("json serializes");
     Record::new(
         &shown.job_id,
@@ -229,13 +256,23 @@ fn subject(event: &Event, result: &JobResult) -> String {
 }
 
 /// The email record of `result`, from its student view (no hidden keys,
-/// tests or lines, no stderr).
+/// tests or lines, no stderr): the table of tests, then stdout.
 pub(super) fn email_record(cfg: &Config, event: &Event, result: &JobResult) -> Record {
-    let result = &hidden::student_view(result);
+    let full = result;
+    let result = &hidden::view(full, student(cfg, event));
     let shown = capped_stdout(&result.stdout, cfg.email.stdout_limit.bytes());
     let display = shown.display_bytes();
     let utf8 = std::str::from_utf8(&result.stdout.bytes).is_ok();
-    let mut text = String::from_utf8_lossy(&display).into_owned();
+    let unshown = table::unshown(full, result, true);
+    let mut text = match table::tests_table(result, unshown) {
+        Some(t) if display.is_empty() => t,
+        Some(t) => format!(
+            "{t}
+"
+        ),
+        None => String::new(),
+    };
+    text.push_str(&String::from_utf8_lossy(&display));
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
@@ -373,8 +410,12 @@ pub(super) fn stage_status_record(cfg: &Config, event: &Event, state: CommitStat
 pub(super) fn final_status_record(cfg: &Config, event: &Event, result: &JobResult) -> Record {
     // Students read commit statuses on GitLab: the text is the student
     // view's (a malformed results.json's problem may name a hidden test).
-    let shown = hidden::student_view(result);
-    let p = status_payload(cfg, event, final_state(result), verdict(&shown));
+    let shown = hidden::view(result, student(cfg, event));
+    let description = match table::status_line(&shown) {
+        Some(line) if shown.status == crate::result::Status::Graded => line,
+        _ => verdict(&shown),
+    };
+    let p = status_payload(cfg, event, final_state(result), description);
     Record::new(
         &event.job_id,
         Destination::Status,
@@ -478,6 +519,120 @@ mod tests {
             panic!("not a status")
         };
         assert!(!p.description.contains("secret_case"), "{}", p.description);
+    }
+
+    /// A graded result with one visible, one hidden and one
+    /// `after_due_date` test, for an event of assignment `lab1`.
+    fn tests_result() -> (Event, JobResult) {
+        use crate::results::{TestResults, TestRow, Visibility};
+        let row = |name: &str, score: f64, vis: Visibility| TestRow {
+            name: name.into(),
+            number: None,
+            score: Some(score),
+            max_score: Some(5.0),
+            visibility: vis,
+            status: None,
+            output: Some(format!("{name} says hi")),
+            tags: vec![],
+        };
+        let mut r = result(crate::result::Status::Graded, Some(10.0), None);
+        r.results = Some(TestResults {
+            grade_total: 10.0,
+            score: None,
+            output: None,
+            stdout_visibility: Visibility::Visible,
+            execution_time: None,
+            tests: vec![
+                row("shown", 5.0, Visibility::Visible),
+                row("secret_case", 0.0, Visibility::Hidden),
+                row("later_case", 5.0, Visibility::AfterDueDate),
+            ],
+            source: None,
+        });
+        let ev: Event = serde_json::from_value(serde_json::json!({
+            "schema": crate::event::EVENT_SCHEMA, "job_id": "01J", "received_at": "2026-12-06T10:00:00Z",
+            "kind": "push", "source": "project_hook", "gitlab_event": "Push Hook",
+            "project": {"path": "alice/lab1", "namespace": "alice", "name": "lab1"},
+            "pusher": {}, "ref": "refs/heads/main", "before": "0", "after": "abc",
+            "commit": "abc", "clone_url": "", "raw": null
+        }))
+        .unwrap();
+        (ev, r)
+    }
+
+    fn with_deadline(when: &str) -> Config {
+        Config::from_toml(
+            &format!("[assignments.lab1]\ndeadline = \"{when}\"\n"),
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn students_see_visible_tests_and_after_due_ones_only_after_the_deadline() {
+        let (ev, r) = tests_result();
+        for (cfg, later_shown) in [
+            (Config::default(), false),
+            (with_deadline("2999-01-01T00:00:00Z"), false),
+            (with_deadline("2000-01-01T00:00:00Z"), true),
+        ] {
+            let Payload::Email(mail) = email_record(&cfg, &ev, &r).payload else {
+                panic!("not an email")
+            };
+            assert!(mail.text.starts_with("Tests: "), "{}", mail.text);
+            assert!(mail.text.contains("PASS  shown"), "{}", mail.text);
+            assert!(!mail.text.contains("secret_case"), "{}", mail.text);
+            assert!(
+                mail.text.contains("(1 hidden test: for staff only)"),
+                "{}",
+                mail.text
+            );
+            assert_eq!(
+                mail.text.contains("later_case"),
+                later_shown,
+                "{}",
+                mail.text
+            );
+            assert_eq!(
+                mail.text
+                    .contains("(1 more test is shown after the deadline)"),
+                !later_shown,
+                "{}",
+                mail.text
+            );
+            let Payload::Status(st) = final_status_record(&cfg, &ev, &r).payload else {
+                panic!("not a status")
+            };
+            let want = if later_shown {
+                "2/2 tests · 10"
+            } else {
+                "1/1 tests · 10"
+            };
+            assert_eq!(st.description, want);
+            let Payload::Callback(cb) = callback_record(&cfg, &ev, &r).payload else {
+                panic!("not a callback")
+            };
+            let body: serde_json::Value = serde_json::from_str(&cb.body).unwrap();
+            let names: Vec<&str> = body["tests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["name"].as_str().unwrap())
+                .collect();
+            let want: &[&str] = if later_shown {
+                &["shown", "later_case"]
+            } else {
+                &["shown"]
+            };
+            assert_eq!(names, want);
+        }
+        // A callback that includes hidden results gets every test.
+        let mut cfg = Config::default();
+        cfg.callback.include_hidden = true;
+        let Payload::Callback(cb) = callback_record(&cfg, &ev, &r).payload else {
+            panic!("not a callback")
+        };
+        assert!(cb.body.contains("secret_case") && cb.body.contains("later_case"));
     }
 
     #[test]

@@ -65,6 +65,22 @@ pub struct TestRow {
     pub tags: Vec<String>,
 }
 
+impl TestRow {
+    /// Whether the test passed: its `status` when given, else a full
+    /// score (`score` at least `max_score`, with a `max_score` above 0);
+    /// `None` when neither says.
+    pub fn passed(&self) -> Option<bool> {
+        match self.status.as_deref() {
+            Some("passed") => Some(true),
+            Some(_) => Some(false),
+            None => match (self.score, self.max_score) {
+                (Some(s), Some(m)) if m > 0.0 => Some(s >= m),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// What `results.json` said, as kept in the job's result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestResults {
