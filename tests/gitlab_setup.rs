@@ -5,12 +5,15 @@
 //! and `X-Next-Page`, 401/403/404 messages) and records every request. The
 //! CLI tests drive the real binary.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use common::gitlab::percent_decode;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -65,23 +68,6 @@ fn with_projects(projects: Vec<FakeProject>) -> Fake {
         projects,
         ..Fake::default()
     }
-}
-
-fn decode_segment(s: &str) -> String {
-    let mut out = Vec::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let h = u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap();
-            out.push(h);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).unwrap()
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
@@ -153,7 +139,7 @@ fn project_json(p: &FakeProject) -> Value {
 }
 
 fn find_project(fake: &Fake, id: &str) -> Option<FakeProject> {
-    let id = decode_segment(id);
+    let id = percent_decode(id);
     fake.projects
         .iter()
         .find(|p| p.id.to_string() == id || p.path == id)
@@ -251,7 +237,7 @@ fn handle(fake: &Shared, rec: Recorded) -> Response<Full<Bytes>> {
             paginate(&f, items, &rec.query)
         }
         ("GET", ["groups", id, "projects"]) => {
-            let group = decode_segment(id);
+            let group = percent_decode(id);
             let subgroups = rec.query.get("include_subgroups").map(String::as_str) == Some("true");
             let in_group = |p: &FakeProject| {
                 let ns = p.path.rsplit_once('/').unwrap().0;
@@ -275,7 +261,7 @@ fn handle(fake: &Shared, rec: Recorded) -> Response<Full<Bytes>> {
             paginate(&f, items, &rec.query)
         }
         ("GET", ["users", id, "projects"]) => {
-            let user = decode_segment(id);
+            let user = percent_decode(id);
             let items: Vec<Value> = f
                 .projects
                 .iter()
@@ -350,7 +336,7 @@ async fn start(fake: Shared) -> SocketAddr {
                             .filter(|s| !s.is_empty())
                             .map(|kv| {
                                 let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                                (k.to_string(), decode_segment(v))
+                                (k.to_string(), percent_decode(v))
                             })
                             .collect();
                         let private_token = req

@@ -3,6 +3,8 @@
 //! through the real binary with a real `NOTIFY_SOCKET` datagram socket, as
 //! systemd runs a `Type=notify` unit.
 
+mod common;
+
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
