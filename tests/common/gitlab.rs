@@ -10,9 +10,12 @@ use std::sync::{Arc, Mutex};
 
 use super::http::{Answer, Seen, TestServer};
 
+/// The webhook token (`X-Gitlab-Token`) the hook tests configure.
 pub const TOKEN: &str = "gitlab-fixture-secret";
+/// GitLab's own payloads, each `NAME.json` beside `NAME.headers`.
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gitlab");
 
+/// [`FIXTURES`], or the directory `LABGRADER_FIXTURES` names.
 pub fn fixtures_dir() -> PathBuf {
     std::env::var_os("LABGRADER_FIXTURES")
         .map(PathBuf::from)

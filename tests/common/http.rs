@@ -47,9 +47,12 @@ impl Seen {
 /// The answer to one request: status, headers, body.
 pub type Answer = (u16, Vec<(&'static str, String)>, String);
 pub type Responder = Arc<dyn Fn(&Seen, usize) -> Answer + Send + Sync>;
+/// A responder that builds the whole response itself (any header names).
+pub type Handler = Arc<dyn Fn(&Seen, usize) -> hyper::Response<Full<Bytes>> + Send + Sync>;
 
 /// A real HTTP server on loopback that records every request and answers
-/// with `responder(request, index)`.
+/// with `responder(request, index)`. It serves until [`TestServer::shutdown`]
+/// or the end of the test's runtime (dropping it does not stop it).
 pub struct TestServer {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
@@ -68,15 +71,22 @@ impl TestServer {
     /// Like [`TestServer::start`], each answer held back by `delay`.
     pub async fn start_slow(responder: Responder, delay: Duration) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(listener, responder, delay)
+        Self::serve(listener, answering(responder), delay)
+    }
+
+    /// Like [`TestServer::start`], with a [`Handler`] that builds each
+    /// response.
+    pub async fn start_with(handler: Handler) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, handler, Duration::ZERO)
     }
 
     /// Serve on `listener` (e.g. bound again to a port a test chose earlier).
     pub fn on(listener: TcpListener, responder: Responder) -> TestServer {
-        Self::serve(listener, responder, Duration::ZERO)
+        Self::serve(listener, answering(responder), Duration::ZERO)
     }
 
-    fn serve(listener: TcpListener, responder: Responder, delay: Duration) -> TestServer {
+    fn serve(listener: TcpListener, responder: Handler, delay: Duration) -> TestServer {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -122,12 +132,7 @@ impl TestServer {
                                 g.push(req.clone());
                                 g.len() - 1
                             };
-                            let (status, headers, body) = responder(&req, index);
-                            let mut resp = hyper::Response::builder().status(status);
-                            for (k, v) in headers {
-                                resp = resp.header(k, v);
-                            }
-                            Ok::<_, hyper::Error>(resp.body(Full::new(Bytes::from(body))).unwrap())
+                            Ok::<_, hyper::Error>(responder(&req, index))
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -157,4 +162,16 @@ impl TestServer {
         self.stop.cancel();
         let _ = self.task.await;
     }
+}
+
+/// The [`Handler`] that answers with `responder`'s [`Answer`].
+fn answering(responder: Responder) -> Handler {
+    Arc::new(move |req, index| {
+        let (status, headers, body) = responder(req, index);
+        let mut resp = hyper::Response::builder().status(status);
+        for (k, v) in headers {
+            resp = resp.header(k, v);
+        }
+        resp.body(Full::new(Bytes::from(body))).unwrap()
+    })
 }
