@@ -644,14 +644,7 @@ mod contract {
         o
     }
 
-    pub fn shown(o: &RunOutcome) -> String {
-        format!(
-            "{:?}\n--- stdout\n{}\n--- stderr\n{}",
-            o.termination,
-            stdout(o),
-            String::from_utf8_lossy(&o.stderr.bytes)
-        )
-    }
+    pub use crate::common::hostile::shown;
 
     pub fn limits() -> Limits {
         Limits {
