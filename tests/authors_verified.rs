@@ -6,17 +6,19 @@
 //! exemption is the pusher's; mail goes only to verified authors, one
 //! message each, never to a private address.
 
-mod grader_support;
-#[path = "support/deliver.rs"]
-mod support;
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use grader_support::{Fixture, simple_test_all};
+use common::deliver::Worker;
+use common::host::free_port;
+use common::http::TestServer;
+use common::smtp::{SmtpSink, raw_messages_in};
+use common::wait::wait_for;
+use common::world::{Fixture, simple_test_all};
 use labgrader::gradebook::{Filter, Gradebook, Select};
 use labgrader::result::Status;
-use support::{SmtpSink, TestServer, Worker, free_port, raw_messages_in, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 const TOKEN: &str = "glpat-members-test";
@@ -155,7 +157,7 @@ async fn non_member_is_ignored_and_no_mail_reaches_a_non_member_or_a_private_add
     let name =
         labgrader::deliver::record_file_name(&ev.job_id, labgrader::deliver::Destination::Email);
     wait_for("the email receipt", || {
-        support::receipt_exists(&spool, &name)
+        common::deliver::receipt_exists(&spool, &name)
     })
     .await;
     worker.stop().await;
@@ -234,7 +236,7 @@ async fn a_pusher_not_in_the_list_is_refused_and_only_the_pusher_is_told() {
     let name =
         labgrader::deliver::record_file_name(&ev.job_id, labgrader::deliver::Destination::Email);
     wait_for("the email receipt", || {
-        support::receipt_exists(&spool, &name)
+        common::deliver::receipt_exists(&spool, &name)
     })
     .await;
     worker.stop().await;

@@ -3,25 +3,17 @@
 //! 400, and a delivery that survives a worker restart while the receiver
 //! was down.
 
-#[path = "support/deliver.rs"]
-mod support;
+mod common;
 
 use std::sync::Arc;
 
-use hmac::{KeyInit, Mac};
+use common::{deliver::*, host::*, http::*, wait::*};
 use labgrader::deliver::{self, Destination, record_file_name};
 use labgrader::result::Status;
 use labgrader::spool::{Spool, State};
-use support::*;
 
 const SECRET: &str = "callback-shared-secret";
 const STDERR_TEXT: &str = "STAFF-ONLY: traceback in grader helper";
-
-fn hmac_hex(secret: &str, body: &[u8]) -> String {
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
 
 fn callback_config(dir: &std::path::Path, url: &str, extra: &str) -> labgrader::config::Config {
     let secret = secret_file(dir, "callback.secret", SECRET);
@@ -82,7 +74,7 @@ async fn callback_retried_on_503_then_delivered_once_with_valid_signature() {
         assert_eq!(r.header("Content-Type"), Some("application/json"));
         assert_eq!(
             r.header("X-Labgrader-Signature"),
-            Some(hmac_hex(SECRET, &r.body).as_str()),
+            Some(callback_signature(SECRET, &r.body).as_str()),
             "signature verifies with the shared secret"
         );
     }

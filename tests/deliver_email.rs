@@ -1,17 +1,16 @@
 //! The email destination against a real SMTP server (Debian's
-//! python3-aiosmtpd, started per test by `tests/support/smtp_sink.py`;
+//! python3-aiosmtpd, started per test by `tests/common/smtp_sink.py`;
 //! `scripts/setup/smtp.sh` installs it). Messages are checked as Python's
 //! email package parses them on arrival.
 
-#[path = "support/deliver.rs"]
-mod support;
+mod common;
 
 use std::sync::Arc;
 
+use common::{deliver::*, host::*, http::*, smtp::*, wait::*};
 use labgrader::deliver::{self, Destination, record_file_name};
 use labgrader::result::Status;
 use labgrader::spool::{Spool, State};
-use support::*;
 
 const STDERR_TEXT: &str = "STAFF-ONLY-7c1e: grader helper traceback";
 
@@ -358,19 +357,9 @@ async fn email_recipient_from_gitlab_then_template_else_dead_with_reason() {
 }
 
 fn decode_b64(s: &str) -> Vec<u8> {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in s.bytes().filter(|c| *c != b'=' && !c.is_ascii_whitespace()) {
-        acc = (acc << 6) | A.iter().position(|x| *x == c).unwrap() as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
+    use base64::Engine;
+    let s: String = s.split_ascii_whitespace().collect();
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
 }
 
 #[tokio::test]

@@ -5,16 +5,15 @@
 //! as JSON, and 400 "Cannot transition status via :run from :running" for a
 //! transition the status already made.
 
-#[path = "support/deliver.rs"]
-mod support;
+mod common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use common::{deliver::*, http::*, wait::*};
 use labgrader::deliver::{self, CommitState, Destination, record_file_name};
 use labgrader::result::Status;
 use labgrader::spool::{Spool, State};
-use support::*;
 
 const TOKEN: &str = "glpat-status-test";
 

@@ -13,6 +13,8 @@
 //! harness; that student code cannot write `$LABGRADER_RESULTS` or touch the
 //! harness is the sandboxed runners' part (tests/trusted_contract.rs).
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;

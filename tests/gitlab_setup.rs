@@ -5,15 +5,18 @@
 //! and `X-Next-Page`, 401/403/404 messages) and records every request. The
 //! CLI tests drive the real binary.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use common::gitlab::percent_decode;
+use common::http::{Seen, TestServer};
+use http_body_util::Full;
+use hyper::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 const API_TOKEN: &str = "glpat-test-token";
@@ -65,23 +68,6 @@ fn with_projects(projects: Vec<FakeProject>) -> Fake {
         projects,
         ..Fake::default()
     }
-}
-
-fn decode_segment(s: &str) -> String {
-    let mut out = Vec::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let h = u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap();
-            out.push(h);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).unwrap()
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
@@ -153,7 +139,7 @@ fn project_json(p: &FakeProject) -> Value {
 }
 
 fn find_project(fake: &Fake, id: &str) -> Option<FakeProject> {
-    let id = decode_segment(id);
+    let id = percent_decode(id);
     fake.projects
         .iter()
         .find(|p| p.id.to_string() == id || p.path == id)
@@ -251,7 +237,7 @@ fn handle(fake: &Shared, rec: Recorded) -> Response<Full<Bytes>> {
             paginate(&f, items, &rec.query)
         }
         ("GET", ["groups", id, "projects"]) => {
-            let group = decode_segment(id);
+            let group = percent_decode(id);
             let subgroups = rec.query.get("include_subgroups").map(String::as_str) == Some("true");
             let in_group = |p: &FakeProject| {
                 let ns = p.path.rsplit_once('/').unwrap().0;
@@ -275,7 +261,7 @@ fn handle(fake: &Shared, rec: Recorded) -> Response<Full<Bytes>> {
             paginate(&f, items, &rec.query)
         }
         ("GET", ["users", id, "projects"]) => {
-            let user = decode_segment(id);
+            let user = percent_decode(id);
             let items: Vec<Value> = f
                 .projects
                 .iter()
@@ -329,57 +315,34 @@ fn handle(fake: &Shared, rec: Recorded) -> Response<Full<Bytes>> {
     }
 }
 
+/// Serve `fake` on loopback for as long as the test's runtime runs.
 async fn start(fake: Shared) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let fake = fake.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let fake = fake.clone();
-                    async move {
-                        let method = req.method().clone();
-                        let path = req.uri().path().to_string();
-                        let query = req
-                            .uri()
-                            .query()
-                            .unwrap_or("")
-                            .split('&')
-                            .filter(|s| !s.is_empty())
-                            .map(|kv| {
-                                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                                (k.to_string(), decode_segment(v))
-                            })
-                            .collect();
-                        let private_token = req
-                            .headers()
-                            .get("private-token")
-                            .map(|v| v.to_str().unwrap().to_string());
-                        let bytes = req.into_body().collect().await.unwrap().to_bytes();
-                        let body = if bytes.is_empty() {
-                            Value::Null
-                        } else {
-                            serde_json::from_slice(&bytes).expect("request body is JSON")
-                        };
-                        let rec = Recorded {
-                            method,
-                            path,
-                            query,
-                            private_token,
-                            body,
-                        };
-                        Ok::<_, std::convert::Infallible>(handle(&fake, rec))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    let server = TestServer::start_with(Arc::new(move |req: &Seen, _| {
+        let query = req
+            .query
+            .split('&')
+            .filter(|s| !s.is_empty())
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (k.to_string(), percent_decode(v))
+            })
+            .collect();
+        let body = if req.body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&req.body).expect("request body is JSON")
+        };
+        let rec = Recorded {
+            method: Method::from_bytes(req.method.as_bytes()).unwrap(),
+            path: req.path.clone(),
+            query,
+            private_token: req.header("private-token").map(str::to_string),
+            body,
+        };
+        handle(&fake, rec)
+    }))
+    .await;
+    server.addr
 }
 
 struct Setup {

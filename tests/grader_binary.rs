@@ -2,27 +2,21 @@
 //! restart (graded exactly once), a flood of stdout (capped; the daemon's
 //! peak memory stays small), and the staff commands on its spool.
 
-mod grader_support;
+mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use grader_support::{Fixture, daemon};
+use common::daemon::{self, BIN};
+use common::host::vm_hwm_kib;
+use common::wait::wait_blocking;
+use common::world::Fixture;
 use labgrader::gradebook::{Filter, Gradebook, Select};
 use labgrader::result::Status;
 use labgrader::spool::State;
 
-const BIN: &str = env!("CARGO_BIN_EXE_labgrader");
 const WAIT: Duration = Duration::from_secs(90);
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn sigkill_mid_job_then_restart_grades_exactly_once() {
@@ -44,7 +38,7 @@ fn sigkill_mid_job_then_restart_grades_exactly_once() {
     let ev = f.event(p, &sha);
     f.enqueue(&ev);
     let mut first = daemon::start(&cfg, &log);
-    wait_for("test_all to start", || runs.exists());
+    wait_blocking("test_all to start", WAIT, || runs.exists());
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     let spool = f.spool();
@@ -52,7 +46,7 @@ fn sigkill_mid_job_then_restart_grades_exactly_once() {
     assert!(!f.done_dir(&ev.job_id).exists());
 
     let second = daemon::start(&cfg, &log);
-    wait_for("the job to be recorded", || {
+    wait_blocking("the job to be recorded", WAIT, || {
         f.done_dir(&ev.job_id).join("result.json").exists()
     });
     daemon::stop(second);
@@ -91,16 +85,6 @@ fn sigkill_mid_job_then_restart_grades_exactly_once() {
     assert_eq!(rows[0]["student_sha"], sha.as_str());
 }
 
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 #[test]
 fn two_hundred_megabytes_of_stdout_are_capped_and_daemon_memory_stays_small() {
     let f = Fixture::new();
@@ -117,7 +101,7 @@ fn two_hundred_megabytes_of_stdout_are_capped_and_daemon_memory_stays_small() {
     f.enqueue(&ev);
     let daemon = daemon::start(&cfg, &log);
     let pid = daemon.id();
-    wait_for("the job to be recorded", || {
+    wait_blocking("the job to be recorded", WAIT, || {
         f.done_dir(&ev.job_id).join("result.json").exists()
     });
     let hwm = vm_hwm_kib(pid).expect("VmHWM readable");
@@ -145,7 +129,7 @@ fn grade_command_prints_stdout_then_json_and_exits_zero_only_with_a_grade() {
     let (student, tests) = (f.tmp.path().join("s"), f.tmp.path().join("t"));
     std::fs::create_dir_all(&student).unwrap();
     std::fs::write(student.join("n"), "8").unwrap();
-    grader_support::write_exec(
+    common::files::write_exec(
         &tests.join("test_all"),
         "#!/bin/sh\necho hello\nprintf '<summary>\\ngrade_total = %s\\n</summary>\\n' \"$(cat n)\"\n",
     );

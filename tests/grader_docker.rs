@@ -8,39 +8,24 @@
 //! unless `LABGRADER_SKIP_DOCKER=1`.
 
 mod common;
-mod grader_support;
 
 use std::time::{Duration, Instant};
 
-use grader_support::{Fixture, daemon};
-use labgrader::config::DockerConfig;
+use common::daemon;
+use common::services::{BUSYBOX_IMAGE as IMAGE, docker_connect, docker_skipped};
+use common::world::Fixture;
 use labgrader::gradebook::{Filter, Gradebook, Select};
 use labgrader::result::{JobResult, Status};
 use labgrader::sandbox::docker::DockerRunner;
 
-const IMAGE: &str = "labgrader/test-busybox:latest";
 const WAIT: Duration = Duration::from_secs(90);
 
 /// Each daemon removes every job container on the engine at start, so the
 /// daemons of these tests must not overlap.
 static ONE_DAEMON_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn skip() -> bool {
-    let s = std::env::var("LABGRADER_SKIP_DOCKER").as_deref() == Ok("1");
-    if s {
-        eprintln!("LABGRADER_SKIP_DOCKER=1: docker test skipped");
-    }
-    s
-}
-
 async fn engine() -> DockerRunner {
-    let cfg = DockerConfig {
-        image: IMAGE.into(),
-        ..DockerConfig::default()
-    };
-    DockerRunner::connect(&cfg).await.unwrap_or_else(|e| {
-        panic!("docker tests need a running engine and {IMAGE}: {e}; run scripts/test or set LABGRADER_SKIP_DOCKER=1")
-    })
+    docker_connect(IMAGE).await
 }
 
 fn docker_section(extra: &str) -> String {
@@ -53,7 +38,7 @@ async fn wait_result(f: &Fixture, job: &str) -> JobResult {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn daemon_sigkilled_mid_docker_job_leaves_no_container_and_grades_once() {
-    if skip() {
+    if docker_skipped() {
         return;
     }
     let _serial = ONE_DAEMON_AT_A_TIME.lock().await;
@@ -118,7 +103,7 @@ async fn daemon_sigkilled_mid_docker_job_leaves_no_container_and_grades_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auto_picks_docker_and_daemon_serves_the_next_job_after_a_hostile_one() {
-    if skip() {
+    if docker_skipped() {
         return;
     }
     let _serial = ONE_DAEMON_AT_A_TIME.lock().await;
@@ -128,7 +113,7 @@ async fn auto_picks_docker_and_daemon_serves_the_next_job_after_a_hostile_one() 
     // The table's memory hog (static binary) in the test repository.
     f.push("root/hog-test", |w| {
         std::fs::copy(common::hostile::helper_bin("memhog"), w.join("memhog")).unwrap();
-        grader_support::write_exec(&w.join("test_all"), "#!/bin/sh\n./memhog\necho survived\n");
+        common::files::write_exec(&w.join("test_all"), "#!/bin/sh\n./memhog\necho survived\n");
     });
     f.tests_repo(
         "ok",

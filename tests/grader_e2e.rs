@@ -2,11 +2,12 @@
 //! incoming/ → graded row in the gradebook and a done/ record; each push
 //! graded at its own SHA; regrade and replay.
 
-mod grader_support;
+mod common;
 
 use std::time::Duration;
 
-use grader_support::{Fixture, simple_test_all, write_exec};
+use common::files::write_exec;
+use common::world::{Fixture, simple_test_all};
 use labgrader::gradebook::{Filter, Format, Gradebook, Select};
 use labgrader::result::Status;
 
@@ -297,9 +298,9 @@ async fn annotated_tag_object_in_the_event_is_graded_at_the_tagged_commit() {
     let p = "course/tess/lab7";
     let sha = f.push(p, |w| std::fs::write(w.join("n"), "3").unwrap());
     let work = f.tmp.path().join("clones").join(p);
-    grader_support::git(&work, &["tag", "-a", "submit-1", "-m", "submission"]);
-    grader_support::git(&work, &["push", "-q", "origin", "refs/tags/submit-1"]);
-    let tag_obj = grader_support::git(&work, &["rev-parse", "refs/tags/submit-1"]);
+    common::repos::git(&work, &["tag", "-a", "submit-1", "-m", "submission"]);
+    common::repos::git(&work, &["push", "-q", "origin", "refs/tags/submit-1"]);
+    let tag_obj = common::repos::git(&work, &["rev-parse", "refs/tags/submit-1"]);
     assert_ne!(tag_obj, sha);
     // A later commit on main: the tag, not the branch, is what counts.
     f.push(p, |w| std::fs::write(w.join("n"), "9").unwrap());
@@ -340,12 +341,12 @@ async fn force_pushed_away_commit_is_still_graded_and_an_unknown_one_is_a_clear_
     // Rewrite history: amend the commit and force-push it over the first.
     let work = f.tmp.path().join("clones").join(p);
     std::fs::write(work.join("v"), "2").unwrap();
-    grader_support::git(&work, &["commit", "-q", "-a", "--amend", "-m", "rewritten"]);
-    grader_support::git(
+    common::repos::git(&work, &["commit", "-q", "-a", "--amend", "-m", "rewritten"]);
+    common::repos::git(
         &work,
         &["push", "-q", "-f", "origin", "HEAD:refs/heads/main"],
     );
-    let second = grader_support::git(&work, &["rev-parse", "HEAD"]);
+    let second = common::repos::git(&work, &["rev-parse", "HEAD"]);
     assert_ne!(first, second);
 
     let d = f.start(f.config(""));

@@ -2,11 +2,12 @@
 //! go, endless loops, forged summaries, missing test_all, oversized trees,
 //! malformed event files. The daemon keeps serving and names the limit.
 
-mod grader_support;
+mod common;
 
 use std::time::{Duration, Instant};
 
-use grader_support::{Fixture, simple_test_all, write_exec};
+use common::files::write_exec;
+use common::world::{Fixture, simple_test_all};
 use labgrader::result::Status;
 use labgrader::spool::State;
 

@@ -2,11 +2,11 @@
 //! never charged to the student, crash counting at start-up, SIGTERM grace
 //! then requeue, and one project's burst not starving another.
 
-mod grader_support;
+mod common;
 
 use std::time::Duration;
 
-use grader_support::{Fixture, simple_test_all};
+use common::world::{Fixture, simple_test_all};
 use labgrader::event::Event;
 use labgrader::gradebook::{Filter, Gradebook, Select};
 use labgrader::result::Status;

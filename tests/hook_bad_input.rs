@@ -2,11 +2,11 @@
 //! stored for it, and the server keeps serving; an unwritable spool is a
 //! 503 that leaves nothing half-written.
 
-mod hook_common;
+mod common;
 
 use std::io::{Read, Write};
 
-use hook_common::*;
+use common::{daemon::*, gitlab::*, world::*};
 use hyper::Method;
 use labgrader::config::ByteSize;
 use labgrader::spool::State;

@@ -4,62 +4,26 @@
 //! in incoming/, tmp/ leftovers of the dead process are swept, and
 //! re-sending every delivery (answered or not) yields one job per push.
 
-mod hook_common;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hook_common::*;
+use common::host::free_port;
+use common::{daemon::*, gitlab::*, world::*};
 use hyper::Method;
 use labgrader::event::Event;
 use labgrader::httpc::HttpClient;
 
 const CLIENTS: usize = 64;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn_hook(world: &World, config: &std::path::Path, log: &str) -> Child {
-    let log = std::fs::File::create(world.dir.path().join(log)).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_labgrader"))
-        .arg("--config")
-        .arg(config)
-        .arg("hook")
+    binary("hook", config, &world.dir.path().join(log))
         .env("LABGRADER_WEBHOOK_TOKEN", TOKEN)
-        .env_remove("LABGRADER_GITLAB_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
         .spawn()
         .expect("labgrader binary runs")
-}
-
-async fn wait_healthy(http: &HttpClient, base: &str, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        assert!(child.try_wait().unwrap().is_none(), "hook exited at start");
-        let r = http
-            .request(
-                Method::GET,
-                &format!("{base}/healthz"),
-                &[],
-                None,
-                Duration::from_secs(2),
-            )
-            .await;
-        if r.is_ok_and(|r| r.status == 200) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "hook did not become healthy");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn delivery(n: u32) -> (Vec<(String, String)>, Vec<u8>) {
@@ -92,7 +56,8 @@ async fn sigkill_under_load_loses_no_accepted_event() {
     .unwrap();
     let http = HttpClient::new();
     let mut child = spawn_hook(&world, &config, "hook1.log");
-    wait_healthy(&http, &base, &mut child).await;
+    let log = world.dir.path().join("hook1.log");
+    wait_healthy(&base, &mut child, Duration::from_secs(20), &log).await;
 
     // Load: CLIENTS tasks, each sending distinct pushes until the server dies.
     let accepted: Arc<Mutex<BTreeMap<u32, String>>> = Arc::default();
@@ -164,7 +129,8 @@ async fn sigkill_under_load_loses_no_accepted_event() {
     // Connections pooled to the dead process are useless; start afresh.
     let http = HttpClient::new();
     let mut child = spawn_hook(&world, &config, "hook2.log");
-    wait_healthy(&http, &base, &mut child).await;
+    let log = world.dir.path().join("hook2.log");
+    wait_healthy(&base, &mut child, Duration::from_secs(20), &log).await;
     assert_eq!(
         std::fs::read_dir(&tmp).unwrap().count(),
         0,

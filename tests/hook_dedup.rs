@@ -3,10 +3,10 @@
 //! across restarts and under concurrent identical deliveries; pushes too
 //! big for push hooks (repository_update only) are graded.
 
-mod hook_common;
+mod common;
 
+use common::{daemon::*, gitlab::*, world::*};
 use futures_util::future::join_all;
-use hook_common::*;
 use labgrader::spool::State;
 
 fn json(r: &labgrader::httpc::Response) -> serde_json::Value {

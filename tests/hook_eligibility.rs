@@ -3,9 +3,9 @@
 //! GitLab API (a local server answering as GitLab's docs say) or, with no
 //! API token, from `git ls-remote` on the clone URL (real bare repos).
 
-mod hook_common;
+mod common;
 
-use hook_common::*;
+use common::{daemon::*, gitlab::*, world::*};
 use labgrader::config::Secret;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,9 +2,10 @@
 //! own headers against the real hook server, and payload shapes no fixture
 //! has (nested groups, annotated tags, tag deletion).
 
-mod hook_common;
+mod common;
 
-use hook_common::*;
+use common::repos::git;
+use common::{daemon::*, gitlab::*, world::*};
 use labgrader::event::{EventKind, HookSource};
 
 /// What each fixture must get: `Some(test repository to create)` = 202

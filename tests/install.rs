@@ -10,12 +10,16 @@
 //! checkouts) are serialized by a lock file, and it refuses to touch a
 //! labgrader installation it did not make itself.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use common::files::repo_root;
 
 use sha2::{Digest, Sha256};
 
@@ -41,12 +45,8 @@ const LOCK: &str = "/tmp/labgrader-install-test.lock";
 /// Present while this test owns the installation (left behind by a crash).
 const MARKER: &str = "/var/tmp/labgrader-install-test.owner";
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn script(name: &str, args: &[&str]) -> String {
-    let out = Command::new(repo().join("scripts").join(name))
+    let out = Command::new(repo_root().join("scripts").join(name))
         .args(args)
         .env("LABGRADER_BINARY", env!("CARGO_BIN_EXE_labgrader"))
         .output()
@@ -261,7 +261,7 @@ fn install_twice_then_uninstall_keeps_spool_and_purge_removes_all() {
         assert_node(&format!("{UNITDIR}/{u}"), 0o644, 0, 0);
         assert_eq!(
             std::fs::read(Path::new(UNITDIR).join(u)).unwrap(),
-            std::fs::read(repo().join("systemd").join(u)).unwrap()
+            std::fs::read(repo_root().join("systemd").join(u)).unwrap()
         );
         verify_installed(u);
     }
@@ -382,7 +382,7 @@ fn install_twice_then_uninstall_keeps_spool_and_purge_removes_all() {
 
 #[test]
 fn install_rejects_an_unknown_argument() {
-    let out = Command::new(repo().join("scripts/install"))
+    let out = Command::new(repo_root().join("scripts/install"))
         .arg("--frobnicate")
         .output()
         .unwrap();

@@ -4,20 +4,17 @@
 //! Covers: the layout of both contracts, the broker (`run-as-student`
 //! status, fds, environment, cleanup), and the results stream.
 
+mod common;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
 use std::process::{Command, Stdio};
 
+use common::files::write_sh;
 use labgrader::sandbox::init;
 use labgrader::sandbox::results_stream;
 
 fn root() -> bool {
     nix::unistd::geteuid().is_root()
-}
-
-fn script(p: &Path, body: &str) {
-    std::fs::write(p, format!("#!/bin/sh\n{body}")).unwrap();
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 struct Box_ {
@@ -110,7 +107,7 @@ fn lg_init_stdout_contract_lays_out_and_runs_as_the_student() {
     }
     let b = sandbox();
     let d = b.dir.path();
-    script(
+    write_sh(
         &d.join("in/workspace/test_all"),
         "id -u\necho swapped > data/expected.txt 2>/dev/null && echo swap: yes || echo swap: no\n\
          mv data/expected.txt data/x 2>/dev/null && echo rename: yes || echo rename: no\n\
@@ -161,13 +158,13 @@ fn lg_init_trusted_contract_brokers_run_as_student_and_sends_results() {
     let b = sandbox();
     let d = b.dir.path();
     // The student leaves a background writer behind and tries the results.
-    script(
+    write_sh(
         &d.join("in/workspace/student.sh"),
         "id -u\necho \"env: $(env | grep -c SECRET_OF_HARNESS) $HOME\"\n\
          echo forged > \"$1\"/results.json 2>/dev/null && echo wrote: yes || echo wrote: no\n\
          (sleep 30 &)\nexit 3\n",
     );
-    script(
+    write_sh(
         &d.join("in/tests/test_all"),
         "id -u\numask\nrun-as-student ./student.sh \"$LABGRADER_RESULTS\"; echo status=$?\n\
          run-as-student sh -c 'kill -9 $$'; echo status=$?\n\

@@ -3,8 +3,9 @@
 //! through the real binary with a real `NOTIFY_SOCKET` datagram socket, as
 //! systemd runs a `Type=notify` unit.
 
+mod common;
+
 use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn recv_until(sock: &UnixDatagram, want: &str, deadline: Duration) -> Vec<String> {
@@ -54,13 +55,9 @@ fn notify_round_trip(subcommand: &str) {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_labgrader"))
-        .args(["--config", cfg.to_str().unwrap(), subcommand])
+    let mut child = common::daemon::binary(subcommand, &cfg, &dir.path().join("daemon.log"))
         .env("NOTIFY_SOCKET", &sock_path)
         .env_remove("WATCHDOG_USEC")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let seen = recv_until(&sock, "READY=1", Duration::from_secs(30));

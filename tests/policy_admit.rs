@@ -2,11 +2,14 @@
 //! own payloads decide what is a submission, and `admit` applies manifest,
 //! authors, deadline and quota to real git trees with a real ledger.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use common::gitlab::fixture_json;
+use common::repos::exported_commit;
 use labgrader::config::Config;
 use labgrader::event::{EVENT_SCHEMA, Event, EventKind, HookSource, Project, Pusher};
 use labgrader::policy::{
@@ -14,15 +17,6 @@ use labgrader::policy::{
     decide_submission,
 };
 use serde_json::Value;
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gitlab");
-
-fn fixture(name: &str) -> Value {
-    let dir = std::env::var("LABGRADER_FIXTURES").unwrap_or_else(|_| FIXTURES.into());
-    let text = std::fs::read_to_string(Path::new(&dir).join(name))
-        .unwrap_or_else(|e| panic!("fixture {name} in {dir}: {e}"));
-    serde_json::from_str(&text).unwrap()
-}
 
 /// The facts the hook takes from a GitLab body.
 fn facts_of(body: &Value) -> (EventKind, String, String) {
@@ -38,7 +32,7 @@ fn facts_of(body: &Value) -> (EventKind, String, String) {
 }
 
 fn decide_fixture(policy: &ResolvedPolicy, name: &str) -> Decision {
-    let body = fixture(name);
+    let body = fixture_json(name);
     let (kind, git_ref, after) = facts_of(&body);
     decide_submission(
         policy,
@@ -99,48 +93,14 @@ fn push_mode_on_gitlab_payloads() {
     ));
 }
 
-fn git(dir: &Path, args: &[&str], date: Option<&str>) -> String {
-    let mut c = Command::new("git");
-    c.args(["-c", "user.name=t", "-c", "user.email=t@example.edu"])
-        .args(args)
-        .current_dir(dir);
-    if let Some(d) = date {
-        c.env("GIT_COMMITTER_DATE", d).env("GIT_AUTHOR_DATE", d);
-    }
-    let out = c.output().expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// A student repository with one commit holding `manifest` (if any),
 /// exported as the grader does; returns the tree and the commit.
 fn student_tree(root: &Path, manifest: Option<&str>, date: Option<&str>) -> (PathBuf, String) {
-    let repo = root.join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"], None);
-    std::fs::write(repo.join("main.c"), "int main(void) { return 0; }\n").unwrap();
+    let mut files = vec![("main.c", "int main(void) { return 0; }\n")];
     if let Some(m) = manifest {
-        std::fs::write(repo.join("labgrader.json"), m).unwrap();
+        files.push(("labgrader.json", m));
     }
-    git(&repo, &["add", "-A"], None);
-    git(&repo, &["commit", "-q", "-m", "work"], date);
-    let sha = git(&repo, &["rev-parse", "HEAD"], None);
-    let tree = root.join("tree");
-    std::fs::create_dir_all(&tree).unwrap();
-    let tar = root.join("t.tar");
-    git(&repo, &["archive", "-o", tar.to_str().unwrap(), &sha], None);
-    assert!(
-        Command::new("tar")
-            .args(["-xf", tar.to_str().unwrap(), "-C", tree.to_str().unwrap()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    (tree, sha)
+    exported_commit(root, &files, date)
 }
 
 fn event(job: &str, sha: &str, received_at: DateTime<Utc>, pusher: &str) -> Event {

@@ -3,12 +3,12 @@
 //! who is credited, lateness is judged on receipt time, hidden keys stay
 //! out of the student's view but reach the staff export.
 
-mod grader_support;
+mod common;
 
 use std::time::Duration;
 
 use chrono::Utc;
-use grader_support::{Fixture, simple_test_all};
+use common::world::{Fixture, simple_test_all};
 use labgrader::deliver::hidden::student_view;
 use labgrader::gradebook::{Filter, Gradebook, Select};
 use labgrader::policy::export::{ExportPolicy, rows_from_results, select_rows, write_csv};

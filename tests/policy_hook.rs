@@ -3,9 +3,9 @@
 //! stored nowhere; a `submit-*` tag push becomes a job; a late push is
 //! still stored (the grader refuses it and emails the pusher).
 
-mod hook_common;
+mod common;
 
-use hook_common::*;
+use common::{daemon::*, gitlab::*, world::*};
 use labgrader::config::{AssignmentConfig, Trigger};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

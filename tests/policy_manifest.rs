@@ -3,63 +3,18 @@
 //! `GET /api/v4/users/:id` as GitLab's docs say (an admin token sees the
 //! private `email`, which labgrader must never use).
 
-use std::path::Path;
-use std::process::Command;
+mod common;
+
 use std::sync::{Arc, Mutex};
 
+use common::http::TestServer;
+use common::repos::exported_tree;
 use labgrader::config::{Config, Secret};
 use labgrader::event::{Project, Pusher};
 use labgrader::gitlab::GitlabApi;
 use labgrader::httpc::HttpClient;
 use labgrader::manifest::{Directory, Manifest, ManifestError, resolve_authors};
 use labgrader::policy::ResolvedPolicy;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.edu"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Commit `files` (name, contents; contents `->TARGET` = a symlink) and
-/// export the commit with `git archive` into a fresh directory, as the
-/// grader exports a student tree.
-fn exported_tree(root: &Path, files: &[(&str, &str)]) -> std::path::PathBuf {
-    let repo = root.join("repo");
-    std::fs::create_dir(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    for (name, contents) in files {
-        match contents.strip_prefix("->") {
-            Some(target) => std::os::unix::fs::symlink(target, repo.join(name)).unwrap(),
-            None => std::fs::write(repo.join(name), contents).unwrap(),
-        }
-    }
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "submission"]);
-    let tree = root.join("tree");
-    std::fs::create_dir(&tree).unwrap();
-    let archive = root.join("tree.tar");
-    git(&repo, &["archive", "-o", archive.to_str().unwrap(), "HEAD"]);
-    let st = Command::new("tar")
-        .args([
-            "-xf",
-            archive.to_str().unwrap(),
-            "-C",
-            tree.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    tree
-}
 
 fn policy(section: &str) -> ResolvedPolicy {
     let c = Config::from_toml(&format!("[assignments.lab1]\n{section}\n"), None).unwrap();
@@ -116,70 +71,37 @@ fn required_manifest_missing_from_git_tree() {
 /// What the fake GitLab saw: (path and query, PRIVATE-TOKEN header).
 type Seen = Arc<Mutex<Vec<(String, String)>>>;
 
-/// A one-request-per-connection HTTP server answering the users API.
+/// A server answering the members and users APIs (or 500 to everything
+/// when `fail`); it serves as long as the test's runtime runs.
 async fn fake_gitlab(fail: bool) -> (String, Seen) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen: Seen = Arc::default();
-    let seen2 = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let seen = seen2.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = sock.read(&mut chunk).await.unwrap();
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                let head = String::from_utf8_lossy(&buf).to_string();
-                let target = head.split(' ').nth(1).unwrap_or("").to_string();
-                let token = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .starts_with("private-token:")
-                            .then(|| l[14..].trim().to_string())
-                    })
-                    .unwrap_or_default();
-                seen.lock().unwrap().push((target.clone(), token));
-                let (status, body) = if fail {
-                    (
-                        "500 Internal Server Error",
-                        "{\"message\":\"boom\"}".to_string(),
-                    )
-                } else {
-                    let answer = match target.as_str() {
-                        "/api/v4/projects/7/members/all?per_page=100&page=1" => {
-                            r#"[{"id": 4, "username": "carol", "name": "Carol", "state": "active", "access_level": 40},
-                                {"id": 2, "username": "alice", "name": "Alice L", "state": "active", "access_level": 30},
-                                {"id": 3, "username": "Bob", "name": "Bob B", "state": "active", "access_level": 30}]"#
-                        }
-                        "/api/v4/users/2" => {
-                            r#"{"id": 2, "username": "alice", "name": "Alice L", "state": "active", "email": "alice@private.example"}"#
-                        }
-                        "/api/v4/users/3" => {
-                            r#"{"id": 3, "username": "Bob", "name": "Bob B", "state": "active", "email": "bob@private.example", "public_email": "bob@public.example"}"#
-                        }
-                        _ => "[]",
-                    };
-                    ("200 OK", answer.to_string())
-                };
-                let resp = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = sock.write_all(resp.as_bytes()).await;
-            });
+    let log = seen.clone();
+    let server = TestServer::start(Arc::new(move |req, _| {
+        let target = req.target();
+        let token = req.header("private-token").unwrap_or("").to_string();
+        log.lock().unwrap().push((target.clone(), token));
+        let json = vec![("Content-Type", "application/json".to_string())];
+        if fail {
+            return (500, json, "{\"message\":\"boom\"}".to_string());
         }
-    });
-    (format!("http://{addr}"), seen)
+        let answer = match target.as_str() {
+            "/api/v4/projects/7/members/all?per_page=100&page=1" => {
+                r#"[{"id": 4, "username": "carol", "name": "Carol", "state": "active", "access_level": 40},
+                    {"id": 2, "username": "alice", "name": "Alice L", "state": "active", "access_level": 30},
+                    {"id": 3, "username": "Bob", "name": "Bob B", "state": "active", "access_level": 30}]"#
+            }
+            "/api/v4/users/2" => {
+                r#"{"id": 2, "username": "alice", "name": "Alice L", "state": "active", "email": "alice@private.example"}"#
+            }
+            "/api/v4/users/3" => {
+                r#"{"id": 3, "username": "Bob", "name": "Bob B", "state": "active", "email": "bob@private.example", "public_email": "bob@public.example"}"#
+            }
+            _ => "[]",
+        };
+        (200, json, answer.to_string())
+    }))
+    .await;
+    (server.url(""), seen)
 }
 
 fn api(url: &str) -> GitlabApi {

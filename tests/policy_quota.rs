@@ -3,6 +3,8 @@
 //! connections race for the last slots of one student's quota. Exactly
 //! `count` must win, and the winners must be the rows in the ledger.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};

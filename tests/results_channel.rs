@@ -7,18 +7,13 @@
 //! `output_limit` (issue 13), and filtered for students exactly where it is
 //! graded.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+mod common;
 
+use common::files::write_exec;
 use labgrader::config::{ByteSize, Config, Contract, RunnerKind};
 use labgrader::deliver::hidden::student_view;
 use labgrader::result::{JobResult, Status};
 use labgrader::results::Visibility;
-
-fn write_exec(p: &Path, text: &str) {
-    std::fs::write(p, text).unwrap();
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
 
 /// Grade a student tree holding `student.sh` against a test tree whose
 /// `test_all` is `harness`.

@@ -5,14 +5,13 @@
 //! test calling it (pytest's `skip()` from inside the function) earns
 //! nothing for it.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
+use common::services::python;
 use labgrader::results::{self, JUNIT_FILE, Visibility};
-
-fn python() -> String {
-    std::env::var("LABGRADER_TEST_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into())
-}
 
 /// Run pytest in `dir` writing `dir/results/junit.xml`; panics (loudly,
 /// naming the fix) when pytest is missing.

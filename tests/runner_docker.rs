@@ -8,6 +8,9 @@
 
 mod common;
 
+use common::hostile::stdout;
+use common::services::{BUSYBOX_IMAGE, COURSE_IMAGE, docker_runner, docker_skipped};
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -17,17 +20,6 @@ use labgrader::sandbox::docker::DockerRunner;
 use labgrader::sandbox::{Limits, RunOutcome, RunSpec, Runner, SandboxError, Termination};
 use tokio_util::sync::CancellationToken;
 
-const BUSYBOX_IMAGE: &str = "labgrader/test-busybox:latest";
-const COURSE_IMAGE: &str = "labgrader/grader:latest";
-
-fn skip() -> bool {
-    if std::env::var("LABGRADER_SKIP_DOCKER").as_deref() == Ok("1") {
-        eprintln!("LABGRADER_SKIP_DOCKER=1: docker test skipped");
-        return true;
-    }
-    false
-}
-
 fn config(image: &str) -> DockerConfig {
     DockerConfig {
         image: image.into(),
@@ -35,23 +27,8 @@ fn config(image: &str) -> DockerConfig {
     }
 }
 
-/// A runner on the test engine, or `None` when the developer opted out.
-async fn runner_for(image: &str) -> Option<DockerRunner> {
-    if skip() {
-        return None;
-    }
-    match DockerRunner::connect(&config(image)).await {
-        Ok(r) => Some(r),
-        Err(e) => panic!(
-            "docker tests need a running engine and the image {image}: {e}\n\
-             run scripts/test (it starts dockerd and builds the images), or set \
-             LABGRADER_SKIP_DOCKER=1 to skip them"
-        ),
-    }
-}
-
 async fn busybox() -> Option<DockerRunner> {
-    runner_for(BUSYBOX_IMAGE).await
+    docker_runner(BUSYBOX_IMAGE).await
 }
 
 /// Write `test_all` (and other files) into a fresh workspace.
@@ -77,10 +54,6 @@ fn spec(job_id: &str, ws: &Path, limits: Limits) -> RunSpec {
         vec![("LABGRADER_JOB_ID".into(), job_id.into())],
         limits,
     )
-}
-
-fn stdout(o: &RunOutcome) -> String {
-    String::from_utf8_lossy(&o.stdout.bytes).into_owned()
 }
 
 /// After a hostile job: nothing of it is left on the engine, and the same
@@ -131,7 +104,7 @@ mod hostile {
     /// process so that other tests running in parallel do not blur it.
     #[tokio::test]
     async fn stdout_flood() {
-        if skip() {
+        if docker_skipped() {
             return;
         }
         let out = std::process::Command::new(std::env::current_exe().unwrap())
@@ -163,9 +136,11 @@ mod hostile {
         };
         // Warm up (connection pool, helper binaries, buffers) first.
         still_serves(&runner, "warmup").await;
-        let before = vm_hwm_kib();
+        let before = common::host::vm_hwm_kib(std::process::id()).unwrap();
         let o = common::hostile::run_case(&runner, "stdout_flood").await;
-        let growth = vm_hwm_kib().saturating_sub(before);
+        let growth = common::host::vm_hwm_kib(std::process::id())
+            .unwrap()
+            .saturating_sub(before);
         println!("rss-growth-kib={growth} total={}", o.stdout.total);
         assert!(
             o.stdout.total > 100 << 20,
@@ -177,15 +152,6 @@ mod hostile {
             "peak RSS grew by {growth} KiB for a 200 MB flood"
         );
         still_serves(&runner, "stdout_flood").await;
-    }
-
-    fn vm_hwm_kib() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
     }
 }
 
@@ -371,7 +337,7 @@ async fn dropped_job_leaves_no_container() {
 /// A missing image is the grader's fault, with a message saying what to do.
 #[tokio::test]
 async fn missing_image_is_a_grader_fault() {
-    if skip() {
+    if docker_skipped() {
         return;
     }
     let err = DockerRunner::connect(&config("labgrader/no-such-image:never"))
@@ -404,7 +370,7 @@ async fn unreachable_engine_is_unavailable() {
     assert!(!labgrader::sandbox::docker::available(&cfg).await);
     let err = DockerRunner::connect(&cfg).await.unwrap_err();
     assert!(matches!(err, SandboxError::Unavailable { .. }), "{err}");
-    if !skip() {
+    if !docker_skipped() {
         assert!(labgrader::sandbox::docker::available(&config(BUSYBOX_IMAGE)).await);
     }
 }
@@ -503,7 +469,7 @@ async fn image_entrypoint_and_user_are_overridden() {
 /// the summary → grade 75.
 #[tokio::test]
 async fn c_lab_in_course_image_gets_the_right_grade() {
-    let Some(runner) = runner_for(COURSE_IMAGE).await else {
+    let Some(runner) = docker_runner(COURSE_IMAGE).await else {
         return;
     };
     let student_c = b"#include <stdio.h>\n\
@@ -678,14 +644,7 @@ mod contract {
         o
     }
 
-    pub fn shown(o: &RunOutcome) -> String {
-        format!(
-            "{:?}\n--- stdout\n{}\n--- stderr\n{}",
-            o.termination,
-            stdout(o),
-            String::from_utf8_lossy(&o.stderr.bytes)
-        )
-    }
+    pub use crate::common::hostile::shown;
 
     pub fn limits() -> Limits {
         Limits {
@@ -699,7 +658,7 @@ mod contract {
     pub async fn both_images() -> Vec<(&'static str, DockerRunner)> {
         let mut out = Vec::new();
         for image in [BUSYBOX_IMAGE, COURSE_IMAGE] {
-            match runner_for(image).await {
+            match docker_runner(image).await {
                 Some(r) => out.push((image, r)),
                 None => return Vec::new(),
             }
@@ -827,7 +786,7 @@ async fn stdout_data_swap_attack_is_defeated_and_student_files_stay_writable() {
 /// into the workspace.
 #[tokio::test]
 async fn stdout_build_by_the_student_works_beside_read_only_test_files() {
-    let Some(runner) = runner_for(COURSE_IMAGE).await else {
+    let Some(runner) = docker_runner(COURSE_IMAGE).await else {
         return;
     };
     let job = contract::stdout_job(
@@ -1226,7 +1185,7 @@ async fn fork_bomb_left_running_at_the_end_is_a_verdict() {
 /// of the student's runs as the harness.
 #[tokio::test]
 async fn trusted_harness_home_is_not_the_students() {
-    let Some(runner) = runner_for(COURSE_IMAGE).await else {
+    let Some(runner) = docker_runner(COURSE_IMAGE).await else {
         return;
     };
     let student = b"#!/bin/sh\n\
@@ -1282,7 +1241,7 @@ async fn test_all_exiting_125_is_a_verdict_not_a_setup_fault() {
 /// the reason, never a verdict.
 #[tokio::test]
 async fn lg_init_setup_failure_is_a_grader_fault() {
-    if skip() {
+    if docker_skipped() {
         return;
     }
     let cfg = DockerConfig {
@@ -1327,7 +1286,7 @@ async fn lg_init_setup_failure_is_a_grader_fault() {
 /// EAGAIN and left the bomb running past the job's end.)
 #[tokio::test]
 async fn trusted_fork_bomb_filling_the_pids_limit_ends_with_its_call() {
-    let Some(runner) = runner_for(COURSE_IMAGE).await else {
+    let Some(runner) = docker_runner(COURSE_IMAGE).await else {
         return;
     };
     let bomb = b"import os, time\n\

@@ -8,30 +8,19 @@
 //! Needs a running engine and the busybox test image; FAILS without them
 //! unless `LABGRADER_SKIP_DOCKER=1`.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use labgrader::config::DockerConfig;
+use common::services::{BUSYBOX_IMAGE, docker_runner};
 use labgrader::sandbox::docker::DockerRunner;
 use labgrader::sandbox::{Limits, RunSpec, Runner};
 use tokio_util::sync::CancellationToken;
 
-const IMAGE: &str = "labgrader/test-busybox:latest";
-
 async fn runner(owner: &str) -> Option<DockerRunner> {
-    if std::env::var("LABGRADER_SKIP_DOCKER").as_deref() == Ok("1") {
-        eprintln!("LABGRADER_SKIP_DOCKER=1: docker test skipped");
-        return None;
-    }
-    let cfg = DockerConfig {
-        image: IMAGE.into(),
-        ..DockerConfig::default()
-    };
-    let r = DockerRunner::connect(&cfg).await.unwrap_or_else(|e| {
-        panic!("docker tests need a running engine and {IMAGE}: {e}; run scripts/test or set LABGRADER_SKIP_DOCKER=1")
-    });
-    Some(r.with_owner(owner))
+    Some(docker_runner(BUSYBOX_IMAGE).await?.with_owner(owner))
 }
 
 /// Start `run_long_job_until_killed` for `owner` in a child process, wait

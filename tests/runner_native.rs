@@ -10,6 +10,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::files::{write_exec as exe, write_file as file};
+use common::hostile::{shown, stdout as out_of};
 use labgrader::config::NativeConfig;
 use labgrader::sandbox::native::NativeRunner;
 use labgrader::sandbox::{RunSpec, Runner, SandboxError, Termination};
@@ -67,15 +69,7 @@ async fn native_write_outside_workspace_stays_inside() {
 
 /// A workspace holding `test_all` with `body`, writable by the sandbox uid.
 fn workspace(body: &str) -> tempfile::TempDir {
-    let ws = tempfile::Builder::new()
-        .prefix("lg-native-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let t = ws.path().join("test_all");
-    std::fs::write(&t, format!("#!/bin/sh\n{body}")).unwrap();
-    std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o755)).unwrap();
-    ws
+    common::hostile::workspace("lg-native-", body)
 }
 
 fn spec(ws: &Path) -> RunSpec {
@@ -624,21 +618,6 @@ struct Job {
     spec: RunSpec,
 }
 
-fn exe(p: &Path, body: &str) {
-    if let Some(d) = p.parent() {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    std::fs::write(p, body).unwrap();
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-fn file(p: &Path, body: &str) {
-    if let Some(d) = p.parent() {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    std::fs::write(p, body).unwrap();
-}
-
 /// `student` and `tests` are (relative path, contents, executable).
 fn job(
     contract: labgrader::sandbox::Contract,
@@ -694,19 +673,6 @@ fn job(
     std::fs::create_dir(&spec.results).unwrap();
     std::fs::create_dir(&spec.scratch).unwrap();
     Job { dir, spec }
-}
-
-fn out_of(o: &labgrader::sandbox::RunOutcome) -> String {
-    String::from_utf8_lossy(&o.stdout.bytes).into_owned()
-}
-
-fn shown(o: &labgrader::sandbox::RunOutcome) -> String {
-    format!(
-        "{:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.termination,
-        out_of(o),
-        String::from_utf8_lossy(&o.stderr.bytes)
-    )
 }
 
 /// The bash harness-rewrite attack: `test_all` (bash, which reads its

@@ -14,32 +14,13 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use labgrader::config::{Config, Seconds};
+use common::files::write_exec as exe;
+use common::hostile::stdout;
+use common::services::slurm_config as cluster;
+use labgrader::config::Config;
 use labgrader::sandbox::slurm::{SLURM_ID_FILE, SlurmRunner};
 use labgrader::sandbox::{RunSpec, Runner, SandboxError, Termination};
 use tokio_util::sync::CancellationToken;
-
-fn cluster() -> Option<Config> {
-    if std::env::var_os("LABGRADER_TEST_SLURM").is_none() {
-        if std::env::var("LABGRADER_SKIP_SLURM").as_deref() == Ok("1") {
-            eprintln!("skipping: LABGRADER_SKIP_SLURM=1");
-            return None;
-        }
-        panic!(
-            "no Slurm cluster: run the tests through scripts/test (it starts a one-node \
-             cluster and sets LABGRADER_TEST_SLURM), or set LABGRADER_SKIP_SLURM=1"
-        );
-    }
-    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"));
-    let mut cfg = Config::default();
-    cfg.slurm.url = env("LABGRADER_SLURM_URL");
-    cfg.slurm.token_file = PathBuf::from(env("LABGRADER_SLURM_TOKEN_FILE"));
-    cfg.slurm.shared_dir = PathBuf::from(env("LABGRADER_SLURM_SHARED_DIR"));
-    cfg.slurm.user = std::env::var("LABGRADER_SLURM_USER").unwrap_or_else(|_| "labgrader".into());
-    cfg.slurm.labgrader_bin = PathBuf::from(env!("CARGO_BIN_EXE_labgrader"));
-    cfg.slurm.poll_interval = Seconds(Duration::from_millis(200));
-    Some(cfg)
-}
 
 fn runner() -> Option<SlurmRunner> {
     cluster().map(|cfg| SlurmRunner::new(&cfg).expect("slurm runner"))
@@ -47,15 +28,7 @@ fn runner() -> Option<SlurmRunner> {
 
 /// A workspace whose `test_all` is `script`.
 fn workspace(script: &str) -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let ws = tempfile::Builder::new()
-        .prefix("lg-slurm-")
-        .tempdir()
-        .unwrap();
-    let t = ws.path().join("test_all");
-    std::fs::write(&t, format!("#!/bin/sh\n{script}")).unwrap();
-    std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o755)).unwrap();
-    ws
+    common::hostile::workspace("lg-slurm-", script)
 }
 
 fn spec(job_id: &str, ws: &Path) -> RunSpec {
@@ -71,10 +44,6 @@ fn spec(job_id: &str, ws: &Path) -> RunSpec {
 
 fn unique(name: &str) -> String {
     format!("{name}-{}-{}", std::process::id(), ulid::Ulid::generate())
-}
-
-fn stdout(o: &labgrader::sandbox::RunOutcome) -> String {
-    String::from_utf8_lossy(&o.stdout.bytes).into_owned()
 }
 
 fn pgrep(pattern: &str) -> String {
@@ -386,15 +355,6 @@ async fn slurm_unreachable_restd_is_unavailable() {
 }
 
 // --- the contract, results, OOM parity and quota through the job dir -------
-
-fn exe(p: &Path, body: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(d) = p.parent() {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    std::fs::write(p, body).unwrap();
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
 
 /// Stdout contract through Slurm: the test files listed in `test_paths`
 /// stay immutable to the student on the node (the data-swap attack), and

@@ -8,23 +8,26 @@
 //! commit status going pending → running → success on the pushed SHA.
 //! Deadlines are generous; nothing is a timed assertion.
 
-mod grader_support;
-#[path = "support/deliver.rs"]
-mod support;
+mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use grader_support::{Fixture, git};
-use hmac::{KeyInit, Mac};
+use common::daemon::{self, BIN};
+use common::deliver::callback_signature;
+use common::gitlab::{fixture_headers, fixture_json, headers_for_post};
+use common::host::free_port;
+use common::http::{Answer, Seen, TestServer};
+use common::repos::git;
+use common::services::{BUSYBOX_IMAGE, docker_image_id, docker_skipped};
+use common::smtp::SmtpSink;
+use common::world::Fixture;
 use hyper::Method;
 use labgrader::httpc::HttpClient;
 use labgrader::result::JobResult;
-use support::{Seen, SmtpSink, TestServer, free_port};
 
-const BIN: &str = env!("CARGO_BIN_EXE_labgrader");
 const WAIT: Duration = Duration::from_secs(120);
 const HOOK_TOKEN: &str = "e2e-webhook-secret-31f";
 const GITLAB_TOKEN: &str = "glpat-e2e-token";
@@ -139,44 +142,13 @@ backoff_max = "500ms"
 
     /// Start `labgrader serve` and wait until `/healthz` answers.
     async fn serve(&self) -> Serve {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .env("LABGRADER_LOG", "info")
-            .env_remove("LABGRADER_WEBHOOK_TOKEN")
-            .env_remove("LABGRADER_GITLAB_TOKEN")
-            .env_remove("LABGRADER_CALLBACK_SECRET")
-            .env_remove("LABGRADER_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
+        let child = daemon::binary("serve", &self.config, &self.log)
             .spawn()
             .expect("the labgrader binary starts");
         let mut s = Serve { child: Some(child) };
-        let url = format!("http://{}/healthz", self.listen);
-        let start = Instant::now();
-        loop {
-            let r = HttpClient::new()
-                .request(Method::GET, &url, &[], None, Duration::from_secs(5))
-                .await;
-            if r.is_ok_and(|r| r.status == 200) {
-                return s;
-            }
-            if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("labgrader serve exited with {st}: {}", self.log_text());
-            }
-            assert!(
-                start.elapsed() < WAIT,
-                "serve never answered /healthz: {}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let base = format!("http://{}", self.listen);
+        daemon::wait_healthy(&base, s.child.as_mut().unwrap(), WAIT, &self.log).await;
+        s
     }
 
     /// Replace `from` by `to` in the config file.
@@ -194,12 +166,7 @@ backoff_max = "500ms"
     /// `refs/heads/main` of `path` by alice, posted with the fixture's own
     /// headers (our token, a fresh delivery key). Returns the job id.
     async fn post_push(&self, path: &str, before: &str, after: &str) -> String {
-        let fx = Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/gitlab"
-        ));
-        let mut body: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(fx.join("push.json")).unwrap()).unwrap();
+        let mut body = fixture_json("push.json");
         let (ns, name) = path.rsplit_once('/').unwrap();
         body["before"] = before.into();
         body["after"] = after.into();
@@ -216,38 +183,22 @@ backoff_max = "500ms"
         body["repository"]["name"] = name.into();
         body["commits"] = serde_json::json!([{"id": after, "message": "work", "title": "work"}]);
         body["total_commits_count"] = 1.into();
-        let headers = std::fs::read_to_string(fx.join("push.headers")).unwrap();
         let key = format!("e2e-{}", labgrader::spool::new_job_id());
-        self.post("Push Hook", &headers, &key, &body).await
+        self.post("Push Hook", fixture_headers("push"), &key, &body)
+            .await
     }
 
-    /// POST `body` to the hook with the header lines of a fixture
+    /// POST `body` to the hook with the headers of a fixture
     /// (`X-Gitlab-Token` replaced by ours, `Idempotency-Key` by `key`);
     /// expects 202 and returns the job id.
     async fn post(
         &self,
         event: &str,
-        header_lines: &str,
+        headers: Vec<(String, String)>,
         key: &str,
         body: &serde_json::Value,
     ) -> String {
-        let mut headers: Vec<(String, String)> = header_lines
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-            .filter(|(k, _)| {
-                !k.eq_ignore_ascii_case("X-Gitlab-Token")
-                    && !k.eq_ignore_ascii_case("Idempotency-Key")
-            })
-            .collect();
-        assert!(
-            headers
-                .iter()
-                .any(|(k, v)| k.eq_ignore_ascii_case("X-Gitlab-Event") && v == event),
-            "fixture headers name {event}"
-        );
-        headers.push(("X-Gitlab-Token".into(), HOOK_TOKEN.into()));
-        headers.push(("Idempotency-Key".into(), key.into()));
+        let headers = headers_for_post(headers, event, HOOK_TOKEN, key);
         let h: Vec<(&str, &str)> = headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -364,17 +315,10 @@ impl Serve {
 
     /// SIGTERM and wait for a clean exit.
     async fn stop(mut self) {
-        nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
-        let mut c = self.child.take().unwrap();
-        let start = Instant::now();
-        loop {
-            if let Some(st) = c.try_wait().unwrap() {
-                assert!(st.success(), "serve exited with {st}");
-                return;
-            }
-            assert!(start.elapsed() < WAIT, "serve did not stop on SIGTERM");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let c = self.child.take().unwrap();
+        tokio::task::spawn_blocking(move || daemon::stop(c))
+            .await
+            .unwrap();
     }
 }
 
@@ -403,7 +347,7 @@ async fn wait(what: &str, mut cond: impl FnMut() -> bool, w: &World) {
 /// GitLab's REST API as its docs describe the two calls labgrader makes:
 /// `GET /api/v4/projects/:id` (`:id` the URL-encoded path) and
 /// `POST /api/v4/projects/:id/statuses/:sha` (201 with the status object).
-fn gitlab_answer(repos: &Path, req: &Seen, i: usize) -> support::Answer {
+fn gitlab_answer(repos: &Path, req: &Seen, i: usize) -> Answer {
     let json = vec![("Content-Type", "application/json".to_string())];
     if req.header("PRIVATE-TOKEN") != Some(GITLAB_TOKEN) {
         return (401, json, r#"{"message":"401 Unauthorized"}"#.into());
@@ -451,12 +395,6 @@ fn gitlab_answer(repos: &Path, req: &Seen, i: usize) -> support::Answer {
         }
         _ => (404, json, r#"{"error":"404 Not Found"}"#.into()),
     }
-}
-
-fn hmac_hex(secret: &str, body: &[u8]) -> String {
-    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    m.update(body);
-    hex::encode(m.finalize().into_bytes())
 }
 
 /// The row of `job` in an export.
@@ -584,7 +522,7 @@ async fn push_through_serve_is_graded_recorded_mailed_called_back_and_statused()
     let c = &calls[0];
     assert_eq!(
         c.header("X-Labgrader-Signature"),
-        Some(format!("sha256={}", hmac_hex(CALLBACK_SECRET, &c.body)).as_str())
+        Some(callback_signature(CALLBACK_SECRET, &c.body).as_str())
     );
     assert_eq!(
         c.header("Idempotency-Key"),
@@ -701,21 +639,11 @@ async fn sigkill_of_serve_mid_job_then_restart_grades_once_and_mails_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_with_runner_auto_grades_in_the_docker_image_when_docker_answers() {
-    if std::env::var("LABGRADER_SKIP_DOCKER").as_deref() == Ok("1") {
-        eprintln!("LABGRADER_SKIP_DOCKER=1: docker test skipped");
+    if docker_skipped() {
         return;
     }
-    let image = "labgrader/test-busybox:latest";
-    let probe = Command::new(std::env::var("DOCKER").unwrap_or_else(|_| "docker".into()))
-        .args(["image", "inspect", "--format", "{{.Id}}", image])
-        .output();
-    let image_id = match probe {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        other => panic!(
-            "this test needs a running Docker engine with {image} ({other:?}); run scripts/test \
-             or set LABGRADER_SKIP_DOCKER=1"
-        ),
-    };
+    let image = BUSYBOX_IMAGE;
+    let image_id = docker_image_id(image);
     let w = World::new(&format!("[docker]\nimage = \"{image}\"\n")).await;
     w.set_config("runner = \"none\"", "runner = \"auto\"");
     w.f.tests_repo("lab1", &grading_test_all(0, None));
@@ -751,13 +679,7 @@ async fn annotated_tag_from_repository_update_is_graded_at_its_commit() {
     let tag_obj = git(&clone, &["rev-parse", "refs/tags/submit-1"]);
     assert_ne!(tag_obj, sha, "an annotated tag is its own object");
 
-    let fx = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/gitlab"
-    ));
-    let mut body: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fx.join("system_repository_update.json")).unwrap())
-            .unwrap();
+    let mut body = fixture_json("system_repository_update.json");
     body["project"]["path_with_namespace"] = PROJECT.into();
     body["project"]["name"] = "lab1".into();
     body["project"]["namespace"] = "alice".into();
@@ -766,9 +688,9 @@ async fn annotated_tag_from_repository_update_is_graded_at_its_commit() {
         "before": labgrader::event::ZERO_SHA, "after": tag_obj, "ref": "refs/tags/submit-1"
     }]);
     body["refs"] = serde_json::json!(["refs/tags/submit-1"]);
-    let headers = std::fs::read_to_string(fx.join("system_repository_update.headers")).unwrap();
+    let headers = fixture_headers("system_repository_update");
     let serve = w.serve().await;
-    let job = w.post("System Hook", &headers, "e2e-tag-1", &body).await;
+    let job = w.post("System Hook", headers, "e2e-tag-1", &body).await;
     let r = w.done(&job).await;
     assert_eq!(r.status, labgrader::result::Status::Graded, "{r:?}");
     assert_eq!(r.grade_total, Some(80.0));
@@ -822,12 +744,7 @@ async fn annotated_tag_push_hook_is_graded_at_checkout_sha_and_mailed_via_the_us
     git(&clone, &["push", "-q", "origin", "refs/tags/v1.0.0"]);
     let tag_obj = git(&clone, &["rev-parse", "refs/tags/v1.0.0"]);
 
-    let fx = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/gitlab"
-    ));
-    let mut body: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fx.join("tag_push.json")).unwrap()).unwrap();
+    let mut body = fixture_json("tag_push.json");
     assert!(
         body.get("user_email").is_none(),
         "GitLab's tag push has no email"
@@ -838,10 +755,10 @@ async fn annotated_tag_push_hook_is_graded_at_checkout_sha_and_mailed_via_the_us
     body["project"]["name"] = "lab1".into();
     body["project"]["namespace"] = "alice".into();
     body["user_username"] = "alice".into();
-    let headers = std::fs::read_to_string(fx.join("tag_push.headers")).unwrap();
+    let headers = fixture_headers("tag_push");
     let serve = w.serve().await;
     let job = w
-        .post("Tag Push Hook", &headers, "e2e-tag-push-1", &body)
+        .post("Tag Push Hook", headers, "e2e-tag-push-1", &body)
         .await;
     let r = w.done(&job).await;
     assert_eq!(
@@ -872,8 +789,7 @@ async fn annotated_tag_push_hook_is_graded_at_checkout_sha_and_mailed_via_the_us
 /// gradebook, the email and the commit status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_contract_through_serve_grades_only_what_the_harness_wrote() {
-    if std::env::var("LABGRADER_SKIP_DOCKER").as_deref() == Ok("1") {
-        eprintln!("LABGRADER_SKIP_DOCKER=1: docker test skipped");
+    if docker_skipped() {
         return;
     }
     let image = "labgrader/test-busybox:latest";
@@ -885,7 +801,7 @@ async fn trusted_contract_through_serve_grades_only_what_the_harness_wrote() {
     // The harness: the expected answer stays in its private copy.
     w.f.push("root/lab7-test", |d| {
         std::fs::write(d.join("expected.txt"), "4242\n").unwrap();
-        grader_support::write_exec(
+        common::files::write_exec(
             &d.join("test_all"),
             "#!/bin/sh\n\
              got=$(run-as-student sh ./solve.sh </dev/null 2>/dev/null | tail -n 1)\n\

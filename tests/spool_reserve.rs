@@ -3,14 +3,15 @@
 //! message otherwise). Under the mark the hook answers 503 and stores
 //! nothing, the grader claims nothing; once space is freed both go on.
 
-mod grader_support;
-mod hook_common;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use hook_common::{Server, World, job_of, push_body, push_headers, sha, text};
+use common::daemon::{Server, job_of, text};
+use common::gitlab::{push_body, push_headers, sha};
+use common::world::{Fixture, World, simple_test_all};
 use labgrader::config::ByteSize;
 use labgrader::spool::State;
 
@@ -145,11 +146,11 @@ async fn intake_under_min_free_answers_503_and_stores_nothing_then_202_once_spac
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grader_claims_nothing_under_min_free_and_resumes_when_space_is_freed() {
-    let f = grader_support::Fixture::new();
+    let f = Fixture::new();
     let Some(_fs) = Tmpfs::mount(&f.spool_dir, "32m") else {
         return;
     };
-    f.tests_repo("lab1", &grader_support::simple_test_all("42"));
+    f.tests_repo("lab1", &simple_test_all("42"));
     let sha = f.push("course/alice/lab1", |w| {
         std::fs::write(w.join("a.txt"), "a").unwrap()
     });

@@ -13,13 +13,13 @@
 //! message; without systemd-nspawn it fails. Nothing on the host changes:
 //! the container's root is a temp dir.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use common::files::repo_root;
 
 const CHECK: &str = r#"#!/bin/bash
 exec >/lgcheck/out.txt 2>&1
@@ -41,13 +41,13 @@ const CHECK_UNIT: &str = "[Unit]\nDescription=labgrader unit check\nAfter=basic.
                           [Service]\nType=oneshot\nExecStart=/lgcheck/check.sh\n";
 
 fn unit_text(name: &str) -> String {
-    std::fs::read_to_string(repo().join("systemd").join(name))
+    std::fs::read_to_string(repo_root().join("systemd").join(name))
         .unwrap()
         .replace("/usr/local/bin/labgrader", "/lgbin/labgrader")
 }
 
 fn dropin(name: &str) -> String {
-    std::fs::read_to_string(repo().join("systemd").join(name)).unwrap()
+    std::fs::read_to_string(repo_root().join("systemd").join(name)).unwrap()
 }
 
 /// Boot a container in which `units` (name, text, drop-ins) are installed,
@@ -126,7 +126,7 @@ fn boot_with(
     std::fs::create_dir_all(&cfgdir).unwrap();
     // The none runner: the container has neither Docker nor, necessarily,
     // user namespaces, and the grader must stay up to be watched.
-    let config = std::fs::read_to_string(repo().join("systemd/labgrader.toml.example"))
+    let config = std::fs::read_to_string(repo_root().join("systemd/labgrader.toml.example"))
         .unwrap()
         .replace("runner = \"auto\"", "runner = \"none\"");
     assert!(config.contains("runner = \"none\""));
@@ -364,7 +364,7 @@ fn hook_binds_a_low_port_only_with_the_documented_dropin() {
     if !may_run() {
         return;
     }
-    let config = std::fs::read_to_string(repo().join("systemd/labgrader.toml.example"))
+    let config = std::fs::read_to_string(repo_root().join("systemd/labgrader.toml.example"))
         .unwrap()
         .replace("listen = \"127.0.0.1:8088\"", "listen = \"127.0.0.1:443\"");
     assert!(config.contains("127.0.0.1:443"));

@@ -8,8 +8,12 @@
 //! tests verify copies that name the binary cargo built instead (the
 //! install test verifies the installed units as they are).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use common::files::repo_root;
 
 const UNITS: &[&str] = &[
     "labgrader-hook.service",
@@ -17,12 +21,8 @@ const UNITS: &[&str] = &[
     "labgrader.service",
 ];
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn unit_text(name: &str) -> String {
-    std::fs::read_to_string(repo().join("systemd").join(name)).unwrap()
+    std::fs::read_to_string(repo_root().join("systemd").join(name)).unwrap()
 }
 
 /// Copies of the units (plus the grader with the native drop-in appended)
@@ -38,7 +38,7 @@ fn staged_units() -> (tempfile::TempDir, Vec<PathBuf>) {
         paths.push(p);
     }
     let native =
-        std::fs::read_to_string(repo().join("systemd/labgrader-grader-native.conf")).unwrap();
+        std::fs::read_to_string(repo_root().join("systemd/labgrader-grader-native.conf")).unwrap();
     let text = unit_text("labgrader-grader.service").replace("/usr/local/bin/labgrader", bin)
         + "\n"
         + &native;
@@ -174,7 +174,7 @@ fn exposure_stays_low() {
 
 #[test]
 fn example_config_loads_and_points_the_spool_where_the_units_write() {
-    let text = std::fs::read_to_string(repo().join("systemd/labgrader.toml.example")).unwrap();
+    let text = std::fs::read_to_string(repo_root().join("systemd/labgrader.toml.example")).unwrap();
     // No secret in a file the daemon's user could read: the units hand
     // them over as credentials.
     assert!(!text.contains("_file = \"/"), "{text}");

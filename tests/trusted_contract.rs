@@ -12,14 +12,15 @@
 //! `LABGRADER_SKIP_DOCKER=1`; the native case needs root or unprivileged
 //! user namespaces, like tests/runner_native.rs.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+mod common;
+
 use std::time::Duration;
+
+use common::files::write_mode;
+use common::services::{BUSYBOX_IMAGE as IMAGE, docker_skipped};
 
 use labgrader::config::{Config, Contract, RunnerKind};
 use labgrader::result::{JobResult, Status};
-
-const IMAGE: &str = "labgrader/test-busybox:latest";
 
 /// The student's attack, run by the harness as `run-as-student sh
 /// attack.sh RESULTS_DIR` (the student is told where the results go).
@@ -51,17 +52,11 @@ sleep 2
 echo "harness done"
 "#;
 
-fn write(dir: &Path, name: &str, text: &str, mode: u32) {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
 async fn attack_on(kind: RunnerKind, cfg: Config) -> JobResult {
     let student = tempfile::tempdir().unwrap();
     let tests = tempfile::tempdir().unwrap();
-    write(student.path(), "attack.sh", ATTACK, 0o644);
-    write(tests.path(), "test_all", HARNESS, 0o755);
+    write_mode(&student.path().join("attack.sh"), ATTACK, 0o644);
+    write_mode(&tests.path().join("test_all"), HARNESS, 0o755);
     labgrader::grader::grade_local(
         &cfg,
         student.path(),
@@ -93,8 +88,7 @@ fn assert_the_harness_graded(r: &JobResult) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_student_cannot_forge_rewrite_or_stop_the_harness_grade() {
-    if std::env::var("LABGRADER_SKIP_DOCKER").as_deref() == Ok("1") {
-        eprintln!("LABGRADER_SKIP_DOCKER=1: docker test skipped");
+    if docker_skipped() {
         return;
     }
     let mut cfg = Config::default();

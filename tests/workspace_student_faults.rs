@@ -4,46 +4,14 @@
 //! student's terms that names no host path, and is never retried as an
 //! infrastructure failure.
 
-mod grader_support;
+mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use grader_support::{Fixture, git, simple_test_all};
+use common::repos::{git, git_in};
+use common::world::{Fixture, simple_test_all};
 use labgrader::result::Status;
-
-/// Run git in `dir` with `input` on stdin; its stdout, trimmed.
-fn git_in(dir: &Path, args: &[&str], input: &str) -> String {
-    let mut child = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "Student")
-        .env("GIT_AUTHOR_EMAIL", "student@example.edu")
-        .env("GIT_COMMITTER_NAME", "Student")
-        .env("GIT_COMMITTER_EMAIL", "student@example.edu")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 /// Commit, straight into the bare repository `bare` on `main`, a tree with
 /// `README` and one file under `depth` nested directories named `name`:

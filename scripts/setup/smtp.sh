@@ -1,6 +1,6 @@
 # Sourced by scripts/test: guarantees a real SMTP server implementation for
 # the delivery tests (tests/deliver_email.rs). Each test starts its own
-# aiosmtpd instance on a free port with tests/support/smtp_sink.py, so
+# aiosmtpd instance on a free port with tests/common/smtp_sink.py, so
 # nothing is started here and there is nothing to stop. Debian's python
 # (/usr/bin/python3) is the one that sees python3-aiosmtpd, whatever else
 # is first on PATH.

@@ -1,11 +1,10 @@
 //! The hostile-submission table: one list of cases, run against every
 //! sandboxing runner (docker, native, slurm). Each case is a `test_all`
 //! script (POSIX sh, busybox-compatible) plus static helper binaries built
-//! from `tests/support/hostile/*.c` with the host's gcc, and a check on the
+//! from `tests/common/hostile/*.c` with the host's gcc, and a check on the
 //! runner's outcome. A runner's test file calls [`run_case`] once per case
-//! (one `#[tokio::test]` each, so a failure names the case).
-
-#![allow(dead_code)]
+//! (one `#[tokio::test]` each, so a failure names the case). It judges
+//! outcomes only; it never picks or configures a runner.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -36,7 +35,7 @@ pub fn helper_bin(name: &str) -> PathBuf {
     let dir = DIR.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile-bin");
         std::fs::create_dir_all(&dir).unwrap();
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/hostile");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/hostile");
         for entry in std::fs::read_dir(&src).unwrap() {
             let p = entry.unwrap().path();
             if p.extension().is_some_and(|e| e == "c") {
@@ -74,12 +73,13 @@ pub struct Probe {
     pub token: String,
 }
 
-fn stdout(o: &RunOutcome) -> String {
+/// The run's stdout as text.
+pub fn stdout(o: &RunOutcome) -> String {
     String::from_utf8_lossy(&o.stdout.bytes).into_owned()
 }
 
 /// Everything a failed check should show: how the run ended, when, and both streams.
-fn shown(o: &RunOutcome) -> String {
+pub fn shown(o: &RunOutcome) -> String {
     format!(
         "{:?} after {} ms on {}\n--- stdout\n{}\n--- stderr\n{}",
         o.termination,
@@ -210,6 +210,17 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
+/// A fresh workspace (a temp dir named `prefix...`) whose `test_all` is a
+/// `#!/bin/sh` script with `body`; open (0777), because runners that drop
+/// privileges must be able to enter it.
+pub fn workspace(prefix: &str, body: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    super::files::write_sh(&ws.path().join("test_all"), body);
+    ws
+}
+
 /// Build a workspace for `case`, run it with `runner`, check the outcome.
 /// Returns the outcome for runner-specific extra checks.
 pub async fn run_case(runner: &dyn Runner, case_name: &str) -> RunOutcome {
@@ -217,16 +228,7 @@ pub async fn run_case(runner: &dyn Runner, case_name: &str) -> RunOutcome {
         .into_iter()
         .find(|c| c.name == case_name)
         .unwrap_or_else(|| panic!("no hostile case named {case_name}"));
-    let ws = tempfile::Builder::new()
-        .prefix("lg-hostile-")
-        .tempdir()
-        .unwrap();
-    // Runners that drop privileges must be able to enter the workspace.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let test_all = ws.path().join("test_all");
-    std::fs::write(&test_all, format!("#!/bin/sh\n{}", case.script)).unwrap();
-    std::fs::set_permissions(&test_all, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ws = workspace("lg-hostile-", &case.script);
     for h in case.helpers {
         std::fs::copy(helper_bin(h), ws.path().join(h)).unwrap();
     }

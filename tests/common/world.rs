@@ -1,59 +1,32 @@
-//! Shared by the tests/grader_*.rs suites: real bare git repositories made
-//! with the git CLI and served by file:// URLs, a spool, event files as the
-//! hook writes them, and the grader daemon run in-process or as the binary.
-#![allow(dead_code)]
+//! The two test worlds, each a temp dir the test owns: [`Fixture`], the
+//! grader's (a "GitLab" of bare repositories pushed to over `file://`, a
+//! spool, a config, events dropped into `incoming/` as the hook writes
+//! them, and the wait for `done/`), and [`World`], the hook's (bare test
+//! repositories to look up, a spool, a `Config`). They write only inside
+//! their temp dir and never run a daemon themselves (see `daemon`).
 
-pub mod daemon;
-
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use labgrader::config::Config;
+use labgrader::config::{Config, Secret};
 use labgrader::event::{Event, EventKind, HookSource, Project, Pusher};
 use labgrader::result::JobResult;
 use labgrader::spool::{Spool, State, new_job_id};
-use tokio_util::sync::CancellationToken;
 
+use super::daemon::Daemon;
+use super::files::write_exec;
+use super::gitlab::TOKEN;
+use super::repos;
+
+/// The grader's world.
 pub struct Fixture {
     pub tmp: tempfile::TempDir,
     /// Root of the "GitLab": `<repos>/<namespace>/<name>.git`.
     pub repos: PathBuf,
     pub spool_dir: PathBuf,
     clones: PathBuf,
-}
-
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_AUTHOR_NAME", "Student")
-        .env("GIT_AUTHOR_EMAIL", "student@example.edu")
-        .env("GIT_COMMITTER_NAME", "Student")
-        .env("GIT_COMMITTER_EMAIL", "student@example.edu")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-pub fn write_exec(p: &Path, text: &str) {
-    if let Some(d) = p.parent() {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    std::fs::write(p, text).unwrap();
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// A test_all that prints `grade` in a summary block.
@@ -85,8 +58,7 @@ impl Fixture {
     pub fn repo(&self, path: &str) -> PathBuf {
         let bare = self.bare(path);
         if !bare.exists() {
-            std::fs::create_dir_all(&bare).unwrap();
-            git(&bare, &["init", "--bare", "-q", "-b", "main"]);
+            repos::init_bare(&bare);
         }
         bare
     }
@@ -95,25 +67,7 @@ impl Fixture {
     /// to main, and return the new commit's SHA.
     pub fn push(&self, path: &str, edit: impl FnOnce(&Path)) -> String {
         let bare = self.repo(path);
-        let work = self.clones.join(path);
-        if !work.exists() {
-            std::fs::create_dir_all(&work).unwrap();
-            git(&work, &["init", "-q", "-b", "main"]);
-            git(
-                &work,
-                &[
-                    "remote",
-                    "add",
-                    "origin",
-                    &format!("file://{}", bare.display()),
-                ],
-            );
-        }
-        edit(&work);
-        git(&work, &["add", "-A"]);
-        git(&work, &["commit", "-q", "--allow-empty", "-m", "work"]);
-        git(&work, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
-        git(&work, &["rev-parse", "HEAD"])
+        repos::commit_and_push(&self.clones.join(path), &bare, edit)
     }
 
     /// The test repository of assignment `name` with `test_all` as given.
@@ -138,10 +92,10 @@ impl Fixture {
             }
         }
         format!(
-            "[spool]\ndir = \"{}\"\n[gitlab]\nclone_url = \"file://{}/{{path}}.git\"\n\
+            "[spool]\ndir = \"{}\"\n[gitlab]\nclone_url = \"{}\"\n\
              [grader]\n{grader}{extra_grader}\n",
             self.spool_dir.display(),
-            self.repos.display()
+            repos::clone_url_template(&self.repos)
         )
     }
 
@@ -170,7 +124,7 @@ impl Fixture {
             source: HookSource::ProjectHook,
             gitlab_event: "Push Hook".into(),
             delivery_key: None,
-            clone_url: format!("file://{}", self.bare(path).display()),
+            clone_url: repos::file_url(&self.bare(path)),
             project,
             pusher: Pusher {
                 id: Some(1),
@@ -231,22 +185,44 @@ impl Fixture {
             .collect()
     }
 
-    /// Run the grader daemon in-process until the returned token is cancelled.
+    /// Run the grader daemon in-process until it is stopped.
     pub fn start(&self, cfg: Arc<Config>) -> Daemon {
-        let token = CancellationToken::new();
-        let handle = tokio::spawn(labgrader::grader::run(cfg, self.spool(), token.clone()));
-        Daemon { token, handle }
+        Daemon::grader(cfg, self.spool())
     }
 }
 
-pub struct Daemon {
-    pub token: CancellationToken,
-    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+/// A temp dir holding `spool/` and `repos/` (bare repositories).
+pub struct World {
+    pub dir: tempfile::TempDir,
 }
 
-impl Daemon {
-    pub async fn stop(self) {
-        self.token.cancel();
-        self.handle.await.unwrap().unwrap();
+impl World {
+    pub fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("repos")).unwrap();
+        World { dir }
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    pub fn repos(&self) -> PathBuf {
+        self.dir.path().join("repos")
+    }
+
+    /// Make a real bare repository `repos/<path>.git`.
+    pub fn bare_repo(&self, path: &str) -> PathBuf {
+        repos::init_bare(&self.repos().join(format!("{path}.git")))
+    }
+
+    /// The config the tests use: file:// clone URLs into `repos/`, the
+    /// fixture token, no GitLab API token (lookups by git ls-remote).
+    pub fn config(&self) -> Config {
+        let mut cfg = Config::default();
+        cfg.spool.dir = self.spool_dir();
+        cfg.gitlab.clone_url = repos::clone_url_template(&self.repos());
+        cfg.secrets.webhook_token = Some(Secret::new(TOKEN));
+        cfg
     }
 }
