@@ -79,7 +79,44 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX results_project ON results(project, received_at);
      CREATE INDEX results_status ON results(status);",
+    // 2: one row per test per job (results.json / junit.xml), filled from
+    // the results already recorded.
+    "CREATE TABLE tests (
+        job_id     TEXT NOT NULL REFERENCES results(job_id) ON DELETE CASCADE,
+        seq        INTEGER NOT NULL,
+        name       TEXT NOT NULL,
+        number     TEXT,
+        score      REAL,
+        max_score  REAL,
+        visibility TEXT NOT NULL,
+        status     TEXT,
+        output     TEXT,
+        PRIMARY KEY (job_id, seq)
+     );
+     INSERT INTO tests (job_id, seq, name, number, score, max_score, visibility, status, output)
+        SELECT r.job_id, CAST(t.key AS INTEGER), json_extract(t.value, '$.name'),
+               json_extract(t.value, '$.number'), json_extract(t.value, '$.score'),
+               json_extract(t.value, '$.max_score'),
+               coalesce(json_extract(t.value, '$.visibility'), 'visible'),
+               json_extract(t.value, '$.status'), json_extract(t.value, '$.output')
+        FROM results r, json_each(r.result, '$.results.tests') t
+        WHERE json_extract(t.value, '$.name') IS NOT NULL;",
 ];
+
+/// One test of one job, as the gradebook keeps it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TestRecord {
+    pub job_id: String,
+    pub project: String,
+    pub name: String,
+    pub number: Option<String>,
+    pub score: Option<f64>,
+    pub max_score: Option<f64>,
+    pub visibility: String,
+    pub status: Option<String>,
+    /// The test's output as recorded (capped when the results were read).
+    pub output: Option<String>,
+}
 
 /// Which rows an export keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,11 +185,13 @@ impl Gradebook {
         Ok(Gradebook { conn })
     }
 
-    /// Record `r`. Idempotent by job id: the row is replaced, never doubled.
+    /// Record `r` and its tests. Idempotent by job id: the rows are
+    /// replaced, never doubled.
     pub fn record(&self, r: &JobResult) -> Result<(), GradebookError> {
         let json = |v: &dyn erased::Ser| v.to_json();
         let assignment = r.project.rsplit('/').next().unwrap_or("").to_string();
-        self.conn.execute(
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
             "INSERT INTO results (job_id, project, assignment, git_ref, student_sha, tests_sha,
                 runner, image, image_id, limits, received_at, started_at, ended_at, status,
                 reason, termination, grade_total, summary, hidden, stdout_total,
@@ -204,7 +243,98 @@ impl Gradebook {
                 ts(chrono::Utc::now()),
             ],
         )?;
+        tx.execute("DELETE FROM tests WHERE job_id = ?1", [&r.job_id])?;
+        if let Some(res) = &r.results {
+            let mut st = tx.prepare(
+                "INSERT INTO tests (job_id, seq, name, number, score, max_score, visibility,
+                    status, output) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+            )?;
+            for (i, t) in res.tests.iter().enumerate() {
+                let visibility = serde_json::to_value(t.visibility)?;
+                st.execute(params![
+                    r.job_id,
+                    i as i64,
+                    t.name,
+                    t.number,
+                    t.score,
+                    t.max_score,
+                    visibility.as_str().unwrap_or("visible"),
+                    t.status,
+                    t.output,
+                ])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
+    }
+
+    /// The tests of each job of `jobs`, in the jobs' order, each job's in
+    /// the order its harness reported them.
+    pub fn tests_of(&self, jobs: &[JobResult]) -> Result<Vec<TestRecord>, GradebookError> {
+        let mut st = self.conn.prepare(
+            "SELECT name, number, score, max_score, visibility, status, output
+             FROM tests WHERE job_id = ?1 ORDER BY seq",
+        )?;
+        let mut out = Vec::new();
+        for j in jobs {
+            let rows = st.query_map([&j.job_id], |row| {
+                Ok(TestRecord {
+                    job_id: j.job_id.clone(),
+                    project: j.project.clone(),
+                    name: row.get(0)?,
+                    number: row.get(1)?,
+                    score: row.get(2)?,
+                    max_score: row.get(3)?,
+                    visibility: row.get(4)?,
+                    status: row.get(5)?,
+                    output: row.get(6)?,
+                })
+            })?;
+            for r in rows {
+                out.push(r?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Write the tests of the selected jobs to `out`, one row per job ×
+    /// test (CSV without outputs; JSON with them).
+    pub fn export_tests(
+        &self,
+        select: Select,
+        filter: &Filter,
+        format: Format,
+        out: &mut dyn Write,
+    ) -> Result<usize, GradebookError> {
+        let rows = self.tests_of(&self.select(select, filter)?)?;
+        match format {
+            Format::Json => {
+                serde_json::to_writer_pretty(&mut *out, &rows)?;
+                writeln!(out)?;
+            }
+            Format::Csv => {
+                write_csv_record(out, TESTS_CSV_HEADER, "\n")?;
+                for t in &rows {
+                    let num =
+                        |v: Option<f64>| v.map(crate::result::format_grade).unwrap_or_default();
+                    write_csv_record(
+                        out,
+                        [
+                            t.job_id.clone(),
+                            t.project.clone(),
+                            t.name.clone(),
+                            t.number.clone().unwrap_or_default(),
+                            num(t.score),
+                            num(t.max_score),
+                            t.status.clone().unwrap_or_default(),
+                            t.visibility.clone(),
+                        ],
+                        "\n",
+                    )?;
+                }
+            }
+        }
+        Ok(rows.len())
     }
 
     /// The result of one job.
@@ -310,6 +440,17 @@ fn from_parts((json, stdout, stderr): Parts) -> Result<JobResult, GradebookError
     Ok(r)
 }
 
+const TESTS_CSV_HEADER: &[&str] = &[
+    "job_id",
+    "project",
+    "test",
+    "number",
+    "score",
+    "max_score",
+    "status",
+    "visibility",
+];
+
 const CSV_HEADER: &[&str] = &[
     "job_id",
     "project",
@@ -401,6 +542,100 @@ mod tests {
             results: None,
             extra: Default::default(),
         }
+    }
+
+    fn with_tests(job: &str, minute: u32, scores: &[f64]) -> JobResult {
+        use crate::results::{TestResults, TestRow, Visibility};
+        let mut r = result(
+            job,
+            "s/a/lab1",
+            minute,
+            Status::Graded,
+            Some(scores.iter().sum()),
+        );
+        r.results = Some(TestResults {
+            grade_total: scores.iter().sum(),
+            score: None,
+            output: None,
+            stdout_visibility: Visibility::Visible,
+            execution_time: None,
+            tests: scores
+                .iter()
+                .enumerate()
+                .map(|(i, s)| TestRow {
+                    name: format!("t{i}"),
+                    number: None,
+                    score: Some(*s),
+                    max_score: Some(1.0),
+                    visibility: if i == 1 {
+                        Visibility::Hidden
+                    } else {
+                        Visibility::Visible
+                    },
+                    status: None,
+                    output: Some(format!("=out{i}")),
+                    tags: vec![],
+                })
+                .collect(),
+            source: None,
+        });
+        r
+    }
+
+    #[test]
+    fn tests_get_a_row_each_replaced_on_rerecord_and_exported_per_test() {
+        let t = tempfile::tempdir().unwrap();
+        let gb = Gradebook::open(&t.path().join("g.sqlite")).unwrap();
+        gb.record(&with_tests("j1", 1, &[1.0, 0.0, 1.0])).unwrap();
+        gb.record(&with_tests("j1", 1, &[1.0, 1.0])).unwrap();
+        gb.record(&with_tests("j2", 2, &[0.0])).unwrap();
+        let all = gb.select(Select::All, &Filter::default()).unwrap();
+        let tests = gb.tests_of(&all).unwrap();
+        let names: Vec<_> = tests
+            .iter()
+            .map(|t| (t.job_id.as_str(), t.name.as_str()))
+            .collect();
+        assert_eq!(names, [("j1", "t0"), ("j1", "t1"), ("j2", "t0")]);
+        assert_eq!(tests[1].visibility, "hidden");
+        let mut csv = Vec::new();
+        let n = gb
+            .export_tests(Select::Latest, &Filter::default(), Format::Csv, &mut csv)
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(
+            String::from_utf8(csv).unwrap(),
+            "job_id,project,test,number,score,max_score,status,visibility\n\
+             j2,s/a/lab1,t0,,0,1,,visible\n"
+        );
+        let mut json = Vec::new();
+        gb.export_tests(Select::All, &Filter::default(), Format::Json, &mut json)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v[0]["output"], "=out0");
+    }
+
+    #[test]
+    fn migration_fills_the_tests_of_results_recorded_before_it() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("g.sqlite");
+        {
+            let gb = Gradebook::open(&path).unwrap();
+            gb.record(&with_tests("old", 1, &[1.0, 0.0])).unwrap();
+            gb.record(&result("plain", "s/b/lab1", 1, Status::Graded, Some(3.0)))
+                .unwrap();
+            // Back to the schema of version 1, as an older labgrader left it.
+            gb.conn
+                .execute_batch("DROP TABLE tests; PRAGMA user_version = 1;")
+                .unwrap();
+        }
+        let gb = Gradebook::open(&path).unwrap();
+        let all = gb.select(Select::All, &Filter::default()).unwrap();
+        let tests = gb.tests_of(&all).unwrap();
+        assert_eq!(tests.len(), 2);
+        assert_eq!(
+            (tests[0].score, tests[1].visibility.as_str()),
+            (Some(1.0), "hidden")
+        );
     }
 
     #[test]
