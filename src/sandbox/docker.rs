@@ -79,9 +79,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::none::SAFE_PATH;
 use super::output::SharedCapture;
 use super::results_stream;
+use super::spec::SAFE_PATH;
 use super::{
     Contract, ENV_WORKSPACE, RUN_AS_STUDENT, RunOutcome, RunSpec, Runner, SandboxError, Termination,
 };

@@ -26,7 +26,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::jobdir::{JobDir, OutcomeFile, write_atomic};
-use super::none::SAFE_PATH;
+use super::spec::SAFE_PATH;
 use super::{RunOutcome, RunSpec, Runner, SandboxError};
 use crate::config::Config;
 use crate::httpc::{HttpClient, HttpError};

@@ -82,9 +82,9 @@ use self::setup::{
     ChildArgs, FD_RESULTS, FD_SOURCES, FD_TEST_PATHS, MAX_SOURCES, Op, Plan, RECORD_LEN, Record,
     Step,
 };
-use super::none::SAFE_PATH;
 use super::output::{SharedCapture, collect, spawn_drain};
 use super::results_stream;
+use super::spec::SAFE_PATH;
 use super::{Contract, RunOutcome, RunSpec, Runner, SandboxError};
 use crate::config::NativeConfig;
 use crate::result::{Captured, Termination};
