@@ -686,44 +686,42 @@ impl SlurmRunner {
                 .into());
             }
         };
-        let o = match (outcome, limit_hit) {
+        match (outcome, limit_hit) {
             // Slurm's verdict wins: the sandbox may have been killed
             // mid-write (its SIGTERM shows as a setup error).
             (Some(mut o), Some(t)) if o.setup_error.is_none() => {
                 o.termination = t;
-                o
+                Ok(from_node(o))
             }
             (_, Some(t)) => {
                 let (started_at, ended_at) = job_times(job.as_ref());
-                OutcomeFile {
+                Ok(RunOutcome {
                     termination: t,
                     stdout: Captured::default(),
                     stderr: Captured::default(),
                     started_at,
                     ended_at,
                     runner: "slurm".into(),
-                    host: job.as_ref().and_then(|j| j.batch_host.clone()),
-                    setup_error: None,
+                    image: None,
+                    image_id: None,
                     disk_full: false,
-                }
+                })
             }
-            (Some(o), None) if o.setup_error.is_some() => {
-                return Err(SandboxError::Setup {
-                    step: "sandbox on the node",
-                    message: format!(
-                        "{} (host {})",
-                        o.setup_error.unwrap_or_default(),
-                        o.host.unwrap_or_default()
-                    ),
-                });
-            }
-            (Some(o), None) => o,
+            (Some(o), None) if o.setup_error.is_some() => Err(SandboxError::Setup {
+                step: "sandbox on the node",
+                message: format!(
+                    "{} (host {})",
+                    o.setup_error.unwrap_or_default(),
+                    o.host.unwrap_or_default()
+                ),
+            }),
+            (Some(o), None) => Ok(from_node(o)),
             (None, None) => {
                 let status = match job.as_ref().and_then(|j| j.exit_code) {
                     Some(raw) => format!(" ({:?})", decode_wait_status(raw)),
                     None => String::new(),
                 };
-                return Err(SlurmError::Job {
+                Err(SlurmError::Job {
                     slurm_id: id,
                     message: format!(
                         "ended {} without an outcome from the sandbox{status}{}",
@@ -731,20 +729,9 @@ impl SlurmRunner {
                         slurm_err()
                     ),
                 }
-                .into());
+                .into())
             }
-        };
-        Ok(RunOutcome {
-            termination: o.termination,
-            stdout: o.stdout,
-            stderr: o.stderr,
-            started_at: o.started_at,
-            ended_at: o.ended_at,
-            runner: "slurm".into(),
-            image: None,
-            image_id: None,
-            disk_full: o.disk_full,
-        })
+        }
     }
 
     /// [`Self::collect`], then (trusted) the harness's results files the
@@ -902,6 +889,21 @@ async fn read_outcome_patiently(jd: &JobDir) -> Option<OutcomeFile> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     None
+}
+
+/// The node's outcome as the slurm runner's.
+fn from_node(o: OutcomeFile) -> RunOutcome {
+    RunOutcome {
+        termination: o.termination,
+        stdout: o.stdout,
+        stderr: o.stderr,
+        started_at: o.started_at,
+        ended_at: o.ended_at,
+        runner: "slurm".into(),
+        image: None,
+        image_id: None,
+        disk_full: o.disk_full,
+    }
 }
 
 fn job_times(job: Option<&SlurmJob>) -> (DateTime<Utc>, DateTime<Utc>) {
@@ -1063,6 +1065,8 @@ mod tests {
         std::fs::create_dir_all(&jd.root).unwrap();
         let now = Utc::now();
         let o = OutcomeFile {
+            version: super::super::jobdir::VERSION,
+            job_id: "j".into(),
             termination: t,
             stdout: Captured::from_bytes(b"partial".to_vec(), 1024),
             stderr: Captured::default(),
