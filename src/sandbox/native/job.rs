@@ -14,7 +14,7 @@ use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
-use super::NativeRunner;
+use super::runner::NativeRunner;
 use crate::config::{Contract, NativeConfig};
 use crate::result::Termination;
 use crate::sandbox::jobdir::{JobDir, VERSION};
