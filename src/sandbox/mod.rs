@@ -7,6 +7,16 @@
 //! (including timeouts and memory kills); `Err(SandboxError)` is the
 //! grader's own fault (engine down, setup failed) and is never charged to
 //! the student.
+//!
+//! Files: [`spec`] (the vocabulary every runner imports: `RunSpec`,
+//! `RunOutcome`, `Runner`, `SandboxError`, the shared names), the runners
+//! [`none`], [`docker`], [`native`] and [`slurm`], [`init`] (the host side
+//! of `lg-init`, the helper inside every isolating sandbox),
+//! [`results_stream`] (the results `lg-init` sends back), [`output`]
+//! (bounded capture of a stream) and [`jobdir`] (the files by which a job
+//! travels to `labgrader sandbox --job-dir` and its outcome comes back).
+//! This file only declares, re-exports and builds runners
+//! ([`build_runner`]).
 
 pub mod docker;
 pub mod init;

@@ -190,17 +190,6 @@ fn rel_in_init(path: &'static str) -> &'static str {
         .expect("helper files live in INIT_DIR")
 }
 
-/// The test-paths file's contents: NUL-separated relative paths.
-pub(super) fn test_paths_file(paths: &[PathBuf]) -> Vec<u8> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut out = Vec::new();
-    for p in paths {
-        out.extend_from_slice(p.as_os_str().as_bytes());
-        out.push(0);
-    }
-    out
-}
-
 /// A reader padded with zeros to exactly `len` bytes (a file that shrank
 /// after the walk must not corrupt the tar stream).
 trait ChainZeros: std::io::Read + Sized {
@@ -223,7 +212,7 @@ mod tests {
         let (entries, total, largest) = list_workspace(dir.path()).unwrap();
         assert_eq!((total, largest), (5, 5));
         let payload = Payload {
-            test_paths: test_paths_file(&[PathBuf::from("sub"), PathBuf::from("sub/a.txt")]),
+            test_paths: init::test_paths_file(&[PathBuf::from("sub"), PathBuf::from("sub/a.txt")]),
             nonce: "n0nce".into(),
             trees: vec![Tree {
                 root: dir.path().to_path_buf(),

@@ -11,7 +11,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{DockerRunner, engine};
-use super::payload::{Payload, Tree, list_workspace, test_paths_file};
+use super::payload::{Payload, Tree, list_workspace};
 use super::run::{ContainerGuard, Ending, Ran};
 use crate::config::Contract;
 use crate::result::{Captured, Termination};
@@ -130,7 +130,7 @@ impl Runner for DockerRunner {
 
         let marker = format!("labgrader-ready-{}", ulid::Ulid::generate());
         let payload = Payload {
-            test_paths: test_paths_file(&spec.test_paths),
+            test_paths: init::test_paths_file(&spec.test_paths),
             nonce: format!(
                 "labgrader-results-{}",
                 hex::encode(rand::random::<[u8; 16]>())

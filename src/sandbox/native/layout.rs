@@ -421,11 +421,7 @@ impl NativeRunner {
             (Contract::Stdout, _) => None,
         };
         let fail = |e: std::io::Error| setup_err("stage the job files", e);
-        let mut test_paths = Vec::new();
-        for p in spec.test_paths.iter() {
-            test_paths.extend_from_slice(p.as_os_str().as_bytes());
-            test_paths.push(0);
-        }
+        let test_paths = init::test_paths_file(&spec.test_paths);
         let roots: Vec<PathBuf> = std::iter::once(workspace.clone())
             .chain(tests.clone())
             .collect();

@@ -54,19 +54,23 @@ pub extern "C" fn init_main(arg: *mut libc::c_void) -> libc::c_int {
     let args = unsafe { &mut *(arg as *mut ChildArgs) };
     match setup(args) {
         Ok(child) => reap_until(child, args.signalfd),
-        Err((step, errno, op)) => {
-            report(
-                FD_REPORT,
-                Record::Failed {
-                    step: step as u32,
-                    errno: errno as i32,
-                    op,
-                },
-            );
-            // SAFETY: _exit is async-signal-safe.
-            unsafe { libc::_exit(121) }
-        }
+        Err(failed) => report_and_exit(failed, 121),
     }
+}
+
+/// Report the failed step on the report pipe and end this child with
+/// `code`.
+fn report_and_exit((step, errno, op): Fail, code: libc::c_int) -> ! {
+    report(
+        FD_REPORT,
+        Record::Failed {
+            step: step as u32,
+            errno: errno as i32,
+            op,
+        },
+    );
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(code) }
 }
 
 /// Move the fds the child needs to its fixed layout and close the rest
@@ -522,18 +526,6 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
 extern "C" fn exec_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: as in init_main; this is a copy of the init's memory.
     let args = unsafe { &*(arg as *const ChildArgs) };
-    let fail = |(step, errno, op): Fail| -> libc::c_int {
-        report(
-            FD_REPORT,
-            Record::Failed {
-                step: step as u32,
-                errno: errno as i32,
-                op,
-            },
-        );
-        // SAFETY: _exit is async-signal-safe.
-        unsafe { libc::_exit(127) }
-    };
     // The init blocked SIGCHLD for its signalfd; test_all starts clean.
     // SAFETY: sigprocmask with a stack set.
     unsafe {
@@ -548,7 +540,7 @@ extern "C" fn exec_main(arg: *mut libc::c_void) -> libc::c_int {
         };
         // SAFETY: setrlimit with a stack struct.
         if unsafe { libc::setrlimit(*res as _, &rl) } != 0 {
-            return fail((Step::Rlimit, Errno::last(), *res));
+            report_and_exit((Step::Rlimit, Errno::last(), *res), 127);
         }
     }
     // SAFETY: prctl with constant arguments.
@@ -569,7 +561,7 @@ extern "C" fn exec_main(arg: *mut libc::c_void) -> libc::c_int {
             args.envp.as_ptr(),
         );
     }
-    fail((Step::Exec, Errno::last(), 0))
+    report_and_exit((Step::Exec, Errno::last(), 0), 127)
 }
 
 /// Block SIGCHLD and return a signalfd for it.
