@@ -1,5 +1,5 @@
 //! The plan of one run's sandbox, made by the parent before the clone:
-//! the host job files staged for lg-init ([`Staged`]), the mount tree of
+//! the host job files staged for lg-init (`Staged`), the mount tree of
 //! the new root, the environment and `lg-init`'s command line, all as the
 //! C strings and fds the child will use ([`Plan`]). It never clones,
 //! mounts or runs anything itself.

@@ -1,7 +1,7 @@
 //! What Slurm's answers mean for a job: where it stands ([`Phase`]), its
 //! raw wait status, the limits asked of Slurm, and the verdict of an ended
 //! job from Slurm's end state and the outcome the node wrote
-//! ([`verdict`]): the student's (a termination) or the grader's (a fault).
+//! (`verdict`): the student's (a termination) or the grader's (a fault).
 //! It never calls slurmrestd and never writes the job directory.
 
 use std::time::Duration;
