@@ -11,7 +11,17 @@ fn main() {
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let target = std::env::var("TARGET").expect("TARGET");
     let src = PathBuf::from("src/sandbox/init");
-    for f in ["main.rs", "args.rs", "sys.rs"] {
+    for f in [
+        "main.rs",
+        "args.rs",
+        "broker.rs",
+        "env.rs",
+        "fail.rs",
+        "layout.rs",
+        "processes.rs",
+        "results.rs",
+        "sys.rs",
+    ] {
         println!("cargo:rerun-if-changed={}", src.join(f).display());
     }
     println!("cargo:rerun-if-changed=build.rs");

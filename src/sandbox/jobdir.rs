@@ -1,6 +1,9 @@
-//! The job directory: how a prepared job travels to `labgrader sandbox`
-//! (on this host or on a Slurm compute node through a shared filesystem)
-//! and how its outcome comes back.
+//! The job directory: the one home of the protocol by which a prepared
+//! job travels to `labgrader sandbox` (on this host or on a Slurm compute
+//! node through a shared filesystem) and its outcome comes back. Both
+//! sides use it: the grader writes `job.json` and reads the outcome; the
+//! node ([`crate::sandbox::native::job`]) reads `job.json` strictly and
+//! writes the outcome. It never runs, submits, polls or cleans up a job.
 //!
 //! ```text
 //! DIR/job.json       JobFile, written by the grader before submission
@@ -15,24 +18,30 @@
 //! DIR/outcome.json   OutcomeFile, written last (its presence = finished)
 //! ```
 //!
-//! Files are written by write-to-temp + rename, so a reader never sees a
-//! half-written `outcome.json`. This module is the grader's side: it writes
-//! `job.json` and reads the outcome back. The node side, which reads
-//! `job.json` strictly and runs the native sandbox, is
-//! [`crate::sandbox::native::job`]; both use its [`JobFile`] and the
-//! outcome fields of its `OutcomeFile`. It never submits, polls or cleans
-//! up (the Slurm runner does).
+//! `job.json`: `{"version": 1, "job_id": "…", "env": {"LABGRADER_JOB_ID":
+//! "…", …}, "limits": {"timeout": 60.0, "memory": 536870912, "pids": 256,
+//! "output": 1048576, "cpus": 1.0, "file_size": 67108864, "open_files":
+//! 256}}` (timeout in seconds, sizes in bytes; unknown keys are refused),
+//! plus, optional, `"contract": "stdout"|"trusted"` and `"test_paths":
+//! ["test_all", "data", …]` (the workspace entries that came from the
+//! tests, relative). On the node it is untrusted input: size-capped,
+//! parsed strictly, its values checked as a daemon run's are.
+//!
+//! Files are written by write-to-temp + rename ([`write_atomic`]), so a
+//! reader never sees a half-written `outcome.json`.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::native::job::{JobFile, VERSION};
-use super::{RESULTS_BYTES, RESULTS_FILES, RunSpec};
+use super::results_stream;
+use super::spec::{RESULTS_BYTES, RESULTS_FILES, RunSpec, SandboxError};
+use crate::config::Contract;
 use crate::result::captured::TAIL_KEEP;
-use crate::result::{Captured, Termination};
+use crate::result::{Captured, Limits, Termination};
 
 pub const JOB_FILE: &str = "job.json";
 pub const OUTCOME_FILE: &str = "outcome.json";
@@ -44,23 +53,89 @@ pub const STDERR_FILE: &str = "stderr";
 pub const STDOUT_TAIL_FILE: &str = "stdout.tail";
 pub const STDERR_TAIL_FILE: &str = "stderr.tail";
 
-/// How it ended, with stream sizes (the bytes are in `stdout`/`stderr`).
-/// Reads the node's `outcome.json`; fields it does not write are `None`.
+/// Version of both files.
+pub const VERSION: u32 = 1;
+/// Largest `job.json` accepted.
+const MAX_JOB_FILE: u64 = 1 << 20;
+
+/// `DIR/job.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    pub version: u32,
+    pub job_id: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub limits: Limits,
+    #[serde(default)]
+    pub contract: Contract,
+    /// Relative paths of the workspace entries that came from the tests.
+    #[serde(default)]
+    pub test_paths: Vec<PathBuf>,
+}
+
+/// `DIR/outcome.json`: how the run ended, with stream sizes (the bytes
+/// are in `stdout`/`stderr`, read back into `stdout.bytes`/`stderr.bytes`).
+/// The node writes every field but `host` and `setup_error`, which are
+/// left out while `None`; a reader takes a file without them (or without
+/// `version`, `job_id`, `disk_full`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutcomeFile {
+    #[serde(default = "current_version")]
+    pub version: u32,
+    #[serde(default)]
+    pub job_id: String,
+    pub runner: String,
     pub termination: Termination,
+    /// `total` bytes produced and whether some were dropped.
     pub stdout: Captured,
     pub stderr: Captured,
     pub started_at: DateTime<Utc>,
     pub ended_at: DateTime<Utc>,
-    pub runner: String,
     /// Host the sandbox ran on (a compute node's name under Slurm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// A setup failure of the sandbox itself (a grader fault), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setup_error: Option<String>,
     /// A writable place of the job was full (`limits.disk`) at its end.
     #[serde(default)]
     pub disk_full: bool,
+}
+
+fn current_version() -> u32 {
+    VERSION
+}
+
+/// Why the node could not read `job.json` or write the outcome (a grader
+/// fault: the node then writes nothing and exits non-zero).
+#[derive(Debug, thiserror::Error)]
+pub enum JobDirError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is larger than {MAX_JOB_FILE} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("{path} is not a valid job file: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path}: version {found} is not supported (expected {VERSION})")]
+    Version { path: PathBuf, found: u32 },
+    #[error("{path}: job_id must be 1-200 characters of [A-Za-z0-9._-] not starting with a dot")]
+    JobId { path: PathBuf },
+    #[error("{path}: {message}")]
+    Limits { path: PathBuf, message: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
 }
 
 /// Paths of one job directory.
@@ -90,7 +165,8 @@ impl JobDir {
         self.root.join(name)
     }
 
-    /// Write `job.json` for `spec` (whose workspace must be `self.workspace()`).
+    /// The grader's side: write `job.json` for `spec` (whose workspace
+    /// must be `self.workspace()`).
     pub fn write_job(&self, spec: &RunSpec) -> io::Result<()> {
         let job = JobFile {
             version: VERSION,
@@ -103,8 +179,78 @@ impl JobDir {
         write_atomic(&self.file(JOB_FILE), &serde_json::to_vec_pretty(&job)?)
     }
 
-    /// `Ok(None)` while the job has not finished. The captured bytes are
-    /// read back into `stdout.bytes` / `stderr.bytes`.
+    /// The node's side: read and check `job.json`.
+    pub fn read_job(&self) -> Result<JobFile, JobDirError> {
+        let path = self.file(JOB_FILE);
+        let read = |source| JobDirError::Read {
+            path: path.clone(),
+            source,
+        };
+        let meta = std::fs::metadata(&path).map_err(read)?;
+        if meta.len() > MAX_JOB_FILE {
+            return Err(JobDirError::TooLarge { path });
+        }
+        let text = std::fs::read(&path).map_err(read)?;
+        let job: JobFile = serde_json::from_slice(&text).map_err(|source| JobDirError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        if job.version != VERSION {
+            return Err(JobDirError::Version {
+                path,
+                found: job.version,
+            });
+        }
+        if !crate::spool::is_valid_name(&job.job_id) {
+            return Err(JobDirError::JobId { path });
+        }
+        let l = &job.limits;
+        let bad = |message: &str| JobDirError::Limits {
+            path: path.clone(),
+            message: message.into(),
+        };
+        if l.timeout.is_zero() {
+            return Err(bad("limits.timeout must be positive"));
+        }
+        if l.memory < (4 << 20) {
+            return Err(bad("limits.memory must be at least 4 MiB"));
+        }
+        if l.pids < 2 || l.open_files < 8 {
+            return Err(bad(
+                "limits.pids must be at least 2 and limits.open_files at least 8",
+            ));
+        }
+        if !l.cpus.is_finite() || l.cpus < 0.0 {
+            return Err(bad("limits.cpus must be a non-negative number"));
+        }
+        if job.test_paths.iter().any(|p| {
+            p.components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        }) {
+            return Err(bad("test_paths must be plain relative paths"));
+        }
+        Ok(job)
+    }
+
+    /// The node's side, once the run itself worked: the kept bytes of
+    /// each stream (without a truncation mark), the end of a stream that
+    /// overflowed (the grader reads the summary from it, as on every
+    /// other runner), and, last, `outcome.json`.
+    pub fn write_outcome(&self, outcome: &OutcomeFile) -> Result<(), JobDirError> {
+        let write = |name: &str, bytes: &[u8]| {
+            let path = self.file(name);
+            write_atomic(&path, bytes).map_err(|source| JobDirError::Write { path, source })
+        };
+        write(STDOUT_FILE, &outcome.stdout.bytes)?;
+        write(STDERR_FILE, &outcome.stderr.bytes)?;
+        write(STDOUT_TAIL_FILE, &outcome.stdout.tail)?;
+        write(STDERR_TAIL_FILE, &outcome.stderr.tail)?;
+        let json = serde_json::to_vec_pretty(outcome).expect("outcome serializes");
+        write(OUTCOME_FILE, &json)
+    }
+
+    /// The grader's side: `Ok(None)` while the job has not finished. The
+    /// captured bytes are read back into `stdout.bytes` / `stderr.bytes`.
     pub fn read_outcome(&self) -> io::Result<Option<OutcomeFile>> {
         let p = self.file(OUTCOME_FILE);
         let b = match std::fs::read(&p) {
@@ -144,7 +290,7 @@ pub fn take_results(from: &Path, into: &Path) -> io::Result<()> {
     let mut files = Vec::new();
     let mut total = 0u64;
     for name in names {
-        if !super::results_stream::valid_name(&name) {
+        if !results_stream::valid_name(&name) {
             continue;
         }
         let Ok(f) = std::fs::OpenOptions::new()
@@ -164,8 +310,8 @@ pub fn take_results(from: &Path, into: &Path) -> io::Result<()> {
         files.push((name, data));
     }
     std::fs::create_dir_all(into)?;
-    let results = super::results_stream::Results { files, flags: 0 };
-    super::results_stream::write_into(into, &results)
+    let results = results_stream::Results { files, flags: 0 };
+    results_stream::write_into(into, &results)
 }
 
 /// The last [`TAIL_KEEP`] bytes of `path` (empty when it is missing).
@@ -220,26 +366,30 @@ mod tests {
             },
         );
         d.write_job(&spec).unwrap();
-        let back = crate::sandbox::native::job::read_job_file(t.path()).unwrap();
+        let back = d.read_job().unwrap();
         assert_eq!(back.limits, spec.limits);
         assert_eq!(back.env.get("A").map(String::as_str), Some("b"));
         assert!(d.read_outcome().unwrap().is_none());
 
         let now = Utc::now();
-        let node = crate::sandbox::native::job::OutcomeFile {
+        let mut stdout = Captured::from_bytes(b"hello".to_vec(), 1024);
+        stdout.tail = b"the end".to_vec();
+        let node = OutcomeFile {
             version: VERSION,
             job_id: "j1".into(),
             runner: "native".into(),
             termination: Termination::Timeout,
-            stdout: Captured::from_bytes(b"hello".to_vec(), 1024),
+            stdout,
             stderr: Captured::default(),
             started_at: now,
             ended_at: now,
+            host: None,
+            setup_error: None,
             disk_full: true,
         };
-        std::fs::write(d.file(STDOUT_FILE), b"hello").unwrap();
-        std::fs::write(d.file(STDOUT_TAIL_FILE), b"the end").unwrap();
-        write_atomic(&d.file(OUTCOME_FILE), &serde_json::to_vec(&node).unwrap()).unwrap();
+        d.write_outcome(&node).unwrap();
+        let written = std::fs::read_to_string(d.file(OUTCOME_FILE)).unwrap();
+        assert!(!written.contains("host") && !written.contains("setup_error"));
         let f = d.read_outcome().unwrap().unwrap();
         assert_eq!(f.termination, Termination::Timeout);
         assert_eq!(f.stdout.bytes, b"hello");
@@ -247,6 +397,74 @@ mod tests {
         assert!(f.stderr.tail.is_empty());
         assert_eq!(f.host, None);
         assert!(f.disk_full);
+    }
+
+    #[test]
+    fn an_outcome_without_the_nodes_own_fields_is_read() {
+        // The fields a reader of an older node (or a hand-made file) sees.
+        let t = tempfile::tempdir().unwrap();
+        let d = JobDir::new(t.path());
+        let json = r#"{"termination": {"kind": "timeout"}, "stdout": {"total": 0,
+            "truncated": false}, "stderr": {"total": 0, "truncated": false},
+            "started_at": "2026-01-01T00:00:00Z", "ended_at": "2026-01-01T00:00:01Z",
+            "runner": "native", "host": "n1", "setup_error": null}"#;
+        std::fs::write(d.file(OUTCOME_FILE), json).unwrap();
+        let f = d.read_outcome().unwrap().unwrap();
+        assert_eq!((f.version, f.job_id.as_str()), (VERSION, ""));
+        assert_eq!(f.host.as_deref(), Some("n1"));
+        assert!(!f.disk_full);
+    }
+
+    fn dir_with(json: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join(JOB_FILE), json).unwrap();
+        d
+    }
+
+    const LIMITS: &str = r#"{"timeout": 5, "memory": 67108864, "pids": 32, "output": 1024,
+        "cpus": 1.0, "file_size": 1048576, "open_files": 64}"#;
+
+    #[test]
+    fn job_file_parses() {
+        let d = dir_with(&format!(
+            r#"{{"version": 1, "job_id": "01J-abc", "env": {{"A": "b"}}, "limits": {LIMITS}}}"#
+        ));
+        let j = JobDir::new(d.path()).read_job().unwrap();
+        assert_eq!(j.job_id, "01J-abc");
+        assert_eq!(j.limits.pids, 32);
+    }
+
+    #[test]
+    fn job_file_rejects_unknown_keys_versions_and_ids() {
+        for (json, want) in [
+            (
+                format!(r#"{{"version": 1, "job_id": "a", "limits": {LIMITS}, "x": 1}}"#),
+                "not a valid job file",
+            ),
+            (
+                format!(r#"{{"version": 2, "job_id": "a", "limits": {LIMITS}}}"#),
+                "version 2",
+            ),
+            (
+                format!(r#"{{"version": 1, "job_id": "../x", "limits": {LIMITS}}}"#),
+                "job_id",
+            ),
+            ("{".to_string(), "not a valid job file"),
+        ] {
+            let d = dir_with(&json);
+            let e = JobDir::new(d.path()).read_job().unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn job_file_rejects_zero_timeout() {
+        let limits = LIMITS.replace("\"timeout\": 5", "\"timeout\": 0");
+        let d = dir_with(&format!(
+            r#"{{"version": 1, "job_id": "a", "limits": {limits}}}"#
+        ));
+        let e = JobDir::new(d.path()).read_job().unwrap_err().to_string();
+        assert!(e.contains("timeout"), "{e}");
     }
 
     #[test]

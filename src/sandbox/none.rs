@@ -23,19 +23,18 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use super::output::{SharedCapture, collect, spawn_drain};
-use super::{
-    Contract, ENV_RESULTS, ENV_WORKSPACE, RUN_AS_STUDENT, RunOutcome, RunSpec, Runner,
-    SandboxError, TEST_COMMAND, Termination,
+use super::spec::{
+    ENV_RESULTS, ENV_WORKSPACE, RUN_AS_STUDENT, RunOutcome, RunSpec, Runner, SAFE_PATH,
+    SandboxError, TEST_COMMAND,
 };
+use crate::config::Contract;
+use crate::result::Termination;
 
 /// Time between TERM and KILL of the process group.
 const KILL_GRACE: Duration = Duration::from_millis(500);
 /// After the child exits, how long descendants may keep the pipes open
 /// before we stop reading (a daemonized grandchild must not hang the job).
 const PIPE_LINGER: Duration = Duration::from_secs(2);
-
-/// `PATH` given to test scripts.
-pub const SAFE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 #[derive(Debug, Default)]
 pub struct NoneRunner;

@@ -16,7 +16,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use super::{RESULTS_BYTES, RESULTS_FILES};
+use super::spec::{RESULTS_BYTES, RESULTS_FILES};
 
 /// Flag bit: a writable mount of the job was full when it ended.
 pub const FLAG_DISK_FULL: u32 = 1;

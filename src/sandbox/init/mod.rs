@@ -86,6 +86,19 @@ impl Invocation<'_> {
     }
 }
 
+/// The contents of the file `lg-init --test-paths` reads: the workspace
+/// entries that came from the tests, relative, each followed by a NUL
+/// (parsed by `args::parse_test_paths`).
+pub fn test_paths_file(paths: &[PathBuf]) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    for p in paths {
+        out.extend_from_slice(p.as_os_str().as_bytes());
+        out.push(0);
+    }
+    out
+}
+
 /// Write [`BINARY`] into `dir` (created 0755 if missing) as
 /// `lg-init-<hash>`, 0755, once: an existing file of the same name is
 /// already this binary. Returns its path.
@@ -128,6 +141,14 @@ mod tests {
         let r = crate::sandbox::results_stream::parse(&s).unwrap();
         assert_eq!(r.files, vec![("results.json".to_string(), b"{}".to_vec())]);
         assert!(r.disk_full());
+    }
+
+    #[test]
+    fn the_test_paths_file_is_what_lg_init_parses() {
+        let paths = [PathBuf::from("test_all"), PathBuf::from("data/x")];
+        let parsed = args::parse_test_paths(&test_paths_file(&paths)).unwrap();
+        let want = ["test_all", "data", "data/x"].map(PathBuf::from);
+        assert_eq!(parsed, want.into_iter().collect());
     }
 
     /// Does a 64-bit ELF file name a program interpreter (PT_INTERP)?

@@ -1,0 +1,211 @@
+//! The broker behind `run-as-student` (trusted contract): its socket in
+//! the harness's home, one forked session per call that runs the command
+//! as the student with the caller's fds 0-2 and ends everything of the
+//! student afterwards, and the client half that `run-as-student` is. It
+//! never runs anything as the harness or with a capability.
+
+use std::ffi::{CString, OsString};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+
+use crate::args::{self, Args, EXIT_CLIENT};
+use crate::env::{BROKER, ENV_BROKER, cstr, student_env};
+use crate::fail::{Fail, fail};
+use crate::processes::{become_job, kill_identity};
+use crate::sys;
+
+/// The broker's socket, reachable by the harness alone (it sits in the
+/// harness's 0700 home and is the harness's, 0600).
+pub(crate) fn open_broker(a: &Args) -> Result<UnixListener, Fail> {
+    let step = "open the broker";
+    let path = a.harness.join(BROKER);
+    let _ = fs::remove_file(&path);
+    let l = UnixListener::bind(&path).map_err(|e| fail(step, "bind", e))?;
+    std::os::unix::fs::chown(&path, Some(a.harness_id.0), Some(a.harness_id.1))
+        .map_err(|e| fail(step, "chown", e))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+        .map_err(|e| fail(step, "chmod", e))?;
+    Ok(l)
+}
+
+/// One `run-as-student` call, in a forked child of the init (still the
+/// sandbox's root): read the request and the caller's fds 0-2, run the
+/// command as the student, kill everything of the student when it ends or
+/// when the caller hangs up, send the status back.
+pub(crate) fn session(a: &Args, conn: UnixStream) -> ! {
+    let sock = conn.as_raw_fd();
+    let mut fds = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut got = Vec::new();
+    let mut want = None;
+    loop {
+        let n = match sys::recv_with_fds(sock, &mut buf, &mut fds) {
+            Ok(0) | Err(_) => sys::exit_now(1),
+            Ok(n) => n,
+        };
+        got.extend_from_slice(&buf[..n]);
+        if want.is_none() && got.len() >= 4 {
+            let len = u32::from_le_bytes([got[0], got[1], got[2], got[3]]) as usize;
+            if len > args::REQUEST_MAX {
+                sys::exit_now(1);
+            }
+            want = Some(len + 4);
+        }
+        if want.is_some_and(|w| got.len() >= w) {
+            break;
+        }
+    }
+    let argv = match args::decode_request(&got[4..]) {
+        Ok(v) if fds.len() == 3 => v,
+        _ => sys::exit_now(1),
+    };
+    let sigfd = match sys::sigchld_fd() {
+        Ok(fd) => fd,
+        Err(_) => sys::exit_now(1),
+    };
+    let env = student_env(a);
+    let pid = match sys::do_fork() {
+        Ok(0) => {
+            let code = run_student(a, &argv, &fds, &env);
+            sys::exit_now(code)
+        }
+        Ok(p) => p,
+        Err(_) => sys::exit_now(1),
+    };
+    for fd in &fds {
+        sys::close_fd(*fd);
+    }
+    let status = loop {
+        if let Ok(Some((_, st))) = sys::wait(pid, sys::WNOHANG) {
+            break Some(st);
+        }
+        let mut p = [
+            sys::pollfd {
+                fd: sigfd,
+                events: sys::POLLIN,
+                revents: 0,
+            },
+            sys::pollfd {
+                fd: sock,
+                events: sys::POLLRDHUP,
+                revents: 0,
+            },
+        ];
+        let _ = sys::poll_fds(&mut p, -1);
+        if p[0].revents != 0 {
+            sys::drain_fd(sigfd);
+        }
+        if p[1].revents & (sys::POLLRDHUP | sys::POLLHUP | sys::POLLERR) != 0 {
+            break None;
+        }
+    };
+    kill_identity(a.student);
+    if let Some(st) = status {
+        let code = args::exit_code(st) as u32;
+        let _ = (&conn).write_all(&code.to_le_bytes());
+    }
+    sys::exit_now(0)
+}
+
+/// The student's side of a session (forked): its fds, its identity, exec.
+pub(crate) fn run_student(a: &Args, argv: &[Vec<u8>], fds: &[i32], env: &[CString]) -> i32 {
+    let mut err = std::mem::ManuallyDrop::new(
+        // SAFETY: the caller's stderr, received over the socket.
+        unsafe { fs::File::from_raw_fd(fds[2]) },
+    );
+    let say = |err: &mut fs::File, m: String| {
+        let _ = writeln!(err, "run-as-student: {m}");
+    };
+    for (i, fd) in fds.iter().enumerate() {
+        if let Err(e) = sys::dup_to(*fd, i as i32) {
+            say(&mut err, format!("dup2: {e}"));
+            return EXIT_CLIENT;
+        }
+    }
+    if let Err(m) = become_job(a, a.student) {
+        let _ = writeln!(io::stderr(), "run-as-student: {m}");
+        return EXIT_CLIENT;
+    }
+    sys::set_umask(0o022);
+    if let Err(e) = std::env::set_current_dir(&a.workspace) {
+        let _ = writeln!(io::stderr(), "run-as-student: chdir {}: {e}", a.workspace.display());
+        return EXIT_CLIENT;
+    }
+    let cargv: Vec<CString> = argv.iter().map(|s| cstr(s.clone())).collect();
+    let cmd = &argv[0];
+    let mut last = io::Error::from_raw_os_error(2);
+    if cmd.contains(&b'/') {
+        last = sys::exec(&cargv[0], &cargv, env);
+    } else {
+        let path = env
+            .iter()
+            .find_map(|e| e.as_bytes().strip_prefix(b"PATH=").map(|p| p.to_vec()))
+            .unwrap_or_default();
+        for dir in path.split(|b| *b == b':') {
+            let mut full = if dir.is_empty() { b".".to_vec() } else { dir.to_vec() };
+            full.push(b'/');
+            full.extend_from_slice(cmd);
+            let e = sys::exec(&cstr(full), &cargv, env);
+            // Keep the most telling error (EACCES over ENOENT).
+            if e.raw_os_error() != Some(2) {
+                last = e;
+            }
+        }
+    }
+    let _ = writeln!(
+        io::stderr(),
+        "run-as-student: {}: {last}",
+        String::from_utf8_lossy(cmd)
+    );
+    if last.raw_os_error() == Some(2) { 127 } else { 126 }
+}
+
+/// `run-as-student CMD ARGS…` (running as the harness): hand CMD and our
+/// fds 0-2 to the broker, wait for the status, exit with it.
+pub(crate) fn client(argv: Vec<OsString>) -> ! {
+    if argv.is_empty() {
+        eprintln!("usage: run-as-student CMD [ARG...]");
+        std::process::exit(2);
+    }
+    let path = std::env::var_os(ENV_BROKER).unwrap_or_else(|| "/harness/.broker".into());
+    let conn = match UnixStream::connect(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "run-as-student: cannot reach the broker at {}: {e} (it works only inside a \
+                 labgrader sandbox, from the harness under the trusted contract)",
+                Path::new(&path).display()
+            );
+            std::process::exit(EXIT_CLIENT);
+        }
+    };
+    let req = args::encode_request(&argv.into_iter().map(|a| a.into_vec()).collect::<Vec<_>>());
+    let sock = conn.as_raw_fd();
+    let sent = match sys::send_with_fds(sock, &req, &[0, 1, 2]) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("run-as-student: send to the broker: {e}");
+            std::process::exit(EXIT_CLIENT);
+        }
+    };
+    if (&conn).write_all(&req[sent..]).is_err() {
+        eprintln!("run-as-student: the broker hung up");
+        std::process::exit(EXIT_CLIENT);
+    }
+    let mut code = [0u8; 4];
+    match (&conn).read_exact(&mut code) {
+        Ok(()) => {
+            let _ = conn.into_raw_fd();
+            std::process::exit(u32::from_le_bytes(code).min(255) as i32)
+        }
+        Err(_) => {
+            eprintln!("run-as-student: the broker ended without a status");
+            std::process::exit(EXIT_CLIENT)
+        }
+    }
+}
