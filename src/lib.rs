@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod deliver;
 pub mod event;
 pub mod gitlab;
