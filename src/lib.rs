@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod deliver;
 pub mod event;
+pub mod git;
 pub mod gitlab;
 pub mod gradebook;
 pub mod grader;
