@@ -18,7 +18,9 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::event::{Event, HookSource};
 use crate::gitlab::GitlabApi;
-use crate::manifest::{Authors, Directory, Manifest, ManifestError, resolve_authors};
+use crate::manifest::{
+    Authors, Directory, Manifest, ManifestError, ManifestRules, resolve_authors,
+};
 use crate::policy::{
     Acceptance, Decision, QuotaDecision, QuotaLedger, ResolvedPolicy, judge_lateness,
 };
@@ -73,6 +75,16 @@ impl Refusal {
     }
 }
 
+impl<'a> From<&'a ResolvedPolicy> for ManifestRules<'a> {
+    fn from(p: &'a ResolvedPolicy) -> ManifestRules<'a> {
+        ManifestRules {
+            assignment: &p.assignment,
+            manifest: p.manifest,
+            roster: p.roster.as_deref(),
+        }
+    }
+}
+
 /// The grader's own trouble while admitting: retry later.
 #[derive(Debug, thiserror::Error)]
 pub enum AdmitError {
@@ -105,12 +117,24 @@ pub async fn admit(
         Decision::Ignore(_) => unreachable!("lateness never ignores"),
     };
     let invalid = |e: ManifestError| -> Result<Result<Admitted, Refusal>, AdmitError> {
-        if e.is_student_fault() {
-            Ok(Err(Refusal::InvalidManifest {
+        match e {
+            // The submission's doing: status `invalid_manifest`, and this
+            // message goes to the pusher.
+            ManifestError::Missing
+            | ManifestError::Symlink
+            | ManifestError::NotAFile
+            | ManifestError::TooLarge { .. }
+            | ManifestError::Syntax { .. }
+            | ManifestError::Invalid(_)
+            | ManifestError::PusherNotListed { .. } => Ok(Err(Refusal::InvalidManifest {
                 message: e.to_string(),
-            }))
-        } else {
-            Err(AdmitError::Directory(e))
+            })),
+            // The grader's or the staff's trouble (I/O, roster, GitLab):
+            // retried, never charged to the student.
+            ManifestError::Io(_)
+            | ManifestError::Roster { .. }
+            | ManifestError::Lookup(_)
+            | ManifestError::NoMembers { .. } => Err(AdmitError::Directory(e)),
         }
     };
     let manifest = match Manifest::load(student_tree, &policy) {
