@@ -99,18 +99,8 @@ pub struct GradeArgs {
     pub timeout: Option<String>,
     /// Grading contract: `stdout` or `trusted` (default: the config's
     /// `[grader] contract`).
-    #[arg(long, value_parser = parse_contract)]
+    #[arg(long, value_parser = str::parse::<crate::config::Contract>)]
     pub contract: Option<crate::config::Contract>,
-}
-
-fn parse_contract(s: &str) -> Result<crate::config::Contract, String> {
-    match s {
-        "stdout" => Ok(crate::config::Contract::Stdout),
-        "trusted" => Ok(crate::config::Contract::Trusted),
-        other => Err(format!(
-            "unknown contract `{other}`; use `stdout` or `trusted`"
-        )),
-    }
 }
 
 #[derive(Debug, Subcommand)]

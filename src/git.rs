@@ -5,6 +5,8 @@
 //! group, and has its stderr captured up to [`STDERR_CAP`] bytes (the rest
 //! is read and dropped, so git never blocks on a full pipe).
 //!
+//! It also owns what a full commit id looks like ([`is_full_sha`]).
+//!
 //! This module knows nothing of mirrors, URLs or tokens and builds no
 //! user-facing message: callers turn a [`RunError`] or a failed [`Output`]
 //! into their own errors. It never logs the environment it is given (it
@@ -18,6 +20,11 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
+
+/// True for a full hex commit id (SHA-1 or SHA-256).
+pub fn is_full_sha(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
 
 /// Bytes of git's stderr kept; the rest is drained and dropped.
 pub const STDERR_CAP: usize = 64 * 1024;

@@ -255,6 +255,19 @@ impl fmt::Display for Contract {
     }
 }
 
+impl FromStr for Contract {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stdout" => Ok(Contract::Stdout),
+            "trusted" => Ok(Contract::Trusted),
+            other => Err(format!(
+                "unknown contract `{other}`; use `stdout` or `trusted`"
+            )),
+        }
+    }
+}
+
 impl fmt::Display for RunnerKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

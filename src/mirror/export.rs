@@ -9,8 +9,8 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::error::MirrorError;
-use super::repo::{Mirrors, is_full_sha, loose_object_exists, redact_url, tidy_stderr};
-use crate::git;
+use super::repo::{Mirrors, loose_object_exists, redact_url, tidy_stderr};
+use crate::git::{self, is_full_sha};
 use crate::workspace::{self, Usage, WorkspaceError, WorkspaceLimits};
 
 impl Mirrors {

@@ -9,7 +9,8 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::error::MirrorError;
-use super::repo::{Mirrors, is_full_sha, redact_url};
+use super::repo::{Mirrors, redact_url};
+use crate::git::is_full_sha;
 
 /// Ref holding the test repository's default-branch head as last fetched.
 const TESTS_HEAD_REF: &str = "refs/labgrader/head";

@@ -27,5 +27,6 @@ mod heads;
 mod repo;
 mod tree_cache;
 
+pub use crate::git::is_full_sha;
 pub use error::MirrorError;
-pub use repo::{Mirrors, is_full_sha, redact_url};
+pub use repo::{Mirrors, redact_url};

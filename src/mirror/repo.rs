@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::MirrorError;
 use crate::config::Secret;
-use crate::git::{self, RunError};
+use crate::git::{self, RunError, is_full_sha};
 
 /// Bytes of git's stderr kept for an error message.
 const STDERR_KEEP: usize = 2000;
@@ -37,12 +37,9 @@ pub(super) struct MirrorState {
     pub(super) fetched_at: Option<Instant>,
 }
 
-/// True for a full hex commit id (SHA-1 or SHA-256).
-pub fn is_full_sha(s: &str) -> bool {
-    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// `url` without any `user:password@` part, for messages.
+/// `url` without any `user:password@` part, for messages. Kept by hand:
+/// it must pass any string through (scp-like `git@host:path`, `file://`),
+/// which a URI parser would refuse.
 pub fn redact_url(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://")
         && let Some((_, host)) = rest.split_once('@')

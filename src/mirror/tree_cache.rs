@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::error::MirrorError;
-use super::repo::{Mirrors, is_full_sha};
+use super::repo::Mirrors;
+use crate::git::is_full_sha;
 use crate::workspace::{self, WorkspaceLimits};
 
 /// Directory (under the mirrors root) caching extracted test trees by SHA.
