@@ -1,6 +1,7 @@
 //! `[assignments.NAME]`: per-assignment overrides and course policy
 //! (trigger, manifest, roster, quota, deadline). Only the shape and the
-//! deadline's parsing live here; the rules that use it are the policy's.
+//! deadline's parsing live here; it never applies a rule (that is the
+//! policy's).
 
 use std::path::PathBuf;
 

@@ -1,7 +1,8 @@
 //! The HTTP side of the hook server: routing (`POST /hooks/gitlab`,
 //! `GET /healthz`, `GET /metrics`), the webhook token check in constant
 //! time, the body limit and timeout, the GitLab headers, and what each
-//! parsed delivery leads to. Storing the pushes is the intake's.
+//! parsed delivery leads to. It never writes to the spool: storing the
+//! pushes is the intake's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
