@@ -313,23 +313,19 @@ mod tests {
 
     #[test]
     fn token_travels_only_in_the_environment() {
-        let m = Mirrors::new("/m", Duration::from_secs(1), Some(Secret::new("s3cret")));
-        let env = m.env_pairs();
-        let value = &env
-            .iter()
-            .find(|(k, _)| *k == "GIT_CONFIG_VALUE_0")
-            .unwrap()
-            .1;
+        let header = |token: &str| {
+            let m = Mirrors::new("/m", Duration::from_secs(1), Some(Secret::new(token)));
+            let env = m.env_pairs();
+            let (_, value) = env
+                .iter()
+                .find(|(k, _)| *k == "GIT_CONFIG_VALUE_0")
+                .unwrap();
+            value.clone()
+        };
+        let value = header("s3cret");
         assert!(value.starts_with("Authorization: Basic "));
         assert!(!value.contains("s3cret"));
         // Standard base64 with padding (RFC 4648), as HTTP basic auth wants.
-        let m = Mirrors::new("/m", Duration::from_secs(1), Some(Secret::new("tok")));
-        let env = m.env_pairs();
-        let value = &env
-            .iter()
-            .find(|(k, _)| *k == "GIT_CONFIG_VALUE_0")
-            .unwrap()
-            .1;
-        assert_eq!(value, "Authorization: Basic b2F1dGgyOnRvaw==");
+        assert_eq!(header("tok"), "Authorization: Basic b2F1dGgyOnRvaw==");
     }
 }
