@@ -8,11 +8,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::spool::{Spool, State};
+use crate::daemon::{Parts, QueueReport, open_spool};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -101,18 +99,8 @@ pub struct GradeArgs {
     pub timeout: Option<String>,
     /// Grading contract: `stdout` or `trusted` (default: the config's
     /// `[grader] contract`).
-    #[arg(long, value_parser = parse_contract)]
+    #[arg(long, value_parser = str::parse::<crate::config::Contract>)]
     pub contract: Option<crate::config::Contract>,
-}
-
-fn parse_contract(s: &str) -> Result<crate::config::Contract, String> {
-    match s {
-        "stdout" => Ok(crate::config::Contract::Stdout),
-        "trusted" => Ok(crate::config::Contract::Trusted),
-        other => Err(format!(
-            "unknown contract `{other}`; use `stdout` or `trusted`"
-        )),
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,9 +205,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::CheckConfig => unreachable!("handled above"),
         Command::Queue { json } => queue(&cfg, json),
-        Command::Serve => daemon(cfg, true, true),
-        Command::Hook => daemon(cfg, true, false),
-        Command::Grader => daemon(cfg, false, true),
+        Command::Serve => daemon(
+            cfg,
+            Parts {
+                hook: true,
+                grader: true,
+            },
+        ),
+        Command::Hook => daemon(
+            cfg,
+            Parts {
+                hook: true,
+                grader: false,
+            },
+        ),
+        Command::Grader => daemon(
+            cfg,
+            Parts {
+                hook: false,
+                grader: true,
+            },
+        ),
         Command::Gitlab(cmd) => gitlab(&cfg, cmd),
         // grader (issue #3): staff commands.
         Command::Grade(args) => grade(&cfg, args),
@@ -256,114 +262,19 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// A token cancelled on the first SIGTERM or SIGINT.
-fn shutdown_on_signals() -> Result<CancellationToken> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let token = CancellationToken::new();
-    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    let t = token.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
-        t.cancel();
-    });
-    Ok(token)
-}
-
-fn daemon(cfg: Arc<Config>, hook: bool, grader: bool) -> Result<ExitCode> {
+fn daemon(cfg: Arc<Config>, parts: Parts) -> Result<ExitCode> {
     runtime()?.block_on(async move {
-        let shutdown = shutdown_on_signals()?;
-        let spool = Arc::new(
-            Spool::open(&cfg.spool.dir)
-                .with_context(|| format!("cannot open spool {}", cfg.spool.dir.display()))?,
-        );
-        let listener = if hook {
-            Some(
-                tokio::net::TcpListener::bind(cfg.server.listen)
-                    .await
-                    .with_context(|| format!("cannot listen on {}", cfg.server.listen))?,
-            )
-        } else {
-            None
-        };
-        // systemd (Type=notify): ready once the spool is open and the socket
-        // bound. The grader's own "watching" point is inside grader::run;
-        // until it reports readiness itself, READY=1 is sent here.
-        crate::notify::ready();
-        crate::notify::status(&match &listener {
-            Some(l) => format!(
-                "listening on {}, spool {}",
-                l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-                cfg.spool.dir.display()
-            ),
-            None => format!("spool {}", cfg.spool.dir.display()),
-        });
-        let watchdog = tokio::spawn(crate::notify::watchdog_task(shutdown.clone()));
-        let stopping = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                shutdown.cancelled().await;
-                crate::notify::stopping();
-            }
-        });
-        let hook_task = async {
-            match listener {
-                Some(listener) => {
-                    crate::hook::serve(cfg.clone(), spool.clone(), listener, shutdown.clone()).await
-                }
-                None => Ok(()),
-            }
-        };
-        let grader_task = async {
-            if !grader {
-                return Ok(());
-            }
-            crate::grader::run(cfg.clone(), spool.clone(), shutdown.clone()).await
-        };
-        // The delivery worker runs beside the grader (one worker per spool).
-        let deliver_task = async {
-            if !grader {
-                return Ok(());
-            }
-            crate::deliver::run(cfg.clone(), spool.clone(), shutdown.clone())
-                .await
-                .context("delivery worker")
-        };
-        let (h, g, d) = tokio::join!(
-            stop_all_on_error(hook_task, &shutdown),
-            stop_all_on_error(grader_task, &shutdown),
-            stop_all_on_error(deliver_task, &shutdown),
-        );
-        shutdown.cancel();
-        let _ = stopping.await;
-        let _ = watchdog.await;
-        h?;
-        g?;
-        d?;
-        Ok(ExitCode::SUCCESS)
-    })
-}
-
-/// Run one part of the daemon; if it fails, stop the others too.
-async fn stop_all_on_error(
-    part: impl std::future::Future<Output = Result<()>>,
-    shutdown: &CancellationToken,
-) -> Result<()> {
-    let r = part.await;
-    if r.is_err() {
-        shutdown.cancel();
-    }
-    r
+        let shutdown = crate::daemon::shutdown_on_signals()?;
+        crate::daemon::run(cfg, parts, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `labgrader sandbox --job-dir DIR`: exit 0 once `DIR/outcome.json` is
 /// written (whatever test_all did); an error is a grader fault.
 fn sandbox(cfg: &Config, dir: &std::path::Path) -> Result<ExitCode> {
     runtime()?.block_on(async {
-        let shutdown = shutdown_on_signals()?;
+        let shutdown = crate::daemon::shutdown_on_signals()?;
         let out = crate::sandbox::native::job::run_job_dir(&cfg.native, dir, &shutdown)
             .await
             .with_context(|| format!("sandbox job {}", dir.display()))?;
@@ -429,29 +340,8 @@ fn gitlab(cfg: &Config, cmd: GitlabCommand) -> Result<ExitCode> {
     })
 }
 
-#[derive(Serialize)]
-struct QueueReport {
-    spool: PathBuf,
-    counts: Vec<(State, usize)>,
-    waiting: Vec<String>,
-    active: Vec<String>,
-    /// Oldest deliveries waiting in outbox/ and given up in dead/ (with reasons).
-    deliveries_waiting: Vec<crate::deliver::DeliveryLine>,
-    deliveries_dead: Vec<crate::deliver::DeliveryLine>,
-}
-
 fn queue(cfg: &Config, json: bool) -> Result<ExitCode> {
-    let spool = Spool::open(&cfg.spool.dir)
-        .with_context(|| format!("cannot open spool {}", cfg.spool.dir.display()))?;
-    let (deliveries_waiting, deliveries_dead) = crate::deliver::report(&spool, 50)?;
-    let report = QueueReport {
-        spool: cfg.spool.dir.clone(),
-        counts: State::ALL.iter().map(|s| (*s, spool.count(*s))).collect(),
-        waiting: spool.list(State::Incoming)?,
-        active: spool.list(State::Active)?,
-        deliveries_waiting,
-        deliveries_dead,
-    };
+    let report = QueueReport::build(cfg)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
@@ -469,7 +359,10 @@ fn queue(cfg: &Config, json: bool) -> Result<ExitCode> {
         }
     }
     if !report.deliveries_waiting.is_empty() {
-        println!("deliveries waiting (oldest first, at most 50):");
+        println!(
+            "deliveries waiting (oldest first, at most {}):",
+            QueueReport::DELIVERY_LIMIT
+        );
         for d in &report.deliveries_waiting {
             let next = d.next_try_at.map(|t| t.to_rfc3339()).unwrap_or_default();
             match &d.reason {
@@ -482,7 +375,10 @@ fn queue(cfg: &Config, json: bool) -> Result<ExitCode> {
         }
     }
     if !report.deliveries_dead.is_empty() {
-        println!("deliveries given up (dead/, at most 50):");
+        println!(
+            "deliveries given up (dead/, at most {}):",
+            QueueReport::DELIVERY_LIMIT
+        );
         for d in &report.deliveries_dead {
             println!(
                 "  {}  attempts {}  {}",
@@ -496,11 +392,6 @@ fn queue(cfg: &Config, json: bool) -> Result<ExitCode> {
 }
 
 // ---- grader (issue #3): grade, regrade, replay, gradebook export ----
-
-fn open_spool(cfg: &Config) -> Result<Spool> {
-    Spool::open(&cfg.spool.dir)
-        .with_context(|| format!("cannot open spool {}", cfg.spool.dir.display()))
-}
 
 fn grade(cfg: &Config, args: GradeArgs) -> Result<ExitCode> {
     use std::io::Write;

@@ -8,8 +8,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod deliver;
 pub mod event;
+pub mod git;
 pub mod gitlab;
 pub mod gradebook;
 pub mod grader;

@@ -14,7 +14,8 @@ use labgrader::event::{Project, Pusher};
 use labgrader::gitlab::GitlabApi;
 use labgrader::httpc::HttpClient;
 use labgrader::manifest::{Directory, Manifest, ManifestError, resolve_authors};
-use labgrader::policy::ResolvedPolicy;
+use labgrader::policy::admit::manifest_refusal;
+use labgrader::policy::{Refusal, ResolvedPolicy};
 
 fn policy(section: &str) -> ResolvedPolicy {
     let c = Config::from_toml(&format!("[assignments.lab1]\n{section}\n"), None).unwrap();
@@ -39,7 +40,10 @@ fn manifest_committed_as_symlink_to_shadow_is_refused() {
     );
     let e = Manifest::load(&tree, &policy("")).unwrap_err();
     assert!(matches!(e, ManifestError::Symlink), "{e}");
-    assert!(e.is_student_fault());
+    assert!(matches!(
+        manifest_refusal(e),
+        Ok(Refusal::InvalidManifest { .. })
+    ));
 }
 
 #[test]
@@ -175,7 +179,7 @@ async fn gitlab_down_is_not_the_students_fault() {
         .await
         .unwrap_err();
     assert!(matches!(e, ManifestError::Lookup(_)), "{e}");
-    assert!(!e.is_student_fault());
+    assert!(manifest_refusal(e).is_err());
 }
 
 #[tokio::test]

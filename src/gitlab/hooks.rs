@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::{GitlabApi, GitlabError, encode_path};
+use super::api::{GitlabApi, GitlabError, encode_path};
 use crate::config::{Config, Secret};
 
 /// Page size asked of GitLab (its maximum).

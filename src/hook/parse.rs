@@ -346,7 +346,7 @@ fn sha_at(obj: &Map<String, Value>, key: &str, label: &str) -> Result<String, Pa
         .get(key)
         .and_then(Value::as_str)
         .ok_or_else(|| field(label, "a string"))?;
-    if !(v.len() == 40 || v.len() == 64) || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !crate::git::is_full_sha(v) {
         return Err(ParseError::BadSha {
             field: label.to_string(),
             value: clip(v),

@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, GitlabConfig};
+use crate::git::{self, RunError};
 use crate::gitlab::{GitlabApi, GitlabError};
 use crate::hook::dedup::KeyLocks;
 use crate::httpc::HttpClient;
@@ -156,24 +157,25 @@ impl TestRepos {
     }
 
     async fn ls_remote(&self, url: &str) -> Result<bool, LookupError> {
-        let mut cmd = tokio::process::Command::new("git");
-        cmd.args(["ls-remote", "--", url, "HEAD"])
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_ASKPASS", "true")
-            .env("SSH_ASKPASS", "true")
-            .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let child = cmd.spawn().map_err(LookupError::Spawn)?;
-        let out = tokio::time::timeout(self.timeout, child.wait_with_output())
+        let env = [
+            ("GIT_TERMINAL_PROMPT", "0".to_string()),
+            ("GIT_ASKPASS", "true".to_string()),
+            ("SSH_ASKPASS", "true".to_string()),
+            ("GIT_SSH_COMMAND", "ssh -o BatchMode=yes".to_string()),
+        ];
+        let mut cmd = git::command(None, &["ls-remote", "--", url, "HEAD"], &env);
+        cmd.stdout(Stdio::null());
+        let out = git::run(cmd, self.timeout, None)
             .await
-            .map_err(|_| LookupError::Timeout {
-                url: url.to_string(),
-                secs: self.timeout.as_secs(),
-            })?
-            .map_err(LookupError::Spawn)?;
+            .map_err(|e| match e {
+                RunError::TimedOut => LookupError::Timeout {
+                    url: url.to_string(),
+                    secs: self.timeout.as_secs(),
+                },
+                RunError::Spawn(e) => LookupError::Spawn(e),
+                // No cancellation token is given.
+                RunError::Cancelled => unreachable!("ls-remote runs without a cancellation token"),
+            })?;
         if out.status.success() {
             return Ok(true);
         }

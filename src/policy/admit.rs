@@ -15,12 +15,13 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use super::quota::{QuotaDecision, QuotaLedger};
+use super::rules::{Acceptance, Decision, ResolvedPolicy, judge_lateness};
 use crate::config::Config;
 use crate::event::{Event, HookSource};
 use crate::gitlab::GitlabApi;
-use crate::manifest::{Authors, Directory, Manifest, ManifestError, resolve_authors};
-use crate::policy::{
-    Acceptance, Decision, QuotaDecision, QuotaLedger, ResolvedPolicy, judge_lateness,
+use crate::manifest::{
+    Authors, Directory, Manifest, ManifestError, ManifestRules, resolve_authors,
 };
 
 /// Run it.
@@ -73,15 +74,47 @@ impl Refusal {
     }
 }
 
+impl<'a> From<&'a ResolvedPolicy> for ManifestRules<'a> {
+    fn from(p: &'a ResolvedPolicy) -> ManifestRules<'a> {
+        ManifestRules {
+            assignment: &p.assignment,
+            manifest: p.manifest,
+            roster: p.roster.as_deref(),
+        }
+    }
+}
+
 /// The grader's own trouble while admitting: retry later.
 #[derive(Debug, thiserror::Error)]
 pub enum AdmitError {
     #[error(transparent)]
     Directory(ManifestError),
     #[error(transparent)]
-    Quota(#[from] crate::policy::QuotaError),
+    Quota(#[from] super::quota::QuotaError),
     #[error("quota ledger task failed: {0}")]
     Join(String),
+}
+
+/// Whose fault a manifest problem is, by an exhaustive match: the
+/// submission's is a refusal (`invalid_manifest`, the message goes to the
+/// pusher); the grader's or the staff's (I/O, roster, GitLab) is an error,
+/// retried and never charged to the student.
+pub fn manifest_refusal(e: ManifestError) -> Result<Refusal, AdmitError> {
+    match e {
+        ManifestError::Missing
+        | ManifestError::Symlink
+        | ManifestError::NotAFile
+        | ManifestError::TooLarge { .. }
+        | ManifestError::Syntax { .. }
+        | ManifestError::Invalid(_)
+        | ManifestError::PusherNotListed { .. } => Ok(Refusal::InvalidManifest {
+            message: e.to_string(),
+        }),
+        ManifestError::Io(_)
+        | ManifestError::Roster { .. }
+        | ManifestError::Lookup(_)
+        | ManifestError::NoMembers { .. } => Err(AdmitError::Directory(e)),
+    }
 }
 
 /// Apply the course policy to `event`, whose student tree (the pushed
@@ -104,15 +137,7 @@ pub async fn admit(
         Decision::Reject { message, .. } => return Ok(Err(Refusal::Late { message })),
         Decision::Ignore(_) => unreachable!("lateness never ignores"),
     };
-    let invalid = |e: ManifestError| -> Result<Result<Admitted, Refusal>, AdmitError> {
-        if e.is_student_fault() {
-            Ok(Err(Refusal::InvalidManifest {
-                message: e.to_string(),
-            }))
-        } else {
-            Err(AdmitError::Directory(e))
-        }
-    };
+    let invalid = |e: ManifestError| manifest_refusal(e).map(Err);
     let manifest = match Manifest::load(student_tree, &policy) {
         Ok(m) => m,
         Err(e) => return invalid(e),

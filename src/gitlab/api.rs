@@ -1,9 +1,7 @@
-//! GitLab's REST API (v4), as far as labgrader uses it.
-//!
-//! Owns the base URL, the `PRIVATE-TOKEN` header and the mapping of GitLab's
-//! answers to typed errors. Typed calls (project lookup, commit status,
-//! users, project members, hooks) are methods on [`GitlabApi`]. It never logs the token and
-//! never retries by itself.
+//! The GitLab API client: base URL, `PRIVATE-TOKEN` header, the mapping
+//! of GitLab's answers to [`GitlabError`], and the typed calls (users,
+//! project members, projects). It never logs the token and never retries
+//! by itself; hook setup is [`super::hooks`]'s.
 
 use std::time::Duration;
 
@@ -58,6 +56,8 @@ pub struct GitlabApi {
 }
 
 /// `namespace/name` as one path segment, as GitLab's `:id` accepts it.
+/// Kept by hand: no percent-encoding crate is in Cargo.toml, and this is
+/// the RFC 3986 unreserved set in six lines.
 pub fn encode_path(path: &str) -> String {
     let mut s = String::with_capacity(path.len() + 8);
     for b in path.bytes() {
@@ -290,9 +290,6 @@ impl GitlabApi {
     }
 }
 
-// Hook setup (system hook, project hooks, project_create): see hooks.rs.
-pub mod hooks;
-pub use hooks::ensure_project_hook;
 /// The fields of GitLab's project object labgrader reads
 /// (`GET /projects/:id`; unknown fields are ignored).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]

@@ -1,0 +1,165 @@
+//! The running service: opens the spool, binds the hook socket, and starts
+//! the hook server, the grader, the delivery worker and the systemd
+//! housekeeping (readiness, watchdog, stopping) under one shutdown token;
+//! if one part fails, the others stop too. Also builds the `queue` report
+//! of what the spool holds. It never parses arguments nor prints: the CLI
+//! does that and calls in here.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::spool::{Spool, State};
+
+/// Which parts of the daemon run in this process.
+#[derive(Debug, Clone, Copy)]
+pub struct Parts {
+    /// The network-facing hook server.
+    pub hook: bool,
+    /// The grader and, beside it, the delivery worker.
+    pub grader: bool,
+}
+
+/// A token cancelled on the first SIGTERM or SIGINT. Call inside a tokio
+/// runtime.
+pub fn shutdown_on_signals() -> Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        t.cancel();
+    });
+    Ok(token)
+}
+
+/// Open the spool named by the config, with the message every command uses.
+pub fn open_spool(cfg: &Config) -> Result<Spool> {
+    Spool::open(&cfg.spool.dir)
+        .with_context(|| format!("cannot open spool {}", cfg.spool.dir.display()))
+}
+
+/// Run the chosen parts until `shutdown` is cancelled or one part fails
+/// (which cancels it for the others). Returns the first part's error, in
+/// the order hook, grader, delivery.
+pub async fn run(cfg: Arc<Config>, parts: Parts, shutdown: CancellationToken) -> Result<()> {
+    let spool = Arc::new(open_spool(&cfg)?);
+    let listener = if parts.hook {
+        Some(
+            tokio::net::TcpListener::bind(cfg.server.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", cfg.server.listen))?,
+        )
+    } else {
+        None
+    };
+    // systemd (Type=notify): ready once the spool is open and the socket
+    // bound. The grader's own "watching" point is inside grader::run;
+    // until it reports readiness itself, READY=1 is sent here.
+    crate::notify::ready();
+    crate::notify::status(&match &listener {
+        Some(l) => format!(
+            "listening on {}, spool {}",
+            l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            cfg.spool.dir.display()
+        ),
+        None => format!("spool {}", cfg.spool.dir.display()),
+    });
+    let watchdog = tokio::spawn(crate::notify::watchdog_task(shutdown.clone()));
+    let stopping = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            crate::notify::stopping();
+        }
+    });
+    let hook_task = async {
+        match listener {
+            Some(listener) => {
+                crate::hook::serve(cfg.clone(), spool.clone(), listener, shutdown.clone()).await
+            }
+            None => Ok(()),
+        }
+    };
+    let grader_task = async {
+        if !parts.grader {
+            return Ok(());
+        }
+        crate::grader::run(cfg.clone(), spool.clone(), shutdown.clone()).await
+    };
+    // The delivery worker runs beside the grader (one worker per spool).
+    let deliver_task = async {
+        if !parts.grader {
+            return Ok(());
+        }
+        crate::deliver::run(cfg.clone(), spool.clone(), shutdown.clone())
+            .await
+            .context("delivery worker")
+    };
+    let (h, g, d) = tokio::join!(
+        stop_all_on_error(hook_task, &shutdown),
+        stop_all_on_error(grader_task, &shutdown),
+        stop_all_on_error(deliver_task, &shutdown),
+    );
+    shutdown.cancel();
+    let _ = stopping.await;
+    let _ = watchdog.await;
+    h?;
+    g?;
+    d?;
+    Ok(())
+}
+
+/// Run one part of the daemon; if it fails, stop the others too.
+async fn stop_all_on_error(
+    part: impl std::future::Future<Output = Result<()>>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let r = part.await;
+    if r.is_err() {
+        shutdown.cancel();
+    }
+    r
+}
+
+/// What `labgrader queue` shows (its `--json` shape).
+#[derive(Debug, Serialize)]
+pub struct QueueReport {
+    pub spool: PathBuf,
+    pub counts: Vec<(State, usize)>,
+    pub waiting: Vec<String>,
+    pub active: Vec<String>,
+    /// Oldest deliveries waiting in outbox/ and given up in dead/ (with reasons).
+    pub deliveries_waiting: Vec<crate::deliver::DeliveryLine>,
+    pub deliveries_dead: Vec<crate::deliver::DeliveryLine>,
+}
+
+impl QueueReport {
+    /// At most this many deliveries are listed per state.
+    pub const DELIVERY_LIMIT: usize = 50;
+
+    /// Read the spool: counts per state, waiting and active jobs, oldest
+    /// waiting and dead deliveries.
+    pub fn build(cfg: &Config) -> Result<QueueReport> {
+        let spool = open_spool(cfg)?;
+        let (deliveries_waiting, deliveries_dead) =
+            crate::deliver::report(&spool, Self::DELIVERY_LIMIT)?;
+        Ok(QueueReport {
+            spool: cfg.spool.dir.clone(),
+            counts: State::ALL.iter().map(|s| (*s, spool.count(*s))).collect(),
+            waiting: spool.list(State::Incoming)?,
+            active: spool.list(State::Active)?,
+            deliveries_waiting,
+            deliveries_dead,
+        })
+    }
+}
