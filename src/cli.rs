@@ -141,7 +141,7 @@ pub enum GitlabCommand {
     /// Register (or update) the system hook pointing at URL: push and
     /// tag-push events, the webhook token. Needs an administrator's token.
     InstallSystemHook {
-        /// Where GitLab reaches the hook server, e.g. https://grader.example.edu/hooks/gitlab.
+        /// Where GitLab reaches the hook server, e.g. `https://grader.example.edu/hooks/gitlab`.
         #[arg(long)]
         url: String,
         /// Only system events (project_create, ...), no pushes: for setups

@@ -1,10 +1,35 @@
 //! labgrader: grades students' code pushed to GitLab.
 //!
-//! A hook server ([`hook`]) writes each accepted push durably into a
-//! [`spool`]; a grader daemon ([`grader`]) claims it, builds a
-//! [`workspace`], runs `test_all` in a [`sandbox`], reads the [`summary`],
-//! records the result in the [`gradebook`] and queues its [`deliver`]ies.
-//! See DESIGN.md in the repository for the contract between the parts.
+//! The map of the pipeline, one line per module, in the order a job's data
+//! moves through them (layers and the walk of one job: ARCHITECTURE.md).
+//!
+//! Shared vocabulary, used by every stage:
+//! - [`config`]: the TOML configuration, typed and validated; secrets.
+//! - [`event`]: the event file a push becomes in the spool.
+//! - [`result`]: a job's result, its status, limits, termination, output.
+//! - [`retry`], [`watch`], [`metrics`]: backoff, directory wake-ups, metrics.
+//!
+//! A job, from the push to the student:
+//! - [`hook`]: GitLab's webhook in, checked, answered, written to the spool.
+//! - [`spool`]: the directory states (`incoming/`, `active/`, `done/`, …);
+//!   the only code that moves a job between them.
+//! - [`grader`]: claims a job and strings the stages below together; the
+//!   only place that decides whose fault a failure is.
+//! - [`mirror`] and [`git`]: the student's exact commit and the tests' head.
+//! - [`policy`], [`manifest`]: course rules (deadline, authors, quota).
+//! - [`workspace`]: the student's tree with the tests laid over it.
+//! - [`sandbox`]: runs `test_all` (docker, native, slurm, none).
+//! - [`results`], [`summary`]: the grade, from `results.json`/`junit.xml`
+//!   or from stdout's `<summary>`.
+//! - [`gradebook`]: the SQLite record of every job and test, and exports.
+//! - [`deliver`]: the outbox, and the callback, email and commit status.
+//! - [`gitlab`], [`httpc`]: GitLab's REST API, and the HTTP client under it.
+//!
+//! Around them:
+//! - [`reserve`]: free space the spool keeps for jobs already accepted.
+//! - [`notify`]: readiness and watchdog for systemd.
+//! - [`daemon`]: the long-running parts under one shutdown.
+//! - [`cli`]: the command line; parses and calls the library.
 
 pub mod cli;
 pub mod config;

@@ -8,10 +8,10 @@
 //!
 //! The parent only declares and re-exports, so `crate::config::{Config,
 //! Contract, RunnerKind, ...}` stay where every part looks for them:
-//! [`sections`] (the file's sections and their defaults), [`assignment`]
-//! (`[assignments.NAME]`), [`values`] (sizes, durations, quotas, ids),
-//! [`secrets`] (secrets and where they are read from), [`load`] (reading
-//! a file into a checked [`Config`]) and [`validate`] (the checks that
+//! `sections` (the file's sections and their defaults), `assignment`
+//! (`[assignments.NAME]`), `values` (sizes, durations, quotas, ids),
+//! `secrets` (secrets and where they are read from), `load` (reading
+//! a file into a checked [`Config`]) and `validate` (the checks that
 //! span more than one value).
 
 mod assignment;

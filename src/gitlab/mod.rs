@@ -5,7 +5,7 @@
 //! users, project members, hooks) are methods on [`GitlabApi`]. It never logs the token and
 //! never retries by itself.
 //!
-//! The parent only declares and re-exports: [`api`] holds the client and
+//! The parent only declares and re-exports: `api` holds the client and
 //! the typed calls, [`hooks`] the hook setup built on it.
 
 mod api;

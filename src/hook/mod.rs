@@ -15,10 +15,10 @@
 //! graded): GitLab never re-delivers by itself, so a 5xx means staff must
 //! re-send, and duplicates of re-sends are absorbed by [`dedup`].
 //!
-//! The parent only declares and re-exports: [`server`] (the accept loop),
-//! [`state`] (the server's shared state and its start-up), [`http`]
-//! (routing, the token and body checks), [`intake`] (eligibility, dedup
-//! and the durable event file), [`answer`] (what is sent back).
+//! The parent only declares and re-exports: `server` (the accept loop),
+//! `state` (the server's shared state and its start-up), `http`
+//! (routing, the token and body checks), `intake` (eligibility, dedup
+//! and the durable event file), `answer` (what is sent back).
 
 mod answer;
 pub mod dedup;

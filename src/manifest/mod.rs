@@ -17,9 +17,9 @@
 //! because it is emailed to the pusher. It never runs anything, never
 //! touches the spool, and never decides a grade.
 //!
-//! The parent only declares and re-exports: [`error`] (the error and the
-//! manifest's limits), [`file`] (reading and checking `labgrader.json`),
-//! [`roster`] (the course roster CSV) and [`authors`] (verifying names).
+//! The parent only declares and re-exports: `error` (the error and the
+//! manifest's limits), `file` (reading and checking `labgrader.json`),
+//! `roster` (the course roster CSV) and `authors` (verifying names).
 //! Nothing here imports the course policy: the policy hands in what it
 //! needs as [`ManifestRules`].
 

@@ -6,7 +6,7 @@
 //! branch points to now"; an annotated tag object is peeled to its commit,
 //! which the export returns); a test tree at the commit its default branch
 //! pointed to when fetched. Exports stream `git archive` into
-//! [`workspace::extract_tar`], which enforces the workspace limits.
+//! [`crate::workspace::extract_tar`], which enforces the workspace limits.
 //!
 //! git always runs with no terminal prompt, in its own process group, under
 //! a timeout that kills the group. The GitLab token reaches git only
@@ -16,9 +16,9 @@
 //! never decides a job's status: its errors name what failed, and the
 //! grader (`grader::blame`) decides whose fault each one is.
 //!
-//! The parent only declares and re-exports: [`repo`] holds the mirror set
-//! and its git plumbing, [`heads`] fetches to a commit or the tests head,
-//! [`export`] writes trees out, [`tree_cache`] shares test trees by SHA.
+//! The parent only declares and re-exports: `repo` holds the mirror set
+//! and its git plumbing, `heads` fetches to a commit or the tests head,
+//! `export` writes trees out, `tree_cache` shares test trees by SHA.
 
 mod error;
 mod export;

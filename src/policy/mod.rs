@@ -6,7 +6,7 @@
 //! late policy; the submission time is always the hook's receipt time,
 //! never a commit date, which students control). A job's limits are the
 //! grader's (`grader::limits`).
-//! The rules live in [`rules`], admission of a job in [`admit`], the quota
+//! The rules live in [`rules`], admission of a job in [`mod@admit`], the quota
 //! ledger in [`quota`] and the selection of rows for grade exports in
 //! [`export`]; this module only declares and re-exports. Nothing here touches the
 //! spool, the network or the sandbox; callers hand in the facts and act on
