@@ -55,6 +55,12 @@ pub struct AssignmentConfig {
     pub deadline: Option<chrono::DateTime<chrono::FixedOffset>>,
     pub grace: Option<Seconds>,
     pub late: LatePolicy,
+    /// Points of `junit.xml` testcases without a `points` property, by
+    /// `classname.name` or bare name (else 1 point each).
+    pub junit_points: std::collections::BTreeMap<String, f64>,
+    /// Whether a student's email says how many hidden tests there were
+    /// (`true`) or says nothing of them at all (`false`).
+    pub mention_hidden_tests: Option<bool>,
 }
 
 /// Accepts `deadline = "2026-12-01T23:59:00+01:00"` and the unquoted TOML

@@ -152,6 +152,16 @@ impl Config {
             if a.staff.iter().any(|s| s.trim().is_empty()) {
                 return Err(self.invalid(&key("staff"), "holds an empty username"));
             }
+            if let Some((test, p)) = a
+                .junit_points
+                .iter()
+                .find(|(_, p)| !p.is_finite() || **p < 0.0)
+            {
+                return Err(self.invalid(
+                    &key("junit_points"),
+                    format!("`{test}` = {p}: points must be a finite number, not negative"),
+                ));
+            }
             if a.runner == Some(RunnerKind::Auto) {
                 return Err(self.invalid(
                     &format!("assignments.{name}.runner"),

@@ -263,7 +263,12 @@ pub(super) fn email_record(cfg: &Config, event: &Event, result: &JobResult) -> R
     let shown = capped_stdout(&result.stdout, cfg.email.stdout_limit.bytes());
     let display = shown.display_bytes();
     let utf8 = std::str::from_utf8(&result.stdout.bytes).is_ok();
-    let unshown = table::unshown(full, result, true);
+    let mention_hidden = cfg
+        .assignments
+        .get(&event.project.name)
+        .and_then(|a| a.mention_hidden_tests)
+        .unwrap_or(true);
+    let unshown = table::unshown(full, result, mention_hidden);
     let mut text = match table::tests_table(result, unshown) {
         Some(t) if display.is_empty() => t,
         Some(t) => format!(
@@ -626,6 +631,13 @@ mod tests {
             };
             assert_eq!(names, want);
         }
+        // Staff may ask that hidden tests are not even counted.
+        let quiet =
+            Config::from_toml("[assignments.lab1]\nmention_hidden_tests = false\n", None).unwrap();
+        let Payload::Email(mail) = email_record(&quiet, &ev, &r).payload else {
+            panic!("not an email")
+        };
+        assert!(!mail.text.contains("hidden"), "{}", mail.text);
         // A callback that includes hidden results gets every test.
         let mut cfg = Config::default();
         cfg.callback.include_hidden = true;

@@ -195,7 +195,7 @@ impl Grader {
         let t = Instant::now();
         let outcome = runner.run(&spec, cancel).await;
         observe("run", t.elapsed());
-        let harness = harness_results(&spec);
+        let harness = harness_results(&spec, &plan.junit_points);
         drop(ws);
         let out = outcome?;
 

@@ -2,11 +2,13 @@
 //!
 //! Owns the one resolution of a job's settings: `[grader]` (and
 //! `[docker] cpus`) with the `[assignments.NAME]` overrides: its limits,
-//! its runner, its image, its grading contract and its workspace size. Pure: it reads the
+//! its runner, its image, its grading contract, the points of its
+//! `junit.xml` testcases and its workspace size. Pure: it reads the
 //! config and nothing else, and never builds a runner.
 
 use crate::config::{Config, Contract, RunnerKind};
 use crate::result::Limits;
+use crate::results::junit::Points;
 use crate::workspace::WorkspaceLimits;
 
 /// `RLIMIT_NOFILE` given to test runs.
@@ -21,6 +23,8 @@ pub struct JobPlan {
     /// The assignment's image; `None` = the runner's configured default.
     pub image: Option<String>,
     pub contract: Contract,
+    /// `junit_points`: points of `junit.xml` testcases by name.
+    pub junit_points: Points,
 }
 
 impl JobPlan {
@@ -32,6 +36,7 @@ impl JobPlan {
             runner: a.and_then(|a| a.runner).unwrap_or(cfg.grader.runner),
             image: a.and_then(|a| a.image.clone()),
             contract: contract_for(cfg, assignment),
+            junit_points: a.map(|a| a.junit_points.clone()).unwrap_or_default(),
         }
     }
 }
@@ -102,5 +107,24 @@ mod tests {
         let none = JobPlan::of(&c, "other");
         assert_eq!(none.limits.timeout, c.grader.timeout.get());
         assert_eq!(none.contract, c.grader.contract);
+    }
+
+    #[test]
+    fn junit_points_come_from_the_assignment_and_must_be_sane() {
+        let c = Config::from_toml(
+            "[assignments.lab1.junit_points]\n\"test_lab.test_add\" = 2.5\ntest_sub = 4\n",
+            None,
+        )
+        .unwrap();
+        let p = JobPlan::of(&c, "lab1").junit_points;
+        assert_eq!((p["test_lab.test_add"], p["test_sub"]), (2.5, 4.0));
+        assert!(JobPlan::of(&c, "lab2").junit_points.is_empty());
+        let e = Config::from_toml("[assignments.lab1.junit_points]\nt = -1\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("assignments.lab1.junit_points") && e.contains("not negative"),
+            "{e}"
+        );
     }
 }

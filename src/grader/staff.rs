@@ -26,7 +26,7 @@ use crate::workspace;
 
 use super::blame::{GraderError, Verdict, step};
 use super::jobdir::{JobDir, job_env};
-use super::limits::{limits_for, workspace_limits};
+use super::limits::{JobPlan, limits_for, workspace_limits};
 use super::verdict::{
     contract_of, harness_results, note_contract, result_from_run, result_without_run,
 };
@@ -86,7 +86,7 @@ pub async fn grade_local(
     };
     let spec = jd.spec(&job_id, job_env(&ev, ""), &limits, contract, laid);
     let out = runner.run(&spec, &CancellationToken::new()).await?;
-    let harness = harness_results(&spec);
+    let harness = harness_results(&spec, &Default::default());
     let mut r = result_from_run(&ev, None, &limits, out, harness);
     note_contract(&mut r, contract);
     Ok(r)
@@ -238,6 +238,7 @@ pub async fn replay(cfg: Arc<Config>, spool: Arc<Spool>, job: &str) -> Result<Re
         .limits
         .clone()
         .unwrap_or_else(|| limits_for(&cfg, &ev.project.name));
+    let points = JobPlan::of(&cfg, &ev.project.name).junit_points;
     let g = Grader::for_replay(cfg, spool)?;
     let mut replay_ev = ev.clone();
     replay_ev.job_id = format!("replay-{}", crate::spool::new_job_id());
@@ -268,7 +269,7 @@ pub async fn replay(cfg: Arc<Config>, spool: Arc<Spool>, job: &str) -> Result<Re
                 )
             };
             let out = runner.run(&spec, &cancel).await?;
-            let harness = harness_results(&spec);
+            let harness = harness_results(&spec, &points);
             drop(f.ws);
             let mut r = result_from_run(&ev, Some(f.tests_sha), &limits, out, harness);
             note_contract(&mut r, contract);

@@ -46,9 +46,13 @@ impl Grade {
 
 /// What the harness left in the results directory of `spec`: `None` under
 /// the stdout contract (there is none), else `results.json` read and
-/// checked. Call it before the job directory is removed.
-pub fn harness_results(spec: &RunSpec) -> Option<Result<TestResults, ResultsError>> {
-    (spec.contract == Contract::Trusted).then(|| results::read(&spec.results))
+/// checked (else `junit.xml`, its testcases priced by `points`). Call it
+/// before the job directory is removed.
+pub fn harness_results(
+    spec: &RunSpec,
+    points: &results::junit::Points,
+) -> Option<Result<TestResults, ResultsError>> {
+    (spec.contract == Contract::Trusted).then(|| results::read_with(&spec.results, points))
 }
 
 /// Status, reason and grade of a finished run. `harness` is
