@@ -128,6 +128,9 @@ pub struct ExportArgs {
     /// One row per student: best, latest or latest-on-time.
     #[arg(long)]
     pub policy: Option<String>,
+    /// One row per test of each job selected (results.json / junit.xml).
+    #[arg(long)]
+    pub tests: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -467,8 +470,15 @@ fn replay(cfg: Arc<Config>, job: &str) -> Result<ExitCode> {
     }
 }
 
+fn export_format(f: ExportFormat) -> crate::gradebook::Format {
+    match f {
+        ExportFormat::Csv => crate::gradebook::Format::Csv,
+        ExportFormat::Json => crate::gradebook::Format::Json,
+    }
+}
+
 fn gradebook_export(cfg: &Config, args: ExportArgs) -> Result<ExitCode> {
-    use crate::gradebook::{Filter, Format, Gradebook, Select};
+    use crate::gradebook::{Filter, Gradebook, Select};
     let path = crate::gradebook::path_in(&cfg.spool.dir);
     if !path.exists() {
         anyhow::bail!(
@@ -488,6 +498,27 @@ fn gradebook_export(cfg: &Config, args: ExportArgs) -> Result<ExitCode> {
         };
         let results = gb.select(Select::All, &filter)?;
         let rows = select_rows(&rows_from_results(&results), policy);
+        if args.tests {
+            // Each chosen row's job, its tests under the row's student.
+            let by_id: std::collections::HashMap<&str, &crate::result::JobResult> =
+                results.iter().map(|r| (r.job_id.as_str(), r)).collect();
+            let mut tests = Vec::new();
+            for row in &rows {
+                let Some(job) = by_id.get(row.job.as_str()) else {
+                    continue;
+                };
+                for mut t in gb.tests_of(std::slice::from_ref(*job))? {
+                    t.student = row.username.clone();
+                    tests.push(t);
+                }
+            }
+            crate::gradebook::write_tests(
+                &tests,
+                export_format(args.format),
+                &mut std::io::stdout().lock(),
+            )?;
+            return Ok(ExitCode::SUCCESS);
+        }
         let out = std::io::stdout().lock();
         // Staff exports: hidden keys included.
         match args.format {
@@ -503,15 +534,16 @@ fn gradebook_export(cfg: &Config, args: ExportArgs) -> Result<ExitCode> {
     } else {
         Select::All
     };
-    let format = match args.format {
-        ExportFormat::Csv => Format::Csv,
-        ExportFormat::Json => Format::Json,
-    };
+    let format = export_format(args.format);
     let filter = Filter {
         project: args.project,
         assignment: args.assignment,
     };
     let mut out = std::io::stdout().lock();
-    gb.export(select, &filter, format, &mut out)?;
+    if args.tests {
+        gb.export_tests(select, &filter, format, &mut out)?;
+    } else {
+        gb.export(select, &filter, format, &mut out)?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -107,6 +107,9 @@ const MIGRATIONS: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TestRecord {
     pub job_id: String,
+    /// Who the row is for: the project's namespace, or the author an
+    /// export policy chose.
+    pub student: String,
     pub project: String,
     pub name: String,
     pub number: Option<String>,
@@ -280,6 +283,11 @@ impl Gradebook {
             let rows = st.query_map([&j.job_id], |row| {
                 Ok(TestRecord {
                     job_id: j.job_id.clone(),
+                    student: j
+                        .project
+                        .rsplit_once('/')
+                        .map_or(j.project.as_str(), |(ns, _)| ns)
+                        .to_string(),
                     project: j.project.clone(),
                     name: row.get(0)?,
                     number: row.get(1)?,
@@ -307,33 +315,7 @@ impl Gradebook {
         out: &mut dyn Write,
     ) -> Result<usize, GradebookError> {
         let rows = self.tests_of(&self.select(select, filter)?)?;
-        match format {
-            Format::Json => {
-                serde_json::to_writer_pretty(&mut *out, &rows)?;
-                writeln!(out)?;
-            }
-            Format::Csv => {
-                write_csv_record(out, TESTS_CSV_HEADER, "\n")?;
-                for t in &rows {
-                    let num =
-                        |v: Option<f64>| v.map(crate::result::format_grade).unwrap_or_default();
-                    write_csv_record(
-                        out,
-                        [
-                            t.job_id.clone(),
-                            t.project.clone(),
-                            t.name.clone(),
-                            t.number.clone().unwrap_or_default(),
-                            num(t.score),
-                            num(t.max_score),
-                            t.status.clone().unwrap_or_default(),
-                            t.visibility.clone(),
-                        ],
-                        "\n",
-                    )?;
-                }
-            }
-        }
+        write_tests(&rows, format, out)?;
         Ok(rows.len())
     }
 
@@ -427,6 +409,42 @@ impl Gradebook {
     }
 }
 
+/// Write per-test rows as CSV (without outputs) or JSON (with them).
+pub fn write_tests(
+    rows: &[TestRecord],
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<(), GradebookError> {
+    match format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, rows)?;
+            writeln!(out)?;
+        }
+        Format::Csv => {
+            write_csv_record(out, TESTS_CSV_HEADER, "\n")?;
+            let num = |v: Option<f64>| v.map(crate::result::format_grade).unwrap_or_default();
+            for t in rows {
+                write_csv_record(
+                    out,
+                    [
+                        t.job_id.clone(),
+                        t.student.clone(),
+                        t.project.clone(),
+                        t.name.clone(),
+                        t.number.clone().unwrap_or_default(),
+                        num(t.score),
+                        num(t.max_score),
+                        t.status.clone().unwrap_or_default(),
+                        t.visibility.clone(),
+                    ],
+                    "\n",
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 type Parts = (String, Vec<u8>, Vec<u8>);
 
 fn row_parts(r: &rusqlite::Row<'_>) -> rusqlite::Result<Parts> {
@@ -442,6 +460,7 @@ fn from_parts((json, stdout, stderr): Parts) -> Result<JobResult, GradebookError
 
 const TESTS_CSV_HEADER: &[&str] = &[
     "job_id",
+    "student",
     "project",
     "test",
     "number",
@@ -604,8 +623,8 @@ mod tests {
         assert_eq!(n, 1);
         assert_eq!(
             String::from_utf8(csv).unwrap(),
-            "job_id,project,test,number,score,max_score,status,visibility\n\
-             j2,s/a/lab1,t0,,0,1,,visible\n"
+            "job_id,student,project,test,number,score,max_score,status,visibility\n\
+             j2,s/a,s/a/lab1,t0,,0,1,,visible\n"
         );
         let mut json = Vec::new();
         gb.export_tests(Select::All, &Filter::default(), Format::Json, &mut json)
