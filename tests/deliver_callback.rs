@@ -452,3 +452,92 @@ async fn figures_callback_throughput_by_concurrency() {
         rates[1] / rates[0]
     );
 }
+
+#[tokio::test]
+async fn a_later_state_supersedes_unsent_earlier_ones_so_none_goes_backwards() {
+    let t = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/grades");
+    let cfg = callback_config(t.path(), &url, "");
+    let spool = Arc::new(Spool::open(&cfg.spool.dir).unwrap());
+    let ev = event("01JCALLBACK0000000000000009", None);
+    // Queued is tried while the receiver is down...
+    deliver::enqueue_callback_stage(&cfg, &spool, &ev, deliver::JobStage::Queued).unwrap();
+    let worker = Worker::start(&cfg, &spool);
+    let queued = record_file_name(&ev.job_id, Destination::CallbackQueued);
+    wait_for("a failed attempt of the queued callback", || {
+        read_record(&spool, State::Outbox, &queued).is_some_and(|r| r.attempts >= 1)
+    })
+    .await;
+    worker.stop().await;
+    // ...running and the result come; then the receiver and a new worker.
+    deliver::enqueue_callback_stage(&cfg, &spool, &ev, deliver::JobStage::Running).unwrap();
+    let res = result(&ev, Status::Graded, Some(80.0), b"ok\n", b"");
+    deliver::enqueue_result(&cfg, &spool, &ev, &res).unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let server = TestServer::on(listener, Arc::new(|_, _| (200, vec![], "ok".into())));
+    let worker = Worker::start(&cfg, &spool);
+    let last = record_file_name(&ev.job_id, Destination::Callback);
+    wait_for("the result's receipt", || receipt_exists(&spool, &last)).await;
+    wait_for("the outbox to empty", || {
+        spool.list(State::Outbox).unwrap().is_empty()
+    })
+    .await;
+    worker.stop().await;
+    let states: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|c| {
+            let v: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
+            v["status"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        states,
+        ["graded"],
+        "queued/running are never sent after the result"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn stage_callbacks_go_out_in_order_each_with_its_own_key() {
+    let t = tempfile::tempdir().unwrap();
+    let server = TestServer::start(Arc::new(|_, _| (200, vec![], "ok".into()))).await;
+    let cfg = callback_config(t.path(), &server.url("/grades"), "");
+    let spool = Arc::new(Spool::open(&cfg.spool.dir).unwrap());
+    let ev = event("01JCALLBACK0000000000000010", None);
+    let worker = Worker::start(&cfg, &spool);
+    for stage in [deliver::JobStage::Queued, deliver::JobStage::Running] {
+        deliver::enqueue_callback_stage(&cfg, &spool, &ev, stage).unwrap();
+        let name = record_file_name(&ev.job_id, stage.callback());
+        wait_for("the stage's receipt", || receipt_exists(&spool, &name)).await;
+    }
+    worker.stop().await;
+    let seen = server.requests();
+    let keys: Vec<_> = seen
+        .iter()
+        .map(|c| c.header("Idempotency-Key").unwrap().to_string())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "01JCALLBACK0000000000000010:callback-queued",
+            "01JCALLBACK0000000000000010:callback-running"
+        ]
+    );
+    for c in &seen {
+        assert_eq!(
+            c.header("X-Labgrader-Signature"),
+            Some(callback_signature(SECRET, &c.body).as_str())
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["job_id"].as_str()),
+        (Some("queued"), Some(ev.job_id.as_str()))
+    );
+    server.shutdown().await;
+}

@@ -249,6 +249,30 @@ backoff_max = "500ms"
     }
 
     /// Commit statuses GitLab received for `sha`, as (state, ref).
+    /// The callbacks the receiver got for `job`, in order, with their bodies.
+    fn callbacks(&self, job: &str) -> Vec<(Seen, serde_json::Value)> {
+        self.callback
+            .requests()
+            .into_iter()
+            .filter_map(|c| {
+                let v: serde_json::Value = serde_json::from_slice(&c.body).ok()?;
+                (v["job_id"] == job).then_some((c, v))
+            })
+            .collect()
+    }
+
+    /// How many result callbacks (not `queued` or `running`) arrived.
+    fn final_callbacks(&self) -> usize {
+        self.callback
+            .requests()
+            .iter()
+            .filter(|c| {
+                serde_json::from_slice::<serde_json::Value>(&c.body)
+                    .is_ok_and(|v| !matches!(v["status"].as_str(), Some("queued" | "running")))
+            })
+            .count()
+    }
+
     fn statuses(&self, sha: &str) -> Vec<String> {
         self.gitlab
             .requests()
@@ -511,23 +535,28 @@ async fn push_through_serve_is_graded_recorded_mailed_called_back_and_statused()
         "hidden summary keys reached the student: {body}"
     );
 
-    // One callback for the job, signed.
-    let calls: Vec<_> = w
-        .callback
-        .requests()
-        .into_iter()
-        .filter(|c| String::from_utf8_lossy(&c.body).contains(&job))
+    // A callback per state of the job, in order, each signed and with
+    // its own idempotency key; the last one is the result.
+    let calls = w.callbacks(&job);
+    let states: Vec<String> = calls
+        .iter()
+        .map(|(_, v)| v["status"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(calls.len(), 1, "{calls:#?}");
-    let c = &calls[0];
-    assert_eq!(
-        c.header("X-Labgrader-Signature"),
-        Some(callback_signature(CALLBACK_SECRET, &c.body).as_str())
-    );
-    assert_eq!(
-        c.header("Idempotency-Key"),
-        Some(format!("{job}:callback").as_str())
-    );
+    assert_eq!(states, ["queued", "running", "graded"], "{calls:#?}");
+    for ((c, _), key) in calls
+        .iter()
+        .zip(["callback-queued", "callback-running", "callback"])
+    {
+        assert_eq!(
+            c.header("X-Labgrader-Signature"),
+            Some(callback_signature(CALLBACK_SECRET, &c.body).as_str())
+        );
+        assert_eq!(
+            c.header("Idempotency-Key"),
+            Some(format!("{job}:{key}").as_str())
+        );
+    }
+    let c = &calls[2].0;
     let cb: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
     assert_eq!(cb["job_id"], job.as_str());
     assert_eq!(cb["student_sha"], sha.as_str());
@@ -593,7 +622,7 @@ async fn two_quick_pushes_through_serve_are_each_graded_at_their_own_sha() {
     }
     serve.stop().await;
     assert_eq!(w.smtp.messages().len(), 2);
-    assert_eq!(w.callback.requests().len(), 2);
+    assert_eq!(w.final_callbacks(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -631,7 +660,21 @@ async fn sigkill_of_serve_mid_job_then_restart_grades_once_and_mails_once() {
         1
     );
     assert_eq!(w.smtp.messages().len(), 1, "{:#?}", w.smtp.messages());
-    assert_eq!(w.callback.requests().len(), 1);
+    assert_eq!(w.final_callbacks(), 1);
+    // Across the kill, the receiver never saw the job's state go back.
+    let rank = |s: &str| {
+        ["queued", "running"]
+            .iter()
+            .position(|x| *x == s)
+            .unwrap_or(2)
+    };
+    let states: Vec<usize> = w
+        .callbacks(&job)
+        .iter()
+        .map(|(_, v)| rank(v["status"].as_str().unwrap()))
+        .collect();
+    assert!(states.windows(2).all(|p| p[0] <= p[1]), "{states:?}");
+    assert_eq!(states.last(), Some(&2));
     // Graded twice (once killed), recorded once.
     let runs_text = std::fs::read_to_string(&runs).unwrap();
     assert_eq!(runs_text.lines().count(), 2, "{runs_text}");

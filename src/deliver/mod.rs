@@ -45,12 +45,13 @@ pub mod worker;
 pub use attempt::{Attempt, classify_http, parse_retry_after};
 pub use error::DeliverError;
 pub use outbox::{
-    DeliveryLine, SENT_DIR, commit_status_enabled, enqueue, enqueue_commit_status, enqueue_email,
-    enqueue_result, has_result_delivery, prune_receipts, report,
+    DeliveryLine, SENT_DIR, commit_status_enabled, enqueue, enqueue_callback_stage,
+    enqueue_commit_status, enqueue_email, enqueue_result, has_result_delivery, prune_receipts,
+    report,
 };
 pub use record::{
-    CallbackPayload, CommitState, Destination, EmailPayload, Payload, RECORD_SCHEMA, Receipt,
-    Record, StatusPayload, idempotency_key, parse_file_name, record_file_name,
+    CallbackPayload, CommitState, Destination, EmailPayload, JobStage, Payload, RECORD_SCHEMA,
+    Receipt, Record, StatusPayload, idempotency_key, parse_file_name, record_file_name,
 };
 pub use render::verdict;
 pub use worker::run;

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::error::DeliverError;
-use super::record::{CommitState, Destination, Receipt, Record, record_file_name};
+use super::record::{CommitState, Destination, JobStage, Receipt, Record, record_file_name};
 use super::render;
 use crate::config::Config;
 use crate::event::Event;
@@ -167,6 +167,21 @@ pub fn enqueue_commit_status(
         return Ok(());
     }
     enqueue(spool, &render::stage_status_record(cfg, event, state))?;
+    Ok(())
+}
+
+/// Queue the callback of a stage before the result (`queued` at intake,
+/// `running` when `test_all` starts). A no-op when `callback.url` is empty.
+pub fn enqueue_callback_stage(
+    cfg: &Config,
+    spool: &Spool,
+    event: &Event,
+    stage: JobStage,
+) -> Result<(), DeliverError> {
+    if cfg.callback.url.is_empty() {
+        return Ok(());
+    }
+    enqueue(spool, &render::stage_callback_record(event, stage))?;
     Ok(())
 }
 

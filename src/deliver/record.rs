@@ -13,25 +13,67 @@ use serde::{Deserialize, Serialize};
 /// Schema of outbox records and receipts.
 pub const RECORD_SCHEMA: u32 = 1;
 
-/// Where a delivery goes. The commit status has one destination per stage
-/// so a late `pending` can never overwrite a `success` (see `Destination::stage`).
+/// Where a delivery goes. The commit status and the callback have one
+/// destination per stage of the job (queued, running, final), so a late
+/// `pending` can never overwrite a `success` (see `Destination::stage`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Destination {
+    /// The final callback: the result.
     Callback,
     Email,
     StatusPending,
     StatusRunning,
     Status,
+    /// The callback saying the job was accepted and waits.
+    CallbackQueued,
+    /// The callback saying `test_all` started.
+    CallbackRunning,
+}
+
+/// The destinations whose deliveries of one job are sent in order, each
+/// superseding the earlier ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stages {
+    CommitStatus,
+    Callback,
+}
+
+/// What a job is doing, as a callback before its result says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStage {
+    /// Accepted by the hook, waiting in `incoming/`.
+    Queued,
+    /// `test_all` is starting.
+    Running,
+}
+
+impl JobStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStage::Queued => "queued",
+            JobStage::Running => "running",
+        }
+    }
+
+    /// The callback destination of this stage.
+    pub fn callback(self) -> Destination {
+        match self {
+            JobStage::Queued => Destination::CallbackQueued,
+            JobStage::Running => Destination::CallbackRunning,
+        }
+    }
 }
 
 impl Destination {
-    pub const ALL: [Destination; 5] = [
+    pub const ALL: [Destination; 7] = [
         Destination::Callback,
         Destination::Email,
         Destination::StatusPending,
         Destination::StatusRunning,
         Destination::Status,
+        Destination::CallbackQueued,
+        Destination::CallbackRunning,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +83,8 @@ impl Destination {
             Destination::StatusPending => "status-pending",
             Destination::StatusRunning => "status-running",
             Destination::Status => "status",
+            Destination::CallbackQueued => "callback-queued",
+            Destination::CallbackRunning => "callback-running",
         }
     }
 
@@ -48,13 +92,17 @@ impl Destination {
         Destination::ALL.into_iter().find(|d| d.as_str() == s)
     }
 
-    /// Order of commit-status stages; `None` for other destinations.
-    pub(super) fn stage(self) -> Option<u8> {
+    /// The stages this destination belongs to and its order among them;
+    /// `None` for the email.
+    pub(super) fn stage(self) -> Option<(Stages, u8)> {
         match self {
-            Destination::StatusPending => Some(0),
-            Destination::StatusRunning => Some(1),
-            Destination::Status => Some(2),
-            _ => None,
+            Destination::StatusPending => Some((Stages::CommitStatus, 0)),
+            Destination::StatusRunning => Some((Stages::CommitStatus, 1)),
+            Destination::Status => Some((Stages::CommitStatus, 2)),
+            Destination::CallbackQueued => Some((Stages::Callback, 0)),
+            Destination::CallbackRunning => Some((Stages::Callback, 1)),
+            Destination::Callback => Some((Stages::Callback, 2)),
+            Destination::Email => None,
         }
     }
 }

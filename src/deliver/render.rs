@@ -19,8 +19,8 @@ use serde_json::json;
 
 use super::hidden::{self, Audience};
 use super::record::{
-    CallbackPayload, CommitState, Destination, EmailPayload, Payload, Record, StatusPayload,
-    idempotency_key,
+    CallbackPayload, CommitState, Destination, EmailPayload, JobStage, Payload, Record,
+    StatusPayload, idempotency_key,
 };
 use super::table;
 use crate::config::Config;
@@ -154,6 +154,38 @@ fn callback_body(cfg: &Config, event: &Event, result: &JobResult) -> serde_json:
         m.insert("stderr_truncated".into(), json!(result.stderr.truncated));
     }
     b
+}
+
+/// The callback of a stage before the result (`queued` at intake,
+/// `running` when `test_all` starts): who, which commit, and the state.
+pub(super) fn stage_callback_record(event: &Event, stage: JobStage) -> Record {
+    let dest = stage.callback();
+    let body = json!({
+        "schema": BODY_SCHEMA,
+        "job_id": event.job_id,
+        "idempotency_key": idempotency_key(&event.job_id, dest),
+        "project": event.project.path,
+        "project_id": event.project.id,
+        "ref": event.git_ref,
+        "pusher": {
+            "id": event.pusher.id,
+            "username": event.pusher.username,
+            "name": event.pusher.name,
+            "email": event.pusher.email,
+        },
+        "student_sha": event.commit,
+        "status": stage.as_str(),
+        "received_at": event.received_at,
+    });
+    Record::new(
+        &event.job_id,
+        dest,
+        &event.project.path,
+        &event.commit,
+        Payload::Callback(CallbackPayload {
+            body: serde_json::to_string(&body).expect("json serializes"),
+        }),
+    )
 }
 
 /// The callback record of a finished job. Hidden keys and tests go only

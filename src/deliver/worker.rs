@@ -129,7 +129,7 @@ pub async fn run(
             }
             // One commit-status stage of a job at a time, so they reach
             // GitLab in order.
-            if status_stage_running(&name, &running) {
+            if stage_running(&name, &running) {
                 continue;
             }
             running.push(name.clone());
@@ -190,16 +190,20 @@ pub async fn run(
     Ok(())
 }
 
-/// True when `name` is a commit-status stage and another stage of the same
-/// job is among `running`.
-fn status_stage_running(name: &str, running: &[String]) -> bool {
+/// True when `name` is a staged delivery (commit status, callback) and
+/// another of the same job and stages is among `running`: a job's stages
+/// go out one at a time, in order.
+fn stage_running(name: &str, running: &[String]) -> bool {
     let Some((job, d)) = parse_file_name(name) else {
         return false;
     };
-    d.stage().is_some()
-        && running.iter().any(|other| {
-            parse_file_name(other).is_some_and(|(j, od)| j == job && od.stage().is_some())
-        })
+    let Some((stages, _)) = d.stage() else {
+        return false;
+    };
+    running.iter().any(|other| {
+        parse_file_name(other)
+            .is_some_and(|(j, od)| j == job && od.stage().is_some_and(|(s, _)| s == stages))
+    })
 }
 
 /// Bring the in-memory index (name → next try) in line with the outbox:
@@ -402,12 +406,13 @@ fn count(outcome: &str, d: Destination) {
     );
 }
 
-/// A later commit-status stage of the same job already queued or sent.
+/// A later stage (commit status, callback) of the same job already queued
+/// or sent: the earlier one is never sent after it.
 fn superseded_by(spool: &Spool, rec: &Record) -> Option<Destination> {
-    let stage = rec.destination.stage()?;
+    let (stages, order) = rec.destination.stage()?;
     Destination::ALL
         .into_iter()
-        .filter(|d| d.stage().is_some_and(|s| s > stage))
+        .filter(|d| d.stage().is_some_and(|(s, o)| s == stages && o > order))
         .find(|d| {
             let name = record_file_name(&rec.job_id, *d);
             spool.path(State::Outbox, &name).exists() || receipt_path(spool, &name).exists()
@@ -472,12 +477,12 @@ mod tests {
     fn one_status_stage_of_a_job_at_a_time() {
         let running = vec![record_file_name("J", Destination::StatusPending)];
         let running_stage = record_file_name("J", Destination::StatusRunning);
-        assert!(status_stage_running(&running_stage, &running));
-        assert!(!status_stage_running(
+        assert!(stage_running(&running_stage, &running));
+        assert!(!stage_running(
             &record_file_name("J", Destination::Email),
             &running
         ));
-        assert!(!status_stage_running(
+        assert!(!stage_running(
             &record_file_name("K", Destination::Status),
             &running
         ));

@@ -180,7 +180,7 @@ impl Grader {
                 "the event named an annotated tag: grading the commit it points to");
             ev.commit = fetched.student_sha.clone();
         }
-        self.queue_running_status(ev);
+        self.queue_running(ev);
         let Fetched { ws, tests_sha, .. } = fetched;
         let spec = RunSpec {
             image: plan.image.clone(),
@@ -323,9 +323,9 @@ impl Grader {
     }
 
     /// The job's workspace is ready and `test_all` is about to run: queue
-    /// the "running" commit status (on the commit graded). Best effort: a
+    /// the "running" commit status (on the commit graded) and callback. Best effort: a
     /// status that cannot be queued never stops a job.
-    fn queue_running_status(&self, event: &Event) {
+    fn queue_running(&self, event: &Event) {
         if let Err(e) = crate::deliver::enqueue_commit_status(
             &self.cfg,
             &self.spool,
@@ -333,6 +333,14 @@ impl Grader {
             crate::deliver::CommitState::Running,
         ) {
             warn!(error = %e, "cannot queue the running commit status");
+        }
+        if let Err(e) = crate::deliver::enqueue_callback_stage(
+            &self.cfg,
+            &self.spool,
+            event,
+            crate::deliver::JobStage::Running,
+        ) {
+            warn!(error = %e, "cannot queue the running callback");
         }
     }
 

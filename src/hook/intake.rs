@@ -33,6 +33,19 @@ impl Hook {
     /// answer's path: it is informational (the final status follows from
     /// the result), so GitLab does not wait for its fsyncs.
     fn queue_pending_status(&self, event: Event) {
+        if !self.cfg.callback.url.is_empty() {
+            let (cfg, spool, event) = (self.cfg.clone(), self.spool.clone(), event.clone());
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = crate::deliver::enqueue_callback_stage(
+                    &cfg,
+                    &spool,
+                    &event,
+                    crate::deliver::JobStage::Queued,
+                ) {
+                    tracing::warn!(job_id = %event.job_id, error = %e, "cannot queue the queued callback");
+                }
+            });
+        }
         if !crate::deliver::commit_status_enabled(&self.cfg) {
             return;
         }
