@@ -71,6 +71,13 @@ pub enum Command {
     },
     /// Run a finished job again on its recorded inputs and compare grades.
     Replay { job: String },
+    /// Deliver each student's latest result of an assignment again with
+    /// its `after_due_date` tests shown (the daemon does this by itself
+    /// when the deadline passes; at most once per job).
+    Release {
+        /// The assignment (`[assignments.NAME]` key, the student repository's name).
+        assignment: String,
+    },
     /// Gradebook commands.
     #[command(subcommand)]
     Gradebook(GradebookCommand),
@@ -234,6 +241,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Grade(args) => grade(&cfg, args),
         Command::Regrade { jobs, project } => regrade(&cfg, &jobs, project.as_deref()),
         Command::Replay { job } => replay(cfg, &job),
+        Command::Release { assignment } => release(&cfg, &assignment),
         Command::Gradebook(GradebookCommand::Export(args)) => gradebook_export(&cfg, args),
         Command::Sandbox(args) => sandbox(&cfg, &args.job_dir),
     }
@@ -439,6 +447,18 @@ fn regrade(cfg: &Config, jobs: &[String], project: Option<&str>) -> Result<ExitC
     for (old, new) in crate::grader::regrade(&spool, jobs, project)? {
         println!("{old} -> {new}");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn release(cfg: &Config, assignment: &str) -> Result<ExitCode> {
+    let spool = open_spool(cfg)?;
+    let gb = crate::gradebook::Gradebook::open(&crate::gradebook::path_in(&cfg.spool.dir))?;
+    let r = crate::grader::release::release(cfg, &spool, &gb, assignment, None)?;
+    println!(
+        "{assignment}: {} latest results with after_due_date tests; {} deliveries queued \
+         (the others were released before)",
+        r.jobs, r.queued
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -101,6 +101,14 @@ const MIGRATIONS: &[&str] = &[
                json_extract(t.value, '$.status'), json_extract(t.value, '$.output')
         FROM results r, json_each(r.result, '$.results.tests') t
         WHERE json_extract(t.value, '$.name') IS NOT NULL;",
+    // 3: assignments whose results were released after a deadline.
+    "CREATE TABLE releases (
+        assignment  TEXT NOT NULL,
+        due         TEXT NOT NULL,
+        released_at TEXT NOT NULL,
+        jobs        INTEGER NOT NULL,
+        PRIMARY KEY (assignment, due)
+     );",
 ];
 
 /// One test of one job, as the gradebook keeps it.
@@ -268,6 +276,39 @@ impl Gradebook {
             }
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether the results of `assignment` were released for the deadline `due`.
+    pub fn released(
+        &self,
+        assignment: &str,
+        due: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, GradebookError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM releases WHERE assignment = ?1 AND due = ?2",
+                params![assignment, ts(due)],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Note that the results of `assignment` were released for `due`
+    /// (`jobs` of them); releasing again is then skipped.
+    pub fn mark_released(
+        &self,
+        assignment: &str,
+        due: chrono::DateTime<chrono::Utc>,
+        jobs: usize,
+    ) -> Result<(), GradebookError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO releases (assignment, due, released_at, jobs)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![assignment, ts(due), ts(chrono::Utc::now()), jobs as i64],
+        )?;
         Ok(())
     }
 

@@ -248,7 +248,6 @@ backoff_max = "500ms"
         self.f.spool_dir.join("sent").join(name).exists()
     }
 
-    /// Commit statuses GitLab received for `sha`, as (state, ref).
     /// The callbacks the receiver got for `job`, in order, with their bodies.
     fn callbacks(&self, job: &str) -> Vec<(Seen, serde_json::Value)> {
         self.callback
@@ -273,6 +272,7 @@ backoff_max = "500ms"
             .count()
     }
 
+    /// Commit statuses GitLab received for `sha`, as (state, ref).
     fn statuses(&self, sha: &str) -> Vec<String> {
         self.gitlab
             .requests()
@@ -926,5 +926,163 @@ async fn trusted_contract_through_serve_grades_only_what_the_harness_wrote() {
             .iter()
             .any(|s| s.contains(&honest_sha[..8]) && s.ends_with("grade 10")),
         "{subjects:?}"
+    );
+}
+
+/// Issue 15 end to end: a harness running Debian's pytest writes
+/// `junit.xml`; the grade, the gradebook's per-test rows, the email's
+/// table, the callback's `tests` and the commit status come from it; the
+/// hidden test is never shown; the `after_due_date` test is shown only in
+/// the one release the daemon sends once the deadline passes, which a
+/// SIGKILL and restart do not send again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pytest_junit_results_are_shown_per_test_and_released_once_after_the_deadline() {
+    let python = common::services::python();
+    let deadline = (chrono::Utc::now() + chrono::Duration::seconds(20)).to_rfc3339();
+    let w = World::new(&format!(
+        "[assignments.lab9]\ncontract = \"trusted\"\ndeadline = \"{deadline}\"\n\
+         junit_points = {{ \"test_lab.test_add\" = 3 }}\n"
+    ))
+    .await;
+    w.f.push("root/lab9-test", |d| {
+        std::fs::write(
+            d.join("test_lab.py"),
+            "import lab\n\
+             def test_add(): assert lab.add(2, 3) == 5\n\
+             def test_sub(): assert lab.sub(5, 3) == 2\n\
+             def test_secret(record_property):\n\
+             \x20   record_property('visibility', 'hidden')\n\
+             \x20   assert lab.add(-1, 1) == 0\n\
+             def test_later(record_property):\n\
+             \x20   record_property('visibility', 'after_due_date')\n\
+             \x20   record_property('points', 4)\n\
+             \x20   assert lab.sub(0, 0) == 0\n",
+        )
+        .unwrap();
+        common::files::write_exec(
+            &d.join("test_all"),
+            &format!(
+                "#!/bin/sh\n\
+                 PYTHONPATH=\"$LABGRADER_WORKSPACE\" PYTHONDONTWRITEBYTECODE=1 {python} -m pytest -q \
+                 -p no:cacheprovider --junitxml=\"$LABGRADER_RESULTS/junit.xml\" test_lab.py >&2\n\
+                 exit 0\n"
+            ),
+        );
+    });
+    let project = "course/alice/lab9";
+    let sha = w.f.push(project, |d| {
+        std::fs::write(
+            d.join("lab.py"),
+            "def add(a, b): return a + b\ndef sub(a, b): return b - a\n",
+        )
+        .unwrap();
+    });
+    let serve = w.serve().await;
+    let job = w.post_push(project, labgrader::event::ZERO_SHA, &sha).await;
+    let r = w.done(&job).await;
+    assert_eq!(
+        (r.status, r.grade_total),
+        (labgrader::result::Status::Graded, Some(8.0)),
+        "add 3 + secret 1 + later 4; sub fails: {r:?}"
+    );
+    w.deliveries_settled(&job).await;
+    wait("the first email", || w.smtp.messages().len() == 1, &w).await;
+    let first = w.smtp.messages()[0]["body"]
+        .as_str()
+        .unwrap()
+        .replace("\r\n", "\n");
+    assert!(
+        first.starts_with("Tests: 1 of 2 passed, 3 of 4 points\n"),
+        "{first}"
+    );
+    assert!(first.contains("PASS  test_lab.test_add"), "{first}");
+    assert!(first.contains("FAIL  test_lab.test_sub"), "{first}");
+    assert!(
+        first.contains("(1 more test is shown after the deadline)"),
+        "{first}"
+    );
+    assert!(first.contains("(1 hidden test: for staff only)"), "{first}");
+    assert!(
+        !first.contains("test_secret") && !first.contains("test_later"),
+        "{first}"
+    );
+    assert_eq!(w.statuses(&sha).last().map(String::as_str), Some("success"));
+    let status_text: Vec<String> = w
+        .gitlab
+        .requests()
+        .iter()
+        .filter(|q| q.path.ends_with(&format!("/statuses/{sha}")))
+        .map(|q| {
+            serde_json::from_slice::<serde_json::Value>(&q.body).unwrap()["description"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        status_text.last().map(String::as_str),
+        Some("1/2 tests · 8")
+    );
+    let calls = w.callbacks(&job);
+    let last = &calls.last().unwrap().1;
+    let names: Vec<&str> = last["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["test_lab.test_add", "test_lab.test_sub"]);
+    // Staff see every test in the gradebook.
+    let out = Command::new(BIN)
+        .args([
+            "gradebook",
+            "export",
+            "--tests",
+            "--format",
+            "csv",
+            "--config",
+        ])
+        .arg(&w.config)
+        .output()
+        .unwrap();
+    let csv = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert!(
+        csv.contains(",test_lab.test_secret,,1,1,passed,hidden"),
+        "{csv}"
+    );
+
+    // The deadline passes: one release, with the later test, not the hidden one.
+    wait("the release email", || w.smtp.messages().len() == 2, &w).await;
+    let second = &w.smtp.messages()[1];
+    let subject = second["headers"]["subject"].as_str().unwrap().to_string();
+    assert!(
+        subject.ends_with("(all results, after the deadline)"),
+        "{subject}"
+    );
+    let body = second["body"].as_str().unwrap().replace("\r\n", "\n");
+    assert!(body.contains("PASS  test_lab.test_later"), "{body}");
+    assert!(!body.contains("test_secret"), "{body}");
+    wait(
+        "the release callback",
+        || w.callbacks(&job).iter().any(|(_, v)| v["released"] == true),
+        &w,
+    )
+    .await;
+    serve.kill();
+    let again = w.serve().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    again.stop().await;
+    assert_eq!(
+        w.smtp.messages().len(),
+        2,
+        "released at most once, across a SIGKILL"
+    );
+    assert_eq!(
+        w.callbacks(&job)
+            .iter()
+            .filter(|(_, v)| v["released"] == true)
+            .count(),
+        1
     );
 }

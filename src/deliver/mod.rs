@@ -46,8 +46,8 @@ pub use attempt::{Attempt, classify_http, parse_retry_after};
 pub use error::DeliverError;
 pub use outbox::{
     DeliveryLine, SENT_DIR, commit_status_enabled, enqueue, enqueue_callback_stage,
-    enqueue_commit_status, enqueue_email, enqueue_result, has_result_delivery, prune_receipts,
-    report,
+    enqueue_commit_status, enqueue_email, enqueue_release, enqueue_result, has_result_delivery,
+    prune_receipts, report,
 };
 pub use record::{
     CallbackPayload, CommitState, Destination, EmailPayload, JobStage, Payload, RECORD_SCHEMA,

@@ -185,6 +185,25 @@ pub fn enqueue_callback_stage(
     Ok(())
 }
 
+/// Queue the release of `result` after its assignment's deadline: the
+/// email and callback again, `after_due_date` tests shown. At most once
+/// per job (a record already queued, sent or dead is not queued again).
+/// Returns how many records were queued now.
+pub fn enqueue_release(
+    cfg: &Config,
+    spool: &Spool,
+    event: &Event,
+    result: &JobResult,
+) -> Result<usize, DeliverError> {
+    let mut queued = 0;
+    for rec in render::release_records(cfg, event, result) {
+        if enqueue(spool, &rec)? {
+            queued += 1;
+        }
+    }
+    Ok(queued)
+}
+
 /// One line of `labgrader queue` about a delivery.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeliveryLine {

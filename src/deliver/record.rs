@@ -29,6 +29,10 @@ pub enum Destination {
     CallbackQueued,
     /// The callback saying `test_all` started.
     CallbackRunning,
+    /// The result again once the deadline has passed, its
+    /// `after_due_date` tests shown (at most once per job).
+    ReleaseEmail,
+    ReleaseCallback,
 }
 
 /// The destinations whose deliveries of one job are sent in order, each
@@ -66,7 +70,7 @@ impl JobStage {
 }
 
 impl Destination {
-    pub const ALL: [Destination; 7] = [
+    pub const ALL: [Destination; 9] = [
         Destination::Callback,
         Destination::Email,
         Destination::StatusPending,
@@ -74,6 +78,8 @@ impl Destination {
         Destination::Status,
         Destination::CallbackQueued,
         Destination::CallbackRunning,
+        Destination::ReleaseEmail,
+        Destination::ReleaseCallback,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +91,8 @@ impl Destination {
             Destination::Status => "status",
             Destination::CallbackQueued => "callback-queued",
             Destination::CallbackRunning => "callback-running",
+            Destination::ReleaseEmail => "release-email",
+            Destination::ReleaseCallback => "release-callback",
         }
     }
 
@@ -102,7 +110,7 @@ impl Destination {
             Destination::CallbackQueued => Some((Stages::Callback, 0)),
             Destination::CallbackRunning => Some((Stages::Callback, 1)),
             Destination::Callback => Some((Stages::Callback, 2)),
-            Destination::Email => None,
+            Destination::Email | Destination::ReleaseEmail | Destination::ReleaseCallback => None,
         }
     }
 }

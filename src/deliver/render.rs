@@ -191,22 +191,79 @@ pub(super) fn stage_callback_record(event: &Event, stage: JobStage) -> Record {
 /// The callback record of a finished job. Hidden keys and tests go only
 /// with `callback.include_hidden`, stderr only with `callback.include_stderr`.
 pub(super) fn callback_record(cfg: &Config, event: &Event, result: &JobResult) -> Record {
+    result_callback(
+        cfg,
+        event,
+        result,
+        student(cfg, event),
+        Destination::Callback,
+    )
+}
+
+/// The result's callback for `audience` (widened by the callback's
+/// switches), stored under `dest`.
+fn result_callback(
+    cfg: &Config,
+    event: &Event,
+    result: &JobResult,
+    audience: Audience,
+    dest: Destination,
+) -> Record {
     let shown = hidden::view(
         result,
         Audience {
             hidden: cfg.callback.include_hidden,
             stderr: true,
-            ..student(cfg, event)
+            ..audience
         },
     );
-    let body = serde_json::to_string(&callback_body(cfg, event, &shown)).expect("json serializes");
+    let mut body = callback_body(cfg, event, &shown);
+    if dest == Destination::ReleaseCallback {
+        let m = body.as_object_mut().expect("object");
+        m.insert(
+            "idempotency_key".into(),
+            json!(idempotency_key(&shown.job_id, dest)),
+        );
+        m.insert("released".into(), json!(true));
+    }
+    let body = serde_json::to_string(&body).expect("json serializes");
     Record::new(
         &shown.job_id,
-        Destination::Callback,
+        dest,
         &shown.project,
         &shown.student_sha,
         Payload::Callback(CallbackPayload { body }),
     )
+}
+
+/// The records that show a result again after its assignment's deadline,
+/// `after_due_date` tests included: the email (when `email.url` is set)
+/// and the callback (when `callback.url` is set).
+pub(super) fn release_records(cfg: &Config, event: &Event, result: &JobResult) -> Vec<Record> {
+    let released = Audience {
+        after_due: true,
+        ..Audience::STUDENT
+    };
+    let mut out = Vec::new();
+    if !cfg.email.url.is_empty() {
+        out.push(result_email(
+            cfg,
+            event,
+            result,
+            released,
+            Destination::ReleaseEmail,
+        ));
+    }
+    if !cfg.callback.url.is_empty() {
+        out.push(result_callback(
+            cfg,
+            event,
+            result,
+            released,
+            Destination::ReleaseCallback,
+        ));
+    }
+    out
 }
 
 // ---- email ----------------------------------------------------------------
@@ -290,8 +347,19 @@ fn subject(event: &Event, result: &JobResult) -> String {
 /// The email record of `result`, from its student view (no hidden keys,
 /// tests or lines, no stderr): the table of tests, then stdout.
 pub(super) fn email_record(cfg: &Config, event: &Event, result: &JobResult) -> Record {
+    result_email(cfg, event, result, student(cfg, event), Destination::Email)
+}
+
+/// The result's email as `audience` may see it, stored under `dest`.
+fn result_email(
+    cfg: &Config,
+    event: &Event,
+    result: &JobResult,
+    audience: Audience,
+    dest: Destination,
+) -> Record {
     let full = result;
-    let result = &hidden::view(full, student(cfg, event));
+    let result = &hidden::view(full, audience);
     let shown = capped_stdout(&result.stdout, cfg.email.stdout_limit.bytes());
     let display = shown.display_bytes();
     let utf8 = std::str::from_utf8(&result.stdout.bytes).is_ok();
@@ -326,13 +394,20 @@ pub(super) fn email_record(cfg: &Config, event: &Event, result: &JobResult) -> R
         "\n-- \nlabgrader job {}\nproject {} commit {}\n",
         result.job_id, result.project, result.student_sha
     ));
-    let key = idempotency_key(&result.job_id, Destination::Email);
+    let key = idempotency_key(&result.job_id, dest);
     let payload = EmailPayload {
         event_email: event.pusher.email.clone(),
         pusher_id: event.pusher.id,
         username: event.pusher.username.clone(),
         display_name: event.pusher.name.clone(),
-        subject: subject(event, result),
+        subject: if dest == Destination::ReleaseEmail {
+            format!(
+                "{} (all results, after the deadline)",
+                subject(event, result)
+            )
+        } else {
+            subject(event, result)
+        },
         text,
         raw_stdout_hex: (!utf8).then(|| hex::encode(&shown.bytes)),
         message_id: format!(
@@ -340,13 +415,17 @@ pub(super) fn email_record(cfg: &Config, event: &Event, result: &JobResult) -> R
             key.replace(':', "."),
             message_domain(&cfg.email.from)
         ),
-        date: result.ended_at,
+        date: if dest == Destination::ReleaseEmail {
+            chrono::Utc::now()
+        } else {
+            result.ended_at
+        },
         co_authors: co_author_addresses(cfg, event, result),
         delivered_to: Vec::new(),
     };
     Record::new(
         &result.job_id,
-        Destination::Email,
+        dest,
         &result.project,
         &result.student_sha,
         Payload::Email(payload),

@@ -34,6 +34,7 @@ pub mod blame;
 mod job;
 mod jobdir;
 pub mod limits;
+pub mod release;
 mod scheduler;
 mod staff;
 pub mod verdict;
@@ -59,9 +60,11 @@ pub async fn run(
     spool: Arc<Spool>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let grader = Arc::new(Grader::new(cfg, spool)?);
+    let grader = Arc::new(Grader::new(cfg.clone(), spool.clone())?);
     grader.remove_orphans().await?;
     grader.recover().await?;
+    let releases = tokio::spawn(release::run(cfg, spool, shutdown.clone()));
     grader.serve(shutdown).await;
+    let _ = releases.await;
     Ok(())
 }
