@@ -685,7 +685,7 @@ mod tests {
                 .unwrap();
             // Back to the schema of version 1, as an older labgrader left it.
             gb.conn
-                .execute_batch("DROP TABLE tests; PRAGMA user_version = 1;")
+                .execute_batch("DROP TABLE tests; DROP TABLE releases; PRAGMA user_version = 1;")
                 .unwrap();
         }
         let gb = Gradebook::open(&path).unwrap();
