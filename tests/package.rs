@@ -249,12 +249,13 @@ fn package_ships_the_documented_files_conffile_and_depends() {
         .iter()
         .find(|d| d.starts_with("libc6 "))
         .unwrap_or_else(|| panic!("no versioned libc6 in Depends: {depends:?}"));
-    let v = libc
-        .trim_start_matches("libc6 (>= ")
-        .trim_end_matches(')');
+    let v = libc.trim_start_matches("libc6 (>= ").trim_end_matches(')');
     let (major, minor) = v.split_once('.').unwrap();
     let needed = (major.parse::<u32>().unwrap(), minor.parse::<u32>().unwrap());
-    assert!(needed <= GLIBC_FLOOR, "Depends: {libc}: newer than bookworm");
+    assert!(
+        needed <= GLIBC_FLOOR,
+        "Depends: {libc}: newer than bookworm"
+    );
     assert_eq!(field(deb, "Recommends"), "docker.io");
     assert!(relations(&field(deb, "Suggests")).contains(&"uidmap".to_string()));
     assert_eq!(field(deb, "Package"), "labgrader");
@@ -282,7 +283,10 @@ fn binary_needs_no_glibc_newer_than_bookworm() {
         })
         .max()
         .expect("no GLIBC_ symbol versions");
-    eprintln!("newest GLIBC symbol version needed: {}.{}", newest.0, newest.1);
+    eprintln!(
+        "newest GLIBC symbol version needed: {}.{}",
+        newest.0, newest.1
+    );
     assert!(
         newest <= GLIBC_FLOOR,
         "the binary needs GLIBC_{}.{}, newer than Debian 12's 2.36: build on bookworm",
@@ -336,7 +340,8 @@ fn lintian(deb: &Path) -> Vec<(String, String, String)> {
         .arg(deb)
         .output()
         .expect("lintian (Debian package `lintian`; scripts/setup/package.sh installs it)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     eprintln!("lintian:\n{text}");
     assert!(out.status.success(), "lintian failed to run:\n{text}");
     text.lines()
@@ -499,19 +504,24 @@ fn docker() -> Option<String> {
     Some(docker)
 }
 
-fn docker_run(docker: &str, mounts: &[(&Path, &str)], env: &[(&str, &str)], script: &str) -> (bool, String) {
+fn docker_run(
+    docker: &str,
+    mounts: &[(&Path, &str)],
+    env: &[(&str, &str)],
+    script: &str,
+) -> (bool, String) {
     let mut cmd = Command::new(docker);
     cmd.args(["run", "--rm", "--network", "none"]);
     for (host, inside) in mounts {
-        cmd.arg("-v")
-            .arg(format!("{}:{inside}:ro", host.display()));
+        cmd.arg("-v").arg(format!("{}:{inside}:ro", host.display()));
     }
     for (k, v) in env {
         cmd.arg("-e").arg(format!("{k}={v}"));
     }
     cmd.args([IMAGE, "bash", "-c", script]);
     let out = cmd.output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -539,7 +549,10 @@ fn installs_upgrades_and_removes_in_a_bare_bookworm_root() {
             "set -e; {APT_SETUP}\napt-get install -s --no-install-recommends systemd \"/pkg/$FIRST\""
         ),
     );
-    assert!(ok, "apt could not resolve the package's dependencies in {IMAGE}:\n{text}");
+    assert!(
+        ok,
+        "apt could not resolve the package's dependencies in {IMAGE}:\n{text}"
+    );
     let wanted: Vec<(String, String)> = text
         .lines()
         .filter_map(|l| l.strip_prefix("Inst "))
@@ -580,12 +593,7 @@ fn installs_upgrades_and_removes_in_a_bare_bookworm_root() {
         }
     }
 
-    let mounts = [
-        host[0],
-        host[1],
-        host[2],
-        (archives.as_path(), "/archives"),
-    ];
+    let mounts = [host[0], host[1], host[2], (archives.as_path(), "/archives")];
     let second_version = field(&built.second, "Version");
     let (ok, text) = docker_run(
         &docker,
@@ -598,9 +606,15 @@ fn installs_upgrades_and_removes_in_a_bare_bookworm_root() {
         &format!("{APT_SETUP}\n{LIFE}"),
     );
     eprintln!("{text}");
-    assert!(ok && text.contains("ALL-DONE"), "the life cycle failed:\n{text}");
+    assert!(
+        ok && text.contains("ALL-DONE"),
+        "the life cycle failed:\n{text}"
+    );
     assert!(text.contains(&format!("version: labgrader {}", env!("CARGO_PKG_VERSION"))));
-    assert!(text.contains("the services are not enabled"), "no next steps on install");
+    assert!(
+        text.contains("the services are not enabled"),
+        "no next steps on install"
+    );
     assert!(
         text.contains("KEPT /var/lib/labgrader"),
         "purge does not say it kept the spool"
