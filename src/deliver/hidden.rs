@@ -193,6 +193,13 @@ fn keep_outside(part: &[u8], cuts: &[Range<usize>], offset: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Staff without stderr (a callback with `include_hidden` only).
+    const STAFF: Audience = Audience {
+        hidden: true,
+        stderr: false,
+        after_due: false,
+    };
     use crate::result::{RESULT_SCHEMA, Status};
     use chrono::Utc;
     use std::collections::BTreeMap;
@@ -392,18 +399,7 @@ mod tests {
             !json.contains("secret") && !json.contains("later"),
             "{json}"
         );
-        assert_eq!(
-            view(
-                &r,
-                Audience {
-                    hidden: true,
-                    stderr: false,
-                    after_due: false
-                }
-            )
-            .results,
-            r.results
-        );
+        assert_eq!(view(&r, STAFF).results, r.results);
         r.results.as_mut().unwrap().stdout_visibility = Visibility::Hidden;
         let v = student_view(&r);
         assert!(v.stdout.display_bytes().is_empty());
@@ -428,17 +424,6 @@ mod tests {
             v.reason.as_deref(),
             Some(format!("{RESULTS_ERROR_FOR_STUDENTS}; test_all exited with status 0").as_str())
         );
-        assert_eq!(
-            view(
-                &r,
-                Audience {
-                    hidden: true,
-                    stderr: false,
-                    after_due: false
-                }
-            )
-            .reason,
-            r.reason
-        );
+        assert_eq!(view(&r, STAFF).reason, r.reason);
     }
 }

@@ -612,6 +612,19 @@ mod tests {
         );
     }
 
+    /// A push event of `namespace/name` (job `01J`, commit `abc`).
+    fn push_event(namespace: &str, name: &str) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "schema": crate::event::EVENT_SCHEMA, "job_id": "01J",
+            "received_at": "2026-12-06T10:00:00Z", "kind": "push", "source": "project_hook",
+            "gitlab_event": "Push Hook",
+            "project": {"path": format!("{namespace}/{name}"), "namespace": namespace, "name": name},
+            "pusher": {}, "ref": "refs/heads/main", "before": "0", "after": "abc",
+            "commit": "abc", "clone_url": "", "raw": null
+        }))
+        .unwrap()
+    }
+
     #[test]
     fn a_commit_status_never_names_a_hidden_test() {
         use crate::result::Status;
@@ -622,14 +635,7 @@ mod tests {
             hidden::RESULTS_ERROR_KEY.into(),
             serde_json::Value::String(problem.into()),
         );
-        let ev: Event = serde_json::from_value(serde_json::json!({
-            "schema": crate::event::EVENT_SCHEMA, "job_id": "01J", "received_at": "2026-12-06T10:00:00Z",
-            "kind": "push", "source": "project_hook", "gitlab_event": "Push Hook",
-            "project": {"path": "a/b", "namespace": "a", "name": "b"},
-            "pusher": {}, "ref": "refs/heads/main", "before": "0", "after": "abc",
-            "commit": "abc", "clone_url": "", "raw": null
-        }))
-        .unwrap();
+        let ev = push_event("a", "b");
         let rec = final_status_record(&Config::default(), &ev, &r);
         let Payload::Status(p) = rec.payload else {
             panic!("not a status")
@@ -665,14 +671,7 @@ mod tests {
             ],
             source: None,
         });
-        let ev: Event = serde_json::from_value(serde_json::json!({
-            "schema": crate::event::EVENT_SCHEMA, "job_id": "01J", "received_at": "2026-12-06T10:00:00Z",
-            "kind": "push", "source": "project_hook", "gitlab_event": "Push Hook",
-            "project": {"path": "alice/lab1", "namespace": "alice", "name": "lab1"},
-            "pusher": {}, "ref": "refs/heads/main", "before": "0", "after": "abc",
-            "commit": "abc", "clone_url": "", "raw": null
-        }))
-        .unwrap();
+        let ev = push_event("alice", "lab1");
         (ev, r)
     }
 
