@@ -1086,3 +1086,173 @@ async fn pytest_junit_results_are_shown_per_test_and_released_once_after_the_dea
         1
     );
 }
+
+/// Issue 15 with two more real sources: a C harness that writes JUnit
+/// XML itself, and Gradescope's documented `results.json` example (its
+/// `stdout_visibility: hidden`, a hidden test, an `after_due_date` one and
+/// keys labgrader ignores), each graded through `serve` into the
+/// gradebook, the email and the callback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_junit_harness_and_gradescope_results_json_through_serve() {
+    let w = World::new(
+        "[assignments.lab10]\ncontract = \"trusted\"\n[assignments.lab11]\ncontract = \"trusted\"\n",
+    )
+    .await;
+    w.f.push("root/lab10-test", |d| {
+        std::fs::write(
+            d.join("harness.c"),
+            r#"#include <stdio.h>
+int add(int, int);
+int main(int argc, char **argv) {
+    FILE *f = fopen(argv[1], "w");
+    int ok1 = add(2, 3) == 5, ok2 = add(-2, 2) == 0;
+    fprintf(f, "<?xml version=\"1.0\"?>\n<testsuite name=\"c\" tests=\"2\">\n");
+    fprintf(f, "<testcase classname=\"add\" name=\"positive\">%s</testcase>\n",
+            ok1 ? "" : "<failure message=\"add(2, 3) != 5\"/>");
+    fprintf(f, "<testcase classname=\"add\" name=\"negative\"><properties>"
+               "<property name=\"points\" value=\"2\"/></properties>%s</testcase>\n",
+            ok2 ? "" : "<failure message=\"add(-2, 2) != 0 &amp; that is wrong\"/>");
+    fprintf(f, "</testsuite>\n");
+    return fclose(f) != 0;
+}
+"#,
+        )
+        .unwrap();
+        common::files::write_exec(
+            &d.join("test_all"),
+            "#!/bin/sh\n\
+             gcc -o ./h harness.c \"$LABGRADER_WORKSPACE/add.c\" >&2 || exit 1\n\
+             ./h \"$LABGRADER_RESULTS/junit.xml.tmp\" && mv \"$LABGRADER_RESULTS/junit.xml.tmp\" \"$LABGRADER_RESULTS/junit.xml\"\n\
+             echo compiled and ran the C tests\n",
+        );
+    });
+    w.f.push("root/lab11-test", |d| {
+        std::fs::write(
+            d.join("results.json"),
+            r#"{
+  "execution_time": 136,
+  "output": "Text relevant to the entire submission",
+  "stdout_visibility": "hidden",
+  "extra_data": {},
+  "tests": [
+    {"score": 2.0, "max_score": 2.0, "name": "Your name", "number": "1.1",
+     "output": "Giant multiline string\nsecond line", "tags": ["tag1", "tag2"],
+     "visibility": "visible", "extra_data": {}},
+    {"score": 0, "max_score": 3, "name": "secret", "number": 2,
+     "visibility": "hidden", "status": "failed", "output": "the secret input was 42"},
+    {"score": 1, "name": "later", "visibility": "after_due_date"}
+  ],
+  "leaderboard": [{"name": "Accuracy", "value": 0.8}]
+}
+"#,
+        )
+        .unwrap();
+        common::files::write_exec(
+            &d.join("test_all"),
+            "#!/bin/sh\necho stdout the student must not see\n\
+             cp results.json \"$LABGRADER_RESULTS/results.json\"\n",
+        );
+    });
+    let c_project = "course/bob/lab10";
+    let c_sha = w.f.push(c_project, |d| {
+        // Right for positive numbers only.
+        std::fs::write(
+            d.join("add.c"),
+            "int add(int a, int b) { return a > 0 ? a + b : 1; }\n",
+        )
+        .unwrap();
+    });
+    let g_project = "course/carol/lab11";
+    let g_sha = w.f.push(g_project, |d| {
+        std::fs::write(d.join("README"), "hi\n").unwrap()
+    });
+    let serve = w.serve().await;
+    let c_job = w
+        .post_push(c_project, labgrader::event::ZERO_SHA, &c_sha)
+        .await;
+    let g_job = w
+        .post_push(g_project, labgrader::event::ZERO_SHA, &g_sha)
+        .await;
+    let c = w.done(&c_job).await;
+    let g = w.done(&g_job).await;
+    w.deliveries_settled(&c_job).await;
+    w.deliveries_settled(&g_job).await;
+    wait("two emails", || w.smtp.messages().len() == 2, &w).await;
+    serve.stop().await;
+
+    assert_eq!(
+        (c.status, c.grade_total),
+        (labgrader::result::Status::Graded, Some(1.0)),
+        "{c:?}"
+    );
+    assert_eq!(
+        (g.status, g.grade_total),
+        (labgrader::result::Status::Graded, Some(3.0))
+    );
+    let mail = |sha: &str| -> String {
+        w.smtp
+            .messages()
+            .iter()
+            .find(|m| {
+                m["headers"]["subject"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains(&sha[..8])
+            })
+            .map(|m| m["body"].as_str().unwrap().replace("\r\n", "\n"))
+            .unwrap()
+    };
+    let cm = mail(&c_sha);
+    assert!(
+        cm.starts_with("Tests: 1 of 2 passed, 1 of 3 points\n"),
+        "{cm}"
+    );
+    assert!(
+        cm.contains("FAIL  add.negative  0 / 2  add(-2, 2) != 0 & that is wrong"),
+        "{cm}"
+    );
+    let gm = mail(&g_sha);
+    assert!(
+        gm.contains("PASS  Your name  2 / 2  Giant multiline string"),
+        "{gm}"
+    );
+    assert!(
+        gm.contains("(1 more test is shown after the deadline)"),
+        "{gm}"
+    );
+    assert!(
+        gm.contains("Text relevant to the entire submission"),
+        "{gm}"
+    );
+    assert!(!gm.contains("secret") && !gm.contains("42"), "{gm}");
+    assert!(
+        !gm.contains("must not see"),
+        "stdout_visibility hidden: {gm}"
+    );
+    let calls = w.callbacks(&g_job);
+    let cb = &calls.last().unwrap().1;
+    assert_eq!(cb["tests"].as_array().unwrap().len(), 1, "{cb}");
+    assert!(!cb.to_string().contains("must not see"), "{cb}");
+    let rows = w.export();
+    assert_eq!(row(&rows, &c_job).unwrap()["grade_total"], 1.0);
+    assert_eq!(row(&rows, &g_job).unwrap()["grade_total"], 3.0);
+    let out = Command::new(BIN)
+        .args([
+            "gradebook",
+            "export",
+            "--tests",
+            "--format",
+            "json",
+            "--config",
+        ])
+        .arg(&w.config)
+        .output()
+        .unwrap();
+    let tests: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tests.len(), 5, "{tests:#?}");
+    assert!(
+        tests
+            .iter()
+            .any(|t| t["name"] == "secret" && t["output"] == "the secret input was 42")
+    );
+}

@@ -1,5 +1,6 @@
 //! The per-test table of an email: one line per test a student may see
-//! (mark, name, points / max, the first line of its feedback), and the
+//! (mark, name, points / max, the first line of its feedback), then the
+//! harness's overall `output`, and the
 //! one-line count a commit status shows (`7/10 tests · 70`).
 //!
 //! Pure text from a result already through [`super::hidden::view`]: it
@@ -14,6 +15,8 @@ use crate::results::TestRow;
 const NAME_MAX: usize = 32;
 /// Longest feedback shown after the points.
 const FEEDBACK_MAX: usize = 72;
+/// Lines of the results' overall `output` shown under the table.
+const OUTPUT_LINES: usize = 40;
 
 /// What the student's view left out, counted on the full result.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -66,6 +69,22 @@ pub fn tests_table(shown: &JobResult, unshown: Unshown) -> Option<String> {
             unshown.hidden,
             plural(unshown.hidden, "test", "tests")
         ));
+    }
+    // The harness's word on the whole submission (results.json `output`).
+    if let Some(text) = res
+        .output
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        out.push('\n');
+        for line in text.lines().take(OUTPUT_LINES) {
+            out.push_str(&one_line(line, 200));
+            out.push('\n');
+        }
+        if text.lines().count() > OUTPUT_LINES {
+            out.push_str(&format!("[labgrader: cut at {OUTPUT_LINES} lines]\n"));
+        }
     }
     Some(out)
 }
