@@ -102,3 +102,41 @@ async fn native_student_cannot_forge_rewrite_or_stop_the_harness_grade() {
     let r = attack_on(RunnerKind::Native, Config::default()).await;
     assert_the_harness_graded(&r);
 }
+
+/// A `junit.xml` larger than a sandbox sends back (50 MB here) is an
+/// `error` whose reason names its size: never `no_grade` "wrote no
+/// results", never a silent 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_junit_too_large_to_send_back_is_an_error_naming_its_size() {
+    if docker_skipped() {
+        return;
+    }
+    let mut cfg = Config::default();
+    cfg.docker.image = IMAGE.into();
+    let student = tempfile::tempdir().unwrap();
+    let tests = tempfile::tempdir().unwrap();
+    write_mode(
+        &tests.path().join("test_all"),
+        "#!/bin/sh\n\
+         { echo '<testsuite><testcase name=\"a\"><system-out>'; \
+           head -c 52428800 /dev/zero | tr '\\0' x; \
+           echo '</system-out></testcase></testsuite>'; } > \"$LABGRADER_RESULTS/junit.xml\"\n",
+        0o755,
+    );
+    let r = labgrader::grader::grade_local(
+        &cfg,
+        student.path(),
+        tests.path(),
+        Some(RunnerKind::Docker),
+        Some(Duration::from_secs(60)),
+        Some(Contract::Trusted),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, Status::Error, "{:?}", r.reason);
+    let reason = r.reason.unwrap_or_default();
+    assert!(
+        reason.contains("junit.xml: is 52428880 bytes, more than the 8388608 allowed"),
+        "{reason}"
+    );
+}

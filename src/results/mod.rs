@@ -40,7 +40,7 @@ use file::{FileProblem, read_capped};
 pub use gradescope::parse;
 pub use model::{
     JUNIT_FILE, MAX_FILE, MAX_JUNIT_FILE, MAX_NAME, MAX_OUTPUT, MAX_TESTS, RESULTS_FILE,
-    ResultsError, TestResults, TestRow, Visibility,
+    ResultsError, TOO_LARGE_SUFFIX, TestResults, TestRow, Visibility,
 };
 
 /// The path of `results.json` in the host results directory `dir`.
@@ -61,13 +61,28 @@ pub fn read_with(dir: &Path, points: &junit::Points) -> Result<TestResults, Resu
         Ok(bytes) => parse(&bytes),
         Err(FileProblem::Missing) => match read_capped(&dir.join(JUNIT_FILE), MAX_JUNIT_FILE) {
             Ok(bytes) => junit::parse(&bytes, points),
-            Err(FileProblem::Missing) => Err(ResultsError::Missing),
+            Err(FileProblem::Missing) => Err(dropped(dir, RESULTS_FILE)
+                .map(ResultsError::TooLarge)
+                .or_else(|| {
+                    dropped(dir, JUNIT_FILE).map(|n| {
+                        ResultsError::Junit(FileProblem::TooLarge(n, MAX_JUNIT_FILE).to_string())
+                    })
+                })
+                .unwrap_or(ResultsError::Missing)),
             Err(p) => Err(ResultsError::Junit(p.to_string())),
         },
         Err(FileProblem::NotRegular(what)) => Err(ResultsError::NotRegular(what.into())),
         Err(FileProblem::TooLarge(n, _)) => Err(ResultsError::TooLarge(n)),
         Err(FileProblem::Read(e)) => Err(ResultsError::Read(e)),
     }
+}
+
+/// The size of results file `name` when the sandbox could not send it
+/// back (too large) and sent `NAME.too-large` in its place.
+fn dropped(dir: &Path, name: &str) -> Option<u64> {
+    let marker = dir.join(format!("{name}{TOO_LARGE_SUFFIX}"));
+    let bytes = read_capped(&marker, 32).ok()?;
+    std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]

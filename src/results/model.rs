@@ -11,6 +11,9 @@ pub const JUNIT_FILE: &str = "junit.xml";
 /// Largest `junit.xml` read (everything a sandbox sends back is capped at
 /// the same size).
 pub const MAX_JUNIT_FILE: u64 = 8 << 20;
+/// Suffix of the entry a sandbox sends back in place of a results file
+/// too large for it (`NAME.too-large`, holding the size in decimal).
+pub const TOO_LARGE_SUFFIX: &str = ".too-large";
 /// Largest `results.json` read.
 pub const MAX_FILE: u64 = 4 << 20;
 /// Most tests one file may report.

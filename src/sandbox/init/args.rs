@@ -263,6 +263,10 @@ pub fn frame_end(out: &mut Vec<u8>, flags: u32) {
 }
 
 /// A results file name that may travel: one plain component of UTF-8.
+/// Suffix of the results entry that stands for a file too large to send
+/// back (`NAME.too-large`, holding its size in decimal).
+pub const TOO_LARGE_SUFFIX: &str = ".too-large";
+
 pub fn sendable_name(name: &[u8]) -> bool {
     !name.is_empty()
         && name.len() <= 255

@@ -127,6 +127,7 @@ mod tests {
     fn limits_match_the_hosts() {
         assert_eq!(args::RESULTS_FILES, crate::sandbox::RESULTS_FILES);
         assert_eq!(args::RESULTS_BYTES, crate::sandbox::RESULTS_BYTES);
+        assert_eq!(args::TOO_LARGE_SUFFIX, crate::results::TOO_LARGE_SUFFIX);
         assert_eq!(
             args::FLAG_DISK_FULL,
             crate::sandbox::results_stream::FLAG_DISK_FULL
