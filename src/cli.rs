@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
-use crate::daemon::{Parts, QueueReport, open_spool};
+use crate::daemon::{Parts, QueueReport, existing_spool};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -443,7 +443,7 @@ fn grade(cfg: &Config, args: GradeArgs) -> Result<ExitCode> {
 }
 
 fn regrade(cfg: &Config, jobs: &[String], project: Option<&str>) -> Result<ExitCode> {
-    let spool = open_spool(cfg)?;
+    let spool = existing_spool(cfg)?;
     for (old, new) in crate::grader::regrade(&spool, jobs, project)? {
         println!("{old} -> {new}");
     }
@@ -451,7 +451,7 @@ fn regrade(cfg: &Config, jobs: &[String], project: Option<&str>) -> Result<ExitC
 }
 
 fn release(cfg: &Config, assignment: &str) -> Result<ExitCode> {
-    let spool = open_spool(cfg)?;
+    let spool = existing_spool(cfg)?;
     let gb = crate::gradebook::Gradebook::open(&crate::gradebook::path_in(&cfg.spool.dir))?;
     let r = crate::grader::release::release(cfg, &spool, &gb, assignment, None)?;
     println!(
@@ -463,7 +463,7 @@ fn release(cfg: &Config, assignment: &str) -> Result<ExitCode> {
 }
 
 fn replay(cfg: Arc<Config>, job: &str) -> Result<ExitCode> {
-    let spool = Arc::new(open_spool(&cfg)?);
+    let spool = Arc::new(existing_spool(&cfg)?);
     let r = runtime()?.block_on(crate::grader::replay(cfg, spool, job))?;
     let show = |s: crate::result::Status, g: Option<f64>| match g {
         Some(g) => format!("{s}, grade {g}"),

@@ -43,6 +43,21 @@ pub fn shutdown_on_signals() -> Result<CancellationToken> {
 }
 
 /// Open the spool named by the config, with the message every command uses.
+/// The spool of a staff command that reads it (`queue`, `regrade`,
+/// `replay`, `release`): refused when its directory does not exist, rather
+/// than made empty, since that means another configuration's spool.
+pub fn existing_spool(cfg: &Config) -> Result<Spool> {
+    if !cfg.spool.dir.is_dir() {
+        anyhow::bail!(
+            "no spool at {}: nothing ran with this configuration here. Pass the daemon's \
+             configuration with --config FILE (or LABGRADER_CONFIG), e.g. \
+             --config /etc/labgrader/labgrader.toml",
+            cfg.spool.dir.display()
+        );
+    }
+    open_spool(cfg)
+}
+
 pub fn open_spool(cfg: &Config) -> Result<Spool> {
     Spool::open(&cfg.spool.dir)
         .with_context(|| format!("cannot open spool {}", cfg.spool.dir.display()))
@@ -150,7 +165,7 @@ impl QueueReport {
     /// Read the spool: counts per state, waiting and active jobs, oldest
     /// waiting and dead deliveries.
     pub fn build(cfg: &Config) -> Result<QueueReport> {
-        let spool = open_spool(cfg)?;
+        let spool = existing_spool(cfg)?;
         let (deliveries_waiting, deliveries_dead) =
             crate::deliver::report(&spool, Self::DELIVERY_LIMIT)?;
         Ok(QueueReport {

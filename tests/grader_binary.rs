@@ -154,3 +154,35 @@ fn grade_command_prints_stdout_then_json_and_exits_zero_only_with_a_grade() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no executable test_all"));
 }
+
+/// A staff command run without the daemon's `--config` (so with another
+/// spool directory) says so and creates nothing, instead of reporting an
+/// empty `./spool` it made.
+#[test]
+fn queue_and_regrade_refuse_a_spool_that_does_not_exist() {
+    let t = tempfile::tempdir().unwrap();
+    let missing = t.path().join("not-a-spool");
+    let config = t.path().join("labgrader.toml");
+    std::fs::write(&config, format!("[spool]\ndir = {:?}\n", missing)).unwrap();
+    for args in [
+        &["queue"][..],
+        &["queue", "--json"],
+        &["regrade", "01J"],
+        &["release", "lab1"],
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            err.contains(&format!("no spool at {}", missing.display())),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("--config"), "{err}");
+        assert!(!missing.exists(), "{args:?} created the spool");
+    }
+}

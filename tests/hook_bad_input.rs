@@ -36,6 +36,12 @@ async fn wrong_or_missing_token_is_401() {
         "{}",
         text(&r)
     );
+    // It names the keys that exist (there is no `server.webhook_token`).
+    assert!(
+        text(&r).contains("server.webhook_token_file (or LABGRADER_WEBHOOK_TOKEN)"),
+        "{}",
+        text(&r)
+    );
     h.push(("X-Gitlab-Token".into(), "gitlab-fixture-secreT".into()));
     assert_eq!(server.post(&h, good_body()).await.status.as_u16(), 401);
     assert!(server.incoming().is_empty());

@@ -296,7 +296,11 @@ mod tests {
         let (who, v) = verdict_of(fetch(Repo::Student, no_commit));
         assert_eq!(who, "submission");
         assert!(v.unwrap().reason.starts_with("commit "));
-        let head = MirrorError::NoTestsHead { url: "u".into() };
+        let head = MirrorError::NoTestsHead {
+            url: "u".into(),
+            head: None,
+            branches: vec![],
+        };
         match fetch(Repo::Tests, head) {
             Blame::Grader(f) => assert!(f.to_string().starts_with("test repository: ")),
             other => panic!("{other:?}"),

@@ -131,7 +131,8 @@ impl Hook {
         if !self.token_ok(req.headers()) {
             return Answer::text(
                 StatusCode::UNAUTHORIZED,
-                "invalid or missing X-Gitlab-Token; set the hook's secret token to server.webhook_token",
+                "invalid or missing X-Gitlab-Token; set the hook's secret token to the one in \
+                 server.webhook_token_file (or LABGRADER_WEBHOOK_TOKEN)",
             );
         }
         let max = self.cfg.server.max_body.bytes();

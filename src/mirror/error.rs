@@ -29,8 +29,17 @@ pub enum MirrorError {
     },
     #[error("commit {sha} is not in {url}: it was never pushed there or was force-pushed away")]
     NoCommit { sha: String, url: String },
-    #[error("the test repository {url} has no default branch with a commit")]
-    NoTestsHead { url: String },
+    #[error(
+        "the test repository {url} has no default branch with a commit: {}",
+        head_advice(head.as_deref(), branches)
+    )]
+    NoTestsHead {
+        url: String,
+        /// The branch its HEAD names, when it could be read (`file://`).
+        head: Option<String>,
+        /// The branches it has (at most a few).
+        branches: Vec<String>,
+    },
     #[error("cannot prepare the mirror at {path}: {source}")]
     Io {
         path: PathBuf,
@@ -40,4 +49,20 @@ pub enum MirrorError {
     Workspace(#[from] WorkspaceError),
     #[error("cancelled by shutdown")]
     Cancelled,
+}
+
+/// What to tell staff whose test repository's HEAD names no commit.
+fn head_advice(head: Option<&str>, branches: &[String]) -> String {
+    let names = match head {
+        Some(h) => format!("its HEAD names `{h}`, which does not exist"),
+        None => "its HEAD names no branch that exists".to_string(),
+    };
+    match branches.first() {
+        None => format!("{names}, and it has no branches yet: push the tests first"),
+        Some(b) => format!(
+            "{names}; its branches are {}. Make one the default (GitLab: Settings > Repository > \
+             Default branch; a bare repository: `git symbolic-ref HEAD refs/heads/{b}`)",
+            branches.join(", ")
+        ),
+    }
 }

@@ -79,9 +79,7 @@ impl Mirrors {
                 Err(MirrorError::Git { stderr, .. })
                     if stderr.contains("couldn't find remote ref HEAD") =>
                 {
-                    return Err(MirrorError::NoTestsHead {
-                        url: redact_url(url),
-                    });
+                    return Err(self.no_tests_head(&dir, url, cancel).await);
                 }
                 Err(e) => return Err(e),
             }
@@ -112,9 +110,48 @@ impl Mirrors {
             .await;
         match out {
             Ok(sha) if is_full_sha(sha.trim()) => Ok((dir, sha.trim().to_string())),
-            _ => Err(MirrorError::NoTestsHead {
-                url: redact_url(url),
-            }),
+            _ => Err(self.no_tests_head(&dir, url, cancel).await),
+        }
+    }
+
+    /// The error for a test repository whose HEAD names no commit, saying
+    /// which branch HEAD names (readable for `file://` URLs) and which
+    /// branches exist (`ls-remote --heads`, best effort).
+    async fn no_tests_head(
+        &self,
+        dir: &Path,
+        url: &str,
+        cancel: &CancellationToken,
+    ) -> MirrorError {
+        let head = url
+            .strip_prefix("file://")
+            .and_then(|p| std::fs::read_to_string(Path::new(p).join("HEAD")).ok())
+            .and_then(|t| {
+                t.trim()
+                    .strip_prefix("ref: refs/heads/")
+                    .map(str::to_string)
+            });
+        let branches = self
+            .git(
+                dir,
+                "ls-remote",
+                url,
+                &["ls-remote", "--heads", url],
+                cancel,
+            )
+            .await
+            .map(|out| {
+                out.lines()
+                    .filter_map(|l| l.split('\t').nth(1)?.strip_prefix("refs/heads/"))
+                    .take(10)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        MirrorError::NoTestsHead {
+            url: redact_url(url),
+            head,
+            branches,
         }
     }
 
@@ -160,5 +197,66 @@ impl Mirrors {
         Ok(theirs
             .filter(|t| t.eq_ignore_ascii_case(ours))
             .map(|_| ours.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+    use std::time::Duration;
+
+    fn git(dir: &Path, args: &[&str]) {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A TA's bare test repository whose HEAD names `master` while `main`
+    /// was pushed: the error names both.
+    #[tokio::test]
+    async fn a_head_naming_a_missing_branch_is_named_with_the_branches_there() {
+        let t = tempfile::tempdir().unwrap();
+        let bare = t.path().join("lab1-test.git");
+        std::fs::create_dir(&bare).unwrap();
+        git(&bare, &["init", "-q", "--bare", "-b", "master"]);
+        let work = t.path().join("w");
+        std::fs::create_dir(&work).unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        git(&work, &["commit", "-q", "--allow-empty", "-m", "tests"]);
+        git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+        let m = Mirrors::new(t.path().join("mirrors"), Duration::from_secs(30), None);
+        let url = format!("file://{}", bare.display());
+        let e = m
+            .default_head(
+                "root/lab1-test",
+                &url,
+                Instant::now(),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("its HEAD names `master`, which does not exist"),
+            "{e}"
+        );
+        assert!(e.contains("its branches are main."), "{e}");
+        assert!(e.contains("git symbolic-ref HEAD refs/heads/main"), "{e}");
     }
 }
