@@ -161,6 +161,7 @@ fn event(path: &str, sha: &str) -> Event {
         crashes: 0,
         infra_attempts: 0,
         not_before: None,
+        last_error: None,
         raw: serde_json::Value::Null,
     }
 }

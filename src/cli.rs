@@ -365,7 +365,20 @@ fn queue(cfg: &Config, json: bool) -> Result<ExitCode> {
         if !jobs.is_empty() {
             println!("{title} (oldest first):");
             for j in jobs {
-                println!("  {}", crate::event::job_id_of(j));
+                let mut line = format!("  {}  {}", j.job_id, j.project);
+                if j.attempt > 1 {
+                    line.push_str(&format!("  attempt {}/{}", j.attempt, j.attempts_max));
+                }
+                if let Some(t) = j.next_try.filter(|t| *t > chrono::Utc::now()) {
+                    line.push_str(&format!("  next try {}", t.to_rfc3339()));
+                }
+                if j.crashes > 0 {
+                    line.push_str(&format!("  crashes {}", j.crashes));
+                }
+                if let Some(e) = &j.last_error {
+                    line.push_str(&format!("  last error: {e}"));
+                }
+                println!("{line}");
             }
         }
     }

@@ -146,13 +146,54 @@ async fn stop_all_on_error(
     r
 }
 
+/// One waiting or running job as `labgrader queue` shows it.
+#[derive(Debug, Serialize)]
+pub struct JobLine {
+    pub job_id: String,
+    pub project: String,
+    pub sha: String,
+    /// Infrastructure attempts so far, of `[grader] infra_retries` + 1.
+    pub attempt: u32,
+    pub attempts_max: u32,
+    /// When it may run again (after a grader fault); `None` = now.
+    pub next_try: Option<chrono::DateTime<chrono::Utc>>,
+    /// The grader's last error on it (staff only).
+    pub last_error: Option<String>,
+    /// Daemon crashes while it ran.
+    pub crashes: u32,
+}
+
+impl JobLine {
+    fn read(spool: &Spool, state: State, name: &str, cfg: &Config) -> JobLine {
+        let ev = spool
+            .read(state, name)
+            .ok()
+            .and_then(|b| crate::event::Event::from_bytes(&b).ok());
+        JobLine {
+            job_id: crate::event::job_id_of(name).to_string(),
+            project: ev
+                .as_ref()
+                .map(|e| e.project.path.clone())
+                .unwrap_or_default(),
+            sha: ev.as_ref().map(|e| e.commit.clone()).unwrap_or_default(),
+            attempt: ev.as_ref().map_or(0, |e| e.infra_attempts) + 1,
+            attempts_max: cfg.grader.infra_retries + 1,
+            next_try: ev.as_ref().and_then(|e| e.not_before),
+            last_error: ev.as_ref().and_then(|e| e.last_error.clone()),
+            crashes: ev.as_ref().map_or(0, |e| e.crashes),
+        }
+    }
+}
+
 /// What `labgrader queue` shows (its `--json` shape).
 #[derive(Debug, Serialize)]
 pub struct QueueReport {
     pub spool: PathBuf,
     pub counts: Vec<(State, usize)>,
-    pub waiting: Vec<String>,
-    pub active: Vec<String>,
+    /// Waiting jobs (`incoming/`), oldest first, at most [`Self::JOB_LIMIT`].
+    pub waiting: Vec<JobLine>,
+    /// Running jobs (`active/`).
+    pub active: Vec<JobLine>,
     /// Oldest deliveries waiting in outbox/ and given up in dead/ (with reasons).
     pub deliveries_waiting: Vec<crate::deliver::DeliveryLine>,
     pub deliveries_dead: Vec<crate::deliver::DeliveryLine>,
@@ -161,6 +202,8 @@ pub struct QueueReport {
 impl QueueReport {
     /// At most this many deliveries are listed per state.
     pub const DELIVERY_LIMIT: usize = 50;
+    /// At most this many waiting jobs are listed.
+    pub const JOB_LIMIT: usize = 200;
 
     /// Read the spool: counts per state, waiting and active jobs, oldest
     /// waiting and dead deliveries.
@@ -171,8 +214,17 @@ impl QueueReport {
         Ok(QueueReport {
             spool: cfg.spool.dir.clone(),
             counts: State::ALL.iter().map(|s| (*s, spool.count(*s))).collect(),
-            waiting: spool.list(State::Incoming)?,
-            active: spool.list(State::Active)?,
+            waiting: spool
+                .list(State::Incoming)?
+                .iter()
+                .take(Self::JOB_LIMIT)
+                .map(|n| JobLine::read(&spool, State::Incoming, n, cfg))
+                .collect(),
+            active: spool
+                .list(State::Active)?
+                .iter()
+                .map(|n| JobLine::read(&spool, State::Active, n, cfg))
+                .collect(),
             deliveries_waiting,
             deliveries_dead,
         })

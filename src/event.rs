@@ -100,6 +100,10 @@ pub struct Event {
     /// Do not run before this time (infra backoff); `None` = now.
     #[serde(default)]
     pub not_before: Option<DateTime<Utc>>,
+    /// The grader's last infrastructure error (staff only; `labgrader
+    /// queue` shows it beside the attempt count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
     /// The GitLab body as received.
     pub raw: serde_json::Value,
 }
@@ -176,6 +180,7 @@ mod tests {
             crashes: 0,
             infra_attempts: 0,
             not_before: None,
+            last_error: None,
             raw,
         };
         let update = serde_json::json!({"event_name": "repository_update"});

@@ -186,3 +186,62 @@ fn queue_and_regrade_refuse_a_spool_that_does_not_exist() {
         assert!(!missing.exists(), "{args:?} created the spool");
     }
 }
+
+/// A job that keeps failing by the grader's fault (its test repository is
+/// not there) shows in `queue --json` with its attempt, next try and last
+/// error, and in the text form on one line.
+#[test]
+fn queue_shows_a_retrying_jobs_attempt_next_try_and_last_error() {
+    let f = Fixture::new();
+    let p = "course/quinn/lab21";
+    let sha = f.push(p, |w| std::fs::write(w.join("x"), "1").unwrap());
+    let cfg = f.write_config("infra_backoff = \"10m\"\ninfra_retries = 3\n");
+    let log = f.tmp.path().join("daemon.log");
+    let ev = f.event(p, &sha);
+    f.enqueue(&ev);
+    let grader = daemon::start(&cfg, &log);
+    let spool = f.spool();
+    wait_blocking("the first retry to be scheduled", WAIT, || {
+        spool
+            .read(State::Incoming, &ev.file_name())
+            .ok()
+            .and_then(|b| labgrader::event::Event::from_bytes(&b).ok())
+            .is_some_and(|e| e.infra_attempts == 1)
+    });
+    daemon::stop(grader);
+    let out = Command::new(BIN)
+        .args(["queue", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let q: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = &q["waiting"][0];
+    assert_eq!(j["job_id"], ev.job_id.as_str());
+    assert_eq!(
+        (j["attempt"].as_u64(), j["attempts_max"].as_u64()),
+        (Some(2), Some(4))
+    );
+    let next: chrono::DateTime<chrono::Utc> = j["next_try"].as_str().unwrap().parse().unwrap();
+    assert!(
+        next > chrono::Utc::now() + chrono::Duration::minutes(3),
+        "{next}"
+    );
+    let err = j["last_error"].as_str().unwrap();
+    assert!(err.contains("test repository"), "{err}");
+    let text = Command::new(BIN)
+        .args(["queue", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("{}  {p}  attempt 2/4  next try ", ev.job_id))
+            && text.contains("last error: test repository"),
+        "{text}"
+    );
+}

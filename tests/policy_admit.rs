@@ -127,6 +127,7 @@ fn event(job: &str, sha: &str, received_at: DateTime<Utc>, pusher: &str) -> Even
         crashes: 0,
         infra_attempts: 0,
         not_before: None,
+        last_error: None,
         raw: Value::Null,
     }
 }

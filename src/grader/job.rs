@@ -436,6 +436,7 @@ impl Grader {
             );
             ev.not_before =
                 Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
+            ev.last_error = Some(fault.to_string());
             error!(attempt = ev.infra_attempts, of = retries, retry_in = ?delay, error = %fault,
                 "infrastructure failure (not the student's fault): will retry");
             metrics::inc(RETRY_METRIC, RETRY_HELP, &[]);
@@ -449,7 +450,7 @@ impl Grader {
         // The student sees the verdict, never the grader's own error: it
         // names host paths (spool, mirrors) and services. Staff find it in
         // the log, in stderr (staff only) and in failed-attempt counts.
-        let reason = "the grader could not grade this commit (not the student's fault; staff were alerted and it can be regraded)";
+        let reason = "the grader could not grade this commit (not the student's fault; staff see why in the job's record and the log, and can regrade it)";
         let mut result = self.bare_result(&ev, None, Verdict::new(Status::InfraError, reason));
         result.stderr = Captured::from_bytes(format!("labgrader: {fault}\n").into_bytes(), 1 << 16);
         self.release_quota(&ev);

@@ -132,6 +132,7 @@ fn local_event(job_id: &str, student: &Path) -> Event {
         crashes: 0,
         infra_attempts: 0,
         not_before: None,
+        last_error: None,
         raw: serde_json::Value::Null,
     }
 }
@@ -199,6 +200,7 @@ pub fn regrade(
         ev.crashes = 0;
         ev.infra_attempts = 0;
         ev.not_before = None;
+        ev.last_error = None;
         spool.publish(State::Incoming, &ev.file_name(), &ev.to_bytes())?;
         info!(job_id = %ev.job_id, regrade_of = %old, project = %ev.project.path, sha = %ev.commit, "queued a regrade");
         out.push((old, ev.job_id));

@@ -259,6 +259,7 @@ impl Hook {
             crashes: 0,
             infra_attempts: 0,
             not_before: None,
+            last_error: None,
             raw,
         };
         let bytes = event.to_bytes();

@@ -60,6 +60,7 @@ pub fn event(job_id: &str, email: Option<&str>) -> Event {
         crashes: 0,
         infra_attempts: 0,
         not_before: None,
+        last_error: None,
         raw: serde_json::json!({"object_kind": "push"}),
     }
 }

@@ -139,6 +139,7 @@ impl Fixture {
             crashes: 0,
             infra_attempts: 0,
             not_before: None,
+            last_error: None,
             raw: serde_json::json!({}),
         }
     }
