@@ -71,6 +71,22 @@ pub enum Command {
     },
     /// Run a finished job again on its recorded inputs and compare grades.
     Replay { job: String },
+    /// Cancel waiting jobs: each goes to failed/ with the reason
+    /// "cancelled by staff" (no spool file is ever deleted by hand).
+    Cancel {
+        /// Job ids (from `labgrader queue`).
+        #[arg(required = true)]
+        jobs: Vec<String>,
+        /// Email the pusher that the push was not graded, and why.
+        #[arg(long)]
+        notify: bool,
+    },
+    /// Make jobs due now: a job waiting for a later try, or one in failed/.
+    Retry {
+        /// Job ids (from `labgrader queue`, or failed/).
+        #[arg(required = true)]
+        jobs: Vec<String>,
+    },
     /// Deliver each student's latest result of an assignment again with
     /// its `after_due_date` tests shown (the daemon does this by itself
     /// when the deadline passes; at most once per job).
@@ -242,6 +258,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Regrade { jobs, project } => regrade(&cfg, &jobs, project.as_deref()),
         Command::Replay { job } => replay(cfg, &job),
         Command::Release { assignment } => release(&cfg, &assignment),
+        Command::Cancel { jobs, notify } => {
+            let spool = existing_spool(&cfg)?;
+            for (job, _) in crate::grader::cancel(&cfg, &spool, &jobs, notify)? {
+                println!("{job}: cancelled (failed/, reason \"cancelled by staff\")");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retry { jobs } => {
+            let spool = existing_spool(&cfg)?;
+            for (job, _) in crate::grader::retry(&spool, &jobs)? {
+                println!("{job}: due now");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Gradebook(GradebookCommand::Export(args)) => gradebook_export(&cfg, args),
         Command::Sandbox(args) => sandbox(&cfg, &args.job_dir),
     }

@@ -571,6 +571,21 @@ impl Spool {
         Ok(())
     }
 
+    /// Bring a job given up on back: publish `event` as `incoming/<job>.json`,
+    /// then remove `failed/<job_id>/`. A job already waiting is refused
+    /// ([`SpoolError::Exists`]).
+    pub fn revive(&self, job_id: &str, event: &[u8]) -> Result<(), SpoolError> {
+        let name = format!("{job_id}.json");
+        self.publish(State::Incoming, &name, event)?;
+        let failed = self.path(State::Failed, job_id);
+        fs::remove_dir_all(&failed).map_err(|source| SpoolError::Write {
+            path: failed,
+            source,
+        })?;
+        let _ = fsync_dir(&self.dir(State::Failed));
+        Ok(())
+    }
+
     /// Step one of finishing a job: write its record (`files`: name and
     /// contents) into a fresh directory under `tmp/`, not yet visible.
     pub fn draft_done(

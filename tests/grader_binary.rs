@@ -245,3 +245,76 @@ fn queue_shows_a_retrying_jobs_attempt_next_try_and_last_error() {
         "{text}"
     );
 }
+
+/// `cancel` and `retry` on a running daemon: a job retrying by the
+/// grader's fault is cancelled (to failed/, never deleted), brought back
+/// and graded; another is made due now instead of in ten minutes; a
+/// finished job is neither, with a pointer to `regrade`.
+#[test]
+fn cancel_and_retry_move_jobs_without_touching_spool_files_by_hand() {
+    let f = Fixture::new();
+    let cfg = f.write_config("infra_backoff = \"10m\"\ninfra_retries = 3\n");
+    let log = f.tmp.path().join("daemon.log");
+    let spool = f.spool();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let retrying = |ev: &labgrader::event::Event| {
+        spool
+            .read(State::Incoming, &ev.file_name())
+            .ok()
+            .and_then(|b| labgrader::event::Event::from_bytes(&b).ok())
+            .is_some_and(|e| e.infra_attempts == 1)
+    };
+    let a_sha = f.push("course/rae/lab22", |w| {
+        std::fs::write(w.join("x"), "1").unwrap()
+    });
+    let b_sha = f.push("course/sam/lab23", |w| {
+        std::fs::write(w.join("x"), "1").unwrap()
+    });
+    let a = f.event("course/rae/lab22", &a_sha);
+    let b = f.event("course/sam/lab23", &b_sha);
+    f.enqueue(&a);
+    f.enqueue(&b);
+    let daemon_proc = daemon::start(&cfg, &log);
+    wait_blocking("both jobs to wait for a retry", WAIT, || {
+        retrying(&a) && retrying(&b)
+    });
+
+    let (ok, text) = run(&["cancel", &a.job_id]);
+    assert!(ok, "{text}");
+    let reason =
+        std::fs::read_to_string(f.spool_dir.join("failed").join(&a.job_id).join("reason")).unwrap();
+    assert_eq!(reason, "cancelled by staff\n");
+    assert!(!spool.path(State::Incoming, &a.file_name()).exists());
+
+    // The tests appear; both come back at once, not in ten minutes.
+    f.tests_repo("lab22", &common::world::simple_test_all("22"));
+    f.tests_repo("lab23", &common::world::simple_test_all("23"));
+    let (ok, text) = run(&["retry", &a.job_id, &b.job_id]);
+    assert!(ok, "{text}");
+    for ev in [&a, &b] {
+        wait_blocking("the job to be graded", Duration::from_secs(60), || {
+            f.done_dir(&ev.job_id).join("result.json").exists()
+        });
+    }
+    daemon::stop(daemon_proc);
+    assert!(!f.spool_dir.join("failed").join(&a.job_id).exists());
+    let (ok, text) = run(&["cancel", &a.job_id]);
+    assert!(
+        !ok && text.contains("has finished: use `labgrader regrade`"),
+        "{text}"
+    );
+    let (ok, text) = run(&["retry", "01JNOSUCHJOB0000000000000"]);
+    assert!(!ok && text.contains("no finished record"), "{text}");
+}

@@ -61,7 +61,9 @@ pub fn verdict(result: &JobResult) -> String {
             Status::NoGrade => "no grade_total in the summary".into(),
             Status::InvalidManifest => "invalid labgrader.json".into(),
             Status::Error => "could not be graded".into(),
-            Status::InfraError => "grader error, not the student's fault; staff can regrade it".into(),
+            Status::InfraError => {
+                "grader error, not the student's fault; staff can regrade it".into()
+            }
             Status::Graded => unreachable!("handled above"),
         });
     match grade {

@@ -231,6 +231,12 @@ pub enum GraderError {
     NoJobsOfProject(String),
     #[error("name job ids or --project to regrade")]
     NothingToRegrade,
+    /// `cancel` or `retry` of a job the grader is running now.
+    #[error("job {0} is running now; wait for it to end (cancel and retry act on waiting jobs)")]
+    Running(String),
+    /// `cancel` or `retry` of a job that is not waiting (or, for `retry`, failed).
+    #[error("job {job} is not waiting{}; see `labgrader queue`", if *finished { " (it has finished: use `labgrader regrade` to grade it again)" } else { "" })]
+    NotWaiting { job: String, finished: bool },
     #[error("job {0} failed without a result; nothing to replay")]
     NoResult(String),
     #[error("job {job} never got as far as the test repository ({status}); nothing to replay")]

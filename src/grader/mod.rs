@@ -50,7 +50,7 @@ use crate::spool::Spool;
 pub use blame::{Blame, GraderError, GraderFault, Verdict};
 pub use jobdir::job_env;
 pub use limits::{JobPlan, contract_for, limits_for};
-pub use staff::{Replay, grade_local, read_record, regrade, replay};
+pub use staff::{Moved, Replay, cancel, grade_local, read_record, regrade, replay, retry};
 pub use verdict::{Grade, harness_results, verdict};
 pub use wiring::Grader;
 

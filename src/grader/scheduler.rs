@@ -160,6 +160,9 @@ impl Grader {
 struct Meta {
     project: String,
     not_before: Option<DateTime<Utc>>,
+    /// The event file's mtime when read: a job waiting for a later try is
+    /// read again when staff rewrote it (`labgrader retry`).
+    modified: Option<std::time::SystemTime>,
 }
 
 #[derive(Default)]
@@ -184,10 +187,22 @@ impl Scheduler {
         };
         let present: HashSet<&String> = names.iter().collect();
         self.index.retain(|n, _| present.contains(n));
+        let now = Utc::now();
+        let mtime = |name: &str| {
+            std::fs::metadata(spool.path(State::Incoming, name))
+                .and_then(|m| m.modified())
+                .ok()
+        };
+        // Only jobs waiting for a later try are checked for a rewrite (a
+        // stat each); the others run as soon as a worker is free anyway.
+        self.index
+            .retain(|n, m| m.not_before.is_none_or(|t| t <= now) || m.modified == mtime(n));
         for name in &names {
             if self.index.contains_key(name) {
                 continue;
             }
+            // Before the read: a rewrite after it is then noticed.
+            let modified = mtime(name);
             match read_event(spool, State::Incoming, name) {
                 Ok(ev) => {
                     self.index.insert(
@@ -195,6 +210,7 @@ impl Scheduler {
                         Meta {
                             project: ev.project.path,
                             not_before: ev.not_before,
+                            modified,
                         },
                     );
                 }

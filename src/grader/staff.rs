@@ -24,7 +24,7 @@ use crate::sandbox::{self, RunSpec};
 use crate::spool::{Spool, State};
 use crate::workspace;
 
-use super::blame::{GraderError, Verdict, step};
+use super::blame::{GraderError, GraderFault, Verdict, step};
 use super::jobdir::{JobDir, job_env};
 use super::limits::{JobPlan, limits_for, workspace_limits};
 use super::verdict::{
@@ -204,6 +204,136 @@ pub fn regrade(
         spool.publish(State::Incoming, &ev.file_name(), &ev.to_bytes())?;
         info!(job_id = %ev.job_id, regrade_of = %old, project = %ev.project.path, sha = %ev.commit, "queued a regrade");
         out.push((old, ev.job_id));
+    }
+    Ok(out)
+}
+
+/// What `cancel` and `retry` did to one job.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum Moved {
+    /// Cancelled: `failed/<job>/`, reason "cancelled by staff".
+    Cancelled,
+    /// Due now (it waited for a later try, or came back from `failed/`).
+    DueNow,
+}
+
+/// Where job `id` is, for `cancel` and `retry`.
+fn locate(spool: &Spool, id: &str) -> Result<(String, State), GraderError> {
+    let id = crate::event::job_id_of(id);
+    if !crate::spool::is_valid_name(id) {
+        return Err(GraderError::BadJobId(id.to_string()));
+    }
+    let name = format!("{id}.json");
+    for state in [State::Incoming, State::Active] {
+        if spool.path(state, &name).exists() {
+            return Ok((id.to_string(), state));
+        }
+    }
+    for state in [State::Failed, State::Done] {
+        if spool.path(state, id).exists() {
+            return Ok((id.to_string(), state));
+        }
+    }
+    Err(GraderError::NoRecord(id.to_string()))
+}
+
+/// Cancel waiting jobs: each goes to `failed/` with the reason "cancelled
+/// by staff"; with `notify`, the pusher is emailed why. A job the grader
+/// already claimed is refused, never pulled from under it.
+pub fn cancel(
+    cfg: &Config,
+    spool: &Spool,
+    jobs: &[String],
+    notify: bool,
+) -> Result<Vec<(String, Moved)>, GraderError> {
+    const REASON: &str = "cancelled by staff";
+    let mut out = Vec::new();
+    for id in jobs {
+        let (id, state) = locate(spool, id)?;
+        let name = format!("{id}.json");
+        match state {
+            State::Incoming => {}
+            State::Active => return Err(GraderError::Running(id)),
+            _ => {
+                return Err(GraderError::NotWaiting {
+                    job: id,
+                    finished: true,
+                });
+            }
+        }
+        // Claimed first, so the grader cannot start it meanwhile.
+        if !spool.claim(&name).map_err(GraderFault::from)? {
+            return Err(GraderError::Running(id));
+        }
+        let bytes = spool
+            .read(State::Active, &name)
+            .map_err(GraderFault::from)?;
+        spool
+            .fail(State::Active, &name, &id, &bytes, REASON)
+            .map_err(GraderFault::from)?;
+        info!(job_id = %id, "cancelled by staff");
+        if notify && let Ok(ev) = Event::from_bytes(&bytes) {
+            let mut r = result_without_run(
+                &ev,
+                &cfg.grader.runner.to_string(),
+                None,
+                Verdict::new(Status::Error, format!("not graded: {REASON}")),
+            );
+            r.stdout = crate::result::Captured::from_bytes(
+                format!("This push was not graded: {REASON}.\n").into_bytes(),
+                1 << 16,
+            );
+            crate::deliver::enqueue_email(cfg, spool, &ev, &r).map_err(GraderFault::from)?;
+        }
+        out.push((id, Moved::Cancelled));
+    }
+    Ok(out)
+}
+
+/// Make jobs due now: a waiting job's next try becomes now; a job in
+/// `failed/` goes back to `incoming/` (its crash and attempt counts reset).
+pub fn retry(spool: &Spool, jobs: &[String]) -> Result<Vec<(String, Moved)>, GraderError> {
+    let mut out = Vec::new();
+    for id in jobs {
+        let (id, state) = locate(spool, id)?;
+        let name = format!("{id}.json");
+        match state {
+            State::Incoming => {
+                if !spool.claim(&name).map_err(GraderFault::from)? {
+                    return Err(GraderError::Running(id));
+                }
+                let bytes = spool
+                    .read(State::Active, &name)
+                    .map_err(GraderFault::from)?;
+                let mut ev = Event::from_bytes(&bytes).map_err(|e| GraderError::RecordJson {
+                    path: spool.path(State::Active, &name),
+                    source: e,
+                })?;
+                ev.not_before = None;
+                spool
+                    .requeue(&name, Some(&ev.to_bytes()))
+                    .map_err(GraderFault::from)?;
+            }
+            State::Failed => {
+                let (mut ev, _) = read_record(spool, &id)?;
+                ev.crashes = 0;
+                ev.infra_attempts = 0;
+                ev.not_before = None;
+                ev.last_error = None;
+                spool
+                    .revive(&id, &ev.to_bytes())
+                    .map_err(GraderFault::from)?;
+            }
+            State::Active => return Err(GraderError::Running(id)),
+            _ => {
+                return Err(GraderError::NotWaiting {
+                    job: id,
+                    finished: true,
+                });
+            }
+        }
+        info!(job_id = %id, "made due now by staff");
+        out.push((id, Moved::DueNow));
     }
     Ok(out)
 }
