@@ -124,6 +124,13 @@ pub struct GradeArgs {
     /// `[grader] contract`).
     #[arg(long, value_parser = str::parse::<crate::config::Contract>)]
     pub contract: Option<crate::config::Contract>,
+    /// Docker image to run in (default: the config's `[docker] image`).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Print only the result JSON on stdout (for `jq`); `test_all`'s
+    /// stdout and stderr go to stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -461,8 +468,12 @@ fn grade(cfg: &Config, args: GradeArgs) -> Result<ExitCode> {
         .map(crate::config::parse_duration)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    let mut cfg = cfg.clone();
+    if let Some(image) = args.image {
+        cfg.docker.image = image;
+    }
     let result = runtime()?.block_on(crate::grader::grade_local(
-        cfg,
+        &cfg,
         &args.student,
         &args.tests,
         runner,
@@ -470,7 +481,11 @@ fn grade(cfg: &Config, args: GradeArgs) -> Result<ExitCode> {
         args.contract,
     ))?;
     let mut out = std::io::stdout().lock();
-    out.write_all(&result.stdout.display_bytes())?;
+    if args.json {
+        std::io::stderr().write_all(&result.stdout.display_bytes())?;
+    } else {
+        out.write_all(&result.stdout.display_bytes())?;
+    }
     writeln!(out, "{}", serde_json::to_string_pretty(&result)?)?;
     if !result.stderr.bytes.is_empty() {
         eprint!(

@@ -153,6 +153,20 @@ fn grade_command_prints_stdout_then_json_and_exits_zero_only_with_a_grade() {
     let out = run(&student);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no executable test_all"));
+    // --json: the result alone on stdout, for jq; test_all's output on stderr.
+    let out = Command::new(BIN)
+        .args(["grade", "--json", "--runner", "none", "--config"])
+        .arg(&cfg)
+        .arg("--student")
+        .arg(&student)
+        .arg("--tests")
+        .arg(&tests)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON alone");
+    assert_eq!(v["grade_total"], 8.0);
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("hello\n"));
 }
 
 /// A staff command run without the daemon's `--config` (so with another
