@@ -514,6 +514,7 @@ const TESTS_CSV_HEADER: &[&str] = &[
 const CSV_HEADER: &[&str] = &[
     "job_id",
     "project",
+    "assignment",
     "git_ref",
     "student_sha",
     "tests_sha",
@@ -532,6 +533,7 @@ fn csv_fields(r: &JobResult) -> Vec<String> {
     vec![
         r.job_id.clone(),
         r.project.clone(),
+        r.project.rsplit('/').next().unwrap_or("").to_string(),
         r.git_ref.clone(),
         r.student_sha.clone(),
         r.tests_sha.clone().unwrap_or_default(),
@@ -791,7 +793,7 @@ mod tests {
         let mut out = Vec::new();
         write_csv(&mut out, &rows, true).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("\r\n\"'\r=4+4\",'\t=5+5,5,"), "{text}");
+        assert!(text.contains("\r\n\"'\r=4+4\",lab1,'\t=5+5,5,"), "{text}");
         assert!(text.ends_with(",'\t=3+3\r\n"), "{text}");
     }
 }

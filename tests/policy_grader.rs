@@ -259,13 +259,16 @@ async fn manifest_authors_and_malformed_manifest_through_the_grader() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines[0],
-        "username,email,grade,job,commit,submitted_at,late"
+        "username,assignment,email,grade,job,commit,submitted_at,late"
     );
     assert!(
-        lines[1].starts_with(&format!("alice,alice@uni.example,75,{},", ev1.job_id)),
+        lines[1].starts_with(&format!("alice,lab1,alice@uni.example,75,{},", ev1.job_id)),
         "{text}"
     );
-    assert!(lines[2].starts_with("bob,bob@uni.example,75,"), "{text}");
+    assert!(
+        lines[2].starts_with("bob,lab1,bob@uni.example,75,"),
+        "{text}"
+    );
     assert_eq!(lines.len(), 3, "{text}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_labgrader"))
         .arg("--config")

@@ -50,6 +50,10 @@ impl FromStr for ExportPolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GradeRow {
     pub username: String,
+    /// The assignment (the student repository's name): a student's rows
+    /// of different assignments are never merged.
+    #[serde(default)]
+    pub assignment: String,
     pub email: Option<String>,
     pub grade: Option<f64>,
     pub job: String,
@@ -70,13 +74,14 @@ fn newer(a: &GradeRow, b: &GradeRow) -> bool {
     (a.submitted_at, &a.job) > (b.submitted_at, &b.job)
 }
 
-/// One row per student (usernames compared without case), sorted by
-/// username. Jobs that ended in `infra_error` never count.
+/// One row per student and assignment (usernames compared without case),
+/// sorted by assignment then username. Jobs that ended in `infra_error`
+/// never count.
 pub fn select_rows(rows: &[GradeRow], policy: ExportPolicy) -> Vec<GradeRow> {
-    let mut by_user: BTreeMap<String, Vec<&GradeRow>> = BTreeMap::new();
+    let mut by_user: BTreeMap<(String, String), Vec<&GradeRow>> = BTreeMap::new();
     for r in rows.iter().filter(|r| r.status != Status::InfraError) {
         by_user
-            .entry(r.username.to_lowercase())
+            .entry((r.assignment.clone(), r.username.to_lowercase()))
             .or_default()
             .push(r);
     }
@@ -150,6 +155,7 @@ pub fn rows_from_results(results: &[crate::result::JobResult]) -> Vec<GradeRow> 
         for (username, email) in people {
             out.push(GradeRow {
                 username,
+                assignment: r.project.rsplit('/').next().unwrap_or("").to_string(),
                 email,
                 grade: r.grade_total,
                 job: r.job_id.clone(),
@@ -166,8 +172,9 @@ pub fn rows_from_results(results: &[crate::result::JobResult]) -> Vec<GradeRow> 
 }
 
 /// The fixed columns, in order.
-pub const COLUMNS: [&str; 7] = [
+pub const COLUMNS: [&str; 8] = [
     "username",
+    "assignment",
     "email",
     "grade",
     "job",
@@ -233,6 +240,7 @@ pub fn write_csv<W: Write>(mut w: W, rows: &[GradeRow], include_hidden: bool) ->
     for r in rows {
         let mut cells = vec![
             r.username.clone(),
+            r.assignment.clone(),
             r.email.clone().unwrap_or_default(),
             r.grade
                 .filter(|g| g.is_finite())
@@ -279,6 +287,7 @@ mod tests {
     fn row(user: &str, grade: Option<f64>, job: &str, minute: u32, late: bool) -> GradeRow {
         GradeRow {
             username: user.into(),
+            assignment: "lab1".into(),
             email: Some(format!("{user}@example.edu")),
             grade,
             job: job.into(),
@@ -402,9 +411,9 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
-            "username,email,grade,job,commit,submitted_at,late,summary.tests_passed,hidden.secret_tests\r\n\
-             alice,alice@example.edu,87.5,j1,c-j1,2026-12-01T10:01:00Z,true,7,3\r\n\
-             '=bob,,,j2,c-j2,2026-12-01T10:02:00Z,false,,\r\n"
+            "username,assignment,email,grade,job,commit,submitted_at,late,summary.tests_passed,hidden.secret_tests\r\n\
+             alice,lab1,alice@example.edu,87.5,j1,c-j1,2026-12-01T10:01:00Z,true,7,3\r\n\
+             '=bob,lab1,,,j2,c-j2,2026-12-01T10:02:00Z,false,,\r\n"
         );
         let mut out = Vec::new();
         write_csv(&mut out, &[r.clone()], false).unwrap();
@@ -415,6 +424,19 @@ mod tests {
         let v: Vec<GradeRow> = serde_json::from_slice(&out).unwrap();
         assert!(v[0].hidden.is_empty());
         assert_eq!(v[0].grade, Some(87.5));
+    }
+
+    #[test]
+    fn two_assignments_of_one_student_are_two_rows() {
+        let a = row("alice", Some(50.0), "j1", 1, false);
+        let mut b = row("alice", Some(90.0), "j2", 2, false);
+        b.assignment = "lab2".into();
+        let rows = select_rows(&[a, b], ExportPolicy::Best);
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.assignment.as_str(), r.grade))
+            .collect();
+        assert_eq!(got, [("lab1", Some(50.0)), ("lab2", Some(90.0))]);
     }
 
     #[test]
