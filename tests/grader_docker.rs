@@ -164,3 +164,30 @@ async fn auto_picks_docker_and_daemon_serves_the_next_job_after_a_hostile_one() 
         "{started}"
     );
 }
+
+/// A mistyped image under `[assignments.NAME]` is refused when the grader
+/// starts, naming the assignment, as a wrong `[docker] image` is; it used
+/// to pass and fail the first student's job for a quarter of an hour.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_assignment_image_is_refused_at_start() {
+    if docker_skipped() {
+        return;
+    }
+    let f = Fixture::new();
+    let cfg = f.config(&docker_section(
+        "runner = \"docker\"\n[assignments.lab31]\nimage = \"labgrader/no-such-image:typo\"\n",
+    ));
+    let e = labgrader::grader::Grader::new(cfg, f.spool())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("[assignments.lab31] image") && e.contains("labgrader/no-such-image:typo"),
+        "{e}"
+    );
+    // The same image under an assignment that runs elsewhere is not checked.
+    let cfg = f.config(&docker_section(
+        "runner = \"docker\"\n[assignments.lab32]\nrunner = \"none\"\nimage = \"labgrader/no-such-image:typo\"\n",
+    ));
+    assert!(labgrader::grader::Grader::new(cfg, f.spool()).is_ok());
+}

@@ -231,6 +231,12 @@ pub enum GraderError {
     NoJobsOfProject(String),
     #[error("name job ids or --project to regrade")]
     NothingToRegrade,
+    /// An assignment's image is not usable at start.
+    #[error("[assignments.{assignment}] image: {source}")]
+    AssignmentImage {
+        assignment: String,
+        source: SandboxError,
+    },
     /// `cancel` or `retry` of a job the grader is running now.
     #[error("job {0} is running now; wait for it to end (cancel and retry act on waiting jobs)")]
     Running(String),

@@ -68,7 +68,32 @@ impl Grader {
             gitlab,
         });
         g.runner(g.cfg.grader.runner)?;
+        g.check_assignment_images()?;
         Ok(g)
+    }
+
+    /// Every `[assignments.NAME] image` that runs on docker must be on the
+    /// engine at start, like `[docker] image`: a mistyped one otherwise
+    /// shows only when a student's job fails on it.
+    fn check_assignment_images(&self) -> Result<(), GraderError> {
+        for (name, a) in &self.cfg.assignments {
+            let Some(image) = &a.image else { continue };
+            let kind = a.runner.unwrap_or(self.cfg.grader.runner);
+            if self.runner(kind)?.name() != "docker" {
+                continue;
+            }
+            let docker = crate::config::DockerConfig {
+                image: image.clone(),
+                ..self.cfg.docker.clone()
+            };
+            crate::sandbox::docker::DockerRunner::connect_blocking(&docker).map_err(|e| {
+                GraderError::AssignmentImage {
+                    assignment: name.clone(),
+                    source: e,
+                }
+            })?;
+        }
+        Ok(())
     }
 
     /// A grader without the course-policy gate (nothing is admitted or
