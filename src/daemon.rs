@@ -68,6 +68,14 @@ pub fn open_spool(cfg: &Config) -> Result<Spool> {
 /// the order hook, grader, delivery.
 pub async fn run(cfg: Arc<Config>, parts: Parts, shutdown: CancellationToken) -> Result<()> {
     let spool = Arc::new(open_spool(&cfg)?);
+    if parts.grader && cfg.email.url.is_empty() {
+        tracing::warn!(
+            "email is off: [email] url is empty and this host has no {} (no local MTA); \
+             students get no email. Set [email] url = \"smtp://RELAY:25\" (your university's \
+             relay) or install a mail server",
+            crate::config::SENDMAIL
+        );
+    }
     let listener = if parts.hook {
         Some(
             tokio::net::TcpListener::bind(cfg.server.listen)

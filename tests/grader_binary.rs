@@ -332,3 +332,45 @@ fn cancel_and_retry_move_jobs_without_touching_spool_files_by_hand() {
     let (ok, text) = run(&["retry", "01JNOSUCHJOB0000000000000"]);
     assert!(!ok && text.contains("no finished record"), "{text}");
 }
+
+/// With no `[email] url`, email goes to the host's own MTA when it has
+/// one (`/usr/sbin/sendmail`), else it is off: one line at start says so
+/// and no email is queued, instead of a day of retries to
+/// `localhost:25`.
+#[test]
+fn default_email_is_the_local_mta_or_off_with_one_line_at_start() {
+    let has_mta = Path::new(labgrader::config::SENDMAIL).exists();
+    let f = Fixture::new();
+    f.tests_repo("lab24", &common::world::simple_test_all("24"));
+    let p = "course/tia/lab24";
+    let sha = f.push(p, |w| std::fs::write(w.join("x"), "1").unwrap());
+    let cfg = f.write_config("");
+    assert_eq!(
+        labgrader::config::Config::load(Some(&cfg))
+            .unwrap()
+            .email
+            .url,
+        if has_mta { "sendmail" } else { "" }
+    );
+    if has_mta {
+        return;
+    }
+    let log = f.tmp.path().join("daemon.log");
+    let ev = f.event(p, &sha);
+    f.enqueue(&ev);
+    let grader = daemon::start(&cfg, &log);
+    wait_blocking("the job to be recorded", WAIT, || {
+        f.done_dir(&ev.job_id).join("result.json").exists()
+    });
+    daemon::stop(grader);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("email is off").count(), 1, "{text}");
+    let outbox: Vec<String> = f.spool().list(State::Outbox).unwrap();
+    assert!(outbox.iter().all(|n| !n.contains("email")), "{outbox:?}");
+    assert!(
+        !f.spool_dir
+            .join("sent")
+            .join(format!("{}.email.json", ev.job_id))
+            .exists()
+    );
+}

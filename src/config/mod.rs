@@ -32,6 +32,6 @@ pub use secrets::{
 };
 pub use sections::{
     CallbackConfig, Config, DeliverConfig, DockerConfig, EmailConfig, GitlabConfig, GraderConfig,
-    NativeConfig, ServerConfig, SlurmConfig, SpoolConfig, StartTls,
+    NativeConfig, SENDMAIL, ServerConfig, SlurmConfig, SpoolConfig, StartTls,
 };
 pub use values::{ByteSize, Contract, Quota, RunnerKind, Seconds, parse_duration, parse_ids};
