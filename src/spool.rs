@@ -526,22 +526,17 @@ impl Spool {
     }
 
     /// Put a claimed job back to wait: `active/<name>` returns to
-    /// `incoming/`, durably. With `event`, the waiting file gets those
-    /// bytes (a raised attempt or crash count, a `not_before`) and the
-    /// claim is dropped; without, the file moves as it is (a job cancelled
-    /// by shutdown).
+    /// `incoming/`, durably. With `event`, the claimed file first gets
+    /// those bytes (a raised attempt or crash count, a `not_before`);
+    /// without, it moves as it is (a job cancelled by shutdown). Never two
+    /// copies at once: a grader may claim the job the moment it is back in
+    /// `incoming/`, so nothing of the claim may be removed after that.
     pub fn requeue(&self, name: &str, event: Option<&[u8]>) -> Result<(), SpoolError> {
-        let Some(bytes) = event else {
-            return self
-                .transition(name, State::Active, State::Incoming)
-                .map(drop);
-        };
-        self.replace(State::Incoming, name, bytes)?;
-        let active = self.path(State::Active, name);
-        fs::remove_file(&active).map_err(|source| SpoolError::Write {
-            path: active,
-            source,
-        })
+        if let Some(bytes) = event {
+            self.replace(State::Active, name, bytes)?;
+        }
+        self.transition(name, State::Active, State::Incoming)
+            .map(drop)
     }
 
     /// Give up on a job for good: publish `failed/<job_id>/` (`event.json`,

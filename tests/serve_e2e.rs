@@ -285,6 +285,29 @@ backoff_max = "500ms"
             .collect()
     }
 
+    /// Push events for each (project, sha) to the running `serve`, then
+    /// wait for each job's result and its deliveries.
+    async fn grade<const N: usize>(
+        &self,
+        pushes: [(&str, &String); N],
+    ) -> [(String, JobResult); N] {
+        let mut jobs = Vec::new();
+        for (project, sha) in pushes {
+            jobs.push(
+                self.post_push(project, labgrader::event::ZERO_SHA, sha)
+                    .await,
+            );
+        }
+        let mut out = Vec::new();
+        for job in jobs {
+            let r = self.done(&job).await;
+            self.deliveries_settled(&job).await;
+            out.push((job, r));
+        }
+        out.try_into()
+            .unwrap_or_else(|_| unreachable!("one result per push"))
+    }
+
     /// Every outbox record of `job` delivered (or none left waiting).
     async fn deliveries_settled(&self, job: &str) {
         let outbox = self.f.spool_dir.join("outbox");
@@ -880,16 +903,8 @@ async fn trusted_contract_through_serve_grades_only_what_the_harness_wrote() {
         std::fs::write(d.join("solve.sh"), "echo 4242\n").unwrap();
     });
     let serve = w.serve().await;
-    let cheat_job = w
-        .post_push(cheat, labgrader::event::ZERO_SHA, &cheat_sha)
-        .await;
-    let honest_job = w
-        .post_push(honest, labgrader::event::ZERO_SHA, &honest_sha)
-        .await;
-    let c = w.done(&cheat_job).await;
-    let h = w.done(&honest_job).await;
-    w.deliveries_settled(&cheat_job).await;
-    w.deliveries_settled(&honest_job).await;
+    let [(cheat_job, c), (honest_job, h)] =
+        w.grade([(cheat, &cheat_sha), (honest, &honest_sha)]).await;
     serve.stop().await;
 
     let out = String::from_utf8_lossy(&c.stdout.bytes).into_owned();
@@ -1167,16 +1182,7 @@ int main(int argc, char **argv) {
         std::fs::write(d.join("README"), "hi\n").unwrap()
     });
     let serve = w.serve().await;
-    let c_job = w
-        .post_push(c_project, labgrader::event::ZERO_SHA, &c_sha)
-        .await;
-    let g_job = w
-        .post_push(g_project, labgrader::event::ZERO_SHA, &g_sha)
-        .await;
-    let c = w.done(&c_job).await;
-    let g = w.done(&g_job).await;
-    w.deliveries_settled(&c_job).await;
-    w.deliveries_settled(&g_job).await;
+    let [(c_job, c), (g_job, g)] = w.grade([(c_project, &c_sha), (g_project, &g_sha)]).await;
     wait("two emails", || w.smtp.messages().len() == 2, &w).await;
     serve.stop().await;
 
