@@ -1084,6 +1084,11 @@ async fn pytest_junit_results_are_shown_per_test_and_released_once_after_the_dea
         &w,
     )
     .await;
+    // Killed once the release was delivered (an email sent but not yet
+    // receipted when the daemon dies is sent again, with the same
+    // Message-ID: delivery is at least once; the release itself is queued
+    // once).
+    w.deliveries_settled(&job).await;
     serve.kill();
     let again = w.serve().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
