@@ -8,6 +8,7 @@
 //! - [`event`]: the event file a push becomes in the spool.
 //! - [`result`]: a job's result, its status, limits, termination, output.
 //! - [`retry`], [`watch`], [`metrics`]: backoff, directory wake-ups, metrics.
+//! - [`text`]: untrusted text quoted on one line, of bounded length.
 //!
 //! A job, from the push to the student:
 //! - [`hook`]: GitLab's webhook in, checked, answered, written to the spool.
@@ -54,5 +55,6 @@ pub mod retry;
 pub mod sandbox;
 pub mod spool;
 pub mod summary;
+pub mod text;
 pub mod watch;
 pub mod workspace;

@@ -10,10 +10,11 @@
 
 use crate::result::{JobResult, format_grade};
 use crate::results::TestRow;
+use crate::text::one_line;
 
-/// Widest name column before names are cut.
+/// Characters of a name kept before it is cut (with `…`).
 const NAME_MAX: usize = 32;
-/// Longest feedback shown after the points.
+/// Characters of feedback kept after the points before it is cut.
 const FEEDBACK_MAX: usize = 72;
 /// Lines of the results' overall `output` shown under the table.
 const OUTPUT_LINES: usize = 40;
@@ -141,21 +142,6 @@ fn points(t: &TestRow) -> String {
         (None, Some(m)) => format!("- / {}", format_grade(m)),
         (None, None) => String::new(),
     }
-}
-
-/// `s` on one line (control characters as spaces), at most `max`
-/// characters with `…` when cut.
-fn one_line(s: &str, max: usize) -> String {
-    let clean: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if clean.chars().count() <= max {
-        return clean;
-    }
-    let mut cut: String = clean.chars().take(max - 1).collect();
-    cut.push('…');
-    cut
 }
 
 fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {

@@ -327,7 +327,7 @@ fn pusher(obj: &Map<String, Value>) -> Pusher {
             .and_then(Value::as_str)
             .map(str::trim)
             .filter(|v| !v.is_empty() && *v != "[REDACTED]")
-            .map(|v| clip_to(v, 256))
+            .map(|v| crate::text::one_line(v, 256))
     };
     Pusher {
         id: obj.get("user_id").and_then(Value::as_u64),
@@ -382,20 +382,7 @@ fn git_ref_at(obj: &Map<String, Value>, key: &str, label: &str) -> Result<String
 
 /// Untrusted text echoed in an answer: one line, at most 80 characters.
 fn clip(s: &str) -> String {
-    clip_to(s, 80)
-}
-
-fn clip_to(s: &str, max: usize) -> String {
-    let one_line: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if one_line.chars().count() <= max {
-        one_line
-    } else {
-        let cut: String = one_line.chars().take(max).collect();
-        format!("{cut}…")
-    }
+    crate::text::one_line(s, 80)
 }
 
 #[cfg(test)]

@@ -55,13 +55,5 @@ pub enum ManifestError {
 
 /// Student text quoted in a message: one line, at most 80 characters.
 pub(super) fn shorten(s: &str) -> String {
-    let one: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if one.chars().count() > 80 {
-        format!("{}…", one.chars().take(80).collect::<String>())
-    } else {
-        one
-    }
+    crate::text::one_line(s, 80)
 }
