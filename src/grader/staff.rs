@@ -137,12 +137,20 @@ fn local_event(job_id: &str, student: &Path) -> Event {
     }
 }
 
+/// The job id a staff command was given (`JOB` or `JOB.json`), checked
+/// before it becomes part of a spool path.
+fn job_id(given: &str) -> Result<&str, GraderError> {
+    let id = crate::event::job_id_of(given);
+    if crate::spool::is_valid_name(id) {
+        Ok(id)
+    } else {
+        Err(GraderError::BadJobId(id.to_string()))
+    }
+}
+
 /// Read a finished job's record: `done/<job>/` (or `failed/<job>/`).
 pub fn read_record(spool: &Spool, job: &str) -> Result<(Event, Option<JobResult>), GraderError> {
-    let job = crate::event::job_id_of(job);
-    if !crate::spool::is_valid_name(job) {
-        return Err(GraderError::BadJobId(job.to_string()));
-    }
+    let job = job_id(job)?;
     for state in [State::Done, State::Failed] {
         let dir = spool.path(state, job);
         if !dir.is_dir() {
@@ -219,10 +227,7 @@ pub enum Moved {
 
 /// Where job `id` is, for `cancel` and `retry`.
 fn locate(spool: &Spool, id: &str) -> Result<(String, State), GraderError> {
-    let id = crate::event::job_id_of(id);
-    if !crate::spool::is_valid_name(id) {
-        return Err(GraderError::BadJobId(id.to_string()));
-    }
+    let id = job_id(id)?;
     let name = format!("{id}.json");
     for state in [State::Incoming, State::Active] {
         if spool.path(state, &name).exists() {
