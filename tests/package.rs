@@ -194,7 +194,7 @@ fn package_ships_the_documented_files_conffile_and_depends() {
     .into_iter()
     .map(String::from)
     .collect();
-    // The example labs, whole; not the benches or examples/manpage.rs.
+    // The example labs, whole; not the benches or tools/manpage.rs.
     for lab in ["bash", "c", "python"] {
         for e in walkdir::WalkDir::new(repo().join("examples").join(lab)) {
             let e = e.unwrap();

@@ -48,7 +48,8 @@ fn parse_args() -> Result<Args> {
         dir: None,
         keep: false,
     };
-    let mut it = std::env::args().skip(1);
+    // `cargo bench` appends `--bench` to a harness-less bench's arguments.
+    let mut it = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(k) = it.next() {
         let mut val = || it.next().with_context(|| format!("{k} needs a value"));
         match k.as_str() {

@@ -37,7 +37,8 @@ fn args() -> Args {
         events: 4000,
         connections: 32,
     };
-    let mut it = std::env::args().skip(1);
+    // `cargo bench` appends `--bench` to a harness-less bench's arguments.
+    let mut it = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(flag) = it.next() {
         let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
