@@ -20,7 +20,7 @@ use crate::daemon::{Parts, QueueReport, existing_spool};
     long_about = "Grades students' code pushed to GitLab: a webhook intake writes each push \
                   durably to a spool; a grader runs the course's test_all in a sandbox and \
                   delivers the grade.\n\nConfig: --config FILE, else $LABGRADER_CONFIG, else \
-                  built-in defaults (see README)."
+                  built-in defaults (see docs/reference.md)."
 )]
 pub struct Cli {
     /// Config file (TOML). Default: $LABGRADER_CONFIG, else built-in defaults.

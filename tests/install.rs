@@ -269,6 +269,7 @@ fn install_twice_then_uninstall_keeps_spool_and_purge_removes_all() {
     assert!(is_enabled("labgrader-grader.service"));
     assert!(!is_enabled("labgrader.service"));
     assert!(Path::new(DOC).join("README.md").is_file());
+    assert!(Path::new(DOC).join("docs/first-course.md").is_file());
 
     // --- second install: nothing changes ---
     let before = listing();

@@ -194,6 +194,13 @@ fn package_ships_the_documented_files_conffile_and_depends() {
     .into_iter()
     .map(String::from)
     .collect();
+    // The guide the README leads to.
+    for e in std::fs::read_dir(repo().join("docs")).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".md") {
+            want.insert(format!("/usr/share/doc/labgrader/docs/{name}"));
+        }
+    }
     // The example labs, whole; not the benches or tools/manpage.rs.
     for lab in ["bash", "c", "python"] {
         for e in walkdir::WalkDir::new(repo().join("examples").join(lab)) {

@@ -10,12 +10,14 @@
 //! Contract, RunnerKind, ...}` stay where every part looks for them:
 //! `sections` (the file's sections and their defaults), `assignment`
 //! (`[assignments.NAME]`), `values` (sizes, durations, quotas, ids),
-//! `secrets` (secrets and where they are read from), `load` (reading
+//! `secrets` (secrets and where they are read from), `keys` (every
+//! section's key names, for the reference docs), `load` (reading
 //! a file into a checked [`Config`]) and `validate` (the checks that
 //! span more than one value).
 
 mod assignment;
 mod error;
+pub mod keys;
 mod load;
 mod secrets;
 mod sections;

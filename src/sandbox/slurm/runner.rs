@@ -392,11 +392,11 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_slurm_section_parses() {
-        let readme = include_str!("../../../README.md");
+    fn the_guides_slurm_section_parses() {
+        let readme = include_str!("../../../docs/runners.md");
         let start = readme
             .find("```toml\n[slurm]")
-            .expect("[slurm] block in README")
+            .expect("[slurm] block in docs/runners.md")
             + 8;
         let end = start + readme[start..].find("```").unwrap();
         let cfg = Config::from_toml(&readme[start..end], None).unwrap();
