@@ -100,6 +100,21 @@ fn the_reference_lists_every_config_key_and_no_other() {
     );
 }
 
+#[test]
+fn the_reference_shows_every_command() {
+    use clap::CommandFactory;
+    let reference = read(&root().join("docs/reference.md"));
+    let missing: Vec<String> = labgrader::cli::Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .filter(|name| name != "help" && !reference.contains(&format!("labgrader {name}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/reference.md never shows `labgrader {missing:?}`"
+    );
+}
+
 /// GitLab's and GitHub's heading anchors: lower case, punctuation other
 /// than `-` and `_` dropped, spaces to `-`.
 fn slug(heading: &str) -> String {
