@@ -14,6 +14,7 @@
 //! a file into a checked [`Config`]) and `validate` (the checks that
 //! span more than one value).
 
+mod alerts;
 mod assignment;
 mod error;
 mod load;
@@ -22,6 +23,7 @@ mod sections;
 mod validate;
 mod values;
 
+pub use alerts::AlertsConfig;
 pub use assignment::{AssignmentConfig, LatePolicy, ManifestPolicy, Trigger};
 pub use error::ConfigError;
 pub use load::CONFIG_ENV;

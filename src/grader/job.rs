@@ -450,13 +450,33 @@ impl Grader {
         // The student sees the verdict, never the grader's own error: it
         // names host paths (spool, mirrors) and services. Staff find it in
         // the log, in stderr (staff only) and in failed-attempt counts.
-        let reason = "the grader could not grade this commit (not the student's fault; staff see why in the job's record and the log, and can regrade it)";
+        // Staff are said to be alerted only when an alert goes somewhere.
+        let reason = if self.cfg.alerts.enabled() {
+            "the grader could not grade this commit (not the student's fault; staff were alerted and can regrade it)"
+        } else {
+            "the grader could not grade this commit (not the student's fault; staff see why in the job's record and the log, and can regrade it)"
+        };
         let mut result = self.bare_result(&ev, None, Verdict::new(Status::InfraError, reason));
         result.stderr = Captured::from_bytes(format!("labgrader: {fault}\n").into_bytes(), 1 << 16);
         self.release_quota(&ev);
         if let Err(e) = self.record(name, &ev, &result).await {
             error!(error = %e, "cannot record the infra_error result; the job stays in active/");
         }
+        self.alert_infra_error(&ev, &fault.to_string());
+    }
+
+    /// Tell staff (`[alerts]`) that `ev` ended `infra_error` and why.
+    fn alert_infra_error(&self, ev: &Event, why: &str) {
+        crate::alert::raise(
+            &self.cfg.alerts,
+            self.spool.root(),
+            crate::alert::Alert::new(
+                crate::alert::AlertKind::InfraError,
+                Some(&ev.job_id),
+                Some(&ev.project.path),
+                why,
+            ),
+        );
     }
 
     /// Give up on a job waiting in `incoming/<name>`: record it as an
@@ -474,6 +494,7 @@ impl Grader {
         self.spool
             .fail(State::Incoming, name, &ev.job_id, &ev.to_bytes(), reason)?;
         metrics::inc(STATUS_METRIC, STATUS_HELP, &[("status", "infra_error")]);
+        self.alert_infra_error(ev, reason);
         Ok(())
     }
 
