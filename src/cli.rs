@@ -398,6 +398,18 @@ fn queue(cfg: &Config, json: bool) -> Result<ExitCode> {
     for (s, n) in &report.counts {
         println!("  {:<9} {n}", s.dir_name());
     }
+    if !report.held.is_empty() {
+        println!("held until their test repository exists (oldest first):");
+        for j in &report.held {
+            println!(
+                "  {}  {}  waits for {}  until {}",
+                j.job_id,
+                j.project,
+                j.waits_for.as_deref().unwrap_or("?"),
+                j.held_until.map(|t| t.to_rfc3339()).unwrap_or_default()
+            );
+        }
+    }
     for (title, jobs) in [("waiting", &report.waiting), ("active", &report.active)] {
         if !jobs.is_empty() {
             println!("{title} (oldest first):");

@@ -1,15 +1,14 @@
 //! `[alerts]`: who staff alerts go to (email addresses, a callback URL),
 //! how a burst is gathered into one message and how often one is sent;
 //! and the checks of those keys and of the held-push keys (`[gitlab]
-//! student_namespaces`, `[spool] hold_for`). Off by default: no address
-//! and no URL means no alert is ever written.
+//! student_namespaces`, `[spool] hold_for`), each a key and what to do,
+//! turned into errors by `validate`. Off by default: no address and no
+//! URL means no alert is ever written.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::ConfigError;
-use super::sections::Config;
 use super::values::Seconds;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -47,120 +46,137 @@ impl AlertsConfig {
     }
 }
 
-impl Config {
-    /// The checks of `[alerts]`, `[gitlab] student_namespaces` and
-    /// `[spool] hold_for`.
-    pub(super) fn validate_alerts_and_holds(&self) -> Result<(), ConfigError> {
-        let a = &self.alerts;
-        for addr in &a.email {
+/// A refused key and what to do about it.
+pub(super) type Problem = (&'static str, String);
+
+impl AlertsConfig {
+    /// The first bad `[alerts]` key; `email_on`: `[email] url` is set.
+    pub(super) fn problem(&self, email_on: bool) -> Option<Problem> {
+        for addr in &self.email {
             if addr.parse::<lettre::Address>().is_err() {
-                return Err(self.invalid(
+                return Some((
                     "alerts.email",
                     format!("`{addr}` is not an email address (user@host)"),
                 ));
             }
         }
-        if !a.email.is_empty() && self.email.url.is_empty() {
-            return Err(self.invalid(
+        if !self.email.is_empty() && !email_on {
+            return Some((
                 "alerts.email",
                 "needs a way to send mail: set [email] url (e.g. \"smtp://RELAY:25\") or \
-                 install a local MTA (/usr/sbin/sendmail)",
+                 install a local MTA (/usr/sbin/sendmail)"
+                    .into(),
             ));
         }
-        if !a.callback_url.is_empty()
-            && !a.callback_url.starts_with("http://")
-            && !a.callback_url.starts_with("https://")
+        if !self.callback_url.is_empty()
+            && !self.callback_url.starts_with("http://")
+            && !self.callback_url.starts_with("https://")
         {
-            return Err(self.invalid(
+            return Some((
                 "alerts.callback_url",
-                "must be an http:// or https:// URL, or empty (no alert callback)",
+                "must be an http:// or https:// URL, or empty (no alert callback)".into(),
             ));
         }
-        if a.window.0.is_zero() {
-            return Err(self.invalid(
+        if self.window.0.is_zero() {
+            return Some((
                 "alerts.window",
-                "must be longer than zero (e.g. \"1h\": at most one alert message per hour)",
+                "must be longer than zero (e.g. \"1h\": at most one alert message per hour)".into(),
             ));
         }
-        if a.gather.0 > a.window.0 {
-            return Err(self.invalid("alerts.gather", "must not be longer than alerts.window"));
-        }
-        for ns in &self.gitlab.student_namespaces {
-            let bad = ns.is_empty()
-                || ns.starts_with('/')
-                || ns.ends_with('/')
-                || ns.split('/').any(|p| p.is_empty() || p == "." || p == "..");
-            if bad {
-                return Err(self.invalid(
-                    "gitlab.student_namespaces",
-                    format!("`{ns}` is not a GitLab namespace path (e.g. \"course2026\")"),
-                ));
-            }
-            if *ns == self.gitlab.tests_namespace {
-                return Err(self.invalid(
-                    "gitlab.student_namespaces",
-                    format!("`{ns}` is gitlab.tests_namespace: students never push there"),
-                ));
-            }
-        }
-        if self.spool.hold_for.0.is_zero() {
-            return Err(self.invalid(
-                "spool.hold_for",
-                "must be longer than zero (e.g. \"7d\"); leave gitlab.student_namespaces \
-                 empty to hold nothing",
+        if self.gather.0 > self.window.0 {
+            return Some((
+                "alerts.gather",
+                "must not be longer than alerts.window".into(),
             ));
         }
-        Ok(())
+        None
     }
+}
+
+/// The first bad held-push key: `[gitlab] student_namespaces` (GitLab
+/// namespace paths, never the tests namespace) or `[spool] hold_for`.
+pub(super) fn hold_problem(
+    student_namespaces: &[String],
+    tests_namespace: &str,
+    hold_for: Duration,
+) -> Option<Problem> {
+    for ns in student_namespaces {
+        let bad = ns.is_empty() || ns.split('/').any(|p| p.is_empty() || p == "." || p == "..");
+        if bad {
+            return Some((
+                "gitlab.student_namespaces",
+                format!("`{ns}` is not a GitLab namespace path (e.g. \"course2026\")"),
+            ));
+        }
+        if ns == tests_namespace {
+            return Some((
+                "gitlab.student_namespaces",
+                format!("`{ns}` is gitlab.tests_namespace: students never push there"),
+            ));
+        }
+    }
+    if hold_for.is_zero() {
+        return Some((
+            "spool.hold_for",
+            "must be longer than zero (e.g. \"7d\"); leave gitlab.student_namespaces empty \
+             to hold nothing"
+                .into(),
+        ));
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn key(p: Option<Problem>) -> &'static str {
+        p.map(|(k, _)| k).unwrap_or("")
+    }
+
     #[test]
     fn alerts_are_off_by_default_and_bad_keys_are_named() {
-        let c = Config::from_toml("", None).unwrap();
-        assert!(!c.alerts.enabled());
-        assert_eq!(c.spool.hold_for.0, Duration::from_secs(7 * 24 * 3600));
-        assert!(c.gitlab.student_namespaces.is_empty());
-        for (toml, key) in [
-            (
-                "[alerts]\nemail = [\"nobody\"]\n[email]\nurl = \"sendmail\"\n",
-                "alerts.email",
-            ),
-            (
-                "[alerts]\nemail = [\"a@b.c\"]\n[email]\nurl = \"\"\n",
-                "alerts.email",
-            ),
-            (
-                "[alerts]\ncallback_url = \"ftp://x\"\n",
-                "alerts.callback_url",
-            ),
-            ("[alerts]\nwindow = \"0s\"\n", "alerts.window"),
-            (
-                "[alerts]\ngather = \"2h\"\nwindow = \"1h\"\n",
-                "alerts.gather",
-            ),
-            (
-                "[gitlab]\nstudent_namespaces = [\"a/../b\"]\n",
+        let d = AlertsConfig::default();
+        assert!(!d.enabled());
+        assert_eq!(d.problem(false), None);
+        let with = |f: fn(&mut AlertsConfig)| {
+            let mut a = AlertsConfig::default();
+            f(&mut a);
+            a
+        };
+        let bad = with(|a| a.email = vec!["nobody".into()]);
+        assert_eq!(key(bad.problem(true)), "alerts.email");
+        let ok = with(|a| a.email = vec!["staff@uni.example".into()]);
+        assert!(ok.enabled());
+        assert_eq!(ok.problem(true), None);
+        assert_eq!(key(ok.problem(false)), "alerts.email");
+        let url = with(|a| a.callback_url = "ftp://x".into());
+        assert_eq!(key(url.problem(true)), "alerts.callback_url");
+        let w = with(|a| a.window = Seconds(Duration::ZERO));
+        assert_eq!(key(w.problem(true)), "alerts.window");
+        let g = with(|a| a.gather = Seconds(Duration::from_secs(7200)));
+        assert_eq!(key(g.problem(true)), "alerts.gather");
+    }
+
+    #[test]
+    fn hold_keys_are_checked() {
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let ns = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(hold_problem(&ns(&["course", "a/b"]), "root", week), None);
+        for bad in ["a/../b", "", "/a", "a/"] {
+            assert_eq!(
+                key(hold_problem(&ns(&[bad]), "root", week)),
                 "gitlab.student_namespaces",
-            ),
-            (
-                "[gitlab]\nstudent_namespaces = [\"root\"]\n",
-                "gitlab.student_namespaces",
-            ),
-            ("[spool]\nhold_for = \"0s\"\n", "spool.hold_for"),
-        ] {
-            let e = Config::from_toml(toml, None).unwrap_err().to_string();
-            assert!(e.contains(key), "{toml}: {e}");
+                "{bad}"
+            );
         }
-        let ok = Config::from_toml(
-            "[alerts]\nemail = [\"staff@uni.example\"]\ncallback_url = \"https://x/alerts\"\n\
-             [email]\nurl = \"smtp://127.0.0.1:25\"\n",
-            None,
-        )
-        .unwrap();
-        assert!(ok.alerts.enabled());
+        assert_eq!(
+            key(hold_problem(&ns(&["root"]), "root", week)),
+            "gitlab.student_namespaces"
+        );
+        assert_eq!(
+            key(hold_problem(&[], "root", Duration::ZERO)),
+            "spool.hold_for"
+        );
     }
 }

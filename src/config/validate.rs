@@ -10,7 +10,7 @@ use super::sections::Config;
 use super::values::{RunnerKind, parse_ids};
 
 impl Config {
-    pub(super) fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self
                 .source
@@ -169,6 +169,16 @@ impl Config {
                 ));
             }
         }
-        self.validate_alerts_and_holds()
+        let problem = self.alerts.problem(!self.email.url.is_empty()).or_else(|| {
+            super::alerts::hold_problem(
+                &self.gitlab.student_namespaces,
+                &self.gitlab.tests_namespace,
+                self.spool.hold_for.get(),
+            )
+        });
+        match problem {
+            Some((key, message)) => Err(self.invalid(key, message)),
+            None => Ok(()),
+        }
     }
 }
