@@ -149,13 +149,15 @@ pub struct ExportArgs {
     /// Only this assignment (student repository name).
     #[arg(long)]
     pub assignment: Option<String>,
-    /// Keep only the latest job per project.
-    #[arg(long, conflicts_with_all = ["best", "policy"])]
+    /// Deprecated: `--policy latest` (a note on stderr says so).
+    #[arg(long, hide = true, conflicts_with_all = ["best", "policy"])]
     pub latest: bool,
-    /// Keep only the best grade per project.
-    #[arg(long, conflicts_with = "policy")]
+    /// Deprecated: `--policy best` (a note on stderr says so).
+    #[arg(long, hide = true, conflicts_with = "policy")]
     pub best: bool,
-    /// One row per student: best, latest or latest-on-time.
+    /// One row per student and assignment: best, latest or latest-on-time
+    /// (without it: every job). Jobs that ended infra_error, or whose
+    /// commit was never found, never count.
     #[arg(long)]
     pub policy: Option<String>,
     /// One row per test of each job selected (results.json / junit.xml).
@@ -577,6 +579,19 @@ fn gradebook_export(cfg: &Config, args: ExportArgs) -> Result<ExitCode> {
         );
     }
     let gb = Gradebook::open(&path)?;
+    let mut args = args;
+    // `--latest` and `--best` overlapped `--policy`: now its aliases.
+    for (old, on, policy) in [
+        ("--latest", args.latest, "latest"),
+        ("--best", args.best, "best"),
+    ] {
+        if on {
+            eprintln!(
+                "note: {old} is deprecated and means --policy {policy} (one row per student and assignment)"
+            );
+            args.policy = Some(policy.to_string());
+        }
+    }
     if let Some(policy) = &args.policy {
         use crate::policy::export::{
             ExportPolicy, rows_from_results, select_rows, write_csv, write_json,
@@ -617,13 +632,7 @@ fn gradebook_export(cfg: &Config, args: ExportArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let select = if args.latest {
-        Select::Latest
-    } else if args.best {
-        Select::Best
-    } else {
-        Select::All
-    };
+    let select = Select::All;
     let format = export_format(args.format);
     let filter = Filter {
         project: args.project,

@@ -30,6 +30,7 @@ use crate::config::Contract;
 use crate::event::{EVENT_SCHEMA, Event};
 use crate::metrics;
 use crate::mirror::MirrorError;
+use crate::policy::export::COMMIT_MISSING;
 use crate::policy::{Admitted, Refusal};
 use crate::result::{Captured, JobResult, Status};
 use crate::sandbox::{RunSpec, Runner};
@@ -75,6 +76,10 @@ pub(super) struct Fetched {
 pub(super) struct Stopped {
     pub(super) verdict: Verdict,
     pub(super) tests_sha: Option<String>,
+    /// The pushed commit is not in the student's repository (never
+    /// pushed, or force-pushed away): noted in the result, so exports
+    /// never count the job as a submission.
+    pub(super) commit_missing: bool,
 }
 
 impl Grader {
@@ -162,6 +167,7 @@ impl Grader {
                 let s = Stopped {
                     verdict,
                     tests_sha: None,
+                    commit_missing: false,
                 };
                 return Ok(stopped(self, ev, &*runner, &plan, s));
             }
@@ -222,7 +228,13 @@ impl Grader {
         let student_url = gl.clone_url_for(&ev.project.path);
         let tests_path = gl.tests_path_for(&ev.project.name);
         let tests_url = gl.clone_url_for(&tests_path);
-        let stop = |verdict, tests_sha| Ok(Err(Stopped { verdict, tests_sha }));
+        let stop = |verdict, tests_sha| {
+            Ok(Err(Stopped {
+                verdict,
+                tests_sha,
+                commit_missing: false,
+            }))
+        };
         let ws = match step(JobDir::create(&self.work, &ev.job_id))? {
             Ok(ws) => ws,
             Err(v) => return stop(v, None),
@@ -269,9 +281,22 @@ impl Grader {
             repo: Repo::Student,
             source,
         });
+        let commit_missing = matches!(
+            &s,
+            Err(FetchError {
+                source: MirrorError::NoCommit { .. },
+                ..
+            })
+        );
         let student_sha = match step(s)? {
             Ok((_, commit)) => commit,
-            Err(v) => return stop(v, Some(tests_sha)),
+            Err(verdict) => {
+                return Ok(Err(Stopped {
+                    verdict,
+                    tests_sha: Some(tests_sha),
+                    commit_missing,
+                }));
+            }
         };
         Ok(Ok(Fetched {
             ws,
@@ -318,6 +343,7 @@ impl Grader {
             Err(verdict) => Err(Stopped {
                 verdict,
                 tests_sha: Some(fetched.tests_sha),
+                commit_missing: false,
             }),
         })
     }
@@ -571,6 +597,9 @@ fn stopped(g: &Grader, ev: &Event, runner: &dyn Runner, plan: &JobPlan, s: Stopp
         status => info!(%status, reason = %s.verdict.reason, "not run"),
     }
     let mut r = g.bare_result(ev, s.tests_sha, s.verdict);
+    if s.commit_missing {
+        r.extra.insert(COMMIT_MISSING.into(), true.into());
+    }
     r.runner = runner.name().to_string();
     r.limits = Some(plan.limits.clone());
     Graded::Result(Box::new(r))

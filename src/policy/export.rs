@@ -121,12 +121,31 @@ pub fn select_rows(rows: &[GradeRow], policy: ExportPolicy) -> Vec<GradeRow> {
     out
 }
 
+/// The key of a result's `extra` set when the pushed commit was not in
+/// the student's repository (never pushed, or force-pushed away).
+pub const COMMIT_MISSING: &str = "commit_missing";
+
+/// True when `r` is a push whose commit was never found: not a
+/// submission, so never a row of an export policy. Results recorded
+/// before [`COMMIT_MISSING`] existed are known by the mirror's message.
+pub fn commit_never_found(r: &crate::result::JobResult) -> bool {
+    r.extra
+        .get(COMMIT_MISSING)
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false)
+        || (r.status == Status::Error
+            && r.reason
+                .as_deref()
+                .is_some_and(|t| t.contains("it was never pushed there or was force-pushed away")))
+}
+
 /// One row per author of each job: the authors recorded by admission
 /// (`extra.authors`), else the pusher (`extra.pusher`). Jobs with neither
-/// give no row (nobody to credit); `late` comes from `extra.late`.
+/// give no row (nobody to credit); `late` comes from `extra.late`. Jobs
+/// whose commit was never found give no row either ([`commit_never_found`]).
 pub fn rows_from_results(results: &[crate::result::JobResult]) -> Vec<GradeRow> {
     let mut out = Vec::new();
-    for r in results {
+    for r in results.iter().filter(|r| !commit_never_found(r)) {
         let late = r
             .extra
             .get("late")
