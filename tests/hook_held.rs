@@ -79,3 +79,49 @@ async fn a_hold_past_hold_for_fails_with_a_reason() {
     assert_eq!(spool.count(State::Held), 0);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_cancel_or_retry_a_held_push() {
+    let world = World::new();
+    let server = Server::start(course_config(&world)).await;
+    let mut jobs = Vec::new();
+    for (i, path) in ["course/cy/lab6", "course/di/lab6"].iter().enumerate() {
+        let body = push_body(path, "refs/heads/main", &sha(1), &sha(2 + i as u32));
+        jobs.push(job_of(
+            &server
+                .post(&push_headers("Push Hook", &format!("k{i}")), body)
+                .await,
+        ));
+    }
+    server.stop().await;
+    let cfg = world.dir.path().join("labgrader.toml");
+    std::fs::write(
+        &cfg,
+        format!("[spool]\ndir = \"{}\"\n", world.spool_dir().display()),
+    )
+    .unwrap();
+    let staff = |cmd: &str, job: &str| {
+        let out = std::process::Command::new(BIN)
+            .args([cmd, job, "--config"])
+            .arg(&cfg)
+            .env_remove("LABGRADER_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    staff("cancel", &jobs[0]);
+    staff("retry", &jobs[1]);
+    let spool = labgrader::spool::Spool::open(world.spool_dir()).unwrap();
+    let reason =
+        std::fs::read_to_string(spool.path(State::Failed, &jobs[0]).join("reason")).unwrap();
+    assert_eq!(reason.trim(), "cancelled by staff");
+    assert_eq!(
+        spool.list(State::Incoming).unwrap(),
+        [format!("{}.json", jobs[1])]
+    );
+    assert_eq!(spool.count(State::Held), 0);
+}
