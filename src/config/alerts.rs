@@ -159,6 +159,27 @@ mod tests {
     }
 
     #[test]
+    fn student_namespaces_match_whole_path_components() {
+        let gl = super::super::GitlabConfig {
+            student_namespaces: vec!["course".into(), "dept/cs101".into()],
+            ..Default::default()
+        };
+        for (ns, yes) in [
+            ("course", true),
+            ("course/alice", true),
+            ("dept/cs101/team3", true),
+            // A look-alike namespace is not the course's.
+            ("course2", false),
+            ("coursework/alice", false),
+            ("dept/cs1010", false),
+            ("dept", false),
+            ("root", false),
+        ] {
+            assert_eq!(gl.is_student_namespace(ns), yes, "{ns}");
+        }
+    }
+
+    #[test]
     fn hold_keys_are_checked() {
         let week = Duration::from_secs(7 * 24 * 3600);
         let ns = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
