@@ -267,7 +267,11 @@ pub fn close_batch(spool_root: &Path, batch: &Batch, now: DateTime<Utc>) -> io::
             Err(e) => return Err(e),
         }
     }
-    fs::remove_file(dir.join(BATCH_FILE))?;
+    match fs::remove_file(dir.join(BATCH_FILE)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     fsync_dir(&dir)
 }
 

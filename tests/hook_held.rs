@@ -55,6 +55,9 @@ async fn a_hold_past_hold_for_fails_with_a_reason() {
     let world = World::new();
     let mut cfg = course_config(&world);
     cfg.spool.hold_for = labgrader::config::Seconds(Duration::from_secs(3600));
+    // Email on (nothing sends it here: the record in the outbox is what counts).
+    cfg.email.url = "smtp://127.0.0.1:9".into();
+    cfg.email.address_template = "{username}@students.example".into();
     // A push held two hours ago (e.g. before a long outage).
     let spool = labgrader::spool::Spool::open(world.spool_dir()).unwrap();
     let server = Server::start(cfg.clone()).await;
@@ -77,6 +80,17 @@ async fn a_hold_past_hold_for_fails_with_a_reason() {
         "{text}"
     );
     assert_eq!(spool.count(State::Held), 0);
+    // The student is told why, by the usual email.
+    let email = format!("{job}.email.json");
+    wait_for("the student's email", || {
+        spool.path(State::Outbox, &email).exists()
+    })
+    .await;
+    let rec = String::from_utf8(spool.read(State::Outbox, &email).unwrap()).unwrap();
+    assert!(
+        rec.contains("This push was not graded: no test repository root/lab5-test"),
+        "{rec}"
+    );
     server.stop().await;
 }
 

@@ -31,6 +31,11 @@ pub fn tick(cfg: &Config, spool: &Spool, now: DateTime<Utc>) -> Result<usize, De
     let Some(batch) = crate::alert::next_batch(&cfg.alerts, root, now)? else {
         return Ok(0);
     };
+    if batch.alerts.is_empty() {
+        // Its members vanished or were unreadable: nothing to say.
+        crate::alert::close_batch(root, &batch, now)?;
+        return Ok(0);
+    }
     for rec in records(cfg, &batch) {
         enqueue(spool, &rec)?;
     }

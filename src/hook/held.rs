@@ -121,12 +121,14 @@ impl Hook {
     /// told by email (when email is on).
     fn expire(&self, name: &str, ev: &Event) {
         let tests = self.cfg.gitlab.tests_path_for(&ev.project.name);
-        let reason = format!(
-            "held: not graded: no test repository {tests} appeared within {} ([spool] hold_for) \
-             of the push; ask the course staff, who can grade it with `labgrader retry {}`",
+        let why = format!(
+            "no test repository {tests} appeared within {} ([spool] hold_for) of the push; \
+             ask the course staff, who can grade it with `labgrader retry {}`",
             crate::config::Seconds(self.cfg.spool.hold_for.get()),
             ev.job_id
         );
+        // `CODE: message`, like the other refusals in failed/.
+        let reason = format!("held: {why}");
         if let Err(e) = self
             .spool
             .fail(State::Held, name, &ev.job_id, &ev.to_bytes(), &reason)
@@ -135,8 +137,13 @@ impl Hook {
             return;
         }
         tracing::warn!(job_id = %ev.job_id, project = %ev.project.path, %reason, "held push expired: failed/");
-        let verdict = crate::grader::blame::Verdict::new(crate::result::Status::Error, reason);
-        let r = crate::grader::verdict::result_without_run(ev, "none", None, verdict);
+        let text = format!("This push was not graded: {why}.\n");
+        let verdict = crate::grader::blame::Verdict::new(
+            crate::result::Status::Error,
+            format!("not graded: {why}"),
+        );
+        let mut r = crate::grader::verdict::result_without_run(ev, "none", None, verdict);
+        r.stdout = crate::result::Captured::from_bytes(text.into_bytes(), 1 << 16);
         if let Err(e) = crate::deliver::enqueue_email(&self.cfg, &self.spool, ev, &r) {
             tracing::warn!(job_id = %ev.job_id, error = %e, "cannot queue the expired hold's email");
         }
