@@ -79,7 +79,8 @@ async fn a_hold_past_hold_for_fails_with_a_reason() {
             && text.contains(&format!("labgrader retry {job}")),
         "{text}"
     );
-    assert_eq!(spool.count(State::Held), 0);
+    // failed/ is published first, then the held file removed.
+    wait_for("the held file gone", || spool.count(State::Held) == 0).await;
     // The student is told why, by the usual email.
     let email = format!("{job}.email.json");
     wait_for("the student's email", || {

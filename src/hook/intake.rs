@@ -290,6 +290,12 @@ impl Hook {
         let bytes = event.to_bytes();
         if hold {
             self.hold(ukey, &event, bytes).await?;
+            // A project_create between the lookup above and the hold found
+            // nothing to release; it dropped the cached "missing", so this
+            // second look (a cache hit otherwise) sees the repository.
+            if matches!(self.repos.exists(&tests).await, Ok(true)) {
+                self.release_held(&tests).await;
+            }
             return Ok(Outcome::Held { job, tests });
         }
         let spool = self.spool.clone();
