@@ -824,6 +824,28 @@ mod tests {
     }
 
     #[test]
+    fn held_jobs_are_published_once_released_once_and_expire_to_failed() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        s.hold("J1.json", b"{1}").unwrap();
+        assert!(matches!(
+            s.hold("J1.json", b"{other}"),
+            Err(SpoolError::Exists { .. })
+        ));
+        assert_eq!(s.read(State::Held, "J1.json").unwrap(), b"{1}");
+        assert!(s.release("J1.json").unwrap());
+        assert!(!s.release("J1.json").unwrap(), "already released");
+        assert_eq!(s.list(State::Incoming).unwrap(), ["J1.json"]);
+        assert!(s.list(State::Held).unwrap().is_empty());
+        s.hold("J2.json", b"{2}").unwrap();
+        s.fail(State::Held, "J2.json", "J2", b"{2}", "held: too long")
+            .unwrap();
+        assert!(s.list(State::Held).unwrap().is_empty());
+        let reason = std::fs::read_to_string(s.path(State::Failed, "J2").join("reason")).unwrap();
+        assert_eq!(reason, "held: too long\n");
+    }
+
+    #[test]
     fn sweep_dead_tmp_keeps_live_writers_files() {
         let t = tempfile::tempdir().unwrap();
         let s = Spool::open(t.path()).unwrap();
