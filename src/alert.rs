@@ -193,6 +193,11 @@ fn pending(dir: &Path) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// How many alerts wait to be sent (for `labgrader queue`).
+pub fn waiting(spool_root: &Path) -> usize {
+    pending(&dir(spool_root)).map_or(0, |n| n.len())
+}
+
 fn read_alert(dir: &Path, name: &str) -> Option<Alert> {
     let bytes = fs::read(dir.join(name)).ok()?;
     match serde_json::from_slice(&bytes) {
@@ -327,6 +332,7 @@ mod tests {
                 Alert::new(AlertKind::InfraError, Some(j), Some("ns/lab"), "git down"),
             );
         }
+        assert_eq!(waiting(t.path()), 3);
         let now = Utc::now() + chrono::Duration::seconds(1);
         let b = next_batch(&c, t.path(), now).unwrap().unwrap();
         assert_eq!(b.alerts.len(), 3);
@@ -340,6 +346,7 @@ mod tests {
         assert_eq!(again.id, b.id);
         assert_eq!(again.names, b.names);
         close_batch(t.path(), &b, now).unwrap();
+        assert_eq!(waiting(t.path()), 1);
         // The fourth waits for the window.
         assert!(next_batch(&c, t.path(), now).unwrap().is_none());
         let later = now + chrono::Duration::seconds(3600);

@@ -400,6 +400,12 @@ fn queue(cfg: &Config, json: bool) -> Result<ExitCode> {
     for (s, n) in &report.counts {
         println!("  {:<9} {n}", s.dir_name());
     }
+    if report.alerts_waiting > 0 {
+        println!(
+            "staff alerts waiting: {} (sent in one message, at most one per [alerts] window)",
+            report.alerts_waiting
+        );
+    }
     if !report.held.is_empty() {
         println!("held until their test repository exists (oldest first):");
         for j in &report.held {

@@ -221,6 +221,8 @@ pub struct QueueReport {
     /// Oldest deliveries waiting in outbox/ and given up in dead/ (with reasons).
     pub deliveries_waiting: Vec<crate::deliver::DeliveryLine>,
     pub deliveries_dead: Vec<crate::deliver::DeliveryLine>,
+    /// Staff alerts written but not yet sent (`[alerts]`, batched).
+    pub alerts_waiting: usize,
 }
 
 impl QueueReport {
@@ -257,6 +259,7 @@ impl QueueReport {
                 .collect(),
             deliveries_waiting,
             deliveries_dead,
+            alerts_waiting: crate::alert::waiting(spool.root()),
         })
     }
 }
