@@ -149,13 +149,15 @@ pub struct ExportArgs {
     /// Only this assignment (student repository name).
     #[arg(long)]
     pub assignment: Option<String>,
-    /// Keep only the latest job per project.
-    #[arg(long, conflicts_with_all = ["best", "policy"])]
+    /// Deprecated: `--policy latest` (a note on stderr says so).
+    #[arg(long, hide = true, conflicts_with_all = ["best", "policy"])]
     pub latest: bool,
-    /// Keep only the best grade per project.
-    #[arg(long, conflicts_with = "policy")]
+    /// Deprecated: `--policy best` (a note on stderr says so).
+    #[arg(long, hide = true, conflicts_with = "policy")]
     pub best: bool,
-    /// One row per student: best, latest or latest-on-time.
+    /// One row per student and assignment: best, latest or latest-on-time
+    /// (without it: every job). Jobs that ended infra_error, or whose
+    /// commit was never found, never count.
     #[arg(long)]
     pub policy: Option<String>,
     /// One row per test of each job selected (results.json / junit.xml).
@@ -398,6 +400,24 @@ fn queue(cfg: &Config, json: bool) -> Result<ExitCode> {
     for (s, n) in &report.counts {
         println!("  {:<9} {n}", s.dir_name());
     }
+    if report.alerts_waiting > 0 {
+        println!(
+            "staff alerts waiting: {} (sent in one message, at most one per [alerts] window)",
+            report.alerts_waiting
+        );
+    }
+    if !report.held.is_empty() {
+        println!("held until their test repository exists (oldest first):");
+        for j in &report.held {
+            println!(
+                "  {}  {}  waits for {}  until {}",
+                j.job_id,
+                j.project,
+                j.waits_for.as_deref().unwrap_or("?"),
+                j.held_until.map(|t| t.to_rfc3339()).unwrap_or_default()
+            );
+        }
+    }
     for (title, jobs) in [("waiting", &report.waiting), ("active", &report.active)] {
         if !jobs.is_empty() {
             println!("{title} (oldest first):");
@@ -565,6 +585,19 @@ fn gradebook_export(cfg: &Config, args: ExportArgs) -> Result<ExitCode> {
         );
     }
     let gb = Gradebook::open(&path)?;
+    let mut args = args;
+    // `--latest` and `--best` overlapped `--policy`: now its aliases.
+    for (old, on, policy) in [
+        ("--latest", args.latest, "latest"),
+        ("--best", args.best, "best"),
+    ] {
+        if on {
+            eprintln!(
+                "note: {old} is deprecated and means --policy {policy} (one row per student and assignment)"
+            );
+            args.policy = Some(policy.to_string());
+        }
+    }
     if let Some(policy) = &args.policy {
         use crate::policy::export::{
             ExportPolicy, rows_from_results, select_rows, write_csv, write_json,
@@ -605,13 +638,7 @@ fn gradebook_export(cfg: &Config, args: ExportArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let select = if args.latest {
-        Select::Latest
-    } else if args.best {
-        Select::Best
-    } else {
-        Select::All
-    };
+    let select = Select::All;
     let format = export_format(args.format);
     let filter = Filter {
         project: args.project,

@@ -169,6 +169,12 @@ pub struct JobLine {
     pub last_error: Option<String>,
     /// Daemon crashes while it ran.
     pub crashes: u32,
+    /// A held job: the test repository it waits for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waits_for: Option<String>,
+    /// A held job: when it fails if that repository has not appeared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl JobLine {
@@ -189,6 +195,14 @@ impl JobLine {
             next_try: ev.as_ref().and_then(|e| e.not_before),
             last_error: ev.as_ref().and_then(|e| e.last_error.clone()),
             crashes: ev.as_ref().map_or(0, |e| e.crashes),
+            waits_for: ev
+                .as_ref()
+                .filter(|_| state == State::Held)
+                .map(|e| cfg.gitlab.tests_path_for(&e.project.name)),
+            held_until: ev.as_ref().filter(|_| state == State::Held).map(|e| {
+                e.received_at
+                    + chrono::Duration::from_std(cfg.spool.hold_for.get()).unwrap_or_default()
+            }),
         }
     }
 }
@@ -202,9 +216,13 @@ pub struct QueueReport {
     pub waiting: Vec<JobLine>,
     /// Running jobs (`active/`).
     pub active: Vec<JobLine>,
+    /// Pushes held until their test repository exists (`held/`), oldest first.
+    pub held: Vec<JobLine>,
     /// Oldest deliveries waiting in outbox/ and given up in dead/ (with reasons).
     pub deliveries_waiting: Vec<crate::deliver::DeliveryLine>,
     pub deliveries_dead: Vec<crate::deliver::DeliveryLine>,
+    /// Staff alerts written but not yet sent (`[alerts]`, batched).
+    pub alerts_waiting: usize,
 }
 
 impl QueueReport {
@@ -233,8 +251,15 @@ impl QueueReport {
                 .iter()
                 .map(|n| JobLine::read(&spool, State::Active, n, cfg))
                 .collect(),
+            held: spool
+                .list(State::Held)?
+                .iter()
+                .take(Self::JOB_LIMIT)
+                .map(|n| JobLine::read(&spool, State::Held, n, cfg))
+                .collect(),
             deliveries_waiting,
             deliveries_dead,
+            alerts_waiting: crate::alert::waiting(spool.root()),
         })
     }
 }

@@ -28,10 +28,12 @@
 //!
 //! Around them:
 //! - [`reserve`]: free space the spool keeps for jobs already accepted.
+//! - [`alert`]: staff alerts waiting to be sent, cut into batches.
 //! - [`notify`]: readiness and watchdog for systemd.
 //! - [`daemon`]: the long-running parts under one shutdown.
 //! - [`cli`]: the command line; parses and calls the library.
 
+pub mod alert;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -7,8 +7,8 @@
 //! interprets job contents beyond what recovery needs, and never deletes an
 //! accepted job: unreadable files go to `corrupt/`. A job's moves between
 //! states are typed operations here ([`Spool::claim`], [`Spool::requeue`],
-//! [`Spool::fail`], [`Spool::finish`]); no other module renames or removes
-//! a job's files.
+//! [`Spool::fail`], [`Spool::finish`], [`Spool::hold`], [`Spool::release`]);
+//! no other module renames or removes a job's files.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -37,10 +37,13 @@ pub enum State {
     Dead,
     /// Files that could not be parsed; kept for staff, never deleted.
     Corrupt,
+    /// Accepted pushes waiting for their test repository to exist
+    /// (`[gitlab] student_namespaces`, `[spool] hold_for`).
+    Held,
 }
 
 impl State {
-    pub const ALL: [State; 8] = [
+    pub const ALL: [State; 9] = [
         State::Tmp,
         State::Incoming,
         State::Active,
@@ -49,6 +52,7 @@ impl State {
         State::Outbox,
         State::Dead,
         State::Corrupt,
+        State::Held,
     ];
 
     pub fn dir_name(self) -> &'static str {
@@ -61,6 +65,7 @@ impl State {
             State::Outbox => "outbox",
             State::Dead => "dead",
             State::Corrupt => "corrupt",
+            State::Held => "held",
         }
     }
 }
@@ -581,6 +586,24 @@ impl Spool {
         Ok(())
     }
 
+    /// Hold an accepted push until its test repository exists: publish
+    /// `event` as `held/<name>` durably (write, fsync, link, fsync the
+    /// directory). Fails if it is there already.
+    pub fn hold(&self, name: &str, event: &[u8]) -> Result<PathBuf, SpoolError> {
+        self.publish(State::Held, name, event)
+    }
+
+    /// A held job's test repository exists: move `held/<name>` to
+    /// `incoming/` by one rename, both directories fsynced. `Ok(false)`
+    /// when it is gone (released or expired by someone else).
+    pub fn release(&self, name: &str) -> Result<bool, SpoolError> {
+        match self.transition(name, State::Held, State::Incoming) {
+            Ok(_) => Ok(true),
+            Err(e) if e.io_kind() == Some(io::ErrorKind::NotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Step one of finishing a job: write its record (`files`: name and
     /// contents) into a fresh directory under `tmp/`, not yet visible.
     pub fn draft_done(
@@ -798,6 +821,28 @@ mod tests {
         assert!(s.drop_if_done(State::Incoming, "k.json", "k"));
         assert!(!s.drop_if_done(State::Incoming, "j.json", "j"));
         assert!(s.list(State::Incoming).unwrap().is_empty());
+    }
+
+    #[test]
+    fn held_jobs_are_published_once_released_once_and_expire_to_failed() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        s.hold("J1.json", b"{1}").unwrap();
+        assert!(matches!(
+            s.hold("J1.json", b"{other}"),
+            Err(SpoolError::Exists { .. })
+        ));
+        assert_eq!(s.read(State::Held, "J1.json").unwrap(), b"{1}");
+        assert!(s.release("J1.json").unwrap());
+        assert!(!s.release("J1.json").unwrap(), "already released");
+        assert_eq!(s.list(State::Incoming).unwrap(), ["J1.json"]);
+        assert!(s.list(State::Held).unwrap().is_empty());
+        s.hold("J2.json", b"{2}").unwrap();
+        s.fail(State::Held, "J2.json", "J2", b"{2}", "held: too long")
+            .unwrap();
+        assert!(s.list(State::Held).unwrap().is_empty());
+        let reason = std::fs::read_to_string(s.path(State::Failed, "J2").join("reason")).unwrap();
+        assert_eq!(reason, "held: too long\n");
     }
 
     #[test]

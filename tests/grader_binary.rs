@@ -78,7 +78,8 @@ fn sigkill_mid_job_then_restart_grades_exactly_once() {
             "export",
             "--format",
             "json",
-            "--latest",
+            "--policy",
+            "latest",
             "--config",
         ])
         .arg(&cfg)
@@ -91,7 +92,7 @@ fn sigkill_mid_job_then_restart_grades_exactly_once() {
     );
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0]["student_sha"], sha.as_str());
+    assert_eq!(rows[0]["commit"], sha.as_str());
 }
 
 #[test]

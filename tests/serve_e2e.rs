@@ -1272,3 +1272,104 @@ int main(int argc, char **argv) {
             .any(|t| t["name"] == "secret" && t["output"] == "the secret input was 42")
     );
 }
+
+/// POST `body` to the running hook as `event` with a fixture's headers;
+/// the status and the answer's text, whatever they are.
+async fn post_any(
+    w: &World,
+    event: &str,
+    fixture: &str,
+    body: &serde_json::Value,
+) -> (u16, String) {
+    let key = format!("e2e-{}", labgrader::spool::new_job_id());
+    let headers = headers_for_post(fixture_headers(fixture), event, HOOK_TOKEN, &key);
+    let h: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let url = format!("http://{}/hooks/gitlab", w.listen);
+    let resp = HttpClient::new()
+        .request(
+            Method::POST,
+            &url,
+            &h,
+            Some(serde_json::to_vec(body).unwrap()),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("the hook answers");
+    (
+        resp.status.as_u16(),
+        String::from_utf8_lossy(&resp.body).into_owned(),
+    )
+}
+
+/// A push from a course namespace before its test repository exists is
+/// held (it survives a SIGKILL of `serve`), shown by `labgrader queue`,
+/// and graded as soon as GitLab's `project_create` system hook says the
+/// test repository exists (its cached "missing" answer dropped); a push
+/// from a namespace the course does not own is still ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_before_its_test_repo_is_held_then_graded_on_project_create() {
+    let w = World::new("").await;
+    w.set_config(
+        "api_timeout = \"10s\"",
+        "api_timeout = \"10s\"\nstudent_namespaces = [\"course\"]",
+    );
+    let project = "course/alice/lab9";
+    let sha = w.f.push(project, |d| {
+        std::fs::write(d.join("answer.txt"), "4").unwrap()
+    });
+    let serve = w.serve().await;
+    let job = w.post_push(project, labgrader::event::ZERO_SHA, &sha).await;
+    let held = w.f.spool_dir.join("held").join(format!("{job}.json"));
+    assert!(held.exists(), "{:?}", w.f.listing());
+
+    // Not the course's: answered "ignored", nothing stored.
+    let other = "elsewhere/bob/lab9";
+    let other_sha =
+        w.f.push(other, |d| std::fs::write(d.join("x"), "1").unwrap());
+    let mut body = fixture_json("push.json");
+    body["after"] = other_sha.clone().into();
+    body["checkout_sha"] = other_sha.into();
+    body["ref"] = "refs/heads/main".into();
+    body["project"]["path_with_namespace"] = other.into();
+    body["project"]["namespace"] = "elsewhere/bob".into();
+    body["project"]["name"] = "lab9".into();
+    let (status, text) = post_any(&w, "Push Hook", "push", &body).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.starts_with("ignored:") && text.contains("no test repository root/lab9-test"),
+        "{text}"
+    );
+
+    // Held survives SIGKILL; `queue` shows it.
+    serve.kill();
+    assert!(held.exists());
+    let out = Command::new(BIN)
+        .args(["queue", "--config"])
+        .arg(&w.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&job) && text.contains("waits for root/lab9-test"),
+        "{text}"
+    );
+    let serve = w.serve().await;
+
+    // The test repository is created; GitLab's system hook says so.
+    w.f.tests_repo("lab9", &grading_test_all(0, None));
+    let mut created = fixture_json("system_project_create.json");
+    created["path_with_namespace"] = "root/lab9-test".into();
+    created["path"] = "lab9-test".into();
+    created["name"] = "lab9-test".into();
+    let (status, text) = post_any(&w, "System Hook", "system_project_create", &created).await;
+    assert_eq!(status, 200, "{text}");
+    let r = w.done(&job).await;
+    assert_eq!(r.status, labgrader::result::Status::Graded, "{r:?}");
+    assert_eq!(r.grade_total, Some(40.0));
+    assert_eq!(r.student_sha, sha);
+    assert!(!held.exists());
+    serve.stop().await;
+}

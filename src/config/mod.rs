@@ -15,6 +15,7 @@
 //! a file into a checked [`Config`]) and `validate` (the checks that
 //! span more than one value).
 
+mod alerts;
 mod assignment;
 mod error;
 pub mod keys;
@@ -24,6 +25,7 @@ mod sections;
 mod validate;
 mod values;
 
+pub use alerts::AlertsConfig;
 pub use assignment::{AssignmentConfig, LatePolicy, ManifestPolicy, Trigger};
 pub use error::ConfigError;
 pub use load::CONFIG_ENV;

@@ -29,6 +29,8 @@ pub struct Config {
     pub callback: CallbackConfig,
     pub email: EmailConfig,
     pub deliver: DeliverConfig,
+    /// Staff alerts (off unless an address or a URL is set).
+    pub alerts: super::alerts::AlertsConfig,
     /// Per-assignment policy, keyed by the student repository's name.
     pub assignments: BTreeMap<String, AssignmentConfig>,
     /// Secrets resolved from files or the environment at load time.
@@ -77,6 +79,9 @@ pub struct SpoolConfig {
     /// hook refuses new jobs (503) and the grader stops claiming, so jobs
     /// already accepted can finish and deliver. 0 turns the check off.
     pub min_free: ByteSize,
+    /// How long a push from `[gitlab] student_namespaces` whose test
+    /// repository does not exist yet is held (`held/`) before it fails.
+    pub hold_for: Seconds,
 }
 
 impl Default for SpoolConfig {
@@ -85,6 +90,7 @@ impl Default for SpoolConfig {
             dir: PathBuf::from("spool"),
             dedup_window: Seconds(Duration::from_secs(14 * 24 * 3600)),
             min_free: ByteSize(1 << 30),
+            hold_for: Seconds(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }
@@ -109,6 +115,9 @@ pub struct GitlabConfig {
     /// `project_create` system hook makes labgrader add this project hook
     /// to the new project. Empty = neither.
     pub project_hook_url: String,
+    /// Namespaces the course's students push in: a push there whose test
+    /// repository is missing is held (`[spool] hold_for`), not ignored.
+    pub student_namespaces: Vec<String>,
 }
 
 impl Default for GitlabConfig {
@@ -124,6 +133,7 @@ impl Default for GitlabConfig {
             target_url: String::new(),
             api_timeout: Seconds(Duration::from_secs(10)),
             project_hook_url: String::new(),
+            student_namespaces: Vec::new(),
         }
     }
 }
@@ -134,6 +144,16 @@ impl GitlabConfig {
         self.clone_url
             .replace("{gitlab_url}", self.url.trim_end_matches('/'))
             .replace("{path}", path)
+    }
+
+    /// True when `namespace` is one of `student_namespaces` or inside one.
+    pub fn is_student_namespace(&self, namespace: &str) -> bool {
+        self.student_namespaces.iter().any(|ns| {
+            namespace == ns
+                || namespace
+                    .strip_prefix(ns.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
     }
 
     /// The test repository's path for a student repository named `name`.

@@ -169,6 +169,16 @@ impl Config {
                 ));
             }
         }
-        Ok(())
+        let problem = self.alerts.problem(!self.email.url.is_empty()).or_else(|| {
+            super::alerts::hold_problem(
+                &self.gitlab.student_namespaces,
+                &self.gitlab.tests_namespace,
+                self.spool.hold_for.get(),
+            )
+        });
+        match problem {
+            Some((key, message)) => Err(self.invalid(key, message)),
+            None => Ok(()),
+        }
     }
 }

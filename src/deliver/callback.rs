@@ -39,9 +39,15 @@ pub(super) async fn send(
     p: &CallbackPayload,
 ) -> Attempt {
     let secret = cfg.secrets.callback_secret.as_ref();
+    // Staff alerts go to their own URL, read from the config like the other.
+    let (url, key) = if rec.destination.is_alert() {
+        (&cfg.alerts.callback_url, "alerts.callback_url")
+    } else {
+        (&cfg.callback.url, "callback.url")
+    };
     let cfg = &cfg.callback;
-    if cfg.url.is_empty() {
-        return Attempt::fatal("callback.url is no longer configured");
+    if url.is_empty() {
+        return Attempt::fatal(format!("{key} is no longer configured"));
     }
     let sig = secret.map(|s| signature(s.expose().as_bytes(), p.body.as_bytes()));
     let attempt = rec.attempts.to_string();
@@ -58,7 +64,7 @@ pub(super) async fn send(
     match http
         .request(
             Method::POST,
-            &cfg.url,
+            url,
             &headers,
             Some(p.body.clone().into_bytes()),
             cfg.timeout.get(),
@@ -67,7 +73,7 @@ pub(super) async fn send(
     {
         Ok(resp) => classify_http(&resp, "the callback receiver"),
         Err(e @ (HttpError::Url { .. } | HttpError::Header { .. })) => {
-            Attempt::fatal(format!("callback.url: {e}"))
+            Attempt::fatal(format!("{key}: {e}"))
         }
         Err(e) => Attempt::retry(e.to_string()),
     }

@@ -18,4 +18,6 @@ pub enum DeliverError {
     SentDir { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Email(#[from] super::email::EmailError),
+    #[error("staff alerts (spool/alerts/): {0}")]
+    Alerts(#[from] io::Error),
 }

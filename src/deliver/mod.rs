@@ -22,6 +22,7 @@
 //! - the senders, one per destination: [`callback`] (signed `POST`),
 //!   [`email`] (SMTP or sendmail, one message per recipient) and
 //!   [`status`] (GitLab commit status).
+//! - [`alerts`]: staff alerts (`spool/alerts/`) batched into outbox records.
 //! - [`error`]: the one error type of enqueueing and starting the worker.
 //!
 //! Nothing here grades or touches `incoming/`, `active/` or `done/`, and no
@@ -30,6 +31,7 @@
 //! from disk and are treated as untrusted: one that does not parse goes to
 //! `corrupt/`. This file only declares and re-exports.
 
+pub mod alerts;
 pub mod attempt;
 pub mod callback;
 pub mod email;

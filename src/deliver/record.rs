@@ -33,6 +33,10 @@ pub enum Destination {
     /// `after_due_date` tests shown (at most once per job).
     ReleaseEmail,
     ReleaseCallback,
+    /// A batch of staff alerts (`[alerts] email`); the job id is the batch's.
+    AlertEmail,
+    /// A batch of staff alerts to `[alerts] callback_url`.
+    AlertCallback,
 }
 
 /// The destinations whose deliveries of one job are sent in order, each
@@ -70,7 +74,7 @@ impl JobStage {
 }
 
 impl Destination {
-    pub const ALL: [Destination; 9] = [
+    pub const ALL: [Destination; 11] = [
         Destination::Callback,
         Destination::Email,
         Destination::StatusPending,
@@ -80,6 +84,8 @@ impl Destination {
         Destination::CallbackRunning,
         Destination::ReleaseEmail,
         Destination::ReleaseCallback,
+        Destination::AlertEmail,
+        Destination::AlertCallback,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -93,6 +99,8 @@ impl Destination {
             Destination::CallbackRunning => "callback-running",
             Destination::ReleaseEmail => "release-email",
             Destination::ReleaseCallback => "release-callback",
+            Destination::AlertEmail => "alert-email",
+            Destination::AlertCallback => "alert-callback",
         }
     }
 
@@ -110,8 +118,20 @@ impl Destination {
             Destination::CallbackQueued => Some((Stages::Callback, 0)),
             Destination::CallbackRunning => Some((Stages::Callback, 1)),
             Destination::Callback => Some((Stages::Callback, 2)),
-            Destination::Email | Destination::ReleaseEmail | Destination::ReleaseCallback => None,
+            Destination::Email
+            | Destination::ReleaseEmail
+            | Destination::ReleaseCallback
+            | Destination::AlertEmail
+            | Destination::AlertCallback => None,
         }
+    }
+}
+
+impl Destination {
+    /// True for the staff alerts' own deliveries (one given up on is
+    /// logged, never alerted about: that would loop).
+    pub fn is_alert(self) -> bool {
+        matches!(self, Destination::AlertEmail | Destination::AlertCallback)
     }
 }
 

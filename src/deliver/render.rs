@@ -315,7 +315,7 @@ fn capped_stdout(out: &Captured, limit: u64) -> Captured {
     }
 }
 
-fn message_domain(from: &str) -> String {
+pub(super) fn message_domain(from: &str) -> String {
     from.parse::<Mailbox>()
         .map(|m| m.email.domain().to_string())
         .unwrap_or_else(|_| "labgrader.invalid".into())

@@ -111,6 +111,7 @@ pub async fn run(
         }
         if rescan_needed || last_scan.elapsed() >= POLL {
             rescan(&spool, &mut due).await;
+            alerts_tick(&cfg, &spool).await;
             rescan_needed = false;
             last_scan = std::time::Instant::now();
         }
@@ -188,6 +189,19 @@ pub async fn run(
         while tasks.join_next().await.is_some() {}
     }
     Ok(())
+}
+
+/// Queue the staff alerts that are due (see [`super::alerts::tick`]).
+async fn alerts_tick(cfg: &Arc<Config>, spool: &Arc<Spool>) {
+    if !cfg.alerts.enabled() {
+        return;
+    }
+    let (c, s) = (cfg.clone(), spool.clone());
+    match tokio::task::spawn_blocking(move || super::alerts::tick(&c, &s, Utc::now())).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot queue staff alerts"),
+        Err(e) => tracing::error!(error = %e, "staff alert task failed"),
+    }
 }
 
 /// True when `name` is a staged delivery (commit status, callback) and
@@ -346,7 +360,7 @@ fn record_outcome(
         }
         Attempt::Fatal { error } => {
             rec.last_error = Some(error.clone());
-            bury(spool, rec, error);
+            bury(cfg, spool, rec, error);
             None
         }
         Attempt::Retry { error, retry_after } => {
@@ -367,7 +381,7 @@ fn record_outcome(
                     "gave up after {} attempts (deliver.max_attempts); last error: {error}",
                     rec.attempts
                 );
-                bury(spool, rec, reason);
+                bury(cfg, spool, rec, reason);
                 return None;
             }
             if now >= deadline {
@@ -376,7 +390,7 @@ fn record_outcome(
                     crate::config::Seconds(d.retry_for.get()),
                     rec.attempts
                 );
-                bury(spool, rec, reason);
+                bury(cfg, spool, rec, reason);
                 return None;
             }
             // A last attempt when retry_for runs out, even if the backoff
@@ -437,8 +451,21 @@ fn finish_delivered(spool: &Spool, rec: &Record, detail: String) -> Option<DateT
     None
 }
 
-/// Move a record to `dead/` with its reason.
-fn bury(spool: &Spool, mut rec: Record, reason: String) {
+/// Move a record to `dead/` with its reason, and alert staff (unless it
+/// was an alert itself).
+fn bury(cfg: &Config, spool: &Spool, mut rec: Record, reason: String) {
+    if !rec.destination.is_alert() {
+        crate::alert::raise(
+            &cfg.alerts,
+            spool.root(),
+            crate::alert::Alert::new(
+                crate::alert::AlertKind::DeliveryDead,
+                Some(&rec.job_id),
+                Some(&rec.project),
+                format!("{}: {reason}", rec.destination),
+            ),
+        );
+    }
     tracing::error!(job_id = %rec.job_id, project = %rec.project, sha = %rec.sha,
         destination = %rec.destination, attempts = rec.attempts, %reason, "delivery given up");
     count("dead", rec.destination);

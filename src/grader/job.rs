@@ -30,6 +30,7 @@ use crate::config::Contract;
 use crate::event::{EVENT_SCHEMA, Event};
 use crate::metrics;
 use crate::mirror::MirrorError;
+use crate::policy::export::COMMIT_MISSING;
 use crate::policy::{Admitted, Refusal};
 use crate::result::{Captured, JobResult, Status};
 use crate::sandbox::{RunSpec, Runner};
@@ -75,6 +76,10 @@ pub(super) struct Fetched {
 pub(super) struct Stopped {
     pub(super) verdict: Verdict,
     pub(super) tests_sha: Option<String>,
+    /// The pushed commit is not in the student's repository (never
+    /// pushed, or force-pushed away): noted in the result, so exports
+    /// never count the job as a submission.
+    pub(super) commit_missing: bool,
 }
 
 impl Grader {
@@ -162,6 +167,7 @@ impl Grader {
                 let s = Stopped {
                     verdict,
                     tests_sha: None,
+                    commit_missing: false,
                 };
                 return Ok(stopped(self, ev, &*runner, &plan, s));
             }
@@ -222,7 +228,13 @@ impl Grader {
         let student_url = gl.clone_url_for(&ev.project.path);
         let tests_path = gl.tests_path_for(&ev.project.name);
         let tests_url = gl.clone_url_for(&tests_path);
-        let stop = |verdict, tests_sha| Ok(Err(Stopped { verdict, tests_sha }));
+        let stop = |verdict, tests_sha| {
+            Ok(Err(Stopped {
+                verdict,
+                tests_sha,
+                commit_missing: false,
+            }))
+        };
         let ws = match step(JobDir::create(&self.work, &ev.job_id))? {
             Ok(ws) => ws,
             Err(v) => return stop(v, None),
@@ -269,9 +281,22 @@ impl Grader {
             repo: Repo::Student,
             source,
         });
+        let commit_missing = matches!(
+            &s,
+            Err(FetchError {
+                source: MirrorError::NoCommit { .. },
+                ..
+            })
+        );
         let student_sha = match step(s)? {
             Ok((_, commit)) => commit,
-            Err(v) => return stop(v, Some(tests_sha)),
+            Err(verdict) => {
+                return Ok(Err(Stopped {
+                    verdict,
+                    tests_sha: Some(tests_sha),
+                    commit_missing,
+                }));
+            }
         };
         Ok(Ok(Fetched {
             ws,
@@ -318,6 +343,7 @@ impl Grader {
             Err(verdict) => Err(Stopped {
                 verdict,
                 tests_sha: Some(fetched.tests_sha),
+                commit_missing: false,
             }),
         })
     }
@@ -450,13 +476,33 @@ impl Grader {
         // The student sees the verdict, never the grader's own error: it
         // names host paths (spool, mirrors) and services. Staff find it in
         // the log, in stderr (staff only) and in failed-attempt counts.
-        let reason = "the grader could not grade this commit (not the student's fault; staff see why in the job's record and the log, and can regrade it)";
+        // Staff are said to be alerted only when an alert goes somewhere.
+        let reason = if self.cfg.alerts.enabled() {
+            "the grader could not grade this commit (not the student's fault; staff were alerted and can regrade it)"
+        } else {
+            "the grader could not grade this commit (not the student's fault; staff see why in the job's record and the log, and can regrade it)"
+        };
         let mut result = self.bare_result(&ev, None, Verdict::new(Status::InfraError, reason));
         result.stderr = Captured::from_bytes(format!("labgrader: {fault}\n").into_bytes(), 1 << 16);
         self.release_quota(&ev);
         if let Err(e) = self.record(name, &ev, &result).await {
             error!(error = %e, "cannot record the infra_error result; the job stays in active/");
         }
+        self.alert_infra_error(&ev, &fault.to_string());
+    }
+
+    /// Tell staff (`[alerts]`) that `ev` ended `infra_error` and why.
+    fn alert_infra_error(&self, ev: &Event, why: &str) {
+        crate::alert::raise(
+            &self.cfg.alerts,
+            self.spool.root(),
+            crate::alert::Alert::new(
+                crate::alert::AlertKind::InfraError,
+                Some(&ev.job_id),
+                Some(&ev.project.path),
+                why,
+            ),
+        );
     }
 
     /// Give up on a job waiting in `incoming/<name>`: record it as an
@@ -474,6 +520,7 @@ impl Grader {
         self.spool
             .fail(State::Incoming, name, &ev.job_id, &ev.to_bytes(), reason)?;
         metrics::inc(STATUS_METRIC, STATUS_HELP, &[("status", "infra_error")]);
+        self.alert_infra_error(ev, reason);
         Ok(())
     }
 
@@ -550,6 +597,9 @@ fn stopped(g: &Grader, ev: &Event, runner: &dyn Runner, plan: &JobPlan, s: Stopp
         status => info!(%status, reason = %s.verdict.reason, "not run"),
     }
     let mut r = g.bare_result(ev, s.tests_sha, s.verdict);
+    if s.commit_missing {
+        r.extra.insert(COMMIT_MISSING.into(), true.into());
+    }
     r.runner = runner.name().to_string();
     r.limits = Some(plan.limits.clone());
     Graded::Result(Box::new(r))

@@ -229,7 +229,7 @@ pub enum Moved {
 fn locate(spool: &Spool, id: &str) -> Result<(String, State), GraderError> {
     let id = job_id(id)?;
     let name = format!("{id}.json");
-    for state in [State::Incoming, State::Active] {
+    for state in [State::Held, State::Incoming, State::Active] {
         if spool.path(state, &name).exists() {
             return Ok((id.to_string(), state));
         }
@@ -242,8 +242,8 @@ fn locate(spool: &Spool, id: &str) -> Result<(String, State), GraderError> {
     Err(GraderError::NoRecord(id.to_string()))
 }
 
-/// Cancel waiting jobs: each goes to `failed/` with the reason "cancelled
-/// by staff"; with `notify`, the pusher is emailed why. A job the grader
+/// Cancel waiting (or held) jobs: each goes to `failed/` with the reason
+/// "cancelled by staff"; with `notify`, the pusher is emailed why. A job the grader
 /// already claimed is refused, never pulled from under it.
 pub fn cancel(
     cfg: &Config,
@@ -258,6 +258,10 @@ pub fn cancel(
         let name = format!("{id}.json");
         match state {
             State::Incoming => {}
+            // Held: released first, then claimed and failed like a waiting job.
+            State::Held => {
+                spool.release(&name).map_err(GraderFault::from)?;
+            }
             State::Active => return Err(GraderError::Running(id)),
             _ => {
                 return Err(GraderError::NotWaiting {
@@ -295,8 +299,9 @@ pub fn cancel(
     Ok(out)
 }
 
-/// Make jobs due now: a waiting job's next try becomes now; a job in
-/// `failed/` goes back to `incoming/` (its crash and attempt counts reset).
+/// Make jobs due now: a waiting job's next try becomes now; a held job
+/// goes to `incoming/`; a job in `failed/` goes back to `incoming/` (its
+/// crash and attempt counts reset).
 pub fn retry(spool: &Spool, jobs: &[String]) -> Result<Vec<(String, Moved)>, GraderError> {
     let mut out = Vec::new();
     for id in jobs {
@@ -318,6 +323,11 @@ pub fn retry(spool: &Spool, jobs: &[String]) -> Result<Vec<(String, Moved)>, Gra
                 spool
                     .requeue(&name, Some(&ev.to_bytes()))
                     .map_err(GraderFault::from)?;
+            }
+            // Held for a test repository staff know is there (or want
+            // tried anyway): graded now.
+            State::Held => {
+                spool.release(&name).map_err(GraderFault::from)?;
             }
             State::Failed => {
                 let (mut ev, _) = read_record(spool, &id)?;

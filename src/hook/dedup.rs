@@ -118,11 +118,12 @@ impl Markers {
 }
 
 /// Does job `job` exist in any spool state a job can be in? Checked in the
-/// order jobs move (incoming → active → done/failed), so a job being moved
-/// concurrently is found in its next state.
+/// order jobs move (held → incoming → active → done/failed), so a job being
+/// moved concurrently is found in its next state.
 pub fn job_exists(spool_root: &Path, job: &str) -> bool {
     let file = format!("{job}.json");
     [
+        State::Held,
         State::Incoming,
         State::Active,
         State::Done,

@@ -203,6 +203,11 @@ impl Hook {
             Delivery::ProjectChange { event_name, paths } => {
                 self.repos.invalidate(&paths);
                 tracing::info!(event = %event_name, ?paths, "test repository cache updated");
+                // A test repository created (or renamed, moved into place):
+                // the pushes held for it are graded now.
+                for p in &paths {
+                    self.release_held(p).await;
+                }
                 if event_name == "project_create" {
                     self.add_project_hooks(&paths);
                 }

@@ -24,7 +24,15 @@ const REFS_IN_FLIGHT: usize = 64;
 
 /// What happened to one ref update.
 enum Outcome {
-    Stored { job: String, duplicate: bool },
+    Stored {
+        job: String,
+        duplicate: bool,
+    },
+    /// Stored in `held/`: its test repository does not exist yet.
+    Held {
+        job: String,
+        tests: String,
+    },
     Ignored(Ignored),
 }
 
@@ -84,6 +92,7 @@ impl Hook {
         let raw: serde_json::Value =
             serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
         let mut jobs: Vec<String> = Vec::new();
+        let mut held: Vec<String> = Vec::new();
         let mut all_duplicates = true;
         let mut ignored = skipped;
         // The refs of a big push go through the same group commits rather
@@ -103,6 +112,13 @@ impl Hook {
                     if !jobs.contains(&job) {
                         jobs.push(job);
                     }
+                }
+                Ok(Outcome::Held { job, tests }) => {
+                    all_duplicates = false;
+                    held.push(format!(
+                        "job {job} held until the test repository {tests} exists"
+                    ));
+                    jobs.push(job);
                 }
                 Ok(Outcome::Ignored(i)) => ignored.push(i),
                 Err(HookError::LowSpace(low)) => {
@@ -153,6 +169,9 @@ impl Hook {
         if all_duplicates {
             v["duplicate"] = serde_json::json!(true);
         }
+        if !held.is_empty() {
+            v["held"] = serde_json::json!(held);
+        }
         let mut body = serde_json::to_vec(&v).expect("json serializes");
         body.push(b'\n');
         Answer {
@@ -174,6 +193,9 @@ impl Hook {
         let gl = &self.cfg.gitlab;
         let ns = &u.project.namespace;
         if *ns == gl.tests_namespace || ns.starts_with(&format!("{}/", gl.tests_namespace)) {
+            // A push to a test repository: it exists now.
+            self.repos.invalidate(std::slice::from_ref(&u.project.path));
+            self.release_held(&u.project.path).await;
             return Ok(Outcome::Ignored(Ignored::new(
                 "tests_namespace",
                 format!(
@@ -195,8 +217,11 @@ impl Hook {
             return Ok(Outcome::Ignored(Ignored::new(why.code(), why.to_string())));
         }
         let tests = gl.tests_path_for(&u.project.name);
+        let mut hold = false;
         match self.repos.exists(&tests).await {
             Ok(true) => {}
+            // The course's own students: held until the tests exist.
+            Ok(false) if gl.is_student_namespace(ns) => hold = true,
             Ok(false) => {
                 return Ok(Outcome::Ignored(Ignored::new(
                     "no_test_repository",
@@ -263,6 +288,16 @@ impl Hook {
             raw,
         };
         let bytes = event.to_bytes();
+        if hold {
+            self.hold(ukey, &event, bytes).await?;
+            // A project_create between the lookup above and the hold found
+            // nothing to release; it dropped the cached "missing", so this
+            // second look (a cache hit otherwise) sees the repository.
+            if matches!(self.repos.exists(&tests).await, Ok(true)) {
+                self.release_held(&tests).await;
+            }
+            return Ok(Outcome::Held { job, tests });
+        }
         let spool = self.spool.clone();
         let keys: Vec<String> = vec![ukey];
         let markers = self.markers.clone();
@@ -336,7 +371,7 @@ fn raw_for(raw: &serde_json::Value, u: &RefUpdate) -> serde_json::Value {
     serde_json::Value::Object(narrowed)
 }
 
-fn undo_markers(markers: &Markers, keys: &[String], job: &str) {
+pub(super) fn undo_markers(markers: &Markers, keys: &[String], job: &str) {
     for k in keys {
         markers.remove_if(k, job);
     }

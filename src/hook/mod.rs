@@ -4,8 +4,9 @@
 //! Owns the HTTP side (`POST /hooks/gitlab`, `GET /healthz`,
 //! `GET /metrics`), the webhook token check, the body limit, eligibility
 //! (tests namespace, existence of the test repository) and the intake of
-//! each ref update as one event file in `incoming/`. It never grades, never
-//! moves a job after `incoming/`, and never talks to Docker.
+//! each ref update as one event file in `incoming/` (or in `held/` until
+//! its test repository exists: [`held`]). It never grades, never moves a
+//! job after `incoming/`, and never talks to Docker.
 //!
 //! Requests are untrusted: the token is compared in constant time, bodies
 //! over `server.max_body` are refused before being read whole, headers and
@@ -18,11 +19,13 @@
 //! The parent only declares and re-exports: `server` (the accept loop),
 //! `state` (the server's shared state and its start-up), `http`
 //! (routing, the token and body checks), `intake` (eligibility, dedup
-//! and the durable event file), `answer` (what is sent back).
+//! and the durable event file), `held` (pushes waiting for their test
+//! repository), `answer` (what is sent back).
 
 mod answer;
 pub mod dedup;
 mod error;
+mod held;
 mod http;
 mod intake;
 pub mod parse;

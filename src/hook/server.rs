@@ -39,6 +39,7 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, path = HOOK_PATH, test_repos = hook.repos.method(), "hook server listening");
     tokio::spawn(prune_markers(hook.clone(), shutdown.clone()));
+    tokio::spawn(super::held::watch_held(hook.clone(), shutdown.clone()));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut conns = JoinSet::new();
     loop {

@@ -121,12 +121,38 @@ pub fn select_rows(rows: &[GradeRow], policy: ExportPolicy) -> Vec<GradeRow> {
     out
 }
 
+/// The key of a result's `extra` set when the pushed commit was not in
+/// the student's repository (never pushed, or force-pushed away).
+pub const COMMIT_MISSING: &str = "commit_missing";
+
+/// True when `r` is a push whose commit was never found: not a
+/// submission, so never a row of an export policy. Results recorded
+/// before [`COMMIT_MISSING`] existed are known by the mirror's message,
+/// which must open the reason and name the job's own commit: other
+/// reasons may quote text a student chose, and a student must not be
+/// able to drop a row of theirs from an export by printing that phrase.
+pub fn commit_never_found(r: &crate::result::JobResult) -> bool {
+    let marked = r
+        .extra
+        .get(COMMIT_MISSING)
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let legacy = r.status == Status::Error
+        && !r.student_sha.is_empty()
+        && r.reason.as_deref().is_some_and(|t| {
+            t.starts_with(&format!("commit {} is not in ", r.student_sha))
+                && t.ends_with(": it was never pushed there or was force-pushed away")
+        });
+    marked || legacy
+}
+
 /// One row per author of each job: the authors recorded by admission
 /// (`extra.authors`), else the pusher (`extra.pusher`). Jobs with neither
-/// give no row (nobody to credit); `late` comes from `extra.late`.
+/// give no row (nobody to credit); `late` comes from `extra.late`. Jobs
+/// whose commit was never found give no row either ([`commit_never_found`]).
 pub fn rows_from_results(results: &[crate::result::JobResult]) -> Vec<GradeRow> {
     let mut out = Vec::new();
-    for r in results {
+    for r in results.iter().filter(|r| !commit_never_found(r)) {
         let late = r
             .extra
             .get("late")
@@ -437,6 +463,34 @@ mod tests {
             .map(|r| (r.assignment.as_str(), r.grade))
             .collect();
         assert_eq!(got, [("lab1", Some(50.0)), ("lab2", Some(90.0))]);
+    }
+
+    #[test]
+    fn only_the_mirrors_own_message_marks_an_old_result_commit_missing() {
+        let mut r: crate::result::JobResult = serde_json::from_value(serde_json::json!({
+            "schema": 1, "job_id": "J", "project": "ns/lab", "git_ref": "refs/heads/main",
+            "student_sha": "ab".repeat(20), "runner": "none",
+            "received_at": "2026-01-01T00:00:00Z", "ended_at": "2026-01-01T00:00:01Z",
+            "status": "error", "summary": {}, "hidden": {}, "extra": {},
+            "stdout": {"total": 0, "truncated": false}, "stderr": {"total": 0, "truncated": false},
+        }))
+        .unwrap();
+        let sha = r.student_sha.clone();
+        let msg = |s: &str| {
+            format!(
+                "commit {s} is not in file:///x.git: it was never pushed there or was force-pushed away"
+            )
+        };
+        r.reason = Some(msg(&sha));
+        assert!(commit_never_found(&r));
+        // A student's own text quoting the phrase, or another commit's.
+        r.reason = Some(format!("results.json: bad value `{}`", msg(&sha)));
+        assert!(!commit_never_found(&r));
+        r.reason = Some(msg(&"cd".repeat(20)));
+        assert!(!commit_never_found(&r));
+        r.reason = Some("anything".into());
+        r.extra.insert(COMMIT_MISSING.into(), true.into());
+        assert!(commit_never_found(&r));
     }
 
     #[test]

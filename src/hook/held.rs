@@ -1,0 +1,184 @@
+//! Held pushes: accepted pushes from `[gitlab] student_namespaces` whose
+//! test repository does not exist yet wait in `spool/held/` instead of
+//! being ignored and lost.
+//!
+//! Owns putting a push on hold (its dedup marker, then the event made
+//! durable in `held/` through [`Spool::hold`]), releasing the held pushes
+//! of a test repository to `incoming/` the moment it is known to exist
+//! (GitLab's `project_create` system hook, a push to it, or the periodic
+//! check), and expiring holds older than `[spool] hold_for` to `failed/`
+//! with a reason the student is emailed. It never grades, and moves a
+//! job only through the spool's typed operations.
+//!
+//! [`Spool::hold`]: crate::spool::Spool::hold
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use super::error::HookError;
+use super::intake::undo_markers;
+use super::state::Hook;
+use crate::event::Event;
+use crate::spool::State;
+
+/// How often held pushes are checked (their test repository, their age).
+pub const HOLD_CHECK: Duration = Duration::from_secs(60);
+
+impl Hook {
+    /// Store `event` in `held/` under its dedup marker `key`.
+    pub(super) async fn hold(
+        &self,
+        key: String,
+        event: &Event,
+        bytes: Vec<u8>,
+    ) -> Result<(), HookError> {
+        let (spool, markers) = (self.spool.clone(), self.markers.clone());
+        let job = event.job_id.clone();
+        let name = event.file_name();
+        tokio::task::spawn_blocking(move || {
+            let keys = [key];
+            if let Err(source) = markers.set(&keys[0], &job) {
+                return Err(HookError::Marker {
+                    path: markers.dir().to_path_buf(),
+                    source,
+                });
+            }
+            spool
+                .hold(&name, &bytes)
+                .inspect_err(|_| undo_markers(&markers, &keys, &job))
+                .map(drop)
+                .map_err(HookError::from)
+        })
+        .await
+        .map_err(|e| HookError::Task(e.to_string()))??;
+        tracing::info!(job_id = %event.job_id, project = %event.project.path, sha = %event.commit,
+            tests = %self.cfg.gitlab.tests_path_for(&event.project.name),
+            "push held: its test repository does not exist yet");
+        Ok(())
+    }
+
+    /// Release every held push whose test repository is `tests_path`
+    /// (it exists now). Returns how many went to `incoming/`.
+    pub(super) async fn release_held(&self, tests_path: &str) -> usize {
+        let (cfg, spool) = (self.cfg.clone(), self.spool.clone());
+        let tests_path = tests_path.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut released = 0;
+            for (name, ev) in held_events(&spool) {
+                if cfg.gitlab.tests_path_for(&ev.project.name) != tests_path {
+                    continue;
+                }
+                match spool.release(&name) {
+                    Ok(true) => {
+                        released += 1;
+                        tracing::info!(job_id = %ev.job_id, project = %ev.project.path, tests = %tests_path,
+                            "held push released: its test repository exists");
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(job_id = %ev.job_id, error = %e, "cannot release a held push"),
+                }
+            }
+            released
+        })
+        .await
+        .unwrap_or(0)
+    }
+
+    /// One pass over `held/`: expire what is older than `hold_for`, ask
+    /// whether each remaining test repository exists, release those.
+    async fn check_held(&self) {
+        let spool = self.spool.clone();
+        let held = tokio::task::spawn_blocking(move || held_events(&spool))
+            .await
+            .unwrap_or_default();
+        let hold_for =
+            chrono::Duration::from_std(self.cfg.spool.hold_for.get()).unwrap_or_default();
+        let mut exists: HashMap<String, bool> = HashMap::new();
+        for (name, ev) in held {
+            if Utc::now() - ev.received_at >= hold_for {
+                self.expire(&name, &ev);
+                continue;
+            }
+            let tests = self.cfg.gitlab.tests_path_for(&ev.project.name);
+            if exists.contains_key(&tests) {
+                continue;
+            }
+            // A fresh answer, not the cache's "missing".
+            self.repos.invalidate(std::slice::from_ref(&tests));
+            let found = matches!(self.repos.exists(&tests).await, Ok(true));
+            exists.insert(tests.clone(), found);
+            if found {
+                self.release_held(&tests).await;
+            }
+        }
+    }
+
+    /// A hold past `hold_for`: `failed/` with the reason, and the student
+    /// told by email (when email is on).
+    fn expire(&self, name: &str, ev: &Event) {
+        let tests = self.cfg.gitlab.tests_path_for(&ev.project.name);
+        let why = format!(
+            "no test repository {tests} appeared within {} ([spool] hold_for) of the push; \
+             ask the course staff, who can grade it with `labgrader retry {}`",
+            crate::config::Seconds(self.cfg.spool.hold_for.get()),
+            ev.job_id
+        );
+        // `CODE: message`, like the other refusals in failed/.
+        let reason = format!("held: {why}");
+        if let Err(e) = self
+            .spool
+            .fail(State::Held, name, &ev.job_id, &ev.to_bytes(), &reason)
+        {
+            tracing::error!(job_id = %ev.job_id, error = %e, "cannot expire a held push");
+            return;
+        }
+        tracing::warn!(job_id = %ev.job_id, project = %ev.project.path, %reason, "held push expired: failed/");
+        let text = format!("This push was not graded: {why}.\n");
+        let verdict = crate::grader::blame::Verdict::new(
+            crate::result::Status::Error,
+            format!("not graded: {why}"),
+        );
+        let mut r = crate::grader::verdict::result_without_run(ev, "none", None, verdict);
+        r.stdout = crate::result::Captured::from_bytes(text.into_bytes(), 1 << 16);
+        if let Err(e) = crate::deliver::enqueue_email(&self.cfg, &self.spool, ev, &r) {
+            tracing::warn!(job_id = %ev.job_id, error = %e, "cannot queue the expired hold's email");
+        }
+    }
+}
+
+/// Every readable event in `held/` with its file name, oldest first.
+fn held_events(spool: &crate::spool::Spool) -> Vec<(String, Event)> {
+    let names = spool.list(State::Held).unwrap_or_default();
+    names
+        .into_iter()
+        .filter_map(|n| {
+            let bytes = spool.read(State::Held, &n).ok()?;
+            match Event::from_bytes(&bytes) {
+                Ok(ev) => Some((n, ev)),
+                Err(e) => {
+                    tracing::error!(name = %n, error = %e, "unreadable held event: corrupt/");
+                    let _ = spool.quarantine(&n, State::Held);
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// At start and every [`HOLD_CHECK`]: [`Hook::check_held`], while any
+/// student namespace is configured (or anything is held).
+pub(super) async fn watch_held(hook: Arc<Hook>, shutdown: CancellationToken) {
+    loop {
+        if !hook.cfg.gitlab.student_namespaces.is_empty() || hook.spool.count(State::Held) > 0 {
+            hook.check_held().await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(HOLD_CHECK) => {}
+        }
+    }
+}

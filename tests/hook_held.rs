@@ -1,0 +1,142 @@
+//! Held pushes at the hook (in-process server, real bare repositories,
+//! test repositories looked up by `git ls-remote`): a push from a course
+//! namespace before its test repository exists is held, a re-send of it
+//! is a duplicate of the held job, a push to the test repository releases
+//! it, and a hold past `[spool] hold_for` fails with a reason.
+
+mod common;
+
+use std::time::Duration;
+
+use common::wait::wait_for;
+use common::{daemon::*, gitlab::*, world::*};
+use labgrader::event::Event;
+use labgrader::spool::State;
+
+fn course_config(world: &World) -> labgrader::config::Config {
+    let mut cfg = world.config();
+    cfg.gitlab.student_namespaces = vec!["course".into()];
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_push_is_deduplicated_then_released_by_a_push_to_its_test_repo() {
+    let world = World::new();
+    let server = Server::start(course_config(&world)).await;
+    let body = push_body("course/ann/lab4", "refs/heads/main", &sha(1), &sha(2));
+    let resp = server
+        .post(&push_headers("Push Hook", "k1"), body.clone())
+        .await;
+    assert_eq!(resp.status.as_u16(), 202, "{}", text(&resp));
+    assert!(text(&resp).contains("held until the test repository root/lab4-test exists"));
+    let job = job_of(&resp);
+    assert_eq!(
+        server.spool.list(State::Held).unwrap(),
+        [format!("{job}.json")]
+    );
+    assert!(server.incoming().is_empty());
+    // GitLab re-sends the same delivery: the held job, not a second one.
+    let again = server.post(&push_headers("Push Hook", "k1"), body).await;
+    assert_eq!(job_of(&again), job);
+    assert_eq!(server.spool.count(State::Held), 1);
+
+    // Staff create and push the test repository; GitLab's hook for that push.
+    world.bare_repo("root/lab4-test");
+    let body = push_body("root/lab4-test", "refs/heads/main", &sha(3), &sha(4));
+    let resp = server.post(&push_headers("Push Hook", "k2"), body).await;
+    assert_eq!(resp.status.as_u16(), 200, "{}", text(&resp));
+    assert_eq!(server.incoming(), [format!("{job}.json")]);
+    assert_eq!(server.spool.count(State::Held), 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_past_hold_for_fails_with_a_reason() {
+    let world = World::new();
+    let mut cfg = course_config(&world);
+    cfg.spool.hold_for = labgrader::config::Seconds(Duration::from_secs(3600));
+    // Email on (nothing sends it here: the record in the outbox is what counts).
+    cfg.email.url = "smtp://127.0.0.1:9".into();
+    cfg.email.address_template = "{username}@students.example".into();
+    // A push held two hours ago (e.g. before a long outage).
+    let spool = labgrader::spool::Spool::open(world.spool_dir()).unwrap();
+    let server = Server::start(cfg.clone()).await;
+    let body = push_body("course/ben/lab5", "refs/heads/main", &sha(1), &sha(2));
+    let job = job_of(&server.post(&push_headers("Push Hook", "k1"), body).await);
+    server.stop().await;
+    let name = format!("{job}.json");
+    let mut ev = Event::from_bytes(&spool.read(State::Held, &name).unwrap()).unwrap();
+    ev.received_at -= chrono::Duration::hours(2);
+    std::fs::write(spool.path(State::Held, &name), ev.to_bytes()).unwrap();
+
+    // The check at start expires it.
+    let server = Server::start(cfg).await;
+    let reason = spool.path(State::Failed, &job).join("reason");
+    wait_for("the expired hold in failed/", || reason.exists()).await;
+    let text = std::fs::read_to_string(&reason).unwrap();
+    assert!(
+        text.contains("no test repository root/lab5-test appeared within 1h")
+            && text.contains(&format!("labgrader retry {job}")),
+        "{text}"
+    );
+    // failed/ is published first, then the held file removed.
+    wait_for("the held file gone", || spool.count(State::Held) == 0).await;
+    // The student is told why, by the usual email.
+    let email = format!("{job}.email.json");
+    wait_for("the student's email", || {
+        spool.path(State::Outbox, &email).exists()
+    })
+    .await;
+    let rec = String::from_utf8(spool.read(State::Outbox, &email).unwrap()).unwrap();
+    assert!(
+        rec.contains("This push was not graded: no test repository root/lab5-test"),
+        "{rec}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_cancel_or_retry_a_held_push() {
+    let world = World::new();
+    let server = Server::start(course_config(&world)).await;
+    let mut jobs = Vec::new();
+    for (i, path) in ["course/cy/lab6", "course/di/lab6"].iter().enumerate() {
+        let body = push_body(path, "refs/heads/main", &sha(1), &sha(2 + i as u32));
+        jobs.push(job_of(
+            &server
+                .post(&push_headers("Push Hook", &format!("k{i}")), body)
+                .await,
+        ));
+    }
+    server.stop().await;
+    let cfg = world.dir.path().join("labgrader.toml");
+    std::fs::write(
+        &cfg,
+        format!("[spool]\ndir = \"{}\"\n", world.spool_dir().display()),
+    )
+    .unwrap();
+    let staff = |cmd: &str, job: &str| {
+        let out = std::process::Command::new(BIN)
+            .args([cmd, job, "--config"])
+            .arg(&cfg)
+            .env_remove("LABGRADER_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    staff("cancel", &jobs[0]);
+    staff("retry", &jobs[1]);
+    let spool = labgrader::spool::Spool::open(world.spool_dir()).unwrap();
+    let reason =
+        std::fs::read_to_string(spool.path(State::Failed, &jobs[0]).join("reason")).unwrap();
+    assert_eq!(reason.trim(), "cancelled by staff");
+    assert_eq!(
+        spool.list(State::Incoming).unwrap(),
+        [format!("{}.json", jobs[1])]
+    );
+    assert_eq!(spool.count(State::Held), 0);
+}
