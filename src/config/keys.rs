@@ -7,6 +7,7 @@
 use serde::Deserialize;
 use serde::de::{self, Visitor};
 
+use super::alerts::AlertsConfig;
 use super::assignment::AssignmentConfig;
 use super::sections::{
     CallbackConfig, Config, DeliverConfig, DockerConfig, EmailConfig, GitlabConfig, GraderConfig,
@@ -51,6 +52,7 @@ fn keys_of(section: &str) -> &'static [&'static str] {
         "callback" => fields_of::<CallbackConfig>(),
         "email" => fields_of::<EmailConfig>(),
         "deliver" => fields_of::<DeliverConfig>(),
+        "alerts" => fields_of::<AlertsConfig>(),
         "assignments" => fields_of::<AssignmentConfig>(),
         other => panic!("config::keys does not know the section [{other}]: add it to keys_of"),
     }
