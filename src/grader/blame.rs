@@ -24,21 +24,7 @@ use crate::sandbox::SandboxError;
 use crate::spool::SpoolError;
 use crate::workspace::WorkspaceError;
 
-/// A final outcome without a run: the status recorded and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    pub status: Status,
-    pub reason: String,
-}
-
-impl Verdict {
-    pub fn new(status: Status, reason: impl Into<String>) -> Verdict {
-        Verdict {
-            status,
-            reason: reason.into(),
-        }
-    }
-}
+pub use crate::result::Verdict;
 
 /// Whose fault a failure is.
 #[derive(Debug)]

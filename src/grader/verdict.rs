@@ -5,22 +5,22 @@
 //! the trusted contract or stdout's last summary under the stdout
 //! contract), and every [`JobResult`] the grader writes: one that ran
 //! ([`result_from_run`]) is built over one that did not
-//! ([`result_without_run`]). Pure: it never touches the spool, the
+//! ([`result_without_run`], from `result`, where the stages that end a
+//! job without a run find it too). Pure: it never touches the spool, the
 //! gradebook or the sandbox, and never decides whose fault a failure is
 //! ([`super::blame`] does).
 
 use std::collections::BTreeMap;
 
-use chrono::Utc;
-
 use crate::config::Contract;
-use crate::event::{Event, EventKind, HookSource};
-use crate::result::{Captured, JobResult, Limits, RESULT_SCHEMA, Status, Termination};
+use crate::event::Event;
+use crate::result::{JobResult, Limits, Status, Termination};
 use crate::results::{self, ResultsError, TestResults};
 use crate::sandbox::{RunOutcome, RunSpec};
 use crate::summary::{self, SummaryError};
 
-use super::blame::Verdict;
+use crate::result::Verdict;
+pub use crate::result::result_without_run;
 
 /// Key of `JobResult::extra` naming a trusted-contract job (so that
 /// `replay` runs it the same way).
@@ -220,65 +220,11 @@ pub fn contract_of(r: &JobResult) -> Contract {
     }
 }
 
-/// The result of `ev` stopped by `verdict` without a run: the fields every
-/// job has, whether it ran or not. `runner` is the runner recorded.
-pub fn result_without_run(
-    ev: &Event,
-    runner: &str,
-    tests_sha: Option<String>,
-    verdict: Verdict,
-) -> JobResult {
-    JobResult {
-        schema: RESULT_SCHEMA,
-        job_id: ev.job_id.clone(),
-        project: ev.project.path.clone(),
-        git_ref: ev.git_ref.clone(),
-        student_sha: ev.commit.clone(),
-        tests_sha,
-        runner: runner.to_string(),
-        image: None,
-        image_id: None,
-        limits: None,
-        received_at: ev.received_at,
-        started_at: None,
-        ended_at: Utc::now(),
-        status: verdict.status,
-        reason: Some(verdict.reason),
-        termination: None,
-        grade_total: None,
-        summary: BTreeMap::new(),
-        hidden: BTreeMap::new(),
-        stdout: Captured::default(),
-        stderr: Captured::default(),
-        results: None,
-        extra: extra_of(ev),
-    }
-}
-
-fn extra_of(ev: &Event) -> BTreeMap<String, serde_json::Value> {
-    let mut m = BTreeMap::new();
-    if let Some(u) = &ev.pusher.username {
-        m.insert("pusher".into(), serde_json::Value::String(u.clone()));
-    }
-    if ev.infra_attempts > 0 {
-        m.insert("infra_attempts".into(), ev.infra_attempts.into());
-    }
-    if ev.crashes > 0 {
-        m.insert("crashes".into(), ev.crashes.into());
-    }
-    if ev.source == HookSource::Local {
-        m.insert("source".into(), "local".into());
-    }
-    if ev.kind == EventKind::TagPush && ev.after != ev.commit {
-        // An annotated tag: graded at its commit; the tag object it was.
-        m.insert("tag_object".into(), ev.after.clone().into());
-    }
-    m
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::result::Captured;
+    use chrono::Utc;
 
     fn outcome(termination: Termination, stdout: &[u8]) -> RunOutcome {
         RunOutcome {

@@ -138,11 +138,9 @@ impl Hook {
         }
         tracing::warn!(job_id = %ev.job_id, project = %ev.project.path, %reason, "held push expired: failed/");
         let text = format!("This push was not graded: {why}.\n");
-        let verdict = crate::grader::blame::Verdict::new(
-            crate::result::Status::Error,
-            format!("not graded: {why}"),
-        );
-        let mut r = crate::grader::verdict::result_without_run(ev, "none", None, verdict);
+        let verdict =
+            crate::result::Verdict::new(crate::result::Status::Error, format!("not graded: {why}"));
+        let mut r = crate::result::result_without_run(ev, "none", None, verdict);
         r.stdout = crate::result::Captured::from_bytes(text.into_bytes(), 1 << 16);
         if let Err(e) = crate::deliver::enqueue_email(&self.cfg, &self.spool, ev, &r) {
             tracing::warn!(job_id = %ev.job_id, error = %e, "cannot queue the expired hold's email");

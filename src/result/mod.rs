@@ -1,5 +1,10 @@
 //! A job's result: the record the grader writes to `done/<job>/result.json`,
 //! the gradebook stores, and deliveries send. Shared vocabulary; no I/O.
+//! Also the [`Verdict`] of a job stopped without a run and
+//! [`result_without_run`], the fields every result has whether it ran or
+//! not: the grader builds a run's result over it, and the stages that end
+//! a job without grading it (an expired hold) use it too; deciding whose
+//! fault a failure is stays in the grader.
 
 pub mod captured;
 pub mod run;
@@ -8,6 +13,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, EventKind, HookSource};
 
 pub use captured::Captured;
 pub use run::{Limits, Termination};
@@ -125,6 +132,78 @@ pub struct JobResult {
     /// Extra facts (manifest, authors, late flag…) kept for staff.
     #[serde(default)]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// A final outcome without a run: the status recorded and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub status: Status,
+    pub reason: String,
+}
+
+impl Verdict {
+    pub fn new(status: Status, reason: impl Into<String>) -> Verdict {
+        Verdict {
+            status,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The result of `ev` stopped by `verdict` without a run: the fields every
+/// job has, whether it ran or not. `runner` is the runner recorded.
+pub fn result_without_run(
+    ev: &Event,
+    runner: &str,
+    tests_sha: Option<String>,
+    verdict: Verdict,
+) -> JobResult {
+    JobResult {
+        schema: RESULT_SCHEMA,
+        job_id: ev.job_id.clone(),
+        project: ev.project.path.clone(),
+        git_ref: ev.git_ref.clone(),
+        student_sha: ev.commit.clone(),
+        tests_sha,
+        runner: runner.to_string(),
+        image: None,
+        image_id: None,
+        limits: None,
+        received_at: ev.received_at,
+        started_at: None,
+        ended_at: Utc::now(),
+        status: verdict.status,
+        reason: Some(verdict.reason),
+        termination: None,
+        grade_total: None,
+        summary: BTreeMap::new(),
+        hidden: BTreeMap::new(),
+        stdout: Captured::default(),
+        stderr: Captured::default(),
+        results: None,
+        extra: extra_of(ev),
+    }
+}
+
+fn extra_of(ev: &Event) -> BTreeMap<String, serde_json::Value> {
+    let mut m = BTreeMap::new();
+    if let Some(u) = &ev.pusher.username {
+        m.insert("pusher".into(), serde_json::Value::String(u.clone()));
+    }
+    if ev.infra_attempts > 0 {
+        m.insert("infra_attempts".into(), ev.infra_attempts.into());
+    }
+    if ev.crashes > 0 {
+        m.insert("crashes".into(), ev.crashes.into());
+    }
+    if ev.source == HookSource::Local {
+        m.insert("source".into(), "local".into());
+    }
+    if ev.kind == EventKind::TagPush && ev.after != ev.commit {
+        // An annotated tag: graded at its commit; the tag object it was.
+        m.insert("tag_object".into(), ev.after.clone().into());
+    }
+    m
 }
 
 #[cfg(test)]
