@@ -2,7 +2,9 @@
 //! test repositories looked up by `git ls-remote`): a push from a course
 //! namespace before its test repository exists is held, a re-send of it
 //! is a duplicate of the held job, a push to the test repository releases
-//! it, and a hold past `[spool] hold_for` fails with a reason.
+//! it, `project_create` releases it only once the test repository has a
+//! commit (GitLab creates most projects empty), and a hold past
+//! `[spool] hold_for` fails with a reason.
 
 mod common;
 
@@ -50,6 +52,61 @@ async fn held_push_is_deduplicated_then_released_by_a_push_to_its_test_repo() {
     server.stop().await;
 }
 
+/// GitLab's `project_create` system hook for `root/NAME-test`.
+fn project_create(name: &str) -> (Vec<(String, String)>, Vec<u8>) {
+    let (_, mut headers) = fixture("system_project_create");
+    headers.retain(|(k, _)| k != "Idempotency-Key");
+    let body = serde_json::to_vec(&serde_json::json!({
+        "event_name": "project_create", "name": format!("{name}-test"),
+        "path": format!("{name}-test"),
+        "path_with_namespace": format!("root/{name}-test"), "project_id": 1001
+    }))
+    .unwrap();
+    (headers, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn project_create_of_an_empty_test_repo_keeps_the_push_held_until_it_has_a_commit() {
+    let world = World::new();
+    let server = Server::start(course_config(&world)).await;
+    let body = push_body("course/eve/lab7", "refs/heads/main", &sha(1), &sha(2));
+    let job = job_of(&server.post(&push_headers("Push Hook", "k1"), body).await);
+    assert_eq!(server.spool.count(State::Held), 1);
+
+    // Created empty: grading now would run against no tests.
+    let bare = world.bare_repo("root/lab7-test");
+    let (h, b) = project_create("lab7");
+    let resp = server.post(&h, b.clone()).await;
+    assert_eq!(resp.status.as_u16(), 200, "{}", text(&resp));
+    assert_eq!(server.spool.count(State::Held), 1);
+    assert!(server.incoming().is_empty());
+    // A push while it is empty is held too (not graded against no tests).
+    let body = push_body("course/fay/lab7", "refs/heads/main", &sha(1), &sha(3));
+    let resp = server.post(&push_headers("Push Hook", "k2"), body).await;
+    assert!(
+        text(&resp).contains("held until the test repository root/lab7-test has a commit"),
+        "{}",
+        text(&resp)
+    );
+    let second = job_of(&resp);
+    assert_eq!(server.spool.count(State::Held), 2);
+
+    // Created with its tests (an import, a fork, a template): released.
+    let work = world.dir.path().join("work");
+    common::repos::commit_and_push(&work, &bare, |d| {
+        std::fs::write(d.join("test_all"), "#!/bin/sh\n").unwrap()
+    });
+    let resp = server.post(&h, b).await;
+    assert_eq!(resp.status.as_u16(), 200, "{}", text(&resp));
+    let mut released = server.incoming();
+    released.sort();
+    let mut want = [format!("{job}.json"), format!("{second}.json")];
+    want.sort();
+    assert_eq!(released, want);
+    assert_eq!(server.spool.count(State::Held), 0);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_past_hold_for_fails_with_a_reason() {
     let world = World::new();
@@ -75,7 +132,7 @@ async fn a_hold_past_hold_for_fails_with_a_reason() {
     wait_for("the expired hold in failed/", || reason.exists()).await;
     let text = std::fs::read_to_string(&reason).unwrap();
     assert!(
-        text.contains("no test repository root/lab5-test appeared within 1h")
+        text.contains("no test repository root/lab5-test with a commit appeared within 1h")
             && text.contains(&format!("labgrader retry {job}")),
         "{text}"
     );

@@ -420,9 +420,14 @@ fn gitlab_answer(repos: &Path, req: &Seen, i: usize) -> Answer {
     let path = id.replace("%2F", "/").replace("%2f", "/");
     match (req.method.as_str(), tail) {
         ("GET", None) => {
-            if repos.join(format!("{path}.git")).is_dir() {
+            let bare = repos.join(format!("{path}.git"));
+            if bare.is_dir() {
+                // As GitLab (14.1 and later) answers: `empty_repo` says
+                // whether the repository has a commit; `default_branch`
+                // names the branch it would be even when it is empty.
                 let body = serde_json::json!({
                     "id": 100 + i, "path_with_namespace": path, "default_branch": "main",
+                    "empty_repo": git(&bare, &["for-each-ref", "--count=1"]).trim().is_empty(),
                     "http_url_to_repo": format!("http://gitlab.test/{path}.git"),
                 });
                 (200, json, body.to_string())
@@ -1307,7 +1312,8 @@ async fn post_any(
 /// A push from a course namespace before its test repository exists is
 /// held (it survives a SIGKILL of `serve`), shown by `labgrader queue`,
 /// and graded as soon as GitLab's `project_create` system hook says the
-/// test repository exists (its cached "missing" answer dropped); a push
+/// test repository exists, created with its tests (an import, a fork, a
+/// template: its cached "missing" answer dropped, GitLab asked again); a push
 /// from a namespace the course does not own is still ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_before_its_test_repo_is_held_then_graded_on_project_create() {
@@ -1370,6 +1376,60 @@ async fn push_before_its_test_repo_is_held_then_graded_on_project_create() {
     assert_eq!(r.status, labgrader::result::Status::Graded, "{r:?}");
     assert_eq!(r.grade_total, Some(40.0));
     assert_eq!(r.student_sha, sha);
+    assert!(!held.exists());
+    serve.stop().await;
+}
+
+/// GitLab sends `project_create` when a test repository is created, most
+/// often empty (`test_all` is pushed a minute later). The held push stays
+/// held then, instead of being graded against no tests (a course or
+/// grader fault); the push of the tests (GitLab's push hook for the test
+/// repository) releases it, and it is graded with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_push_stays_held_for_an_empty_test_repo_then_is_graded_on_its_push() {
+    let w = World::new("").await;
+    w.set_config(
+        "api_timeout = \"10s\"",
+        "api_timeout = \"10s\"\nstudent_namespaces = [\"course\"]",
+    );
+    let project = "course/carol/lab11";
+    let sha = w.f.push(project, |d| {
+        std::fs::write(d.join("answer.txt"), "3").unwrap()
+    });
+    let serve = w.serve().await;
+    let job = w.post_push(project, labgrader::event::ZERO_SHA, &sha).await;
+    let held = w.f.spool_dir.join("held").join(format!("{job}.json"));
+    assert!(held.exists(), "{:?}", w.f.listing());
+
+    // Staff create the test repository, empty; GitLab's system hook says so.
+    w.f.repo("root/lab11-test");
+    let mut created = fixture_json("system_project_create.json");
+    created["path_with_namespace"] = "root/lab11-test".into();
+    created["path"] = "lab11-test".into();
+    created["name"] = "lab11-test".into();
+    let (status, text) = post_any(&w, "System Hook", "system_project_create", &created).await;
+    assert_eq!(status, 200, "{text}");
+    // Released or not is decided before the answer: still held.
+    assert!(held.exists(), "{:?}\n{}", w.f.listing(), w.log_text());
+    assert!(!w.f.done_dir(&job).exists());
+
+    // The TA pushes test_all; GitLab's push hook for the test repository.
+    let tests_sha = w.f.tests_repo("lab11", &grading_test_all(0, None));
+    let mut body = fixture_json("push.json");
+    body["before"] = labgrader::event::ZERO_SHA.into();
+    body["after"] = tests_sha.clone().into();
+    body["checkout_sha"] = tests_sha.clone().into();
+    body["ref"] = "refs/heads/main".into();
+    body["project"]["path_with_namespace"] = "root/lab11-test".into();
+    body["project"]["namespace"] = "root".into();
+    body["project"]["name"] = "lab11-test".into();
+    let (status, text) = post_any(&w, "Push Hook", "push", &body).await;
+    assert_eq!(status, 200, "{text}");
+    let r = w.done(&job).await;
+    assert_eq!(r.status, labgrader::result::Status::Graded, "{r:?}");
+    assert_eq!(r.grade_total, Some(30.0));
+    assert_eq!(r.student_sha, sha);
+    assert_eq!(r.tests_sha.as_deref(), Some(tests_sha.as_str()));
     assert!(!held.exists());
     serve.stop().await;
 }

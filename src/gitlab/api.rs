@@ -300,6 +300,10 @@ pub struct ProjectInfo {
     pub default_branch: Option<String>,
     #[serde(default)]
     pub http_url_to_repo: Option<String>,
+    /// `true` while the repository has no commit (GitLab 14.1+ still names
+    /// a `default_branch` then); absent from older answers.
+    #[serde(default)]
+    pub empty_repo: Option<bool>,
 }
 
 impl GitlabApi {

@@ -1,14 +1,17 @@
 //! Held pushes: accepted pushes from `[gitlab] student_namespaces` whose
-//! test repository does not exist yet wait in `spool/held/` instead of
-//! being ignored and lost.
+//! test repository does not exist yet, or is still empty, wait in
+//! `spool/held/` instead of being ignored and lost (or graded against no
+//! tests).
 //!
 //! Owns putting a push on hold (its dedup marker, then the event made
 //! durable in `held/` through [`Spool::hold`]), releasing the held pushes
-//! of a test repository to `incoming/` the moment it is known to exist
-//! (GitLab's `project_create` system hook, a push to it, or the periodic
-//! check), and expiring holds older than `[spool] hold_for` to `failed/`
-//! with a reason the student is emailed. It never grades, and moves a
-//! job only through the spool's typed operations.
+//! of a test repository to `incoming/` the moment it has a commit on its
+//! default branch (a push to it, which carries that commit; or, asked of
+//! GitLab or git, on GitLab's `project_create` system hook, the second
+//! look after holding, and the periodic check: a project created empty
+//! keeps its pushes held), and expiring holds older than `[spool]
+//! hold_for` to `failed/` with a reason the student is emailed. It never
+//! grades, and moves a job only through the spool's typed operations.
 //!
 //! [`Spool::hold`]: crate::spool::Spool::hold
 
@@ -22,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::HookError;
 use super::intake::undo_markers;
 use super::state::Hook;
+use super::testrepos::TestRepo;
 use crate::event::Event;
 use crate::spool::State;
 
@@ -57,12 +61,12 @@ impl Hook {
         .map_err(|e| HookError::Task(e.to_string()))??;
         tracing::info!(job_id = %event.job_id, project = %event.project.path, sha = %event.commit,
             tests = %self.cfg.gitlab.tests_path_for(&event.project.name),
-            "push held: its test repository does not exist yet");
+            "push held: its test repository is missing or has no commit yet");
         Ok(())
     }
 
     /// Release every held push whose test repository is `tests_path`
-    /// (it exists now). Returns how many went to `incoming/`.
+    /// (it has its tests now). Returns how many went to `incoming/`.
     pub(super) async fn release_held(&self, tests_path: &str) -> usize {
         let (cfg, spool) = (self.cfg.clone(), self.spool.clone());
         let tests_path = tests_path.to_string();
@@ -88,8 +92,39 @@ impl Hook {
         .unwrap_or(0)
     }
 
+    /// Release the pushes held for `tests_path` if it has a commit now,
+    /// asked afresh of GitLab or git (a project created or moved there may
+    /// still be empty). Nothing held for it: no lookup at all (GitLab
+    /// sends `project_create` for every project, students' too).
+    pub(super) async fn release_if_ready(&self, tests_path: &str) -> usize {
+        let (cfg, spool) = (self.cfg.clone(), self.spool.clone());
+        let tests = tests_path.to_string();
+        let waiting = tokio::task::spawn_blocking(move || {
+            spool.count(State::Held) > 0
+                && held_events(&spool)
+                    .iter()
+                    .any(|(_, ev)| cfg.gitlab.tests_path_for(&ev.project.name) == tests)
+        })
+        .await
+        .unwrap_or(false);
+        if !waiting {
+            return 0;
+        }
+        match self.repos.state(tests_path).await {
+            Ok(TestRepo::Ready) => self.release_held(tests_path).await,
+            Ok(state) => {
+                tracing::info!(tests = %tests_path, ?state, "held pushes stay held: their test repository has no commit yet");
+                0
+            }
+            Err(e) => {
+                tracing::warn!(tests = %tests_path, error = %e, "cannot tell whether the test repository has its tests; held pushes stay held (checked again every minute)");
+                0
+            }
+        }
+    }
+
     /// One pass over `held/`: expire what is older than `hold_for`, ask
-    /// whether each remaining test repository exists, release those.
+    /// whether each remaining test repository has a commit, release those.
     async fn check_held(&self) {
         let spool = self.spool.clone();
         let held = tokio::task::spawn_blocking(move || held_events(&spool))
@@ -109,7 +144,7 @@ impl Hook {
             }
             // A fresh answer, not the cache's "missing".
             self.repos.invalidate(std::slice::from_ref(&tests));
-            let found = matches!(self.repos.exists(&tests).await, Ok(true));
+            let found = matches!(self.repos.state(&tests).await, Ok(TestRepo::Ready));
             exists.insert(tests.clone(), found);
             if found {
                 self.release_held(&tests).await;
@@ -122,7 +157,7 @@ impl Hook {
     fn expire(&self, name: &str, ev: &Event) {
         let tests = self.cfg.gitlab.tests_path_for(&ev.project.name);
         let why = format!(
-            "no test repository {tests} appeared within {} ([spool] hold_for) of the push; \
+            "no test repository {tests} with a commit appeared within {} ([spool] hold_for) of the push; \
              ask the course staff, who can grade it with `labgrader retry {}`",
             crate::config::Seconds(self.cfg.spool.hold_for.get()),
             ev.job_id

@@ -204,9 +204,11 @@ impl Hook {
                 self.repos.invalidate(&paths);
                 tracing::info!(event = %event_name, ?paths, "test repository cache updated");
                 // A test repository created (or renamed, moved into place):
-                // the pushes held for it are graded now.
+                // the pushes held for it are graded now if it has a commit
+                // (GitLab creates most projects empty: then they wait for
+                // the push of the tests).
                 for p in &paths {
-                    self.release_held(p).await;
+                    self.release_if_ready(p).await;
                 }
                 if event_name == "project_create" {
                     self.add_project_hooks(&paths);

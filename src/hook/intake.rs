@@ -15,6 +15,7 @@ use super::dedup::{Markers, job_exists, update_key};
 use super::error::HookError;
 use super::parse::{Ignored, RefUpdate};
 use super::state::Hook;
+use super::testrepos::TestRepo;
 use crate::event::{EVENT_SCHEMA, Event, HookSource};
 use crate::metrics;
 use crate::spool::new_job_id;
@@ -28,10 +29,12 @@ enum Outcome {
         job: String,
         duplicate: bool,
     },
-    /// Stored in `held/`: its test repository does not exist yet.
+    /// Stored in `held/`: its test repository does not exist yet, or is
+    /// `empty` (created, its tests not pushed yet).
     Held {
         job: String,
         tests: String,
+        empty: bool,
     },
     Ignored(Ignored),
 }
@@ -113,11 +116,13 @@ impl Hook {
                         jobs.push(job);
                     }
                 }
-                Ok(Outcome::Held { job, tests }) => {
+                Ok(Outcome::Held { job, tests, empty }) => {
                     all_duplicates = false;
-                    held.push(format!(
-                        "job {job} held until the test repository {tests} exists"
-                    ));
+                    held.push(if empty {
+                        format!("job {job} held until the test repository {tests} has a commit")
+                    } else {
+                        format!("job {job} held until the test repository {tests} exists")
+                    });
                     jobs.push(job);
                 }
                 Ok(Outcome::Ignored(i)) => ignored.push(i),
@@ -193,7 +198,8 @@ impl Hook {
         let gl = &self.cfg.gitlab;
         let ns = &u.project.namespace;
         if *ns == gl.tests_namespace || ns.starts_with(&format!("{}/", gl.tests_namespace)) {
-            // A push to a test repository: it exists now.
+            // A push to a test repository: it exists and has a commit now
+            // (deletions were ignored by parse).
             self.repos.invalidate(std::slice::from_ref(&u.project.path));
             self.release_held(&u.project.path).await;
             return Ok(Outcome::Ignored(Ignored::new(
@@ -217,12 +223,14 @@ impl Hook {
             return Ok(Outcome::Ignored(Ignored::new(why.code(), why.to_string())));
         }
         let tests = gl.tests_path_for(&u.project.name);
-        let mut hold = false;
-        match self.repos.exists(&tests).await {
-            Ok(true) => {}
-            // The course's own students: held until the tests exist.
-            Ok(false) if gl.is_student_namespace(ns) => hold = true,
-            Ok(false) => {
+        let mut hold = None;
+        match self.repos.state(&tests).await {
+            Ok(TestRepo::Ready) => {}
+            // The course's own students: held until the tests are there.
+            Ok(state) if gl.is_student_namespace(ns) => hold = Some(state),
+            // Graded (and failing as the course's fault) as before holds.
+            Ok(TestRepo::Empty) => {}
+            Ok(TestRepo::Missing) => {
                 return Ok(Outcome::Ignored(Ignored::new(
                     "no_test_repository",
                     format!("no test repository {tests} for {}", u.project.path),
@@ -288,15 +296,17 @@ impl Hook {
             raw,
         };
         let bytes = event.to_bytes();
-        if hold {
+        if let Some(state) = hold {
             self.hold(ukey, &event, bytes).await?;
-            // A project_create between the lookup above and the hold found
-            // nothing to release; it dropped the cached "missing", so this
-            // second look (a cache hit otherwise) sees the repository.
-            if matches!(self.repos.exists(&tests).await, Ok(true)) {
+            // A project_create or push of the tests between the lookup
+            // above and the hold found nothing to release; it dropped the
+            // cached answer, so this second look (a cache hit otherwise)
+            // sees the tests.
+            if matches!(self.repos.state(&tests).await, Ok(TestRepo::Ready)) {
                 self.release_held(&tests).await;
             }
-            return Ok(Outcome::Held { job, tests });
+            let empty = state == TestRepo::Empty;
+            return Ok(Outcome::Held { job, tests, empty });
         }
         let spool = self.spool.clone();
         let keys: Vec<String> = vec![ukey];
