@@ -90,6 +90,13 @@ async fn project_create_of_an_empty_test_repo_keeps_the_push_held_until_it_has_a
     );
     let second = job_of(&resp);
     assert_eq!(server.spool.count(State::Held), 2);
+    // A tag alone makes no default branch: still held.
+    let body = push_body("root/lab7-test", "refs/tags/v1", &sha(0), &sha(9));
+    let resp = server
+        .post(&push_headers("Tag Push Hook", "k3"), body)
+        .await;
+    assert_eq!(resp.status.as_u16(), 200, "{}", text(&resp));
+    assert_eq!(server.spool.count(State::Held), 2);
 
     // Created with its tests (an import, a fork, a template): released.
     let work = world.dir.path().join("work");

@@ -199,9 +199,14 @@ impl Hook {
         let ns = &u.project.namespace;
         if *ns == gl.tests_namespace || ns.starts_with(&format!("{}/", gl.tests_namespace)) {
             // A push to a test repository: it exists and has a commit now
-            // (deletions were ignored by parse).
+            // (deletions were ignored by parse). A tag alone makes no
+            // default branch: then asked, like a project_create.
             self.repos.invalidate(std::slice::from_ref(&u.project.path));
-            self.release_held(&u.project.path).await;
+            if u.kind == crate::event::EventKind::TagPush {
+                self.release_if_ready(&u.project.path).await;
+            } else {
+                self.release_held(&u.project.path).await;
+            }
             return Ok(Outcome::Ignored(Ignored::new(
                 "tests_namespace",
                 format!(
