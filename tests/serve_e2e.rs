@@ -198,24 +198,8 @@ backoff_max = "500ms"
         key: &str,
         body: &serde_json::Value,
     ) -> String {
-        let headers = headers_for_post(headers, event, HOOK_TOKEN, key);
-        let h: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let url = format!("http://{}/hooks/gitlab", self.listen);
-        let resp = HttpClient::new()
-            .request(
-                Method::POST,
-                &url,
-                &h,
-                Some(serde_json::to_vec(body).unwrap()),
-                Duration::from_secs(30),
-            )
-            .await
-            .expect("the hook answers");
-        let text = String::from_utf8_lossy(&resp.body).into_owned();
-        assert_eq!(resp.status, 202, "{text}\n{}", self.log_text());
+        let (status, text) = post_hook(&self.listen, event, headers, key, body).await;
+        assert_eq!(status, 202, "{text}\n{}", self.log_text());
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let job = v["job_id"].as_str().expect("a job id").to_string();
         assert!(labgrader::spool::is_valid_name(&job), "{job}");
@@ -1287,12 +1271,25 @@ async fn post_any(
     body: &serde_json::Value,
 ) -> (u16, String) {
     let key = format!("e2e-{}", labgrader::spool::new_job_id());
-    let headers = headers_for_post(fixture_headers(fixture), event, HOOK_TOKEN, &key);
+    post_hook(&w.listen, event, fixture_headers(fixture), &key, body).await
+}
+
+/// POST `body` to the hook at `listen` with `headers` (`X-Gitlab-Token`
+/// replaced by ours, `Idempotency-Key` by `key`): the status and the
+/// answer's text.
+async fn post_hook(
+    listen: &impl std::fmt::Display,
+    event: &str,
+    headers: Vec<(String, String)>,
+    key: &str,
+    body: &serde_json::Value,
+) -> (u16, String) {
+    let headers = headers_for_post(headers, event, HOOK_TOKEN, key);
     let h: Vec<(&str, &str)> = headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let url = format!("http://{}/hooks/gitlab", w.listen);
+    let url = format!("http://{listen}/hooks/gitlab");
     let resp = HttpClient::new()
         .request(
             Method::POST,
