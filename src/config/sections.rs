@@ -29,6 +29,7 @@ pub struct Config {
     pub callback: CallbackConfig,
     pub email: EmailConfig,
     pub deliver: DeliverConfig,
+    pub web: super::web::WebConfig,
     /// Per-assignment policy, keyed by the student repository's name.
     pub assignments: BTreeMap<String, AssignmentConfig>,
     /// Secrets resolved from files or the environment at load time.

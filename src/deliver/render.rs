@@ -143,6 +143,9 @@ fn callback_body(cfg: &Config, event: &Event, result: &JobResult) -> serde_json:
     if let Some(res) = &result.results {
         m.insert("tests".into(), json!(res.tests));
     }
+    if let Some(url) = crate::web::link::result_url(cfg, &result.job_id) {
+        m.insert("result_url".into(), json!(url));
+    }
     if cfg.callback.include_hidden {
         m.insert("hidden".into(), json!(result.hidden));
     }
@@ -155,9 +158,9 @@ fn callback_body(cfg: &Config, event: &Event, result: &JobResult) -> serde_json:
 
 /// The callback of a stage before the result (`queued` at intake,
 /// `running` when `test_all` starts): who, which commit, and the state.
-pub(super) fn stage_callback_record(event: &Event, stage: JobStage) -> Record {
+pub(super) fn stage_callback_record(cfg: &Config, event: &Event, stage: JobStage) -> Record {
     let dest = stage.callback();
-    let body = json!({
+    let mut body = json!({
         "schema": BODY_SCHEMA,
         "job_id": event.job_id,
         "idempotency_key": idempotency_key(&event.job_id, dest),
@@ -169,6 +172,10 @@ pub(super) fn stage_callback_record(event: &Event, stage: JobStage) -> Record {
         "status": stage.as_str(),
         "received_at": event.received_at,
     });
+    // The page shows the place in the queue until the result is there.
+    if let Some(url) = crate::web::link::result_url(cfg, &event.job_id) {
+        body["result_url"] = json!(url);
+    }
     Record::new(
         &event.job_id,
         dest,
@@ -382,6 +389,9 @@ fn result_email(
     if let Some(note) = ignored_authors_note(result) {
         text.push_str(&format!("\n[labgrader: {note}]\n"));
     }
+    if let Some(url) = crate::web::link::result_url(cfg, &result.job_id) {
+        text = format!("Your result page: {url}\n\n{text}");
+    }
     text.push_str(&format!(
         "\n-- \nlabgrader job {}\nproject {} commit {}\n",
         result.job_id, result.project, result.student_sha
@@ -475,16 +485,20 @@ fn status_payload(
     state: CommitState,
     description: String,
 ) -> StatusPayload {
-    let target_url = (!cfg.gitlab.target_url.is_empty()).then(|| {
-        fill(
-            &cfg.gitlab.target_url,
-            &[
-                ("job_id", &event.job_id),
-                ("path", &event.project.path),
-                ("sha", &event.commit),
-            ],
-        )
-    });
+    // An explicit `gitlab.target_url` wins; else the result page, when
+    // the web view is on.
+    let target_url = (!cfg.gitlab.target_url.is_empty())
+        .then(|| {
+            fill(
+                &cfg.gitlab.target_url,
+                &[
+                    ("job_id", &event.job_id),
+                    ("path", &event.project.path),
+                    ("sha", &event.commit),
+                ],
+            )
+        })
+        .or_else(|| crate::web::link::result_url(cfg, &event.job_id));
     StatusPayload {
         project_id: event.project.id,
         project_path: event.project.path.clone(),

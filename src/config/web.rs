@@ -1,0 +1,116 @@
+//! `[web]`: the web view served beside the hook (result pages for
+//! students, staff pages, leaderboards). Off while `public_url` is empty.
+//! Only the shape and defaults live here; the secrets are read by `load`
+//! like every other, and nothing here serves a page.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::assignment::AssignmentConfig;
+use super::secrets::Secret;
+use super::values::Seconds;
+
+/// Shortest web secret accepted: the tokens of result links are HMACs
+/// under it, so a short one could be guessed.
+pub const WEB_SECRET_MIN: usize = 16;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// The base URL students open (e.g. `https://grader.example.edu`):
+    /// result links are `<public_url>/jobs/<job_id>?t=<token>`. Empty =
+    /// no web view, no links.
+    pub public_url: String,
+    /// The secret result-page tokens are HMACs under (credential
+    /// `web-secret`, generated at install).
+    pub secret_file: PathBuf,
+    /// The bearer token of the staff pages (credential `web-staff-token`,
+    /// generated at install). Without one, `/staff/` always answers 401.
+    pub staff_token_file: PathBuf,
+    /// How often a page of a waiting or running job reloads itself.
+    pub refresh: Seconds,
+    /// Jobs listed on the staff page of recent jobs.
+    pub recent_jobs: usize,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            public_url: String::new(),
+            secret_file: PathBuf::new(),
+            staff_token_file: PathBuf::new(),
+            refresh: Seconds(Duration::from_secs(10)),
+            recent_jobs: 200,
+        }
+    }
+}
+
+impl WebConfig {
+    /// Whether the web view is on.
+    pub fn enabled(&self) -> bool {
+        !self.public_url.trim().is_empty()
+    }
+
+    /// `public_url` without its trailing slashes.
+    pub fn base(&self) -> &str {
+        self.public_url.trim().trim_end_matches('/')
+    }
+}
+
+/// `[web]` and the assignments' leaderboard keys (before secrets are
+/// read): the key and the message of the first problem.
+pub(super) fn check(
+    web: &WebConfig,
+    assignments: &BTreeMap<String, AssignmentConfig>,
+) -> Result<(), (String, String)> {
+    let bad = |k: &str, m: &str| Err((k.to_string(), m.to_string()));
+    let url = web.public_url.trim();
+    let scheme_ok = url.is_empty() || url.starts_with("http://") || url.starts_with("https://");
+    if !scheme_ok || url.contains(['?', '#', ' ']) {
+        return bad(
+            "web.public_url",
+            "must be an http:// or https:// URL without a query (e.g. \
+             \"https://grader.example.edu\"), or empty to turn the web view off",
+        );
+    }
+    if web.refresh.get() < Duration::from_secs(2) {
+        return bad("web.refresh", "must be at least 2s");
+    }
+    if web.recent_jobs == 0 {
+        return bad("web.recent_jobs", "must be at least 1");
+    }
+    for (name, a) in assignments {
+        if let Some(k) = &a.leaderboard
+            && (k.trim().is_empty() || k.len() > 64 || k.contains(['\'', '"', '\\']))
+        {
+            return Err((
+                format!("assignments.{name}.leaderboard"),
+                "must name a key: grade_total, score, execution_time, or a summary key".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// With the web view on, its secret must be there and long enough.
+pub(super) fn check_secret(web: &WebConfig, secret: Option<&Secret>) -> Result<(), String> {
+    if !web.enabled() {
+        return Ok(());
+    }
+    match secret {
+        None => Err(
+            "web.public_url is set but there is no web secret: generate one (e.g. \
+                     `head -c 32 /dev/urandom | od -An -vtx1 | tr -d ' \\n'`) into the \
+                     credential web-secret, web.secret_file or LABGRADER_WEB_SECRET"
+                .into(),
+        ),
+        Some(s) if s.expose().len() < WEB_SECRET_MIN => Err(format!(
+            "the web secret must be at least {WEB_SECRET_MIN} characters"
+        )),
+        Some(_) => Ok(()),
+    }
+}
