@@ -161,7 +161,7 @@ mod tests {
         let asc = rank(&rows, LeaderboardOrder::Asc);
         assert_eq!(asc[0].name, "anonymous");
         assert_eq!(
-            asc[2],
+            asc[1],
             Entry {
                 name: "alice".into(),
                 value: 3.0
