@@ -649,6 +649,57 @@ mod tests {
         assert!(!p.description.contains("secret_case"), "{}", p.description);
     }
 
+    #[test]
+    fn with_the_web_view_on_every_delivery_links_the_result_page() {
+        let (ev, r) = tests_result();
+        let mut cfg = Config::default();
+        let links = |cfg: &Config| {
+            let Payload::Email(mail) = email_record(cfg, &ev, &r).payload else {
+                panic!("not an email")
+            };
+            let Payload::Callback(cb) = callback_record(cfg, &ev, &r).payload else {
+                panic!("not a callback")
+            };
+            let Payload::Callback(stage) =
+                stage_callback_record(cfg, &ev, JobStage::Queued).payload
+            else {
+                panic!("not a callback")
+            };
+            let Payload::Status(st) = final_status_record(cfg, &ev, &r).payload else {
+                panic!("not a status")
+            };
+            let body: serde_json::Value = serde_json::from_str(&cb.body).unwrap();
+            let stage: serde_json::Value = serde_json::from_str(&stage.body).unwrap();
+            (
+                mail.text,
+                body["result_url"].as_str().map(str::to_string),
+                stage["result_url"].as_str().map(str::to_string),
+                st.target_url,
+            )
+        };
+        let (text, cb, stage, target) = links(&cfg);
+        assert!(!text.contains("/jobs/"), "{text}");
+        assert_eq!((cb, stage, target), (None, None, None));
+        cfg.web.public_url = "https://grader.example.edu".into();
+        cfg.secrets.web_secret = Some(crate::config::Secret::new("0123456789abcdef0123"));
+        let url = crate::web::link::result_url(&cfg, &r.job_id).unwrap();
+        let (text, cb, stage, target) = links(&cfg);
+        assert!(
+            text.starts_with(&format!("Your result page: {url}\n")),
+            "{text}"
+        );
+        assert_eq!(cb.as_deref(), Some(url.as_str()));
+        assert_eq!(stage.as_deref(), Some(url.as_str()));
+        assert_eq!(target.as_deref(), Some(url.as_str()));
+        // An explicit target_url still wins on the commit status.
+        cfg.gitlab.target_url = "https://lms.example.edu/{job_id}".into();
+        let (_, _, _, target) = links(&cfg);
+        assert_eq!(
+            target,
+            Some(format!("https://lms.example.edu/{}", r.job_id))
+        );
+    }
+
     /// A graded result with one visible, one hidden and one
     /// `after_due_date` test, for an event of assignment `lab1`.
     fn tests_result() -> (Event, JobResult) {
