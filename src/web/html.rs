@@ -34,6 +34,8 @@ header.top nav a{margin-right:.75rem}\
 h1{font-size:1.4rem;margin:.2rem 0 .6rem;overflow-wrap:anywhere}\
 h2{font-size:1.1rem;margin:1.5rem 0 .5rem}\
 .card{background:var(--card);border:1px solid var(--line);border-radius:.5rem;padding:.75rem 1rem;margin:.75rem 0}\
+.card p{margin:.3rem 0}\
+.label{font-size:.85rem;color:var(--muted);text-transform:uppercase;letter-spacing:.05em}\
 .grade{font-size:2.4rem;font-weight:700;line-height:1.1}\
 .grade small{font-size:1rem;font-weight:400;color:var(--muted)}\
 .badge{display:inline-block;padding:.05rem .5rem;border-radius:1rem;font-size:.85rem;font-weight:600;white-space:nowrap}\
@@ -221,9 +223,9 @@ pub fn num(v: Option<f64>) -> String {
     v.map(crate::result::format_grade).unwrap_or_default()
 }
 
-/// The first 10 characters of a commit id.
+/// The first 12 characters of a commit id (GitLab shows 8).
 pub fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(10)]
+    sha.get(..12).unwrap_or(sha)
 }
 
 #[cfg(test)]

@@ -187,7 +187,7 @@ impl Web {
             h1 { (r.project) }
             div.card {
                 p { (status_badge(r.status.as_str())) }
-                @if let Some(g) = r.grade_total { p.grade #grade { (num(Some(g))) small { " grade" } } }
+                @if let Some(g) = r.grade_total { p.label { "Grade" } p.grade #grade { (num(Some(g))) } }
                 @if let Some(why) = &r.reason { p { (why) } }
                 @if let Some(l) = &link { p { a href=(l) { "The student's page" } } }
             }

@@ -15,7 +15,7 @@ use hyper::{Response, StatusCode};
 use maud::{Markup, html};
 
 use super::data::{Place, Web};
-use super::html::{self, Cache, Nav, num, status_badge, when};
+use super::html::{self, Cache, Nav, num, short, status_badge, when};
 use super::link;
 use crate::deliver::hidden::{self, Audience};
 use crate::deliver::table;
@@ -165,10 +165,11 @@ impl Web {
         html! {
             h1 { (shown.project) }
             div.card {
-                p { (status_badge(shown.status.as_str())) }
                 @if let Some(g) = shown.grade_total {
-                    p.grade #grade { (num(Some(g))) small { " grade" } }
+                    p.label { "Grade" }
+                    p.grade #grade { (num(Some(g))) }
                 }
+                p { (status_badge(shown.status.as_str())) }
                 @if !good || shown.grade_total.is_none() {
                     p { (crate::deliver::verdict(&shown)) }
                 }
@@ -194,9 +195,10 @@ impl Web {
             }
             h2 { "Details" }
             dl.facts {
-                dt { "Commit" } dd { code { (shown.student_sha) } }
-                dt { "Branch or tag" } dd { (shown.git_ref) }
-                dt { "Tests commit" } dd { code { (shown.tests_sha.as_deref().unwrap_or("—")) } }
+                dt { "Commit" } dd { code title=(shown.student_sha) { (short(&shown.student_sha)) } }
+                dt { "Branch or tag" } dd { (short_ref(&shown.git_ref)) }
+                dt { "Tests commit" } dd { code title=(shown.tests_sha.as_deref().unwrap_or("")) {
+                    (shown.tests_sha.as_deref().map(short).unwrap_or("—")) } }
                 dt { "Pushed" } dd { (when(shown.received_at)) }
                 @if let Some(s) = shown.started_at { dt { "Started" } dd { (when(s)) } }
                 dt { "Finished" } dd { (when(shown.ended_at)) }
@@ -218,12 +220,19 @@ impl Web {
 fn facts_of_event(ev: &crate::event::Event) -> Markup {
     html! {
         dl.facts {
-            dt { "Commit" } dd { code { (ev.commit) } }
-            dt { "Branch or tag" } dd { (ev.git_ref) }
+            dt { "Commit" } dd { code title=(ev.commit) { (short(&ev.commit)) } }
+            dt { "Branch or tag" } dd { (short_ref(&ev.git_ref)) }
             dt { "Pushed" } dd { (when(ev.received_at)) }
             dt { "Job" } dd { code { (ev.job_id) } }
         }
     }
+}
+
+/// `main` for `refs/heads/main`, `v1` for `refs/tags/v1`.
+fn short_ref(r: &str) -> &str {
+    r.strip_prefix("refs/heads/")
+        .or_else(|| r.strip_prefix("refs/tags/"))
+        .unwrap_or(r)
 }
 
 /// One row per test a student may see.
