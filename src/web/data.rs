@@ -28,6 +28,9 @@ pub struct Web {
     /// The staff pages' token; `None` = staff pages always answer 401.
     pub(super) staff: Option<Secret>,
     pool: Mutex<Vec<Gradebook>>,
+    /// Pages rendered at once: one CPU is always left to intake, so a
+    /// crowd of students reloading pages never slows the hook.
+    pub(super) renders: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Web {
@@ -79,6 +82,7 @@ impl Web {
             secret,
             staff,
             pool: Mutex::new(Vec::new()),
+            renders: tokio::sync::Semaphore::new(render_slots()),
         }))
     }
 
@@ -149,4 +153,12 @@ impl Web {
         let secs = (rounds as f64 * mean.max(0.0)).min(30.0 * 24.0 * 3600.0);
         Some(Utc::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64))
     }
+}
+
+/// Pages rendered at once: every CPU but one (at least one).
+fn render_slots() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .saturating_sub(1)
+        .max(1)
 }

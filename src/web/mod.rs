@@ -65,6 +65,7 @@ impl Web {
         let query = req.uri().query().unwrap_or("").to_string();
         let staff_ok = self.staff_ok(req.headers());
         let web = self.clone();
+        let _slot = self.renders.acquire().await.expect("never closed");
         let answer = tokio::task::spawn_blocking(move || web.answer(&path, &query, staff_ok)).await;
         match answer {
             Ok(r) => r,
