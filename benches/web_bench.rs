@@ -13,6 +13,7 @@
 //! 0.8x intake alone.
 //!
 //! Usage: web_bench [--dir DIR] [--jobs N] [--events N] [--connections C] [--secs S]
+//! [--renders N]
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -40,6 +41,8 @@ struct Args {
     events: usize,
     connections: usize,
     secs: f64,
+    /// `[web] renders` (0 = every CPU but one).
+    renders: usize,
 }
 
 fn args() -> Args {
@@ -49,6 +52,7 @@ fn args() -> Args {
         events: 3000,
         connections: 32,
         secs: 5.0,
+        renders: 0,
     };
     // `cargo bench` appends `--bench` to a harness-less bench's arguments.
     let mut it = std::env::args().skip(1).filter(|a| a != "--bench");
@@ -60,9 +64,10 @@ fn args() -> Args {
             "--events" => a.events = val().parse().expect("--events N"),
             "--connections" => a.connections = val().parse().expect("--connections C"),
             "--secs" => a.secs = val().parse().expect("--secs S"),
+            "--renders" => a.renders = val().parse().expect("--renders N"),
             "-h" | "--help" => {
                 println!(
-                    "web_bench [--dir DIR] [--jobs N] [--events N] [--connections C] [--secs S]"
+                    "web_bench [--dir DIR] [--jobs N] [--events N] [--connections C] [--secs S] [--renders N]"
                 );
                 std::process::exit(0);
             }
@@ -313,6 +318,7 @@ fn main() {
     cfg.secrets.webhook_token = Some(Secret::new(TOKEN));
     cfg.web.public_url = "http://bench.invalid".into();
     cfg.secrets.web_secret = Some(Secret::new(WEB_SECRET));
+    cfg.web.renders = a.renders;
 
     fs::create_dir_all(&cfg.spool.dir).unwrap();
     let fill = Instant::now();
@@ -372,10 +378,15 @@ fn main() {
     let profile = std::env::var("BENCH_PROFILE").unwrap_or_else(|_| "release".into());
     println!(
         "web benchmark: {} jobs in the gradebook (filled in {fill_secs:.1} s), {} connections, \
-         {} events per intake run, {cpus} CPUs, profile {profile}, dir {}",
+         {} events per intake run, renders {} (0 = CPUs - 1), {cpus} CPUs, profile {profile}, \
+         load average {}, dir {}",
         a.jobs,
         a.connections,
         a.events,
+        a.renders,
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim(),
         a.dir.display()
     );
     println!("{}", alone.line("intake alone (baseline)"));

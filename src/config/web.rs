@@ -35,6 +35,9 @@ pub struct WebConfig {
     pub refresh: Seconds,
     /// Jobs listed on the staff page of recent jobs.
     pub recent_jobs: usize,
+    /// Pages rendered at once; 0 = every CPU but one, so that page load
+    /// always leaves a CPU to intake.
+    pub renders: usize,
 }
 
 impl Default for WebConfig {
@@ -45,6 +48,7 @@ impl Default for WebConfig {
             staff_token_file: PathBuf::new(),
             refresh: Seconds(Duration::from_secs(10)),
             recent_jobs: 200,
+            renders: 0,
         }
     }
 }

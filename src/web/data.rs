@@ -77,12 +77,12 @@ impl Web {
         }
         tracing::info!(public_url = %cfg.web.public_url, "web view on");
         Some(Arc::new(Web {
-            cfg,
             spool,
             secret,
             staff,
             pool: Mutex::new(Vec::new()),
-            renders: tokio::sync::Semaphore::new(render_slots()),
+            renders: tokio::sync::Semaphore::new(render_slots(cfg.web.renders)),
+            cfg,
         }))
     }
 
@@ -155,8 +155,12 @@ impl Web {
     }
 }
 
-/// Pages rendered at once: every CPU but one (at least one).
-fn render_slots() -> usize {
+/// Pages rendered at once: `configured`, or (0) every CPU but one (at
+/// least one).
+fn render_slots(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
     std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .saturating_sub(1)
