@@ -118,3 +118,60 @@ pub(super) fn check_secret(web: &WebConfig, secret: Option<&Secret>) -> Result<(
         Some(_) => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn err(toml: &str) -> String {
+        Config::from_toml(toml, None).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_web_view_is_refused_without_its_secret_or_with_a_bad_url() {
+        let off = Config::from_toml("", None).unwrap();
+        assert!(!off.web.enabled());
+        let e = err("[web]\npublic_url = \"https://g.example.edu\"\n");
+        assert!(
+            e.contains("web.secret_file") && e.contains("web-secret"),
+            "{e}"
+        );
+        let d = tempfile::tempdir().unwrap();
+        let short = d.path().join("short");
+        std::fs::write(&short, "tooshort\n").unwrap();
+        let e = err(&format!(
+            "[web]\npublic_url = \"https://g.example.edu\"\nsecret_file = \"{}\"\n",
+            short.display()
+        ));
+        assert!(e.contains("at least 16"), "{e}");
+        let good = d.path().join("good");
+        std::fs::write(&good, "0123456789abcdef0123\n").unwrap();
+        let c = Config::from_toml(
+            &format!(
+                "[web]\npublic_url = \"https://g.example.edu/\"\nsecret_file = \"{}\"\n",
+                good.display()
+            ),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.web.base(), "https://g.example.edu");
+        assert!(!c.to_redacted_toml().contains("0123456789abcdef0123"));
+        for (toml, key) in [
+            ("[web]\npublic_url = \"ftp://x\"\n", "web.public_url"),
+            ("[web]\npublic_url = \"https://x/?a=b\"\n", "web.public_url"),
+            ("[web]\nrefresh = \"1s\"\n", "web.refresh"),
+            ("[web]\nrecent_jobs = 0\n", "web.recent_jobs"),
+            (
+                "[assignments.a]\nleaderboard = \"\"\n",
+                "assignments.a.leaderboard",
+            ),
+            (
+                "[assignments.a]\nleaderboard_order = \"up\"\n",
+                "leaderboard_order",
+            ),
+        ] {
+            let e = err(toml);
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+    }
+}
