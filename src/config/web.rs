@@ -35,8 +35,8 @@ pub struct WebConfig {
     pub refresh: Seconds,
     /// Jobs listed on the staff page of recent jobs.
     pub recent_jobs: usize,
-    /// Pages rendered at once; 0 = every CPU but one, so that page load
-    /// always leaves a CPU to intake.
+    /// Threads pages are rendered on (at a lower priority than intake and
+    /// grading); 0 = one per CPU.
     pub renders: usize,
 }
 

@@ -13,6 +13,8 @@ use crate::event::Event;
 use crate::gradebook::{self, Gradebook, GradebookError};
 use crate::spool::{Spool, State};
 
+use super::pool::RenderPool;
+
 /// Read-only connections kept for reuse (more are opened under load and
 /// dropped after).
 const POOL_KEEP: usize = 16;
@@ -28,9 +30,8 @@ pub struct Web {
     /// The staff pages' token; `None` = staff pages always answer 401.
     pub(super) staff: Option<Secret>,
     pool: Mutex<Vec<Gradebook>>,
-    /// Pages rendered at once: one CPU is always left to intake, so a
-    /// crowd of students reloading pages never slows the hook.
-    pub(super) renders: tokio::sync::Semaphore,
+    /// Where pages are rendered (low-priority threads).
+    pub(super) renders: RenderPool,
 }
 
 impl std::fmt::Debug for Web {
@@ -81,7 +82,7 @@ impl Web {
             secret,
             staff,
             pool: Mutex::new(Vec::new()),
-            renders: tokio::sync::Semaphore::new(render_slots(cfg.web.renders)),
+            renders: RenderPool::start(cfg.web.renders),
             cfg,
         }))
     }
@@ -153,16 +154,4 @@ impl Web {
         let secs = (rounds as f64 * mean.max(0.0)).min(30.0 * 24.0 * 3600.0);
         Some(Utc::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64))
     }
-}
-
-/// Pages rendered at once: `configured`, or (0) every CPU but one (at
-/// least one).
-fn render_slots(configured: usize) -> usize {
-    if configured > 0 {
-        return configured;
-    }
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .saturating_sub(1)
-        .max(1)
 }

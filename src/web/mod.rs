@@ -17,12 +17,14 @@
 //! state: `link` (tokens and result URLs), `html` (layout, headers,
 //! formatting), `data` (read-only access to the gradebook and the queue),
 //! `student` (the result page), `staff` (the staff pages) and `board`
-//! (leaderboards), `query` (query strings).
+//! (leaderboards), `query` (query strings), `pool` (the low-priority
+//! threads pages are rendered on).
 
 mod board;
 mod data;
 mod html;
 pub mod link;
+mod pool;
 mod query;
 mod staff;
 mod student;
@@ -65,12 +67,14 @@ impl Web {
         let query = req.uri().query().unwrap_or("").to_string();
         let staff_ok = self.staff_ok(req.headers());
         let web = self.clone();
-        let _slot = self.renders.acquire().await.expect("never closed");
-        let answer = tokio::task::spawn_blocking(move || web.answer(&path, &query, staff_ok)).await;
+        let answer = self
+            .renders
+            .run(move || web.answer(&path, &query, staff_ok))
+            .await;
         match answer {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "a web page panicked");
+            Some(r) => r,
+            None => {
+                tracing::error!("a web page panicked");
                 html::respond_bytes(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "text/plain; charset=utf-8",
