@@ -37,4 +37,4 @@ pub use sections::{
     NativeConfig, SENDMAIL, ServerConfig, SlurmConfig, SpoolConfig, StartTls,
 };
 pub use values::{ByteSize, Contract, Quota, RunnerKind, Seconds, parse_duration, parse_ids};
-pub use web::{WEB_SECRET_MIN, WebConfig};
+pub use web::{NO_SECRET as WEB_NO_SECRET, WEB_SECRET_MIN, WebConfig};

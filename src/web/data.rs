@@ -62,14 +62,11 @@ impl Web {
         if !cfg.web.enabled() {
             return None;
         }
-        // Config loading refuses a web view without its secret.
-        let secret = cfg
-            .secrets
-            .web_secret
-            .as_ref()?
-            .expose()
-            .as_bytes()
-            .to_vec();
+        let Some(secret) = cfg.secrets.web_secret.as_ref() else {
+            tracing::error!("{}", crate::config::WEB_NO_SECRET);
+            return None;
+        };
+        let secret = secret.expose().as_bytes().to_vec();
         let staff = cfg.secrets.staff_token.clone();
         if staff.is_none() {
             tracing::warn!(
