@@ -35,11 +35,21 @@ pub(super) struct Entry {
 
 impl Web {
     pub(super) fn board_page(&self, assignment: &str) -> Response<Full<Bytes>> {
-        let Some(conf) = self.cfg.assignments.get(assignment) else {
-            return html::not_found();
-        };
-        let Some(key) = conf.leaderboard.as_deref() else {
-            return html::not_found();
+        let Some((conf, key)) = self
+            .cfg
+            .assignments
+            .get(assignment)
+            .and_then(|c| Some((c, c.leaderboard.as_deref()?)))
+        else {
+            let body = html! {
+                h1 { "No leaderboard" }
+                p { "This assignment has no leaderboard." }
+            };
+            return html::respond(
+                StatusCode::NOT_FOUND,
+                html::layout("No leaderboard", Nav::Board, None, body),
+                Cache::Short,
+            );
         };
         let rows = match self.gradebook(|g| Ok(g.views().board_rows(assignment, key)?)) {
             Ok(r) => r.unwrap_or_default(),

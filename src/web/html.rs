@@ -212,6 +212,7 @@ pub fn status_badge(status: &str) -> Markup {
         "output_limit" => ("bad", "output limit"),
         "invalid_manifest" => ("bad", "invalid labgrader.json"),
         "infra_error" => ("bad", "grader error"),
+        "unknown" => ("wait", "no result yet"),
         "error" => ("bad", "error"),
         other => ("bad", other),
     };

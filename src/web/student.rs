@@ -97,7 +97,7 @@ impl Web {
                 let body = html! {
                     h1 { "Job " (job_id) }
                     div.card {
-                        p { (status_badge("waiting")) }
+                        p { (status_badge("unknown")) }
                         p { "This job has no result yet and is not waiting in the queue: it may be "
                             "finishing right now. If this lasts, ask the course staff (give them the job id above)." }
                     }
