@@ -1,8 +1,9 @@
 //! The web view in a real browser: Debian's headless Chromium (installed
 //! by scripts/setup/chromium.sh) renders a student's result page at phone
-//! width and a staff page, to PNG, and dumps the DOM it built; the DOM
-//! must hold the grade and the visible test's name and never the hidden
-//! test's, and the student's `<script>` must not have become an element.
+//! width, a staff page and a waiting job's page, to PNG, and dumps the DOM
+//! it built; the DOM must hold the grade and the visible test's name and
+//! never the hidden test's, the student's `<script>` must not have become
+//! an element, and a waiting job shows its place in the queue.
 //! Chromium missing FAILS the test, unless `LABGRADER_SKIP_BROWSER=1`.
 //! `LABGRADER_SCREENSHOT_DIR=docs/img` writes the screenshots the user
 //! guide shows (docs/web.md) there.
@@ -115,5 +116,16 @@ async fn chromium_renders_the_result_page_with_the_grade_and_no_hidden_test() {
         w.base.trim_start_matches("http://")
     );
     screenshot(&bin, profile.path(), &list, "web-staff.png", (1100, 800));
+
+    // A waiting job: its place in the queue, and a page that reloads.
+    std::fs::write(&w.hold, "").unwrap();
+    let running = w.push("bob", 1, None).await;
+    w.wait_active(&running).await;
+    let waiting = w.push("carol", 2, None).await;
+    let url = w.result_url(&waiting, Some("queued")).await;
+    let dom = browse(&bin, profile.path(), &["--dump-dom"], &url);
+    assert!(dom.contains("#1"), "the place in the queue: {dom}");
+    assert!(dom.contains("http-equiv=\"refresh\""), "{dom}");
+    screenshot(&bin, profile.path(), &url, "web-waiting.png", (412, 700));
     w.stop();
 }

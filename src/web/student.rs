@@ -60,12 +60,16 @@ impl Web {
                 waiting,
             } => {
                 let estimate = self.estimate_start(position);
+                let running = self.spool.count(crate::spool::State::Active);
+                let workers = self.cfg.grader.effective_workers().max(1);
                 let history = self.history(&event.project.path, job_id);
                 let body = html! {
                     h1 { (event.project.path) }
                     div.card {
                         p { (status_badge("waiting")) }
                         p.grade { "#" (position) small { " of " (waiting) " waiting" } }
+                        p.muted { (running) " running now, on " (workers)
+                            (if workers == 1 { " grader slot." } else { " grader slots." }) }
                         p {
                             @match estimate {
                                 Some(t) if t <= chrono::Utc::now() + chrono::Duration::seconds(5) =>
