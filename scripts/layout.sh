@@ -14,9 +14,10 @@ LG_CONFIG=$LG_ETC/labgrader.toml
 LG_CONFIG_MODE=0640
 LG_CONFIG_OWNER=root:$LG_USER
 LG_CREDS=$LG_ETC/credentials         # secrets, loaded by the units with LoadCredential=
-# The webhook token is generated (32 random bytes, hex); the others stay
-# empty (= unused) until staff fill them.
-LG_SECRET_GENERATED=webhook-token
+# The webhook token and the web view's secret and staff token are
+# generated (32 random bytes, hex); the others stay empty (= unused) until
+# staff fill them.
+LG_SECRET_GENERATED="webhook-token web-secret web-staff-token"
 LG_SECRETS_EMPTY="gitlab-token callback-secret smtp-password slurm-token"
 
 # The directories: PATH MODE OWNER GROUP, one a line.
@@ -121,7 +122,9 @@ lg_migrate_secret() {
 # Every secret the units load: migrated, generated or created empty.
 lg_make_secrets() {
     for _lg_name in webhook-token gitlab-token; do lg_migrate_secret "$_lg_name"; done
-    lg_create_secret "$LG_CREDS/$LG_SECRET_GENERATED" 1
+    for _lg_name in $LG_SECRET_GENERATED; do
+        lg_create_secret "$LG_CREDS/$_lg_name" 1
+    done
     for _lg_name in $LG_SECRETS_EMPTY; do
         lg_create_secret "$LG_CREDS/$_lg_name" 0
     done

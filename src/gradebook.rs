@@ -18,6 +18,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::policy::export::write_csv_record;
 use crate::result::{JobResult, Status};
 
+pub mod views;
+pub use views::{BoardRow, JobRow, Views};
+
 /// File name of the gradebook inside the spool directory.
 pub const FILE_NAME: &str = "gradebook.sqlite";
 
@@ -194,6 +197,37 @@ impl Gradebook {
             tx.commit()?;
         }
         Ok(Gradebook { conn })
+    }
+
+    /// Open the gradebook at `path` for reading only (never created, never
+    /// migrated: the web view's); `None` while it does not exist yet.
+    pub fn open_readonly(path: &Path) -> Result<Option<Gradebook>, GradebookError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let open_err = |source| GradebookError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        let found: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(open_err)?;
+        let known = MIGRATIONS.len() as i64;
+        if found > known {
+            let path = path.to_path_buf();
+            return Err(GradebookError::TooNew { path, found, known });
+        }
+        Ok(Some(Gradebook { conn }))
+    }
+
+    /// The light read-only queries of the web pages.
+    pub fn views(&self) -> Views<'_> {
+        Views::new(&self.conn)
     }
 
     /// Record `r` and its tests. Idempotent by job id: the rows are

@@ -24,6 +24,7 @@
 //!   or from stdout's `<summary>`.
 //! - [`gradebook`]: the SQLite record of every job and test, and exports.
 //! - [`deliver`]: the outbox, and the callback, email and commit status.
+//! - [`web`]: result pages, staff pages and leaderboards, beside the hook.
 //! - [`gitlab`], [`httpc`]: GitLab's REST API, and the HTTP client under it.
 //!
 //! Around them:
@@ -59,4 +60,5 @@ pub mod spool;
 pub mod summary;
 pub mod text;
 pub mod watch;
+pub mod web;
 pub mod workspace;

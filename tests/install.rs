@@ -25,14 +25,19 @@ use sha2::{Digest, Sha256};
 
 const BIN: &str = "/usr/local/bin/labgrader";
 const ETC: &str = "/etc/labgrader";
-/// The secrets under `/etc/labgrader/credentials/`, webhook token first.
-const CREDENTIALS: [&str; 5] = [
+/// The secrets under `/etc/labgrader/credentials/`, the [`GENERATED`]
+/// ones first.
+const CREDENTIALS: [&str; 7] = [
     "webhook-token",
+    "web-secret",
+    "web-staff-token",
     "gitlab-token",
     "callback-secret",
     "smtp-password",
     "slurm-token",
 ];
+/// How many of [`CREDENTIALS`] install generates (random hex).
+const GENERATED: usize = 3;
 const STATE: &str = "/var/lib/labgrader";
 const UNITDIR: &str = "/etc/systemd/system";
 const DOC: &str = "/usr/local/share/doc/labgrader";
@@ -238,13 +243,12 @@ fn install_twice_then_uninstall_keeps_spool_and_purge_removes_all() {
         "the daemon's user (and so a job running as it) must not read the secrets"
     );
     let token = std::fs::read_to_string(format!("{ETC}/credentials/webhook-token")).unwrap();
-    assert_eq!(
-        token.trim().len(),
-        64,
-        "webhook token: 32 random bytes in hex"
-    );
-    assert!(token.trim().bytes().all(|b| b.is_ascii_hexdigit()));
-    for name in &CREDENTIALS[1..] {
+    for name in &CREDENTIALS[..GENERATED] {
+        let token = std::fs::read_to_string(format!("{ETC}/credentials/{name}")).unwrap();
+        assert_eq!(token.trim().len(), 64, "{name}: 32 random bytes in hex");
+        assert!(token.trim().bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+    for name in &CREDENTIALS[GENERATED..] {
         assert_eq!(
             std::fs::read(format!("{ETC}/credentials/{name}")).unwrap(),
             b"",

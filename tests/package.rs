@@ -201,6 +201,10 @@ fn package_ships_the_documented_files_conffile_and_depends() {
             want.insert(format!("/usr/share/doc/labgrader/docs/{name}"));
         }
     }
+    for e in std::fs::read_dir(repo().join("docs/img")).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        want.insert(format!("/usr/share/doc/labgrader/docs/img/{name}"));
+    }
     // The example labs, whole; not the benches or tools/manpage.rs.
     for lab in ["bash", "c", "python"] {
         for e in walkdir::WalkDir::new(repo().join("examples").join(lab)) {
@@ -420,7 +424,7 @@ grep -qx '750 labgrader:labgrader /var/lib/labgrader' /tmp/modes || fail "spool 
 grep -qx '750 root:labgrader /etc/labgrader' /tmp/modes || fail "config dir mode"
 grep -qx '640 root:labgrader /etc/labgrader/labgrader.toml' /tmp/modes || fail "config mode"
 grep -qx '700 root:root /etc/labgrader/credentials' /tmp/modes || fail "credentials mode"
-for s in webhook-token gitlab-token callback-secret smtp-password slurm-token; do
+for s in webhook-token gitlab-token callback-secret smtp-password slurm-token web-secret web-staff-token; do
     grep -qx "600 root:root /etc/labgrader/credentials/$s" /tmp/modes || fail "secret $s"
 done
 [ "$(tr -d '\n' </etc/labgrader/credentials/webhook-token | wc -c)" = 64 ] || fail "webhook token"

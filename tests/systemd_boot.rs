@@ -141,6 +141,8 @@ fn boot_with(
         ("callback-secret", ""),
         ("smtp-password", ""),
         ("slurm-token", ""),
+        ("web-secret", ""),
+        ("web-staff-token", ""),
     ] {
         std::fs::write(creds.join(f), text).unwrap();
         std::fs::set_permissions(

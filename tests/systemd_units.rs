@@ -195,7 +195,12 @@ fn each_unit_loads_exactly_the_secrets_it_needs_from_the_root_only_store() {
     for (name, want) in [
         (
             "labgrader-hook.service",
-            &["webhook-token", "gitlab-token"][..],
+            &[
+                "webhook-token",
+                "gitlab-token",
+                "web-secret",
+                "web-staff-token",
+            ][..],
         ),
         (
             "labgrader-grader.service",
@@ -204,6 +209,7 @@ fn each_unit_loads_exactly_the_secrets_it_needs_from_the_root_only_store() {
                 "callback-secret",
                 "smtp-password",
                 "slurm-token",
+                "web-secret",
             ][..],
         ),
         (
@@ -214,6 +220,8 @@ fn each_unit_loads_exactly_the_secrets_it_needs_from_the_root_only_store() {
                 "callback-secret",
                 "smtp-password",
                 "slurm-token",
+                "web-secret",
+                "web-staff-token",
             ][..],
         ),
     ] {

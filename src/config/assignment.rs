@@ -61,6 +61,22 @@ pub struct AssignmentConfig {
     /// Whether a student's email says how many hidden tests there were
     /// (`true`) or says nothing of them at all (`false`).
     pub mention_hidden_tests: Option<bool>,
+    /// The leaderboard's key (`grade_total`, a results.json number such
+    /// as `score` or `execution_time`, or a visible summary key); none =
+    /// no leaderboard for this assignment.
+    pub leaderboard: Option<String>,
+    /// Which end of the leaderboard is best.
+    pub leaderboard_order: LeaderboardOrder,
+}
+
+/// `leaderboard_order`: `desc` (highest first, the default) or `asc`
+/// (lowest first, e.g. a run time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaderboardOrder {
+    Asc,
+    #[default]
+    Desc,
 }
 
 /// Accepts `deadline = "2026-12-01T23:59:00+01:00"` and the unquoted TOML

@@ -13,6 +13,7 @@ use super::sections::{
     CallbackConfig, Config, DeliverConfig, DockerConfig, EmailConfig, GitlabConfig, GraderConfig,
     NativeConfig, ServerConfig, SlurmConfig, SpoolConfig,
 };
+use super::web::WebConfig;
 
 /// One table of the config file and the keys it accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +54,7 @@ fn keys_of(section: &str) -> &'static [&'static str] {
         "email" => fields_of::<EmailConfig>(),
         "deliver" => fields_of::<DeliverConfig>(),
         "alerts" => fields_of::<AlertsConfig>(),
+        "web" => fields_of::<WebConfig>(),
         "assignments" => fields_of::<AssignmentConfig>(),
         other => panic!("config::keys does not know the section [{other}]: add it to keys_of"),
     }

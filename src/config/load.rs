@@ -8,7 +8,8 @@ use super::error::ConfigError;
 use super::secrets::{
     CALLBACK_SECRET_CREDENTIAL, CALLBACK_SECRET_ENV, CREDENTIALS_ENV, GITLAB_TOKEN_CREDENTIAL,
     GITLAB_TOKEN_ENV, SLURM_TOKEN_CREDENTIAL, SLURM_TOKEN_ENV, SMTP_PASSWORD_CREDENTIAL,
-    SMTP_PASSWORD_ENV, Secrets, WEBHOOK_TOKEN_CREDENTIAL, WEBHOOK_TOKEN_ENV, read_secret,
+    SMTP_PASSWORD_ENV, STAFF_TOKEN_CREDENTIAL, STAFF_TOKEN_ENV, Secrets, WEB_SECRET_CREDENTIAL,
+    WEB_SECRET_ENV, WEBHOOK_TOKEN_CREDENTIAL, WEBHOOK_TOKEN_ENV, read_secret,
 };
 use super::sections::Config;
 
@@ -96,7 +97,23 @@ impl Config {
                 &self.slurm.token_file,
                 SLURM_TOKEN_ENV,
             )?,
+            web_secret: read_secret(
+                creds,
+                WEB_SECRET_CREDENTIAL,
+                "web.secret_file",
+                &self.web.secret_file,
+                WEB_SECRET_ENV,
+            )?,
+            staff_token: read_secret(
+                creds,
+                STAFF_TOKEN_CREDENTIAL,
+                "web.staff_token_file",
+                &self.web.staff_token_file,
+                STAFF_TOKEN_ENV,
+            )?,
         };
+        super::web::check_secret(&self.web, self.secrets.web_secret.as_ref())
+            .map_err(|m| self.invalid("web.secret_file", m))?;
         Ok(())
     }
 

@@ -24,18 +24,21 @@ mod secrets;
 mod sections;
 mod validate;
 mod values;
+mod web;
 
 pub use alerts::AlertsConfig;
-pub use assignment::{AssignmentConfig, LatePolicy, ManifestPolicy, Trigger};
+pub use assignment::{AssignmentConfig, LatePolicy, LeaderboardOrder, ManifestPolicy, Trigger};
 pub use error::ConfigError;
 pub use load::CONFIG_ENV;
 pub use secrets::{
     CALLBACK_SECRET_CREDENTIAL, CALLBACK_SECRET_ENV, CREDENTIALS_ENV, GITLAB_TOKEN_CREDENTIAL,
     GITLAB_TOKEN_ENV, SLURM_TOKEN_CREDENTIAL, SLURM_TOKEN_ENV, SMTP_PASSWORD_CREDENTIAL,
-    SMTP_PASSWORD_ENV, Secret, Secrets, WEBHOOK_TOKEN_CREDENTIAL, WEBHOOK_TOKEN_ENV,
+    SMTP_PASSWORD_ENV, STAFF_TOKEN_CREDENTIAL, STAFF_TOKEN_ENV, Secret, Secrets,
+    WEB_SECRET_CREDENTIAL, WEB_SECRET_ENV, WEBHOOK_TOKEN_CREDENTIAL, WEBHOOK_TOKEN_ENV,
 };
 pub use sections::{
     CallbackConfig, Config, DeliverConfig, DockerConfig, EmailConfig, GitlabConfig, GraderConfig,
     NativeConfig, SENDMAIL, ServerConfig, SlurmConfig, SpoolConfig, StartTls,
 };
 pub use values::{ByteSize, Contract, Quota, RunnerKind, Seconds, parse_duration, parse_ids};
+pub use web::{NO_SECRET as WEB_NO_SECRET, WEB_SECRET_MIN, WebConfig};

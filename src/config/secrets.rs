@@ -16,6 +16,8 @@ pub const GITLAB_TOKEN_ENV: &str = "LABGRADER_GITLAB_TOKEN";
 pub const CALLBACK_SECRET_ENV: &str = "LABGRADER_CALLBACK_SECRET";
 pub const SMTP_PASSWORD_ENV: &str = "LABGRADER_SMTP_PASSWORD";
 pub const SLURM_TOKEN_ENV: &str = "LABGRADER_SLURM_TOKEN";
+pub const WEB_SECRET_ENV: &str = "LABGRADER_WEB_SECRET";
+pub const STAFF_TOKEN_ENV: &str = "LABGRADER_STAFF_TOKEN";
 /// Set by systemd to the unit's credentials directory (`LoadCredential=`):
 /// a secret found there wins over the `*_file` keys and the environment.
 pub const CREDENTIALS_ENV: &str = "CREDENTIALS_DIRECTORY";
@@ -26,6 +28,8 @@ pub const GITLAB_TOKEN_CREDENTIAL: &str = "gitlab-token";
 pub const CALLBACK_SECRET_CREDENTIAL: &str = "callback-secret";
 pub const SMTP_PASSWORD_CREDENTIAL: &str = "smtp-password";
 pub const SLURM_TOKEN_CREDENTIAL: &str = "slurm-token";
+pub const WEB_SECRET_CREDENTIAL: &str = "web-secret";
+pub const STAFF_TOKEN_CREDENTIAL: &str = "web-staff-token";
 
 /// A secret value: never printed, never serialized in clear.
 #[derive(Clone, PartialEq, Eq)]
@@ -54,6 +58,10 @@ pub struct Secrets {
     pub callback_secret: Option<Secret>,
     pub smtp_password: Option<Secret>,
     pub slurm_token: Option<Secret>,
+    /// `[web] secret_file`: result-page tokens are HMACs under it.
+    pub web_secret: Option<Secret>,
+    /// `[web] staff_token_file`: the staff pages' bearer token.
+    pub staff_token: Option<Secret>,
 }
 
 impl Serialize for Secrets {
@@ -66,6 +74,8 @@ impl Serialize for Secrets {
             ("callback_secret", &self.callback_secret),
             ("smtp_password", &self.smtp_password),
             ("slurm_token", &self.slurm_token),
+            ("web_secret", &self.web_secret),
+            ("staff_token", &self.staff_token),
         ] {
             m.serialize_entry(k, if v.is_some() { "<redacted>" } else { "<unset>" })?;
         }

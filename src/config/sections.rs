@@ -31,6 +31,7 @@ pub struct Config {
     pub deliver: DeliverConfig,
     /// Staff alerts (off unless an address or a URL is set).
     pub alerts: super::alerts::AlertsConfig,
+    pub web: super::web::WebConfig,
     /// Per-assignment policy, keyed by the student repository's name.
     pub assignments: BTreeMap<String, AssignmentConfig>,
     /// Secrets resolved from files or the environment at load time.

@@ -10,7 +10,7 @@ use super::sections::Config;
 use super::values::{RunnerKind, parse_ids};
 
 impl Config {
-    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(super) fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self
                 .source
@@ -169,6 +169,7 @@ impl Config {
                 ));
             }
         }
+        super::web::check(&self.web, &self.assignments).map_err(|(k, m)| self.invalid(&k, m))?;
         let problem = self.alerts.problem(!self.email.url.is_empty()).or_else(|| {
             super::alerts::hold_problem(
                 &self.gitlab.student_namespaces,

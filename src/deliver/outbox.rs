@@ -181,7 +181,7 @@ pub fn enqueue_callback_stage(
     if cfg.callback.url.is_empty() {
         return Ok(());
     }
-    enqueue(spool, &render::stage_callback_record(event, stage))?;
+    enqueue(spool, &render::stage_callback_record(cfg, event, stage))?;
     Ok(())
 }
 

@@ -143,6 +143,9 @@ fn callback_body(cfg: &Config, event: &Event, result: &JobResult) -> serde_json:
     if let Some(res) = &result.results {
         m.insert("tests".into(), json!(res.tests));
     }
+    if let Some(url) = crate::web::link::result_url(cfg, &result.job_id) {
+        m.insert("result_url".into(), json!(url));
+    }
     if cfg.callback.include_hidden {
         m.insert("hidden".into(), json!(result.hidden));
     }
@@ -155,9 +158,9 @@ fn callback_body(cfg: &Config, event: &Event, result: &JobResult) -> serde_json:
 
 /// The callback of a stage before the result (`queued` at intake,
 /// `running` when `test_all` starts): who, which commit, and the state.
-pub(super) fn stage_callback_record(event: &Event, stage: JobStage) -> Record {
+pub(super) fn stage_callback_record(cfg: &Config, event: &Event, stage: JobStage) -> Record {
     let dest = stage.callback();
-    let body = json!({
+    let mut body = json!({
         "schema": BODY_SCHEMA,
         "job_id": event.job_id,
         "idempotency_key": idempotency_key(&event.job_id, dest),
@@ -169,6 +172,10 @@ pub(super) fn stage_callback_record(event: &Event, stage: JobStage) -> Record {
         "status": stage.as_str(),
         "received_at": event.received_at,
     });
+    // The page shows the place in the queue until the result is there.
+    if let Some(url) = crate::web::link::result_url(cfg, &event.job_id) {
+        body["result_url"] = json!(url);
+    }
     Record::new(
         &event.job_id,
         dest,
@@ -382,6 +389,9 @@ fn result_email(
     if let Some(note) = ignored_authors_note(result) {
         text.push_str(&format!("\n[labgrader: {note}]\n"));
     }
+    if let Some(url) = crate::web::link::result_url(cfg, &result.job_id) {
+        text = format!("Your result page: {url}\n\n{text}");
+    }
     text.push_str(&format!(
         "\n-- \nlabgrader job {}\nproject {} commit {}\n",
         result.job_id, result.project, result.student_sha
@@ -475,16 +485,20 @@ fn status_payload(
     state: CommitState,
     description: String,
 ) -> StatusPayload {
-    let target_url = (!cfg.gitlab.target_url.is_empty()).then(|| {
-        fill(
-            &cfg.gitlab.target_url,
-            &[
-                ("job_id", &event.job_id),
-                ("path", &event.project.path),
-                ("sha", &event.commit),
-            ],
-        )
-    });
+    // An explicit `gitlab.target_url` wins; else the result page, when
+    // the web view is on.
+    let target_url = (!cfg.gitlab.target_url.is_empty())
+        .then(|| {
+            fill(
+                &cfg.gitlab.target_url,
+                &[
+                    ("job_id", &event.job_id),
+                    ("path", &event.project.path),
+                    ("sha", &event.commit),
+                ],
+            )
+        })
+        .or_else(|| crate::web::link::result_url(cfg, &event.job_id));
     StatusPayload {
         project_id: event.project.id,
         project_path: event.project.path.clone(),
@@ -633,6 +647,57 @@ mod tests {
             panic!("not a status")
         };
         assert!(!p.description.contains("secret_case"), "{}", p.description);
+    }
+
+    #[test]
+    fn with_the_web_view_on_every_delivery_links_the_result_page() {
+        let (ev, r) = tests_result();
+        let mut cfg = Config::default();
+        let links = |cfg: &Config| {
+            let Payload::Email(mail) = email_record(cfg, &ev, &r).payload else {
+                panic!("not an email")
+            };
+            let Payload::Callback(cb) = callback_record(cfg, &ev, &r).payload else {
+                panic!("not a callback")
+            };
+            let Payload::Callback(stage) =
+                stage_callback_record(cfg, &ev, JobStage::Queued).payload
+            else {
+                panic!("not a callback")
+            };
+            let Payload::Status(st) = final_status_record(cfg, &ev, &r).payload else {
+                panic!("not a status")
+            };
+            let body: serde_json::Value = serde_json::from_str(&cb.body).unwrap();
+            let stage: serde_json::Value = serde_json::from_str(&stage.body).unwrap();
+            (
+                mail.text,
+                body["result_url"].as_str().map(str::to_string),
+                stage["result_url"].as_str().map(str::to_string),
+                st.target_url,
+            )
+        };
+        let (text, cb, stage, target) = links(&cfg);
+        assert!(!text.contains("/jobs/"), "{text}");
+        assert_eq!((cb, stage, target), (None, None, None));
+        cfg.web.public_url = "https://grader.example.edu".into();
+        cfg.secrets.web_secret = Some(crate::config::Secret::new("0123456789abcdef0123"));
+        let url = crate::web::link::result_url(&cfg, &r.job_id).unwrap();
+        let (text, cb, stage, target) = links(&cfg);
+        assert!(
+            text.starts_with(&format!("Your result page: {url}\n")),
+            "{text}"
+        );
+        assert_eq!(cb.as_deref(), Some(url.as_str()));
+        assert_eq!(stage.as_deref(), Some(url.as_str()));
+        assert_eq!(target.as_deref(), Some(url.as_str()));
+        // An explicit target_url still wins on the commit status.
+        cfg.gitlab.target_url = "https://lms.example.edu/{job_id}".into();
+        let (_, _, _, target) = links(&cfg);
+        assert_eq!(
+            target,
+            Some(format!("https://lms.example.edu/{}", r.job_id))
+        );
     }
 
     /// A graded result with one visible, one hidden and one

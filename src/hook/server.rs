@@ -35,6 +35,8 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // The web view (off without `[web] public_url`) answers its own paths.
+    let web = crate::web::Web::start(cfg.clone(), spool.clone());
     let hook = Arc::new(Hook::start(cfg, spool)?);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, path = HOOK_PATH, test_repos = hook.repos.method(), "hook server listening");
@@ -61,12 +63,21 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let hook = hook.clone();
+        let web = web.clone();
         let stop = shutdown.clone();
         conns.spawn(async move {
             let _permit = permit;
-            let svc = service_fn(move |req| {
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let hook = hook.clone();
-                async move { Ok::<_, Infallible>(hook.route(req).await) }
+                let web = web
+                    .clone()
+                    .filter(|_| crate::web::handles(req.uri().path()));
+                async move {
+                    match web {
+                        Some(web) => Ok::<_, Infallible>(web.route(req).await),
+                        None => Ok::<_, Infallible>(hook.route(req).await),
+                    }
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())

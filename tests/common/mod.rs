@@ -15,7 +15,8 @@
 //! - `hostile`: the hostile-submission table every sandboxing runner runs;
 //! - `services`: docker, Slurm and python availability, and the rule that
 //!   a missing service fails loudly unless the developer opted out;
-//! - `files`, `host`, `wait`: files laid out by hand, host facts, polling.
+//! - `files`, `host`, `wait`: files laid out by hand, host facts, polling;
+//! - `web`: a `labgrader serve` with the web view on, and pushes to it.
 //!
 //! Helpers only: no `#[test]` lives here.
 
@@ -32,4 +33,5 @@ pub mod repos;
 pub mod services;
 pub mod smtp;
 pub mod wait;
+pub mod web;
 pub mod world;

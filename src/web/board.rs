@@ -1,0 +1,190 @@
+//! Leaderboards, `GET /leaderboard/<assignment>`: opt-in per assignment
+//! (`leaderboard = "KEY"`, `leaderboard_order = "asc" | "desc"` under
+//! `[assignments.NAME]`), each student's best value of the key among their
+//! graded jobs, ranked.
+//!
+//! The name shown is the student's GitLab namespace (its last part)
+//! unless their latest graded job's `labgrader.json` says otherwise:
+//! `"leaderboard_name": "Nick"` shows that text, `false`, `null` or `""`
+//! hides the name ("anonymous"). Everything shown is escaped; a name is
+//! cut to [`NAME_MAX`] characters on one line. An assignment without a
+//! leaderboard answers 404.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+use maud::html;
+
+use super::data::Web;
+use super::html::{self, Cache, Nav, num};
+use crate::config::LeaderboardOrder;
+use crate::gradebook::BoardRow;
+use crate::text::one_line;
+
+/// Characters of a display name kept.
+pub const NAME_MAX: usize = 40;
+
+/// One student's line.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Entry {
+    pub name: String,
+    pub value: f64,
+}
+
+impl Web {
+    pub(super) fn board_page(&self, assignment: &str) -> Response<Full<Bytes>> {
+        let Some((conf, key)) = self
+            .cfg
+            .assignments
+            .get(assignment)
+            .and_then(|c| Some((c, c.leaderboard.as_deref()?)))
+        else {
+            let body = html! {
+                h1 { "No leaderboard" }
+                p { "This assignment has no leaderboard." }
+            };
+            return html::respond(
+                StatusCode::NOT_FOUND,
+                html::layout("No leaderboard", Nav::Board, None, body),
+                Cache::Short,
+            );
+        };
+        let rows = match self.gradebook(|g| Ok(g.views().board_rows(assignment, key)?)) {
+            Ok(r) => r.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(assignment, error = %e, "cannot read the leaderboard");
+                Vec::new()
+            }
+        };
+        let entries = rank(&rows, conf.leaderboard_order);
+        let body = html! {
+            h1 { "Leaderboard: " (assignment) }
+            p.muted { "Each student's best " code { (key) } " ("
+                (if conf.leaderboard_order == LeaderboardOrder::Asc { "lowest" } else { "highest" })
+                " first). To hide your name, put " code { "\"leaderboard_name\": false" }
+                " in your labgrader.json; to choose it, " code { "\"leaderboard_name\": \"…\"" } "." }
+            @if entries.is_empty() { p { "No graded submission yet." } } @else {
+                div.scroll { table #leaderboard {
+                    thead { tr { th.num { "#" } th { "Student" } th.num { (key) } } }
+                    tbody { @for (i, e) in entries.iter().enumerate() { tr {
+                        td.num { (i + 1) }
+                        td.name.student { (e.name) }
+                        td.num { (num(Some(e.value))) }
+                    } } }
+                } }
+            }
+        };
+        html::respond(
+            StatusCode::OK,
+            html::layout(&format!("Leaderboard {assignment}"), Nav::Board, None, body),
+            Cache::Short,
+        )
+    }
+}
+
+/// A value and when it was first reached.
+type Reached = (f64, Option<chrono::DateTime<chrono::Utc>>);
+
+/// Best value per project, ranked by `order` (ties: who got there
+/// first); names from the latest job's manifest.
+pub(super) fn rank(rows: &[BoardRow], order: LeaderboardOrder) -> Vec<Entry> {
+    // project -> (best value and when it was reached, display name)
+    let mut best: BTreeMap<&str, (Option<Reached>, String)> = BTreeMap::new();
+    for r in rows {
+        let e = best
+            .entry(r.project.as_str())
+            .or_insert_with(|| (None, default_name(&r.project)));
+        // Rows come oldest first: the last manifest seen is the latest.
+        e.1 = match r.name.as_deref() {
+            None => default_name(&r.project),
+            Some("false" | "null" | "\"\"") => "anonymous".into(),
+            Some(json) => serde_json::from_str::<String>(json)
+                .map(|s| one_line(s.trim(), NAME_MAX))
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "anonymous".into()),
+        };
+        let Some(v) = r.value else { continue };
+        let better = match e.0 {
+            None => true,
+            Some((b, _)) => match order {
+                LeaderboardOrder::Desc => v > b,
+                LeaderboardOrder::Asc => v < b,
+            },
+        };
+        if better {
+            e.0 = Some((v, r.received_at));
+        }
+    }
+    let mut list: Vec<(f64, Option<chrono::DateTime<chrono::Utc>>, String)> = best
+        .into_values()
+        .filter_map(|(b, name)| b.map(|(v, t)| (v, t, name)))
+        .collect();
+    list.sort_by(|a, b| {
+        let by_value = match order {
+            LeaderboardOrder::Desc => b.0.total_cmp(&a.0),
+            LeaderboardOrder::Asc => a.0.total_cmp(&b.0),
+        };
+        by_value.then(a.1.cmp(&b.1))
+    });
+    list.into_iter()
+        .map(|(value, _, name)| Entry { name, value })
+        .collect()
+}
+
+/// The last part of the project's namespace (`course/alice/lab1` → alice).
+fn default_name(project: &str) -> String {
+    let ns = project.rsplit_once('/').map_or(project, |(ns, _)| ns);
+    one_line(ns.rsplit('/').next().unwrap_or(ns), NAME_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(project: &str, value: Option<f64>, name: Option<&str>, at: i64) -> BoardRow {
+        BoardRow {
+            project: project.into(),
+            received_at: chrono::DateTime::from_timestamp(at, 0),
+            value,
+            name: name.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn best_value_per_student_in_the_configured_order() {
+        let rows = [
+            row("c/alice/lab", Some(3.0), None, 1),
+            row("c/alice/lab", Some(9.0), None, 2),
+            row("c/bob/lab", Some(5.0), Some("\"Bobby <b>\""), 3),
+            row("c/carol/lab", Some(1.0), Some("false"), 4),
+            row("c/dave/lab", None, None, 5),
+        ];
+        let desc = rank(&rows, LeaderboardOrder::Desc);
+        let names: Vec<_> = desc.iter().map(|e| (e.name.as_str(), e.value)).collect();
+        assert_eq!(
+            names,
+            [("alice", 9.0), ("Bobby <b>", 5.0), ("anonymous", 1.0)]
+        );
+        let asc = rank(&rows, LeaderboardOrder::Asc);
+        assert_eq!(asc[0].name, "anonymous");
+        assert_eq!(
+            asc[1],
+            Entry {
+                name: "alice".into(),
+                value: 3.0
+            }
+        );
+    }
+
+    #[test]
+    fn the_latest_manifest_decides_the_name() {
+        let rows = [
+            row("c/alice/lab", Some(3.0), Some("\"Ace\""), 1),
+            row("c/alice/lab", Some(1.0), Some("\"\""), 2),
+        ];
+        assert_eq!(rank(&rows, LeaderboardOrder::Desc)[0].name, "anonymous");
+    }
+}
