@@ -163,6 +163,7 @@ fn event(path: &str, sha: &str) -> Event {
         infra_attempts: 0,
         not_before: None,
         last_error: None,
+        regrade: None,
         raw: serde_json::Value::Null,
     }
 }

@@ -205,6 +205,8 @@ pub struct QueueReport {
     /// Oldest deliveries waiting in outbox/ and given up in dead/ (with reasons).
     pub deliveries_waiting: Vec<crate::deliver::DeliveryLine>,
     pub deliveries_dead: Vec<crate::deliver::DeliveryLine>,
+    /// Regrade batches still running or finished within a day.
+    pub regrades: Vec<crate::grader::batch::Progress>,
 }
 
 impl QueueReport {
@@ -235,6 +237,7 @@ impl QueueReport {
                 .collect(),
             deliveries_waiting,
             deliveries_dead,
+            regrades: crate::grader::batch::report(&spool),
         })
     }
 }

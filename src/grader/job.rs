@@ -152,6 +152,7 @@ impl Grader {
             Ok(f) => f,
             Err(s) => return Ok(stopped(self, ev, &*runner, &plan, s)),
         };
+        self.pin(ev, &fetched);
 
         // Admit: course policy reads the student's own tree, before the
         // tests are laid over it (manifest, authors, then the quota slot).
@@ -281,6 +282,22 @@ impl Grader {
         }))
     }
 
+    /// Keep both commits reachable in the mirrors (`mirror::pin`), so
+    /// `replay` and `regrade` outlive a force-push and a `git gc`.
+    fn pin(&self, ev: &Event, f: &Fetched) {
+        let tests_path = self.cfg.gitlab.tests_path_for(&ev.project.name);
+        let pinned = self
+            .mirrors
+            .pin(&ev.project.path, "jobs", &ev.job_id, &f.student_sha)
+            .and_then(|()| {
+                self.mirrors
+                    .pin(&tests_path, "tests", &f.tests_sha, &f.tests_sha)
+            });
+        if let Err(e) = pinned {
+            warn!(error = %e, "cannot pin the graded commits in the mirrors");
+        }
+    }
+
     /// Admit: the course policy's answer on the student's own tree
     /// (`None` when there is no gate: replay).
     async fn admit(
@@ -344,8 +361,8 @@ impl Grader {
         }
     }
 
-    /// Record: the gradebook row, the deliveries, then `done/<job>/` and
-    /// the claim `active/<name>` dropped.
+    /// Record: the gradebook row, then `done/<job>/` (the claim
+    /// `active/<name>` dropped), then the deliveries.
     async fn record(&self, name: &str, ev: &Event, result: &JobResult) -> Result<(), GraderFault> {
         let t = Instant::now();
         let mut json = serde_json::to_vec_pretty(result).expect("result serializes");
@@ -360,11 +377,15 @@ impl Grader {
             ],
         )?;
         self.record_gradebook(result.clone()).await?;
-        // Deliveries are queued before the job counts as done: a crash in
-        // between regrades the job, and queuing again is idempotent, so no
-        // result is ever recorded without its deliveries.
-        crate::deliver::enqueue_result(&self.cfg, &self.spool, ev, result)?;
+        // done/ is the source of truth, durable before anything is sent: a
+        // crash before it grades the job again (nothing was queued); a
+        // crash after it is completed at start from done/ (the gradebook
+        // row, and the deliveries when none was queued: see `reconcile`),
+        // never graded again.
         self.spool.finish(draft, name)?;
+        if let Err(e) = crate::deliver::enqueue_result(&self.cfg, &self.spool, ev, result) {
+            error!(error = %e, "cannot queue the result's deliveries; the next start queues them from done/");
+        }
         observe("record", t.elapsed());
         metrics::inc(
             STATUS_METRIC,

@@ -13,11 +13,15 @@
 //!   daemon `max_crashes` times), and recovery after a crash (a job whose
 //!   result was recorded and queued before the crash is completed from the
 //!   gradebook, never graded a second time);
+//! - `reconcile`: at start, the gradebook and outbox brought in line with
+//!   `done/`, the source of truth;
 //! - `limits`: a job's limits, runner, image and contract;
 //! - `blame`: whose fault a failure is (submission, course, grader);
 //! - `verdict`: a run's status, reason and grade, and the one builder of
 //!   a result;
 //! - `staff`: the staff commands `grade`, `regrade` and `replay`;
+//! - `batch`: `regrade --assignment`: which submissions, the batch file,
+//!   its progress;
 //! - `wiring`: the [`Grader`] itself, its parts built once.
 //!
 //! It never delivers results itself: it queues them in the outbox
@@ -30,10 +34,12 @@
 //! SHA and project path are checked before they reach git or a path.
 //! This module only declares, re-exports and starts the daemon.
 
+pub mod batch;
 pub mod blame;
 mod job;
 mod jobdir;
 pub mod limits;
+mod reconcile;
 pub mod release;
 mod scheduler;
 mod staff;
@@ -63,6 +69,7 @@ pub async fn run(
     let grader = Arc::new(Grader::new(cfg.clone(), spool.clone())?);
     grader.remove_orphans().await?;
     grader.recover().await?;
+    grader.reconcile().await?;
     let releases = tokio::spawn(release::run(cfg, spool, shutdown.clone()));
     grader.serve(shutdown).await;
     let _ = releases.await;

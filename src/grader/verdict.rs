@@ -269,6 +269,14 @@ fn extra_of(ev: &Event) -> BTreeMap<String, serde_json::Value> {
     if ev.source == HookSource::Local {
         m.insert("source".into(), "local".into());
     }
+    if let Some(rg) = &ev.regrade {
+        // The gradebook's regrade columns are read from these two.
+        m.insert(crate::gradebook::REGRADE_OF.into(), rg.of.clone().into());
+        m.insert(
+            crate::gradebook::REGRADE_BATCH.into(),
+            rg.batch.clone().into(),
+        );
+    }
     if ev.kind == EventKind::TagPush && ev.after != ev.commit {
         // An annotated tag: graded at its commit; the tag object it was.
         m.insert("tag_object".into(), ev.after.clone().into());

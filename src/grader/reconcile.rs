@@ -1,0 +1,78 @@
+//! Start-up reconciliation: `done/` is the source of truth.
+//!
+//! Owns bringing the gradebook and the outbox in line with `done/` before
+//! any job runs. A job is recorded gradebook row → `done/` → deliveries;
+//! the gradebook runs WAL with `synchronous=NORMAL`, so a power loss can
+//! drop a row (or keep an older one) while `done/` survives. At start,
+//! every `done/` record without a row gets it back, and every recent one
+//! (within `[spool] dedup_window`, the time receipts are kept) whose row
+//! says something else is recorded again, and gets its deliveries queued
+//! when none was (a crash between `done/` and the outbox). A job in
+//! `done/` is never graded again, so the gradebook never disagrees with
+//! what was sent. It never grades and never moves a job.
+
+use std::time::SystemTime;
+
+use tracing::{info, warn};
+
+use crate::spool::State;
+
+use super::wiring::Grader;
+
+impl Grader {
+    /// Reconcile the gradebook and the outbox with `done/` (see the module).
+    pub(super) async fn reconcile(&self) -> Result<(), super::GraderFault> {
+        let names = self.spool.list(State::Done)?;
+        let gb = self.gradebook.clone();
+        let known = tokio::task::spawn_blocking(move || {
+            gb.lock().unwrap_or_else(|p| p.into_inner()).job_ids()
+        })
+        .await??;
+        let recent_since = SystemTime::now()
+            .checked_sub(self.cfg.spool.dedup_window.get())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let (mut rows, mut queued) = (0usize, 0usize);
+        for name in names {
+            let dir = self.spool.path(State::Done, &name);
+            let recent = std::fs::metadata(&dir)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= recent_since);
+            if known.contains(&name) && !recent {
+                continue;
+            }
+            let Ok((ev, Some(result))) = super::read_record(&self.spool, &name) else {
+                warn!(job_id = %name, "done/ record unreadable: not reconciled");
+                continue;
+            };
+            let row = if known.contains(&name) {
+                self.gradebook_row(&name).await
+            } else {
+                None
+            };
+            let same = row.is_some_and(|r| {
+                r.ended_at == result.ended_at
+                    && r.status == result.status
+                    && r.grade_total == result.grade_total
+            });
+            if !same {
+                self.record_gradebook(result.clone()).await?;
+                rows += 1;
+            }
+            if recent && !crate::deliver::has_result_delivery(&self.spool, &name) {
+                crate::deliver::enqueue_result(&self.cfg, &self.spool, &ev, &result)?;
+                if crate::deliver::has_result_delivery(&self.spool, &name) {
+                    queued += 1;
+                }
+            }
+        }
+        if rows > 0 || queued > 0 {
+            warn!(
+                rows,
+                queued, "reconciled with done/: gradebook rows restored, deliveries queued"
+            );
+        } else {
+            info!("gradebook agrees with done/");
+        }
+        Ok(())
+    }
+}
