@@ -193,6 +193,12 @@ impl Grader {
                 laid,
             )
         };
+        if ev.infra_attempts > 0 || ev.crashes > 0 {
+            // An interrupted attempt may have left its sandbox behind.
+            if let Err(e) = runner.remove_job(&ev.job_id).await {
+                warn!(error = %e, "cannot remove an earlier attempt's sandbox");
+            }
+        }
         let t = Instant::now();
         let outcome = runner.run(&spec, cancel).await;
         observe("run", t.elapsed());
@@ -463,6 +469,8 @@ impl Grader {
             metrics::inc(RETRY_METRIC, RETRY_HELP, &[]);
             if let Err(e) = self.spool.requeue(name, Some(&ev.to_bytes())) {
                 error!(error = %e, "cannot requeue the job; it stays in active/ until restart");
+            } else if let GraderFault::Sandbox(_) = fault {
+                self.engine_waits.note(&ev.job_id);
             }
             return;
         }

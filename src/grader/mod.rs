@@ -15,6 +15,8 @@
 //!   gradebook, never graded a second time);
 //! - `reconcile`: at start, the gradebook and outbox brought in line with
 //!   `done/`, the source of truth;
+//! - `engine_watch`: periodic sweeps of leftover sandboxes, and retries
+//!   released as soon as the sandbox engine answers again;
 //! - `limits`: a job's limits, runner, image and contract;
 //! - `blame`: whose fault a failure is (submission, course, grader);
 //! - `verdict`: a run's status, reason and grade, and the one builder of
@@ -36,6 +38,7 @@
 
 pub mod batch;
 pub mod blame;
+mod engine_watch;
 mod job;
 mod jobdir;
 pub mod limits;
@@ -71,7 +74,9 @@ pub async fn run(
     grader.recover().await?;
     grader.reconcile().await?;
     let releases = tokio::spawn(release::run(cfg, spool, shutdown.clone()));
+    let watch = tokio::spawn(grader.clone().watch_engine(shutdown.clone()));
     grader.serve(shutdown).await;
     let _ = releases.await;
+    let _ = watch.await;
     Ok(())
 }
