@@ -11,7 +11,6 @@
 //! backoff (the fault was not the engine's absence). It never grades and
 //! never moves a job except through `retry`'s claim-rewrite-requeue.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,39 +25,6 @@ use super::wiring::Grader;
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// How often the engine is probed while jobs wait for it.
 pub const PROBE_EVERY: Duration = Duration::from_millis(250);
-
-/// Jobs waiting for the engine: job id → seen the engine down since.
-#[derive(Default)]
-pub(super) struct EngineWaits(std::sync::Mutex<HashMap<String, bool>>);
-
-impl EngineWaits {
-    /// Job `job_id` was put back after a sandbox fault.
-    pub(super) fn note(&self, job_id: &str) {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        g.insert(job_id.to_string(), false);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
-    }
-
-    /// After a probe: `Some(jobs to release)` when the engine answered.
-    fn probed(&self, answers: bool) -> Vec<String> {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if !answers {
-            g.values_mut().for_each(|seen_down| *seen_down = true);
-            return Vec::new();
-        }
-        let released: Vec<String> = g
-            .iter()
-            .filter(|(_, d)| **d)
-            .map(|(j, _)| j.clone())
-            .collect();
-        // Those never seen down keep their backoff: forget them.
-        g.clear();
-        released
-    }
-}
 
 impl Grader {
     /// Sweep and probe until `shutdown` fires.
@@ -101,26 +67,5 @@ impl Grader {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_jobs_that_saw_the_engine_down_are_released_when_it_answers() {
-        let w = EngineWaits::default();
-        w.note("a");
-        assert!(
-            w.probed(true).is_empty(),
-            "never seen down: keeps its backoff"
-        );
-        assert!(w.is_empty());
-        w.note("b");
-        assert!(w.probed(false).is_empty());
-        w.note("c");
-        assert_eq!(w.probed(true), ["b"]);
-        assert!(w.is_empty());
     }
 }

@@ -38,6 +38,7 @@
 
 pub mod batch;
 pub mod blame;
+mod engine_waits;
 mod engine_watch;
 mod job;
 mod jobdir;

@@ -42,7 +42,7 @@ pub struct Grader {
     /// `[spool] min_free`: no job is claimed under it.
     pub(super) reserve: Reserve,
     /// Jobs put back after a sandbox fault, waiting for the engine.
-    pub(super) engine_waits: super::engine_watch::EngineWaits,
+    pub(super) engine_waits: super::engine_waits::EngineWaits,
 }
 
 /// What admission needs besides the config.
