@@ -79,6 +79,9 @@ pub struct Regrade {
     /// Email the student the new result (`--notify`).
     #[serde(default)]
     pub notify: bool,
+    /// When the batch was queued: its jobs use a tests head fetched since.
+    #[serde(default)]
+    pub queued_at: Option<DateTime<Utc>>,
 }
 
 /// One accepted submission, as stored in the spool.

@@ -300,6 +300,7 @@ pub fn queue(
             batch: batch.clone(),
             of: p.of.clone(),
             notify: req.notify,
+            queued_at: Some(Utc::now()),
         });
         jobs.push(BatchJob {
             id: ev.job_id.clone(),
@@ -470,6 +471,7 @@ mod tests {
                 batch: "b".into(),
                 of: of.into(),
                 notify: false,
+                queued_at: None,
             }),
             raw: serde_json::Value::Null,
         };

@@ -134,7 +134,6 @@ impl Grader {
         ev: &mut Event,
         cancel: &CancellationToken,
     ) -> Result<Graded, GraderFault> {
-        let started = Instant::now();
         observe(
             "queued",
             (Utc::now() - ev.received_at).to_std().unwrap_or_default(),
@@ -148,7 +147,7 @@ impl Grader {
         let runner = self.runner(plan.runner)?;
 
         // Prepare: both trees in a fresh job directory.
-        let fetched = match self.fetch(ev, None, started, cancel).await? {
+        let fetched = match self.fetch(ev, None, fresh_since(ev), cancel).await? {
             Ok(f) => f,
             Err(s) => return Ok(stopped(self, ev, &*runner, &plan, s)),
         };
@@ -217,7 +216,8 @@ impl Grader {
 
     /// Prepare: a fresh job directory holding the student's tree at the
     /// event's commit, and the test tree at `tests_sha` (replay pins it)
-    /// or, with `None`, at its default branch's head fetched since `since`.
+    /// or, with `None`, at its default branch's head fetched since `since`
+    /// (a mirror fetched since then is not fetched again).
     pub(super) async fn fetch(
         &self,
         ev: &Event,
@@ -241,6 +241,7 @@ impl Grader {
             &student_url,
             &ev.commit,
             &ev.git_ref,
+            since,
             &ws_dir,
             workspace_limits(&self.cfg),
             cancel,
@@ -582,6 +583,23 @@ fn stopped(g: &Grader, ev: &Event, runner: &dyn Runner, plan: &JobPlan, s: Stopp
     r.runner = runner.name().to_string();
     r.limits = Some(plan.limits.clone());
     Graded::Result(Box::new(r))
+}
+
+/// The oldest fetch a job may reuse (see [`Grader::fetch`]): one started
+/// after the push was received (GitLab sends the hook once the commit is
+/// stored, so such a fetch holds it, and the tests as they were then), or,
+/// for a regrade, after its batch was queued (so a test fix pushed before
+/// `labgrader regrade` is always seen; other staff-queued jobs share none). Jobs queued together then share
+/// one fetch and one tests-head check instead of one each.
+fn fresh_since(ev: &Event) -> Instant {
+    let at = match &ev.regrade {
+        Some(r) => r.queued_at.unwrap_or_else(Utc::now),
+        // Queued by staff by other means (`regrade JOB`): no sharing.
+        None if ev.source == crate::event::HookSource::Local => Utc::now(),
+        None => ev.received_at,
+    };
+    let age = (Utc::now() - at).to_std().unwrap_or_default();
+    Instant::now().checked_sub(age).unwrap_or_else(Instant::now)
 }
 
 fn observe(phase: &'static str, d: Duration) {
