@@ -5,9 +5,10 @@
 //! the gradebook runs WAL with `synchronous=NORMAL`, so a power loss can
 //! drop a row (or keep an older one) while `done/` survives. At start,
 //! every `done/` record without a row gets it back, and every recent one
-//! (within `[spool] dedup_window`, the time receipts are kept) whose row
-//! says something else is recorded again, and gets its deliveries queued
-//! when none was (a crash between `done/` and the outbox). A job in
+//! (within `[spool] dedup_window`, the time receipts are kept, and a day)
+//! whose row says something else is recorded again, and gets its
+//! deliveries queued when none was (a crash between `done/` and the
+//! outbox). A job in
 //! `done/` is never graded again, so the gradebook never disagrees with
 //! what was sent. It never grades and never moves a job.
 
@@ -19,6 +20,11 @@ use crate::spool::State;
 
 use super::wiring::Grader;
 
+/// At most this far back is a `done/` record compared with its row (a
+/// lost write is of the last moments before a crash; the start-up cost
+/// stays bounded on a spool of a whole term).
+const RECENT_MAX: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 impl Grader {
     /// Reconcile the gradebook and the outbox with `done/` (see the module).
     pub(super) async fn reconcile(&self) -> Result<(), super::GraderFault> {
@@ -28,8 +34,9 @@ impl Grader {
             gb.lock().unwrap_or_else(|p| p.into_inner()).job_ids()
         })
         .await??;
+        let window = self.cfg.spool.dedup_window.get().min(RECENT_MAX);
         let recent_since = SystemTime::now()
-            .checked_sub(self.cfg.spool.dedup_window.get())
+            .checked_sub(window)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let (mut rows, mut queued) = (0usize, 0usize);
         for name in names {
