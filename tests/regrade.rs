@@ -421,3 +421,65 @@ async fn replay_and_regrade_work_after_a_force_push_and_gc() {
     assert_eq!(r.grade_total, Some(4.0));
     stop(child);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_queued_for_delivery_is_kept_even_when_its_row_and_done_were_lost() {
+    let f = Fixture::new();
+    let grade = f.tmp.path().join("grade");
+    let runs = f.tmp.path().join("runs");
+    std::fs::write(&grade, "1").unwrap();
+    f.tests_repo(
+        "lab1",
+        &format!(
+            "#!/bin/sh\necho run >> {runs}\nprintf '<summary>\\ngrade_total = %s\\n</summary>\\n' \"$(cat {grade})\"\n",
+            runs = runs.display(),
+            grade = grade.display()
+        ),
+    );
+    let p = World::project(3);
+    let sha = f.push(&p, |_| {});
+    // A callback nobody answers: its record waits in the outbox.
+    let cfg = f.config("[callback]\nurl = \"http://127.0.0.1:9/cb\"\n");
+    let ev = f.event(&p, &sha);
+    f.enqueue(&ev);
+    let d = f.start(cfg.clone());
+    let first = f.wait_done(&ev.job_id, WAIT).await;
+    d.stop().await;
+
+    // A power loss between queuing the deliveries and publishing done/:
+    // the record is still the durable draft in tmp/ (of a dead process),
+    // the claim in active/, and the gradebook row is gone.
+    let spool = f.spool();
+    let draft = f.spool_dir.join("tmp").join(format!(
+        "{}.999999.{}",
+        ev.job_id,
+        labgrader::spool::new_job_id()
+    ));
+    std::fs::rename(f.done_dir(&ev.job_id), &draft).unwrap();
+    spool
+        .publish(
+            labgrader::spool::State::Active,
+            &ev.file_name(),
+            &ev.to_bytes(),
+        )
+        .unwrap();
+    let conn = rusqlite::Connection::open(labgrader::gradebook::path_in(&f.spool_dir)).unwrap();
+    conn.execute("DELETE FROM results WHERE job_id = ?1", [&ev.job_id])
+        .unwrap();
+    drop(conn);
+    std::fs::write(&grade, "2").unwrap();
+
+    let d = f.start(cfg);
+    let r = f.wait_done(&ev.job_id, WAIT).await;
+    d.stop().await;
+    assert_eq!(
+        r.grade_total,
+        Some(1.0),
+        "the result promised, not a new run"
+    );
+    assert_eq!(r.ended_at, first.ended_at);
+    assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 1);
+    let gb = Gradebook::open(&labgrader::gradebook::path_in(&f.spool_dir)).unwrap();
+    assert_eq!(gb.get(&ev.job_id).unwrap().unwrap().grade_total, Some(1.0));
+    assert!(!draft.exists());
+}

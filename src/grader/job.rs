@@ -368,8 +368,8 @@ impl Grader {
         }
     }
 
-    /// Record: the gradebook row, then `done/<job>/` (the claim
-    /// `active/<name>` dropped), then the deliveries.
+    /// Record: the `done/` draft made durable, the gradebook row, the
+    /// deliveries, then `done/<job>/` published (the claim dropped).
     async fn record(&self, name: &str, ev: &Event, result: &JobResult) -> Result<(), GraderFault> {
         let t = Instant::now();
         let mut json = serde_json::to_vec_pretty(result).expect("result serializes");
@@ -383,16 +383,16 @@ impl Grader {
                 ("stderr", &result.stderr.display_bytes()),
             ],
         )?;
+        // The record is the source of truth, durable before anything is
+        // promised from it: a crash after the deliveries are queued leaves
+        // a draft that start-up publishes (`publish_promised_drafts`) and
+        // the gradebook is reconciled from (`reconcile`); a job whose
+        // result was queued for delivery is never graded again. Deliveries
+        // are queued before `done/` appears, so `done/` means "queued".
+        self.spool.sync_draft(&draft)?;
         self.record_gradebook(result.clone()).await?;
-        // done/ is the source of truth, durable before anything is sent: a
-        // crash before it grades the job again (nothing was queued); a
-        // crash after it is completed at start from done/ (the gradebook
-        // row, and the deliveries when none was queued: see `reconcile`),
-        // never graded again.
+        crate::deliver::enqueue_result(&self.cfg, &self.spool, ev, result)?;
         self.spool.finish(draft, name)?;
-        if let Err(e) = crate::deliver::enqueue_result(&self.cfg, &self.spool, ev, result) {
-            error!(error = %e, "cannot queue the result's deliveries; the next start queues them from done/");
-        }
         observe("record", t.elapsed());
         metrics::inc(
             STATUS_METRIC,
@@ -531,6 +531,8 @@ impl Grader {
                 let _ = workspace::remove_tree(&e.path());
             }
         }
+        // Before `tmp/` is swept: results already promised to students.
+        self.publish_promised_drafts();
         let rec = self.spool.recover(|_, bytes| {
             let mut ev = Event::from_bytes(bytes).ok()?;
             ev.crashes += 1;

@@ -1,14 +1,16 @@
 //! Start-up reconciliation: `done/` is the source of truth.
 //!
-//! Owns bringing the gradebook and the outbox in line with `done/` before
-//! any job runs. A job is recorded gradebook row → `done/` → deliveries;
-//! the gradebook runs WAL with `synchronous=NORMAL`, so a power loss can
-//! drop a row (or keep an older one) while `done/` survives. At start,
+//! Owns bringing the gradebook in line with `done/` (and `done/` with
+//! the results promised to students) before
+//! any job runs. A job is recorded: its `done/` draft made durable in
+//! `tmp/`, its gradebook row, its deliveries, then the draft published as
+//! `done/<job>/`. A crash after the deliveries were queued leaves a draft:
+//! start-up publishes it, before `tmp/` is swept. The gradebook runs WAL
+//! with `synchronous=NORMAL`, so a power loss can drop a row (or keep an
+//! older one) while `done/` survives. At start,
 //! every `done/` record without a row gets it back, and every recent one
 //! (within `[spool] dedup_window`, the time receipts are kept, and a day)
-//! whose row says something else is recorded again, and gets its
-//! deliveries queued when none was (a crash between `done/` and the
-//! outbox). A job in
+//! whose row says something else is recorded again. A job in
 //! `done/` is never graded again, so the gradebook never disagrees with
 //! what was sent. It never grades and never moves a job.
 
@@ -26,7 +28,41 @@ use super::wiring::Grader;
 const RECENT_MAX: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl Grader {
-    /// Reconcile the gradebook and the outbox with `done/` (see the module).
+    /// Publish the `done/` drafts in `tmp/` whose job has a result
+    /// delivery queued, sent or dead (a crash came between queuing the
+    /// deliveries and publishing `done/`): the student was promised that
+    /// result, so it is the job's record, never graded again.
+    pub(super) fn publish_promised_drafts(&self) {
+        let Ok(names) = self.spool.list(State::Tmp) else {
+            return;
+        };
+        for name in names {
+            // Drafts are `<job>.<pid>.<ulid>` directories (`Spool::tmp_dir`).
+            let Some(job) = name
+                .split('.')
+                .next()
+                .filter(|j| crate::spool::is_valid_name(j))
+            else {
+                continue;
+            };
+            let dir = self.spool.path(State::Tmp, &name);
+            if !dir.join("result.json").is_file()
+                || !dir.join("event.json").is_file()
+                || self.spool.path(State::Done, job).exists()
+                || !crate::deliver::has_result_delivery(&self.spool, job)
+            {
+                continue;
+            }
+            match self.spool.publish_dir(&dir, State::Done, job) {
+                Ok(_) => {
+                    warn!(job_id = %job, "published a record whose deliveries were queued before a crash")
+                }
+                Err(e) => warn!(job_id = %job, error = %e, "cannot publish a promised record"),
+            }
+        }
+    }
+
+    /// Reconcile the gradebook with `done/` (see the module).
     pub(super) async fn reconcile(&self) -> Result<(), super::GraderFault> {
         let names = self.spool.list(State::Done)?;
         let gb = self.gradebook.clone();
@@ -38,7 +74,7 @@ impl Grader {
         let recent_since = SystemTime::now()
             .checked_sub(window)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let (mut rows, mut queued) = (0usize, 0usize);
+        let mut rows = 0usize;
         for name in names {
             let dir = self.spool.path(State::Done, &name);
             let recent = std::fs::metadata(&dir)
@@ -47,7 +83,7 @@ impl Grader {
             if known.contains(&name) && !recent {
                 continue;
             }
-            let Ok((ev, Some(result))) = super::read_record(&self.spool, &name) else {
+            let Ok((_, Some(result))) = super::read_record(&self.spool, &name) else {
                 warn!(job_id = %name, "done/ record unreadable: not reconciled");
                 continue;
             };
@@ -65,18 +101,9 @@ impl Grader {
                 self.record_gradebook(result.clone()).await?;
                 rows += 1;
             }
-            if recent && !crate::deliver::has_result_delivery(&self.spool, &name) {
-                crate::deliver::enqueue_result(&self.cfg, &self.spool, &ev, &result)?;
-                if crate::deliver::has_result_delivery(&self.spool, &name) {
-                    queued += 1;
-                }
-            }
         }
-        if rows > 0 || queued > 0 {
-            warn!(
-                rows,
-                queued, "reconciled with done/: gradebook rows restored, deliveries queued"
-            );
+        if rows > 0 {
+            warn!(rows, "reconciled with done/: gradebook rows restored");
         } else {
             info!("gradebook agrees with done/");
         }
