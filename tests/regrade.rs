@@ -483,3 +483,46 @@ async fn a_result_queued_for_delivery_is_kept_even_when_its_row_and_done_were_lo
     assert_eq!(gb.get(&ev.job_id).unwrap().unwrap().grade_total, Some(1.0));
     assert!(!draft.exists());
 }
+
+#[test]
+fn a_regrade_emails_the_student_only_with_notify_and_always_calls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::deliver::config(
+        dir.path(),
+        "[email]\nurl = \"smtp://127.0.0.1:9\"\nfrom = \"g@example.edu\"\n\
+         [callback]\nurl = \"http://127.0.0.1:9/cb\"\n",
+    );
+    let spool = labgrader::spool::Spool::open(&cfg.spool.dir).unwrap();
+    let outbox = |job: &str| -> Vec<String> {
+        let mut v: Vec<String> = spool
+            .list(labgrader::spool::State::Outbox)
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.starts_with(job))
+            .collect();
+        v.sort();
+        v
+    };
+    for (job, notify) in [("01REGRADEQUIET", false), ("01REGRADENOTIFY", true)] {
+        let mut ev = common::deliver::event(job, Some("jsmith@example.edu"));
+        ev.regrade = Some(labgrader::event::Regrade {
+            batch: "rg-1".into(),
+            of: "01FIRST".into(),
+            notify,
+            queued_at: None,
+        });
+        let r =
+            common::deliver::result(&ev, labgrader::result::Status::Graded, Some(3.0), b"", b"");
+        labgrader::deliver::enqueue_result(&cfg, &spool, &ev, &r).unwrap();
+        let names = outbox(job);
+        assert!(
+            names.iter().any(|n| n.ends_with(".callback.json")),
+            "{names:?}"
+        );
+        assert_eq!(
+            names.iter().any(|n| n.ends_with(".email.json")),
+            notify,
+            "{names:?}"
+        );
+    }
+}
