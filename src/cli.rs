@@ -12,6 +12,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::Config;
 use crate::daemon::{Parts, QueueReport, existing_spool};
 
+mod regrade;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "labgrader",
@@ -61,16 +63,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Queue finished jobs again (by id, or every job of a project).
-    Regrade {
-        /// Job ids.
-        jobs: Vec<String>,
-        /// Every finished job of this project (namespace/name).
-        #[arg(long)]
-        project: Option<String>,
-    },
-    /// Run a finished job again on its recorded inputs and compare grades.
-    Replay { job: String },
+    /// Queue finished jobs again: by id, every job of a project, or an
+    /// assignment's submissions by policy (a batch, in the low-priority lane).
+    Regrade(regrade::RegradeArgs),
+    /// Run a finished job again on its recorded inputs and compare grades
+    /// (`--all --assignment NAME`: every current job of an assignment).
+    Replay(regrade::ReplayArgs),
     /// Cancel waiting jobs: each goes to failed/ with the reason
     /// "cancelled by staff" (no spool file is ever deleted by hand).
     Cancel {
@@ -163,6 +161,10 @@ pub struct ExportArgs {
     /// One row per test of each job selected (results.json / junit.xml).
     #[arg(long)]
     pub tests: bool,
+    /// Count each regraded submission only by its newest grading (the
+    /// rows a regrade superseded are left out before `--policy` chooses).
+    #[arg(long, requires = "policy")]
+    pub prefer_regrades: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -264,8 +266,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Gitlab(cmd) => gitlab(&cfg, cmd),
         // grader (issue #3): staff commands.
         Command::Grade(args) => grade(&cfg, args),
-        Command::Regrade { jobs, project } => regrade(&cfg, &jobs, project.as_deref()),
-        Command::Replay { job } => replay(cfg, &job),
+        Command::Regrade(args) => regrade::regrade(&cfg, args),
+        Command::Replay(args) => regrade::replay(cfg, args),
         Command::Release { assignment } => release(&cfg, &assignment),
         Command::Cancel { jobs, notify } => {
             let spool = existing_spool(&cfg)?;
@@ -439,6 +441,13 @@ fn queue(cfg: &Config, json: bool) -> Result<ExitCode> {
             }
         }
     }
+    for b in &report.regrades {
+        let state = if b.finished() { "finished" } else { "running" };
+        println!(
+            "regrade {} ({}): {}/{} done, {} failed, {state}",
+            b.batch, b.assignment, b.done, b.total, b.failed
+        );
+    }
     if !report.deliveries_waiting.is_empty() {
         println!(
             "deliveries waiting (oldest first, at most {}):",
@@ -520,14 +529,6 @@ fn grade(cfg: &Config, args: GradeArgs) -> Result<ExitCode> {
     })
 }
 
-fn regrade(cfg: &Config, jobs: &[String], project: Option<&str>) -> Result<ExitCode> {
-    let spool = existing_spool(cfg)?;
-    for (old, new) in crate::grader::regrade(&spool, jobs, project)? {
-        println!("{old} -> {new}");
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 fn release(cfg: &Config, assignment: &str) -> Result<ExitCode> {
     let spool = existing_spool(cfg)?;
     let gb = crate::gradebook::Gradebook::open(&crate::gradebook::path_in(&cfg.spool.dir))?;
@@ -538,34 +539,6 @@ fn release(cfg: &Config, assignment: &str) -> Result<ExitCode> {
         r.jobs, r.queued
     );
     Ok(ExitCode::SUCCESS)
-}
-
-fn replay(cfg: Arc<Config>, job: &str) -> Result<ExitCode> {
-    let spool = Arc::new(existing_spool(&cfg)?);
-    let r = runtime()?.block_on(crate::grader::replay(cfg, spool, job))?;
-    let show = |s: crate::result::Status, g: Option<f64>| match g {
-        Some(g) => format!("{s}, grade {g}"),
-        None => format!("{s}, no grade"),
-    };
-    println!("job {}", r.job_id);
-    println!("  recorded: {}", show(r.original_status, r.original_grade));
-    println!(
-        "  replayed: {} (student {}, tests {}, runner {})",
-        show(r.replay.status, r.replay.grade_total),
-        r.replay.student_sha,
-        r.replay.tests_sha.as_deref().unwrap_or("-"),
-        r.replay.runner
-    );
-    if let Some(reason) = &r.replay.reason {
-        println!("  reason:   {reason}");
-    }
-    if r.same {
-        println!("same grade");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("DIFFERENT grade");
-        Ok(ExitCode::from(2))
-    }
 }
 
 fn export_format(f: ExportFormat) -> crate::gradebook::Format {
@@ -607,7 +580,11 @@ fn gradebook_export(cfg: &Config, args: ExportArgs) -> Result<ExitCode> {
             project: args.project,
             assignment: args.assignment,
         };
-        let results = gb.select(Select::All, &filter)?;
+        let results = if args.prefer_regrades {
+            gb.select_current(Select::All, &filter)?
+        } else {
+            gb.select(Select::All, &filter)?
+        };
         let rows = select_rows(&rows_from_results(&results), policy);
         if args.tests {
             // Each chosen row's job, its tests under the row's student.

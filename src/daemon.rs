@@ -223,6 +223,8 @@ pub struct QueueReport {
     pub deliveries_dead: Vec<crate::deliver::DeliveryLine>,
     /// Staff alerts written but not yet sent (`[alerts]`, batched).
     pub alerts_waiting: usize,
+    /// Regrade batches still running or finished within a day.
+    pub regrades: Vec<crate::grader::batch::Progress>,
 }
 
 impl QueueReport {
@@ -260,6 +262,7 @@ impl QueueReport {
             deliveries_waiting,
             deliveries_dead,
             alerts_waiting: crate::alert::waiting(spool.root()),
+            regrades: crate::grader::batch::report(&spool),
         })
     }
 }

@@ -68,6 +68,22 @@ pub struct Pusher {
     pub email: Option<String>,
 }
 
+/// What makes a job a regrade: its batch, the job it grades again, and
+/// whether the student is emailed the new result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Regrade {
+    /// The batch (`labgrader queue` shows its progress).
+    pub batch: String,
+    /// The original job (the first grading of this submission).
+    pub of: String,
+    /// Email the student the new result (`--notify`).
+    #[serde(default)]
+    pub notify: bool,
+    /// When the batch was queued: its jobs use a tests head fetched since.
+    #[serde(default)]
+    pub queued_at: Option<DateTime<Utc>>,
+}
+
 /// One accepted submission, as stored in the spool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -104,6 +120,11 @@ pub struct Event {
     /// queue` shows it beside the attempt count).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Set on the jobs `labgrader regrade` queues: they run in the low
+    /// priority lane, never take quota, and email only with `--notify`.
+    /// The hook never writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regrade: Option<Regrade>,
     /// The GitLab body as received.
     pub raw: serde_json::Value,
 }
@@ -181,6 +202,7 @@ mod tests {
             infra_attempts: 0,
             not_before: None,
             last_error: None,
+            regrade: None,
             raw,
         };
         let update = serde_json::json!({"event_name": "repository_update"});

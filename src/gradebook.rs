@@ -112,7 +112,20 @@ const MIGRATIONS: &[&str] = &[
         jobs        INTEGER NOT NULL,
         PRIMARY KEY (assignment, due)
      );",
+    // 4: regrades (`labgrader regrade`): the job a row grades again (the
+    // first grading of the submission) and its batch; NULL on live jobs.
+    // The tests commit of every row is `tests_sha`.
+    "ALTER TABLE results ADD COLUMN regrade_of TEXT;
+     ALTER TABLE results ADD COLUMN regrade_batch TEXT;
+     UPDATE results SET regrade_of = json_extract(result, '$.extra.regrade_of'),
+        regrade_batch = json_extract(result, '$.extra.regrade_batch');
+     CREATE INDEX results_regrade_of ON results(regrade_of);
+     CREATE INDEX results_assignment ON results(assignment, received_at);",
 ];
+
+/// The result's `extra` keys naming the job a regrade grades again and its
+/// batch (the gradebook's regrade columns).
+pub use crate::result::{REGRADE_BATCH, REGRADE_OF};
 
 /// One test of one job, as the gradebook keeps it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -288,6 +301,11 @@ impl Gradebook {
                 ts(chrono::Utc::now()),
             ],
         )?;
+        let extra = |k: &str| r.extra.get(k).and_then(|v| v.as_str());
+        tx.execute(
+            "UPDATE results SET regrade_of = ?2, regrade_batch = ?3 WHERE job_id = ?1",
+            params![r.job_id, extra(REGRADE_OF), extra(REGRADE_BATCH)],
+        )?;
         tx.execute("DELETE FROM tests WHERE job_id = ?1", [&r.job_id])?;
         if let Some(res) = &r.results {
             let mut st = tx.prepare(
@@ -407,6 +425,13 @@ impl Gradebook {
         text.map(from_parts).transpose()
     }
 
+    /// Every job id recorded (start-up reconciliation with `done/`).
+    pub fn job_ids(&self) -> Result<std::collections::HashSet<String>, GradebookError> {
+        let mut st = self.conn.prepare("SELECT job_id FROM results")?;
+        let ids = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(ids)
+    }
+
     /// Job ids of `project`, oldest first.
     pub fn jobs_of(&self, project: &str) -> Result<Vec<String>, GradebookError> {
         let mut st = self.conn.prepare(
@@ -424,17 +449,49 @@ impl Gradebook {
         select: Select,
         filter: &Filter,
     ) -> Result<Vec<JobResult>, GradebookError> {
+        self.select_rows(select, filter, false)
+    }
+
+    /// Like [`Gradebook::select`], with each regraded submission counted
+    /// only by its newest grading (a regrade row supersedes the rows it
+    /// grades again, unless it ended in `infra_error`).
+    pub fn select_current(
+        &self,
+        select: Select,
+        filter: &Filter,
+    ) -> Result<Vec<JobResult>, GradebookError> {
+        self.select_rows(select, filter, true)
+    }
+
+    fn select_rows(
+        &self,
+        select: Select,
+        filter: &Filter,
+        current: bool,
+    ) -> Result<Vec<JobResult>, GradebookError> {
         let infra = Status::InfraError.as_str();
-        let base =
+        // `?3`: drop rows a later regrade of the same submission supersedes.
+        let current_of = |a: &str| {
+            format!(
+                "(?3 = 0 OR NOT EXISTS (SELECT 1 FROM results s
+                    WHERE s.regrade_of = coalesce({a}.regrade_of, {a}.job_id)
+                    AND s.job_id > {a}.job_id AND s.status != '{infra}'))"
+            )
+        };
+        let base = format!(
             "SELECT result, stdout, stderr, project, job_id, received_at, grade_total, status
                     FROM results
-                    WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR assignment = ?2)";
+                    WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR assignment = ?2)
+                    AND {}",
+            current_of("results")
+        );
+        let cur_o = current_of("o");
         let sql = match select {
             Select::All => format!("{base} ORDER BY project, received_at, job_id"),
             Select::Latest => format!(
                 "SELECT result, stdout, stderr FROM ({base} AND status != '{infra}') AS r
                  WHERE NOT EXISTS (SELECT 1 FROM results o WHERE o.project = r.project
-                    AND o.status != '{infra}'
+                    AND o.status != '{infra}' AND {cur_o}
                     AND (o.received_at > r.received_at
                          OR (o.received_at = r.received_at AND o.job_id > r.job_id)))
                  ORDER BY project"
@@ -442,7 +499,7 @@ impl Gradebook {
             Select::Best => format!(
                 "SELECT result, stdout, stderr FROM ({base} AND status != '{infra}' AND grade_total IS NOT NULL) AS r
                  WHERE NOT EXISTS (SELECT 1 FROM results o WHERE o.project = r.project
-                    AND o.status != '{infra}' AND o.grade_total IS NOT NULL
+                    AND o.status != '{infra}' AND o.grade_total IS NOT NULL AND {cur_o}
                     AND (o.grade_total > r.grade_total
                          OR (o.grade_total = r.grade_total AND o.received_at < r.received_at)
                          OR (o.grade_total = r.grade_total AND o.received_at = r.received_at
@@ -452,7 +509,10 @@ impl Gradebook {
         };
         let mut st = self.conn.prepare(&sql)?;
         let rows = st
-            .query_map(params![filter.project, filter.assignment], row_parts)?
+            .query_map(
+                params![filter.project, filter.assignment, current],
+                row_parts,
+            )?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter().map(from_parts).collect()
     }
@@ -721,7 +781,11 @@ mod tests {
                 .unwrap();
             // Back to the schema of version 1, as an older labgrader left it.
             gb.conn
-                .execute_batch("DROP TABLE tests; DROP TABLE releases; PRAGMA user_version = 1;")
+                .execute_batch(
+                    "DROP TABLE tests; DROP TABLE releases; DROP INDEX results_regrade_of;
+                     DROP INDEX results_assignment; ALTER TABLE results DROP COLUMN regrade_of;
+                     ALTER TABLE results DROP COLUMN regrade_batch; PRAGMA user_version = 1;",
+                )
                 .unwrap();
         }
         let gb = Gradebook::open(&path).unwrap();
@@ -731,6 +795,41 @@ mod tests {
         assert_eq!(
             (tests[0].score, tests[1].visibility.as_str()),
             (Some(1.0), "hidden")
+        );
+    }
+
+    #[test]
+    fn regrade_rows_are_marked_and_supersede_what_they_regrade_when_asked() {
+        let t = tempfile::tempdir().unwrap();
+        let gb = Gradebook::open(&t.path().join("g.sqlite")).unwrap();
+        gb.record(&result("01A", "s/a/lab1", 1, Status::Graded, Some(9.0)))
+            .unwrap();
+        gb.record(&result("01B", "s/a/lab1", 2, Status::Graded, Some(8.0)))
+            .unwrap();
+        // 01A regraded lower (a test fixed), then a regrade that failed.
+        let mut rg = result("02A", "s/a/lab1", 1, Status::Graded, Some(4.0));
+        rg.extra.insert(REGRADE_OF.into(), "01A".into());
+        rg.extra.insert(REGRADE_BATCH.into(), "rg-1".into());
+        gb.record(&rg).unwrap();
+        let mut bad = result("03A", "s/a/lab1", 1, Status::InfraError, None);
+        bad.extra.insert(REGRADE_OF.into(), "01A".into());
+        gb.record(&bad).unwrap();
+        let marked: (String, String) = gb
+            .conn
+            .query_row(
+                "SELECT regrade_of, regrade_batch FROM results WHERE job_id = '02A'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(marked, ("01A".into(), "rg-1".into()));
+        let f = Filter::default();
+        let ids = |v: Vec<JobResult>| v.into_iter().map(|r| r.job_id).collect::<Vec<_>>();
+        assert_eq!(ids(gb.select(Select::Best, &f).unwrap()), ["01A"]);
+        assert_eq!(ids(gb.select_current(Select::Best, &f).unwrap()), ["01B"]);
+        assert_eq!(
+            ids(gb.select_current(Select::All, &f).unwrap()),
+            ["02A", "03A", "01B"]
         );
     }
 

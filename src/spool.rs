@@ -622,6 +622,27 @@ impl Spool {
         })
     }
 
+    /// Make the draft `record` durable where it is (its files, its
+    /// directory, and its entry in `tmp/`), before anything promised from
+    /// it (the deliveries) is queued: a crash then leaves a draft that
+    /// start-up recovery can still publish.
+    pub fn sync_draft(&self, record: &DoneRecord) -> Result<(), SpoolError> {
+        let sync = || -> io::Result<()> {
+            for entry in fs::read_dir(&record.dir)? {
+                let entry = entry?;
+                if entry.file_type()?.is_file() {
+                    File::open(entry.path())?.sync_all()?;
+                }
+            }
+            fsync_dir(&record.dir)?;
+            fsync_dir(&self.dir(State::Tmp))
+        };
+        sync().map_err(|source| SpoolError::Write {
+            path: record.dir.clone(),
+            source,
+        })
+    }
+
     /// Step two: publish `record` as `done/<job id>/` (a record already
     /// there wins; this one is dropped) and drop the claim `active/<name>`.
     pub fn finish(&self, record: DoneRecord, name: &str) -> Result<(), SpoolError> {

@@ -128,6 +128,7 @@ fn event(job: &str, sha: &str, received_at: DateTime<Utc>, pusher: &str) -> Even
         infra_attempts: 0,
         not_before: None,
         last_error: None,
+        regrade: None,
         raw: Value::Null,
     }
 }

@@ -126,7 +126,9 @@ pub fn enqueue_result(
     if !cfg.callback.url.is_empty() {
         records.push(render::callback_record(cfg, event, result));
     }
-    if !cfg.email.url.is_empty() {
+    // A regrade emails the student again only when staff asked (`--notify`).
+    let email = event.regrade.as_ref().is_none_or(|r| r.notify);
+    if !cfg.email.url.is_empty() && email {
         records.push(render::email_record(cfg, event, result));
     }
     if commit_status_enabled(cfg) {

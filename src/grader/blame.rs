@@ -215,7 +215,9 @@ pub enum GraderError {
     NotADirectory { what: &'static str, path: PathBuf },
     #[error("no finished job of project {0} in the gradebook")]
     NoJobsOfProject(String),
-    #[error("name job ids or --project to regrade")]
+    #[error(
+        "name job ids, --project PATH, or --assignment NAME --policy latest|best|all to regrade"
+    )]
     NothingToRegrade,
     /// An assignment's image is not usable at start.
     #[error("[assignments.{assignment}] image: {source}")]

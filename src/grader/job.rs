@@ -139,7 +139,6 @@ impl Grader {
         ev: &mut Event,
         cancel: &CancellationToken,
     ) -> Result<Graded, GraderFault> {
-        let started = Instant::now();
         observe(
             "queued",
             (Utc::now() - ev.received_at).to_std().unwrap_or_default(),
@@ -153,10 +152,11 @@ impl Grader {
         let runner = self.runner(plan.runner)?;
 
         // Prepare: both trees in a fresh job directory.
-        let fetched = match self.fetch(ev, None, started, cancel).await? {
+        let fetched = match self.fetch(ev, None, fresh_since(ev), cancel).await? {
             Ok(f) => f,
             Err(s) => return Ok(stopped(self, ev, &*runner, &plan, s)),
         };
+        self.pin(ev, &fetched);
 
         // Admit: course policy reads the student's own tree, before the
         // tests are laid over it (manifest, authors, then the quota slot).
@@ -198,6 +198,12 @@ impl Grader {
                 laid,
             )
         };
+        if ev.infra_attempts > 0 || ev.crashes > 0 {
+            // An interrupted attempt may have left its sandbox behind.
+            if let Err(e) = runner.remove_job(&ev.job_id).await {
+                warn!(error = %e, "cannot remove an earlier attempt's sandbox");
+            }
+        }
         let t = Instant::now();
         let outcome = runner.run(&spec, cancel).await;
         observe("run", t.elapsed());
@@ -216,7 +222,8 @@ impl Grader {
 
     /// Prepare: a fresh job directory holding the student's tree at the
     /// event's commit, and the test tree at `tests_sha` (replay pins it)
-    /// or, with `None`, at its default branch's head fetched since `since`.
+    /// or, with `None`, at its default branch's head fetched since `since`
+    /// (a mirror fetched since then is not fetched again).
     pub(super) async fn fetch(
         &self,
         ev: &Event,
@@ -246,6 +253,7 @@ impl Grader {
             &student_url,
             &ev.commit,
             &ev.git_ref,
+            since,
             &ws_dir,
             workspace_limits(&self.cfg),
             cancel,
@@ -304,6 +312,22 @@ impl Grader {
             tests_tree,
             student_sha,
         }))
+    }
+
+    /// Keep both commits reachable in the mirrors (`mirror::pin`), so
+    /// `replay` and `regrade` outlive a force-push and a `git gc`.
+    fn pin(&self, ev: &Event, f: &Fetched) {
+        let tests_path = self.cfg.gitlab.tests_path_for(&ev.project.name);
+        let pinned = self
+            .mirrors
+            .pin(&ev.project.path, "jobs", &ev.job_id, &f.student_sha)
+            .and_then(|()| {
+                self.mirrors
+                    .pin(&tests_path, "tests", &f.tests_sha, &f.tests_sha)
+            });
+        if let Err(e) = pinned {
+            warn!(error = %e, "cannot pin the graded commits in the mirrors");
+        }
     }
 
     /// Admit: the course policy's answer on the student's own tree
@@ -370,8 +394,8 @@ impl Grader {
         }
     }
 
-    /// Record: the gradebook row, the deliveries, then `done/<job>/` and
-    /// the claim `active/<name>` dropped.
+    /// Record: the `done/` draft made durable, the gradebook row, the
+    /// deliveries, then `done/<job>/` published (the claim dropped).
     async fn record(&self, name: &str, ev: &Event, result: &JobResult) -> Result<(), GraderFault> {
         let t = Instant::now();
         let mut json = serde_json::to_vec_pretty(result).expect("result serializes");
@@ -385,10 +409,14 @@ impl Grader {
                 ("stderr", &result.stderr.display_bytes()),
             ],
         )?;
+        // The record is the source of truth, durable before anything is
+        // promised from it: a crash after the deliveries are queued leaves
+        // a draft that start-up publishes (`publish_promised_drafts`) and
+        // the gradebook is reconciled from (`reconcile`); a job whose
+        // result was queued for delivery is never graded again. Deliveries
+        // are queued before `done/` appears, so `done/` means "queued".
+        self.spool.sync_draft(&draft)?;
         self.record_gradebook(result.clone()).await?;
-        // Deliveries are queued before the job counts as done: a crash in
-        // between regrades the job, and queuing again is idempotent, so no
-        // result is ever recorded without its deliveries.
         crate::deliver::enqueue_result(&self.cfg, &self.spool, ev, result)?;
         self.spool.finish(draft, name)?;
         observe("record", t.elapsed());
@@ -468,6 +496,8 @@ impl Grader {
             metrics::inc(RETRY_METRIC, RETRY_HELP, &[]);
             if let Err(e) = self.spool.requeue(name, Some(&ev.to_bytes())) {
                 error!(error = %e, "cannot requeue the job; it stays in active/ until restart");
+            } else if let GraderFault::Sandbox(_) = fault {
+                self.engine_waits.note(&ev.job_id);
             }
             return;
         }
@@ -548,6 +578,8 @@ impl Grader {
                 let _ = workspace::remove_tree(&e.path());
             }
         }
+        // Before `tmp/` is swept: results already promised to students.
+        self.publish_promised_drafts();
         let rec = self.spool.recover(|_, bytes| {
             let mut ev = Event::from_bytes(bytes).ok()?;
             ev.crashes += 1;
@@ -603,6 +635,23 @@ fn stopped(g: &Grader, ev: &Event, runner: &dyn Runner, plan: &JobPlan, s: Stopp
     r.runner = runner.name().to_string();
     r.limits = Some(plan.limits.clone());
     Graded::Result(Box::new(r))
+}
+
+/// The oldest fetch a job may reuse (see [`Grader::fetch`]): one started
+/// after the push was received (GitLab sends the hook once the commit is
+/// stored, so such a fetch holds it, and the tests as they were then), or,
+/// for a regrade, after its batch was queued (so a test fix pushed before
+/// `labgrader regrade` is always seen; other staff-queued jobs share none). Jobs queued together then share
+/// one fetch and one tests-head check instead of one each.
+fn fresh_since(ev: &Event) -> Instant {
+    let at = match &ev.regrade {
+        Some(r) => r.queued_at.unwrap_or_else(Utc::now),
+        // Queued by staff by other means (`regrade JOB`): no sharing.
+        None if ev.source == crate::event::HookSource::Local => Utc::now(),
+        None => ev.received_at,
+    };
+    let age = (Utc::now() - at).to_std().unwrap_or_default();
+    Instant::now().checked_sub(age).unwrap_or_else(Instant::now)
 }
 
 fn observe(phase: &'static str, d: Duration) {

@@ -13,11 +13,17 @@
 //!   daemon `max_crashes` times), and recovery after a crash (a job whose
 //!   result was recorded and queued before the crash is completed from the
 //!   gradebook, never graded a second time);
+//! - `reconcile`: at start, the gradebook and outbox brought in line with
+//!   `done/`, the source of truth;
+//! - `engine_watch`: periodic sweeps of leftover sandboxes, and retries
+//!   released as soon as the sandbox engine answers again;
 //! - `limits`: a job's limits, runner, image and contract;
 //! - `blame`: whose fault a failure is (submission, course, grader);
 //! - `verdict`: a run's status, reason and grade, and the one builder of
 //!   a result;
 //! - `staff`: the staff commands `grade`, `regrade` and `replay`;
+//! - `batch`: `regrade --assignment`: which submissions, the batch file,
+//!   its progress;
 //! - `wiring`: the [`Grader`] itself, its parts built once.
 //!
 //! It never delivers results itself: it queues them in the outbox
@@ -30,10 +36,14 @@
 //! SHA and project path are checked before they reach git or a path.
 //! This module only declares, re-exports and starts the daemon.
 
+pub mod batch;
 pub mod blame;
+mod engine_waits;
+mod engine_watch;
 mod job;
 mod jobdir;
 pub mod limits;
+mod reconcile;
 pub mod release;
 mod scheduler;
 mod staff;
@@ -63,8 +73,11 @@ pub async fn run(
     let grader = Arc::new(Grader::new(cfg.clone(), spool.clone())?);
     grader.remove_orphans().await?;
     grader.recover().await?;
+    grader.reconcile().await?;
     let releases = tokio::spawn(release::run(cfg, spool, shutdown.clone()));
+    let watch = tokio::spawn(grader.clone().watch_engine(shutdown.clone()));
     grader.serve(shutdown).await;
     let _ = releases.await;
+    let _ = watch.await;
     Ok(())
 }

@@ -159,6 +159,9 @@ impl Grader {
 /// What the scheduler knows of each waiting job (never the whole event).
 struct Meta {
     project: String,
+    /// The low-priority lane (`labgrader regrade`): started only when no
+    /// live push may start.
+    regrade: bool,
     not_before: Option<DateTime<Utc>>,
     /// The event file's mtime when read: a job waiting for a later try is
     /// read again when staff rewrote it (`labgrader retry`).
@@ -209,6 +212,7 @@ impl Scheduler {
                         name.clone(),
                         Meta {
                             project: ev.project.path,
+                            regrade: ev.regrade.is_some(),
                             not_before: ev.not_before,
                             modified,
                         },
@@ -237,7 +241,13 @@ impl Scheduler {
         let now = Utc::now();
         let mut next: Option<DateTime<Utc>> = None;
         let mut claimed = Vec::new();
-        for (name, meta) in &self.index {
+        // Two lanes: every live push that may start does, before any
+        // regrade; within a lane, oldest first.
+        let lanes = [false, true];
+        let in_order = lanes
+            .iter()
+            .flat_map(|lane| self.index.iter().filter(move |(_, m)| m.regrade == *lane));
+        for (name, meta) in in_order {
             if self.running.contains(&meta.project) {
                 continue;
             }

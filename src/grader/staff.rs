@@ -133,6 +133,7 @@ fn local_event(job_id: &str, student: &Path) -> Event {
         infra_attempts: 0,
         not_before: None,
         last_error: None,
+        regrade: None,
         raw: serde_json::Value::Null,
     }
 }

@@ -41,6 +41,8 @@ pub struct Grader {
     pub(super) gate: Option<PolicyGate>,
     /// `[spool] min_free`: no job is claimed under it.
     pub(super) reserve: Reserve,
+    /// Jobs put back after a sandbox fault, waiting for the engine.
+    pub(super) engine_waits: super::engine_waits::EngineWaits,
 }
 
 /// What admission needs besides the config.
@@ -115,6 +117,7 @@ impl Grader {
             work: root.join("work"),
             gate: None,
             reserve: Reserve::new(root, cfg.spool.min_free.bytes()),
+            engine_waits: Default::default(),
             cfg,
             spool,
         })

@@ -298,6 +298,7 @@ impl Hook {
             infra_attempts: 0,
             not_before: None,
             last_error: None,
+            regrade: None,
             raw,
         };
         let bytes = event.to_bytes();

@@ -22,7 +22,8 @@ impl Mirrors {
     /// `repository_update` hook names tags by their object). `git_ref` is
     /// the ref the event updated: a branch always points to a commit (git
     /// refuses anything else there), so only other refs pay for a
-    /// `git rev-parse` beside the export.
+    /// `git rev-parse` beside the export. A fetch that started at or after
+    /// `since` (the push's receipt) is not repeated: it holds the commit.
     #[allow(clippy::too_many_arguments)]
     pub async fn export_commit(
         &self,
@@ -30,6 +31,7 @@ impl Mirrors {
         url: &str,
         sha: &str,
         git_ref: &str,
+        since: Instant,
         dest: &Path,
         limits: WorkspaceLimits,
         cancel: &CancellationToken,
@@ -37,7 +39,6 @@ impl Mirrors {
         if !is_full_sha(sha) {
             return Err(MirrorError::BadSha(sha.to_string()));
         }
-        let since = Instant::now();
         let dir = self.dir_for(path)?;
         // Each git process costs milliseconds of dispatch latency, so no
         // `has_commit` probes: a commit stored loose (what a fetch of a

@@ -18,11 +18,13 @@
 //!
 //! The parent only declares and re-exports: `repo` holds the mirror set
 //! and its git plumbing, `heads` fetches to a commit or the tests head,
-//! `export` writes trees out, `tree_cache` shares test trees by SHA.
+//! `export` writes trees out, `tree_cache` shares test trees by SHA,
+//! `pin` keeps graded commits reachable.
 
 mod error;
 mod export;
 mod heads;
+mod pin;
 mod repo;
 mod tree_cache;
 

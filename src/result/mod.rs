@@ -185,6 +185,11 @@ pub fn result_without_run(
     }
 }
 
+/// `extra` key of a regrade's result: the job it grades again.
+pub const REGRADE_OF: &str = "regrade_of";
+/// `extra` key of a regrade's result: its batch.
+pub const REGRADE_BATCH: &str = "regrade_batch";
+
 fn extra_of(ev: &Event) -> BTreeMap<String, serde_json::Value> {
     let mut m = BTreeMap::new();
     if let Some(u) = &ev.pusher.username {
@@ -198,6 +203,11 @@ fn extra_of(ev: &Event) -> BTreeMap<String, serde_json::Value> {
     }
     if ev.source == HookSource::Local {
         m.insert("source".into(), "local".into());
+    }
+    if let Some(rg) = &ev.regrade {
+        // The gradebook's regrade columns are read from these two.
+        m.insert(REGRADE_OF.into(), rg.of.clone().into());
+        m.insert(REGRADE_BATCH.into(), rg.batch.clone().into());
     }
     if ev.kind == EventKind::TagPush && ev.after != ev.commit {
         // An annotated tag: graded at its commit; the tag object it was.

@@ -196,4 +196,25 @@ pub trait Runner: Send + Sync {
     async fn remove_orphans(&self) -> Result<usize, SandboxError> {
         Ok(0)
     }
+
+    /// Remove what jobs `running` does not name left behind (an attempt
+    /// interrupted by an engine restart); called periodically while jobs
+    /// run. Returns how many were removed.
+    async fn sweep(
+        &self,
+        _running: &std::collections::HashSet<String>,
+    ) -> Result<usize, SandboxError> {
+        Ok(0)
+    }
+
+    /// Remove what an earlier attempt of `job_id` left, before its retry.
+    async fn remove_job(&self, _job_id: &str) -> Result<usize, SandboxError> {
+        Ok(0)
+    }
+
+    /// Does the runner's engine answer now? (Retries waiting for it go
+    /// out as soon as it does.)
+    async fn answers(&self) -> bool {
+        true
+    }
 }

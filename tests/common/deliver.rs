@@ -61,6 +61,7 @@ pub fn event(job_id: &str, email: Option<&str>) -> Event {
         infra_attempts: 0,
         not_before: None,
         last_error: None,
+        regrade: None,
         raw: serde_json::json!({"object_kind": "push"}),
     }
 }

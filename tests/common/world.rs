@@ -140,6 +140,7 @@ impl Fixture {
             infra_attempts: 0,
             not_before: None,
             last_error: None,
+            regrade: None,
             raw: serde_json::json!({}),
         }
     }

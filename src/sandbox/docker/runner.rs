@@ -35,6 +35,21 @@ impl Runner for DockerRunner {
         DockerRunner::remove_orphans(self).await
     }
 
+    async fn sweep(
+        &self,
+        running: &std::collections::HashSet<String>,
+    ) -> Result<usize, SandboxError> {
+        DockerRunner::sweep(self, running).await
+    }
+
+    async fn remove_job(&self, job_id: &str) -> Result<usize, SandboxError> {
+        DockerRunner::remove_job(self, job_id).await
+    }
+
+    async fn answers(&self) -> bool {
+        DockerRunner::answers(self).await
+    }
+
     async fn run(
         &self,
         spec: &RunSpec,
