@@ -279,6 +279,9 @@ pub struct SlurmConfig {
     /// Added to the job's memory limit for Slurm's own limit, which is a
     /// backstop over the sandbox's (the sandbox process itself needs some).
     pub memory_margin: ByteSize,
+    /// At most this many jobs submitted to Slurm and not yet collected;
+    /// the others wait unsubmitted (never thousands in Slurm's queue).
+    pub max_in_flight: usize,
 }
 
 impl Default for SlurmConfig {
@@ -290,10 +293,11 @@ impl Default for SlurmConfig {
             token_file: PathBuf::new(),
             partition: "grade".into(),
             shared_dir: PathBuf::from("/srv/labgrader/shared"),
-            poll_interval: Seconds(Duration::from_secs(1)),
+            poll_interval: Seconds(Duration::from_secs(5)),
             labgrader_bin: PathBuf::new(),
             queue_timeout: Seconds(Duration::from_secs(600)),
             memory_margin: ByteSize(64 << 20),
+            max_in_flight: 32,
         }
     }
 }
