@@ -93,6 +93,27 @@ impl Config {
                 ),
             ));
         }
+        if self.slurm.pilots > 0 {
+            let s = &self.slurm;
+            if s.pilot_slots == 0 || s.pilot_cpus == 0 {
+                return Err(self.invalid(
+                    "slurm.pilot_slots",
+                    "pilot_slots and pilot_cpus must be at least 1 when pilots are used",
+                ));
+            }
+            if s.pilot_memory.0 < (256 << 20) {
+                return Err(self.invalid("slurm.pilot_memory", "must be at least 256MiB"));
+            }
+            if s.pilot_lifetime.0 < std::time::Duration::from_secs(300) {
+                return Err(self.invalid(
+                    "slurm.pilot_lifetime",
+                    "must be at least 5m (a pilot takes no job that could outlive it)",
+                ));
+            }
+            if s.pilot_idle.0.is_zero() {
+                return Err(self.invalid("slurm.pilot_idle", "must be longer than zero"));
+            }
+        }
         if !self.slurm.shared_dir.is_absolute() {
             return Err(self.invalid(
                 "slurm.shared_dir",

@@ -25,9 +25,12 @@
 
 pub mod completion;
 pub mod jobfiles;
+pub mod pilot;
+pub mod pool;
 pub mod rest;
 pub mod runner;
 pub mod states;
+pub mod tickets;
 pub mod timing;
 
 pub use jobfiles::{SLURM_ERR_FILE, SLURM_ID_FILE, SLURM_OUT_FILE, copy_tree};

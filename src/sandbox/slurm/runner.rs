@@ -18,6 +18,7 @@ use super::completion::{OUTCOME_POLL, OutcomeWatch};
 use super::jobfiles::{
     SLURM_ERR_FILE, SLURM_OUT_FILE, collect_results, prepare, record_slurm_id, recorded_slurm_id,
 };
+use super::pool::{PilotPool, PoolConfig};
 use super::rest::{JOB_NAME_PREFIX, RestClient, SlurmError, SlurmJob};
 use super::states::{Phase, memory_per_node_mib, phase, time_limit_minutes, verdict};
 use super::timing;
@@ -46,7 +47,10 @@ fn shell_quote(s: &str) -> String {
 }
 
 pub struct SlurmRunner {
-    api: RestClient,
+    api: Arc<RestClient>,
+    /// `[slurm] pilots` > 0: jobs go to pilot allocations, not one Slurm
+    /// job each.
+    pool: Option<PilotPool>,
     partition: String,
     shared_dir: PathBuf,
     poll: Duration,
@@ -76,7 +80,7 @@ impl std::fmt::Debug for SlurmRunner {
 impl SlurmRunner {
     pub fn new(cfg: &Config) -> Result<SlurmRunner, SandboxError> {
         let s = &cfg.slurm;
-        let api = RestClient::new(cfg)?;
+        let api = Arc::new(RestClient::new(cfg)?);
         let bin = if s.labgrader_bin.as_os_str().is_empty() {
             std::env::current_exe().map_err(SlurmError::Binary)?
         } else {
@@ -90,8 +94,18 @@ impl SlurmRunner {
         } else {
             None
         };
+        let pool = (s.pilots > 0).then(|| {
+            PilotPool::new(
+                api.clone(),
+                PoolConfig::from_config(cfg),
+                &s.shared_dir,
+                bin.clone(),
+                chown_to,
+            )
+        });
         Ok(SlurmRunner {
             api,
+            pool,
             partition: s.partition.clone(),
             shared_dir: s.shared_dir.clone(),
             poll: s.poll_interval.get(),
@@ -393,11 +407,17 @@ impl Runner for SlurmRunner {
             _ = cancel.cancelled() => return Err(SandboxError::Cancelled),
         };
         timing::observe("slot", waited.elapsed());
-        let r = self.run_inner(&jd, spec, cancel).await;
+        let r = match &self.pool {
+            Some(pool) => pool.run(&jd, spec, cancel).await,
+            None => self.run_inner(&jd, spec, cancel).await,
+        };
         // Kept when slurmrestd could not be reached: the job may still run,
         // and the retry re-attaches to it. A dropped future (a crashed
-        // grader) keeps it too.
-        if matches!(r, Err(SandboxError::Unavailable { .. })) {
+        // grader) keeps it too, and so does a shutdown while a pilot runs
+        // the job (collected after the restart).
+        if matches!(r, Err(SandboxError::Unavailable { .. }))
+            || (self.pool.is_some() && matches!(r, Err(SandboxError::Cancelled)))
+        {
             return r;
         }
         let root = jd.root.clone();
