@@ -99,13 +99,18 @@ impl PilotPool {
         }
     }
 
-    /// Learn the pilots' states (at most once per `every` unless `force`)
-    /// and submit pilots while fewer than `[slurm] pilots` are alive and
-    /// tickets wait.
-    async fn tend(&self, force: bool) -> Result<(), SlurmError> {
-        let mut k = self.known.lock().await;
+    /// Learn the pilots' states and submit pilots while fewer than
+    /// `[slurm] pilots` are alive and tickets wait: at most once per
+    /// second (sooner when `eager` and no pilot is known alive), and never
+    /// while another job's task is already at it (one REST question for
+    /// all the jobs, not one each).
+    async fn tend(&self, eager: bool) -> Result<(), SlurmError> {
+        let Ok(mut k) = self.known.try_lock() else {
+            return Ok(());
+        };
         let every = self.cfg.poll.min(Duration::from_secs(1));
-        if !force && k.checked.is_some_and(|t| t.elapsed() < every) {
+        let none_alive = !k.pilots.values().any(|p| *p != Phase::Ended);
+        if k.checked.is_some_and(|t| t.elapsed() < every) && !(eager && none_alive) {
             return Ok(());
         }
         k.checked = Some(Instant::now());
