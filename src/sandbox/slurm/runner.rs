@@ -288,7 +288,12 @@ impl SlurmRunner {
                     return Err(e.into());
                 }
             };
-            let Some(job) = job else { return Ok(None) };
+            // A job id Slurm reused after losing its state (slurmctld
+            // killed) names another job: ours is forgotten.
+            let name = format!("{JOB_NAME_PREFIX}{}", spec.job_id);
+            let Some(job) = job.filter(|j| j.name.as_deref().is_none_or(|n| n == name)) else {
+                return Ok(None);
+            };
             match phase(job.state()) {
                 Phase::Ended => return Ok(Some(job)),
                 Phase::Queued => {
