@@ -451,6 +451,9 @@ fn queue(cfg: &Config, json: bool) -> Result<ExitCode> {
                 if j.crashes > 0 {
                     line.push_str(&format!("  crashes {}", j.crashes));
                 }
+                if let Some(s) = &j.slurm {
+                    line.push_str(&format!("  {s}"));
+                }
                 if let Some(e) = &j.last_error {
                     line.push_str(&format!("  last error: {e}"));
                 }

@@ -169,6 +169,9 @@ pub struct JobLine {
     pub last_error: Option<String>,
     /// Daemon crashes while it ran.
     pub crashes: u32,
+    /// Where it stands in Slurm (slurm runner), from `[slurm] shared_dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<String>,
 }
 
 impl JobLine {
@@ -189,6 +192,10 @@ impl JobLine {
             next_try: ev.as_ref().and_then(|e| e.not_before),
             last_error: ev.as_ref().and_then(|e| e.last_error.clone()),
             crashes: ev.as_ref().map_or(0, |e| e.crashes),
+            slurm: crate::sandbox::slurm::tickets::describe(
+                &cfg.slurm.shared_dir,
+                crate::event::job_id_of(name),
+            ),
         }
     }
 }

@@ -235,6 +235,50 @@ pub fn read_pilot_exit(jd: &JobDir) -> Option<String> {
     Some(crate::text::one_line(&s, 200))
 }
 
+/// Where a job stands in Slurm, read from the shared directory alone (for
+/// `labgrader queue`, which runs apart from the grader): `None` when it
+/// has no job directory there.
+pub fn describe(shared: &Path, job_id: &str) -> Option<String> {
+    if !crate::spool::is_valid_name(job_id) {
+        return None;
+    }
+    let jd = JobDir::new(shared.join(job_id));
+    if !jd.root.is_dir() {
+        return None;
+    }
+    let age = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| m.modified().ok()?.elapsed().ok())
+            .map_or(String::new(), |d| format!(" for {}s", d.as_secs()))
+    };
+    if jd.file(crate::sandbox::jobdir::OUTCOME_FILE).exists() {
+        return Some("slurm: outcome written, being collected".into());
+    }
+    if let Some(e) = read_pilot_exit(&jd) {
+        return Some(format!("slurm: ended without an outcome ({})", e.trim()));
+    }
+    let q = Tickets::new(shared);
+    let name = Tickets::name(job_id);
+    Some(match q.place(job_id) {
+        TicketPlace::Queued => format!(
+            "slurm: waiting for a pilot{}",
+            age(&q.queue_dir().join(&name))
+        ),
+        TicketPlace::Claimed(p) => format!(
+            "slurm: running in pilot {p}{}",
+            age(&q.pilot_dir(p).join(&name))
+        ),
+        TicketPlace::Nowhere => {
+            let id_file = jd.file(super::jobfiles::SLURM_ID_FILE);
+            match std::fs::read_to_string(&id_file) {
+                Ok(id) => format!("slurm: job {} submitted{}", id.trim(), age(&id_file)),
+                Err(_) => "slurm: job directory being prepared".into(),
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +311,32 @@ mod tests {
         assert!(!q.withdraw("j1").unwrap());
         q.release("j1", 7).unwrap();
         assert_eq!(q.place("j1"), TicketPlace::Nowhere);
+    }
+
+    #[test]
+    fn describe_says_where_a_job_stands() {
+        let t = tempfile::tempdir().unwrap();
+        let q = Tickets::new(t.path());
+        q.ensure_dirs(None).unwrap();
+        std::fs::create_dir_all(q.pilot_dir(9)).unwrap();
+        assert_eq!(describe(t.path(), "j2"), None);
+        assert_eq!(describe(t.path(), "../x"), None);
+        std::fs::create_dir_all(t.path().join("j2")).unwrap();
+        q.publish(&ticket("j2")).unwrap();
+        assert!(
+            describe(t.path(), "j2")
+                .unwrap()
+                .starts_with("slurm: waiting for a pilot")
+        );
+        q.claim("j2", 9).unwrap();
+        assert!(
+            describe(t.path(), "j2")
+                .unwrap()
+                .starts_with("slurm: running in pilot 9")
+        );
+        write_pilot_exit(&JobDir::new(t.path().join("j2")), 9, 9).unwrap();
+        let d = describe(t.path(), "j2").unwrap();
+        assert_eq!(d, "slurm: ended without an outcome (pilot 9 status 9)");
     }
 
     #[test]
