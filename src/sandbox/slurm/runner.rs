@@ -472,6 +472,26 @@ mod tests {
     }
 
     #[test]
+    fn scale_keys_are_validated_with_what_to_do() {
+        let cfg = Config::from_toml("[slurm]\n", None).unwrap();
+        assert_eq!((cfg.slurm.max_in_flight, cfg.slurm.pilots), (32, 0));
+        for (toml, want) in [
+            ("max_in_flight = 0", "slurm.max_in_flight"),
+            ("max_in_flight = 20000", "between 1 and 10000"),
+            ("pilots = 2\npilot_memory = \"1MiB\"", "slurm.pilot_memory"),
+            ("pilots = 2\npilot_slots = 0", "slurm.pilot_slots"),
+            ("pilots = 2\npilot_lifetime = \"1m\"", "at least 5m"),
+        ] {
+            let e = Config::from_toml(&format!("[slurm]\n{toml}\n"), None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{toml}: {e}");
+        }
+        // Without pilots their keys are not judged.
+        assert!(Config::from_toml("[slurm]\npilot_slots = 0\n", None).is_ok());
+    }
+
+    #[test]
     fn a_job_id_with_a_slash_is_refused() {
         let mut cfg = Config::default();
         cfg.secrets.slurm_token = Some(crate::config::Secret::new("t"));
