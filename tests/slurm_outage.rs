@@ -278,3 +278,60 @@ async fn max_in_flight_is_honoured_one_job_each() {
 async fn max_in_flight_is_honoured_through_pilots() {
     max_in_flight_is_honoured(1).await;
 }
+
+/// The process of pilot `id` (`labgrader sandbox --serve` with
+/// `SLURM_JOB_ID=id`).
+fn pilot_pid(id: u64) -> Option<i32> {
+    let out = Command::new("pgrep")
+        .args(["-f", "sandbox --serve"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| {
+                    env.split(|b| *b == 0)
+                        .any(|kv| kv == format!("SLURM_JOB_ID={id}").as_bytes())
+                })
+                .unwrap_or(false)
+        })
+}
+
+#[tokio::test]
+async fn a_pilot_killed_under_a_job_is_a_grader_fault_and_the_retry_runs_it() {
+    let Some(cfg) = config(1) else { return };
+    let r = Arc::new(SlurmRunner::new(&cfg).unwrap());
+    let id = unique("pilot-killed");
+    let ws =
+        common::hostile::workspace("lg-pkill-", "sleep 3\necho \"graded $LABGRADER_JOB_ID\"\n");
+    let sp = spec(&id, ws.path());
+    let first = {
+        let (r, sp) = (r.clone(), sp.clone());
+        tokio::spawn(async move { r.run(&sp, &CancellationToken::new()).await })
+    };
+    let q = labgrader::sandbox::slurm::tickets::Tickets::new(&cfg.slurm.shared_dir);
+    let start = Instant::now();
+    let pilot = loop {
+        if let labgrader::sandbox::slurm::tickets::TicketPlace::Claimed(p) = q.place(&id) {
+            break p;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The pilot dies at once (SIGKILL: it writes nothing, its claim stays).
+    let pid = pilot_pid(pilot).expect("the pilot's process");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    let e = first
+        .await
+        .unwrap()
+        .expect_err("a dead pilot is no verdict");
+    assert!(matches!(e, SandboxError::Setup { .. }), "{e}");
+    // Either the pilot saw its step killed, or the backstop saw it gone.
+    assert!(e.to_string().contains(&format!("pilot {pilot}")), "{e}");
+    // The grader's retry: a new pilot runs it, once.
+    let (res, _) = grade(&r, &sp, 3).await;
+    let o = res.unwrap();
+    assert_eq!(stdout(&o).matches("graded ").count(), 1, "{o:?}");
+}

@@ -126,6 +126,13 @@ impl PilotPool {
             .iter()
             .filter_map(|j| Some((j.job_id?, phase(j.state()))))
             .collect();
+        // The directories of pilots that ended, once no claim is left in
+        // them (`remove_dir` refuses a directory that is not empty).
+        for id in self.tickets.pilot_ids() {
+            if k.pilots.get(&id).is_none_or(|p| *p == Phase::Ended) {
+                let _ = std::fs::remove_dir(self.tickets.pilot_dir(id));
+            }
+        }
         let alive = k.pilots.values().filter(|p| **p != Phase::Ended).count();
         let waiting = self.tickets.queued().len();
         let want = self
@@ -301,9 +308,14 @@ impl PilotPool {
                 }
                 TicketPlace::Claimed(pilot) => {
                     if self.pilot_gone(pilot).await == Some(true) && !watch.ready() {
-                        return self
+                        let r = self
                             .ended_without_outcome(jd, format!("its pilot {pilot} ended"))
                             .await;
+                        // The dead pilot's claim must not capture the retry.
+                        if r.is_err() {
+                            let _ = self.tickets.release(job_id, pilot);
+                        }
+                        return r;
                     }
                 }
                 TicketPlace::Nowhere => {

@@ -232,7 +232,7 @@ pub fn write_pilot_exit(jd: &JobDir, pilot: u64, status: i64) -> io::Result<()> 
 /// The grader's side: what the pilot wrote, if it did.
 pub fn read_pilot_exit(jd: &JobDir) -> Option<String> {
     let s = std::fs::read_to_string(jd.file(PILOT_EXIT_FILE)).ok()?;
-    Some(crate::text::one_line(&s, 200))
+    Some(crate::text::one_line(s.trim(), 200))
 }
 
 /// Where a job stands in Slurm, read from the shared directory alone (for
