@@ -64,10 +64,13 @@ pub async fn serve(a: PilotArgs, shutdown: CancellationToken) -> std::io::Result
     let mut steps: JoinSet<(String, i64)> = JoinSet::new();
     let mut idle_since = Instant::now();
     let mut served = 0usize;
+    // Set once a job no longer fits in the time left: the pilot takes no
+    // more and ends with its last step, so the grader starts a fresh one.
+    let mut closing = false;
     tracing::info!(pilot = a.pilot_id, slots = a.slots, "pilot serving");
     loop {
         // Take what fits.
-        if !shutdown.is_cancelled() {
+        if !shutdown.is_cancelled() && !closing {
             for job in q.queued() {
                 if steps.len() >= a.slots {
                     break;
@@ -88,14 +91,18 @@ pub async fn serve(a: PilotArgs, shutdown: CancellationToken) -> std::io::Result
                         mine.join(format!("{job}.job")),
                         q.queue_dir().join(format!("{job}.job")),
                     );
-                    continue;
+                    closing = true;
+                    break;
                 }
                 served += 1;
                 let (bin, shared, pilot) = (a.bin.clone(), a.shared_dir.clone(), a.pilot_id);
                 steps.spawn(async move {
                     let status = run_step(&bin, &shared, &t).await;
-                    let jd = JobDir::new(shared.join(&t.job_id));
-                    if !jd.file(crate::sandbox::jobdir::OUTCOME_FILE).exists() {
+                    // `labgrader sandbox` exits 0 only once the outcome is
+                    // written (the grader may already be removing the
+                    // directory then: never write into it after a 0).
+                    if status != 0 {
+                        let jd = JobDir::new(shared.join(&t.job_id));
                         let _ = write_pilot_exit(&jd, pilot, status);
                     }
                     (t.job_id, status)
@@ -104,7 +111,7 @@ pub async fn serve(a: PilotArgs, shutdown: CancellationToken) -> std::io::Result
         }
         if steps.is_empty() {
             let out_of_time = Instant::now() + END_MARGIN * 2 > ends;
-            if shutdown.is_cancelled() || out_of_time || idle_since.elapsed() > a.idle {
+            if shutdown.is_cancelled() || closing || out_of_time || idle_since.elapsed() > a.idle {
                 break;
             }
         } else {
