@@ -29,6 +29,8 @@ use crate::sandbox::spec::{RunOutcome, RunSpec, SAFE_PATH, SandboxError};
 /// The job name of every pilot (a job id never starts with a dot, so no
 /// job's name is this).
 pub const PILOT_NAME: &str = ".pilot";
+/// How long Slurm's logs of an ended pilot are kept in `.pilots/`.
+const PILOT_LOG_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// What the pool needs of `[slurm]`.
 #[derive(Debug, Clone)]
@@ -133,6 +135,7 @@ impl PilotPool {
                 let _ = std::fs::remove_dir(self.tickets.pilot_dir(id));
             }
         }
+        self.remove_old_logs(&k.pilots);
         let alive = k.pilots.values().filter(|p| **p != Phase::Ended).count();
         let waiting = self.tickets.queued().len();
         let want = self
@@ -146,6 +149,34 @@ impl PilotPool {
             k.pilots.insert(id, Phase::Queued);
         }
         Ok(())
+    }
+
+    /// Slurm's logs of pilots no longer alive, once older than
+    /// [`PILOT_LOG_KEEP`] (kept that long for staff to read).
+    fn remove_old_logs(&self, pilots: &BTreeMap<u64, Phase>) {
+        let dir = self.tickets.shared.join(super::tickets::PILOTS_DIR);
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(id) = name
+                .strip_prefix("pilot-")
+                .and_then(|n| n.split('.').next())
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > PILOT_LOG_KEEP);
+            if old && pilots.get(&id).is_none_or(|p| *p == Phase::Ended) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     /// `Some(true)` when pilot `id` is known to have ended (or Slurm forgot
