@@ -135,6 +135,9 @@ async fn pilot_job_is_collected_after_a_grader_restart_and_run_once() {
         assert!(start.elapsed() < Duration::from_secs(60), "never claimed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // What `labgrader queue` shows of it meanwhile.
+    let line = labgrader::sandbox::slurm::tickets::describe(&cfg.slurm.shared_dir, &id).unwrap();
+    assert!(line.starts_with("slurm: running in pilot "), "{line}");
     // The grader dies while a pilot runs the job.
     task.abort();
     let _ = task.await;
