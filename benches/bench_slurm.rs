@@ -1,5 +1,6 @@
 //! Benchmark driver for `scripts/bench slurm`: the slurm runner's per-job
-//! wall time and throughput, beside `labgrader sandbox --job-dir` run
+//! wall time and throughput, one Slurm job per grading job and through
+//! pilots (`[slurm] pilots`), beside `labgrader sandbox --job-dir` run
 //! directly on this host (what the compute node runs) in the same run.
 //!
 //! Reads the cluster from the environment `scripts/setup/slurm.sh` exports.
@@ -20,6 +21,8 @@ struct Args {
     jobs: usize,
     parallel: usize,
     poll_ms: Option<u64>,
+    pilots: usize,
+    slots: usize,
     bin: PathBuf,
 }
 
@@ -29,6 +32,8 @@ fn args() -> Args {
         jobs: 100,
         parallel: 8,
         poll_ms: None,
+        pilots: 2,
+        slots: 8,
         // The labgrader binary cargo built beside this bench.
         bin: PathBuf::from(env!("CARGO_BIN_EXE_labgrader")),
     };
@@ -42,6 +47,8 @@ fn args() -> Args {
             "--parallel" => a.parallel = v().parse().expect("--parallel N"),
             "--poll-ms" => a.poll_ms = Some(v().parse().expect("--poll-ms N")),
             "--bin" => a.bin = PathBuf::from(v()),
+            "--pilots" => a.pilots = v().parse().expect("--pilots N"),
+            "--slots" => a.slots = v().parse().expect("--slots N"),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -133,44 +140,65 @@ async fn main() {
     if let Some(p) = a.poll_ms {
         cfg.slurm.poll_interval = Seconds(Duration::from_millis(p));
     }
-    let runner = Arc::new(SlurmRunner::new(&cfg).expect("slurm runner"));
+    let per_job = Arc::new(SlurmRunner::new(&cfg).expect("slurm runner"));
+    let mut pcfg = cfg.clone();
+    pcfg.slurm.pilots = a.pilots;
+    pcfg.slurm.pilot_slots = a.slots;
+    pcfg.slurm.pilot_cpus = 1;
+    pcfg.slurm.pilot_memory = labgrader::config::ByteSize((a.slots as u64) * (200 << 20));
+    let pilots = Arc::new(SlurmRunner::new(&pcfg).expect("slurm pilot runner"));
     let tmp = tempfile::tempdir().unwrap();
     let ws = trivial_workspace(tmp.path());
     let scratch = tmp.path().join("direct");
     std::fs::create_dir_all(&scratch).unwrap();
     let tag = format!("bench-{}", std::process::id());
     println!(
-        "bench slurm: {} CPUs, poll_interval {:?}, trivial test_all (prints a summary)",
+        "bench slurm: {} CPUs, poll_interval {:?}, {} pilots of {} slots, trivial test_all \
+         (prints a summary)",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
-        cfg.slurm.poll_interval.get()
+        cfg.slurm.poll_interval.get(),
+        a.pilots,
+        a.slots
     );
 
-    // Warm up both paths once (page cache, slurmd's first launch).
+    // Warm up every path once (page cache, slurmd's first launch, pilots).
     direct(&a.bin, &scratch, &spec(format!("{tag}-warm-d"), &ws)).await;
-    via_slurm(&runner, &spec(format!("{tag}-warm-s"), &ws)).await;
+    via_slurm(&per_job, &spec(format!("{tag}-warm-s"), &ws)).await;
+    via_slurm(&pilots, &spec(format!("{tag}-warm-p"), &ws)).await;
 
     // Per-job wall time, one job at a time, alternating.
-    let (mut d, mut s) = (Vec::new(), Vec::new());
+    let (mut d, mut s, mut p) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..a.rounds {
         let t = Instant::now();
         direct(&a.bin, &scratch, &spec(format!("{tag}-d{i}"), &ws)).await;
         d.push(t.elapsed());
         let t = Instant::now();
-        via_slurm(&runner, &spec(format!("{tag}-s{i}"), &ws)).await;
+        via_slurm(&per_job, &spec(format!("{tag}-s{i}"), &ws)).await;
         s.push(t.elapsed());
+        let t = Instant::now();
+        via_slurm(&pilots, &spec(format!("{tag}-p{i}"), &ws)).await;
+        p.push(t.elapsed());
     }
-    let (md, mslurm) = (median(&mut d), median(&mut s));
+    let md = median(&mut d);
     println!(
-        "per job (median of {}): sandbox on this host {:.0} ms, slurm runner {:.0} ms; \
-         overhead {:.0} ms, ratio {:.1}x",
+        "per job (median of {}): sandbox on this host {:.0} ms",
         a.rounds,
-        ms(md),
-        ms(mslurm),
-        ms(mslurm.saturating_sub(md)),
-        mslurm.as_secs_f64() / md.as_secs_f64()
+        ms(md)
     );
+    for (name, v) in [
+        ("one slurm job per job", &mut s),
+        ("through pilots", &mut p),
+    ] {
+        let m = median(v);
+        println!(
+            "  {name:<22} {:.0} ms; overhead {:.0} ms, ratio {:.1}x",
+            ms(m),
+            ms(m.saturating_sub(md)),
+            m.as_secs_f64() / md.as_secs_f64()
+        );
+    }
 
     // Throughput: N jobs, P at a time.
     let sem = Arc::new(tokio::sync::Semaphore::new(a.parallel));
@@ -189,37 +217,64 @@ async fn main() {
         });
     }
     while set.join_next().await.is_some() {}
-    let td = t.elapsed();
-    let t = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..a.jobs {
-        let (sem, r, sp) = (
-            sem.clone(),
-            runner.clone(),
-            spec(format!("{tag}-ts{i}"), &ws),
-        );
-        set.spawn(async move {
-            let _p = sem.acquire().await.unwrap();
-            via_slurm(&r, &sp).await;
-        });
-    }
-    while let Some(r) = set.join_next().await {
-        r.expect("slurm job task");
-    }
-    let ts = t.elapsed();
-    let (jd, js) = (
-        a.jobs as f64 / td.as_secs_f64(),
-        a.jobs as f64 / ts.as_secs_f64(),
-    );
+    let jd = a.jobs as f64 / t.elapsed().as_secs_f64();
     println!(
-        "throughput ({} jobs, {} at a time): sandbox on this host {:.1} jobs/s ({:.1} s), \
-         slurm runner {:.1} jobs/s ({:.1} s); ratio {:.2}",
-        a.jobs,
-        a.parallel,
-        jd,
-        td.as_secs_f64(),
-        js,
-        ts.as_secs_f64(),
-        js / jd
+        "throughput ({} jobs, {} at a time): sandbox on this host {:.1} jobs/s",
+        a.jobs, a.parallel, jd
     );
+    for (name, r, key) in [
+        ("one slurm job per job", per_job.clone(), "ts"),
+        ("through pilots", pilots.clone(), "tp"),
+    ] {
+        let before = phase_stats();
+        let t = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..a.jobs {
+            let (sem, r, sp) = (sem.clone(), r.clone(), spec(format!("{tag}-{key}{i}"), &ws));
+            set.spawn(async move {
+                let _p = sem.acquire().await.unwrap();
+                via_slurm(&r, &sp).await;
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.expect("slurm job task");
+        }
+        let js = a.jobs as f64 / t.elapsed().as_secs_f64();
+        println!(
+            "  {name:<22} {js:.1} jobs/s ({:.1} s); ratio {:.2}\n    mean per phase: {}",
+            a.jobs as f64 / js,
+            js / jd,
+            phase_means(&before, &phase_stats())
+        );
+    }
+}
+
+const PHASES: [&str; 5] = ["slot", "submit", "queued", "run", "collect"];
+
+/// The slurm runner's per-phase (sum, count), from its histograms.
+fn phase_stats() -> Vec<(f64, f64)> {
+    let text = labgrader::metrics::render(&[]);
+    PHASES
+        .iter()
+        .map(|phase| {
+            let get = |what: &str| {
+                let key = format!("labgrader_slurm_phase_seconds_{what}{{phase=\"{phase}\"}} ");
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&key)?.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            (get("sum"), get("count"))
+        })
+        .collect()
+}
+
+/// Mean time per phase between two [`phase_stats`].
+fn phase_means(before: &[(f64, f64)], after: &[(f64, f64)]) -> String {
+    PHASES
+        .iter()
+        .zip(before.iter().zip(after))
+        .filter(|(_, (b, a))| a.1 > b.1)
+        .map(|(p, (b, a))| format!("{p} {:.1} ms", (a.0 - b.0) / (a.1 - b.1) * 1000.0))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -201,8 +201,21 @@ pub enum GitlabCommand {
 #[derive(Debug, clap::Args)]
 pub struct SandboxArgs {
     /// Directory prepared by the grader (job.json, workspace/).
-    #[arg(long)]
-    pub job_dir: PathBuf,
+    #[arg(long, required_unless_present = "serve")]
+    pub job_dir: Option<PathBuf>,
+    /// Serve as a Slurm pilot: take jobs from this shared directory's queue,
+    /// each as its own step (`$SLURM_JOB_ID` names the pilot).
+    #[arg(long, conflicts_with = "job_dir")]
+    pub serve: Option<PathBuf>,
+    /// (pilot) Jobs at once.
+    #[arg(long, default_value_t = 8)]
+    pub slots: usize,
+    /// (pilot) Seconds without work before the pilot ends.
+    #[arg(long, default_value_t = 60)]
+    pub idle: u64,
+    /// (pilot) Seconds until the allocation's time limit.
+    #[arg(long, default_value_t = 3600)]
+    pub lifetime: u64,
 }
 
 /// Entry point of the binary.
@@ -284,7 +297,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Gradebook(GradebookCommand::Export(args)) => gradebook_export(&cfg, args),
-        Command::Sandbox(args) => sandbox(&cfg, &args.job_dir),
+        Command::Sandbox(args) => match (&args.serve, &args.job_dir) {
+            (Some(shared), _) => pilot(&args, shared),
+            (None, Some(dir)) => sandbox(&cfg, dir),
+            (None, None) => anyhow::bail!("sandbox needs --job-dir DIR or --serve DIR"),
+        },
     }
 }
 
@@ -331,6 +348,28 @@ fn sandbox(cfg: &Config, dir: &std::path::Path) -> Result<ExitCode> {
             .await
             .with_context(|| format!("sandbox job {}", dir.display()))?;
         println!("{}", serde_json::to_string(&out.termination)?);
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `labgrader sandbox --serve DIR`: a Slurm pilot
+/// ([`crate::sandbox::slurm::pilot`]), inside the allocation it names.
+fn pilot(args: &SandboxArgs, shared: &std::path::Path) -> Result<ExitCode> {
+    let pilot_id = std::env::var("SLURM_JOB_ID")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .context("--serve runs as a Slurm job's script ($SLURM_JOB_ID)")?;
+    let a = crate::sandbox::slurm::pilot::PilotArgs {
+        shared_dir: shared.into(),
+        pilot_id,
+        slots: args.slots.max(1),
+        idle: std::time::Duration::from_secs(args.idle),
+        lifetime: std::time::Duration::from_secs(args.lifetime),
+        bin: std::env::current_exe().context("cannot find the labgrader binary")?,
+    };
+    runtime()?.block_on(async {
+        let shutdown = crate::daemon::shutdown_on_signals()?;
+        crate::sandbox::slurm::pilot::serve(a, shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -433,6 +472,9 @@ fn queue(cfg: &Config, json: bool) -> Result<ExitCode> {
                 }
                 if j.crashes > 0 {
                     line.push_str(&format!("  crashes {}", j.crashes));
+                }
+                if let Some(s) = &j.slurm {
+                    line.push_str(&format!("  {s}"));
                 }
                 if let Some(e) = &j.last_error {
                     line.push_str(&format!("  last error: {e}"));

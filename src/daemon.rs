@@ -175,6 +175,9 @@ pub struct JobLine {
     /// A held job: when it fails if that repository has not appeared.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Where it stands in Slurm (slurm runner), from `[slurm] shared_dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<String>,
 }
 
 impl JobLine {
@@ -203,6 +206,10 @@ impl JobLine {
                 e.received_at
                     + chrono::Duration::from_std(cfg.spool.hold_for.get()).unwrap_or_default()
             }),
+            slurm: crate::sandbox::slurm::tickets::describe(
+                &cfg.slurm.shared_dir,
+                crate::event::job_id_of(name),
+            ),
         }
     }
 }

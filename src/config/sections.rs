@@ -300,6 +300,22 @@ pub struct SlurmConfig {
     /// Added to the job's memory limit for Slurm's own limit, which is a
     /// backstop over the sandbox's (the sandbox process itself needs some).
     pub memory_margin: ByteSize,
+    /// At most this many jobs submitted to Slurm and not yet collected;
+    /// the others wait unsubmitted (never thousands in Slurm's queue).
+    pub max_in_flight: usize,
+    /// Pilot allocations kept while jobs wait (0 = one Slurm job per
+    /// grading job). Each runs `labgrader sandbox --serve` and each job in
+    /// it as its own step with its own limits.
+    pub pilots: usize,
+    /// Jobs one pilot runs at once.
+    pub pilot_slots: usize,
+    /// CPUs and memory of one pilot's allocation (its jobs' steps share it).
+    pub pilot_cpus: u64,
+    pub pilot_memory: ByteSize,
+    /// A pilot's Slurm time limit; it takes no job that could outlive it.
+    pub pilot_lifetime: Seconds,
+    /// A pilot without work for this long ends, giving its node back.
+    pub pilot_idle: Seconds,
 }
 
 impl Default for SlurmConfig {
@@ -311,10 +327,17 @@ impl Default for SlurmConfig {
             token_file: PathBuf::new(),
             partition: "grade".into(),
             shared_dir: PathBuf::from("/srv/labgrader/shared"),
-            poll_interval: Seconds(Duration::from_secs(1)),
+            poll_interval: Seconds(Duration::from_secs(5)),
             labgrader_bin: PathBuf::new(),
             queue_timeout: Seconds(Duration::from_secs(600)),
             memory_margin: ByteSize(64 << 20),
+            max_in_flight: 32,
+            pilots: 0,
+            pilot_slots: 8,
+            pilot_cpus: 2,
+            pilot_memory: ByteSize(4 << 30),
+            pilot_lifetime: Seconds(Duration::from_secs(3600)),
+            pilot_idle: Seconds(Duration::from_secs(60)),
         }
     }
 }

@@ -9,6 +9,10 @@ use super::error::ConfigError;
 use super::sections::Config;
 use super::values::{RunnerKind, parse_ids};
 
+/// Upper bound of `[slurm] max_in_flight`: beyond it slurmctld's queue, not
+/// the spool, would hold the backlog.
+const MAX_SLURM_IN_FLIGHT: usize = 10_000;
+
 impl Config {
     pub(super) fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
@@ -79,6 +83,36 @@ impl Config {
         }
         if self.slurm.poll_interval.0.is_zero() {
             return Err(self.invalid("slurm.poll_interval", "must be longer than zero"));
+        }
+        if !(1..=MAX_SLURM_IN_FLIGHT).contains(&self.slurm.max_in_flight) {
+            return Err(self.invalid(
+                "slurm.max_in_flight",
+                format!(
+                    "must be between 1 and {MAX_SLURM_IN_FLIGHT} (jobs in Slurm at once; the \
+                     others wait in the spool)"
+                ),
+            ));
+        }
+        if self.slurm.pilots > 0 {
+            let s = &self.slurm;
+            if s.pilot_slots == 0 || s.pilot_cpus == 0 {
+                return Err(self.invalid(
+                    "slurm.pilot_slots",
+                    "pilot_slots and pilot_cpus must be at least 1 when pilots are used",
+                ));
+            }
+            if s.pilot_memory.0 < (256 << 20) {
+                return Err(self.invalid("slurm.pilot_memory", "must be at least 256MiB"));
+            }
+            if s.pilot_lifetime.0 < std::time::Duration::from_secs(300) {
+                return Err(self.invalid(
+                    "slurm.pilot_lifetime",
+                    "must be at least 5m (a pilot takes no job that could outlive it)",
+                ));
+            }
+            if s.pilot_idle.0.is_zero() {
+                return Err(self.invalid("slurm.pilot_idle", "must be longer than zero"));
+            }
         }
         if !self.slurm.shared_dir.is_absolute() {
             return Err(self.invalid(

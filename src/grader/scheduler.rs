@@ -30,7 +30,16 @@ impl Grader {
     /// The scheduling loop. Returns after shutdown once every job has
     /// finished or been put back.
     pub(super) async fn serve(self: Arc<Self>, shutdown: CancellationToken) {
-        let workers = self.cfg.grader.effective_workers().max(1);
+        // Slurm jobs run on the cluster, not here: unset workers follow
+        // `[slurm] max_in_flight` rather than this host's CPUs.
+        let workers = if self.cfg.grader.workers == 0
+            && self.cfg.grader.runner == crate::config::RunnerKind::Slurm
+        {
+            self.cfg.slurm.max_in_flight
+        } else {
+            self.cfg.grader.effective_workers()
+        }
+        .max(1);
         let permits = Arc::new(Semaphore::new(workers));
         let wake = Arc::new(Notify::new());
         let _watcher = {

@@ -11,13 +11,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::completion::{OUTCOME_POLL, OutcomeWatch};
 use super::jobfiles::{
     SLURM_ERR_FILE, SLURM_OUT_FILE, collect_results, prepare, record_slurm_id, recorded_slurm_id,
 };
+use super::pool::{PilotPool, PoolConfig};
 use super::rest::{JOB_NAME_PREFIX, RestClient, SlurmError, SlurmJob};
 use super::states::{Phase, memory_per_node_mib, phase, time_limit_minutes, verdict};
+use super::timing;
 use crate::config::{Config, Contract};
 use crate::sandbox::jobdir::JobDir;
 use crate::sandbox::spec::{RunOutcome, RunSpec, Runner, SAFE_PATH, SandboxError};
@@ -29,10 +33,9 @@ const OVERDUE_MARGIN: Duration = Duration::from_secs(90);
 const CANCEL_WAIT: Duration = Duration::from_secs(60);
 /// How long slurmrestd may stay unreachable while a job runs.
 const REST_OUTAGE: Duration = Duration::from_secs(120);
-/// A new job is looked at this often for its first [`FAST_POLL_FOR`];
-/// later looks double up to `[slurm] poll_interval`.
-const FAST_POLL: Duration = Duration::from_millis(100);
-const FAST_POLL_FOR: Duration = Duration::from_secs(3);
+/// The first backstop question to slurmrestd about a job comes this soon
+/// after submission; later ones double up to `[slurm] poll_interval`.
+const FIRST_BACKSTOP: Duration = Duration::from_millis(500);
 
 /// Called with (labgrader job id, Slurm job id) right after submission, so
 /// the grader can store the Slurm id in its spool record.
@@ -44,7 +47,10 @@ fn shell_quote(s: &str) -> String {
 }
 
 pub struct SlurmRunner {
-    api: RestClient,
+    api: Arc<RestClient>,
+    /// `[slurm] pilots` > 0: jobs go to pilot allocations, not one Slurm
+    /// job each.
+    pool: Option<PilotPool>,
     partition: String,
     shared_dir: PathBuf,
     poll: Duration,
@@ -55,6 +61,9 @@ pub struct SlurmRunner {
     /// jobs run as `[slurm] user`.
     chown_to: Option<(u32, u32)>,
     on_submitted: Option<SubmitHook>,
+    /// `[slurm] max_in_flight` permits: a job holds one from before its
+    /// submission (or re-attachment) until it is collected.
+    in_flight: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for SlurmRunner {
@@ -71,7 +80,7 @@ impl std::fmt::Debug for SlurmRunner {
 impl SlurmRunner {
     pub fn new(cfg: &Config) -> Result<SlurmRunner, SandboxError> {
         let s = &cfg.slurm;
-        let api = RestClient::new(cfg)?;
+        let api = Arc::new(RestClient::new(cfg)?);
         let bin = if s.labgrader_bin.as_os_str().is_empty() {
             std::env::current_exe().map_err(SlurmError::Binary)?
         } else {
@@ -85,8 +94,18 @@ impl SlurmRunner {
         } else {
             None
         };
+        let pool = (s.pilots > 0).then(|| {
+            PilotPool::new(
+                api.clone(),
+                PoolConfig::from_config(cfg),
+                &s.shared_dir,
+                bin.clone(),
+                chown_to,
+            )
+        });
         Ok(SlurmRunner {
             api,
+            pool,
             partition: s.partition.clone(),
             shared_dir: s.shared_dir.clone(),
             poll: s.poll_interval.get(),
@@ -95,6 +114,7 @@ impl SlurmRunner {
             bin,
             chown_to,
             on_submitted: None,
+            in_flight: Arc::new(Semaphore::new(s.max_in_flight.max(1))),
         })
     }
 
@@ -214,41 +234,53 @@ impl SlurmRunner {
         Ok(id)
     }
 
-    /// Poll until the job has ended (its processes gone), honouring the
-    /// queue timeout, the overdue limit and `cancel`.
+    /// Wait until the node's outcome shows up in the job directory (the
+    /// usual end, noticed through [`OutcomeWatch`]) or, as the backstop
+    /// asked of slurmrestd every `[slurm] poll_interval`, the job has ended
+    /// without one (node failure, preemption, time limit); honour the queue
+    /// timeout, the overdue limit and `cancel`. `Ok(None)` when the outcome
+    /// decides alone (Slurm was not asked, or forgot the job).
     async fn wait(
         &self,
+        jd: &JobDir,
         spec: &RunSpec,
         slurm_id: u64,
         cancel: &CancellationToken,
     ) -> Result<Option<SlurmJob>, SandboxError> {
+        let watch = OutcomeWatch::new(jd, OUTCOME_POLL);
         let queued_at = Instant::now();
         let overdue =
             Duration::from_secs(time_limit_minutes(spec.limits.timeout) * 60) + OVERDUE_MARGIN;
         let mut running_since: Option<Instant> = None;
         let mut last_ok = Instant::now();
-        // Short jobs end within a second or two: look every 100 ms for the
-        // first seconds, then back off (doubling) to the configured interval.
-        let mut delay = self.poll.min(FAST_POLL);
+        // The first backstop look comes soon (a job that cannot start at
+        // all ends at once), later ones double up to the configured interval.
+        let mut delay = self.poll.min(FIRST_BACKSTOP);
+        let mut next_backstop = Instant::now() + delay;
         loop {
+            if watch.ready() {
+                return Ok(None);
+            }
             tokio::select! {
                 _ = cancel.cancelled() => {
                     tracing::info!(job_id = %spec.job_id, slurm_id, "cancelling slurm job (shutdown)");
                     self.cancel_and_wait(slurm_id).await?;
                     return Err(SandboxError::Cancelled);
                 }
-                _ = tokio::time::sleep(delay) => {}
+                _ = watch.changed() => {}
             }
-            if queued_at.elapsed() > FAST_POLL_FOR {
-                delay = (delay * 2).min(self.poll);
+            if Instant::now() < next_backstop || watch.ready() {
+                continue;
             }
+            delay = (delay * 2).min(self.poll);
+            next_backstop = Instant::now() + delay;
             let job = match self.job(slurm_id).await {
                 Ok(j) => {
                     last_ok = Instant::now();
                     j
                 }
                 Err(e) if last_ok.elapsed() < REST_OUTAGE => {
-                    tracing::warn!(job_id = %spec.job_id, slurm_id, error = %e, "cannot poll slurm job; retrying");
+                    tracing::warn!(job_id = %spec.job_id, slurm_id, error = %e, "cannot ask slurm about the job; still watching for its outcome");
                     continue;
                 }
                 Err(e) => {
@@ -256,7 +288,12 @@ impl SlurmRunner {
                     return Err(e.into());
                 }
             };
-            let Some(job) = job else { return Ok(None) };
+            // A job id Slurm reused after losing its state (slurmctld
+            // killed) names another job: ours is forgotten.
+            let name = format!("{JOB_NAME_PREFIX}{}", spec.job_id);
+            let Some(job) = job.filter(|j| j.name.as_deref().is_none_or(|n| n == name)) else {
+                return Ok(None);
+            };
             match phase(job.state()) {
                 Phase::Ended => return Ok(Some(job)),
                 Phase::Queued => {
@@ -312,6 +349,8 @@ impl SlurmRunner {
         spec: &RunSpec,
         cancel: &CancellationToken,
     ) -> Result<RunOutcome, SandboxError> {
+        // Only a job submitted by this process has a queue time to report.
+        let mut submitted_at = None;
         let slurm_id = match self.find_previous(jd, &spec.job_id).await? {
             Attach::Job(id) => {
                 tracing::info!(job_id = %spec.job_id, slurm_id = id, "re-attaching to a slurm job submitted before a restart");
@@ -322,8 +361,11 @@ impl SlurmRunner {
                 return self.collect_with_results(jd, spec, None, None).await;
             }
             Attach::None => {
+                let t = Instant::now();
                 prepare(jd, spec, self.chown_to).await?;
                 let id = self.submit(jd, spec).await?;
+                timing::observe("submit", t.elapsed());
+                submitted_at = Some(chrono::Utc::now());
                 tracing::info!(job_id = %spec.job_id, slurm_id = id, "submitted slurm job");
                 id
             }
@@ -331,9 +373,15 @@ impl SlurmRunner {
         if let Some(hook) = &self.on_submitted {
             hook(&spec.job_id, slurm_id);
         }
-        let job = self.wait(spec, slurm_id, cancel).await?;
-        self.collect_with_results(jd, spec, Some(slurm_id), job)
-            .await
+        let job = self.wait(jd, spec, slurm_id, cancel).await?;
+        let o = self
+            .collect_with_results(jd, spec, Some(slurm_id), job)
+            .await?;
+        if let Some(at) = submitted_at {
+            timing::observe_between("queued", at, o.started_at);
+        }
+        timing::observe_between("run", o.started_at, o.ended_at);
+        Ok(o)
     }
 }
 
@@ -355,11 +403,26 @@ impl Runner for SlurmRunner {
         cancel: &CancellationToken,
     ) -> Result<RunOutcome, SandboxError> {
         let jd = self.job_dir(&spec.job_id)?;
-        let r = self.run_inner(&jd, spec, cancel).await;
+        // Jobs past `[slurm] max_in_flight` wait here, unsubmitted: Slurm's
+        // queue never holds more than that, even when the cluster is full or
+        // slurmctld comes back from an outage to a backlog.
+        let waited = Instant::now();
+        let _permit = tokio::select! {
+            p = self.in_flight.acquire() => p.expect("the semaphore is never closed"),
+            _ = cancel.cancelled() => return Err(SandboxError::Cancelled),
+        };
+        timing::observe("slot", waited.elapsed());
+        let r = match &self.pool {
+            Some(pool) => pool.run(&jd, spec, cancel).await,
+            None => self.run_inner(&jd, spec, cancel).await,
+        };
         // Kept when slurmrestd could not be reached: the job may still run,
         // and the retry re-attaches to it. A dropped future (a crashed
-        // grader) keeps it too.
-        if matches!(r, Err(SandboxError::Unavailable { .. })) {
+        // grader) keeps it too, and so does a shutdown while a pilot runs
+        // the job (collected after the restart).
+        if matches!(r, Err(SandboxError::Unavailable { .. }))
+            || (self.pool.is_some() && matches!(r, Err(SandboxError::Cancelled)))
+        {
             return r;
         }
         let root = jd.root.clone();
@@ -368,6 +431,9 @@ impl Runner for SlurmRunner {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(job_id = %spec.job_id, dir = %jd.root.display(), error = %e, "cannot remove slurm job directory");
             }
+        }
+        if let Ok(o) = &r {
+            timing::observe_between("collect", o.ended_at, chrono::Utc::now());
         }
         r
     }
@@ -403,6 +469,26 @@ mod tests {
         assert_eq!(cfg.slurm.queue_timeout.get(), Duration::from_secs(600));
         assert_eq!(cfg.slurm.memory_margin.bytes(), 64 << 20);
         assert!(Config::from_toml("[slurm]\nshared_dir = \"rel/dir\"\n", None).is_err());
+    }
+
+    #[test]
+    fn scale_keys_are_validated_with_what_to_do() {
+        let cfg = Config::from_toml("[slurm]\n", None).unwrap();
+        assert_eq!((cfg.slurm.max_in_flight, cfg.slurm.pilots), (32, 0));
+        for (toml, want) in [
+            ("max_in_flight = 0", "slurm.max_in_flight"),
+            ("max_in_flight = 20000", "between 1 and 10000"),
+            ("pilots = 2\npilot_memory = \"1MiB\"", "slurm.pilot_memory"),
+            ("pilots = 2\npilot_slots = 0", "slurm.pilot_slots"),
+            ("pilots = 2\npilot_lifetime = \"1m\"", "at least 5m"),
+        ] {
+            let e = Config::from_toml(&format!("[slurm]\n{toml}\n"), None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{toml}: {e}");
+        }
+        // Without pilots their keys are not judged.
+        assert!(Config::from_toml("[slurm]\npilot_slots = 0\n", None).is_ok());
     }
 
     #[test]
