@@ -348,3 +348,31 @@ async fn a_chosen_leaderboard_name_cannot_pass_for_a_classmate() {
     );
     w.stop();
 }
+
+/// The leaderboard is public and reads every graded job of the assignment
+/// (~25–50 ms at 10,000 jobs): anyone could keep the render threads busy
+/// with it, and every student's result page would wait behind. It is read
+/// from the gradebook at most once per 30 s (what `Cache-Control` already
+/// promised), however many ask.
+#[tokio::test]
+async fn a_flood_of_leaderboard_requests_reads_the_gradebook_once() {
+    let w = WebWorld::start("").await;
+    let job = w.push("alice", 3, None).await;
+    w.callback_of(&job, None).await;
+    for _ in 0..40 {
+        let r = w.get("/leaderboard/lab1", &[]).await;
+        assert_eq!(r.status, 200);
+        assert!(text(&r).contains(">alice<"));
+    }
+    let metrics = text(&w.get("/metrics", &[]).await);
+    let reads: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("labgrader_web_leaderboard_reads_total"))
+        .collect();
+    assert_eq!(
+        reads,
+        ["labgrader_web_leaderboard_reads_total{assignment=\"lab1\"} 1"],
+        "{metrics}"
+    );
+    w.stop();
+}

@@ -13,6 +13,7 @@
 //! without a leaderboard answers 404.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -55,11 +56,24 @@ impl Web {
                 Cache::Short,
             );
         };
-        let rows = match self.gradebook(|g| Ok(g.views().board_rows(assignment, key)?)) {
-            Ok(r) => r.unwrap_or_default(),
+        // One read per assignment per FRESH, however many ask (the lock is
+        // held while reading, so a crowd arriving at once waits for it).
+        let mut boards = self.boards.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, page)) = boards.get(assignment)
+            && at.elapsed() < FRESH
+        {
+            return html::respond(StatusCode::OK, page.clone(), Cache::Short);
+        }
+        crate::metrics::inc(
+            "labgrader_web_leaderboard_reads_total",
+            "Leaderboards read from the gradebook (at most one per assignment per 30 s).",
+            &[("assignment", assignment)],
+        );
+        let (rows, read) = match self.gradebook(|g| Ok(g.views().board_rows(assignment, key)?)) {
+            Ok(r) => (r.unwrap_or_default(), true),
             Err(e) => {
                 tracing::warn!(assignment, error = %e, "cannot read the leaderboard");
-                Vec::new()
+                (Vec::new(), false)
             }
         };
         let entries = rank(&rows, conf.leaderboard_order);
@@ -85,13 +99,17 @@ impl Web {
                 } }
             }
         };
-        html::respond(
-            StatusCode::OK,
-            html::layout(&format!("Leaderboard {assignment}"), Nav::Board, None, body),
-            Cache::Short,
-        )
+        let page = html::layout(&format!("Leaderboard {assignment}"), Nav::Board, None, body);
+        if read {
+            boards.insert(assignment.to_string(), (Instant::now(), page.clone()));
+        }
+        html::respond(StatusCode::OK, page, Cache::Short)
     }
 }
+
+/// How long a leaderboard read from the gradebook is shown (its
+/// `Cache-Control: max-age` too).
+const FRESH: Duration = Duration::from_secs(30);
 
 /// A value and when it was first reached.
 type Reached = (f64, Option<chrono::DateTime<chrono::Utc>>);
