@@ -281,7 +281,7 @@ async fn the_leaderboard_orders_best_values_as_configured_and_hides_names_on_req
         "alice",
         "anonymous",
         "bob",
-        "&lt;b&gt;Dave&lt;/b&gt; the bold",
+        "“&lt;b&gt;Dave&lt;/b&gt; the bold”",
     ]
     .into_iter()
     .collect();
@@ -308,4 +308,71 @@ async fn the_leaderboard_orders_best_values_as_configured_and_hides_names_on_req
 fn b64(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A student may choose the name the leaderboard shows, but never pass for
+/// a classmate: alice chooses "bob" (and takes the top place with it), the
+/// real bob pushes too. Only the real bob's line shows the bare name `bob`;
+/// a chosen name is always shown as chosen.
+#[tokio::test]
+async fn a_chosen_leaderboard_name_cannot_pass_for_a_classmate() {
+    let w = WebWorld::start("").await;
+    let jobs = [
+        w.push("alice", 1, Some(r#"{"leaderboard_name": "bob"}"#))
+            .await,
+        w.push("bob", 8, None).await,
+        w.push("carol", 3, Some(r#"{"leaderboard_name": " Bob "}"#))
+            .await,
+    ];
+    for j in &jobs {
+        w.callback_of(j, None).await;
+    }
+    let page = text(&w.get("/leaderboard/lab1", &[]).await);
+    assert_eq!(
+        page.matches(">bob<").count(),
+        1,
+        "only the real bob shows as bob: {page}"
+    );
+    assert!(!page.contains(">Bob<"), "{page}");
+    assert!(
+        page.contains(">“bob”<"),
+        "alice's choice, as chosen: {page}"
+    );
+    assert!(
+        page.contains(">“Bob”<"),
+        "carol's choice, as chosen: {page}"
+    );
+    assert!(
+        page.contains("in quotes"),
+        "the page says what quotes mean: {page}"
+    );
+    w.stop();
+}
+
+/// The leaderboard is public and reads every graded job of the assignment
+/// (~25–50 ms at 10,000 jobs): anyone could keep the render threads busy
+/// with it, and every student's result page would wait behind. It is read
+/// from the gradebook at most once per 30 s (what `Cache-Control` already
+/// promised), however many ask.
+#[tokio::test]
+async fn a_flood_of_leaderboard_requests_reads_the_gradebook_once() {
+    let w = WebWorld::start("").await;
+    let job = w.push("alice", 3, None).await;
+    w.callback_of(&job, None).await;
+    for _ in 0..40 {
+        let r = w.get("/leaderboard/lab1", &[]).await;
+        assert_eq!(r.status, 200);
+        assert!(text(&r).contains(">alice<"));
+    }
+    let metrics = text(&w.get("/metrics", &[]).await);
+    let reads: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("labgrader_web_leaderboard_reads_total"))
+        .collect();
+    assert_eq!(
+        reads,
+        ["labgrader_web_leaderboard_reads_total{assignment=\"lab1\"} 1"],
+        "{metrics}"
+    );
+    w.stop();
 }

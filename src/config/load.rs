@@ -114,6 +114,8 @@ impl Config {
         };
         super::web::check_secret(&self.web, self.secrets.web_secret.as_ref())
             .map_err(|m| self.invalid("web.secret_file", m))?;
+        super::web::check_staff_token(&self.web, self.secrets.staff_token.as_ref())
+            .map_err(|m| self.invalid("web.staff_token_file", m))?;
         Ok(())
     }
 

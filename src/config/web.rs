@@ -113,6 +113,19 @@ pub(super) fn check_secret(web: &WebConfig, secret: Option<&Secret>) -> Result<(
     }
 }
 
+/// A staff token, when the web view is on, must be as long as a web
+/// secret: the staff pages are on the students' network and answer every
+/// guess at once, so a short password falls to a script.
+pub(super) fn check_staff_token(web: &WebConfig, token: Option<&Secret>) -> Result<(), String> {
+    match token {
+        Some(t) if web.enabled() && t.expose().chars().count() < WEB_SECRET_MIN => Err(format!(
+            "the staff token must be at least {WEB_SECRET_MIN} characters (students can try \
+             guesses at the staff pages); generate one, e.g. `head -c 24 /dev/urandom | base64`"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// What the daemon logs when `public_url` is set without a secret.
 pub const NO_SECRET: &str = "WEB VIEW OFF: web.public_url is set but there is no web secret; \
      generate one (e.g. `head -c 32 /dev/urandom | od -An -vtx1 | tr -d ' \\n'`) into the \
@@ -154,6 +167,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.web.base(), "https://g.example.edu");
+        // A staff token a script could guess is refused like a short secret.
+        let weak = d.path().join("weak");
+        std::fs::write(&weak, "letmein\n").unwrap();
+        let e = err(&format!(
+            "[web]\npublic_url = \"https://g.example.edu\"\nsecret_file = \"{}\"\n\
+             staff_token_file = \"{}\"\n",
+            good.display(),
+            weak.display()
+        ));
+        assert!(e.contains("web.staff_token_file"), "{e}");
+        assert!(e.contains("staff token must be at least 16"), "{e}");
         assert!(!c.to_redacted_toml().contains("0123456789abcdef0123"));
         for (toml, key) in [
             ("[web]\npublic_url = \"ftp://x\"\n", "web.public_url"),

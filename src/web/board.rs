@@ -6,11 +6,14 @@
 //! The name shown is the student's GitLab namespace (its last part)
 //! unless their latest graded job's `labgrader.json` says otherwise:
 //! `"leaderboard_name": "Nick"` shows that text, `false`, `null` or `""`
-//! hides the name ("anonymous"). Everything shown is escaped; a name is
-//! cut to [`NAME_MAX`] characters on one line. An assignment without a
-//! leaderboard answers 404.
+//! hides the name ("anonymous"). A chosen name is always shown in quotes,
+//! so that a bare name is a GitLab namespace: a student who chooses a
+//! classmate's name cannot pass for them. Everything shown is escaped; a
+//! name is cut to [`NAME_MAX`] characters on one line. An assignment
+//! without a leaderboard answers 404.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -30,6 +33,8 @@ pub const NAME_MAX: usize = 40;
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Entry {
     pub name: String,
+    /// The student chose `name` (`leaderboard_name`): shown in quotes.
+    pub chosen: bool,
     pub value: f64,
 }
 
@@ -51,11 +56,24 @@ impl Web {
                 Cache::Short,
             );
         };
-        let rows = match self.gradebook(|g| Ok(g.views().board_rows(assignment, key)?)) {
-            Ok(r) => r.unwrap_or_default(),
+        // One read per assignment per FRESH, however many ask (the lock is
+        // held while reading, so a crowd arriving at once waits for it).
+        let mut boards = self.boards.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, page)) = boards.get(assignment)
+            && at.elapsed() < FRESH
+        {
+            return html::respond(StatusCode::OK, page.clone(), Cache::Short);
+        }
+        crate::metrics::inc(
+            "labgrader_web_leaderboard_reads_total",
+            "Leaderboards read from the gradebook (at most one per assignment per 30 s).",
+            &[("assignment", assignment)],
+        );
+        let (rows, read) = match self.gradebook(|g| Ok(g.views().board_rows(assignment, key)?)) {
+            Ok(r) => (r.unwrap_or_default(), true),
             Err(e) => {
                 tracing::warn!(assignment, error = %e, "cannot read the leaderboard");
-                Vec::new()
+                (Vec::new(), false)
             }
         };
         let entries = rank(&rows, conf.leaderboard_order);
@@ -64,47 +82,58 @@ impl Web {
             p.muted { "Each student's best " code { (key) } " ("
                 (if conf.leaderboard_order == LeaderboardOrder::Asc { "lowest" } else { "highest" })
                 " first). To hide your name, put " code { "\"leaderboard_name\": false" }
-                " in your labgrader.json; to choose it, " code { "\"leaderboard_name\": \"…\"" } "." }
+                " in your labgrader.json; to choose it, " code { "\"leaderboard_name\": \"…\"" }
+                ". Names in quotes were chosen by their student; the others are GitLab namespaces." }
             @if entries.is_empty() { p { "No graded submission yet." } } @else {
                 div.scroll { table #leaderboard {
                     thead { tr { th.num { "#" } th { "Student" } th.num { (key) } } }
                     tbody { @for (i, e) in entries.iter().enumerate() { tr {
                         td.num { (i + 1) }
-                        td.name.student { (e.name) }
+                        @if e.chosen {
+                            td.name.student.chosen { "“" (e.name) "”" }
+                        } @else {
+                            td.name.student { (e.name) }
+                        }
                         td.num { (num(Some(e.value))) }
                     } } }
                 } }
             }
         };
-        html::respond(
-            StatusCode::OK,
-            html::layout(&format!("Leaderboard {assignment}"), Nav::Board, None, body),
-            Cache::Short,
-        )
+        let page = html::layout(&format!("Leaderboard {assignment}"), Nav::Board, None, body);
+        if read {
+            boards.insert(assignment.to_string(), (Instant::now(), page.clone()));
+        }
+        html::respond(StatusCode::OK, page, Cache::Short)
     }
 }
 
+/// How long a leaderboard read from the gradebook is shown (its
+/// `Cache-Control: max-age` too).
+const FRESH: Duration = Duration::from_secs(30);
+
 /// A value and when it was first reached.
 type Reached = (f64, Option<chrono::DateTime<chrono::Utc>>);
+/// A display name, and whether the student chose it.
+type Name = (String, bool);
 
 /// Best value per project, ranked by `order` (ties: who got there
 /// first); names from the latest job's manifest.
 pub(super) fn rank(rows: &[BoardRow], order: LeaderboardOrder) -> Vec<Entry> {
     // project -> (best value and when it was reached, display name)
-    let mut best: BTreeMap<&str, (Option<Reached>, String)> = BTreeMap::new();
+    let mut best: BTreeMap<&str, (Option<Reached>, Name)> = BTreeMap::new();
     for r in rows {
         let e = best
             .entry(r.project.as_str())
-            .or_insert_with(|| (None, default_name(&r.project)));
+            .or_insert_with(|| (None, (default_name(&r.project), false)));
         // Rows come oldest first: the last manifest seen is the latest.
         e.1 = match r.name.as_deref() {
-            None => default_name(&r.project),
-            Some("false" | "null" | "\"\"") => "anonymous".into(),
+            None => (default_name(&r.project), false),
+            Some("false" | "null" | "\"\"") => ("anonymous".into(), false),
             Some(json) => serde_json::from_str::<String>(json)
                 .map(|s| one_line(s.trim(), NAME_MAX))
                 .ok()
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "anonymous".into()),
+                .filter(|s| !s.trim().is_empty())
+                .map_or_else(|| ("anonymous".into(), false), |s| (s, true)),
         };
         let Some(v) = r.value else { continue };
         let better = match e.0 {
@@ -118,7 +147,7 @@ pub(super) fn rank(rows: &[BoardRow], order: LeaderboardOrder) -> Vec<Entry> {
             e.0 = Some((v, r.received_at));
         }
     }
-    let mut list: Vec<(f64, Option<chrono::DateTime<chrono::Utc>>, String)> = best
+    let mut list: Vec<(f64, Option<chrono::DateTime<chrono::Utc>>, Name)> = best
         .into_values()
         .filter_map(|(b, name)| b.map(|(v, t)| (v, t, name)))
         .collect();
@@ -130,7 +159,11 @@ pub(super) fn rank(rows: &[BoardRow], order: LeaderboardOrder) -> Vec<Entry> {
         by_value.then(a.1.cmp(&b.1))
     });
     list.into_iter()
-        .map(|(value, _, name)| Entry { name, value })
+        .map(|(value, _, (name, chosen))| Entry {
+            name,
+            chosen,
+            value,
+        })
         .collect()
 }
 
@@ -174,6 +207,7 @@ mod tests {
             asc[1],
             Entry {
                 name: "alice".into(),
+                chosen: false,
                 value: 3.0
             }
         );
@@ -186,5 +220,7 @@ mod tests {
             row("c/alice/lab", Some(1.0), Some("\"\""), 2),
         ];
         assert_eq!(rank(&rows, LeaderboardOrder::Desc)[0].name, "anonymous");
+        let chosen = &rank(&rows[..1], LeaderboardOrder::Desc)[0];
+        assert_eq!((chosen.name.as_str(), chosen.chosen), ("Ace", true));
     }
 }

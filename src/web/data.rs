@@ -4,9 +4,12 @@
 //! when a waiting job starts). It never writes to the gradebook or moves
 //! a spool file.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
+use maud::Markup;
 
 use crate::config::{Config, Secret};
 use crate::event::Event;
@@ -32,6 +35,8 @@ pub struct Web {
     pool: Mutex<Vec<Gradebook>>,
     /// Where pages are rendered (low-priority threads).
     pub(super) renders: RenderPool,
+    /// Leaderboards read recently (public pages: read once per 30 s).
+    pub(super) boards: Boards,
 }
 
 impl std::fmt::Debug for Web {
@@ -41,6 +46,15 @@ impl std::fmt::Debug for Web {
             .finish_non_exhaustive()
     }
 }
+
+/// The leaderboards read in the last 30 s (`board::FRESH`), by
+/// assignment (only those with a leaderboard: bounded by the config). The
+/// page is public and reading it is a pass over every graded job of the
+/// assignment (25–50 ms at 10,000 jobs), so a client asking in a loop
+/// would otherwise keep the render threads busy and every student's result
+/// page waiting.
+#[derive(Debug, Default)]
+pub(super) struct Boards(pub(super) Mutex<HashMap<String, (Instant, Markup)>>);
 
 /// Where a job is in the queue.
 pub(super) enum Place {
@@ -80,6 +94,7 @@ impl Web {
             staff,
             pool: Mutex::new(Vec::new()),
             renders: RenderPool::start(cfg.web.renders),
+            boards: Default::default(),
             cfg,
         }))
     }
