@@ -76,6 +76,7 @@ impl Web {
                 (Vec::new(), false)
             }
         };
+        let rows = course_rows(&self.cfg.gitlab, rows);
         let entries = rank(&rows, conf.leaderboard_order);
         let body = html! {
             h1 { "Leaderboard: " (assignment) }
@@ -115,6 +116,23 @@ const FRESH: Duration = Duration::from_secs(30);
 type Reached = (f64, Option<chrono::DateTime<chrono::Utc>>);
 /// A display name, and whether the student chose it.
 type Name = (String, bool);
+
+/// The rows of the course's own students: with `[gitlab]
+/// student_namespaces` set, a project elsewhere on the GitLab instance
+/// (someone's personal namespace, a fork) that happens to share the
+/// assignment's name never reaches the public page.
+fn course_rows(gitlab: &crate::config::GitlabConfig, rows: Vec<BoardRow>) -> Vec<BoardRow> {
+    if gitlab.student_namespaces.is_empty() {
+        return rows;
+    }
+    rows.into_iter()
+        .filter(|r| {
+            r.project
+                .rsplit_once('/')
+                .is_some_and(|(ns, _)| gitlab.is_student_namespace(ns))
+        })
+        .collect()
+}
 
 /// Best value per project, ranked by `order` (ties: who got there
 /// first); names from the latest job's manifest.
@@ -211,6 +229,25 @@ mod tests {
                 value: 3.0
             }
         );
+    }
+
+    #[test]
+    fn only_the_course_namespaces_reach_the_board_when_they_are_listed() {
+        let rows = || {
+            vec![
+                row("course/alice/lab1", Some(3.0), None, 1),
+                row("mallory/lab1", Some(9.0), None, 2),
+                row("course2/eve/lab1", Some(9.0), None, 3),
+            ]
+        };
+        let mut gitlab = crate::config::GitlabConfig::default();
+        assert_eq!(course_rows(&gitlab, rows()).len(), 3, "no list: every row");
+        gitlab.student_namespaces = vec!["course".into()];
+        let kept: Vec<String> = course_rows(&gitlab, rows())
+            .into_iter()
+            .map(|r| r.project)
+            .collect();
+        assert_eq!(kept, ["course/alice/lab1"]);
     }
 
     #[test]
