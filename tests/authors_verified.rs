@@ -4,7 +4,10 @@
 //! A name in `authors` counts only when it is a member of the student's
 //! project who can push to it; the pusher must be listed; the staff
 //! exemption is the pusher's; mail goes only to verified authors, one
-//! message each, never to a private address.
+//! message each, never to a private address. A member other than the
+//! pusher counts only once they have pushed to the project themselves (or
+//! staff put both in one roster group): a student who adds a classmate as
+//! a member cannot spend the classmate's slots.
 
 mod common;
 
@@ -118,10 +121,16 @@ async fn non_member_is_ignored_and_no_mail_reaches_a_non_member_or_a_private_add
         .unwrap()
     });
     let cfg = config(&f, &gl, sink.port, "");
+    // bob pushed to the project once before (alone): his participation.
+    let bob_sha = f.push("course/alice/lab1", |_| {});
+    let bob_ev = pushed_by(&f, "bob", &bob_sha, 0);
+    f.enqueue(&bob_ev);
     let mut ev = f.event("course/alice/lab1", &sha);
+    ev.received_at = chrono::Utc::now() + chrono::Duration::seconds(1);
     ev.pusher.email = Some("alice@commit.example".into());
-    f.enqueue(&ev);
     let d = f.start(cfg.clone());
+    f.wait_done(&bob_ev.job_id, WAIT).await;
+    f.enqueue(&ev);
     let r = f.wait_done(&ev.job_id, WAIT).await;
     d.stop().await;
     assert_eq!(r.status, Status::Graded, "{:?}", r.reason);
@@ -148,7 +157,11 @@ async fn non_member_is_ignored_and_no_mail_reaches_a_non_member_or_a_private_add
     let rows = labgrader::policy::export::rows_from_results(
         &gb.select(Select::All, &Filter::default()).unwrap(),
     );
-    let mut who: Vec<&str> = rows.iter().map(|r| r.username.as_str()).collect();
+    let mut who: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.job == ev.job_id)
+        .map(|r| r.username.as_str())
+        .collect();
     who.sort();
     assert_eq!(who, ["alice", "bob"]);
 
@@ -176,15 +189,20 @@ async fn non_member_is_ignored_and_no_mail_reaches_a_non_member_or_a_private_add
     rcpts.sort();
     // One message per verified author, each to one address: the push's
     // email for the pusher, the public one for bob.
+    // (bob's own earlier push mailed him alone, at that push's email.)
     assert_eq!(
         rcpts,
         [
             vec!["alice@commit.example".to_string()],
+            vec!["bob@commit.example".to_string()],
             vec!["bob@public.example".to_string()]
         ]
     );
     for raw in raw_messages_in(&sink.dir) {
         let raw = String::from_utf8_lossy(&raw);
+        if raw.contains("bob@commit.example") {
+            continue;
+        }
         assert!(!raw.contains("private.example"), "{raw}");
         assert!(!raw.contains("eve@"), "{raw}");
         assert!(!raw.to_ascii_lowercase().contains("\ncc:"), "{raw}");
@@ -296,5 +314,144 @@ async fn listing_staff_gives_no_quota_exemption() {
     let reason = std::fs::read_to_string(&reason_file).unwrap();
     assert!(reason.starts_with("quota: "), "{reason}");
     assert!(reason.contains("alice"), "{reason}");
+    gl.shutdown().await;
+}
+
+/// An event for `course/alice/lab1` at `sha` pushed by `who`, received
+/// `secs` seconds from now.
+fn pushed_by(f: &Fixture, who: &str, sha: &str, secs: i64) -> labgrader::event::Event {
+    let mut ev = f.event("course/alice/lab1", sha);
+    ev.pusher.username = Some(who.into());
+    ev.pusher.name = Some(who.into());
+    ev.pusher.email = Some(format!("{who}@commit.example"));
+    ev.received_at = chrono::Utc::now() + chrono::Duration::seconds(secs);
+    ev
+}
+
+/// The attack: alice (Maintainer of her own project) adds bob as a
+/// Developer without asking him and lists him in `authors`. bob never
+/// pushed to course/alice/lab1, so he is not charged, not mailed and gets
+/// no gradebook row; alice is told why. Once bob pushes himself, the next
+/// team push credits him.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_without_consent_is_not_credited_until_they_push() {
+    let f = Fixture::new();
+    let gl = gitlab().await;
+    let sink = SmtpSink::start(free_port(), &f.tmp.path().join("mail"), None).await;
+    f.tests_repo("lab1", &simple_test_all("20"));
+    let team = f.push("course/alice/lab1", |w| {
+        std::fs::write(w.join("labgrader.json"), manifest(r#"["alice", "bob"]"#)).unwrap()
+    });
+    let cfg = config(&f, &gl, sink.port, "quota = \"5/1h\"\n");
+    let attack = pushed_by(&f, "alice", &team, 0);
+    f.enqueue(&attack);
+    let d = f.start(cfg.clone());
+    let r = f.wait_done(&attack.job_id, WAIT).await;
+    assert_eq!(r.status, Status::Graded, "{:?}", r.reason);
+    let credited: Vec<&str> = r.extra["authors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(credited, ["alice"]);
+    assert_eq!(r.extra["unknown_authors"], serde_json::json!(["bob"]));
+    let ignored = r.extra["ignored_authors"].to_string();
+    assert!(
+        ignored.contains("has not pushed to course/alice/lab1 yet"),
+        "{ignored}"
+    );
+    let ledger = labgrader::policy::QuotaLedger::in_spool(&f.spool_dir).unwrap();
+    let used = |who: &str| {
+        ledger
+            .used(
+                "lab1",
+                who,
+                "5/1h".parse().unwrap(),
+                // The pushes are received up to 2 s from now.
+                chrono::Utc::now() + chrono::Duration::seconds(10),
+            )
+            .unwrap()
+    };
+    assert_eq!(used("alice"), 1);
+    assert_eq!(used("bob"), 0, "bob was charged for alice's push");
+    let gb = Gradebook::open(&f.spool_dir.join("gradebook.sqlite")).unwrap();
+    let rows_of = |job: &str| -> Vec<String> {
+        let mut v: Vec<String> = labgrader::policy::export::rows_from_results(
+            &gb.select(Select::All, &Filter::default()).unwrap(),
+        )
+        .into_iter()
+        .filter(|r| r.job == job)
+        .map(|r| r.username)
+        .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(rows_of(&attack.job_id), ["alice"]);
+
+    // bob pushes once himself (a commit without a manifest: bob alone).
+    let own = f.push("course/alice/lab1", |w| {
+        std::fs::remove_file(w.join("labgrader.json")).unwrap()
+    });
+    let bobs = pushed_by(&f, "bob", &own, 1);
+    f.enqueue(&bobs);
+    f.wait_done(&bobs.job_id, WAIT).await;
+    // The next team push credits him.
+    let again = pushed_by(&f, "alice", &team, 2);
+    f.enqueue(&again);
+    let r = f.wait_done(&again.job_id, WAIT).await;
+    d.stop().await;
+    assert_eq!(r.status, Status::Graded, "{:?}", r.reason);
+    assert!(!r.extra.contains_key("ignored_authors"), "{:?}", r.extra);
+    assert_eq!(rows_of(&again.job_id), ["alice", "bob"]);
+    assert_eq!(used("alice"), 2);
+    assert_eq!(used("bob"), 2);
+
+    // Mail: the attack's result went to alice only, and told her why.
+    let spool = f.spool();
+    let worker = Worker::start(&cfg, &spool);
+    for job in [&attack.job_id, &bobs.job_id, &again.job_id] {
+        let name =
+            labgrader::deliver::record_file_name(job, labgrader::deliver::Destination::Email);
+        wait_for("the email receipt", || {
+            common::deliver::receipt_exists(&spool, &name)
+        })
+        .await;
+    }
+    worker.stop().await;
+    // One message each: alice for the attack, bob for his own push, both
+    // for the team push; never bob for the attack.
+    let mut rcpts: Vec<String> = sink
+        .messages()
+        .iter()
+        .flat_map(|m| m["rcpt_tos"].as_array().unwrap().clone())
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        [
+            "alice@commit.example",
+            "alice@commit.example",
+            "bob@commit.example",
+            "bob@public.example"
+        ]
+    );
+    // The body (lines may wrap): alice is told why bob was not credited.
+    let told: Vec<serde_json::Value> = sink
+        .messages()
+        .into_iter()
+        .filter(|m| {
+            let body = m["body"].as_str().unwrap_or("");
+            let flat = body.split_whitespace().collect::<Vec<_>>().join(" ");
+            flat.contains("bob (has not pushed to course/alice/lab1 yet")
+        })
+        .collect();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(
+        told[0]["rcpt_tos"],
+        serde_json::json!(["alice@commit.example"])
+    );
+    sink.stop().await;
     gl.shutdown().await;
 }

@@ -125,6 +125,11 @@ fn gitlab_dir(url: &str) -> Directory {
     }
 }
 
+/// alice and bob pushed to the project before: members who took part.
+fn pushed() -> std::collections::BTreeSet<String> {
+    ["alice", "bob"].map(String::from).into()
+}
+
 fn pusher() -> Pusher {
     Pusher {
         id: Some(4),
@@ -139,9 +144,15 @@ async fn members_count_and_only_public_addresses_are_used() {
     let (url, seen) = fake_gitlab(false).await;
     let m = Manifest::parse(br#"{"authors": ["carol", "alice", "bob", "nobody", "../admin"]}"#)
         .unwrap();
-    let a = resolve_authors(Some(&m), &pusher(), &project(), &gitlab_dir(&url))
-        .await
-        .unwrap();
+    let a = resolve_authors(
+        Some(&m),
+        &pusher(),
+        &project(),
+        &gitlab_dir(&url),
+        &pushed(),
+    )
+    .await
+    .unwrap();
     let known: Vec<(&str, Option<&str>)> = a
         .known
         .iter()
@@ -175,9 +186,15 @@ async fn members_count_and_only_public_addresses_are_used() {
 async fn gitlab_down_is_not_the_students_fault() {
     let (url, _) = fake_gitlab(true).await;
     let m = Manifest::parse(br#"{"authors": ["carol", "bob"]}"#).unwrap();
-    let e = resolve_authors(Some(&m), &pusher(), &project(), &gitlab_dir(&url))
-        .await
-        .unwrap_err();
+    let e = resolve_authors(
+        Some(&m),
+        &pusher(),
+        &project(),
+        &gitlab_dir(&url),
+        &pushed(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(e, ManifestError::Lookup(_)), "{e}");
     assert!(manifest_refusal(e).is_err());
 }
@@ -185,7 +202,7 @@ async fn gitlab_down_is_not_the_students_fault() {
 #[tokio::test]
 async fn the_pusher_is_never_looked_up_so_gitlab_down_cannot_stop_the_simple_case() {
     let (url, seen) = fake_gitlab(true).await;
-    let a = resolve_authors(None, &pusher(), &project(), &gitlab_dir(&url))
+    let a = resolve_authors(None, &pusher(), &project(), &gitlab_dir(&url), &pushed())
         .await
         .unwrap();
     assert_eq!(a.known[0].username, "carol");
@@ -209,7 +226,7 @@ async fn with_a_roster_and_a_token_members_are_checked_on_gitlab_and_addresses_c
     let (url, seen) = fake_gitlab(false).await;
     let dir = Directory::for_policy(&p, Some(api(&url))).unwrap();
     let m = Manifest::parse(br#"{"authors": ["carol", "alice", "bob"]}"#).unwrap();
-    let a = resolve_authors(Some(&m), &pusher(), &project(), &dir)
+    let a = resolve_authors(Some(&m), &pusher(), &project(), &dir, &pushed())
         .await
         .unwrap();
     let known: Vec<(&str, Option<&str>)> = a
@@ -235,4 +252,45 @@ async fn with_a_roster_and_a_token_members_are_checked_on_gitlab_and_addresses_c
             .collect::<Vec<_>>(),
         ["/api/v4/projects/7/members/all?per_page=100&page=1"]
     );
+}
+
+/// With a token, a member who never pushed to the project is not credited
+/// (the pusher may have added them without asking); a classmate staff put
+/// in the pusher's roster group is, member or not, with no lookup at all.
+#[tokio::test]
+async fn with_a_token_a_member_counts_once_they_pushed_and_a_roster_group_always() {
+    let d = tempfile::tempdir().unwrap();
+    let roster = d.path().join("lab1.csv");
+    std::fs::write(
+        &roster,
+        "username,email,name,group\ncarol,carol@roster.example,Carol,t1\n\
+         dave,dave@roster.example,Dave,T1\nalice,alice@roster.example,Alice,t2\n",
+    )
+    .unwrap();
+    let mut cfg = Config::from_toml("[assignments.lab1]\nroster = \"lab1.csv\"\n", None).unwrap();
+    cfg.source = Some(d.path().join("config.toml"));
+    let p = ResolvedPolicy::for_project(&cfg, "lab1");
+    let (url, seen) = fake_gitlab(false).await;
+    let dir = Directory::for_policy(&p, Some(api(&url))).unwrap();
+    let m = Manifest::parse(br#"{"authors": ["carol", "dave", "alice"]}"#).unwrap();
+    let a = resolve_authors(Some(&m), &pusher(), &project(), &dir, &Default::default())
+        .await
+        .unwrap();
+    let known: Vec<&str> = a.known.iter().map(|k| k.username.as_str()).collect();
+    assert_eq!(known, ["carol", "dave"]);
+    assert_eq!(a.unknown, ["alice"]);
+    assert_eq!(
+        a.ignored[0].reason,
+        "has not pushed to course/carol/lab1 yet: a teammate is credited once they have \
+         pushed to the project themselves (or staff put you in one roster group)"
+    );
+    // dave needed no lookup; alice's membership was read once.
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    // Once alice has pushed, she counts.
+    let a = resolve_authors(Some(&m), &pusher(), &project(), &dir, &pushed())
+        .await
+        .unwrap();
+    assert_eq!(a.known.len(), 3);
+    assert!(a.ignored.is_empty());
 }

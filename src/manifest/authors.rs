@@ -1,9 +1,11 @@
 //! Who gets the grade: resolving the manifest's `authors` against the
-//! pusher, and verifying each other name as a member of the project
-//! (GitLab's members API, else the roster's `group` column). It never
-//! reads the tree nor decides a job's status.
+//! pusher, and verifying each other name: in the pusher's group in the
+//! roster (staff-made teams), or a member of the project who can push and
+//! has pushed to it before (GitLab's members API plus the pushes labgrader
+//! noted: membership alone is the pusher's doing, a push is the
+//! teammate's). It never reads the tree nor decides a job's status.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
@@ -139,14 +141,21 @@ impl Directory {
     }
 }
 
+/// Whether the roster puts `a` and `b` in one (non-empty) group.
+fn same_group(r: &Roster, a: &str, b: &str) -> bool {
+    matches!((r.group(a), r.group(b)), (Some(x), Some(y)) if x.eq_ignore_ascii_case(y))
+}
+
 /// Resolve and verify the authors of a submission to `project` (GitLab's
 /// numeric id, or `namespace/name`).
 ///
 /// No `authors` in the manifest: the pusher alone. Otherwise the pusher
 /// must be listed (else [`ManifestError::PusherNotListed`], the student's
-/// fault), and every other name counts only when it is a member of the
-/// project who can push to it (GitLab), or has the pusher's group in the
-/// roster (no token). With a roster, every author must also be on it.
+/// fault), and every other name counts only when the roster puts it in the
+/// pusher's `group`, or (with a GitLab token) it is a member of the project
+/// who can push to it AND is in `pushed` (the lower-cased users who pushed
+/// to this project before: their consent; a Maintainer can add anyone as a
+/// member). With a roster, every author must also be on it.
 /// Names that do not count are ignored and listed with the reason.
 /// Addresses: the roster's, else GitLab's `public_email`, and for the
 /// pusher the push's own email; GitLab's private `email` is never read.
@@ -155,6 +164,7 @@ pub async fn resolve_authors(
     pusher: &Pusher,
     project: &Project,
     dir: &Directory,
+    pushed: &BTreeSet<String>,
 ) -> Result<Authors, ManifestError> {
     // GitLab's numeric id when the hook had it; the path works as well.
     let project_key = project
@@ -225,6 +235,19 @@ pub async fn resolve_authors(
             out.ignore(&name, "not in the course roster".into());
             continue;
         }
+        // Staff-made teams count whichever way membership is checked.
+        if let Some(Some(a)) = &on_roster
+            && roster.is_some_and(|r| same_group(r, pusher_name, &name))
+        {
+            if !out
+                .known
+                .iter()
+                .any(|k| k.username.eq_ignore_ascii_case(&a.username))
+            {
+                out.known.push(a.clone());
+            }
+            continue;
+        }
         let found = match dir {
             Directory::Gitlab { api, .. } => {
                 if members.is_none() {
@@ -239,6 +262,11 @@ pub async fn resolve_authors(
                     None => Err(format!("not a member of {}", project.path)),
                     Some(m) if !m.can_push() => Err(format!(
                         "not a member of {} who can push to it (Developer or above)",
+                        project.path
+                    )),
+                    Some(_) if !pushed.contains(&name.to_lowercase()) => Err(format!(
+                        "has not pushed to {} yet: a teammate is credited once they have \
+                         pushed to the project themselves (or staff put you in one roster group)",
                         project.path
                     )),
                     Some(m) => match on_roster.flatten() {
@@ -330,7 +358,14 @@ mod tests {
             br#"{"authors": ["alice", "bob", "carol", "dan", "mallory", "rm -rf /"]}"#,
         )
         .unwrap();
-        let a = block_on(resolve_authors(Some(&m), &pusher("bob"), &project(), &dir)).unwrap();
+        let a = block_on(resolve_authors(
+            Some(&m),
+            &pusher("bob"),
+            &project(),
+            &dir,
+            &BTreeSet::new(),
+        ))
+        .unwrap();
         let names: Vec<&str> = a.known.iter().map(|k| k.username.as_str()).collect();
         // The pusher first, then the verified classmates in the list's order.
         assert_eq!(names, ["bob", "alice"]);
@@ -364,6 +399,7 @@ mod tests {
             &pusher("alice"),
             &project(),
             &dir,
+            &BTreeSet::new(),
         ))
         .unwrap();
         assert_eq!(a.known.len(), 1);
@@ -382,6 +418,7 @@ mod tests {
             &pusher("alice"),
             &project(),
             &Directory::Unverified,
+            &BTreeSet::new(),
         ))
         .unwrap();
         assert_eq!(a.known.len(), 1);
@@ -399,6 +436,7 @@ mod tests {
             &pusher("alice"),
             &project(),
             &Directory::Unverified,
+            &BTreeSet::new(),
         ))
         .unwrap();
         assert_eq!(a.known.len(), 1);
@@ -414,6 +452,7 @@ mod tests {
             &pusher("alice"),
             &project(),
             &dir,
+            &BTreeSet::new(),
         ))
         .unwrap_err();
         assert_eq!(

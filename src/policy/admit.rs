@@ -1,7 +1,8 @@
 //! Admission: the one call the grader makes between exporting the student
 //! tree and running `test_all`, applying every course rule in order.
 //!
-//! Owns the order (late? manifest → verified authors → quota) and the
+//! Owns the order (note the pusher → late? manifest → verified authors →
+//! quota) and the
 //! split of outcomes into three kinds: admitted (run it, with these
 //! limits, authors and result extras), refused by policy (the student's
 //! doing: a final status or `failed/` reason and a message for the
@@ -130,6 +131,21 @@ pub async fn admit(
     ledger: &Arc<QuotaLedger>,
 ) -> Result<Result<Admitted, Refusal>, AdmitError> {
     let policy = ResolvedPolicy::for_project(cfg, &event.project.name);
+    // Every push that reaches admission shows its pusher took part in the
+    // project, whatever the rules below make of it (late, over quota, bad
+    // manifest): the consent a co-author gives (`pushers`).
+    if let (Some(who), false) = (&event.pusher.username, event.source == HookSource::Local) {
+        let (l, project, who, job, at) = (
+            ledger.clone(),
+            event.project.path.clone(),
+            who.clone(),
+            event.job_id.clone(),
+            event.received_at,
+        );
+        tokio::task::spawn_blocking(move || l.note_push(&project, &who, &job, at))
+            .await
+            .map_err(|e| AdmitError::Join(e.to_string()))??;
+    }
     // Whether the push is a submission at all was the hook's call; the
     // deadline is judged again here with the current config.
     let acceptance = match judge_lateness(&policy, event.received_at) {
@@ -146,11 +162,30 @@ pub async fn admit(
         Ok(d) => d,
         Err(e) => return invalid(e),
     };
-    let authors =
-        match resolve_authors(manifest.as_ref(), &event.pusher, &event.project, &dir).await {
-            Ok(a) => a,
-            Err(e) => return invalid(e),
-        };
+    let listed = manifest
+        .as_ref()
+        .and_then(|m| m.authors.clone())
+        .unwrap_or_default();
+    let pushed = if listed.is_empty() {
+        Default::default()
+    } else {
+        let (l, project) = (ledger.clone(), event.project.path.clone());
+        tokio::task::spawn_blocking(move || l.pushed_to(&project, &listed))
+            .await
+            .map_err(|e| AdmitError::Join(e.to_string()))??
+    };
+    let authors = match resolve_authors(
+        manifest.as_ref(),
+        &event.pusher,
+        &event.project,
+        &dir,
+        &pushed,
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => return invalid(e),
+    };
     let mut extra = acceptance.extras();
     if let Some(m) = &manifest {
         extra.insert("manifest".into(), m.to_extra());

@@ -7,13 +7,14 @@
 //! never a commit date, which students control). A job's limits are the
 //! grader's (`grader::limits`).
 //! The rules live in [`rules`], admission of a job in [`mod@admit`], the quota
-//! ledger in [`quota`] and the selection of rows for grade exports in
+//! ledger in [`quota`] (and who pushed to which project in [`pushers`]) and the selection of rows for grade exports in
 //! [`export`]; this module only declares and re-exports. Nothing here touches the
 //! spool, the network or the sandbox; callers hand in the facts and act on
 //! the answer.
 
 pub mod admit;
 pub mod export;
+pub mod pushers;
 pub mod quota;
 pub mod rules;
 

@@ -1,7 +1,8 @@
 //! The quota ledger: accepted submissions per author per assignment, kept
 //! in SQLite at `<spool dir>/quota.sqlite`.
 //!
-//! Owns the count and nothing else: it never decides who is staff (the
+//! Owns the count and nothing else (its database also holds the table of
+//! [`super::pushers`], which adds its own methods): it never decides who is staff (the
 //! policy filters them out) and never moves spool files. Correct under
 //! concurrency across tasks and processes: every take is one
 //! `BEGIN IMMEDIATE` transaction (SQLite's write lock, waited for with a
@@ -26,6 +27,15 @@ use crate::config::Quota;
 
 /// File name of the ledger inside the spool directory.
 pub const QUOTA_DB: &str = "quota.sqlite";
+
+/// The table of `super::pushers`: one row per (project, user) who pushed.
+const PUSHERS_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS project_pushers (
+     project    TEXT NOT NULL,
+     username   TEXT NOT NULL,
+     first_job  TEXT NOT NULL,
+     first_ms   INTEGER NOT NULL,
+     PRIMARY KEY (project, username)
+ );";
 
 /// How long a take waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -87,7 +97,7 @@ impl QuotaDecision {
 #[derive(Debug)]
 pub struct QuotaLedger {
     path: PathBuf,
-    conn: Mutex<Connection>,
+    pub(super) conn: Mutex<Connection>,
 }
 
 impl QuotaLedger {
@@ -122,6 +132,8 @@ impl QuotaLedger {
              CREATE INDEX IF NOT EXISTS quota_by_job ON quota_takes (job_id);",
         )
         .map_err(open_err)?;
+        // Who pushed to which project (`pushers`), in the same database.
+        conn.execute_batch(PUSHERS_SCHEMA).map_err(open_err)?;
         Ok(QuotaLedger {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
@@ -132,7 +144,7 @@ impl QuotaLedger {
         &self.path
     }
 
-    fn sql(&self) -> impl Fn(rusqlite::Error) -> QuotaError + '_ {
+    pub(super) fn sql(&self) -> impl Fn(rusqlite::Error) -> QuotaError + '_ {
         |source| QuotaError::Sql {
             path: self.path.clone(),
             source,
