@@ -18,9 +18,11 @@
 //!
 //! The parent only declares and re-exports: `repo` holds the mirror set
 //! and its git plumbing, `heads` fetches to a commit or the tests head,
-//! `export` writes trees out, `tree_cache` shares test trees by SHA,
+//! `export` writes trees out (`catfile` without a process per export),
+//! `tree_cache` shares test trees by SHA,
 //! `pin` keeps graded commits reachable.
 
+mod catfile;
 mod error;
 mod export;
 mod heads;
