@@ -16,7 +16,8 @@
 //!    the tests over, run `test_all`, read the summary — serially;
 //! 4. gitlab-ag's loop (written fresh, in Python): poll a directory, `cp -R`
 //!    a prepared student and tests directory, run `test_all` in 4 threads
-//!    without a sandbox, POST a callback; against the daemon with the
+//!    without a sandbox, POST a callback; against the daemon (as many
+//!    workers as the loop's threads, unless `--workers` is given) with the
 //!    callback and the delivery worker on (exact-SHA export, durable
 //!    records, gradebook), with the `none` runner and the `native` one:
 //!    `ratio daemon/gitlab-ag-loop`.
