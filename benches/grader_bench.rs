@@ -16,7 +16,8 @@
 //!    the tests over, run `test_all`, read the summary — serially;
 //! 4. gitlab-ag's loop (written fresh, in Python): poll a directory, `cp -R`
 //!    a prepared student and tests directory, run `test_all` in 4 threads
-//!    without a sandbox, POST a callback; against the daemon with the
+//!    without a sandbox, POST a callback; against the daemon (as many
+//!    workers as the loop's threads, unless `--workers` is given) with the
 //!    callback and the delivery worker on (exact-SHA export, durable
 //!    records, gradebook), with the `none` runner and the `native` one:
 //!    `ratio daemon/gitlab-ag-loop`.
@@ -35,6 +36,10 @@ use labgrader::config::Config;
 use labgrader::event::{Event, EventKind, HookSource, Project, Pusher, ZERO_SHA};
 use labgrader::spool::{Spool, State, new_job_id};
 use tokio_util::sync::CancellationToken;
+
+/// Threads of gitlab-ag's loop (its default), and the daemon's workers
+/// against it unless `--workers` is given.
+const AG_THREADS: usize = 4;
 
 struct Args {
     jobs: usize,
@@ -512,13 +517,21 @@ done < "$list"
     // --- gitlab-ag's loop against the daemon with its callback ---
     let receiver = Receiver::start(&root)?;
     let ag_rate = gitlab_ag_loop(&root, &jobs[0].0, &jobs[0].1, ids.len(), &receiver.url)?;
+    // The same concurrency as the loop's threads, unless --workers says
+    // otherwise (the default, one worker per CPU, would give the daemon
+    // half the loop's concurrency on 2 CPUs).
+    let cb_workers = if args.workers == 0 {
+        AG_THREADS
+    } else {
+        args.workers
+    };
     println!(
-        "  against gitlab-ag's loop ({} jobs; poll a dir, cp -R, test_all in 4 threads, no sandbox, POST):",
+        "  against gitlab-ag's loop ({} jobs; poll a dir, cp -R, test_all in {AG_THREADS} threads, no sandbox, POST; daemon with {cb_workers} workers):",
         ids.len()
     );
     println!("    gitlab-ag-loop {ag_rate:7.1} jobs/s");
     for runner in ["none", "native"] {
-        match daemon_with_callback(&rt, &root, runner, args.workers, &jobs, &receiver.url) {
+        match daemon_with_callback(&rt, &root, runner, cb_workers, &jobs, &receiver.url) {
             Ok(rate) => {
                 println!(
                     "    daemon ({runner:<6}) {rate:7.1} jobs/s  (exact-SHA export, durable done/, gradebook, callback sent)"
@@ -644,7 +657,7 @@ def worker():
         os.unlink(os.path.join(inbox, name))
         with lock:
             done[0] += 1
-threads = [threading.Thread(target=worker) for _ in range(4)]
+threads = [threading.Thread(target=worker) for _ in range(int(sys.argv[7]))]
 for t in threads: t.start()
 seen = set()
 while True:
@@ -673,6 +686,7 @@ print(n / (end - first[0]))
         .arg(&work)
         .arg(url)
         .arg(n.to_string())
+        .arg(AG_THREADS.to_string())
         .output()?;
     if !out.status.success() {
         bail!(

@@ -84,12 +84,29 @@ fn already_known(spool: &Spool, name: &str) -> bool {
 /// Write `rec` to the outbox unless it is already there, delivered or dead.
 /// Returns whether a new record was written.
 pub fn enqueue(spool: &Spool, rec: &Record) -> Result<bool, DeliverError> {
+    let queued = enqueue_unsynced(spool, rec)?;
+    if queued {
+        fsync_outbox(spool)?;
+    }
+    Ok(queued)
+}
+
+/// Make the names of records queued by [`enqueue_unsynced`] durable (one
+/// directory fsync covers every rename before it).
+fn fsync_outbox(spool: &Spool) -> Result<(), DeliverError> {
+    let dir = spool.dir(State::Outbox);
+    fsync_dir(&dir).map_err(|source| SpoolError::Write { path: dir, source }.into())
+}
+
+/// [`enqueue`] without the outbox's directory fsync: the record's contents
+/// are durable, its name only after the caller's [`fsync_outbox`].
+fn enqueue_unsynced(spool: &Spool, rec: &Record) -> Result<bool, DeliverError> {
     let name = rec.file_name();
     if already_known(spool, &name) {
         tracing::debug!(job_id = %rec.job_id, destination = %rec.destination, "delivery already queued");
         return Ok(false);
     }
-    match spool.publish(State::Outbox, &name, &rec.to_bytes()) {
+    match spool.publish_unsynced(State::Outbox, &name, &rec.to_bytes()) {
         Ok(_) => {
             tracing::info!(job_id = %rec.job_id, project = %rec.project, sha = %rec.sha,
                 destination = %rec.destination, "delivery queued");
@@ -134,8 +151,13 @@ pub fn enqueue_result(
     if commit_status_enabled(cfg) {
         records.push(render::final_status_record(cfg, event, result));
     }
+    // One directory fsync for the job's records, not one each.
+    let mut queued = false;
     for rec in &records {
-        enqueue(spool, rec)?;
+        queued |= enqueue_unsynced(spool, rec)?;
+    }
+    if queued {
+        fsync_outbox(spool)?;
     }
     Ok(())
 }
@@ -183,7 +205,16 @@ pub fn enqueue_callback_stage(
     if cfg.callback.url.is_empty() {
         return Ok(());
     }
-    enqueue(spool, &render::stage_callback_record(cfg, event, stage))?;
+    let rec = render::stage_callback_record(cfg, event, stage);
+    if matches!(stage, JobStage::Running) {
+        // Progress of a job being graded: its name is made durable by the
+        // next fsync of the outbox (the job's result records at the
+        // latest). A crash before that runs the job again, which queues
+        // this stage again.
+        enqueue_unsynced(spool, &rec)?;
+    } else {
+        enqueue(spool, &rec)?;
+    }
     Ok(())
 }
 
@@ -278,7 +309,13 @@ pub(super) fn read_record(spool: &Spool, name: &str) -> Result<Option<Record>, S
     }
 }
 
-pub(super) fn write_receipt(spool: &Spool, name: &str, receipt: &Receipt) -> io::Result<()> {
+/// Write the receipt `sent/<name>`; `durable`: fsynced, file and name.
+pub(super) fn write_receipt(
+    spool: &Spool,
+    name: &str,
+    receipt: &Receipt,
+    durable: bool,
+) -> io::Result<()> {
     let dir = sent_dir(spool);
     let tmp = spool
         .dir(State::Tmp)
@@ -289,9 +326,11 @@ pub(super) fn write_receipt(spool: &Spool, name: &str, receipt: &Receipt) -> io:
         use std::io::Write;
         let mut f = fs::File::create(&tmp)?;
         f.write_all(&bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, dir.join(name))?;
-        fsync_dir(&dir)
+        if durable { fsync_dir(&dir) } else { Ok(()) }
     })();
     if res.is_err() {
         let _ = fs::remove_file(&tmp);

@@ -333,7 +333,9 @@ fn prepare(spool: &Spool, name: &str) -> Prepared {
     if let Some(later) = superseded_by(spool, &rec) {
         let detail = format!("superseded by {later} before it was sent");
         tracing::info!(job_id = %rec.job_id, destination = %rec.destination, "{detail}");
-        return Prepared::Done(finish_delivered(spool, &rec, detail));
+        // Never sent, so no fsync of its receipt: should a crash lose it
+        // with the record's removal, the record is found superseded again.
+        return Prepared::Done(finish_delivered(spool, &rec, detail, false));
     }
     if rec.next_try_at > Utc::now() {
         return Prepared::Done(Some(rec.next_try_at));
@@ -356,7 +358,7 @@ fn record_outcome(
             tracing::info!(job_id = %rec.job_id, project = %rec.project, sha = %rec.sha,
                 destination = %rec.destination, attempts = rec.attempts, %detail, "delivered");
             count("delivered", rec.destination);
-            finish_delivered(spool, &rec, detail)
+            finish_delivered(spool, &rec, detail, true)
         }
         Attempt::Fatal { error } => {
             rec.last_error = Some(error.clone());
@@ -435,7 +437,12 @@ fn superseded_by(spool: &Spool, rec: &Record) -> Option<Destination> {
 
 /// Write the receipt, then remove the record. A crash in between is
 /// noticed by the next attempt (receipt present → record removed, not sent).
-fn finish_delivered(spool: &Spool, rec: &Record, detail: String) -> Option<DateTime<Utc>> {
+fn finish_delivered(
+    spool: &Spool,
+    rec: &Record,
+    detail: String,
+    durable: bool,
+) -> Option<DateTime<Utc>> {
     let receipt = Receipt {
         schema: RECORD_SCHEMA,
         key: rec.key.clone(),
@@ -444,7 +451,7 @@ fn finish_delivered(spool: &Spool, rec: &Record, detail: String) -> Option<DateT
         detail,
     };
     let name = rec.file_name();
-    if let Err(e) = write_receipt(spool, &name, &receipt) {
+    if let Err(e) = write_receipt(spool, &name, &receipt, durable) {
         tracing::error!(name, error = %e, "cannot write delivery receipt");
     }
     remove_record(spool, &name);

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use super::catfile;
 use super::error::MirrorError;
 use super::repo::{Mirrors, loose_object_exists, redact_url, tidy_stderr};
 use crate::git::{self, is_full_sha};
@@ -163,6 +164,22 @@ impl Mirrors {
     ) -> Result<Usage, MirrorError> {
         if !is_full_sha(sha) {
             return Err(MirrorError::BadSha(sha.to_string()));
+        }
+        // The common case without a process: the mirror's cat-file.
+        let cat_file = || self.command(mirror, &["cat-file", "--batch"]);
+        if let Some(done) = catfile::export(
+            &self.batch,
+            cat_file,
+            mirror,
+            sha,
+            dest,
+            limits,
+            self.timeout,
+            cancel,
+        )
+        .await
+        {
+            return done;
         }
         let cmd = self.command(mirror, &["archive", "--format=tar", sha]);
         let mut child = { cmd }.spawn().map_err(MirrorError::Spawn)?;

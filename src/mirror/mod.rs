@@ -5,7 +5,8 @@
 //! student tree is exported at an exact commit SHA (never "whatever the
 //! branch points to now"; an annotated tag object is peeled to its commit,
 //! which the export returns); a test tree at the commit its default branch
-//! pointed to when fetched. Exports stream `git archive` into
+//! pointed to when fetched. Exports stream a tar (written from the
+//! mirror's long-lived `git cat-file --batch`, or `git archive`'s) into
 //! [`crate::workspace::extract_tar`], which enforces the workspace limits.
 //!
 //! git always runs with no terminal prompt, in its own process group, under
@@ -18,9 +19,11 @@
 //!
 //! The parent only declares and re-exports: `repo` holds the mirror set
 //! and its git plumbing, `heads` fetches to a commit or the tests head,
-//! `export` writes trees out, `tree_cache` shares test trees by SHA,
+//! `export` writes trees out (`catfile` without a process per export),
+//! `tree_cache` shares test trees by SHA,
 //! `pin` keeps graded commits reachable.
 
+mod catfile;
 mod error;
 mod export;
 mod heads;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use tokio_util::sync::CancellationToken;
 
+use super::catfile::BatchPool;
 use super::error::MirrorError;
 use crate::config::Secret;
 use crate::git::{self, RunError, is_full_sha};
@@ -29,6 +30,8 @@ pub struct Mirrors {
     pub(super) timeout: Duration,
     token: Option<Secret>,
     locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<MirrorState>>>>,
+    /// Long-lived `git cat-file --batch` processes for exports.
+    pub(super) batch: BatchPool,
 }
 
 #[derive(Default)]
@@ -59,6 +62,7 @@ impl Mirrors {
             timeout,
             token,
             locks: Mutex::new(HashMap::new()),
+            batch: BatchPool::default(),
         }
     }
 
