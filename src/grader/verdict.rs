@@ -123,6 +123,13 @@ pub fn verdict(
         };
     }
     let parsed = summary::parse_captured(&out.stdout);
+    // Keys dropped past the summary's limit: said, never a failure.
+    let dropped = parsed
+        .as_ref()
+        .ok()
+        .and_then(summary::Summary::dropped_note)
+        .map(|n| format!("; {n}"))
+        .unwrap_or_default();
     let cut = if out.stdout.truncated && !matches!(parsed, Err(SummaryError::OutputCut { .. })) {
         format!(
             " (stdout was cut at output_limit, {} of {} bytes kept)",
@@ -136,7 +143,7 @@ pub fn verdict(
         (Some((status, why)), Ok(s)) => (
             status,
             format!(
-                "{why}; grade {} from the last complete summary printed before that",
+                "{why}; grade {} from the last complete summary printed before that{dropped}",
                 s.grade_total
             ),
             Some(Grade::Summary(s)),
@@ -144,7 +151,7 @@ pub fn verdict(
         (Some((status, why)), Err(e)) => (status, format!("{why}; {e}{cut}"), None),
         (None, Ok(s)) => (
             Status::Graded,
-            format!("grade {}", s.grade_total),
+            format!("grade {}{dropped}", s.grade_total),
             Some(Grade::Summary(s)),
         ),
         (None, Err(e @ SummaryError::OutputCut { .. })) => {
