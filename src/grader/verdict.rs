@@ -272,6 +272,25 @@ mod tests {
         assert!(reason.contains("status 2"), "{reason}");
     }
 
+    /// A flood of summary keys: graded, the keys past the limit dropped
+    /// and the reason saying so.
+    #[test]
+    fn a_summary_key_flood_is_graded_with_a_note() {
+        let mut text = String::from("<summary>\ngrade_total = 55\n");
+        for i in 0..5_000 {
+            text.push_str(&format!("k{i} = 1\n"));
+        }
+        text.push_str("</summary>\n");
+        let out = outcome(Termination::Exited { code: 0 }, text.as_bytes());
+        let (status, reason, s) = verdict(&out, &limits(), None);
+        assert_eq!(status, Status::Graded);
+        assert_eq!(s.unwrap().total(), 55.0);
+        assert!(
+            reason.starts_with("grade 55; 4900 summary keys past the first 100 were dropped"),
+            "{reason}"
+        );
+    }
+
     #[test]
     fn memory_kill_is_named() {
         let out = outcome(Termination::MemoryLimit, b"");
