@@ -34,6 +34,12 @@ const CLOSE: &[u8] = b"</summary>";
 pub const HIDDEN_SECTION: &str = "hidden";
 /// The required key.
 pub const GRADE_KEY: &str = "grade_total";
+/// Most keys one job's summary keeps, besides `grade_total`, in each of the
+/// shown and the `[hidden]` maps: the first ones printed; the rest are
+/// dropped and counted ([`Summary::dropped_keys`]), never failing the
+/// grade. Student code chooses the keys, and every key is a column of the
+/// class CSV.
+pub const MAX_SUMMARY_KEYS: usize = 100;
 
 /// What the summary says.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -44,6 +50,34 @@ pub struct Summary {
     pub summary: BTreeMap<String, String>,
     /// Keys under `[hidden]`.
     pub hidden: BTreeMap<String, String>,
+    /// Distinct keys dropped past [`MAX_SUMMARY_KEYS`] (shown and hidden).
+    pub dropped_keys: usize,
+}
+
+impl Summary {
+    /// The note for the job's reason when keys were dropped, if any.
+    pub fn dropped_note(&self) -> Option<String> {
+        (self.dropped_keys > 0).then(|| {
+            format!(
+                "{} summary keys past the first {MAX_SUMMARY_KEYS} were dropped (the summary's key limit)",
+                self.dropped_keys
+            )
+        })
+    }
+}
+
+/// Insert `key` unless `map` is full and does not have it yet; counts a drop.
+fn insert_capped(
+    map: &mut BTreeMap<String, String>,
+    dropped: &mut usize,
+    key: String,
+    value: String,
+) {
+    if map.len() < MAX_SUMMARY_KEYS || map.contains_key(&key) {
+        map.insert(key, value);
+    } else {
+        *dropped += 1;
+    }
 }
 
 /// Why no grade could be read. The message is shown to the student.
@@ -257,6 +291,7 @@ pub fn parse(stdout: &[u8]) -> Result<Summary, SummaryError> {
     let mut out = Summary::default();
     let mut grade: Option<String> = None;
     let mut section: Option<String> = None;
+    let mut dropped = 0;
     for (n, range) in block_lines(stdout, block.content).into_iter().enumerate() {
         let line = &stdout[range];
         let bad = |message: &str| SummaryError::Ini {
@@ -284,13 +319,13 @@ pub fn parse(stdout: &[u8]) -> Result<Summary, SummaryError> {
                 match &section {
                     None if key == GRADE_KEY => grade = Some(value),
                     None => {
-                        out.summary.insert(key.to_string(), value);
+                        insert_capped(&mut out.summary, &mut dropped, key.to_string(), value);
                     }
                     Some(s) if s.eq_ignore_ascii_case(HIDDEN_SECTION) => {
-                        out.hidden.insert(key.to_string(), value);
+                        insert_capped(&mut out.hidden, &mut dropped, key.to_string(), value);
                     }
                     Some(s) => {
-                        out.summary.insert(format!("{s}.{key}"), value);
+                        insert_capped(&mut out.summary, &mut dropped, format!("{s}.{key}"), value);
                     }
                 }
             }
@@ -304,6 +339,7 @@ pub fn parse(stdout: &[u8]) -> Result<Summary, SummaryError> {
         return Err(SummaryError::BadGrade(grade));
     }
     out.grade_total = value;
+    out.dropped_keys = dropped;
     Ok(out)
 }
 
@@ -322,6 +358,38 @@ mod tests {
         assert_eq!(s.summary.get("passed").map(String::as_str), Some("7"));
         assert_eq!(s.hidden.get("seed").map(String::as_str), Some("42"));
         assert!(!s.summary.contains_key("grade_total"));
+    }
+
+    /// Attack: a flood of distinct keys (each a column of the class CSV)
+    /// keeps the first [`MAX_SUMMARY_KEYS`] of each map and the grade.
+    #[test]
+    fn a_key_flood_keeps_the_first_keys_and_the_grade() {
+        let mut out = String::from("<summary>\n");
+        for i in 0..20_000 {
+            out.push_str(&format!("k{i:05} = {i}\n"));
+        }
+        out.push_str("grade_total = 42\n[hidden]\n");
+        for i in 0..150 {
+            out.push_str(&format!("h{i} = 1\n"));
+        }
+        out.push_str("</summary>\n");
+        let s = parse(out.as_bytes()).unwrap();
+        assert_eq!(s.grade_total, 42.0);
+        assert_eq!(s.summary.len(), MAX_SUMMARY_KEYS);
+        assert!(s.summary.contains_key("k00000") && s.summary.contains_key("k00099"));
+        assert!(!s.summary.contains_key("k00100"));
+        assert_eq!(s.hidden.len(), MAX_SUMMARY_KEYS);
+        assert_eq!(s.dropped_keys, 19_900 + 50);
+        assert!(s.dropped_note().unwrap().contains("19950 summary keys"));
+        // A key repeated past the limit still takes its last value.
+        let mut out = String::from("<summary>\ngrade_total = 1\n");
+        for i in 0..MAX_SUMMARY_KEYS {
+            out.push_str(&format!("k{i} = a\n"));
+        }
+        out.push_str("k0 = b\nextra = 1\n</summary>\n");
+        let s = parse(out.as_bytes()).unwrap();
+        assert_eq!(s.summary["k0"], "b");
+        assert_eq!(s.dropped_keys, 1);
     }
 
     #[test]

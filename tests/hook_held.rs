@@ -4,7 +4,10 @@
 //! is a duplicate of the held job, a push to the test repository releases
 //! it, `project_create` releases it only once the test repository has a
 //! commit (GitLab creates most projects empty), and a hold past
-//! `[spool] hold_for` fails with a reason.
+//! `[spool] hold_for` fails with a reason; a student creating many
+//! projects without test repositories is bounded by `[spool]
+//! held_per_project` / `held_per_namespace` (answered `ignored` with the
+//! reason) and other students' holds are unaffected.
 
 mod common;
 
@@ -203,4 +206,121 @@ async fn staff_cancel_or_retry_a_held_push() {
         [format!("{}.json", jobs[1])]
     );
     assert_eq!(spool.count(State::Held), 0);
+}
+
+/// Attack: a student in a course namespace pushes again and again to a
+/// project with no test repository, then creates project after project.
+/// Over `[spool] held_per_project` / `held_per_namespace` each push is
+/// answered `ignored` with the reason (nothing stored), other students'
+/// pushes are still held, and a real release still releases them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_pushes_are_bounded_per_project_and_per_namespace() {
+    let world = World::new();
+    let mut cfg = course_config(&world);
+    cfg.spool.held_per_project = 2;
+    cfg.spool.held_per_namespace = 3;
+    let server = Server::start(cfg).await;
+    let mut n = 0u32;
+    let mut push = async |path: &str| {
+        n += 1;
+        let body = push_body(path, "refs/heads/main", &sha(n), &sha(n + 1000));
+        server
+            .post(&push_headers("Push Hook", &format!("k{n}")), body)
+            .await
+    };
+    for _ in 0..2 {
+        let resp = push("course/mal/junk0").await;
+        assert!(text(&resp).contains("held until"), "{}", text(&resp));
+    }
+    let resp = push("course/mal/junk0").await;
+    assert_eq!(resp.status.as_u16(), 200, "{}", text(&resp));
+    assert!(
+        text(&resp).starts_with("ignored:") && text(&resp).contains("held_per_project = 2"),
+        "{}",
+        text(&resp)
+    );
+    assert_eq!(server.spool.count(State::Held), 2);
+    // A new project: one more fits the namespace, then no more.
+    let resp = push("course/mal/junk1").await;
+    assert!(text(&resp).contains("held until"), "{}", text(&resp));
+    for i in 2..6 {
+        let resp = push(&format!("course/mal/junk{i}")).await;
+        assert!(
+            text(&resp).starts_with("ignored:") && text(&resp).contains("held_per_namespace = 3"),
+            "{}",
+            text(&resp)
+        );
+    }
+    assert_eq!(server.spool.count(State::Held), 3);
+    assert!(server.incoming().is_empty());
+
+    // Another student is held as before, and released by the real tests.
+    let resp = push("course/ann/lab4").await;
+    assert!(text(&resp).contains("held until"), "{}", text(&resp));
+    let job = job_of(&resp);
+    assert_eq!(server.spool.count(State::Held), 4);
+    world.bare_repo("root/lab4-test");
+    let body = push_body("root/lab4-test", "refs/heads/main", &sha(3), &sha(4));
+    let resp = server.post(&push_headers("Push Hook", "t1"), body).await;
+    assert_eq!(resp.status.as_u16(), 200, "{}", text(&resp));
+    assert_eq!(server.incoming(), [format!("{job}.json")]);
+    assert_eq!(server.spool.count(State::Held), 3);
+    server.stop().await;
+}
+
+/// Many held pushes for missing test repositories (stray projects of many
+/// namespaces) do not keep the periodic check from releasing a lab whose
+/// tests appeared without a hook: one lookup per test repository, the
+/// most-held first, a few at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_periodic_check_releases_a_real_lab_among_many_stray_holds() {
+    let world = World::new();
+    let server = Server::start(course_config(&world)).await;
+    let mut real = Vec::new();
+    for i in 0..12u32 {
+        let body = push_body(
+            &format!("course/s{i}/junk{i}"),
+            "refs/heads/main",
+            &sha(i),
+            &sha(100 + i),
+        );
+        let resp = server
+            .post(&push_headers("Push Hook", &format!("j{i}")), body)
+            .await;
+        assert!(text(&resp).contains("held until"), "{}", text(&resp));
+    }
+    for i in 0..3u32 {
+        let body = push_body(
+            &format!("course/s{i}/lab4"),
+            "refs/heads/main",
+            &sha(i),
+            &sha(200 + i),
+        );
+        real.push(job_of(
+            &server
+                .post(&push_headers("Push Hook", &format!("r{i}")), body)
+                .await,
+        ));
+    }
+    assert_eq!(server.spool.count(State::Held), 15);
+    server.stop().await;
+    // The tests arrive while the daemon is down (no hook for them).
+    let bare = world.bare_repo("root/lab4-test");
+    let work = world.dir.path().join("work");
+    common::repos::commit_and_push(&work, &bare, |d| {
+        std::fs::write(d.join("test_all"), "#!/bin/sh\n").unwrap()
+    });
+    // The check at start releases the lab's pushes, and only those.
+    let server = Server::start(course_config(&world)).await;
+    wait_for("the lab's held pushes released", || {
+        server.incoming().len() == 3
+    })
+    .await;
+    let mut got = server.incoming();
+    got.sort();
+    let mut want: Vec<String> = real.iter().map(|j| format!("{j}.json")).collect();
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(server.spool.count(State::Held), 12);
+    server.stop().await;
 }

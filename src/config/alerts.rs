@@ -126,9 +126,41 @@ pub(super) fn hold_problem(
     None
 }
 
+/// `[spool] held_per_project` and `held_per_namespace`: at least 1 each.
+pub(super) fn held_limit_problem(per_project: usize, per_namespace: usize) -> Option<Problem> {
+    if per_project == 0 {
+        return Some((
+            "spool.held_per_project",
+            "must be at least 1 (e.g. 20); leave gitlab.student_namespaces empty to hold nothing"
+                .into(),
+        ));
+    }
+    if per_namespace == 0 {
+        return Some((
+            "spool.held_per_namespace",
+            "must be at least 1 (e.g. 50); leave gitlab.student_namespaces empty to hold nothing"
+                .into(),
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_limits_are_at_least_one() {
+        assert_eq!(held_limit_problem(20, 50), None);
+        assert_eq!(
+            held_limit_problem(0, 50).unwrap().0,
+            "spool.held_per_project"
+        );
+        assert_eq!(
+            held_limit_problem(1, 0).unwrap().0,
+            "spool.held_per_namespace"
+        );
+    }
 
     fn key(p: Option<Problem>) -> &'static str {
         p.map(|(k, _)| k).unwrap_or("")

@@ -83,6 +83,12 @@ pub struct SpoolConfig {
     /// How long a push from `[gitlab] student_namespaces` whose test
     /// repository does not exist yet is held (`held/`) before it fails.
     pub hold_for: Seconds,
+    /// Most pushes held at once for one student project; a push over it
+    /// is ignored with the reason.
+    pub held_per_project: usize,
+    /// Most pushes held at once for one namespace path (all its projects);
+    /// a push over it is ignored with the reason.
+    pub held_per_namespace: usize,
 }
 
 impl Default for SpoolConfig {
@@ -92,6 +98,8 @@ impl Default for SpoolConfig {
             dedup_window: Seconds(Duration::from_secs(14 * 24 * 3600)),
             min_free: ByteSize(1 << 30),
             hold_for: Seconds(Duration::from_secs(7 * 24 * 3600)),
+            held_per_project: 20,
+            held_per_namespace: 50,
         }
     }
 }

@@ -211,6 +211,12 @@ impl Config {
                 self.spool.hold_for.get(),
             )
         });
+        let problem = problem.or_else(|| {
+            super::alerts::held_limit_problem(
+                self.spool.held_per_project,
+                self.spool.held_per_namespace,
+            )
+        });
         match problem {
             Some((key, message)) => Err(self.invalid(key, message)),
             None => Ok(()),

@@ -123,6 +123,13 @@ pub fn verdict(
         };
     }
     let parsed = summary::parse_captured(&out.stdout);
+    // Keys dropped past the summary's limit: said, never a failure.
+    let dropped = parsed
+        .as_ref()
+        .ok()
+        .and_then(summary::Summary::dropped_note)
+        .map(|n| format!("; {n}"))
+        .unwrap_or_default();
     let cut = if out.stdout.truncated && !matches!(parsed, Err(SummaryError::OutputCut { .. })) {
         format!(
             " (stdout was cut at output_limit, {} of {} bytes kept)",
@@ -136,7 +143,7 @@ pub fn verdict(
         (Some((status, why)), Ok(s)) => (
             status,
             format!(
-                "{why}; grade {} from the last complete summary printed before that",
+                "{why}; grade {} from the last complete summary printed before that{dropped}",
                 s.grade_total
             ),
             Some(Grade::Summary(s)),
@@ -144,7 +151,7 @@ pub fn verdict(
         (Some((status, why)), Err(e)) => (status, format!("{why}; {e}{cut}"), None),
         (None, Ok(s)) => (
             Status::Graded,
-            format!("grade {}", s.grade_total),
+            format!("grade {}{dropped}", s.grade_total),
             Some(Grade::Summary(s)),
         ),
         (None, Err(e @ SummaryError::OutputCut { .. })) => {
@@ -263,6 +270,25 @@ mod tests {
         assert_eq!(status, Status::NoGrade);
         assert!(reason.contains("no complete <summary>"), "{reason}");
         assert!(reason.contains("status 2"), "{reason}");
+    }
+
+    /// A flood of summary keys: graded, the keys past the limit dropped
+    /// and the reason saying so.
+    #[test]
+    fn a_summary_key_flood_is_graded_with_a_note() {
+        let mut text = String::from("<summary>\ngrade_total = 55\n");
+        for i in 0..5_000 {
+            text.push_str(&format!("k{i} = 1\n"));
+        }
+        text.push_str("</summary>\n");
+        let out = outcome(Termination::Exited { code: 0 }, text.as_bytes());
+        let (status, reason, s) = verdict(&out, &limits(), None);
+        assert_eq!(status, Status::Graded);
+        assert_eq!(s.unwrap().total(), 55.0);
+        assert!(
+            reason.starts_with("grade 55; 4900 summary keys past the first 100 were dropped"),
+            "{reason}"
+        );
     }
 
     #[test]

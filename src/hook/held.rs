@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::error::HookError;
@@ -31,6 +32,11 @@ use crate::spool::State;
 
 /// How often held pushes are checked (their test repository, their age).
 pub const HOLD_CHECK: Duration = Duration::from_secs(60);
+/// Test repositories looked up at once by the periodic check.
+pub const HOLD_LOOKUPS_AT_ONCE: usize = 4;
+/// Longest one periodic check spends on lookups; the test repositories
+/// not reached wait for the next check (the most-held are asked first).
+pub const HOLD_CHECK_BUDGET: Duration = Duration::from_secs(30);
 
 impl Hook {
     /// Store `event` in `held/` under its dedup marker `key`.
@@ -63,6 +69,48 @@ impl Hook {
             tests = %self.cfg.gitlab.tests_path_for(&event.project.name),
             "push held: its test repository is missing or has no commit yet");
         Ok(())
+    }
+
+    /// Why a push of `project` (in `namespace`) may not be held now: the
+    /// pushes already held for that project or that namespace path are at
+    /// `[spool] held_per_project` / `held_per_namespace`. Each held push
+    /// costs a lookup of its test repository every [`HOLD_CHECK`], and a
+    /// student may create any number of projects.
+    pub(super) async fn held_limit(&self, project: &str, namespace: &str) -> Option<String> {
+        let spool = self.spool.clone();
+        let (project, namespace) = (project.to_string(), namespace.to_string());
+        let (per_project, per_ns) = (
+            self.cfg.spool.held_per_project,
+            self.cfg.spool.held_per_namespace,
+        );
+        tokio::task::spawn_blocking(move || {
+            let held = held_events(&spool);
+            let of_project = held
+                .iter()
+                .filter(|(_, e)| e.project.path == project)
+                .count();
+            let of_ns = held
+                .iter()
+                .filter(|(_, e)| e.project.namespace == namespace)
+                .count();
+            if of_project >= per_project {
+                Some(format!(
+                    "{of_project} pushes of {project} are already held for its test repository \
+                     ([spool] held_per_project = {per_project}); this one is not kept: push again \
+                     once the course staff have created the test repository"
+                ))
+            } else if of_ns >= per_ns {
+                Some(format!(
+                    "{of_ns} pushes of projects in {namespace} are already held for their test \
+                     repositories ([spool] held_per_namespace = {per_ns}); this one is not kept: \
+                     push again once the course staff have created the test repository"
+                ))
+            } else {
+                None
+            }
+        })
+        .await
+        .unwrap_or(None)
     }
 
     /// Release every held push whose test repository is `tests_path`
@@ -124,7 +172,10 @@ impl Hook {
     }
 
     /// One pass over `held/`: expire what is older than `hold_for`, ask
-    /// whether each remaining test repository has a commit, release those.
+    /// whether each remaining test repository has a commit (one lookup per
+    /// distinct test repository, [`HOLD_LOOKUPS_AT_ONCE`] at a time, the
+    /// one with the most held pushes first, for at most
+    /// [`HOLD_CHECK_BUDGET`]), release those.
     async fn check_held(&self) {
         let spool = self.spool.clone();
         let held = tokio::task::spawn_blocking(move || held_events(&spool))
@@ -132,23 +183,38 @@ impl Hook {
             .unwrap_or_default();
         let hold_for =
             chrono::Duration::from_std(self.cfg.spool.hold_for.get()).unwrap_or_default();
-        let mut exists: HashMap<String, bool> = HashMap::new();
+        let mut waiting: HashMap<String, usize> = HashMap::new();
         for (name, ev) in held {
             if Utc::now() - ev.received_at >= hold_for {
                 self.expire(&name, &ev);
                 continue;
             }
-            let tests = self.cfg.gitlab.tests_path_for(&ev.project.name);
-            if exists.contains_key(&tests) {
-                continue;
-            }
+            *waiting
+                .entry(self.cfg.gitlab.tests_path_for(&ev.project.name))
+                .or_default() += 1;
+        }
+        // A lab the class pushes to before its tests exist has many held
+        // pushes; one student's stray projects have one or a few each.
+        let mut order: Vec<(String, usize)> = waiting.into_iter().collect();
+        order.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let total = order.len();
+        let lookups = futures_util::stream::iter(order.into_iter().map(|(tests, _)| async move {
             // A fresh answer, not the cache's "missing".
             self.repos.invalidate(std::slice::from_ref(&tests));
             let found = matches!(self.repos.state(&tests).await, Ok(TestRepo::Ready));
-            exists.insert(tests.clone(), found);
             if found {
                 self.release_held(&tests).await;
             }
+        }))
+        .buffer_unordered(HOLD_LOOKUPS_AT_ONCE)
+        .count();
+        match tokio::time::timeout(HOLD_CHECK_BUDGET, lookups).await {
+            Ok(_) => {}
+            Err(_) => tracing::warn!(
+                test_repos = total,
+                budget = ?HOLD_CHECK_BUDGET,
+                "the check of held pushes ran out of time; the test repositories not asked wait for the next check"
+            ),
         }
     }
 

@@ -278,6 +278,25 @@ impl Hook {
         // duplicates and ignored refs above are still answered.
         self.reserve.check()?;
 
+        // Held pushes are bounded per project and per namespace path; the
+        // namespace's lock makes the count and the hold one step.
+        let _held_lock = match hold {
+            Some(_) => {
+                let guard = self.locks.lock(&format!("held-namespace:{ns}")).await;
+                if let Some(why) = self.held_limit(&u.project.path, ns).await {
+                    metrics::inc(
+                        "labgrader_hook_held_limit_total",
+                        "Pushes not held because their project or namespace had too many held.",
+                        &[],
+                    );
+                    tracing::warn!(project = %u.project.path, tests = %tests, %why, "push ignored: held-push limit");
+                    return Ok(Outcome::Ignored(Ignored::new("held_limit", why)));
+                }
+                Some(guard)
+            }
+            None => None,
+        };
+
         let job = new_job_id();
         let event = Event {
             schema: EVENT_SCHEMA,

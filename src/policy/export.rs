@@ -11,7 +11,7 @@
 //! a cell starting with `=`, `+`, `-`, `@`, tab or carriage return gets a
 //! leading apostrophe unless it is a number.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::str::FromStr;
 
@@ -244,20 +244,42 @@ where
     write!(w, "{}{eol}", line.join(","))
 }
 
+/// Most `summary.KEY` columns (and, apart, `hidden.KEY` columns) of one
+/// CSV export. Student code chooses the keys, so the union over a class
+/// is unbounded without it (a spreadsheet stops at 16,384 columns); the
+/// JSON export keeps every key.
+pub const MAX_CSV_KEY_COLUMNS: usize = 100;
+
+/// The keys that get a column: at most [`MAX_CSV_KEY_COLUMNS`], those in
+/// the most rows (ties: the name first in order), written in name order.
+/// A key every student prints beats one student's flood.
+fn key_columns<'a>(keys: impl Iterator<Item = &'a String>) -> Vec<&'a str> {
+    let mut rows_with: BTreeMap<&str, usize> = BTreeMap::new();
+    for k in keys {
+        *rows_with.entry(k.as_str()).or_default() += 1;
+    }
+    let mut by_count: Vec<(&str, usize)> = rows_with.into_iter().collect();
+    // Stable: equal counts keep name order.
+    by_count.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let mut kept: Vec<&str> = by_count
+        .into_iter()
+        .take(MAX_CSV_KEY_COLUMNS)
+        .map(|(k, _)| k)
+        .collect();
+    kept.sort_unstable();
+    kept
+}
+
 /// Write `rows` as CSV (RFC 4180, CRLF line ends): the fixed columns, then
 /// one `summary.KEY` column per summary key and, when `include_hidden`,
-/// one `hidden.KEY` column per hidden key seen in any row.
+/// one `hidden.KEY` column per hidden key, each at most
+/// [`MAX_CSV_KEY_COLUMNS`] chosen by [`key_columns`].
 pub fn write_csv<W: Write>(mut w: W, rows: &[GradeRow], include_hidden: bool) -> io::Result<()> {
-    let summary_keys: BTreeSet<&str> = rows
-        .iter()
-        .flat_map(|r| r.summary.keys().map(String::as_str))
-        .collect();
-    let hidden_keys: BTreeSet<&str> = if include_hidden {
-        rows.iter()
-            .flat_map(|r| r.hidden.keys().map(String::as_str))
-            .collect()
+    let summary_keys = key_columns(rows.iter().flat_map(|r| r.summary.keys()));
+    let hidden_keys = if include_hidden {
+        key_columns(rows.iter().flat_map(|r| r.hidden.keys()))
     } else {
-        BTreeSet::new()
+        Vec::new()
     };
     let mut header: Vec<String> = COLUMNS.iter().map(|c| c.to_string()).collect();
     header.extend(summary_keys.iter().map(|k| format!("summary.{k}")));
@@ -423,6 +445,66 @@ mod tests {
         assert_eq!(csv_cell("two\nlines"), "\"two\nlines\"");
         assert_eq!(csv_cell(" pad"), "\" pad\"");
         assert_eq!(csv_cell(""), "");
+    }
+
+    /// Attack: one student floods distinct summary keys over several
+    /// pushes (each job already capped at `summary::MAX_SUMMARY_KEYS`): the
+    /// class CSV keeps at most [`MAX_CSV_KEY_COLUMNS`] key columns, the
+    /// class's own keys among them, and every other row intact.
+    #[test]
+    fn a_key_flood_over_several_pushes_keeps_the_csv_bounded() {
+        let mut rows = Vec::new();
+        for push in 0..5 {
+            let mut r = row("mallory", Some(1.0), &format!("m{push}"), push, false);
+            for i in 0..crate::summary::MAX_SUMMARY_KEYS {
+                r.summary.insert(format!("flood{push}_{i:03}"), "x".into());
+                r.hidden.insert(format!("hflood{push}_{i:03}"), "x".into());
+            }
+            rows.push(r);
+        }
+        for n in 0..30 {
+            let mut r = row(
+                &format!("s{n:02}"),
+                Some(50.0),
+                &format!("j{n}"),
+                10 + n,
+                false,
+            );
+            r.summary.insert("tests_passed".into(), format!("{n}"));
+            r.summary.insert("style".into(), "ok".into());
+            r.hidden.insert("seed".into(), format!("{n}"));
+            rows.push(r);
+        }
+        for hidden in [false, true] {
+            let mut out = Vec::new();
+            write_csv(&mut out, &rows, hidden).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            let lines: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
+            let header: Vec<&str> = lines[0].split(',').collect();
+            let keys = if hidden {
+                2 * MAX_CSV_KEY_COLUMNS
+            } else {
+                MAX_CSV_KEY_COLUMNS
+            };
+            assert_eq!(header.len(), COLUMNS.len() + keys, "{hidden}");
+            let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+            let (passed, style) = (col("summary.tests_passed"), col("summary.style"));
+            for n in 0..30 {
+                let cells: Vec<&str> = lines[1 + 5 + n].split(',').collect();
+                assert_eq!(cells.len(), header.len());
+                assert_eq!(cells[0], format!("s{n:02}"));
+                assert_eq!(cells[passed], n.to_string());
+                assert_eq!(cells[style], "ok");
+                if hidden {
+                    assert_eq!(cells[col("hidden.seed")], n.to_string());
+                }
+            }
+        }
+        // The JSON export keeps every key.
+        let mut out = Vec::new();
+        write_json(&mut out, &rows, true).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v[4]["summary"].as_object().unwrap().len(), 100);
     }
 
     #[test]
