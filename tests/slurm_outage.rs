@@ -89,8 +89,13 @@ fn slurmctld_pid() -> Option<i32> {
         .ok()
 }
 
+/// The tests of this binary take the one dev cluster in turn: a
+/// slurmctld restart (3 s down, its pid file removed and rewritten) must
+/// not land in another test's run.
+static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Stop slurmctld, leave it down for `down`, start it again and wait
-/// until it answers; leave the node usable.
+/// until it answers and has written its pid file; leave the node usable.
 async fn kill_and_restart_slurmctld(down: Duration) {
     let pid = slurmctld_pid().expect("slurmctld pid file");
     eprintln!("stopping slurmctld {pid}");
@@ -123,6 +128,13 @@ async fn kill_and_restart_slurmctld(down: Duration) {
             "slurmctld stays down"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    while slurmctld_pid().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "slurmctld answers but wrote no pid file"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Never leave the shared dev cluster drained.
     let node = Command::new("scontrol")
@@ -175,11 +187,13 @@ async fn fifty_jobs_through_a_slurmctld_restart(pilots: usize) {
 
 #[tokio::test]
 async fn slurmctld_restart_with_50_jobs_in_flight_grades_each_once() {
+    let _cluster = CLUSTER.lock().await;
     fifty_jobs_through_a_slurmctld_restart(0).await;
 }
 
 #[tokio::test]
 async fn slurmctld_restart_with_50_jobs_in_flight_through_pilots_grades_each_once() {
+    let _cluster = CLUSTER.lock().await;
     fifty_jobs_through_a_slurmctld_restart(2).await;
 }
 
@@ -225,11 +239,13 @@ async fn sigkilled_node_job_is_a_grader_fault(pilots: usize) {
 
 #[tokio::test]
 async fn sigkilled_node_job_is_a_grader_fault_never_the_students() {
+    let _cluster = CLUSTER.lock().await;
     sigkilled_node_job_is_a_grader_fault(0).await;
 }
 
 #[tokio::test]
 async fn sigkilled_pilot_step_is_a_grader_fault_never_the_students() {
+    let _cluster = CLUSTER.lock().await;
     sigkilled_node_job_is_a_grader_fault(1).await;
 }
 
@@ -271,11 +287,13 @@ async fn max_in_flight_is_honoured(pilots: usize) {
 
 #[tokio::test]
 async fn max_in_flight_is_honoured_one_job_each() {
+    let _cluster = CLUSTER.lock().await;
     max_in_flight_is_honoured(0).await;
 }
 
 #[tokio::test]
 async fn max_in_flight_is_honoured_through_pilots() {
+    let _cluster = CLUSTER.lock().await;
     max_in_flight_is_honoured(1).await;
 }
 
@@ -301,6 +319,7 @@ fn pilot_pid(id: u64) -> Option<i32> {
 
 #[tokio::test]
 async fn a_pilot_killed_under_a_job_is_a_grader_fault_and_the_retry_runs_it() {
+    let _cluster = CLUSTER.lock().await;
     let Some(cfg) = config(1) else { return };
     let r = Arc::new(SlurmRunner::new(&cfg).unwrap());
     let id = unique("pilot-killed");
