@@ -23,6 +23,10 @@ use labgrader::config::{Config, Secret};
 use labgrader::spool::{Spool, State};
 use tokio_util::sync::CancellationToken;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::Figures;
+
 const TOKEN: &str = "bench-token";
 
 struct Args {
@@ -56,34 +60,6 @@ fn args() -> Args {
 }
 
 /// Rate and latency percentiles of one run.
-struct Figures {
-    n: usize,
-    secs: f64,
-    lat: Vec<Duration>,
-}
-
-impl Figures {
-    fn rate(&self) -> f64 {
-        self.n as f64 / self.secs
-    }
-    fn pct(&self, p: f64) -> f64 {
-        let mut l = self.lat.clone();
-        l.sort();
-        let i = ((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1;
-        l[i].as_secs_f64() * 1000.0
-    }
-    fn line(&self, what: &str) -> String {
-        format!(
-            "{what:<28} {:>8.0} /s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} in {:.2} s)",
-            self.rate(),
-            self.pct(0.50),
-            self.pct(0.99),
-            self.n,
-            self.secs
-        )
-    }
-}
-
 fn fsync_dir(d: &Path) {
     File::open(d).unwrap().sync_all().unwrap();
 }
@@ -246,10 +222,13 @@ fn main() {
         a.connections,
         a.dir.display()
     );
-    println!("{}", base.line("baseline (write+fsync+rename+dirfsync)"));
     println!(
         "{}",
-        intake.line(&format!("intake ({} conns)", a.connections))
+        base.line("baseline (write+fsync+rename+dirfsync)", 28)
+    );
+    println!(
+        "{}",
+        intake.line(&format!("intake ({} conns)", a.connections), 28)
     );
     println!(
         "ratio intake/baseline: {:.2}x   (goal >= 0.80x)   intake p99 {:.2} ms (goal < 10 ms)",

@@ -35,6 +35,10 @@ use labgrader::result::{Captured, JobResult, Status};
 use labgrader::results::{TestResults, TestRow, Visibility};
 use tokio_util::sync::CancellationToken;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::Figures;
+
 const TOKEN: &str = "bench-token";
 const WEB_SECRET: &str = "bench-web-secret-0123456789abcdef";
 
@@ -78,34 +82,6 @@ fn args() -> Args {
         }
     }
     a
-}
-
-struct Figures {
-    n: usize,
-    secs: f64,
-    lat: Vec<Duration>,
-}
-
-impl Figures {
-    fn rate(&self) -> f64 {
-        self.n as f64 / self.secs
-    }
-    fn pct(&self, p: f64) -> f64 {
-        let mut l = self.lat.clone();
-        l.sort();
-        let i = ((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1;
-        l[i].as_secs_f64() * 1000.0
-    }
-    fn line(&self, what: &str) -> String {
-        format!(
-            "{what:<34} {:>8.0} /s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} in {:.2} s)",
-            self.rate(),
-            self.pct(0.50),
-            self.pct(0.99),
-            self.n,
-            self.secs
-        )
-    }
 }
 
 /// A graded job of `student` with two tests (one hidden) and some stdout.
@@ -418,10 +394,10 @@ fn main() {
             .trim(),
         a.dir.display()
     );
-    println!("{}", alone.line("intake alone (before + after)"));
-    println!("{}", pages.line("result pages alone"));
-    println!("{}", both_intake.line("intake while pages load"));
-    println!("{}", both_pages.line("result pages while intake runs"));
+    println!("{}", alone.line("intake alone (before + after)", 34));
+    println!("{}", pages.line("result pages alone", 34));
+    println!("{}", both_intake.line("intake while pages load", 34));
+    println!("{}", both_pages.line("result pages while intake runs", 34));
     println!(
         "ratio intake with pages / intake alone: {:.2}x (goal >= 0.80x)",
         both_intake.rate() / alone.rate()
