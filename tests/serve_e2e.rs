@@ -1306,6 +1306,29 @@ async fn post_hook(
     )
 }
 
+/// A `serve` whose course owns the `course` namespace, and a push to
+/// `project` (its `answer.txt` holding `answer`) sent before the project's
+/// test repository exists: the push is held. Returns the world, the
+/// daemon, the commit, the job and its `held/` file.
+async fn held_push(
+    project: &str,
+    answer: &str,
+) -> (World, Serve, String, String, std::path::PathBuf) {
+    let w = World::new("").await;
+    w.set_config(
+        "api_timeout = \"10s\"",
+        "api_timeout = \"10s\"\nstudent_namespaces = [\"course\"]",
+    );
+    let sha = w.f.push(project, |d| {
+        std::fs::write(d.join("answer.txt"), answer).unwrap()
+    });
+    let serve = w.serve().await;
+    let job = w.post_push(project, labgrader::event::ZERO_SHA, &sha).await;
+    let held = w.f.spool_dir.join("held").join(format!("{job}.json"));
+    assert!(held.exists(), "{:?}", w.f.listing());
+    (w, serve, sha, job, held)
+}
+
 /// A push from a course namespace before its test repository exists is
 /// held (it survives a SIGKILL of `serve`), shown by `labgrader queue`,
 /// and graded as soon as GitLab's `project_create` system hook says the
@@ -1314,19 +1337,7 @@ async fn post_hook(
 /// from a namespace the course does not own is still ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_before_its_test_repo_is_held_then_graded_on_project_create() {
-    let w = World::new("").await;
-    w.set_config(
-        "api_timeout = \"10s\"",
-        "api_timeout = \"10s\"\nstudent_namespaces = [\"course\"]",
-    );
-    let project = "course/alice/lab9";
-    let sha = w.f.push(project, |d| {
-        std::fs::write(d.join("answer.txt"), "4").unwrap()
-    });
-    let serve = w.serve().await;
-    let job = w.post_push(project, labgrader::event::ZERO_SHA, &sha).await;
-    let held = w.f.spool_dir.join("held").join(format!("{job}.json"));
-    assert!(held.exists(), "{:?}", w.f.listing());
+    let (w, serve, sha, job, held) = held_push("course/alice/lab9", "4").await;
 
     // Not the course's: answered "ignored", nothing stored.
     let other = "elsewhere/bob/lab9";
@@ -1384,19 +1395,7 @@ async fn push_before_its_test_repo_is_held_then_graded_on_project_create() {
 /// repository) releases it, and it is graded with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_push_stays_held_for_an_empty_test_repo_then_is_graded_on_its_push() {
-    let w = World::new("").await;
-    w.set_config(
-        "api_timeout = \"10s\"",
-        "api_timeout = \"10s\"\nstudent_namespaces = [\"course\"]",
-    );
-    let project = "course/carol/lab11";
-    let sha = w.f.push(project, |d| {
-        std::fs::write(d.join("answer.txt"), "3").unwrap()
-    });
-    let serve = w.serve().await;
-    let job = w.post_push(project, labgrader::event::ZERO_SHA, &sha).await;
-    let held = w.f.spool_dir.join("held").join(format!("{job}.json"));
-    assert!(held.exists(), "{:?}", w.f.listing());
+    let (w, serve, sha, job, held) = held_push("course/carol/lab11", "3").await;
 
     // Staff create the test repository, empty; GitLab's system hook says so.
     w.f.repo("root/lab11-test");
