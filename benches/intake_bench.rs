@@ -13,21 +13,16 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicUsize;
+use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use labgrader::config::{Config, Secret};
 use labgrader::spool::{Spool, State};
 use tokio_util::sync::CancellationToken;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::Figures;
-
-const TOKEN: &str = "bench-token";
+use common::{Figures, TOKEN, post_pushes};
 
 struct Args {
     dir: PathBuf,
@@ -112,36 +107,6 @@ fn body(n: usize) -> Vec<u8> {
     .unwrap()
 }
 
-async fn client(addr: std::net::SocketAddr, next: Arc<AtomicUsize>, total: usize) -> Vec<Duration> {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut lat = Vec::new();
-    loop {
-        let n = next.fetch_add(1, Ordering::SeqCst);
-        if n >= total {
-            return lat;
-        }
-        let req = hyper::Request::post("/hooks/gitlab")
-            .header("host", "bench")
-            .header("content-type", "application/json")
-            .header("x-gitlab-event", "Push Hook")
-            .header("x-gitlab-token", TOKEN)
-            .header("idempotency-key", format!("bench-{n}"))
-            .body(Full::new(Bytes::from(body(n))))
-            .unwrap();
-        let t = Instant::now();
-        let resp = send.send_request(req).await.unwrap();
-        let status = resp.status();
-        let b = resp.into_body().collect().await.unwrap().to_bytes();
-        lat.push(t.elapsed());
-        assert_eq!(status, 202, "{}", String::from_utf8_lossy(&b));
-    }
-}
-
 fn main() {
     let a = args();
     let _ = fs::remove_dir_all(&a.dir);
@@ -180,7 +145,7 @@ fn main() {
         ));
         // Warm up: one request fills the test repository cache.
         let warm = Arc::new(AtomicUsize::new(a.events + 1_000_000));
-        client(addr, warm, a.events + 1_000_001).await;
+        post_pushes(addr, warm, a.events + 1_000_001, body).await;
         let files = spool.list(State::Incoming).unwrap();
         let size = fs::metadata(spool.path(State::Incoming, &files[0]))
             .unwrap()
@@ -188,7 +153,7 @@ fn main() {
         let next = Arc::new(AtomicUsize::new(0));
         let start = Instant::now();
         let tasks: Vec<_> = (0..a.connections)
-            .map(|_| tokio::spawn(client(addr, next.clone(), a.events)))
+            .map(|_| tokio::spawn(post_pushes(addr, next.clone(), a.events, body)))
             .collect();
         let mut lat = Vec::new();
         for t in tasks {

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use labgrader::config::{Config, Secret};
 use labgrader::gradebook::Gradebook;
@@ -37,9 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::Figures;
+use common::{Figures, TOKEN, post_pushes};
 
-const TOKEN: &str = "bench-token";
 const WEB_SECRET: &str = "bench-web-secret-0123456789abcdef";
 
 struct Args {
@@ -154,7 +153,6 @@ fn push_body(n: usize) -> Vec<u8> {
     .unwrap()
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 type GetSender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
 async fn connect<B>(addr: std::net::SocketAddr) -> hyper::client::conn::http1::SendRequest<B>
@@ -170,36 +168,6 @@ where
         .unwrap();
     tokio::spawn(conn);
     send
-}
-
-/// Post events numbered from `next` until `end`.
-async fn intake_client(
-    addr: std::net::SocketAddr,
-    next: Arc<AtomicUsize>,
-    end: usize,
-) -> Vec<Duration> {
-    let mut send: Sender = connect(addr).await;
-    let mut lat = Vec::new();
-    loop {
-        let n = next.fetch_add(1, Ordering::SeqCst);
-        if n >= end {
-            return lat;
-        }
-        let req = hyper::Request::post("/hooks/gitlab")
-            .header("host", "bench")
-            .header("content-type", "application/json")
-            .header("x-gitlab-event", "Push Hook")
-            .header("x-gitlab-token", TOKEN)
-            .header("idempotency-key", format!("bench-{n}"))
-            .body(Full::new(Bytes::from(push_body(n))))
-            .unwrap();
-        let t = Instant::now();
-        let resp = send.send_request(req).await.unwrap();
-        let status = resp.status();
-        let b = resp.into_body().collect().await.unwrap().to_bytes();
-        lat.push(t.elapsed());
-        assert_eq!(status, 202, "{}", String::from_utf8_lossy(&b));
-    }
 }
 
 /// GET result pages of random jobs until `stop`.
@@ -240,7 +208,7 @@ async fn intake_run(addr: std::net::SocketAddr, conns: usize, from: usize, n: us
     let next = Arc::new(AtomicUsize::new(from));
     let start = Instant::now();
     let tasks: Vec<_> = (0..conns)
-        .map(|_| tokio::spawn(intake_client(addr, next.clone(), from + n)))
+        .map(|_| tokio::spawn(post_pushes(addr, next.clone(), from + n, push_body)))
         .collect();
     let mut lat = Vec::new();
     for t in tasks {

@@ -1,8 +1,56 @@
 //! What the HTTP benchmarks (`intake_bench`, `web_bench`) share: the
+//! webhook token, the client that posts numbered pushes to the hook, the
 //! figures of one run (requests, wall time, latencies) and the one line
 //! they print for it. Included with `#[path]`; not a bench target itself.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+/// The webhook token both benchmarks configure and send.
+pub const TOKEN: &str = "bench-token";
+
+/// One connection posting push number `next` (shared by every client)
+/// until `end`, each built by `body`; the latency of each answer, every one
+/// of which must be 202.
+pub async fn post_pushes(
+    addr: std::net::SocketAddr,
+    next: Arc<AtomicUsize>,
+    end: usize,
+    body: fn(usize) -> Vec<u8>,
+) -> Vec<Duration> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut lat = Vec::new();
+    loop {
+        let n = next.fetch_add(1, Ordering::SeqCst);
+        if n >= end {
+            return lat;
+        }
+        let req = hyper::Request::post("/hooks/gitlab")
+            .header("host", "bench")
+            .header("content-type", "application/json")
+            .header("x-gitlab-event", "Push Hook")
+            .header("x-gitlab-token", TOKEN)
+            .header("idempotency-key", format!("bench-{n}"))
+            .body(Full::new(Bytes::from(body(n))))
+            .unwrap();
+        let t = Instant::now();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp.status();
+        let b = resp.into_body().collect().await.unwrap().to_bytes();
+        lat.push(t.elapsed());
+        assert_eq!(status, 202, "{}", String::from_utf8_lossy(&b));
+    }
+}
 
 /// `n` requests answered in `secs`, each with its latency.
 pub struct Figures {
