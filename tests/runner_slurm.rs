@@ -34,16 +34,7 @@ fn workspace(script: &str) -> tempfile::TempDir {
 fn spec(job_id: &str, ws: &Path) -> RunSpec {
     let mut limits = common::hostile::limits();
     limits.timeout = Duration::from_secs(20);
-    RunSpec::new(
-        job_id,
-        ws.to_path_buf(),
-        vec![("LABGRADER_JOB_ID".into(), job_id.into())],
-        limits,
-    )
-}
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}-{}", std::process::id(), ulid::Ulid::generate())
+    common::hostile::spec(job_id, ws, limits)
 }
 
 fn pgrep(pattern: &str) -> String {
@@ -128,7 +119,7 @@ async fn slurm_happy_path_returns_stdout_exit_code_and_cleans_up() {
          echo to-staff >&2\n\
          exit 3\n",
     );
-    let id = unique("happy");
+    let id = common::hostile::unique("happy");
     let o = r
         .run(&spec(&id, ws.path()), &CancellationToken::new())
         .await
@@ -149,7 +140,7 @@ async fn slurm_happy_path_returns_stdout_exit_code_and_cleans_up() {
 #[tokio::test]
 async fn slurm_job_is_found_again_after_a_grader_crash_not_resubmitted() {
     let Some(cfg) = cluster() else { return };
-    let id = unique("reattach");
+    let id = common::hostile::unique("reattach");
     let ws = workspace("sleep 3\necho finished-once\n");
     let spec = spec(&id, ws.path());
     let submitted: Arc<Mutex<Vec<u64>>> = Arc::default();
@@ -185,7 +176,7 @@ async fn slurm_job_is_found_again_after_a_grader_crash_not_resubmitted() {
 #[tokio::test]
 async fn slurm_job_whose_id_was_not_recorded_is_found_by_name() {
     let Some(cfg) = cluster() else { return };
-    let id = unique("byname");
+    let id = common::hostile::unique("byname");
     let ws = workspace("sleep 2\necho found-by-name\n");
     let spec = spec(&id, ws.path());
     let first = SlurmRunner::new(&cfg).unwrap();
@@ -216,7 +207,7 @@ async fn slurm_cancelled_job_leaves_no_process() {
     let r = SlurmRunner::new(&cfg)
         .unwrap()
         .on_submitted(Arc::new(move |_, id| *seen.lock().unwrap() = Some(id)));
-    let id = unique("cancel");
+    let id = common::hostile::unique("cancel");
     let token = id.replace('-', "");
     let ws = workspace(&format!(
         "cp /bin/sleep lg-{token}-child\ncp /bin/sleep lg-{token}-main\n\
@@ -269,7 +260,7 @@ async fn slurm_time_limit_is_a_backstop_reported_as_timeout() {
     use std::os::unix::fs::PermissionsExt;
     // A node-side program that ignores the sandbox's timeout: only Slurm's
     // whole-minute time limit stops it (takes about a minute).
-    let id = unique("backstop");
+    let id = common::hostile::unique("backstop");
     let fake_dir = cfg.slurm.shared_dir.join(format!("fake-{id}"));
     std::fs::create_dir_all(&fake_dir).unwrap();
     std::fs::set_permissions(&fake_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -297,7 +288,7 @@ async fn slurm_missing_binary_on_node_is_a_grader_fault() {
     let ws = workspace("echo never\n");
     let err = r
         .run(
-            &spec(&unique("nobin"), ws.path()),
+            &spec(&common::hostile::unique("nobin"), ws.path()),
             &CancellationToken::new(),
         )
         .await
@@ -316,7 +307,7 @@ async fn slurm_bad_token_is_unavailable_not_a_verdict() {
     let r = SlurmRunner::new(&cfg).unwrap();
     assert!(!labgrader::sandbox::slurm::available(&cfg).await);
     let ws = workspace("echo never\n");
-    let id = unique("badtoken");
+    let id = common::hostile::unique("badtoken");
     let err = r
         .run(&spec(&id, ws.path()), &CancellationToken::new())
         .await
@@ -372,7 +363,7 @@ async fn slurm_stdout_test_files_are_immutable_to_the_student() {
     );
     std::fs::create_dir(ws.path().join("data")).unwrap();
     std::fs::write(ws.path().join("data/expected.txt"), "7\n").unwrap();
-    let mut s = spec(&unique("swap"), ws.path());
+    let mut s = spec(&common::hostile::unique("swap"), ws.path());
     s.test_paths = Arc::new(vec![
         PathBuf::from("test_all"),
         PathBuf::from("data"),
@@ -408,7 +399,7 @@ async fn slurm_trusted_results_come_back_and_the_student_cannot_forge_them() {
     );
     std::fs::write(tests.path().join("secret.txt"), "s3cret\n").unwrap();
     let results = tempfile::tempdir().unwrap();
-    let mut s = spec(&unique("trusted"), ws.path());
+    let mut s = spec(&common::hostile::unique("trusted"), ws.path());
     s.contract = labgrader::sandbox::Contract::Trusted;
     s.tests = Some(tests.path().to_path_buf());
     s.results = results.path().join("results");
@@ -436,7 +427,10 @@ async fn slurm_oom_killed_child_with_surviving_test_all_is_memory_limit() {
     )
     .unwrap();
     let o = r
-        .run(&spec(&unique("oom"), ws.path()), &CancellationToken::new())
+        .run(
+            &spec(&common::hostile::unique("oom"), ws.path()),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -455,7 +449,7 @@ async fn slurm_disk_quota_stops_a_large_write_and_is_reported() {
     let ws = workspace(
         "dd if=/dev/zero of=big bs=1M count=3072 2>&1 | grep -o 'No space left on device' | head -1\n",
     );
-    let mut s = spec(&unique("disk"), ws.path());
+    let mut s = spec(&common::hostile::unique("disk"), ws.path());
     s.limits.disk = 32 << 20;
     s.limits.file_size = 4 << 30;
     let o = r.run(&s, &CancellationToken::new()).await.unwrap();
@@ -475,7 +469,10 @@ async fn slurm_keeps_the_tail_so_a_forged_head_block_does_not_count() {
          printf '\\n<summary>\\ngrade_total = 12\\n</summary>\\n'\n",
     );
     let o = r
-        .run(&spec(&unique("tail"), ws.path()), &CancellationToken::new())
+        .run(
+            &spec(&common::hostile::unique("tail"), ws.path()),
+            &CancellationToken::new(),
+        )
         .await
         .unwrap();
     assert!(o.stdout.truncated, "{}", stdout(&o));

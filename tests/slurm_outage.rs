@@ -43,16 +43,7 @@ fn spec(job_id: &str, ws: &Path) -> RunSpec {
     let mut limits = common::hostile::limits();
     limits.timeout = Duration::from_secs(60);
     limits.memory = 64 << 20;
-    RunSpec::new(
-        job_id,
-        ws.to_path_buf(),
-        vec![("LABGRADER_JOB_ID".into(), job_id.into())],
-        limits,
-    )
-}
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}-{}", std::process::id(), ulid::Ulid::generate())
+    common::hostile::spec(job_id, ws, limits)
 }
 
 /// What the grader does with a job: run it, and on a grader fault try
@@ -152,7 +143,7 @@ async fn kill_and_restart_slurmctld(down: Duration) {
 async fn fifty_jobs_through_a_slurmctld_restart(pilots: usize) {
     let Some(cfg) = config(pilots) else { return };
     let r = Arc::new(SlurmRunner::new(&cfg).unwrap());
-    let tag = unique(if pilots > 0 { "outage-p" } else { "outage-j" });
+    let tag = common::hostile::unique(if pilots > 0 { "outage-p" } else { "outage-j" });
     let ws =
         common::hostile::workspace("lg-outage-", "sleep 2\necho \"graded $LABGRADER_JOB_ID\"\n");
     let mut set = tokio::task::JoinSet::new();
@@ -211,7 +202,7 @@ fn pids_of(dir_part: &str) -> Vec<i32> {
 async fn sigkilled_node_job_is_a_grader_fault(pilots: usize) {
     let Some(cfg) = config(pilots) else { return };
     let r = Arc::new(SlurmRunner::new(&cfg).unwrap());
-    let id = unique("sigkill");
+    let id = common::hostile::unique("sigkill");
     let ws = common::hostile::workspace("lg-sigkill-", "sleep 30\necho never\n");
     let sp = spec(&id, ws.path());
     let task = {
@@ -255,7 +246,7 @@ async fn max_in_flight_is_honoured(pilots: usize) {
     };
     cfg.slurm.max_in_flight = 3;
     let r = Arc::new(SlurmRunner::new(&cfg).unwrap());
-    let tag = unique(if pilots > 0 { "mif-p" } else { "mif-j" });
+    let tag = common::hostile::unique(if pilots > 0 { "mif-p" } else { "mif-j" });
     let ws = common::hostile::workspace("lg-mif-", "sleep 1\necho ok\n");
     let mut set = tokio::task::JoinSet::new();
     for i in 0..10 {
@@ -322,7 +313,7 @@ async fn a_pilot_killed_under_a_job_is_a_grader_fault_and_the_retry_runs_it() {
     let _cluster = CLUSTER.lock().await;
     let Some(cfg) = config(1) else { return };
     let r = Arc::new(SlurmRunner::new(&cfg).unwrap());
-    let id = unique("pilot-killed");
+    let id = common::hostile::unique("pilot-killed");
     let ws =
         common::hostile::workspace("lg-pkill-", "sleep 3\necho \"graded $LABGRADER_JOB_ID\"\n");
     let sp = spec(&id, ws.path());

@@ -32,23 +32,14 @@ fn runner() -> Option<SlurmRunner> {
 fn spec(job_id: &str, ws: &Path) -> RunSpec {
     let mut limits = common::hostile::limits();
     limits.timeout = Duration::from_secs(20);
-    RunSpec::new(
-        job_id,
-        ws.to_path_buf(),
-        vec![("LABGRADER_JOB_ID".into(), job_id.into())],
-        limits,
-    )
-}
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}-{}", std::process::id(), ulid::Ulid::generate())
+    common::hostile::spec(job_id, ws, limits)
 }
 
 #[tokio::test]
 async fn pilot_happy_path_returns_stdout_and_exit_code() {
     let Some(r) = runner() else { return };
     let ws = common::hostile::workspace("lg-pilot-", "echo \"job $LABGRADER_JOB_ID\"\nexit 3\n");
-    let id = unique("pilot-happy");
+    let id = common::hostile::unique("pilot-happy");
     let o = r
         .run(&spec(&id, ws.path()), &CancellationToken::new())
         .await
@@ -123,7 +114,7 @@ async fn pilot_write_outside_workspace_stays_inside() {
 #[tokio::test]
 async fn pilot_job_is_collected_after_a_grader_restart_and_run_once() {
     let Some(cfg) = pilot_config() else { return };
-    let id = unique("pilot-reattach");
+    let id = common::hostile::unique("pilot-reattach");
     let ws = common::hostile::workspace("lg-pilot-", "sleep 3\necho once\n");
     let spec = spec(&id, ws.path());
     let first = SlurmRunner::new(&cfg).unwrap();

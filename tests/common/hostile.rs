@@ -221,6 +221,22 @@ pub fn workspace(prefix: &str, body: &str) -> tempfile::TempDir {
     ws
 }
 
+/// The run of job `job_id` in `ws` under `limits`, with `LABGRADER_JOB_ID`
+/// set as the grader sets it.
+pub fn spec(job_id: &str, ws: &Path, limits: Limits) -> RunSpec {
+    RunSpec::new(
+        job_id,
+        ws.to_path_buf(),
+        vec![("LABGRADER_JOB_ID".into(), job_id.into())],
+        limits,
+    )
+}
+
+/// A job id `name-…` no other test run on the shared cluster uses.
+pub fn unique(name: &str) -> String {
+    format!("{name}-{}-{}", std::process::id(), ulid::Ulid::generate())
+}
+
 /// Build a workspace for `case`, run it with `runner`, check the outcome.
 /// Returns the outcome for runner-specific extra checks.
 pub async fn run_case(runner: &dyn Runner, case_name: &str) -> RunOutcome {
