@@ -115,6 +115,9 @@ timeout = "10s"
 [deliver]
 backoff_min = "50ms"
 backoff_max = "500ms"
+# Every stage is sent, however quick the job (the default holds `running`
+# back for a second: see quick_jobs_send_no_running_stage).
+running_after = "0s"
 {extra}
 "#,
             hook = secret("webhook-token", HOOK_TOKEN).display(),
@@ -436,6 +439,53 @@ fn gitlab_answer(repos: &Path, req: &Seen, i: usize) -> Answer {
 /// The row of `job` in an export.
 fn row<'a>(rows: &'a [serde_json::Value], job: &str) -> Option<&'a serde_json::Value> {
     rows.iter().find(|r| r["job_id"] == job)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_jobs_send_no_running_stage() {
+    let w = World::new("").await;
+    // `running` goes out once test_all has run for running_after: bob's
+    // job (a second) gets it, alice's (instant) sends her result alone.
+    w.set_config("running_after = \"0s\"", "running_after = \"300ms\"");
+    w.f.tests_repo("lab0", &grading_test_all(1, None));
+    let bob_sha = w.f.push("course/bob/lab0", |_| {});
+    w.f.tests_repo("lab1", &grading_test_all(0, None));
+    let sha = w.f.push(PROJECT, |d| {
+        std::fs::write(d.join("answer.txt"), "7").unwrap()
+    });
+    let serve = w.serve().await;
+    let [(bob, _), (alice, _)] = w
+        .grade([("course/bob/lab0", &bob_sha), (PROJECT, &sha)])
+        .await;
+    serve.stop().await;
+    let states = |job: &str| -> Vec<String> {
+        w.callbacks(job)
+            .iter()
+            .map(|(_, v)| v["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(
+        !states(&alice).contains(&"running".to_string()),
+        "{:?}",
+        states(&alice)
+    );
+    assert!(
+        !w.statuses(&sha).contains(&"running".to_string()),
+        "{:?}",
+        w.statuses(&sha)
+    );
+    assert_eq!(states(&alice).last().map(String::as_str), Some("graded"));
+    assert_eq!(w.statuses(&sha).last().map(String::as_str), Some("success"));
+    assert!(
+        states(&bob).contains(&"running".to_string()),
+        "{:?}",
+        states(&bob)
+    );
+    assert!(
+        w.statuses(&bob_sha).contains(&"running".to_string()),
+        "{:?}",
+        w.statuses(&bob_sha)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -438,6 +438,10 @@ pub struct DeliverConfig {
     pub backoff_max: Seconds,
     /// Deliveries tried at the same time (the rest wait on disk).
     pub concurrency: usize,
+    /// How long `test_all` must have run before the `running` callback and
+    /// commit status are queued: a job that ends sooner sends its result
+    /// alone (one request instead of two). Zero: always.
+    pub running_after: Seconds,
 }
 
 impl Default for DeliverConfig {
@@ -448,6 +452,7 @@ impl Default for DeliverConfig {
             backoff_min: Seconds(Duration::from_secs(2)),
             backoff_max: Seconds(Duration::from_secs(600)),
             concurrency: 8,
+            running_after: Seconds(Duration::from_secs(1)),
         }
     }
 }

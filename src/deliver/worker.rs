@@ -28,11 +28,10 @@ use super::attempt::Attempt;
 use super::email::Mailer;
 use super::error::DeliverError;
 use super::outbox::{
-    prune_receipts, read_record, receipt_path, remove_record, sent_dir, write_receipt,
+    prune_receipts, read_record, receipt_path, remove_record, sent_dir, superseded_by,
+    write_receipt,
 };
-use super::record::{
-    Destination, Payload, RECORD_SCHEMA, Receipt, Record, parse_file_name, record_file_name,
-};
+use super::record::{Destination, Payload, RECORD_SCHEMA, Receipt, Record, parse_file_name};
 use super::{callback, email, status};
 use crate::config::Config;
 use crate::gitlab::GitlabApi;
@@ -422,21 +421,8 @@ fn count(outcome: &str, d: Destination) {
     );
 }
 
-/// A later stage (commit status, callback) of the same job already queued
-/// or sent: the earlier one is never sent after it.
-fn superseded_by(spool: &Spool, rec: &Record) -> Option<Destination> {
-    let (stages, order) = rec.destination.stage()?;
-    Destination::ALL
-        .into_iter()
-        .filter(|d| d.stage().is_some_and(|(s, o)| s == stages && o > order))
-        .find(|d| {
-            let name = record_file_name(&rec.job_id, *d);
-            spool.path(State::Outbox, &name).exists() || receipt_path(spool, &name).exists()
-        })
-}
-
-/// Write the receipt, then remove the record. A crash in between is
-/// noticed by the next attempt (receipt present → record removed, not sent).
+/// Turn the record into its receipt (one rename, see [`write_receipt`]).
+/// Should that fail, the record is removed all the same: it was sent.
 fn finish_delivered(
     spool: &Spool,
     rec: &Record,
@@ -453,8 +439,8 @@ fn finish_delivered(
     let name = rec.file_name();
     if let Err(e) = write_receipt(spool, &name, &receipt, durable) {
         tracing::error!(name, error = %e, "cannot write delivery receipt");
+        remove_record(spool, &name);
     }
-    remove_record(spool, &name);
     None
 }
 
@@ -489,6 +475,7 @@ fn bury(cfg: &Config, spool: &Spool, mut rec: Record, reason: String) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::record::record_file_name;
     use super::*;
 
     #[test]

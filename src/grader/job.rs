@@ -186,7 +186,6 @@ impl Grader {
                 "the event named an annotated tag: grading the commit it points to");
             ev.commit = fetched.student_sha.clone();
         }
-        self.queue_running(ev);
         let Fetched { ws, tests_sha, .. } = fetched;
         let spec = RunSpec {
             image: plan.image.clone(),
@@ -205,7 +204,7 @@ impl Grader {
             }
         }
         let t = Instant::now();
-        let outcome = runner.run(&spec, cancel).await;
+        let outcome = self.run_reporting(ev, &*runner, &spec, cancel).await;
         observe("run", t.elapsed());
         let harness = harness_results(&spec, &plan.junit_points);
         drop(ws);
@@ -372,9 +371,32 @@ impl Grader {
         })
     }
 
-    /// The job's workspace is ready and `test_all` is about to run: queue
-    /// the "running" commit status (on the commit graded) and callback. Best effort: a
-    /// status that cannot be queued never stops a job.
+    /// Run `test_all`; once it has run for `[deliver] running_after`, queue
+    /// the "running" commit status and callback. A job that ends sooner
+    /// sends its result alone: no request, record or receipt for a stage
+    /// nobody would have seen.
+    async fn run_reporting(
+        &self,
+        ev: &Event,
+        runner: &dyn Runner,
+        spec: &RunSpec,
+        cancel: &CancellationToken,
+    ) -> Result<crate::sandbox::RunOutcome, crate::sandbox::SandboxError> {
+        let run = runner.run(spec, cancel);
+        tokio::pin!(run);
+        tokio::select! {
+            biased;
+            outcome = &mut run => outcome,
+            () = tokio::time::sleep(self.cfg.deliver.running_after.get()) => {
+                self.queue_running(ev);
+                run.await
+            }
+        }
+    }
+
+    /// `test_all` is running: queue the "running" commit status (on the
+    /// commit graded) and callback. Best effort: a status that cannot be
+    /// queued never stops a job.
     fn queue_running(&self, event: &Event) {
         if let Err(e) = crate::deliver::enqueue_commit_status(
             &self.cfg,

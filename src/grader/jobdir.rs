@@ -19,8 +19,9 @@ use crate::sandbox::RunSpec;
 use crate::workspace::{self, WorkspaceError, WorkspaceLimits};
 
 /// `<work>/<job>/`: `workspace/` (the student's tree and what the tests
-/// lay over it), `tests/` (the harness's copy, trusted contract),
-/// `results/` and `runner/` (see [`RunSpec`]); removed on drop.
+/// lay over it) and, under the trusted contract only, `tests/` (the
+/// harness's copy), `results/` and `runner/` (see [`RunSpec`]); removed
+/// on drop.
 pub struct JobDir {
     root: PathBuf,
 }
@@ -29,12 +30,21 @@ impl JobDir {
     pub fn create(work: &Path, job_id: &str) -> Result<JobDir, WorkspaceError> {
         let root = work.join(job_id);
         let _ = workspace::remove_tree(&root);
-        for sub in ["workspace", "tests", "results", "runner"] {
-            let d = root.join(sub);
+        let dir = JobDir { root };
+        dir.make(&["workspace"])?;
+        Ok(dir)
+    }
+
+    /// Make these subdirectories (and the root). Only the trusted contract
+    /// needs `tests/`, `results/` and `runner/`: on a busy grader every
+    /// directory made and removed per job is inode churn.
+    fn make(&self, subs: &[&str]) -> Result<(), WorkspaceError> {
+        for sub in subs {
+            let d = self.root.join(sub);
             std::fs::create_dir_all(&d)
                 .map_err(|source| WorkspaceError::Write { path: d, source })?;
         }
-        Ok(JobDir { root })
+        Ok(())
     }
 
     pub fn workspace(&self) -> PathBuf {
@@ -55,6 +65,7 @@ impl JobDir {
         match contract {
             Contract::Stdout => workspace::finish(tests, &self.workspace(), limits),
             Contract::Trusted => {
+                self.make(&["tests", "results", "runner"])?;
                 workspace::finish_trusted(tests, &self.workspace(), &self.tests(), limits)
             }
         }
