@@ -379,3 +379,64 @@ fn default_email_is_the_local_mta_or_off_with_one_line_at_start() {
             .exists()
     );
 }
+
+/// The attack: a repository too slow to fetch (a huge pack, a git bomb's
+/// history), pushed to hold a worker for `infra_retries` × `git_timeout`
+/// and alert staff, never charged. Its first timeout is retried as the
+/// grader's (the server may have been slow); timing out again while the
+/// test repository answers is the submission's: a final `error` naming
+/// the cause, after two attempts, not six.
+#[test]
+fn a_repository_too_slow_to_fetch_is_the_submissions_fault_on_the_retry() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    f.tests_repo(
+        "lab22",
+        "#!/bin/sh\nprintf '<summary>\\ngrade_total = 1\\n</summary>\\n'\n",
+    );
+    let p = "course/rita/lab22";
+    let sha = f.push(p, |w| std::fs::write(w.join("x"), "1").unwrap());
+    // Serving rita's pack outlasts git_timeout: git's own hook around
+    // pack-objects (honoured from the global config only) sleeps there.
+    let hook = f.tmp.path().join("slow-pack");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\ncase \"$(pwd -P)\" in *rita*) sleep 60 ;; esac\nexec \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let gitconfig = f.tmp.path().join("gitconfig");
+    std::fs::write(
+        &gitconfig,
+        format!("[uploadpack]\n\tpackObjectsHook = {}\n", hook.display()),
+    )
+    .unwrap();
+    let cfg = f.write_config("git_timeout = \"2s\"\ninfra_backoff = \"1s\"\ninfra_retries = 5\n");
+    let log = f.tmp.path().join("daemon.log");
+    let ev = f.event(p, &sha);
+    f.enqueue(&ev);
+    let grader = daemon::binary("grader", &cfg, &log)
+        .env("GIT_CONFIG_GLOBAL", &gitconfig)
+        .spawn()
+        .expect("the labgrader binary starts");
+    wait_blocking("the job to be recorded", WAIT, || {
+        f.done_dir(&ev.job_id).join("result.json").exists()
+    });
+    daemon::stop(grader);
+    let r: labgrader::result::JobResult =
+        serde_json::from_slice(&std::fs::read(f.done_dir(&ev.job_id).join("result.json")).unwrap())
+            .unwrap();
+    assert_eq!(r.status, Status::Error, "{r:?}");
+    let reason = r.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("could not be fetched within 2 s on 2 attempts")
+            && reason.contains("too large"),
+        "{reason}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.matches("not the student's fault): will retry").count(),
+        1,
+        "one retry, not five: {text}"
+    );
+}

@@ -288,6 +288,15 @@ impl Grader {
             repo: Repo::Student,
             source,
         });
+        if let Err(e) = &s
+            && let Some(verdict) = too_slow_to_fetch(ev, &e.source)
+        {
+            return Ok(Err(Stopped {
+                verdict,
+                tests_sha: Some(tests_sha),
+                commit_missing: false,
+            }));
+        }
         let commit_missing = matches!(
             &s,
             Err(FetchError {
@@ -665,6 +674,28 @@ fn stopped(g: &Grader, ev: &Event, runner: &dyn Runner, plan: &JobPlan, s: Stopp
 /// for a regrade, after its batch was queued (so a test fix pushed before
 /// `labgrader regrade` is always seen; other staff-queued jobs share none). Jobs queued together then share
 /// one fetch and one tests-head check instead of one each.
+/// The student's repository timed out again on a retry while the test
+/// repository, on the same server, answered: the repository's doing (a
+/// huge pack, a git bomb's history), so a final verdict. Counted as the
+/// grader's fault every time, such a push would hold a worker for
+/// `infra_retries` × `git_timeout`, alert staff, and never be charged.
+fn too_slow_to_fetch(ev: &Event, e: &MirrorError) -> Option<Verdict> {
+    let MirrorError::Timeout { secs, .. } = e else {
+        return None;
+    };
+    (ev.infra_attempts >= 1).then(|| {
+        Verdict::new(
+            Status::Error,
+            format!(
+                "your repository could not be fetched within {secs} s on {} attempts, while \
+                 the test repository could: it is too large to grade (a big file or a long \
+                 history); remove what the tests do not need and push again",
+                ev.infra_attempts + 1
+            ),
+        )
+    })
+}
+
 fn fresh_since(ev: &Event) -> Instant {
     let at = match &ev.regrade {
         Some(r) => r.queued_at.unwrap_or_else(Utc::now),
