@@ -146,7 +146,9 @@ impl Mirrors {
             parent,
             "init",
             "",
-            &["init", "--bare", "-q", &tmp_s],
+            // No template: a mirror needs no sample hooks, description or
+            // info/exclude (a dozen files per student project, never read).
+            &["init", "--bare", "-q", "--template=", &tmp_s],
             &never,
         )
         .await?;
