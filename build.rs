@@ -20,6 +20,7 @@ fn main() {
         "layout.rs",
         "processes.rs",
         "results.rs",
+        "symlinks.rs",
         "sys.rs",
     ] {
         println!("cargo:rerun-if-changed={}", src.join(f).display());

@@ -140,3 +140,77 @@ async fn docker_junit_too_large_to_send_back_is_an_error_naming_its_size() {
         "{reason}"
     );
 }
+
+/// The attack: symlinks from the workspace into the harness's home, one
+/// committed, two made by the student's code. A naive harness that
+/// compares the student's files with its secret answer would follow them
+/// with its own rights and compare the answer with itself: 10/10 with no
+/// work. `lg-init` removes every symlink that leads out of the workspace
+/// before `test_all` starts and after each `run-as-student` call.
+const LINKS_OUT: &str = r#"ln -s /harness/tests/expected.txt "$LABGRADER_WORKSPACE/out.txt"
+ln -s ../harness/tests/expected.txt "$LABGRADER_WORKSPACE/rel.txt"
+"#;
+
+const NAIVE_HARNESS: &str = r#"#!/bin/sh
+W=$LABGRADER_WORKSPACE
+s=0
+cmp -s "$W/answer.txt" expected.txt && s=$((s + 4))
+run-as-student sh "$W/links.sh"
+cmp -s "$W/out.txt" expected.txt && s=$((s + 3))
+cmp -s "$W/rel.txt" expected.txt && s=$((s + 3))
+printf '{"tests": [{"name": "answers", "score": %s, "max_score": 10}]}\n' "$s" \
+    > "$LABGRADER_RESULTS/results.json"
+"#;
+
+async fn symlinks_on(kind: RunnerKind, cfg: Config) -> JobResult {
+    let student = tempfile::tempdir().unwrap();
+    let tests = tempfile::tempdir().unwrap();
+    write_mode(&student.path().join("links.sh"), LINKS_OUT, 0o644);
+    std::os::unix::fs::symlink(
+        "/harness/tests/expected.txt",
+        student.path().join("answer.txt"),
+    )
+    .unwrap();
+    write_mode(&tests.path().join("test_all"), NAIVE_HARNESS, 0o755);
+    write_mode(
+        &tests.path().join("expected.txt"),
+        "the secret answer\n",
+        0o644,
+    );
+    labgrader::grader::grade_local(
+        &cfg,
+        student.path(),
+        tests.path(),
+        Some(kind),
+        Some(Duration::from_secs(30)),
+        Some(Contract::Trusted),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{kind} runner: {e}"))
+}
+
+fn assert_no_symlink_was_followed(r: &JobResult) {
+    let stderr = String::from_utf8_lossy(&r.stderr.display_bytes()).into_owned();
+    assert_eq!(r.status, Status::Graded, "{:?}\n{stderr}", r.reason);
+    assert_eq!(r.grade_total, Some(0.0), "{stderr}");
+    assert_eq!(
+        stderr.matches("lg-init: removed the symlink").count(),
+        3,
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_harness_never_follows_a_student_symlink_into_its_home() {
+    if docker_skipped() {
+        return;
+    }
+    let mut cfg = Config::default();
+    cfg.docker.image = IMAGE.into();
+    assert_no_symlink_was_followed(&symlinks_on(RunnerKind::Docker, cfg).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_harness_never_follows_a_student_symlink_into_its_home() {
+    assert_no_symlink_was_followed(&symlinks_on(RunnerKind::Native, Config::default()).await);
+}

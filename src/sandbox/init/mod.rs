@@ -22,6 +22,12 @@ use std::path::{Path, PathBuf};
 
 pub use args::{EXIT_SETUP, USAGE};
 
+// lg-init's own logic with unit tests, compiled here only to run them.
+#[cfg(test)]
+#[path = "symlinks.rs"]
+#[allow(dead_code)]
+mod symlinks;
+
 /// The static `lg-init` executable.
 pub static BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lg-init"));
 

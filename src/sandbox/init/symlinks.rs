@@ -1,0 +1,159 @@
+//! (trusted contract) Symlinks in the workspace that lead out of it, removed
+//! while no student process runs: before `test_all` starts and after each
+//! `run-as-student` call (whose student processes are all dead by then).
+//!
+//! The attack: the harness reads and writes the workspace with its own
+//! rights, which the student lacks. A student symlink `answer.txt ->
+//! /harness/tests/expected.txt`, committed or made by the student's code,
+//! has a naive harness compare its secret answer with itself, or write its
+//! output over its own results. A symlink is kept only when it resolves
+//! inside the workspace; the resolution is done here, component by
+//! component, and anything through `/proc` counts as outside (what
+//! `/proc/self` names depends on who follows it, and `/dev/fd` is one of
+//! those). It never follows a symlink to read or write through it.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+/// Symlinks followed in one resolution before it counts as outside (the
+/// kernel's own limit is 40).
+const MAX_HOPS: usize = 40;
+
+/// Remove every symlink under `workspace` that does not resolve inside it.
+/// Returns each removed one (path, target) for the job's stderr.
+pub(crate) fn defuse(workspace: &Path) -> Vec<(PathBuf, OsString)> {
+    let Ok(ws) = fs::canonicalize(workspace) else {
+        return Vec::new();
+    };
+    // Judged all first, then removed: the verdict on one link never
+    // depends on whether another was removed before it.
+    let mut out = Vec::new();
+    let mut dirs = vec![ws.clone()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        for entry in rd.flatten() {
+            let path = entry.path();
+            let Ok(ft) = entry.file_type() else { continue };
+            if ft.is_dir() {
+                dirs.push(path);
+            } else if ft.is_symlink() && !resolve(&path).is_some_and(|p| p.starts_with(&ws)) {
+                let target = fs::read_link(&path).unwrap_or_default().into_os_string();
+                out.push((path, target));
+            }
+        }
+    }
+    out.retain(|(path, _)| fs::remove_file(path).is_ok());
+    out
+}
+
+/// Tell the job's stderr (staff's) what was removed.
+pub(crate) fn report(removed: Vec<(PathBuf, OsString)>) {
+    for (path, target) in removed {
+        eprintln!(
+            "lg-init: removed the symlink {} -> {}: it leads out of the workspace, where the \
+             harness would follow it with rights the student lacks",
+            path.display(),
+            Path::new(&target).display()
+        );
+    }
+}
+
+/// Where `path` leads, resolved here one component at a time (missing
+/// components taken as written); `None` when it passes through `/proc` or
+/// takes more than [`MAX_HOPS`] symlinks.
+fn resolve(path: &Path) -> Option<PathBuf> {
+    let mut todo: Vec<OsString> = components_of(path);
+    todo.reverse();
+    let mut at = PathBuf::from("/");
+    let mut hops = 0;
+    while let Some(c) = todo.pop() {
+        if c == ".." {
+            at.pop();
+            continue;
+        }
+        let next = at.join(&c);
+        if next.starts_with("/proc") {
+            return None;
+        }
+        match fs::symlink_metadata(&next) {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                if hops > MAX_HOPS {
+                    return None;
+                }
+                let target = fs::read_link(&next).ok()?;
+                if target.is_absolute() {
+                    at = PathBuf::from("/");
+                }
+                let mut more = components_of(&target);
+                more.reverse();
+                todo.extend(more);
+            }
+            _ => at = next,
+        }
+    }
+    Some(at)
+}
+
+/// The normal components of `p` (`.` dropped, `..` kept), root excluded.
+fn components_of(p: &Path) -> Vec<OsString> {
+    p.components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn links_out_of_the_workspace_go_links_inside_stay() {
+        let t = std::env::temp_dir().join(format!("lg-init-symlinks-{}", std::process::id()));
+        let ws = t.join("ws");
+        let secret = t.join("harness");
+        fs::create_dir_all(ws.join("sub")).unwrap();
+        fs::create_dir_all(&secret).unwrap();
+        fs::write(secret.join("expected"), "42").unwrap();
+        fs::write(ws.join("real"), "x").unwrap();
+        // Out: absolute, relative, through another link, through /proc,
+        // through /dev/fd, a loop.
+        symlink(secret.join("expected"), ws.join("abs")).unwrap();
+        symlink("../../harness/expected", ws.join("sub/rel")).unwrap();
+        symlink(&secret, ws.join("dir")).unwrap();
+        symlink("dir/expected", ws.join("via")).unwrap();
+        symlink("/proc/self/cwd/expected", ws.join("proc")).unwrap();
+        symlink("/dev/fd/3", ws.join("fd")).unwrap();
+        symlink("loop2", ws.join("loop1")).unwrap();
+        symlink("loop1", ws.join("loop2")).unwrap();
+        // Inside: relative, absolute, dangling but inside.
+        symlink("real", ws.join("ok")).unwrap();
+        symlink(ws.join("sub"), ws.join("ok_dir")).unwrap();
+        symlink("not-yet", ws.join("later")).unwrap();
+        let mut gone: Vec<String> = defuse(&ws)
+            .into_iter()
+            .map(|(p, _)| {
+                p.strip_prefix(fs::canonicalize(&ws).unwrap())
+                    .unwrap()
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        gone.sort();
+        assert_eq!(
+            gone,
+            [
+                "abs", "dir", "fd", "loop1", "loop2", "proc", "sub/rel", "via"
+            ]
+        );
+        for kept in ["ok", "ok_dir", "later", "real"] {
+            assert!(fs::symlink_metadata(ws.join(kept)).is_ok(), "{kept}");
+        }
+        fs::remove_dir_all(&t).unwrap();
+    }
+}
