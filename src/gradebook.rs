@@ -249,7 +249,7 @@ impl Gradebook {
         let json = |v: &dyn erased::Ser| v.to_json();
         let assignment = r.project.rsplit('/').next().unwrap_or("").to_string();
         let tx = self.conn.unchecked_transaction()?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO results (job_id, project, assignment, git_ref, student_sha, tests_sha,
                 runner, image, image_id, limits, received_at, started_at, ended_at, status,
                 reason, termination, grade_total, summary, hidden, stdout_total,
@@ -270,45 +270,46 @@ impl Gradebook {
                 stderr_total=excluded.stderr_total, stderr_truncated=excluded.stderr_truncated,
                 extra=excluded.extra, stdout=excluded.stdout, stderr=excluded.stderr,
                 result=excluded.result, recorded_at=excluded.recorded_at",
-            params![
-                r.job_id,
-                r.project,
-                assignment,
-                r.git_ref,
-                r.student_sha,
-                r.tests_sha,
-                r.runner,
-                r.image,
-                r.image_id,
-                r.limits.as_ref().map(|l| json(l)),
-                ts(r.received_at),
-                r.started_at.map(ts),
-                ts(r.ended_at),
-                r.status.as_str(),
-                r.reason,
-                r.termination.as_ref().map(|t| json(t)),
-                r.grade_total,
-                json(&r.summary),
-                json(&r.hidden),
-                r.stdout.total as i64,
-                r.stdout.truncated,
-                r.stderr.total as i64,
-                r.stderr.truncated,
-                json(&r.extra),
-                r.stdout.bytes,
-                r.stderr.bytes,
-                json(r),
-                ts(chrono::Utc::now()),
-            ],
-        )?;
+        )?
+        .execute(params![
+            r.job_id,
+            r.project,
+            assignment,
+            r.git_ref,
+            r.student_sha,
+            r.tests_sha,
+            r.runner,
+            r.image,
+            r.image_id,
+            r.limits.as_ref().map(|l| json(l)),
+            ts(r.received_at),
+            r.started_at.map(ts),
+            ts(r.ended_at),
+            r.status.as_str(),
+            r.reason,
+            r.termination.as_ref().map(|t| json(t)),
+            r.grade_total,
+            json(&r.summary),
+            json(&r.hidden),
+            r.stdout.total as i64,
+            r.stdout.truncated,
+            r.stderr.total as i64,
+            r.stderr.truncated,
+            json(&r.extra),
+            r.stdout.bytes,
+            r.stderr.bytes,
+            json(r),
+            ts(chrono::Utc::now()),
+        ])?;
         let extra = |k: &str| r.extra.get(k).and_then(|v| v.as_str());
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE results SET regrade_of = ?2, regrade_batch = ?3 WHERE job_id = ?1",
-            params![r.job_id, extra(REGRADE_OF), extra(REGRADE_BATCH)],
-        )?;
-        tx.execute("DELETE FROM tests WHERE job_id = ?1", [&r.job_id])?;
+        )?
+        .execute(params![r.job_id, extra(REGRADE_OF), extra(REGRADE_BATCH)])?;
+        tx.prepare_cached("DELETE FROM tests WHERE job_id = ?1")?
+            .execute([&r.job_id])?;
         if let Some(res) = &r.results {
-            let mut st = tx.prepare(
+            let mut st = tx.prepare_cached(
                 "INSERT INTO tests (job_id, seq, name, number, score, max_score, visibility,
                     status, output) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
             )?;
