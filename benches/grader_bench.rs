@@ -186,6 +186,7 @@ fn event(path: &str, sha: &str) -> Event {
         clone_url: String::new(),
         crashes: 0,
         infra_attempts: 0,
+        fetch_timeouts: 0,
         not_before: None,
         last_error: None,
         regrade: None,

@@ -113,6 +113,10 @@ pub struct Event {
     /// Infrastructure failures so far (git down, sandbox would not start).
     #[serde(default)]
     pub infra_attempts: u32,
+    /// Of those, the student repository's fetches that timed out: the
+    /// second makes it the submission's fault (`grader::job`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fetch_timeouts: u32,
     /// Do not run before this time (infra backoff); `None` = now.
     #[serde(default)]
     pub not_before: Option<DateTime<Utc>>,
@@ -163,6 +167,10 @@ pub fn job_id_of(file_name: &str) -> &str {
     file_name.strip_suffix(".json").unwrap_or(file_name)
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +208,7 @@ mod tests {
             clone_url: String::new(),
             crashes: 0,
             infra_attempts: 0,
+            fetch_timeouts: 0,
             not_before: None,
             last_error: None,
             regrade: None,

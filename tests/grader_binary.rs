@@ -380,28 +380,19 @@ fn default_email_is_the_local_mta_or_off_with_one_line_at_start() {
     );
 }
 
-/// The attack: a repository too slow to fetch (a huge pack, a git bomb's
-/// history), pushed to hold a worker for `infra_retries` × `git_timeout`
-/// and alert staff, never charged. Its first timeout is retried as the
-/// grader's (the server may have been slow); timing out again while the
-/// test repository answers is the submission's: a final `error` naming
-/// the cause, after two attempts, not six.
-#[test]
-fn a_repository_too_slow_to_fetch_is_the_submissions_fault_on_the_retry() {
+/// A grader whose git serves `slow`'s pack slower than `git_timeout`:
+/// git's own hook around pack-objects (honoured from the global config
+/// only) sleeps for it. Returns (config, log, gitconfig).
+fn slow_pack_of(
+    f: &Fixture,
+    slow: &str,
+    extra: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     use std::os::unix::fs::PermissionsExt;
-    let f = Fixture::new();
-    f.tests_repo(
-        "lab22",
-        "#!/bin/sh\nprintf '<summary>\\ngrade_total = 1\\n</summary>\\n'\n",
-    );
-    let p = "course/rita/lab22";
-    let sha = f.push(p, |w| std::fs::write(w.join("x"), "1").unwrap());
-    // Serving rita's pack outlasts git_timeout: git's own hook around
-    // pack-objects (honoured from the global config only) sleeps there.
     let hook = f.tmp.path().join("slow-pack");
     std::fs::write(
         &hook,
-        "#!/bin/sh\ncase \"$(pwd -P)\" in *rita*) sleep 60 ;; esac\nexec \"$@\"\n",
+        format!("#!/bin/sh\ncase \"$(pwd -P)\" in *{slow}*) sleep 60 ;; esac\nexec \"$@\"\n"),
     )
     .unwrap();
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -411,8 +402,32 @@ fn a_repository_too_slow_to_fetch_is_the_submissions_fault_on_the_retry() {
         format!("[uploadpack]\n\tpackObjectsHook = {}\n", hook.display()),
     )
     .unwrap();
-    let cfg = f.write_config("git_timeout = \"2s\"\ninfra_backoff = \"1s\"\ninfra_retries = 5\n");
-    let log = f.tmp.path().join("daemon.log");
+    let cfg = f.write_config(&format!(
+        "git_timeout = \"2s\"\ninfra_backoff = \"1s\"\n{extra}"
+    ));
+    (cfg, f.tmp.path().join("daemon.log"), gitconfig)
+}
+
+fn recorded(f: &Fixture, job: &str) -> labgrader::result::JobResult {
+    serde_json::from_slice(&std::fs::read(f.done_dir(job).join("result.json")).unwrap()).unwrap()
+}
+
+/// The attack: a repository too slow to fetch (a huge pack, a git bomb's
+/// history), pushed to hold a worker for `infra_retries` × `git_timeout`
+/// and alert staff, never charged. Its first timeout is retried as the
+/// grader's (the server may have been slow); timing out again while the
+/// test repository answers, asked afresh, is the submission's: a final
+/// `error` naming the cause, after two attempts, not six.
+#[test]
+fn a_repository_too_slow_to_fetch_is_the_submissions_fault_on_the_retry() {
+    let f = Fixture::new();
+    f.tests_repo(
+        "lab22",
+        "#!/bin/sh\nprintf '<summary>\\ngrade_total = 1\\n</summary>\\n'\n",
+    );
+    let p = "course/rita/lab22";
+    let sha = f.push(p, |w| std::fs::write(w.join("x"), "1").unwrap());
+    let (cfg, log, gitconfig) = slow_pack_of(&f, "rita", "infra_retries = 5\n");
     let ev = f.event(p, &sha);
     f.enqueue(&ev);
     let grader = daemon::binary("grader", &cfg, &log)
@@ -423,9 +438,7 @@ fn a_repository_too_slow_to_fetch_is_the_submissions_fault_on_the_retry() {
         f.done_dir(&ev.job_id).join("result.json").exists()
     });
     daemon::stop(grader);
-    let r: labgrader::result::JobResult =
-        serde_json::from_slice(&std::fs::read(f.done_dir(&ev.job_id).join("result.json")).unwrap())
-            .unwrap();
+    let r = recorded(&f, &ev.job_id);
     assert_eq!(r.status, Status::Error, "{r:?}");
     let reason = r.reason.clone().unwrap_or_default();
     assert!(
@@ -438,5 +451,49 @@ fn a_repository_too_slow_to_fetch_is_the_submissions_fault_on_the_retry() {
         text.matches("not the student's fault): will retry").count(),
         1,
         "one retry, not five: {text}"
+    );
+}
+
+/// The other side: when the server stops answering for the test
+/// repository too (an outage after the first attempt), the student's
+/// timeouts stay the grader's fault, retried and ending `infra_error`,
+/// even though the tests' mirror is warm from the first attempt.
+#[test]
+fn a_slow_fetch_during_an_outage_stays_the_graders_fault() {
+    let f = Fixture::new();
+    f.tests_repo(
+        "lab23",
+        "#!/bin/sh\nprintf '<summary>\\ngrade_total = 1\\n</summary>\\n'\n",
+    );
+    let p = "course/sam/lab23";
+    let sha = f.push(p, |w| std::fs::write(w.join("x"), "1").unwrap());
+    let (cfg, log, gitconfig) = slow_pack_of(&f, "sam", "infra_retries = 2\n");
+    let ev = f.event(p, &sha);
+    f.enqueue(&ev);
+    let grader = daemon::binary("grader", &cfg, &log)
+        .env("GIT_CONFIG_GLOBAL", &gitconfig)
+        .spawn()
+        .expect("the labgrader binary starts");
+    let spool = f.spool();
+    wait_blocking("the first retry to be scheduled", WAIT, || {
+        waits_for_retry(&spool, &ev)
+    });
+    // The outage: the test repository no longer answers.
+    let tests = f.repos.join("root/lab23-test.git");
+    std::fs::rename(&tests, tests.with_extension("gone")).unwrap();
+    wait_blocking("the job to be recorded", WAIT, || {
+        f.done_dir(&ev.job_id).join("result.json").exists()
+            || f.spool_dir.join("failed").join(&ev.job_id).exists()
+    });
+    daemon::stop(grader);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("the submission's fault"),
+        "blamed the student during an outage: {text}"
+    );
+    assert_eq!(
+        text.matches("not the student's fault): will retry").count(),
+        2,
+        "{text}"
     );
 }

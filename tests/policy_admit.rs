@@ -126,6 +126,7 @@ fn event(job: &str, sha: &str, received_at: DateTime<Utc>, pusher: &str) -> Even
         clone_url: "file:///nowhere".into(),
         crashes: 0,
         infra_attempts: 0,
+        fetch_timeouts: 0,
         not_before: None,
         last_error: None,
         regrade: None,

@@ -438,9 +438,10 @@ pub struct DeliverConfig {
     pub backoff_max: Seconds,
     /// Deliveries tried at the same time (the rest wait on disk).
     pub concurrency: usize,
-    /// How long `test_all` must have run before the `running` callback and
-    /// commit status are queued: a job that ends sooner sends its result
-    /// alone (one request instead of two). Zero: always.
+    /// How long a job's run (the sandbox's start included) must have lasted
+    /// before the `running` callback and commit status are queued: a job
+    /// that ends sooner sends its result alone (one request instead of
+    /// two). Zero: always.
     pub running_after: Seconds,
 }
 

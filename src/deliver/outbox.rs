@@ -8,8 +8,9 @@
 //! crash, reading records back (one that does not parse goes to
 //! `corrupt/`), writing receipts, pruning old ones and the lines of
 //! `labgrader queue`. It never sends anything, never decides when to try
-//! again (the worker does), never renames files between spool states
-//! itself, and never touches `incoming/`, `active/` or `done/`.
+//! again (the worker does), never moves files between spool states itself
+//! (a delivered record renamed into `sent/` as its receipt is the outbox's
+//! own bookkeeping), and never touches `incoming/`, `active/` or `done/`.
 
 use std::fs;
 use std::io;
@@ -233,7 +234,8 @@ pub fn enqueue_commit_status(
 }
 
 /// Queue the callback of a stage before the result (`queued` at intake,
-/// `running` when `test_all` starts). A no-op when `callback.url` is empty.
+/// `running` once the run has lasted `[deliver] running_after`). A no-op
+/// when `callback.url` is empty.
 pub fn enqueue_callback_stage(
     cfg: &Config,
     spool: &Spool,
@@ -293,11 +295,12 @@ pub fn report(
     let lines = |state: State| -> Result<Vec<DeliveryLine>, DeliverError> {
         let mut out = Vec::new();
         for name in spool.list(state)?.into_iter().take(limit) {
-            let line = match spool
-                .read(state, &name)
-                .ok()
-                .and_then(|b| Record::from_bytes(&b).ok())
-            {
+            let bytes = match spool.read(state, &name) {
+                // Delivered (renamed into sent/) since the listing.
+                Err(e) if e.io_kind() == Some(io::ErrorKind::NotFound) => continue,
+                r => r.ok(),
+            };
+            let line = match bytes.and_then(|b| Record::from_bytes(&b).ok()) {
                 Some(r) => DeliveryLine {
                     key: r.key,
                     attempts: r.attempts,
@@ -355,7 +358,9 @@ pub(super) fn read_record(spool: &Spool, name: &str) -> Result<Option<Record>, S
 /// step, and no inode is made or freed per delivery (on a busy grader
 /// that churn costs more than the write). Only the receipt's name is ever
 /// relied on (it keeps the delivery from being sent again); its contents
-/// are for people. A record already gone (an earlier stage dropped when
+/// are for people, and a crash between the rename and the write leaves the
+/// record's own bytes there until the receipt is pruned (the spool is the
+/// grader's alone). A record already gone (an earlier stage dropped when
 /// its result was queued) gets a receipt written fresh.
 pub(super) fn write_receipt(
     spool: &Spool,

@@ -157,7 +157,8 @@ fn callback_body(cfg: &Config, event: &Event, result: &JobResult) -> serde_json:
 }
 
 /// The callback of a stage before the result (`queued` at intake,
-/// `running` when `test_all` starts): who, which commit, and the state.
+/// `running` once the run has lasted `[deliver] running_after`): who,
+/// which commit, and the state.
 pub(super) fn stage_callback_record(cfg: &Config, event: &Event, stage: JobStage) -> Record {
     let dest = stage.callback();
     let mut body = json!({

@@ -324,7 +324,8 @@ fn prepare(spool: &Spool, name: &str) -> Prepared {
             return Prepared::Done(Some(Utc::now() + Duration::from_secs(1)));
         }
     };
-    // A crash between writing the receipt and removing the record.
+    // A power loss that kept both names across the rename into sent/, or
+    // a spool from before receipts were renamed records.
     if receipt_path(spool, name).exists() {
         remove_record(spool, name);
         return Prepared::Done(None);

@@ -294,6 +294,7 @@ pub fn queue(
         ev.source = HookSource::Local;
         ev.crashes = 0;
         ev.infra_attempts = 0;
+        ev.fetch_timeouts = 0;
         ev.not_before = None;
         ev.last_error = None;
         ev.regrade = Some(Regrade {
@@ -465,6 +466,7 @@ mod tests {
             clone_url: String::new(),
             crashes: 0,
             infra_attempts: 0,
+            fetch_timeouts: 0,
             not_before: None,
             last_error: None,
             regrade: of.map(|of| Regrade {

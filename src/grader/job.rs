@@ -289,10 +289,22 @@ impl Grader {
             source,
         });
         if let Err(e) = &s
-            && let Some(verdict) = too_slow_to_fetch(ev, &e.source)
+            && student_fetch_timed_out(e)
+            && ev.fetch_timeouts >= 1
+            // The test repository answers now, fresh from the server (on a
+            // retry its mirror is warm and proves nothing by itself).
+            && self
+                .mirrors
+                .default_head(&tests_path, &tests_url, Instant::now(), cancel)
+                .await
+                .is_ok()
         {
+            warn!(
+                attempts = ev.fetch_timeouts + 1,
+                "the student's repository timed out again while the test repository answered: the submission's fault"
+            );
             return Ok(Err(Stopped {
-                verdict,
+                verdict: too_slow_to_fetch(ev, &e.source),
                 tests_sha: Some(tests_sha),
                 commit_missing: false,
             }));
@@ -380,10 +392,10 @@ impl Grader {
         })
     }
 
-    /// Run `test_all`; once it has run for `[deliver] running_after`, queue
-    /// the "running" commit status and callback. A job that ends sooner
-    /// sends its result alone: no request, record or receipt for a stage
-    /// nobody would have seen.
+    /// Run `test_all`; once the run has lasted `[deliver] running_after`,
+    /// queue the "running" commit status and callback. A job that ends
+    /// sooner sends its result alone: no request, record or receipt for a
+    /// stage nobody would have seen.
     async fn run_reporting(
         &self,
         ev: &Event,
@@ -397,31 +409,16 @@ impl Grader {
             biased;
             outcome = &mut run => outcome,
             () = tokio::time::sleep(self.cfg.deliver.running_after.get()) => {
-                self.queue_running(ev);
+                // Awaited (the disk work off this thread), so the stage is
+                // queued before the result can be.
+                let (cfg, spool, ev) = (self.cfg.clone(), self.spool.clone(), ev.clone());
+                let span = tracing::Span::current();
+                let queued = tokio::task::spawn_blocking(move || {
+                    span.in_scope(|| queue_running(&cfg, &spool, &ev))
+                });
+                let _ = queued.await;
                 run.await
             }
-        }
-    }
-
-    /// `test_all` is running: queue the "running" commit status (on the
-    /// commit graded) and callback. Best effort: a status that cannot be
-    /// queued never stops a job.
-    fn queue_running(&self, event: &Event) {
-        if let Err(e) = crate::deliver::enqueue_commit_status(
-            &self.cfg,
-            &self.spool,
-            event,
-            crate::deliver::CommitState::Running,
-        ) {
-            warn!(error = %e, "cannot queue the running commit status");
-        }
-        if let Err(e) = crate::deliver::enqueue_callback_stage(
-            &self.cfg,
-            &self.spool,
-            event,
-            crate::deliver::JobStage::Running,
-        ) {
-            warn!(error = %e, "cannot queue the running callback");
         }
     }
 
@@ -513,6 +510,11 @@ impl Grader {
         let retries = self.cfg.grader.infra_retries;
         if ev.infra_attempts < retries {
             ev.infra_attempts += 1;
+            if let GraderFault::Fetch(e) = &fault
+                && student_fetch_timed_out(e)
+            {
+                ev.fetch_timeouts += 1;
+            }
             let delay = crate::retry::backoff(
                 ev.infra_attempts,
                 self.cfg.grader.infra_backoff.get(),
@@ -668,34 +670,59 @@ fn stopped(g: &Grader, ev: &Event, runner: &dyn Runner, plan: &JobPlan, s: Stopp
     Graded::Result(Box::new(r))
 }
 
+/// The run has lasted `running_after`: queue the "running" commit status
+/// (on the commit graded) and callback. Best effort: a status that cannot
+/// be queued never stops a job.
+fn queue_running(cfg: &crate::config::Config, spool: &crate::spool::Spool, event: &Event) {
+    if let Err(e) = crate::deliver::enqueue_commit_status(
+        cfg,
+        spool,
+        event,
+        crate::deliver::CommitState::Running,
+    ) {
+        warn!(error = %e, "cannot queue the running commit status");
+    }
+    if let Err(e) =
+        crate::deliver::enqueue_callback_stage(cfg, spool, event, crate::deliver::JobStage::Running)
+    {
+        warn!(error = %e, "cannot queue the running callback");
+    }
+}
+
+/// True for a fetch of the student's repository that outlasted
+/// `git_timeout` (not a local `cat-file` or `archive`: those are the
+/// grader's disk or CPU).
+fn student_fetch_timed_out(e: &FetchError) -> bool {
+    matches!(e.repo, Repo::Student) && matches!(e.source, MirrorError::Timeout { op: "fetch", .. })
+}
+
+/// The verdict on a student repository whose fetch timed out on a second
+/// attempt while the test repository, on the same server, answered: the
+/// repository's doing (a huge pack, a long history). Counted as the
+/// grader's fault every time, such a push would hold a worker for
+/// `infra_retries` × `git_timeout`, alert staff, and never be charged.
+fn too_slow_to_fetch(ev: &Event, e: &MirrorError) -> Verdict {
+    let secs = match e {
+        MirrorError::Timeout { secs, .. } => *secs,
+        _ => 0,
+    };
+    Verdict::new(
+        Status::Error,
+        format!(
+            "your repository could not be fetched within {secs} s on {} attempts, while the \
+             test repository could: it is too large to grade (a big file or a long history); \
+             remove what the tests do not need and push again",
+            ev.fetch_timeouts + 1
+        ),
+    )
+}
+
 /// The oldest fetch a job may reuse (see [`Grader::fetch`]): one started
 /// after the push was received (GitLab sends the hook once the commit is
 /// stored, so such a fetch holds it, and the tests as they were then), or,
 /// for a regrade, after its batch was queued (so a test fix pushed before
 /// `labgrader regrade` is always seen; other staff-queued jobs share none). Jobs queued together then share
 /// one fetch and one tests-head check instead of one each.
-/// The student's repository timed out again on a retry while the test
-/// repository, on the same server, answered: the repository's doing (a
-/// huge pack, a git bomb's history), so a final verdict. Counted as the
-/// grader's fault every time, such a push would hold a worker for
-/// `infra_retries` × `git_timeout`, alert staff, and never be charged.
-fn too_slow_to_fetch(ev: &Event, e: &MirrorError) -> Option<Verdict> {
-    let MirrorError::Timeout { secs, .. } = e else {
-        return None;
-    };
-    (ev.infra_attempts >= 1).then(|| {
-        Verdict::new(
-            Status::Error,
-            format!(
-                "your repository could not be fetched within {secs} s on {} attempts, while \
-                 the test repository could: it is too large to grade (a big file or a long \
-                 history); remove what the tests do not need and push again",
-                ev.infra_attempts + 1
-            ),
-        )
-    })
-}
-
 fn fresh_since(ev: &Event) -> Instant {
     let at = match &ev.regrade {
         Some(r) => r.queued_at.unwrap_or_else(Utc::now),

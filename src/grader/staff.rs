@@ -131,6 +131,7 @@ fn local_event(job_id: &str, student: &Path) -> Event {
         clone_url: String::new(),
         crashes: 0,
         infra_attempts: 0,
+        fetch_timeouts: 0,
         not_before: None,
         last_error: None,
         regrade: None,

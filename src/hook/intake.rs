@@ -315,6 +315,7 @@ impl Hook {
             commit: u.commit,
             crashes: 0,
             infra_attempts: 0,
+            fetch_timeouts: 0,
             not_before: None,
             last_error: None,
             regrade: None,

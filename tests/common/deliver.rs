@@ -59,6 +59,7 @@ pub fn event(job_id: &str, email: Option<&str>) -> Event {
         clone_url: "http://127.0.0.1:1/course/2026/jsmith/lab1.git".into(),
         crashes: 0,
         infra_attempts: 0,
+        fetch_timeouts: 0,
         not_before: None,
         last_error: None,
         regrade: None,

@@ -138,6 +138,7 @@ impl Fixture {
             commit: sha.into(),
             crashes: 0,
             infra_attempts: 0,
+            fetch_timeouts: 0,
             not_before: None,
             last_error: None,
             regrade: None,
