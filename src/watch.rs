@@ -5,10 +5,13 @@
 
 use std::path::Path;
 
+use notify::event::{ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 
 /// Call `wake` when an entry is created in or renamed into `dir` (or
-/// modified). `None`, with a warning naming `what`, when inotify is
+/// modified); not when one is renamed out of it (a job claimed, a record
+/// sent), which brings no new work and, on a busy grader, would wake its
+/// loop once per job for nothing. `None`, with a warning naming `what`, when inotify is
 /// unavailable: the caller's periodic rescan still finds the work.
 pub fn watch_dir(
     dir: &Path,
@@ -18,6 +21,7 @@ pub fn watch_dir(
     let handler = move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev
             && matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(_))
+            && ev.kind != EventKind::Modify(ModifyKind::Name(RenameMode::From))
         {
             wake();
         }

@@ -22,11 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, warn};
 
-use crate::config::Contract;
+use crate::config::{Config, Contract};
 use crate::event::{EVENT_SCHEMA, Event};
 use crate::metrics;
 use crate::mirror::MirrorError;
@@ -34,12 +33,13 @@ use crate::policy::export::COMMIT_MISSING;
 use crate::policy::{Admitted, Refusal};
 use crate::result::{Captured, JobResult, Status};
 use crate::sandbox::{RunSpec, Runner};
-use crate::spool::{SpoolError, State};
+use crate::spool::{Spool, SpoolError, State};
 use crate::workspace::{self, Laid};
 
 use super::blame::{FetchError, GraderFault, Repo, Verdict, step};
 use super::jobdir::{JobDir, job_env};
 use super::limits::{JobPlan, workspace_limits};
+use super::scheduler::Slot;
 use super::verdict::{harness_results, note_contract, result_from_run};
 use super::wiring::Grader;
 
@@ -89,7 +89,7 @@ impl Grader {
         self: Arc<Self>,
         name: String,
         ev: Event,
-        _permit: OwnedSemaphorePermit,
+        slot: Slot,
         cancel: CancellationToken,
     ) -> String {
         let project = ev.project.path.clone();
@@ -111,7 +111,9 @@ impl Grader {
                 return;
             }
             let mut ev = ev;
-            let fault = match self.grade(&mut ev, &cancel).await {
+            let graded = self.grade(&mut ev, &cancel).await;
+            drop(slot);
+            let fault = match graded {
                 Ok(Graded::Result(result)) => match self.record(&name, &ev, &result).await {
                     Ok(()) => return,
                     Err(e) => GraderFault::Record(Box::new(e)),
@@ -423,30 +425,19 @@ impl Grader {
     }
 
     /// Record: the `done/` draft made durable, the gradebook row, the
-    /// deliveries, then `done/<job>/` published (the claim dropped).
+    /// deliveries, then `done/<job>/` published (the claim dropped). The
+    /// disk work (five fsyncs and a transaction) runs off the async
+    /// threads, which the hook server and the other jobs share.
     async fn record(&self, name: &str, ev: &Event, result: &JobResult) -> Result<(), GraderFault> {
         let t = Instant::now();
-        let mut json = serde_json::to_vec_pretty(result).expect("result serializes");
-        json.push(b'\n');
-        let draft = self.spool.draft_done(
-            &ev.job_id,
-            &[
-                ("event.json", &ev.to_bytes()),
-                ("result.json", &json),
-                ("stdout", &result.stdout.display_bytes()),
-                ("stderr", &result.stderr.display_bytes()),
-            ],
-        )?;
-        // The record is the source of truth, durable before anything is
-        // promised from it: a crash after the deliveries are queued leaves
-        // a draft that start-up publishes (`publish_promised_drafts`) and
-        // the gradebook is reconciled from (`reconcile`); a job whose
-        // result was queued for delivery is never graded again. Deliveries
-        // are queued before `done/` appears, so `done/` means "queued".
-        self.spool.sync_draft(&draft)?;
-        self.record_gradebook(result.clone()).await?;
-        crate::deliver::enqueue_result(&self.cfg, &self.spool, ev, result)?;
-        self.spool.finish(draft, name)?;
+        let (cfg, spool, gradebook) =
+            (self.cfg.clone(), self.spool.clone(), self.gradebook.clone());
+        let (name, ev, owned) = (name.to_string(), ev.clone(), result.clone());
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| record_durably(&cfg, &spool, &gradebook, &name, &ev, &owned))
+        })
+        .await??;
         observe("record", t.elapsed());
         metrics::inc(
             STATUS_METRIC,
@@ -736,4 +727,40 @@ fn fresh_since(ev: &Event) -> Instant {
 
 fn observe(phase: &'static str, d: Duration) {
     metrics::observe(PHASE_METRIC, PHASE_HELP, &[("phase", phase)], d);
+}
+
+/// [`Grader::record`]'s disk work, in its order. The record is the source
+/// of truth, durable before anything is promised from it: a crash after
+/// the deliveries are queued leaves a draft that start-up publishes
+/// (`publish_promised_drafts`) and the gradebook is reconciled from
+/// (`reconcile`); a job whose result was queued for delivery is never
+/// graded again. Deliveries are queued before `done/` appears, so `done/`
+/// means "queued".
+fn record_durably(
+    cfg: &Config,
+    spool: &Spool,
+    gradebook: &std::sync::Mutex<crate::gradebook::Gradebook>,
+    name: &str,
+    ev: &Event,
+    result: &JobResult,
+) -> Result<(), GraderFault> {
+    let mut json = serde_json::to_vec_pretty(result).expect("result serializes");
+    json.push(b'\n');
+    let draft = spool.draft_done(
+        &ev.job_id,
+        &[
+            ("event.json", &ev.to_bytes()),
+            ("result.json", &json),
+            ("stdout", &result.stdout.display_bytes()),
+            ("stderr", &result.stderr.display_bytes()),
+        ],
+    )?;
+    spool.sync_draft(&draft)?;
+    gradebook
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .record(result)?;
+    crate::deliver::enqueue_result(cfg, spool, ev, result)?;
+    spool.finish(draft, name)?;
+    Ok(())
 }

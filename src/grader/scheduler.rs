@@ -13,10 +13,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -41,11 +41,13 @@ impl Grader {
         }
         .max(1);
         let permits = Arc::new(Semaphore::new(workers));
-        let wake = Arc::new(Notify::new());
+        // `arrived`: something came into incoming/ (then it is listed
+        // again); `freed`: a worker slot came free (the index suffices).
+        let (arrived, freed) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let _watcher = {
-            let wake = wake.clone();
+            let arrived = arrived.clone();
             crate::watch::watch_dir(&self.spool.dir(State::Incoming), "incoming/", move || {
-                wake.notify_one()
+                arrived.notify_one()
             })
         };
         let jobs_cancel = CancellationToken::new();
@@ -63,8 +65,15 @@ impl Grader {
             .unwrap_or("unavailable");
         info!(workers, runner = %self.cfg.grader.runner, chosen, "grader started");
         let mut low_space = false;
+        // Listing incoming/ on every wake made a deep queue quadratic: a
+        // job ending does not change incoming/, an arrival or the
+        // periodic rescan (a missed inotify event, a rewrite) does.
+        let mut scanned_at: Option<Instant> = None;
         loop {
-            sched.scan(&self.spool);
+            if scanned_at.is_none_or(|t| t.elapsed() >= rescan) {
+                sched.scan(&self.spool);
+                scanned_at = Some(Instant::now());
+            }
             // Under `[spool] min_free` no new job is claimed: the reserve
             // is for the jobs already running to finish and deliver.
             let next = match self.reserve.check() {
@@ -84,14 +93,15 @@ impl Grader {
                         info!("free space back above [spool] min_free: claiming jobs again");
                     }
                     low_space = false;
-                    sched.dispatch(&self, &permits, &mut tasks, &jobs_cancel)
+                    sched.dispatch(&self, (&permits, &freed), &mut tasks, &jobs_cancel)
                 }
             };
             let sleep_for = next
                 .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
                 .map_or(rescan, |d| d.min(rescan));
             tokio::select! {
-                _ = wake.notified() => {}
+                _ = arrived.notified() => scanned_at = None,
+                _ = freed.notified() => {}
                 Some(done) = tasks.join_next_with_id() => {
                     let id = match &done {
                         Ok((id, _)) => *id,
@@ -243,7 +253,7 @@ impl Scheduler {
     fn dispatch(
         &mut self,
         grader: &Arc<Grader>,
-        permits: &Arc<Semaphore>,
+        (permits, wake): (&Arc<Semaphore>, &Arc<Notify>),
         tasks: &mut JoinSet<String>,
         cancel: &CancellationToken,
     ) -> Option<DateTime<Utc>> {
@@ -269,6 +279,10 @@ impl Scheduler {
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 break;
             };
+            let slot = Slot {
+                permit: Some(permit),
+                wake: wake.clone(),
+            };
             claimed.push(name.clone());
             // Not durable on purpose (see `Spool::claim`).
             match grader.spool.claim(name) {
@@ -289,7 +303,7 @@ impl Scheduler {
                 }
             };
             self.running.insert(meta.project.clone());
-            let handle = tasks.spawn(grader.clone().job(name.clone(), ev, permit, cancel.clone()));
+            let handle = tasks.spawn(grader.clone().job(name.clone(), ev, slot, cancel.clone()));
             self.spawned
                 .insert(handle.id(), (name.clone(), meta.project.clone()));
         }
@@ -297,6 +311,23 @@ impl Scheduler {
             self.index.remove(&n);
         }
         next
+    }
+}
+
+/// One of the `[grader] workers` slots, held by a job while it is
+/// prepared and run. The job frees it as soon as its run is over: the
+/// record (disk work) then overlaps the next job's run instead of idling
+/// a worker. Freeing it wakes the scheduler.
+pub(super) struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    wake: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // The permit first, so the woken scheduler finds it free.
+        drop(self.permit.take());
+        self.wake.notify_one();
     }
 }
 

@@ -16,16 +16,21 @@
 //! sandbox's root, nobody on the host, can copy them) and the files it
 //! leaves in `RunSpec::results` and `RunSpec::scratch`.
 //!
-//! **Why clone from the daemon and not a re-exec'd helper.** The daemon is
-//! a multi-threaded tokio process; after a fork only async-signal-safe work
-//! is allowed. Instead of re-executing `/proc/self/exe` (which is not
-//! labgrader in tests, and costs an exec plus a runtime start), the parent
-//! prepares *everything* first — C strings, fds, the ordered list of mount
-//! operations, the argv/envp arrays and both child stacks — and the child
-//! ([`setup`]) runs only raw syscalls on them: no allocation, no locks, no
-//! panics. That is how the `unshare` crate and runc's `nsexec` work. The
-//! init outlives no reader: it waits in poll(2) on its SIGCHLD signalfd and
-//! on the report pipe, and exits (taking the namespace with it) when the
+//! **Why clone, and from where.** The daemon is a multi-threaded tokio
+//! process; after a fork only async-signal-safe work is allowed. Instead
+//! of re-executing `/proc/self/exe` (which is not labgrader in tests, and
+//! costs an exec plus a runtime start), the parent prepares *everything*
+//! first — C strings, fds, the ordered list of mount operations, the
+//! argv/envp arrays — and the child ([`setup`]) runs only raw syscalls on
+//! them: no allocation, no locks, no panics. That is how the `unshare`
+//! crate and runc's `nsexec` work. The clone itself is made by the
+//! [`spawner`], a small process forked from the daemon when the runner is
+//! built, which receives the plan over a socket: a clone copies its
+//! caller's address space, and copying the busy daemon's on every run
+//! cost more CPU than the rest of the sandbox. The init is cloned with
+//! `CLONE_PARENT`, so it is the daemon's child all the same. The init
+//! outlives no reader: it waits in poll(2) on its SIGCHLD signalfd and on
+//! the report pipe, and exits (taking the namespace with it) when the
 //! daemon dies or drops the run.
 //!
 //! **Layout of a run.** The parent clones the child with all namespaces;
@@ -55,7 +60,8 @@
 //!
 //! Files: [`runner`] (the runner and its host checks), [`layout`] (the
 //! plan of one run), [`plan`] (what the parent hands the child), [`spawn`]
-//! (clone, id maps, cgroup, release), [`setup`] (the child, between clone
+//! (clone, id maps, cgroup, release), [`spawner`] (the process that
+//! clones), [`setup`] (the child, between clone
 //! and exec), [`supervise`] (the run to its verdict and teardown),
 //! [`cgroup`], [`ids`], and [`job`] (`labgrader sandbox --job-dir`).
 
@@ -67,6 +73,7 @@ pub mod plan;
 pub mod runner;
 pub mod setup;
 pub mod spawn;
+pub mod spawner;
 pub mod supervise;
 
 pub use layout::{DEVICES, HOSTNAME, SYSTEM_DIRS};

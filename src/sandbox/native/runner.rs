@@ -35,6 +35,8 @@ pub struct NativeRunner {
     /// RLIMIT_DATA off, so an over-limit job is an OOM kill the outside can
     /// name instead of a failed malloc nobody can tell from a crash.
     pub(super) external_memory_limit: bool,
+    /// Clones each run's init from a small process of its own.
+    pub(super) spawner: std::sync::Arc<super::spawner::Spawner>,
 }
 
 /// Can this process create the sandbox's namespaces? `Err` says why not
@@ -184,6 +186,7 @@ impl NativeRunner {
             cgroups,
             staging,
             external_memory_limit: false,
+            spawner: std::sync::Arc::new(super::spawner::Spawner::started()),
         })
     }
 

@@ -13,9 +13,9 @@ use nix::unistd::Pid;
 
 use super::cgroup::JobCgroup;
 use super::ids::{self, Ranges, Writer};
-use super::plan::{ChildArgs, Plan, STACK_SIZE};
-use super::runner::{ns_flags, setup_err};
-use super::setup;
+use super::plan::Plan;
+use super::runner::setup_err;
+use super::spawner::Spawner;
 use crate::sandbox::spec::SandboxError;
 
 /// The child's ends of the pipes (moved into the plan).
@@ -73,12 +73,20 @@ pub(super) fn pipes() -> Result<(ChildEnds, ParentEnds), SandboxError> {
 /// it. Returns its host pid.
 pub(super) async fn start(
     plan: Plan,
+    spawner: &Arc<Spawner>,
     ranges: &Ranges,
     writer: &Writer,
     cgroup: Option<Arc<JobCgroup>>,
     go: OwnedFd,
 ) -> Result<Pid, SandboxError> {
-    let pid = clone_init(&plan)?;
+    let spawner = spawner.clone();
+    let (plan, pid) = tokio::task::spawn_blocking(move || {
+        let pid = spawner.clone_init(&plan);
+        (plan, pid)
+    })
+    .await
+    .map_err(|e| setup_err("clone the sandbox", e))?;
+    let pid = pid?;
     let kill = |pid: Pid| async move {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = tokio::task::spawn_blocking(move || waitpid(pid, Some(WaitPidFlag::__WALL))).await;
@@ -121,26 +129,4 @@ pub(super) async fn start(
     }
     drop(plan); // closes the child's ends in this process
     Ok(pid)
-}
-
-/// Clone the init with every namespace. It opens its bind sources, then
-/// waits for the go pipe (its id maps) before doing anything else.
-fn clone_init(plan: &Plan) -> Result<Pid, SandboxError> {
-    let mut args = ChildArgs::new(plan);
-    let mut stack = vec![0u8; STACK_SIZE];
-    // SAFETY: the child gets a copy of this address space and runs
-    // `init_main` on `stack`, touching only `args` (see setup.rs).
-    let pid = unsafe {
-        let top = stack.as_mut_ptr().add(stack.len());
-        let top = top.sub(top as usize % 16);
-        libc::clone(
-            setup::init_main,
-            top.cast(),
-            ns_flags() | libc::SIGCHLD,
-            (&mut args as *mut ChildArgs).cast(),
-        )
-    };
-    nix::errno::Errno::result(pid)
-        .map(Pid::from_raw)
-        .map_err(|e| setup_err("clone the sandbox", format!("clone: {e}")))
 }

@@ -196,7 +196,15 @@ impl NativeRunner {
             })
         };
         let mut report = tokio::net::unix::pipe::Receiver::from_owned_fd(parent.report)?;
-        let pid = start(plan, &self.ranges, &self.writer, cgroup.clone(), parent.go).await?;
+        let pid = start(
+            plan,
+            &self.spawner,
+            &self.ranges,
+            &self.writer,
+            cgroup.clone(),
+            parent.go,
+        )
+        .await?;
         *init = Some(pid);
 
         let mut records = Vec::new();

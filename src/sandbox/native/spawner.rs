@@ -1,0 +1,721 @@
+//! The spawner: a small single-threaded process, forked from the daemon
+//! once per runner, that clones each run's sandbox init on the daemon's
+//! behalf. It owns that process, the socket to it and the plan's trip
+//! over that socket (its data encoded, its descriptors passed with
+//! `SCM_RIGHTS`). It never plans a run, never writes id maps, never
+//! waits for an init (the daemon does all of that by pid, as before).
+//!
+//! **Why.** `clone(2)` without `CLONE_VM` copies the caller's address
+//! space: the page tables are copied and every writable page is
+//! write-protected, to be copied on the next write. Cloned straight from
+//! the daemon (multi-threaded, its heap and thread stacks busy), each run
+//! made the daemon fault on nearly every page it then wrote, each fault
+//! flushing the TLB of the CPUs its other threads ran on, for as long as
+//! the init lived: about two thirds of a native run's CPU in `scripts/bench
+//! grader`. The spawner is idle and alone in its address space, so its
+//! clone is cheap, and the daemon's own pages are write-protected once
+//! (when the spawner is forked), not once per run.
+//!
+//! **How the init stays the daemon's child.** The spawner clones with
+//! `CLONE_PARENT`: the init's parent is the daemon, which writes its id
+//! maps, puts it in its cgroup, waits for it and kills it by pid exactly
+//! as if it had cloned it itself. The init still watches only its report
+//! pipe for the daemon's death.
+//!
+//! **Fork safety.** The spawner is a `fork(2)` of a multi-threaded
+//! process, so it touches nothing another thread could have held locked
+//! at that moment: no logging, no stdio, no environment; only syscalls
+//! and `malloc` (which glibc's `fork` leaves usable in the child). It
+//! resets every signal to its default (systemd's SIGTERM ends it), keeps
+//! only its socket, and exits when the daemon's end closes.
+
+use std::ffi::CString;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+
+use nix::errno::Errno;
+use nix::mount::MsFlags;
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+
+use super::plan::{ChildArgs, Op, Plan, STACK_SIZE};
+use super::runner::{ns_flags, setup_err};
+use super::setup;
+use crate::sandbox::init;
+use crate::sandbox::spec::SandboxError;
+
+/// Largest encoded plan (argv, environment, mount operations): far above
+/// any real one, and under the socket's default buffer.
+const MAX_REQUEST: usize = 128 * 1024;
+/// Most descriptors one plan passes (7 pipes and files, cgroup v1 tasks).
+const MAX_FDS: usize = 32;
+/// The spawner's socket, once it has closed everything else.
+const SPAWNER_SOCK: RawFd = 3;
+
+/// The spawner of one runner, started on first use and again if it died.
+#[derive(Debug, Default)]
+pub struct Spawner {
+    process: Mutex<Option<Process>>,
+}
+
+#[derive(Debug)]
+struct Process {
+    /// `None` only while dropped.
+    sock: Option<OwnedFd>,
+    pid: Pid,
+}
+
+impl Spawner {
+    /// Start the spawner now, while this process is still small (the
+    /// spawner's address space, copied by every clone, is this process's
+    /// as it is now). A failure is left for the first run to report.
+    pub fn started() -> Spawner {
+        Spawner {
+            process: Mutex::new(Process::start().ok()),
+        }
+    }
+
+    /// Clone `plan`'s init (a child of this process) and return its pid.
+    /// Blocking: one short round trip to the spawner, one run at a time.
+    pub fn clone_init(&self, plan: &Plan) -> Result<Pid, SandboxError> {
+        let request = encode(plan);
+        if request.len() > MAX_REQUEST {
+            return Err(setup_err(
+                "clone the sandbox",
+                format!(
+                    "the plan is {} bytes, over the spawner's {MAX_REQUEST}",
+                    request.len()
+                ),
+            ));
+        }
+        let fds = plan_fds(plan);
+        let mut guard = self.process.lock().unwrap_or_else(|p| p.into_inner());
+        // A spawner that died (killed by hand, by the OOM killer) is
+        // started again once.
+        for attempt in 0..2 {
+            if guard.is_none() {
+                *guard = Some(Process::start()?);
+            }
+            let process = guard.as_ref().expect("started above");
+            match process.ask(&request, &fds) {
+                Ok(answer) if answer > 0 => return Ok(Pid::from_raw(answer as i32)),
+                Ok(answer) => {
+                    let errno = Errno::from_raw((-answer) as i32);
+                    return Err(setup_err("clone the sandbox", format!("clone: {errno}")));
+                }
+                Err(e) if attempt == 0 => {
+                    tracing::warn!(error = %e, "the sandbox spawner is gone; starting it again");
+                    *guard = None;
+                }
+                Err(e) => {
+                    return Err(setup_err(
+                        "clone the sandbox",
+                        format!("the spawner process: {e}"),
+                    ));
+                }
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+}
+
+impl Process {
+    fn start() -> Result<Process, SandboxError> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| setup_err("start the sandbox spawner", format!("socketpair: {e}")))?;
+        // SAFETY: the child runs only `spawner_main`, which is fork-safe
+        // (see the module's docs) and never returns.
+        let pid = unsafe { libc::fork() };
+        match pid {
+            -1 => Err(setup_err(
+                "start the sandbox spawner",
+                format!("fork: {}", Errno::last()),
+            )),
+            0 => spawner_main(theirs.as_raw_fd()),
+            pid => Ok(Process {
+                sock: Some(ours),
+                pid: Pid::from_raw(pid),
+            }),
+        }
+    }
+
+    /// Send one request and read the answer: a pid, or minus an errno.
+    fn ask(&self, request: &[u8], fds: &[RawFd]) -> Result<i64, Errno> {
+        let sock = self.sock.as_ref().map_or(-1, |s| s.as_raw_fd());
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        let sent = sendmsg::<()>(
+            sock,
+            &[IoSlice::new(request)],
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
+        if sent != request.len() {
+            return Err(Errno::EMSGSIZE);
+        }
+        let mut answer = [0u8; 8];
+        loop {
+            match nix::sys::socket::recv(sock, &mut answer, MsgFlags::empty()) {
+                Ok(8) => return Ok(i64::from_ne_bytes(answer)),
+                Ok(_) => return Err(Errno::EPIPE),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Our end closed, the spawner reads EOF and exits; reap it.
+        drop(self.sock.take());
+        let _ = waitpid(self.pid, None);
+    }
+}
+
+/// The spawner process: clean up what it inherited, then answer requests
+/// until the daemon's end closes.
+fn spawner_main(sock: RawFd) -> ! {
+    // SAFETY: signal dispositions, the mask, dup3, close_range and prctl
+    // of this single-threaded child.
+    unsafe {
+        for sig in 1..libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        if sock != SPAWNER_SOCK && libc::dup3(sock, SPAWNER_SOCK, libc::O_CLOEXEC) < 0 {
+            libc::_exit(1);
+        }
+        // Nothing else of the daemon's: its listening socket, its
+        // database, other runs' pipes (whose ends must close when the
+        // daemon closes them).
+        libc::syscall(
+            libc::SYS_close_range,
+            (SPAWNER_SOCK + 1) as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        );
+        libc::prctl(libc::PR_SET_NAME, c"lg-spawner".as_ptr());
+        // Every page of the heap still mapped is copied (its page table
+        // entry) by each clone and unmapped when the init exits.
+        libc::malloc_trim(0);
+    }
+    let mut buf = vec![0u8; MAX_REQUEST];
+    loop {
+        let (len, fds) = match receive(SPAWNER_SOCK, &mut buf) {
+            Ok(Some(r)) => r,
+            Err(Errno::EINTR) => continue,
+            // EOF or a broken socket: the daemon is gone or dropped us.
+            Ok(None) | Err(_) => unsafe { libc::_exit(0) },
+        };
+        let answer = match decode(&buf[..len], fds) {
+            Some(plan) => match clone_here(&plan) {
+                Ok(pid) => pid as i64,
+                Err(e) => -(e as i64),
+            },
+            None => -(libc::EINVAL as i64),
+        };
+        // SAFETY: send(2) of a stack buffer on our socket.
+        let sent = unsafe {
+            libc::send(
+                SPAWNER_SOCK,
+                answer.to_ne_bytes().as_ptr().cast(),
+                8,
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if sent != 8 {
+            unsafe { libc::_exit(0) };
+        }
+    }
+}
+
+/// One request: its bytes and its descriptors (owned from here on).
+fn receive(sock: RawFd, buf: &mut [u8]) -> Result<Option<(usize, Vec<OwnedFd>)>, Errno> {
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(got) = c {
+            // SAFETY: the kernel just gave us these descriptors.
+            fds.extend(
+                got.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let len = msg.bytes;
+    if len == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    if msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        return Ok(Some((0, fds))); // decodes to nothing: EINVAL
+    }
+    Ok(Some((len, fds)))
+}
+
+/// Clone the init from this (the spawner's) address space, as the
+/// daemon's child.
+fn clone_here(plan: &Plan) -> Result<i32, Errno> {
+    let mut args = ChildArgs::new(plan);
+    let mut stack = vec![0u8; STACK_SIZE];
+    // SAFETY: the child gets a copy of this address space and runs
+    // `init_main` on `stack`, touching only `args` (see setup.rs).
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(stack.len());
+        let top = top.sub(top as usize % 16);
+        libc::clone(
+            setup::init_main,
+            top.cast(),
+            ns_flags() | libc::CLONE_PARENT,
+            (&mut args as *mut ChildArgs).cast(),
+        )
+    };
+    Errno::result(pid)
+}
+
+// ---------------------------------------------------------------------------
+// The plan on the wire. Descriptors travel beside the bytes, in the order
+// of `plan_fds`; everything else is encoded here.
+
+fn plan_fds(plan: &Plan) -> Vec<RawFd> {
+    let mut fds = vec![
+        plan.stdin.as_raw_fd(),
+        plan.stdout.as_raw_fd(),
+        plan.stderr.as_raw_fd(),
+        plan.report.as_raw_fd(),
+        plan.go.as_raw_fd(),
+        plan.results.as_raw_fd(),
+        plan.test_paths.as_raw_fd(),
+    ];
+    fds.extend(plan.cgroup_tasks.iter().map(|f| f.as_raw_fd()));
+    fds
+}
+
+const OP_MKDIR: u8 = 1;
+const OP_TOUCH: u8 = 2;
+const OP_SYMLINK: u8 = 3;
+const OP_BIND: u8 = 4;
+const OP_MOUNT: u8 = 5;
+const OP_READONLY: u8 = 6;
+const OP_WRITE_INIT: u8 = 7;
+const OP_LINK: u8 = 8;
+const OP_BIND_LOCAL: u8 = 9;
+const OP_CHMOD: u8 = 10;
+
+#[derive(Default)]
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_ne_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_ne_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+    fn cstr(&mut self, s: &CString) {
+        self.bytes(s.as_bytes());
+    }
+    // `c_ulong` is u32 on 32-bit targets.
+    #[allow(clippy::unnecessary_cast)]
+    fn flags(&mut self, f: MsFlags) {
+        self.u64(f.bits() as u64);
+    }
+    fn cstrs(&mut self, v: &[CString]) {
+        self.u32(v.len() as u32);
+        v.iter().for_each(|s| self.cstr(s));
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_ne_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_ne_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn cstr(&mut self) -> Option<CString> {
+        let n = self.u32()? as usize;
+        CString::new(self.take(n)?).ok()
+    }
+    fn count(&mut self) -> Option<usize> {
+        let n = self.u32()? as usize;
+        // Every element takes at least one byte: a count over what is
+        // left is a corrupt request, not a huge allocation.
+        (n <= self.0.len()).then_some(n)
+    }
+    fn cstrs(&mut self) -> Option<Vec<CString>> {
+        (0..self.count()?).map(|_| self.cstr()).collect()
+    }
+    fn flags(&mut self) -> Option<MsFlags> {
+        Some(MsFlags::from_bits_retain(self.u64()? as _))
+    }
+}
+
+fn encode(plan: &Plan) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.u32(plan.cgroup_tasks.len() as u32);
+    w.u32(plan.sources.len() as u32);
+    for (path, dir) in &plan.sources {
+        w.cstr(path);
+        w.u8(u8::from(*dir));
+    }
+    w.cstrs(&plan.source_paths);
+    w.cstr(&plan.staging);
+    w.cstr(&plan.root_data);
+    w.u32(plan.ops.len() as u32);
+    for op in &plan.ops {
+        encode_op(&mut w, op);
+    }
+    w.flags(plan.root_flags);
+    w.cstr(&plan.hostname);
+    w.u32(plan.uid);
+    w.u32(plan.gid);
+    w.u8(u8::from(plan.drop_groups));
+    w.u32(plan.rlimits.len() as u32);
+    for (resource, soft, hard) in &plan.rlimits {
+        w.u32(*resource);
+        w.u64(*soft);
+        w.u64(*hard);
+    }
+    w.cstr(&plan.workdir);
+    w.cstr(&plan.exec_path);
+    w.cstrs(&plan.argv);
+    w.cstrs(&plan.envp);
+    w.0
+}
+
+fn encode_op(w: &mut Writer, op: &Op) {
+    match op {
+        Op::Mkdir { path, mode } => {
+            w.u8(OP_MKDIR);
+            w.cstr(path);
+            w.u32(*mode);
+        }
+        Op::Touch { path } => {
+            w.u8(OP_TOUCH);
+            w.cstr(path);
+        }
+        Op::Symlink { target, path } => {
+            w.u8(OP_SYMLINK);
+            w.cstr(target);
+            w.cstr(path);
+        }
+        Op::Bind {
+            source,
+            path,
+            flags,
+        } => {
+            w.u8(OP_BIND);
+            w.u32(*source as u32);
+            w.cstr(path);
+            w.flags(*flags);
+        }
+        Op::Mount {
+            fstype,
+            path,
+            flags,
+            data,
+        } => {
+            w.u8(OP_MOUNT);
+            w.cstr(fstype);
+            w.cstr(path);
+            w.flags(*flags);
+            w.u8(u8::from(data.is_some()));
+            if let Some(d) = data {
+                w.cstr(d);
+            }
+        }
+        Op::Readonly { path, flags } => {
+            w.u8(OP_READONLY);
+            w.cstr(path);
+            w.flags(*flags);
+        }
+        Op::WriteFile { path, data, mode } => {
+            // Only the embedded lg-init is ever written (layout.rs); the
+            // spawner, a fork of this very executable, has the same bytes.
+            assert!(
+                std::ptr::eq(*data, init::BINARY),
+                "the spawner writes only the embedded lg-init"
+            );
+            w.u8(OP_WRITE_INIT);
+            w.cstr(path);
+            w.u32(*mode);
+        }
+        Op::Link { target, path } => {
+            w.u8(OP_LINK);
+            w.cstr(target);
+            w.cstr(path);
+        }
+        Op::BindLocal { from, path } => {
+            w.u8(OP_BIND_LOCAL);
+            w.cstr(from);
+            w.cstr(path);
+        }
+        Op::Chmod { path, mode } => {
+            w.u8(OP_CHMOD);
+            w.cstr(path);
+            w.u32(*mode);
+        }
+    }
+}
+
+fn decode(bytes: &[u8], fds: Vec<OwnedFd>) -> Option<Plan> {
+    let mut r = Reader(bytes);
+    let cgroup_tasks = r.u32()? as usize;
+    if fds.len() != 7 + cgroup_tasks {
+        return None;
+    }
+    let mut fds = fds.into_iter();
+    let (stdin, stdout, stderr, report) = (fds.next()?, fds.next()?, fds.next()?, fds.next()?);
+    let (go, results, test_paths) = (fds.next()?, fds.next()?, fds.next()?);
+    let cgroup_tasks: Vec<OwnedFd> = fds.collect();
+    let sources = (0..r.count()?)
+        .map(|_| Some((r.cstr()?, r.u8()? != 0)))
+        .collect::<Option<Vec<_>>>()?;
+    let source_paths = r.cstrs()?;
+    let staging = r.cstr()?;
+    let root_data = r.cstr()?;
+    let ops = (0..r.count()?)
+        .map(|_| decode_op(&mut r))
+        .collect::<Option<Vec<_>>>()?;
+    let root_flags = r.flags()?;
+    let hostname = r.cstr()?;
+    let (uid, gid) = (r.u32()?, r.u32()?);
+    let drop_groups = r.u8()? != 0;
+    let rlimits = (0..r.count()?)
+        .map(|_| Some((r.u32()?, r.u64()?, r.u64()?)))
+        .collect::<Option<Vec<_>>>()?;
+    let workdir = r.cstr()?;
+    let exec_path = r.cstr()?;
+    let argv = r.cstrs()?;
+    let envp = r.cstrs()?;
+    if !r.0.is_empty() {
+        return None;
+    }
+    Some(Plan {
+        stdin,
+        stdout,
+        stderr,
+        report,
+        go,
+        results,
+        test_paths,
+        cgroup_tasks,
+        sources,
+        source_paths,
+        staging,
+        root_data,
+        ops,
+        root_flags,
+        hostname,
+        uid,
+        gid,
+        drop_groups,
+        rlimits,
+        workdir,
+        exec_path,
+        argv,
+        envp,
+    })
+}
+
+fn decode_op(r: &mut Reader<'_>) -> Option<Op> {
+    Some(match r.u8()? {
+        OP_MKDIR => Op::Mkdir {
+            path: r.cstr()?,
+            mode: r.u32()?,
+        },
+        OP_TOUCH => Op::Touch { path: r.cstr()? },
+        OP_SYMLINK => Op::Symlink {
+            target: r.cstr()?,
+            path: r.cstr()?,
+        },
+        OP_BIND => Op::Bind {
+            source: r.u32()? as usize,
+            path: r.cstr()?,
+            flags: r.flags()?,
+        },
+        OP_MOUNT => Op::Mount {
+            fstype: r.cstr()?,
+            path: r.cstr()?,
+            flags: r.flags()?,
+            data: match r.u8()? {
+                0 => None,
+                _ => Some(r.cstr()?),
+            },
+        },
+        OP_READONLY => Op::Readonly {
+            path: r.cstr()?,
+            flags: r.flags()?,
+        },
+        OP_WRITE_INIT => Op::WriteFile {
+            path: r.cstr()?,
+            data: init::BINARY,
+            mode: r.u32()?,
+        },
+        OP_LINK => Op::Link {
+            target: r.cstr()?,
+            path: r.cstr()?,
+        },
+        OP_BIND_LOCAL => Op::BindLocal {
+            from: r.cstr()?,
+            path: r.cstr()?,
+        },
+        OP_CHMOD => Op::Chmod {
+            path: r.cstr()?,
+            mode: r.u32()?,
+        },
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn null() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    fn plan() -> Plan {
+        let c = |s: &str| CString::new(s).unwrap();
+        Plan {
+            stdin: null(),
+            stdout: null(),
+            stderr: null(),
+            report: null(),
+            go: null(),
+            results: null(),
+            test_paths: null(),
+            cgroup_tasks: vec![null(), null()],
+            sources: vec![(c("/srv/rootfs/usr"), true), (c("/spool/work/j/x"), false)],
+            source_paths: vec![c("/proc/self/fd/7"), c("/proc/self/fd/8")],
+            staging: c("/mnt"),
+            root_data: c("size=1m,mode=755"),
+            ops: vec![
+                Op::Mkdir {
+                    path: c("/mnt/usr"),
+                    mode: 0o755,
+                },
+                Op::Touch { path: c("/mnt/f") },
+                Op::Symlink {
+                    target: c("usr/bin"),
+                    path: c("/mnt/bin"),
+                },
+                Op::Bind {
+                    source: 1,
+                    path: c("/mnt/usr"),
+                    flags: MsFlags::MS_RDONLY | MsFlags::MS_NOSUID,
+                },
+                Op::Mount {
+                    fstype: c("tmpfs"),
+                    path: c("/mnt/tmp"),
+                    flags: MsFlags::MS_NODEV,
+                    data: Some(c("size=1g")),
+                },
+                Op::Mount {
+                    fstype: c("proc"),
+                    path: c("/mnt/proc"),
+                    flags: MsFlags::empty(),
+                    data: None,
+                },
+                Op::Readonly {
+                    path: c("/mnt"),
+                    flags: MsFlags::MS_RDONLY,
+                },
+                Op::WriteFile {
+                    path: c("/mnt/.labgrader/lg-init"),
+                    data: init::BINARY,
+                    mode: 0o555,
+                },
+                Op::Link {
+                    target: c("a"),
+                    path: c("b"),
+                },
+                Op::BindLocal {
+                    from: c("/mnt/rw/ws"),
+                    path: c("/mnt/workspace"),
+                },
+                Op::Chmod {
+                    path: c("/mnt/tmp"),
+                    mode: 0o1777,
+                },
+            ],
+            root_flags: MsFlags::MS_NOSUID,
+            hostname: c("labgrader"),
+            uid: 65534,
+            gid: 65534,
+            drop_groups: true,
+            rlimits: vec![(7, 1024, 1024), (4, 0, u64::MAX)],
+            workdir: c("/workspace"),
+            exec_path: c("/.labgrader/lg-init"),
+            argv: vec![c("lg-init"), c("--results-fd"), c("5")],
+            envp: vec![c("PATH=/usr/bin:/bin"), c("LANG=C.UTF-8")],
+        }
+    }
+
+    #[test]
+    fn a_plan_survives_the_trip() {
+        let p = plan();
+        let bytes = encode(&p);
+        let fds: Vec<OwnedFd> = (0..9).map(|_| null()).collect();
+        let back = decode(&bytes, fds).expect("decodes");
+        assert_eq!(encode(&back), bytes);
+        assert_eq!(back.cgroup_tasks.len(), 2);
+        assert_eq!(format!("{:?}", back.ops), format!("{:?}", p.ops));
+    }
+
+    #[test]
+    fn a_corrupt_request_decodes_to_nothing() {
+        let bytes = encode(&plan());
+        let fds = || (0..9).map(|_| null()).collect::<Vec<_>>();
+        // Every truncation, a byte too many, and the wrong fd count.
+        for n in 0..bytes.len() {
+            assert!(decode(&bytes[..n], fds()).is_none(), "truncated at {n}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(decode(&long, fds()).is_none());
+        assert!(decode(&bytes, (0..8).map(|_| null()).collect()).is_none());
+        // A huge count is refused before anything is allocated for it.
+        let mut huge = bytes.clone();
+        huge[4..8].copy_from_slice(&u32::MAX.to_ne_bytes());
+        assert!(decode(&huge, fds()).is_none());
+    }
+}
