@@ -338,6 +338,12 @@ async fn a_lost_gradebook_row_comes_back_from_done_at_start() {
     drop(conn);
     assert!(w.gradebook().get(&job).unwrap().is_none());
     let child = w.serve().await;
+    // The reconciliation runs as the grader starts, beside the hook
+    // server that `serve` waited for.
+    common::wait::wait_for("the row back from done/", || {
+        w.gradebook().get(&job).unwrap().is_some()
+    })
+    .await;
     let row = w.gradebook().get(&job).unwrap().expect("the row is back");
     assert_eq!(row.grade_total, Some(7.0));
     assert_eq!(

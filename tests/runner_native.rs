@@ -1104,3 +1104,100 @@ async fn native_trusted_tests_are_immutable_and_the_harness_home_private() {
         shown(&o)
     );
 }
+
+/// `lg-spawner` (the process that clones each sandbox) from the host's side.
+mod spawner {
+    use super::*;
+
+    fn proc_file(pid: u32, file: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default()
+    }
+
+    fn status_field(pid: u32, key: &str) -> String {
+        proc_file(pid, "status")
+            .lines()
+            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+            .unwrap_or_default()
+    }
+
+    async fn ok_run(r: &NativeRunner, body: &str) -> String {
+        let ws = workspace(body);
+        let out = r
+            .run(&spec(ws.path()), &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(out.termination, Termination::Exited { code: 0 });
+        String::from_utf8_lossy(&out.stdout.bytes).into_owned()
+    }
+
+    /// The attack: the spawner clones with the daemon's full privileges
+    /// whatever plan reaches its socket. A job must not find that socket:
+    /// not among its own descriptors, not as a process it can see.
+    #[tokio::test]
+    async fn a_job_finds_no_way_to_the_spawner() {
+        let r = runner();
+        let out = ok_run(
+            &r,
+            "for f in /proc/self/fd/*; do echo \"fd $(basename $f) -> $(readlink $f)\"; done\n\
+             echo \"procs: $(ls /proc | grep '^[0-9]' | tr '\\n' ' ')\"\n\
+             grep -l lg-spawner /proc/[0-9]*/comm 2>/dev/null | sed 's/^/seen: /'\n",
+        )
+        .await;
+        assert!(!out.contains("socket:"), "a socket reached the job:\n{out}");
+        assert!(!out.contains("seen: "), "the job sees the spawner:\n{out}");
+    }
+
+    #[tokio::test]
+    async fn keeps_nothing_of_the_daemon_but_its_socket() {
+        let r = runner();
+        let pid = r.spawner_pid().expect("started with the runner");
+        // Descriptors this test process holds open: none may leak.
+        let _held = std::fs::File::open("/dev/null").unwrap();
+        ok_run(&r, "true\n").await;
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let mut fds: Vec<u32> = fds.iter().map(|f| f.parse().unwrap()).collect();
+        fds.sort();
+        assert!(fds.iter().all(|fd| *fd <= 3), "fds {fds:?}");
+        assert!(
+            std::fs::read_link(format!("/proc/{pid}/fd/3"))
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("socket:")
+        );
+        assert_eq!(status_field(pid, "Threads:"), "1");
+        // No handler of the daemon's for a standard signal (glibc keeps
+        // its own for its internal real-time ones): systemd's SIGTERM ends
+        // it.
+        let caught = u64::from_str_radix(&status_field(pid, "SigCgt:"), 16).unwrap();
+        assert_eq!(caught & 0xffff_ffff, 0, "SigCgt {caught:016x}");
+        assert_eq!(proc_file(pid, "comm").trim(), "lg-spawner");
+    }
+
+    #[tokio::test]
+    async fn a_killed_spawner_is_started_again() {
+        let r = runner();
+        let first = r.spawner_pid().expect("started with the runner");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(first as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        assert!(ok_run(&r, "echo after\n").await.contains("after"));
+        let second = r.spawner_pid().expect("started again");
+        assert_ne!(first, second);
+        // The dead one was reaped, not left a zombie.
+        assert!(!std::path::Path::new(&format!("/proc/{first}")).exists());
+    }
+
+    #[tokio::test]
+    async fn the_spawner_ends_with_its_runner() {
+        let r = runner();
+        let pid = r.spawner_pid().expect("started with the runner");
+        ok_run(&r, "true\n").await;
+        drop(r);
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+}

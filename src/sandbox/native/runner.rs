@@ -222,6 +222,11 @@ impl NativeRunner {
         Ok((ranges, ids::writer()?))
     }
 
+    /// The pid of this runner's `lg-spawner`, when it runs.
+    pub fn spawner_pid(&self) -> Option<u32> {
+        self.spawner.pid()
+    }
+
     /// Memory is enforced outside the sandbox (see the field's doc).
     pub fn with_external_memory_limit(mut self) -> NativeRunner {
         self.external_memory_limit = true;

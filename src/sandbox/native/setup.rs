@@ -52,6 +52,9 @@ pub extern "C" fn init_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: the parent passes a valid ChildArgs that outlives the clone
     // call; the child owns a private copy of the address space.
     let args = unsafe { &mut *(arg as *mut ChildArgs) };
+    // A name of its own in `ps` (a clone keeps the spawner's).
+    // SAFETY: prctl(PR_SET_NAME) of this process with a C string.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"lg-sandbox".as_ptr()) };
     match setup(args) {
         Ok(child) => reap_until(child, args.signalfd),
         Err(failed) => report_and_exit(failed, 121),

@@ -80,6 +80,12 @@ impl Spawner {
         }
     }
 
+    /// The spawner's pid, when it runs (for `ps`-style checks and tests).
+    pub fn pid(&self) -> Option<u32> {
+        let guard = self.process.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().map(|p| p.pid.as_raw() as u32)
+    }
+
     /// Clone `plan`'s init (a child of this process) and return its pid.
     /// Blocking: one short round trip to the spawner, one run at a time.
     pub fn clone_init(&self, plan: &Plan) -> Result<Pid, SandboxError> {
