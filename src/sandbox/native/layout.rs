@@ -156,15 +156,22 @@ impl NativeRunner {
                 mode,
             });
         }
-        ops.push(Op::WriteFile {
-            path: under(".labgrader/lg-init")?,
-            data: init::BINARY,
-            mode: 0o555,
-        });
-        ops.push(Op::Link {
-            target: under(".labgrader/lg-init")?,
-            path: under(".labgrader/bin/run-as-student")?,
-        });
+        if let Some(copy) = &self.init_copy {
+            // The host's copy, read-only: the same file under both names.
+            for name in [".labgrader/lg-init", ".labgrader/bin/run-as-student"] {
+                bind(&mut ops, &copy.file, name, false, ro)?;
+            }
+        } else {
+            ops.push(Op::WriteFile {
+                path: under(".labgrader/lg-init")?,
+                data: init::BINARY,
+                mode: 0o555,
+            });
+            ops.push(Op::Link {
+                target: under(".labgrader/lg-init")?,
+                path: under(".labgrader/bin/run-as-student")?,
+            });
+        }
         // The host's job files, read-only, in a root-only directory that
         // lg-init unmounts once it has copied them.
         let stage_flags = ro | MsFlags::MS_NOEXEC;
