@@ -108,10 +108,11 @@ pub(crate) fn session(a: &Args, conn: UnixStream) -> ! {
     // Nothing of the student runs now: what it left is judged before the
     // harness reads on.
     crate::symlinks::report(crate::symlinks::defuse(&a.workspace));
-    if let Some(st) = status {
-        let code = args::exit_code(st) as u32;
-        let _ = (&conn).write_all(&code.to_le_bytes());
-    }
+    // Answered after a hang-up too: a client that was asked to end (by
+    // `timeout`) waits for this before it ends, so the harness never reads
+    // on while the student's processes live or before the sweep.
+    let code = status.map_or(128 + sys::SIGKILL as u32, |st| args::exit_code(st) as u32);
+    let _ = (&conn).write_all(&code.to_le_bytes());
     sys::exit_now(0)
 }
 
@@ -187,6 +188,11 @@ pub(crate) fn client(argv: Vec<OsString>) -> ! {
             std::process::exit(EXIT_CLIENT);
         }
     };
+    // A signal that asks us to end (timeout's SIGTERM) is taken as a
+    // cancel: the broker ends the student's processes and sweeps the
+    // workspace, and only then do we end, by that signal. Ending at once
+    // would let the harness read on while the student's code still runs.
+    let signals = sys::signals_fd(&sys::ENDING_SIGNALS).ok();
     let req = args::encode_request(&argv.into_iter().map(|a| a.into_vec()).collect::<Vec<_>>());
     let sock = conn.as_raw_fd();
     let sent = match sys::send_with_fds(sock, &req, &[0, 1, 2]) {
@@ -200,6 +206,13 @@ pub(crate) fn client(argv: Vec<OsString>) -> ! {
         eprintln!("run-as-student: the broker hung up");
         std::process::exit(EXIT_CLIENT);
     }
+    let caught = signals.and_then(|fd| wait_for_answer_or_signal(sock, fd));
+    if let Some(sig) = caught {
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+        let mut done = [0u8; 4];
+        let _ = (&conn).read_exact(&mut done);
+        sys::die_of(sig);
+    }
     let mut code = [0u8; 4];
     match (&conn).read_exact(&mut code) {
         Ok(()) => {
@@ -209,6 +222,34 @@ pub(crate) fn client(argv: Vec<OsString>) -> ! {
         Err(_) => {
             eprintln!("run-as-student: the broker ended without a status");
             std::process::exit(EXIT_CLIENT)
+        }
+    }
+}
+
+/// Wait until the broker's answer is readable on `sock` (`None`) or an
+/// ending signal arrives on `sigfd` (its number).
+fn wait_for_answer_or_signal(sock: i32, sigfd: i32) -> Option<i32> {
+    loop {
+        let mut p = [
+            sys::pollfd {
+                fd: sock,
+                events: sys::POLLIN,
+                revents: 0,
+            },
+            sys::pollfd {
+                fd: sigfd,
+                events: sys::POLLIN,
+                revents: 0,
+            },
+        ];
+        if sys::poll_fds(&mut p, -1).is_err() {
+            return None;
+        }
+        if p[1].revents != 0 {
+            return sys::read_signal(sigfd);
+        }
+        if p[0].revents != 0 {
+            return None;
         }
     }
 }

@@ -1,0 +1,113 @@
+//! The trusted contract's workspace sweep (`lg-init` removes symlinks that
+//! lead out of the workspace) against a student who tries to get a link
+//! past it: made while the harness has already moved on, hidden where the
+//! sweep does not look, or made by a process that outlives the end of a
+//! `run-as-student` call. Each harness here is naive on purpose (it reads
+//! the workspace as the harness, which docs/writing-test_all.md advises
+//! against); the sweep is what must hold. Docker and native runners, like
+//! tests/trusted_contract.rs (docker FAILS without an engine unless
+//! `LABGRADER_SKIP_DOCKER=1`).
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::files::write_mode;
+use common::services::{BUSYBOX_IMAGE as IMAGE, docker_skipped};
+
+use labgrader::config::{Config, Contract, RunnerKind};
+use labgrader::result::{JobResult, Status};
+
+/// Grade `student` (files written by `lay`) with the harness `test_all`
+/// and a secret `expected.txt` beside it.
+async fn job(kind: RunnerKind, lay: impl FnOnce(&Path), test_all: &str, timeout: u64) -> JobResult {
+    let mut cfg = Config::default();
+    cfg.docker.image = IMAGE.into();
+    let student = tempfile::tempdir().unwrap();
+    let tests = tempfile::tempdir().unwrap();
+    lay(student.path());
+    write_mode(&tests.path().join("test_all"), test_all, 0o755);
+    write_mode(
+        &tests.path().join("expected.txt"),
+        "the secret answer\n",
+        0o644,
+    );
+    labgrader::grader::grade_local(
+        &cfg,
+        student.path(),
+        tests.path(),
+        Some(kind),
+        Some(Duration::from_secs(timeout)),
+        Some(Contract::Trusted),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{kind} runner: {e}"))
+}
+
+fn text(b: &labgrader::result::Captured) -> String {
+    String::from_utf8_lossy(&b.display_bytes()).into_owned()
+}
+
+/// The harness's count of reads that reached the secret, from its
+/// results.json (`score`).
+fn secret_reads(r: &JobResult) -> f64 {
+    assert_eq!(
+        r.status,
+        Status::Graded,
+        "{:?}\nstdout:\n{}\nstderr:\n{}",
+        r.reason,
+        text(&r.stdout),
+        text(&r.stderr)
+    );
+    r.grade_total.unwrap()
+}
+
+/// The student's program makes the link, then runs until the harness's
+/// time limit stops it. `timeout N run-as-student …` is what
+/// docs/writing-test_all.md recommends: `timeout` kills the client, and
+/// the harness must not get to read on before the student's processes are
+/// ended and the workspace swept.
+const LINK_THEN_HANG: &str = "ln -s /harness/tests/expected.txt out.txt\nexec sleep 60\n";
+
+const TIMEOUT_HARNESS: &str = r#"#!/bin/sh
+W=$LABGRADER_WORKSPACE
+hits=0
+for i in 1 2 3 4 5 6 7 8 9 10; do
+    timeout 1 run-as-student sh slow.sh </dev/null
+    echo "run $i: status $?"
+    cmp -s "$W/out.txt" expected.txt && hits=$((hits + 1))
+done
+echo "hits: $hits"
+printf '{"score": %s}\n' "$hits" > "$LABGRADER_RESULTS/results.json"
+"#;
+
+async fn timeout_race(kind: RunnerKind) {
+    let r = job(
+        kind,
+        |s| write_mode(&s.join("slow.sh"), LINK_THEN_HANG, 0o644),
+        TIMEOUT_HARNESS,
+        60,
+    )
+    .await;
+    let stdout = text(&r.stdout);
+    assert_eq!(secret_reads(&r), 0.0, "stdout:\n{stdout}");
+    // The call still ends as timed out (GNU: 124, busybox: 128 + SIGTERM).
+    assert!(
+        stdout.contains("run 10: status 124") || stdout.contains("run 10: status 143"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_a_timed_out_call_returns_only_once_the_workspace_is_swept() {
+    if docker_skipped() {
+        return;
+    }
+    timeout_race(RunnerKind::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_a_timed_out_call_returns_only_once_the_workspace_is_swept() {
+    timeout_race(RunnerKind::Native).await;
+}
