@@ -111,3 +111,46 @@ async fn docker_a_timed_out_call_returns_only_once_the_workspace_is_swept() {
 async fn native_a_timed_out_call_returns_only_once_the_workspace_is_swept() {
     timeout_race(RunnerKind::Native).await;
 }
+
+/// A student process whose main thread has ended while another thread
+/// runs: `/proc/PID/status` says `Z (zombie)` for it, and the end of a
+/// `run-as-student` call must still end it before the sweep, or its
+/// thread makes the link again right after.
+const GHOST_HARNESS: &str = r#"#!/bin/sh
+W=$LABGRADER_WORKSPACE
+hits=0
+for i in 1 2 3 4 5 6 7 8 9 10; do
+    run-as-student ./ghostleader /harness/tests/expected.txt out.txt </dev/null
+    sleep 0.1
+    cmp -s "$W/out.txt" expected.txt && hits=$((hits + 1))
+done
+echo "hits: $hits"
+printf '{"score": %s}\n' "$hits" > "$LABGRADER_RESULTS/results.json"
+"#;
+
+async fn ghost_leader(kind: RunnerKind) {
+    let bin = common::hostile::helper_bin("ghostleader");
+    let r = job(
+        kind,
+        |s| {
+            std::fs::copy(&bin, s.join("ghostleader")).unwrap();
+        },
+        GHOST_HARNESS,
+        60,
+    )
+    .await;
+    assert_eq!(secret_reads(&r), 0.0, "stdout:\n{}", text(&r.stdout));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_a_process_whose_main_thread_ended_is_ended_before_the_sweep() {
+    if docker_skipped() {
+        return;
+    }
+    ghost_leader(RunnerKind::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_a_process_whose_main_thread_ended_is_ended_before_the_sweep() {
+    ghost_leader(RunnerKind::Native).await;
+}

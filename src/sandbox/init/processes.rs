@@ -155,20 +155,35 @@ pub(crate) fn procs_of(uid: u32) -> impl Iterator<Item = i32> {
                 return None;
             }
             let status = fs::read_to_string(e.path().join("status")).ok()?;
-            let field = |k: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(k))
-                    .map(str::trim)
-                    .unwrap_or("")
-                    .to_string()
-            };
-            let state = field("State:");
-            let real = field("Uid:");
+            let real = field(&status, "Uid:");
             let real = real.split_whitespace().next().unwrap_or("");
-            let live = !state.starts_with('Z') && !state.starts_with('X');
-            (real == uid && live).then(|| n.parse().ok()).flatten()
+            // The state shown is the main thread's: a process whose main
+            // thread ended shows a zombie while its other threads run.
+            let live = || {
+                !dead(&status)
+                    || fs::read_dir(e.path().join("task"))
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .any(|t| fs::read_to_string(t.path().join("status")).is_ok_and(|s| !dead(&s)))
+            };
+            (real == uid && live()).then(|| n.parse().ok()).flatten()
         })
+}
+
+/// A `/proc` status's field `k`, trimmed.
+fn field<'a>(status: &'a str, k: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(k))
+        .map(str::trim)
+        .unwrap_or("")
+}
+
+/// Is the task of this `/proc` status a zombie or dead?
+fn dead(status: &str) -> bool {
+    let state = field(status, "State:");
+    state.starts_with('Z') || state.starts_with('X')
 }
 
 /// Reap every child left (all were killed), for at most about a second.
