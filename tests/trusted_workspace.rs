@@ -154,3 +154,83 @@ async fn docker_a_process_whose_main_thread_ended_is_ended_before_the_sweep() {
 async fn native_a_process_whose_main_thread_ended_is_ended_before_the_sweep() {
     ghost_leader(RunnerKind::Native).await;
 }
+
+/// Paths longer than PATH_MAX (4096 bytes) cannot be opened whole, but the
+/// kernel follows a chain of links through them: `x -> P1/y`, `P1/y ->
+/// P2/s`, `P1/P2/s -> /harness/tests/expected.txt`, where P1 is 2412 bytes
+/// and P1/P2 over 5000. The student's code makes them with relative paths
+/// (`cd` one level at a time). A sweep that cannot list the deep directory
+/// or look at a component past 4096 bytes must not keep `x`.
+const DEEP: &str = r#"n=nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn
+n=$n$n$n$n$n
+p1=; p2=; i=0
+while [ $i -lt 12 ]; do p1=$p1$n/; i=$((i + 1)); done
+i=0
+while [ $i -lt 13 ]; do p2=$p2$n/; i=$((i + 1)); done
+# Each call names less than 4096 bytes: the deep end is built aside, then
+# moved under P1.
+mkdir -p "b/$p2" && ln -s /harness/tests/expected.txt "b/${p2}s" \
+    && mkdir -p "$p1" && mv "b/$n" "$p1" && ln -s "${p2}s" "${p1}y" && ln -s "${p1}y" x
+echo "made: $?"
+"#;
+
+const DEEP_HARNESS: &str = r#"#!/bin/sh
+W=$LABGRADER_WORKSPACE
+run-as-student sh deep.sh </dev/null
+hits=0
+cmp -s "$W/x" expected.txt && hits=1
+echo "hits: $hits"
+printf '{"score": %s}\n' "$hits" > "$LABGRADER_RESULTS/results.json"
+"#;
+
+async fn deep_links(kind: RunnerKind) -> JobResult {
+    let r = job(
+        kind,
+        |s| write_mode(&s.join("deep.sh"), DEEP, 0o644),
+        DEEP_HARNESS,
+        60,
+    )
+    .await;
+    let (stdout, stderr) = (text(&r.stdout), text(&r.stderr));
+    assert!(stdout.contains("made: 0"), "{stdout}\n{stderr}");
+    // x and y cannot be resolved past PATH_MAX; the deep directory holding
+    // s cannot be listed.
+    assert_eq!(
+        stderr.matches("lg-init: removed the symlink").count(),
+        2,
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("lg-init: locked the directory").count(),
+        1,
+        "{stderr}"
+    );
+    r
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_links_through_paths_longer_than_path_max_are_not_kept() {
+    if docker_skipped() {
+        return;
+    }
+    let r = deep_links(RunnerKind::Docker).await;
+    assert_eq!(
+        secret_reads(&r),
+        0.0,
+        "stdout:\n{}\nstderr:\n{}",
+        text(&r.stdout),
+        text(&r.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_links_through_paths_longer_than_path_max_are_not_kept() {
+    let r = deep_links(RunnerKind::Native).await;
+    assert_eq!(
+        secret_reads(&r),
+        0.0,
+        "stdout:\n{}\nstderr:\n{}",
+        text(&r.stdout),
+        text(&r.stderr)
+    );
+}

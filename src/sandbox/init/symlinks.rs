@@ -10,28 +10,55 @@
 //! inside the workspace; the resolution is done here, component by
 //! component, and anything through `/proc` counts as outside (what
 //! `/proc/self` names depends on who follows it, and `/dev/fd` is one of
-//! those). It never follows a symlink to read or write through it.
+//! those). What cannot be told counts as outside too: a link whose
+//! resolution meets a component that cannot be looked at (a path past
+//! PATH_MAX, which the student's code builds one level at a time and the
+//! kernel still follows through a chain of links) is removed, and a
+//! directory that cannot be listed is locked (root's, mode 000). It never
+//! follows a symlink to read or write through it.
 
 use std::ffi::OsString;
 use std::fs;
+use std::io;
+use std::os::unix::fs::{PermissionsExt, lchown};
 use std::path::{Component, Path, PathBuf};
 
 /// Symlinks followed in one resolution before it counts as outside (the
 /// kernel's own limit is 40).
 const MAX_HOPS: usize = 40;
 
-/// Remove every symlink under `workspace` that does not resolve inside it.
-/// Returns each removed one (path, target) for the job's stderr.
-pub(crate) fn defuse(workspace: &Path) -> Vec<(PathBuf, OsString)> {
+/// What [`defuse`] did to one entry of the workspace.
+#[derive(Debug)]
+pub(crate) enum Defused {
+    /// A symlink removed (path, target): it leads out of the workspace,
+    /// or where it leads could not be told.
+    Link(PathBuf, OsString),
+    /// A directory that could not be listed (a path past PATH_MAX, built
+    /// one level at a time), made root's and mode 000: nothing in it was
+    /// checked, so neither the harness nor the student may enter it.
+    Locked(PathBuf, io::Error),
+}
+
+/// Remove every symlink under `workspace` that does not resolve inside it,
+/// and lock every directory that cannot be listed. Returns what it did,
+/// for the job's stderr.
+pub(crate) fn defuse(workspace: &Path) -> Vec<Defused> {
     let Ok(ws) = fs::canonicalize(workspace) else {
         return Vec::new();
     };
     // Judged all first, then removed: the verdict on one link never
     // depends on whether another was removed before it.
-    let mut out = Vec::new();
+    let mut links = Vec::new();
+    let mut unlisted = Vec::new();
     let mut dirs = vec![ws.clone()];
     while let Some(dir) = dirs.pop() {
-        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) => {
+                unlisted.push((dir, e));
+                continue;
+            }
+        };
         for entry in rd.flatten() {
             let path = entry.path();
             let Ok(ft) = entry.file_type() else { continue };
@@ -39,29 +66,64 @@ pub(crate) fn defuse(workspace: &Path) -> Vec<(PathBuf, OsString)> {
                 dirs.push(path);
             } else if ft.is_symlink() && !resolve(&path).is_some_and(|p| p.starts_with(&ws)) {
                 let target = fs::read_link(&path).unwrap_or_default().into_os_string();
-                out.push((path, target));
+                links.push((path, target));
             }
         }
     }
-    out.retain(|(path, _)| fs::remove_file(path).is_ok());
+    let mut out = Vec::new();
+    for (path, target) in links {
+        if beside(&path, |name| fs::remove_file(name)).is_ok() {
+            out.push(Defused::Link(path, target));
+        }
+    }
+    for (dir, e) in unlisted {
+        let lock = |name: &Path| {
+            lchown(name, Some(0), Some(0))?;
+            fs::set_permissions(name, fs::Permissions::from_mode(0o000))
+        };
+        if dir != ws && beside(&dir, lock).is_ok() {
+            out.push(Defused::Locked(dir, e));
+        }
+    }
     out
 }
 
-/// Tell the job's stderr (staff's) what was removed.
-pub(crate) fn report(removed: Vec<(PathBuf, OsString)>) {
-    for (path, target) in removed {
-        eprintln!(
-            "lg-init: removed the symlink {} -> {}: it leads out of the workspace, where the \
-             harness would follow it with rights the student lacks",
-            path.display(),
-            Path::new(&target).display()
-        );
+/// `op` on the last component of `path`, from its parent directory: a
+/// whole path past PATH_MAX cannot be named, its parent (listed) can.
+fn beside(path: &Path, op: impl FnOnce(&Path) -> io::Result<()>) -> io::Result<()> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::ErrorKind::InvalidInput.into());
+    };
+    let back = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    std::env::set_current_dir(parent)?;
+    let r = op(Path::new(name));
+    let _ = std::env::set_current_dir(back);
+    r
+}
+
+/// Tell the job's stderr (staff's) what was removed or locked.
+pub(crate) fn report(done: Vec<Defused>) {
+    for d in done {
+        match d {
+            Defused::Link(path, target) => eprintln!(
+                "lg-init: removed the symlink {} -> {}: it leads out of the workspace, where the \
+                 harness would follow it with rights the student lacks",
+                path.display(),
+                Path::new(&target).display()
+            ),
+            Defused::Locked(path, e) => eprintln!(
+                "lg-init: locked the directory {} (now root's, mode 000): it cannot be listed \
+                 ({e}), so the symlinks in it cannot be checked",
+                path.display()
+            ),
+        }
     }
 }
 
 /// Where `path` leads, resolved here one component at a time (missing
-/// components taken as written); `None` when it passes through `/proc` or
-/// takes more than [`MAX_HOPS`] symlinks.
+/// components taken as written); `None` when it passes through `/proc`,
+/// takes more than [`MAX_HOPS`] symlinks, or meets a component that cannot
+/// be looked at (a path past PATH_MAX): what cannot be told is outside.
 fn resolve(path: &Path) -> Option<PathBuf> {
     let mut todo: Vec<OsString> = components_of(path);
     todo.reverse();
@@ -90,10 +152,21 @@ fn resolve(path: &Path) -> Option<PathBuf> {
                 more.reverse();
                 todo.extend(more);
             }
-            _ => at = next,
+            Ok(_) => at = next,
+            // The kernel stops there too (ENOENT, ENOTDIR).
+            Err(e) if missing(&e) => at = next,
+            Err(_) => return None,
         }
     }
     Some(at)
+}
+
+/// A component that is not there: the kernel's walk ends at it as well.
+fn missing(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
 }
 
 /// The normal components of `p` (`.` dropped, `..` kept), root excluded.
@@ -137,7 +210,10 @@ mod tests {
         symlink("not-yet", ws.join("later")).unwrap();
         let mut gone: Vec<String> = defuse(&ws)
             .into_iter()
-            .map(|(p, _)| {
+            .map(|d| {
+                let Defused::Link(p, _) = d else {
+                    panic!("{d:?}")
+                };
                 p.strip_prefix(fs::canonicalize(&ws).unwrap())
                     .unwrap()
                     .display()
