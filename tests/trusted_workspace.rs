@@ -234,3 +234,111 @@ async fn native_links_through_paths_longer_than_path_max_are_not_kept() {
         text(&r.stderr)
     );
 }
+
+/// A fork bomb that remakes its link from every process: the end of the
+/// call must end all of it (the job's process limit caps it) before the
+/// sweep, or a survivor makes the link again after it.
+const BOMB: &str = r#"b() {
+    while :; do
+        ln -s /harness/tests/expected.txt out.txt 2>/dev/null
+        b &
+    done
+}
+b 2>/dev/null
+"#;
+
+const BOMB_HARNESS: &str = r#"#!/bin/sh
+W=$LABGRADER_WORKSPACE
+hits=0
+for i in 1 2 3 4 5; do
+    timeout 1 run-as-student sh bomb.sh </dev/null
+    sleep 0.2
+    cmp -s "$W/out.txt" expected.txt && hits=$((hits + 1))
+done
+echo "hits: $hits"
+printf '{"score": %s}\n' "$hits" > "$LABGRADER_RESULTS/results.json"
+"#;
+
+async fn fork_bomb(kind: RunnerKind) {
+    let r = job(
+        kind,
+        |s| write_mode(&s.join("bomb.sh"), BOMB, 0o644),
+        BOMB_HARNESS,
+        60,
+    )
+    .await;
+    let stderr = text(&r.stderr);
+    assert_eq!(
+        secret_reads(&r),
+        0.0,
+        "stdout:\n{}\n{stderr}",
+        text(&r.stdout)
+    );
+    assert!(!stderr.contains("survived"), "{stderr}");
+    // The bomb did make its link each time: the sweep removed it.
+    assert_eq!(
+        stderr.matches("lg-init: removed the symlink").count(),
+        5,
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_a_fork_bomb_is_ended_before_the_sweep() {
+    if docker_skipped() {
+        return;
+    }
+    fork_bomb(RunnerKind::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_a_fork_bomb_is_ended_before_the_sweep() {
+    fork_bomb(RunnerKind::Native).await;
+}
+
+/// A link hidden in a directory its owner (the student) made mode 000, in
+/// case the sweep cannot list it; the next call opens the directory again
+/// for the harness to read through.
+const HIDE: &str =
+    "mkdir d && ln -s /harness/tests/expected.txt d/x && chmod 000 d\necho \"hid: $?\"\n";
+
+const HIDE_HARNESS: &str = r#"#!/bin/sh
+W=$LABGRADER_WORKSPACE
+run-as-student sh hide.sh </dev/null
+run-as-student chmod 755 d </dev/null
+hits=0
+cmp -s "$W/d/x" expected.txt && hits=1
+echo "hits: $hits"
+printf '{"score": %s}\n' "$hits" > "$LABGRADER_RESULTS/results.json"
+"#;
+
+async fn hidden_in_a_closed_dir(kind: RunnerKind) {
+    let r = job(
+        kind,
+        |s| write_mode(&s.join("hide.sh"), HIDE, 0o644),
+        HIDE_HARNESS,
+        60,
+    )
+    .await;
+    let (stdout, stderr) = (text(&r.stdout), text(&r.stderr));
+    assert!(stdout.contains("hid: 0"), "{stdout}\n{stderr}");
+    assert_eq!(secret_reads(&r), 0.0, "{stdout}\n{stderr}");
+    // Listed in spite of its mode (the sweep is root with DAC_OVERRIDE).
+    assert!(
+        stderr.contains("/d/x -> /harness/tests/expected.txt"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_a_link_in_a_mode_000_directory_is_still_removed() {
+    if docker_skipped() {
+        return;
+    }
+    hidden_in_a_closed_dir(RunnerKind::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_a_link_in_a_mode_000_directory_is_still_removed() {
+    hidden_in_a_closed_dir(RunnerKind::Native).await;
+}

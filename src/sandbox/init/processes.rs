@@ -97,11 +97,10 @@ pub(crate) fn start_test_all(a: &Args, tests_dir: &Path) -> Result<i32, Fail> {
     Ok(pid)
 }
 
-/// Kill every process running as `ids.0`, from a child that becomes it:
-/// `kill(-1, SIGKILL)` then reaches every process of that uid but the
-/// caller (the kernel makes a fork racing with it fail), and nothing else.
-/// The child then waits until none is left alive (zombies aside), so a
-/// caller that returns next finds nothing of that identity running.
+/// Kill every process running as `ids.0`: each one `/proc` lists is sent
+/// SIGKILL, round after round, until none is left alive (zombies aside;
+/// a fork made before its parent's SIGKILL is caught by the next round),
+/// so a caller that returns next finds nothing of that identity running.
 pub(crate) fn kill_identity(ids: (u32, u32)) {
     // Most jobs leave nothing behind.
     if !any_alive(ids.0) {

@@ -185,6 +185,46 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
+    /// `..` after a symlink is taken from where the link led, as the
+    /// kernel does, never lexically: `c -> sub/out/../../expected` with
+    /// `sub/out -> <outside>/x/y` leads to `<outside>/expected`, not to
+    /// the workspace's `expected`. Every case agrees with the kernel's own
+    /// resolution (`canonicalize`).
+    #[test]
+    fn dot_dot_after_a_symlink_is_resolved_as_the_kernel_does() {
+        let t = std::env::temp_dir().join(format!("lg-init-dotdot-{}", std::process::id()));
+        let ws = t.join("ws");
+        fs::create_dir_all(ws.join("sub/deeper")).unwrap();
+        fs::create_dir_all(t.join("harness/x/y")).unwrap();
+        for f in [ws.join("secret"), ws.join("expected"), t.join("secret")] {
+            fs::write(f, "x").unwrap();
+        }
+        fs::write(t.join("harness/expected"), "42").unwrap();
+        symlink("sub/deeper", ws.join("a")).unwrap();
+        symlink(t.join("harness/x/y"), ws.join("sub/out")).unwrap();
+        let cases = [
+            ("in1", "a/../../secret", true),
+            ("out1", "a/../../../secret", false),
+            ("out2", "sub/out/../../expected", false),
+            ("in2", "sub/out/../../../ws/expected", true),
+        ];
+        for (name, target, _) in cases {
+            symlink(target, ws.join(name)).unwrap();
+        }
+        let ws = fs::canonicalize(&ws).unwrap();
+        for (name, target, inside) in cases {
+            let link = ws.join(name);
+            let ours = resolve(&link).unwrap();
+            assert_eq!(ours, fs::canonicalize(&link).unwrap(), "{name} -> {target}");
+            assert_eq!(
+                ours.starts_with(&ws),
+                inside,
+                "{name} -> {target}: {ours:?}"
+            );
+        }
+        fs::remove_dir_all(&t).unwrap();
+    }
+
     #[test]
     fn links_out_of_the_workspace_go_links_inside_stay() {
         let t = std::env::temp_dir().join(format!("lg-init-symlinks-{}", std::process::id()));
