@@ -342,3 +342,54 @@ async fn docker_a_link_in_a_mode_000_directory_is_still_removed() {
 async fn native_a_link_in_a_mode_000_directory_is_still_removed() {
     hidden_in_a_closed_dir(RunnerKind::Native).await;
 }
+
+/// Links that are slow to judge: a chain of 40 links, each target 800
+/// `a/..` pairs long, and 3000 links to its start. Each costs the sweep
+/// some 33,000 lookups (about 25 ms here), so one sweep would take over a
+/// minute and hold the harness (which waits for it, even past its own
+/// `timeout`) until the job's timeout. The sweep has a budget; past it,
+/// links are removed unjudged and directories locked, and stderr says so.
+const SLOW_LINKS: &str = r#"mkdir a
+p=; i=0
+while [ $i -lt 800 ]; do p=${p}a/../; i=$((i + 1)); done
+i=0
+while [ $i -lt 40 ]; do ln -s "${p}l$((i + 1))" l$i; i=$((i + 1)); done
+ln -s real l40
+echo data > real
+i=0
+while [ $i -lt 3000 ]; do ln -s l0 m$i; i=$((i + 1)); done
+echo "made: $?"
+"#;
+
+const SLOW_HARNESS: &str = r#"#!/bin/sh
+run-as-student sh slow_links.sh </dev/null
+run-as-student true
+echo '{"score": 0}' > "$LABGRADER_RESULTS/results.json"
+"#;
+
+async fn slow_links(kind: RunnerKind) {
+    let r = job(
+        kind,
+        |s| write_mode(&s.join("slow_links.sh"), SLOW_LINKS, 0o644),
+        SLOW_HARNESS,
+        60,
+    )
+    .await;
+    let (stdout, stderr) = (text(&r.stdout), text(&r.stderr));
+    assert!(stdout.contains("made: 0"), "{stdout}\n{stderr}");
+    assert_eq!(secret_reads(&r), 0.0, "{stdout}\n{stderr}");
+    assert!(stderr.contains("the sweep's budget"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_links_slow_to_judge_cannot_hold_the_sweep() {
+    if docker_skipped() {
+        return;
+    }
+    slow_links(RunnerKind::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_links_slow_to_judge_cannot_hold_the_sweep() {
+    slow_links(RunnerKind::Native).await;
+}

@@ -27,16 +27,33 @@ use std::path::{Component, Path, PathBuf};
 /// kernel's own limit is 40).
 const MAX_HOPS: usize = 40;
 
+/// Steps one sweep may take (a directory entry read, a path component
+/// looked at): about a second here. Links made to be slow to judge
+/// (40 hops of 800 components each) would otherwise hold the harness,
+/// which waits for the sweep, until the job's timeout; past the budget,
+/// the links of the directory being listed are removed unjudged and the
+/// directories not yet listed are locked.
+const BUDGET: usize = 1_000_000;
+
+/// Why [`defuse`] removed a symlink.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Why {
+    /// It leads out of the workspace, or where it leads could not be told.
+    Outside,
+    /// The sweep's [`BUDGET`] was spent before it was judged.
+    Unjudged,
+}
+
 /// What [`defuse`] did to one entry of the workspace.
 #[derive(Debug)]
 pub(crate) enum Defused {
-    /// A symlink removed (path, target): it leads out of the workspace,
-    /// or where it leads could not be told.
-    Link(PathBuf, OsString),
+    /// A symlink removed (path, target, why).
+    Link(PathBuf, OsString, Why),
     /// A directory that could not be listed (a path past PATH_MAX, built
-    /// one level at a time), made root's and mode 000: nothing in it was
-    /// checked, so neither the harness nor the student may enter it.
-    Locked(PathBuf, io::Error),
+    /// one level at a time, or the budget spent), made root's and mode
+    /// 000: nothing in it was checked, so neither the harness nor the
+    /// student may enter it.
+    Locked(PathBuf, String),
 }
 
 /// Remove every symlink under `workspace` that does not resolve inside it,
@@ -46,43 +63,59 @@ pub(crate) fn defuse(workspace: &Path) -> Vec<Defused> {
     let Ok(ws) = fs::canonicalize(workspace) else {
         return Vec::new();
     };
+    let spent = || format!("the sweep's budget of {BUDGET} steps was spent before it was listed");
     // Judged all first, then removed: the verdict on one link never
     // depends on whether another was removed before it.
+    let mut budget = BUDGET;
     let mut links = Vec::new();
     let mut unlisted = Vec::new();
     let mut dirs = vec![ws.clone()];
     while let Some(dir) = dirs.pop() {
+        if budget == 0 {
+            unlisted.push((dir, spent()));
+            continue;
+        }
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) => {
-                unlisted.push((dir, e));
+                unlisted.push((dir, format!("it cannot be listed ({e})")));
                 continue;
             }
         };
+        // Listed to its end even past the budget (each entry then costs
+        // an unlink or a lock at most): the workspace itself cannot be
+        // locked.
         for entry in rd.flatten() {
+            budget = budget.saturating_sub(1);
             let path = entry.path();
             let Ok(ft) = entry.file_type() else { continue };
             if ft.is_dir() {
                 dirs.push(path);
-            } else if ft.is_symlink() && !resolve(&path).is_some_and(|p| p.starts_with(&ws)) {
+            } else if ft.is_symlink() {
+                let to = (budget > 0).then(|| resolve(&path, &mut budget)).flatten();
+                let why = match to {
+                    Some(p) if p.starts_with(&ws) => continue,
+                    _ if budget == 0 => Why::Unjudged,
+                    _ => Why::Outside,
+                };
                 let target = fs::read_link(&path).unwrap_or_default().into_os_string();
-                links.push((path, target));
+                links.push((path, target, why));
             }
         }
     }
     let mut out = Vec::new();
-    for (path, target) in links {
+    for (path, target, why) in links {
         if beside(&path, |name| fs::remove_file(name)).is_ok() {
-            out.push(Defused::Link(path, target));
+            out.push(Defused::Link(path, target, why));
         }
     }
-    for (dir, e) in unlisted {
+    for (dir, why) in unlisted {
         let lock = |name: &Path| {
             lchown(name, Some(0), Some(0))?;
             fs::set_permissions(name, fs::Permissions::from_mode(0o000))
         };
         if dir != ws && beside(&dir, lock).is_ok() {
-            out.push(Defused::Locked(dir, e));
+            out.push(Defused::Locked(dir, why));
         }
     }
     out
@@ -105,15 +138,21 @@ fn beside(path: &Path, op: impl FnOnce(&Path) -> io::Result<()>) -> io::Result<(
 pub(crate) fn report(done: Vec<Defused>) {
     for d in done {
         match d {
-            Defused::Link(path, target) => eprintln!(
+            Defused::Link(path, target, Why::Outside) => eprintln!(
                 "lg-init: removed the symlink {} -> {}: it leads out of the workspace, where the \
                  harness would follow it with rights the student lacks",
                 path.display(),
                 Path::new(&target).display()
             ),
-            Defused::Locked(path, e) => eprintln!(
-                "lg-init: locked the directory {} (now root's, mode 000): it cannot be listed \
-                 ({e}), so the symlinks in it cannot be checked",
+            Defused::Link(path, target, Why::Unjudged) => eprintln!(
+                "lg-init: removed the symlink {} -> {} unjudged: the sweep's budget of {BUDGET} \
+                 steps was spent (too many links, or links too long to resolve)",
+                path.display(),
+                Path::new(&target).display()
+            ),
+            Defused::Locked(path, why) => eprintln!(
+                "lg-init: locked the directory {} (now root's, mode 000): {why}, so the symlinks \
+                 in it cannot be checked",
                 path.display()
             ),
         }
@@ -122,14 +161,16 @@ pub(crate) fn report(done: Vec<Defused>) {
 
 /// Where `path` leads, resolved here one component at a time (missing
 /// components taken as written); `None` when it passes through `/proc`,
-/// takes more than [`MAX_HOPS`] symlinks, or meets a component that cannot
-/// be looked at (a path past PATH_MAX): what cannot be told is outside.
-fn resolve(path: &Path) -> Option<PathBuf> {
+/// takes more than [`MAX_HOPS`] symlinks, meets a component that cannot be
+/// looked at (a path past PATH_MAX) or spends `budget`: what cannot be
+/// told is outside.
+fn resolve(path: &Path, budget: &mut usize) -> Option<PathBuf> {
     let mut todo: Vec<OsString> = components_of(path);
     todo.reverse();
     let mut at = PathBuf::from("/");
     let mut hops = 0;
     while let Some(c) = todo.pop() {
+        *budget = budget.checked_sub(1)?;
         if c == ".." {
             at.pop();
             continue;
@@ -214,7 +255,7 @@ mod tests {
         let ws = fs::canonicalize(&ws).unwrap();
         for (name, target, inside) in cases {
             let link = ws.join(name);
-            let ours = resolve(&link).unwrap();
+            let ours = resolve(&link, &mut BUDGET.clone()).unwrap();
             assert_eq!(ours, fs::canonicalize(&link).unwrap(), "{name} -> {target}");
             assert_eq!(
                 ours.starts_with(&ws),
@@ -251,7 +292,7 @@ mod tests {
         let mut gone: Vec<String> = defuse(&ws)
             .into_iter()
             .map(|d| {
-                let Defused::Link(p, _) = d else {
+                let Defused::Link(p, _, Why::Outside) = d else {
                     panic!("{d:?}")
                 };
                 p.strip_prefix(fs::canonicalize(&ws).unwrap())
