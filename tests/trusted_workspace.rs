@@ -393,3 +393,47 @@ async fn docker_links_slow_to_judge_cannot_hold_the_sweep() {
 async fn native_links_slow_to_judge_cannot_hold_the_sweep() {
     slow_links(RunnerKind::Native).await;
 }
+
+/// Not a link: a FIFO the student's code leaves where a naive harness
+/// reads blocks it until the job's timeout. The sweep leaves it (student
+/// code may use one between calls); the limit is named, and a timed-out
+/// trusted job has no grade, so skipping the harness's later penalty step
+/// this way does not pay: the student's own loss.
+const FIFO_HARNESS: &str = r#"#!/bin/sh
+W=$LABGRADER_WORKSPACE
+run-as-student mkfifo notes.txt </dev/null
+printf '{"score": 10}\n' > "$LABGRADER_RESULTS/results.json"
+if grep -q TODO "$W/notes.txt"; then
+    printf '{"score": 5}\n' > "$LABGRADER_RESULTS/results.json"
+fi
+"#;
+
+async fn fifo(kind: RunnerKind) {
+    let r = job(kind, |_| {}, FIFO_HARNESS, 5).await;
+    assert_eq!(
+        r.status,
+        Status::Timeout,
+        "{:?}\n{}",
+        r.reason,
+        text(&r.stderr)
+    );
+    assert_eq!(r.grade_total, None);
+    let reason = r.reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("stopped by the timeout after 5 s; test_all wrote no results.json"),
+        "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_a_fifo_blocks_a_naive_harness_until_the_named_timeout() {
+    if docker_skipped() {
+        return;
+    }
+    fifo(RunnerKind::Docker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_a_fifo_blocks_a_naive_harness_until_the_named_timeout() {
+    fifo(RunnerKind::Native).await;
+}
