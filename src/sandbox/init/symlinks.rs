@@ -20,7 +20,8 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{PermissionsExt, lchown};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, fchown};
 use std::path::{Component, Path, PathBuf};
 
 /// Symlinks followed in one resolution before it counts as outside (the
@@ -110,10 +111,6 @@ pub(crate) fn defuse(workspace: &Path) -> Vec<Defused> {
         }
     }
     for (dir, why) in unlisted {
-        let lock = |name: &Path| {
-            lchown(name, Some(0), Some(0))?;
-            fs::set_permissions(name, fs::Permissions::from_mode(0o000))
-        };
         if dir != ws && beside(&dir, lock).is_ok() {
             out.push(Defused::Locked(dir, why));
         }
@@ -121,17 +118,45 @@ pub(crate) fn defuse(workspace: &Path) -> Vec<Defused> {
     out
 }
 
-/// `op` on the last component of `path`, from its parent directory: a
-/// whole path past PATH_MAX cannot be named, its parent (listed) can.
+// open(2) flags (lg-init links no libc crate).
+#[cfg(target_arch = "aarch64")]
+const O_NOFOLLOW: i32 = 0o100_000;
+#[cfg(not(target_arch = "aarch64"))]
+const O_NOFOLLOW: i32 = 0o400_000;
+#[cfg(target_arch = "aarch64")]
+const O_DIRECTORY: i32 = 0o40_000;
+#[cfg(not(target_arch = "aarch64"))]
+const O_DIRECTORY: i32 = 0o200_000;
+
+/// `op` on the last component of `path`, named from its parent directory
+/// (`/proc/self/fd/N/NAME`): a whole path past PATH_MAX cannot be named,
+/// its parent (listed) can. Refused when the parent opened is not the one
+/// listed: a student process still running (a call in progress) could
+/// have swapped a directory of the path for a link, to have this root
+/// process remove or lock a file of `/harness`.
 fn beside(path: &Path, op: impl FnOnce(&Path) -> io::Result<()>) -> io::Result<()> {
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(io::ErrorKind::InvalidInput.into());
     };
-    let back = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    std::env::set_current_dir(parent)?;
-    let r = op(Path::new(name));
-    let _ = std::env::set_current_dir(back);
-    r
+    let dir = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_DIRECTORY | O_NOFOLLOW)
+        .open(parent)?;
+    let at = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    if fs::read_link(&at)? != parent {
+        return Err(io::Error::other("a directory of its path was replaced"));
+    }
+    op(&at.join(name))
+}
+
+/// Make directory `p` (not a link) root's with mode 000.
+fn lock(p: &Path) -> io::Result<()> {
+    let d = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_DIRECTORY | O_NOFOLLOW)
+        .open(p)?;
+    fchown(&d, Some(0), Some(0))?;
+    d.set_permissions(fs::Permissions::from_mode(0o000))
 }
 
 /// Tell the job's stderr (staff's) what was removed or locked.
@@ -225,6 +250,35 @@ fn components_of(p: &Path) -> Vec<OsString> {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    /// The parent of a link to remove was swapped for a link (by a student
+    /// process of a call still running): nothing is removed through it.
+    #[test]
+    fn nothing_is_removed_through_a_swapped_directory() {
+        let t = std::env::temp_dir().join(format!("lg-init-swapped-{}", std::process::id()));
+        let harness = t.join("harness/results");
+        fs::create_dir_all(&harness).unwrap();
+        fs::create_dir_all(t.join("ws")).unwrap();
+        fs::write(harness.join("results.json"), "{}").unwrap();
+        let t = fs::canonicalize(&t).unwrap();
+        symlink(t.join("harness/results"), t.join("ws/sub")).unwrap();
+        symlink(t.join("harness"), t.join("ws/up")).unwrap();
+        // The last directory a link, or one above it.
+        for swapped in ["ws/sub/results.json", "ws/up/results/results.json"] {
+            let e = beside(&t.join(swapped), |p| fs::remove_file(p)).unwrap_err();
+            assert!(
+                t.join("harness/results/results.json").exists(),
+                "{swapped}: {e}"
+            );
+        }
+        // Through its real parent it is removed.
+        beside(&t.join("harness/results/results.json"), |p| {
+            fs::remove_file(p)
+        })
+        .unwrap();
+        assert!(!t.join("harness/results/results.json").exists());
+        fs::remove_dir_all(&t).unwrap();
+    }
 
     /// `..` after a symlink is taken from where the link led, as the
     /// kernel does, never lexically: `c -> sub/out/../../expected` with
