@@ -55,14 +55,19 @@ pub(crate) enum Defused {
     /// 000: nothing in it was checked, so neither the harness nor the
     /// student may enter it.
     Locked(PathBuf, String),
+    /// What it should have done and could not (path, what, the error):
+    /// said, never silent. Root's unlink, open and chown on the job's own
+    /// tmpfs do not fail for anything the student can do.
+    Failed(PathBuf, &'static str, String),
 }
 
 /// Remove every symlink under `workspace` that does not resolve inside it,
 /// and lock every directory that cannot be listed. Returns what it did,
 /// for the job's stderr.
 pub(crate) fn defuse(workspace: &Path) -> Vec<Defused> {
-    let Ok(ws) = fs::canonicalize(workspace) else {
-        return Vec::new();
+    let ws = match fs::canonicalize(workspace) {
+        Ok(ws) => ws,
+        Err(e) => return vec![Defused::Failed(workspace.into(), "find", e.to_string())],
     };
     let spent = || format!("the sweep's budget of {BUDGET} steps was spent before it was listed");
     // Judged all first, then removed: the verdict on one link never
@@ -106,13 +111,20 @@ pub(crate) fn defuse(workspace: &Path) -> Vec<Defused> {
     }
     let mut out = Vec::new();
     for (path, target, why) in links {
-        if beside(&path, |name| fs::remove_file(name)).is_ok() {
-            out.push(Defused::Link(path, target, why));
+        match beside(&path, |name| fs::remove_file(name)) {
+            Ok(()) => out.push(Defused::Link(path, target, why)),
+            Err(e) => out.push(Defused::Failed(path, "remove the symlink", e.to_string())),
         }
     }
     for (dir, why) in unlisted {
-        if dir != ws && beside(&dir, lock).is_ok() {
-            out.push(Defused::Locked(dir, why));
+        let done = if dir == ws {
+            Err(io::Error::other(why.clone()))
+        } else {
+            beside(&dir, lock)
+        };
+        match done {
+            Ok(()) => out.push(Defused::Locked(dir, why)),
+            Err(e) => out.push(Defused::Failed(dir, "check the directory", e.to_string())),
         }
     }
     out
@@ -174,6 +186,11 @@ pub(crate) fn report(done: Vec<Defused>) {
                  steps was spent (too many links, or links too long to resolve)",
                 path.display(),
                 Path::new(&target).display()
+            ),
+            Defused::Failed(path, what, e) => eprintln!(
+                "lg-init: could not {what} {}: {e}; a harness that reads there may follow a \
+                 student's symlink",
+                path.display()
             ),
             Defused::Locked(path, why) => eprintln!(
                 "lg-init: locked the directory {} (now root's, mode 000): {why}, so the symlinks \
@@ -250,6 +267,16 @@ fn components_of(p: &Path) -> Vec<OsString> {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    /// A sweep that cannot do its work says so.
+    #[test]
+    fn a_sweep_that_cannot_look_says_so() {
+        let d = defuse(Path::new("/nonexistent/lg-init-workspace"));
+        assert!(
+            matches!(d.as_slice(), [Defused::Failed(_, "find", _)]),
+            "{d:?}"
+        );
+    }
 
     /// The parent of a link to remove was swapped for a link (by a student
     /// process of a call still running): nothing is removed through it.
