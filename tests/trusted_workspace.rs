@@ -437,3 +437,71 @@ async fn docker_a_fifo_blocks_a_naive_harness_until_the_named_timeout() {
 async fn native_a_fifo_blocks_a_naive_harness_until_the_named_timeout() {
     fifo(RunnerKind::Native).await;
 }
+
+/// Python's `subprocess.run(..., capture_output=True, timeout=10)`, as in
+/// examples/python, kills `run-as-student` with SIGKILL on timeout (which
+/// no process can catch), then reads the pipes to their end. The end of
+/// those pipes must come only once the student's processes are ended and
+/// the workspace is swept. The docker image has no Python: there the same
+/// pattern in sh (`$(timeout -s KILL …)`).
+const PY_KILL_HARNESS: &str = r#"#!/usr/bin/python3 -I
+import filecmp, json, os, subprocess
+w = os.environ["LABGRADER_WORKSPACE"]
+hits = 0
+for i in range(10):
+    try:
+        subprocess.run(["run-as-student", "sh", "slow.sh"], stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=1)
+    except subprocess.TimeoutExpired:
+        print("run", i, "timed out")
+    try:
+        hits += filecmp.cmp(os.path.join(w, "out.txt"), "expected.txt", shallow=False)
+    except OSError:
+        pass
+print("hits:", hits)
+with open(os.path.join(os.environ["LABGRADER_RESULTS"], "results.json"), "w") as f:
+    json.dump({"score": hits}, f)
+"#;
+
+const SH_KILL_HARNESS: &str = r#"#!/bin/sh
+W=$LABGRADER_WORKSPACE
+hits=0
+for i in 1 2 3 4 5 6 7 8 9 10; do
+    out=$(timeout -s KILL 1 run-as-student sh slow.sh </dev/null)
+    echo "run $i: status $?"
+    cmp -s "$W/out.txt" expected.txt && hits=$((hits + 1))
+done
+echo "hits: $hits"
+printf '{"score": %s}\n' "$hits" > "$LABGRADER_RESULTS/results.json"
+"#;
+
+async fn killed_call(kind: RunnerKind, harness: &str) {
+    let r = job(
+        kind,
+        |s| write_mode(&s.join("slow.sh"), LINK_THEN_HANG, 0o644),
+        harness,
+        60,
+    )
+    .await;
+    let stdout = text(&r.stdout);
+    assert_eq!(secret_reads(&r), 0.0, "stdout:\n{stdout}");
+    // The kill did happen (a call may also end early: the end of the
+    // call before it, still under way, ends every student process).
+    assert!(
+        stdout.contains("timed out") || stdout.contains("status 137"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_output_of_a_killed_call_ends_only_once_the_workspace_is_swept() {
+    if docker_skipped() {
+        return;
+    }
+    killed_call(RunnerKind::Docker, SH_KILL_HARNESS).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_output_of_a_killed_call_ends_only_once_the_workspace_is_swept() {
+    killed_call(RunnerKind::Native, PY_KILL_HARNESS).await;
+}

@@ -130,6 +130,14 @@ fn init(a: &Args) -> Result<i32, Fail> {
     if a.contract == Contract::Trusted {
         symlinks::report(symlinks::defuse(&a.workspace));
     }
+    // Calls in progress (see broker::Call); never inherited by test_all.
+    let calls = match a.contract {
+        Contract::Trusted => Some(
+            sys::memfd(c"lg-init-calls")
+                .map_err(|e| fail("open the broker", "memfd_create", e))?,
+        ),
+        Contract::Stdout => None,
+    };
     let test_all = start_test_all(a, &tests_dir)?;
 
     // Serve the broker and reap until test_all ends.
@@ -171,7 +179,7 @@ fn init(a: &Args) -> Result<i32, Fail> {
                 Ok(0) => {
                     drop(listener);
                     sys::close_fd(sigfd);
-                    session(a, conn)
+                    session(a, conn, calls)
                 }
                 Ok(pid) => sessions.push(pid),
                 Err(e) => eprintln!("lg-init: broker: fork: {e}"),

@@ -367,6 +367,38 @@ pub fn signals_fd(sigs: &[c_int]) -> io::Result<c_int> {
     check(unsafe { signalfd(-1, &set, SFD_CLOEXEC) })
 }
 
+/// A close-on-exec anonymous file (`memfd_create`): shared by the forked
+/// children that inherit it, reachable by no other identity.
+pub fn memfd(name: &CStr) -> io::Result<c_int> {
+    #[cfg(target_arch = "x86_64")]
+    const SYS_MEMFD_CREATE: c_long = 319;
+    #[cfg(target_arch = "aarch64")]
+    const SYS_MEMFD_CREATE: c_long = 279;
+    const MFD_CLOEXEC: c_long = 1;
+    // SAFETY: a NUL-terminated name and an integer.
+    let r = unsafe { syscall(SYS_MEMFD_CREATE, name.as_ptr(), MFD_CLOEXEC) };
+    check(r as c_int)
+}
+
+pub const LOCK_SH: c_int = 1;
+pub const LOCK_EX: c_int = 2;
+pub const LOCK_NB: c_int = 4;
+pub const LOCK_UN: c_int = 8;
+
+/// flock(2) on `fd` (retried on EINTR).
+pub fn flock_fd(fd: c_int, op: c_int) -> io::Result<()> {
+    unsafe extern "C" {
+        fn flock(fd: c_int, op: c_int) -> c_int;
+    }
+    loop {
+        // SAFETY: integers.
+        match check(unsafe { flock(fd, op) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r.map(drop),
+        }
+    }
+}
+
 /// The number of the next signal queued on signalfd `fd` (blocking).
 pub fn read_signal(fd: c_int) -> Option<c_int> {
     // struct signalfd_siginfo: 128 bytes, ssi_signo first.
