@@ -108,11 +108,22 @@ pub(crate) fn session(a: &Args, conn: UnixStream, calls: Option<i32>) -> ! {
             break None;
         }
     };
-    kill_identity(a.student);
+    let ended = kill_identity(a.student);
     // Nothing of the student runs now: what it left is judged before the
     // harness reads on.
-    crate::symlinks::report(crate::symlinks::defuse(&a.workspace));
-    call.end(a);
+    let swept = crate::symlinks::report(crate::symlinks::defuse(&a.workspace));
+    if ended && swept {
+        call.end(a);
+    } else {
+        // Fail closed: the harness gets "Permission denied", never what a
+        // live student process or an unchecked link gives it.
+        let why = if ended {
+            "the sweep could not do all its work"
+        } else {
+            "student processes survived the end of the call"
+        };
+        eprintln!("lg-init: the workspace stays closed to the harness: {why}");
+    }
     // Answered after a hang-up too: a client that was asked to end (by
     // `timeout`) waits for this before it ends, so the harness never reads
     // on while the student's processes live or before the sweep.

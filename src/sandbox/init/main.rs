@@ -128,7 +128,10 @@ fn init(a: &Args) -> Result<i32, Fail> {
         .map_err(|e| fail("become the job's reaper", "prctl(PR_SET_CHILD_SUBREAPER)", e))?;
     let sigfd = sys::sigchld_fd().map_err(|e| fail("watch the job", "signalfd(SIGCHLD)", e))?;
     if a.contract == Contract::Trusted {
-        symlinks::report(symlinks::defuse(&a.workspace));
+        if !symlinks::report(symlinks::defuse(&a.workspace)) {
+            let why = "could not do all its work (see above)";
+            return Err(fail("sweep the workspace", "defuse", why));
+        }
     }
     // Calls in progress (see broker::Call); never inherited by test_all.
     let calls = match a.contract {
@@ -190,9 +193,9 @@ fn init(a: &Args) -> Result<i32, Fail> {
     // test_all ended: nothing of the harness or the student survives it.
     drop(listener);
     if a.contract == Contract::Trusted {
-        kill_identity(a.harness_id);
+        let _ = kill_identity(a.harness_id);
     }
-    kill_identity(a.student);
+    let _ = kill_identity(a.student);
     for pid in &sessions {
         let _ = sys::signal_pid(*pid, sys::SIGKILL);
     }

@@ -101,10 +101,11 @@ pub(crate) fn start_test_all(a: &Args, tests_dir: &Path) -> Result<i32, Fail> {
 /// SIGKILL, round after round, until none is left alive (zombies aside;
 /// a fork made before its parent's SIGKILL is caught by the next round),
 /// so a caller that returns next finds nothing of that identity running.
-pub(crate) fn kill_identity(ids: (u32, u32)) {
+/// False (and said on stderr) when some survived.
+pub(crate) fn kill_identity(ids: (u32, u32)) -> bool {
     // Most jobs leave nothing behind.
     if !any_alive(ids.0) {
-        return;
+        return true;
     }
     // Signal as the identity for a moment, in this thread, rather than
     // from a forked killer: with the job's process limit full (a fork
@@ -115,11 +116,11 @@ pub(crate) fn kill_identity(ids: (u32, u32)) {
     for _ in 0..10_000 {
         let pids: Vec<i32> = procs_of(ids.0).collect();
         if pids.is_empty() {
-            return;
+            return true;
         }
         if let Err(e) = sys::set_thread_euid(ids.0) {
             eprintln!("lg-init: cannot act as uid {} to end its processes: {e}", ids.0);
-            return;
+            return false;
         }
         for pid in pids {
             let _ = sys::signal_pid(pid, sys::SIGKILL);
@@ -131,6 +132,7 @@ pub(crate) fn kill_identity(ids: (u32, u32)) {
         sys::sleep_us(200);
     }
     eprintln!("lg-init: processes of uid {} survived the end of the job", ids.0);
+    false
 }
 
 /// Is a process of real uid `uid`, other than this one, alive (not a zombie)?

@@ -172,7 +172,9 @@ fn lock(p: &Path) -> io::Result<()> {
 }
 
 /// Tell the job's stderr (staff's) what was removed or locked.
-pub(crate) fn report(done: Vec<Defused>) {
+/// True when the sweep did all its work (nothing [`Defused::Failed`]).
+pub(crate) fn report(done: Vec<Defused>) -> bool {
+    let complete = !done.iter().any(|d| matches!(d, Defused::Failed(..)));
     for d in done {
         match d {
             Defused::Link(path, target, Why::Outside) => eprintln!(
@@ -199,6 +201,7 @@ pub(crate) fn report(done: Vec<Defused>) {
             ),
         }
     }
+    complete
 }
 
 /// Where `path` leads, resolved here one component at a time (missing
