@@ -505,3 +505,22 @@ async fn docker_output_of_a_killed_call_ends_only_once_the_workspace_is_swept() 
 async fn native_output_of_a_killed_call_ends_only_once_the_workspace_is_swept() {
     killed_call(RunnerKind::Native, PY_KILL_HARNESS).await;
 }
+
+/// A student process in a user and pid namespace of its own could hide
+/// from a sandbox that looked for it by pid namespace. Not possible: the
+/// native runner allows no nested user namespace (docker's seccomp
+/// refuses them too), so `unshare` fails and nothing is left to hide.
+const NS_HARNESS: &str = r#"#!/bin/sh
+run-as-student unshare -U -r -p -f true </dev/null
+echo "unshare: $?"
+printf '{"score": 0}\n' > "$LABGRADER_RESULTS/results.json"
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_student_code_cannot_make_namespaces_of_its_own() {
+    let r = job(RunnerKind::Native, |_| {}, NS_HARNESS, 60).await;
+    let (stdout, stderr) = (text(&r.stdout), text(&r.stderr));
+    assert_eq!(secret_reads(&r), 0.0);
+    assert!(stdout.contains("unshare: 1"), "{stdout}\n{stderr}");
+    assert!(stderr.contains("unshare failed"), "{stderr}");
+}
