@@ -127,11 +127,9 @@ fn init(a: &Args) -> Result<i32, Fail> {
     sys::pr(sys::PR_SET_CHILD_SUBREAPER, 1, 0)
         .map_err(|e| fail("become the job's reaper", "prctl(PR_SET_CHILD_SUBREAPER)", e))?;
     let sigfd = sys::sigchld_fd().map_err(|e| fail("watch the job", "signalfd(SIGCHLD)", e))?;
-    if a.contract == Contract::Trusted {
-        if !symlinks::report(symlinks::defuse(&a.workspace)) {
-            let why = "could not do all its work (see above)";
-            return Err(fail("sweep the workspace", "defuse", why));
-        }
+    if a.contract == Contract::Trusted && !symlinks::report(symlinks::defuse(&a.workspace)) {
+        let why = "could not do all its work (see above)";
+        return Err(fail("sweep the workspace", "defuse", why));
     }
     // Calls in progress (see broker::Call); never inherited by test_all.
     let calls = match a.contract {
