@@ -37,7 +37,7 @@ pub(crate) fn open_broker(a: &Args) -> Result<UnixListener, Fail> {
 /// sandbox's root): read the request and the caller's fds 0-2, run the
 /// command as the student, kill everything of the student when it ends or
 /// when the caller hangs up, send the status back.
-pub(crate) fn session(a: &Args, conn: UnixStream) -> ! {
+pub(crate) fn session(a: &Args, conn: UnixStream, calls: Option<i32>) -> ! {
     let sock = conn.as_raw_fd();
     let mut fds = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
@@ -69,13 +69,17 @@ pub(crate) fn session(a: &Args, conn: UnixStream) -> ! {
         Err(_) => sys::exit_now(1),
     };
     let env = student_env(a);
+    let call = Call::start(a, calls);
     let pid = match sys::do_fork() {
         Ok(0) => {
             let code = run_student(a, &argv, &fds, &env);
             sys::exit_now(code)
         }
         Ok(p) => p,
-        Err(_) => sys::exit_now(1),
+        Err(_) => {
+            call.end(a);
+            sys::exit_now(1)
+        }
     };
     for fd in &fds {
         sys::close_fd(*fd);
@@ -104,15 +108,76 @@ pub(crate) fn session(a: &Args, conn: UnixStream) -> ! {
             break None;
         }
     };
-    kill_identity(a.student);
+    let ended = kill_identity(a.student);
     // Nothing of the student runs now: what it left is judged before the
     // harness reads on.
-    crate::symlinks::report(crate::symlinks::defuse(&a.workspace));
-    if let Some(st) = status {
-        let code = args::exit_code(st) as u32;
-        let _ = (&conn).write_all(&code.to_le_bytes());
+    let swept = crate::symlinks::report(crate::symlinks::defuse(&a.workspace));
+    if ended && swept {
+        call.end(a);
+    } else {
+        // Fail closed: the harness gets "Permission denied", never what a
+        // live student process or an unchecked link gives it.
+        let why = if ended {
+            "the sweep could not do all its work"
+        } else {
+            "student processes survived the end of the call"
+        };
+        eprintln!("lg-init: the workspace stays closed to the harness: {why}");
     }
+    // Answered after a hang-up too: a client that was asked to end (by
+    // `timeout`) waits for this before it ends, so the harness never reads
+    // on while the student's processes live or before the sweep.
+    let code = status.map_or(128 + sys::SIGKILL as u32, |st| args::exit_code(st) as u32);
+    let _ = (&conn).write_all(&code.to_le_bytes());
     sys::exit_now(0)
+}
+
+/// One call in progress, for the workspace's root: closed to the harness,
+/// its owner (1070, the student's group: owner bits come first), from the
+/// start of a call until the student's processes are ended and the
+/// workspace swept, and opened again (1777) only by the last call to end.
+/// A harness whose `run-as-student` was killed (Python's
+/// `subprocess.run(timeout=…)` sends SIGKILL, which cannot be caught)
+/// reads on at once, and must not reach what the student's code made
+/// meanwhile. Calls hold a shared flock on the init's anonymous file
+/// `calls` (an open of their own); the one that gets it exclusively at its
+/// end is the last.
+struct Call(Option<fs::File>);
+
+impl Call {
+    fn start(a: &Args, calls: Option<i32>) -> Call {
+        let lock = calls.and_then(|fd| fs::File::open(format!("/proc/self/fd/{fd}")).ok());
+        if let Some(f) = &lock {
+            let _ = sys::flock_fd(f.as_raw_fd(), sys::LOCK_SH);
+        }
+        workspace_open_to_harness(a, false);
+        Call(lock)
+    }
+
+    fn end(self, a: &Args) {
+        let last = match &self.0 {
+            Some(f) => {
+                let fd = f.as_raw_fd();
+                let _ = sys::flock_fd(fd, sys::LOCK_UN);
+                sys::flock_fd(fd, sys::LOCK_EX | sys::LOCK_NB).is_ok()
+            }
+            None => true,
+        };
+        if last {
+            workspace_open_to_harness(a, true);
+        }
+    }
+}
+
+fn workspace_open_to_harness(a: &Args, open: bool) {
+    let ws = &a.workspace;
+    let done = std::os::unix::fs::chown(ws, None, Some(a.student.1)).and_then(|()| {
+        fs::set_permissions(ws, fs::Permissions::from_mode(if open { 0o1777 } else { 0o1070 }))
+    });
+    if let Err(e) = done {
+        let what = if open { "open" } else { "close" };
+        eprintln!("lg-init: cannot {what} the workspace {} to the harness: {e}", ws.display());
+    }
 }
 
 /// The student's side of a session (forked): its fds, its identity, exec.
@@ -187,6 +252,11 @@ pub(crate) fn client(argv: Vec<OsString>) -> ! {
             std::process::exit(EXIT_CLIENT);
         }
     };
+    // A signal that asks us to end (timeout's SIGTERM) is taken as a
+    // cancel: the broker ends the student's processes and sweeps the
+    // workspace, and only then do we end, by that signal. Ending at once
+    // would let the harness read on while the student's code still runs.
+    let signals = sys::signals_fd(&sys::ENDING_SIGNALS).ok();
     let req = args::encode_request(&argv.into_iter().map(|a| a.into_vec()).collect::<Vec<_>>());
     let sock = conn.as_raw_fd();
     let sent = match sys::send_with_fds(sock, &req, &[0, 1, 2]) {
@@ -200,6 +270,13 @@ pub(crate) fn client(argv: Vec<OsString>) -> ! {
         eprintln!("run-as-student: the broker hung up");
         std::process::exit(EXIT_CLIENT);
     }
+    let caught = signals.and_then(|fd| wait_for_answer_or_signal(sock, fd));
+    if let Some(sig) = caught {
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+        let mut done = [0u8; 4];
+        let _ = (&conn).read_exact(&mut done);
+        sys::die_of(sig);
+    }
     let mut code = [0u8; 4];
     match (&conn).read_exact(&mut code) {
         Ok(()) => {
@@ -209,6 +286,34 @@ pub(crate) fn client(argv: Vec<OsString>) -> ! {
         Err(_) => {
             eprintln!("run-as-student: the broker ended without a status");
             std::process::exit(EXIT_CLIENT)
+        }
+    }
+}
+
+/// Wait until the broker's answer is readable on `sock` (`None`) or an
+/// ending signal arrives on `sigfd` (its number).
+fn wait_for_answer_or_signal(sock: i32, sigfd: i32) -> Option<i32> {
+    loop {
+        let mut p = [
+            sys::pollfd {
+                fd: sock,
+                events: sys::POLLIN,
+                revents: 0,
+            },
+            sys::pollfd {
+                fd: sigfd,
+                events: sys::POLLIN,
+                revents: 0,
+            },
+        ];
+        if sys::poll_fds(&mut p, -1).is_err() {
+            return None;
+        }
+        if p[1].revents != 0 {
+            return sys::read_signal(sigfd);
+        }
+        if p[0].revents != 0 {
+            return None;
         }
     }
 }

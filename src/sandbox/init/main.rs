@@ -127,9 +127,18 @@ fn init(a: &Args) -> Result<i32, Fail> {
     sys::pr(sys::PR_SET_CHILD_SUBREAPER, 1, 0)
         .map_err(|e| fail("become the job's reaper", "prctl(PR_SET_CHILD_SUBREAPER)", e))?;
     let sigfd = sys::sigchld_fd().map_err(|e| fail("watch the job", "signalfd(SIGCHLD)", e))?;
-    if a.contract == Contract::Trusted {
-        symlinks::report(symlinks::defuse(&a.workspace));
+    if a.contract == Contract::Trusted && !symlinks::report(symlinks::defuse(&a.workspace)) {
+        let why = "could not do all its work (see above)";
+        return Err(fail("sweep the workspace", "defuse", why));
     }
+    // Calls in progress (see broker::Call); never inherited by test_all.
+    let calls = match a.contract {
+        Contract::Trusted => Some(
+            sys::memfd(c"lg-init-calls")
+                .map_err(|e| fail("open the broker", "memfd_create", e))?,
+        ),
+        Contract::Stdout => None,
+    };
     let test_all = start_test_all(a, &tests_dir)?;
 
     // Serve the broker and reap until test_all ends.
@@ -171,7 +180,7 @@ fn init(a: &Args) -> Result<i32, Fail> {
                 Ok(0) => {
                     drop(listener);
                     sys::close_fd(sigfd);
-                    session(a, conn)
+                    session(a, conn, calls)
                 }
                 Ok(pid) => sessions.push(pid),
                 Err(e) => eprintln!("lg-init: broker: fork: {e}"),
@@ -182,9 +191,9 @@ fn init(a: &Args) -> Result<i32, Fail> {
     // test_all ended: nothing of the harness or the student survives it.
     drop(listener);
     if a.contract == Contract::Trusted {
-        kill_identity(a.harness_id);
+        let _ = kill_identity(a.harness_id);
     }
-    kill_identity(a.student);
+    let _ = kill_identity(a.student);
     for pid in &sessions {
         let _ = sys::signal_pid(*pid, sys::SIGKILL);
     }

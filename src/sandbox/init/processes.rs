@@ -97,15 +97,15 @@ pub(crate) fn start_test_all(a: &Args, tests_dir: &Path) -> Result<i32, Fail> {
     Ok(pid)
 }
 
-/// Kill every process running as `ids.0`, from a child that becomes it:
-/// `kill(-1, SIGKILL)` then reaches every process of that uid but the
-/// caller (the kernel makes a fork racing with it fail), and nothing else.
-/// The child then waits until none is left alive (zombies aside), so a
-/// caller that returns next finds nothing of that identity running.
-pub(crate) fn kill_identity(ids: (u32, u32)) {
+/// Kill every process running as `ids.0`: each one `/proc` lists is sent
+/// SIGKILL, round after round, until none is left alive (zombies aside;
+/// a fork made before its parent's SIGKILL is caught by the next round),
+/// so a caller that returns next finds nothing of that identity running.
+/// False (and said on stderr) when some survived.
+pub(crate) fn kill_identity(ids: (u32, u32)) -> bool {
     // Most jobs leave nothing behind.
     if !any_alive(ids.0) {
-        return;
+        return true;
     }
     // Signal as the identity for a moment, in this thread, rather than
     // from a forked killer: with the job's process limit full (a fork
@@ -116,11 +116,11 @@ pub(crate) fn kill_identity(ids: (u32, u32)) {
     for _ in 0..10_000 {
         let pids: Vec<i32> = procs_of(ids.0).collect();
         if pids.is_empty() {
-            return;
+            return true;
         }
         if let Err(e) = sys::set_thread_euid(ids.0) {
             eprintln!("lg-init: cannot act as uid {} to end its processes: {e}", ids.0);
-            return;
+            return false;
         }
         for pid in pids {
             let _ = sys::signal_pid(pid, sys::SIGKILL);
@@ -132,6 +132,7 @@ pub(crate) fn kill_identity(ids: (u32, u32)) {
         sys::sleep_us(200);
     }
     eprintln!("lg-init: processes of uid {} survived the end of the job", ids.0);
+    false
 }
 
 /// Is a process of real uid `uid`, other than this one, alive (not a zombie)?
@@ -155,20 +156,35 @@ pub(crate) fn procs_of(uid: u32) -> impl Iterator<Item = i32> {
                 return None;
             }
             let status = fs::read_to_string(e.path().join("status")).ok()?;
-            let field = |k: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(k))
-                    .map(str::trim)
-                    .unwrap_or("")
-                    .to_string()
-            };
-            let state = field("State:");
-            let real = field("Uid:");
+            let real = field(&status, "Uid:");
             let real = real.split_whitespace().next().unwrap_or("");
-            let live = !state.starts_with('Z') && !state.starts_with('X');
-            (real == uid && live).then(|| n.parse().ok()).flatten()
+            // The state shown is the main thread's: a process whose main
+            // thread ended shows a zombie while its other threads run.
+            let live = || {
+                !dead(&status)
+                    || fs::read_dir(e.path().join("task"))
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .any(|t| fs::read_to_string(t.path().join("status")).is_ok_and(|s| !dead(&s)))
+            };
+            (real == uid && live()).then(|| n.parse().ok()).flatten()
         })
+}
+
+/// A `/proc` status's field `k`, trimmed.
+fn field<'a>(status: &'a str, k: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(k))
+        .map(str::trim)
+        .unwrap_or("")
+}
+
+/// Is the task of this `/proc` status a zombie or dead?
+fn dead(status: &str) -> bool {
+    let state = field(status, "State:");
+    state.starts_with('Z') || state.starts_with('X')
 }
 
 /// Reap every child left (all were killed), for at most about a second.

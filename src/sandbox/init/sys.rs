@@ -16,6 +16,8 @@ pub type gid_t = u32;
 pub const SIGKILL: c_int = 9;
 pub const SIGCHLD: c_int = 17;
 pub const SIGPIPE: c_int = 13;
+/// The signals that ask a process to end (`timeout`, a terminal, `kill`).
+pub const ENDING_SIGNALS: [c_int; 7] = [1, 2, 3, 10, 12, 14, 15];
 
 pub const WNOHANG: c_int = 1;
 pub const WALL: c_int = 0x4000_0000;
@@ -353,11 +355,68 @@ fn sigset_of(sigs: &[c_int]) -> sigset_t {
 
 /// Block SIGCHLD and return a close-on-exec signalfd for it.
 pub fn sigchld_fd() -> io::Result<c_int> {
-    let set = sigset_of(&[SIGCHLD]);
+    signals_fd(&[SIGCHLD])
+}
+
+/// Block `sigs` and return a close-on-exec signalfd for them.
+pub fn signals_fd(sigs: &[c_int]) -> io::Result<c_int> {
+    let set = sigset_of(sigs);
     // SAFETY: stack sets.
     check(unsafe { sigprocmask(SIG_BLOCK, &set, std::ptr::null_mut()) })?;
     // SAFETY: a stack set.
     check(unsafe { signalfd(-1, &set, SFD_CLOEXEC) })
+}
+
+/// A close-on-exec anonymous file (`memfd_create`): shared by the forked
+/// children that inherit it, reachable by no other identity.
+pub fn memfd(name: &CStr) -> io::Result<c_int> {
+    #[cfg(target_arch = "x86_64")]
+    const SYS_MEMFD_CREATE: c_long = 319;
+    #[cfg(target_arch = "aarch64")]
+    const SYS_MEMFD_CREATE: c_long = 279;
+    const MFD_CLOEXEC: c_long = 1;
+    // SAFETY: a NUL-terminated name and an integer.
+    let r = unsafe { syscall(SYS_MEMFD_CREATE, name.as_ptr(), MFD_CLOEXEC) };
+    check(r as c_int)
+}
+
+pub const LOCK_SH: c_int = 1;
+pub const LOCK_EX: c_int = 2;
+pub const LOCK_NB: c_int = 4;
+pub const LOCK_UN: c_int = 8;
+
+/// flock(2) on `fd` (retried on EINTR).
+pub fn flock_fd(fd: c_int, op: c_int) -> io::Result<()> {
+    unsafe extern "C" {
+        fn flock(fd: c_int, op: c_int) -> c_int;
+    }
+    loop {
+        // SAFETY: integers.
+        match check(unsafe { flock(fd, op) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r.map(drop),
+        }
+    }
+}
+
+/// The number of the next signal queued on signalfd `fd` (blocking).
+pub fn read_signal(fd: c_int) -> Option<c_int> {
+    // struct signalfd_siginfo: 128 bytes, ssi_signo first.
+    let mut buf = [0u8; 128];
+    let n = read_some(fd, &mut buf);
+    (n == 128).then(|| u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as c_int)
+}
+
+/// End this process by `sig` with its default action, as if it had not
+/// been caught.
+pub fn die_of(sig: c_int) -> ! {
+    // SAFETY: SIG_DFL is 0; a signal to ourselves.
+    unsafe {
+        signal(sig, 0);
+    }
+    reset_signals();
+    let _ = signal_pid(std::process::id() as pid_t, sig);
+    exit_now(128 + sig)
 }
 
 /// Unblock every signal and restore default SIGPIPE (for a child about to exec).
