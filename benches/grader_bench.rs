@@ -275,6 +275,10 @@ fn phase_means(before: &[(String, f64, f64)], after: &[(String, f64, f64)]) -> V
 
 fn main() -> Result<()> {
     let args = parse_args()?;
+    if args.runners.iter().any(|r| r == "native") {
+        // As `labgrader serve` does, before any thread exists.
+        labgrader::sandbox::native::spawner::prefork();
+    }
     let root = match &args.dir {
         Some(d) => d.join(format!("grader-bench-{}", new_job_id())),
         None => PathBuf::from("target").join(format!("grader-bench-{}", new_job_id())),

@@ -332,6 +332,11 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn daemon(cfg: Arc<Config>, parts: Parts) -> Result<ExitCode> {
+    let native = crate::config::RunnerKind::Native;
+    if cfg.grader.runner == native || cfg.assignments.values().any(|a| a.runner == Some(native)) {
+        // Before any thread exists (see `spawner::prefork`).
+        crate::sandbox::native::spawner::prefork();
+    }
     runtime()?.block_on(async move {
         let shutdown = crate::daemon::shutdown_on_signals()?;
         crate::daemon::run(cfg, parts, shutdown).await

@@ -157,10 +157,13 @@ impl NativeRunner {
             });
         }
         if let Some(copy) = &self.init_copy {
-            // The host's copy, read-only: the same file under both names.
-            for name in [".labgrader/lg-init", ".labgrader/bin/run-as-student"] {
-                bind(&mut ops, &copy.file, name, false, ro)?;
-            }
+            // The host's copy, read-only; its second name is a link (it
+            // dispatches on argv[0], which a link keeps).
+            bind(&mut ops, &copy.file, ".labgrader/lg-init", false, ro)?;
+            ops.push(Op::Symlink {
+                target: cstr("../lg-init")?,
+                path: under(".labgrader/bin/run-as-student")?,
+            });
         } else {
             ops.push(Op::WriteFile {
                 path: under(".labgrader/lg-init")?,

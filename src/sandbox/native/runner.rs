@@ -236,7 +236,7 @@ impl NativeRunner {
             cgroups,
             staging,
             external_memory_limit: false,
-            spawner: std::sync::Arc::new(super::spawner::Spawner::started()),
+            spawner: super::spawner::for_runner(),
             init_copy: InitCopy::make(),
         })
     }

@@ -32,7 +32,7 @@
 use std::ffi::CString;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use nix::errno::Errno;
 use nix::mount::MsFlags;
@@ -56,6 +56,25 @@ const MAX_REQUEST: usize = 128 * 1024;
 const MAX_FDS: usize = 32;
 /// The spawner's socket, once it has closed everything else.
 const SPAWNER_SOCK: RawFd = 3;
+
+/// The process-wide spawner forked by [`prefork`], if any.
+static EARLY: OnceLock<Arc<Spawner>> = OnceLock::new();
+
+/// Fork the spawner every native runner of this process will use, now:
+/// `labgrader serve` calls it before its runtime starts, while the process
+/// is single-threaded and small, so the spawner's address space (which
+/// every clone copies and every init's exit tears down) is small too.
+pub fn prefork() {
+    let _ = EARLY.set(Arc::new(Spawner::started()));
+}
+
+/// The spawner for a new runner: the early one, or one of its own.
+pub(super) fn for_runner() -> Arc<Spawner> {
+    EARLY
+        .get()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(Spawner::started()))
+}
 
 /// The spawner of one runner, started on first use and again if it died.
 #[derive(Debug, Default)]
