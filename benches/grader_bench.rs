@@ -37,6 +37,19 @@ use labgrader::event::{Event, EventKind, HookSource, Project, Pusher, ZERO_SHA};
 use labgrader::spool::{Spool, State, new_job_id};
 use tokio_util::sync::CancellationToken;
 
+/// No `git maintenance run --auto --detach` after a commit, fetch or
+/// push: it would still be running, in the background, while the
+/// contenders are measured.
+const NO_BACKGROUND_GIT: [(&str, &str); 7] = [
+    ("GIT_CONFIG_COUNT", "3"),
+    ("GIT_CONFIG_KEY_0", "maintenance.auto"),
+    ("GIT_CONFIG_VALUE_0", "false"),
+    ("GIT_CONFIG_KEY_1", "gc.auto"),
+    ("GIT_CONFIG_VALUE_1", "0"),
+    ("GIT_CONFIG_KEY_2", "receive.autogc"),
+    ("GIT_CONFIG_VALUE_2", "false"),
+];
+
 /// Threads of gitlab-ag's loop (its default), and the daemon's workers
 /// against it unless `--workers` is given.
 const AG_THREADS: usize = 4;
@@ -99,17 +112,7 @@ fn git(dir: &Path, args: &[&str]) -> Result<String> {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
-        // No `maintenance run --auto --detach` after each commit: it would
-        // still be running, in the background, while the contenders are
-        // measured.
-        .args([
-            "-c",
-            "maintenance.auto=false",
-            "-c",
-            "gc.auto=0",
-            "-c",
-            "receive.autogc=false",
-        ])
+        .envs(NO_BACKGROUND_GIT)
         .args(args)
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -384,6 +387,7 @@ done < "$list"
         .arg(&list)
         .arg(root.join("baseline-work"))
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .envs(NO_BACKGROUND_GIT)
         .status()?;
     let baseline_secs = t.elapsed().as_secs_f64();
     if !st.success() {
@@ -411,6 +415,7 @@ done < "$list"
             .arg(&one)
             .arg(root.join("baseline-work"))
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .envs(NO_BACKGROUND_GIT)
             .status()?;
         if !st.success() {
             bail!("baseline job failed: {st}");
@@ -615,9 +620,8 @@ fn against_gitlab_ag(
 ) -> Result<()> {
     // --- gitlab-ag's loop against the daemon with its callback ---
     let receiver = Receiver::start(root)?;
-    let cpu = cpu_seconds();
-    let ag_rate = gitlab_ag_loop(root, &jobs[0].0, &jobs[0].1, jobs.len(), &receiver.url)?;
-    let ag_cpu_ms = (cpu_seconds() - cpu) * 1000.0 / jobs.len() as f64;
+    let (ag_rate, ag_cpu_ms) =
+        gitlab_ag_loop(root, &jobs[0].0, &jobs[0].1, jobs.len(), &receiver.url)?;
     // The same concurrency as the loop's threads, unless --workers says
     // otherwise (the default, one worker per CPU, would give the daemon
     // half the loop's concurrency on 2 CPUs).
@@ -633,10 +637,8 @@ fn against_gitlab_ag(
     println!("    gitlab-ag-loop {ag_rate:7.1} jobs/s  ({ag_cpu_ms:.2} CPU ms per job)");
     for runner in &args.runners {
         let runner = runner.as_str();
-        let cpu = cpu_seconds();
         match daemon_with_callback(rt, root, runner, cb_workers, jobs, &receiver.url) {
-            Ok(rate) => {
-                let cpu_ms = (cpu_seconds() - cpu) * 1000.0 / jobs.len() as f64;
+            Ok((rate, cpu_ms)) => {
                 println!(
                     "    daemon ({runner:<6}) {rate:7.1} jobs/s  ({cpu_ms:.2} CPU ms per job; exact-SHA export, durable done/, gradebook, callback sent)"
                 );
@@ -711,7 +713,7 @@ impl Drop for Receiver {
 /// polls; each job `cp -R` of a prepared student and tests directory, then
 /// `test_all` (no sandbox), then the stdout POSTed; 4 threads. Jobs/s from
 /// the first job seen to the last callback answered.
-fn gitlab_ag_loop(root: &Path, path: &str, sha: &str, n: usize, url: &str) -> Result<f64> {
+fn gitlab_ag_loop(root: &Path, path: &str, sha: &str, n: usize, url: &str) -> Result<(f64, f64)> {
     let ag = root.join("gitlab-ag");
     let (student, tests, inbox, work) = (
         ag.join("student"),
@@ -784,6 +786,7 @@ print(n / (end - first[0]))
     for i in 0..n {
         std::fs::write(inbox.join(format!("job{i:06}")), b"{}")?;
     }
+    let cpu = cpu_seconds();
     let out = Command::new("python3")
         .arg(&py)
         .arg(&student)
@@ -800,7 +803,8 @@ print(n / (end - first[0]))
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    let cpu_ms = (cpu_seconds() - cpu) * 1000.0 / n as f64;
+    Ok((String::from_utf8_lossy(&out.stdout).trim().parse()?, cpu_ms))
 }
 
 /// The daemon (grader and delivery worker) on a fresh spool with the
@@ -813,7 +817,7 @@ fn daemon_with_callback(
     workers: usize,
     jobs: &[(String, String)],
     url: &str,
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
     let dir = root.join(format!("spool-cb-{runner}"));
     let secret = root.join("callback-secret");
     std::fs::write(&secret, "bench-callback-secret")?;
@@ -829,12 +833,14 @@ fn daemon_with_callback(
     let spool = Arc::new(Spool::open(&dir)?);
     // Built first: an unavailable runner is reported, not waited for.
     labgrader::sandbox::build_runner(&cfg, cfg.grader.runner)?;
+    warm_mirrors(rt, &text, &spool, jobs)?;
     for (path, sha) in jobs {
         let ev = event(path, sha);
         spool.publish(State::Incoming, &ev.file_name(), &ev.to_bytes())?;
     }
     let phases_before = phase_totals();
     let shutdown = CancellationToken::new();
+    let cpu = cpu_seconds();
     let t = Instant::now();
     let grader = rt.spawn(labgrader::grader::run(
         cfg.clone(),
@@ -879,6 +885,7 @@ fn daemon_with_callback(
         std::thread::sleep(Duration::from_millis(5));
     }
     let total = t.elapsed();
+    let cpu_ms = (cpu_seconds() - cpu) * 1000.0 / jobs.len() as f64;
     let rate = jobs.len() as f64 / total.as_secs_f64();
     eprintln!(
         "    ({runner}: all in done/ after {:.2} s, every callback answered after {:.2} s)",
@@ -893,7 +900,42 @@ fn daemon_with_callback(
     shutdown.cancel();
     rt.block_on(grader)??;
     let _ = rt.block_on(deliver)?;
-    Ok(rate)
+    Ok((rate, cpu_ms))
+}
+
+/// One job per project graded first, unmeasured and without callback: a
+/// regrade runs on a daemon whose mirrors exist, as gitlab-ag's loop
+/// starts from directories prepared beforehand.
+fn warm_mirrors(
+    rt: &tokio::runtime::Runtime,
+    measured_config: &str,
+    spool: &Arc<Spool>,
+    jobs: &[(String, String)],
+) -> Result<()> {
+    let text = measured_config
+        .split("[callback]")
+        .next()
+        .unwrap_or(measured_config);
+    let cfg = Arc::new(Config::from_toml(text, None)?);
+    let mut seen = std::collections::HashSet::new();
+    let firsts: Vec<&(String, String)> = jobs.iter().filter(|(p, _)| seen.insert(p)).collect();
+    for (path, sha) in &firsts {
+        let ev = event(path, sha);
+        spool.publish(State::Incoming, &ev.file_name(), &ev.to_bytes())?;
+    }
+    let target = recorded_jobs() + firsts.len() as u64;
+    let shutdown = CancellationToken::new();
+    let grader = rt.spawn(labgrader::grader::run(cfg, spool.clone(), shutdown.clone()));
+    let t = Instant::now();
+    while recorded_jobs() < target {
+        if grader.is_finished() || t.elapsed() > Duration::from_secs(300) {
+            bail!("the warm-up jobs were not graded");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    shutdown.cancel();
+    rt.block_on(grader)??;
+    Ok(())
 }
 
 fn num_cpus() -> usize {
