@@ -408,6 +408,35 @@ fn slow_pack_of(
     (cfg, f.tmp.path().join("daemon.log"), gitconfig)
 }
 
+/// Student `who`'s push to `lab` queued, and a grader started whose git
+/// serves that student's pack too slowly (see `slow_pack_of`). Returns
+/// (event, log, grader).
+fn slow_student(
+    f: &Fixture,
+    who: &str,
+    lab: &str,
+    extra: &str,
+) -> (
+    labgrader::event::Event,
+    std::path::PathBuf,
+    std::process::Child,
+) {
+    f.tests_repo(
+        lab,
+        "#!/bin/sh\nprintf '<summary>\\ngrade_total = 1\\n</summary>\\n'\n",
+    );
+    let p = format!("course/{who}/{lab}");
+    let sha = f.push(&p, |w| std::fs::write(w.join("x"), "1").unwrap());
+    let (cfg, log, gitconfig) = slow_pack_of(f, who, extra);
+    let ev = f.event(&p, &sha);
+    f.enqueue(&ev);
+    let grader = daemon::binary("grader", &cfg, &log)
+        .env("GIT_CONFIG_GLOBAL", &gitconfig)
+        .spawn()
+        .expect("the labgrader binary starts");
+    (ev, log, grader)
+}
+
 fn recorded(f: &Fixture, job: &str) -> labgrader::result::JobResult {
     serde_json::from_slice(&std::fs::read(f.done_dir(job).join("result.json")).unwrap()).unwrap()
 }
@@ -421,19 +450,7 @@ fn recorded(f: &Fixture, job: &str) -> labgrader::result::JobResult {
 #[test]
 fn a_repository_too_slow_to_fetch_is_the_submissions_fault_on_the_retry() {
     let f = Fixture::new();
-    f.tests_repo(
-        "lab22",
-        "#!/bin/sh\nprintf '<summary>\\ngrade_total = 1\\n</summary>\\n'\n",
-    );
-    let p = "course/rita/lab22";
-    let sha = f.push(p, |w| std::fs::write(w.join("x"), "1").unwrap());
-    let (cfg, log, gitconfig) = slow_pack_of(&f, "rita", "infra_retries = 5\n");
-    let ev = f.event(p, &sha);
-    f.enqueue(&ev);
-    let grader = daemon::binary("grader", &cfg, &log)
-        .env("GIT_CONFIG_GLOBAL", &gitconfig)
-        .spawn()
-        .expect("the labgrader binary starts");
+    let (ev, log, grader) = slow_student(&f, "rita", "lab22", "infra_retries = 5\n");
     wait_blocking("the job to be recorded", WAIT, || {
         f.done_dir(&ev.job_id).join("result.json").exists()
     });
@@ -461,19 +478,7 @@ fn a_repository_too_slow_to_fetch_is_the_submissions_fault_on_the_retry() {
 #[test]
 fn a_slow_fetch_during_an_outage_stays_the_graders_fault() {
     let f = Fixture::new();
-    f.tests_repo(
-        "lab23",
-        "#!/bin/sh\nprintf '<summary>\\ngrade_total = 1\\n</summary>\\n'\n",
-    );
-    let p = "course/sam/lab23";
-    let sha = f.push(p, |w| std::fs::write(w.join("x"), "1").unwrap());
-    let (cfg, log, gitconfig) = slow_pack_of(&f, "sam", "infra_retries = 2\n");
-    let ev = f.event(p, &sha);
-    f.enqueue(&ev);
-    let grader = daemon::binary("grader", &cfg, &log)
-        .env("GIT_CONFIG_GLOBAL", &gitconfig)
-        .spawn()
-        .expect("the labgrader binary starts");
+    let (ev, log, grader) = slow_student(&f, "sam", "lab23", "infra_retries = 2\n");
     let spool = f.spool();
     wait_blocking("the first retry to be scheduled", WAIT, || {
         waits_for_retry(&spool, &ev)

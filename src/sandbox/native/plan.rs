@@ -300,6 +300,24 @@ pub struct Plan {
     pub envp: Vec<CString>,
 }
 
+impl Plan {
+    /// The seven descriptors every sandbox gets at fixed numbers, in the
+    /// order the child places them (stdio, report, go, results, test
+    /// paths).
+    pub fn fixed_fds(&self) -> [RawFd; 7] {
+        use std::os::fd::AsRawFd;
+        [
+            self.stdin.as_raw_fd(),
+            self.stdout.as_raw_fd(),
+            self.stderr.as_raw_fd(),
+            self.report.as_raw_fd(),
+            self.go.as_raw_fd(),
+            self.results.as_raw_fd(),
+            self.test_paths.as_raw_fd(),
+        ]
+    }
+}
+
 /// What the child writes to the report pipe: 16 bytes, native endian.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Record {

@@ -79,15 +79,7 @@ fn report_and_exit((step, errno, op): Fail, code: libc::c_int) -> ! {
 /// Move the fds the child needs to its fixed layout and close the rest
 /// (other jobs' pipes must not stay open in this process).
 fn arrange_fds(plan: &Plan) -> Result<(), Fail> {
-    let mut fixed: [RawFd; 7] = [
-        plan.stdin.as_raw_fd(),
-        plan.stdout.as_raw_fd(),
-        plan.stderr.as_raw_fd(),
-        plan.report.as_raw_fd(),
-        plan.go.as_raw_fd(),
-        plan.results.as_raw_fd(),
-        plan.test_paths.as_raw_fd(),
-    ];
+    let mut fixed = plan.fixed_fds();
     let mut high: RawFd = FD_SOURCES;
     for fd in fixed.iter() {
         high = high.max(*fd + 1);

@@ -319,15 +319,7 @@ fn clone_here(plan: &Plan) -> Result<i32, Errno> {
 // of `plan_fds`; everything else is encoded here.
 
 fn plan_fds(plan: &Plan) -> Vec<RawFd> {
-    let mut fds = vec![
-        plan.stdin.as_raw_fd(),
-        plan.stdout.as_raw_fd(),
-        plan.stderr.as_raw_fd(),
-        plan.report.as_raw_fd(),
-        plan.go.as_raw_fd(),
-        plan.results.as_raw_fd(),
-        plan.test_paths.as_raw_fd(),
-    ];
+    let mut fds = plan.fixed_fds().to_vec();
     fds.extend(plan.cgroup_tasks.iter().map(|f| f.as_raw_fd()));
     fds
 }
