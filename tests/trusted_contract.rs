@@ -53,20 +53,8 @@ echo "harness done"
 "#;
 
 async fn attack_on(kind: RunnerKind, cfg: Config) -> JobResult {
-    let student = tempfile::tempdir().unwrap();
-    let tests = tempfile::tempdir().unwrap();
-    write_mode(&student.path().join("attack.sh"), ATTACK, 0o644);
-    write_mode(&tests.path().join("test_all"), HARNESS, 0o755);
-    labgrader::grader::grade_local(
-        &cfg,
-        student.path(),
-        tests.path(),
-        Some(kind),
-        Some(Duration::from_secs(30)),
-        Some(Contract::Trusted),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{kind} runner: {e}"))
+    let lay = |s: &std::path::Path| write_mode(&s.join("attack.sh"), ATTACK, 0o644);
+    common::trusted::grade(kind, &cfg, lay, HARNESS, None, 30).await
 }
 
 fn assert_the_harness_graded(r: &JobResult) {
@@ -163,30 +151,12 @@ printf '{"tests": [{"name": "answers", "score": %s, "max_score": 10}]}\n' "$s" \
 "#;
 
 async fn symlinks_on(kind: RunnerKind, cfg: Config) -> JobResult {
-    let student = tempfile::tempdir().unwrap();
-    let tests = tempfile::tempdir().unwrap();
-    write_mode(&student.path().join("links.sh"), LINKS_OUT, 0o644);
-    std::os::unix::fs::symlink(
-        "/harness/tests/expected.txt",
-        student.path().join("answer.txt"),
-    )
-    .unwrap();
-    write_mode(&tests.path().join("test_all"), NAIVE_HARNESS, 0o755);
-    write_mode(
-        &tests.path().join("expected.txt"),
-        "the secret answer\n",
-        0o644,
-    );
-    labgrader::grader::grade_local(
-        &cfg,
-        student.path(),
-        tests.path(),
-        Some(kind),
-        Some(Duration::from_secs(30)),
-        Some(Contract::Trusted),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{kind} runner: {e}"))
+    let lay = |s: &std::path::Path| {
+        write_mode(&s.join("links.sh"), LINKS_OUT, 0o644);
+        std::os::unix::fs::symlink("/harness/tests/expected.txt", s.join("answer.txt")).unwrap();
+    };
+    let secret = Some("the secret answer\n");
+    common::trusted::grade(kind, &cfg, lay, NAIVE_HARNESS, secret, 30).await
 }
 
 fn assert_no_symlink_was_followed(r: &JobResult) {

@@ -15,6 +15,8 @@
 //! - `hostile`: the hostile-submission table every sandboxing runner runs;
 //! - `services`: docker, Slurm and python availability, and the rule that
 //!   a missing service fails loudly unless the developer opted out;
+//! - `trusted`: a trusted-contract job graded locally, for attacks on the
+//!   harness;
 //! - `files`, `host`, `wait`: files laid out by hand, host facts, polling;
 //! - `web`: a `labgrader serve` with the web view on, and pushes to it.
 //!
@@ -32,6 +34,7 @@ pub mod http;
 pub mod repos;
 pub mod services;
 pub mod smtp;
+pub mod trusted;
 pub mod wait;
 pub mod web;
 pub mod world;
