@@ -148,9 +148,8 @@ pub(super) fn rank(rows: &[BoardRow], order: LeaderboardOrder) -> Vec<Entry> {
             None => (default_name(&r.project), false),
             Some("false" | "null" | "\"\"") => ("anonymous".into(), false),
             Some(json) => serde_json::from_str::<String>(json)
-                .map(|s| one_line(s.trim(), NAME_MAX))
                 .ok()
-                .filter(|s| !s.trim().is_empty())
+                .and_then(|s| chosen_name(&s))
                 .map_or_else(|| ("anonymous".into(), false), |s| (s, true)),
         };
         let Some(v) = r.value else { continue };
@@ -183,6 +182,35 @@ pub(super) fn rank(rows: &[BoardRow], order: LeaderboardOrder) -> Vec<Entry> {
             value,
         })
         .collect()
+}
+
+/// A chosen name as shown (between quotes the page adds), or `None` when
+/// nothing visible is left. Characters that draw nothing or reorder what
+/// follows (zero-width, bidi controls, other format characters) are
+/// dropped, and double quotes become single ones: otherwise `x” alice “y`
+/// would show a bare `alice` between two chosen names, and a
+/// right-to-left override could move the closing quote.
+fn chosen_name(s: &str) -> Option<String> {
+    let invisible = |c: char| {
+        matches!(c,
+            '\u{AD}' | '\u{34F}' | '\u{61C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}'
+            | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
+    };
+    let quote = |c: char| {
+        matches!(c,
+            '"' | '\u{201C}'..='\u{201F}' | '\u{2033}' | '\u{2036}' | '\u{275D}' | '\u{275E}'
+            | '\u{2E42}' | '\u{301D}'..='\u{301F}' | '\u{FF02}' | '\u{AB}' | '\u{BB}')
+    };
+    let kept: String = s
+        .chars()
+        .filter(|c| !invisible(*c))
+        .map(|c| if quote(c) { '\'' } else { c })
+        .collect();
+    let name = one_line(kept.trim(), NAME_MAX);
+    (!name.trim().is_empty()).then_some(name)
 }
 
 /// The last part of the project's namespace (`course/alice/lab1` → alice).
@@ -248,6 +276,33 @@ mod tests {
             .map(|r| r.project)
             .collect();
         assert_eq!(kept, ["course/alice/lab1"]);
+    }
+
+    /// The attack: a chosen name that passes for a classmate's bare
+    /// GitLab name, by closing the page's quotes itself, reordering them
+    /// with a bidi override, or hiding in invisible characters.
+    #[test]
+    fn a_chosen_name_cannot_break_out_of_its_quotes() {
+        let shown = |name: &str| {
+            let json = serde_json::to_string(name).unwrap();
+            let rows = [row("c/mallory/lab", Some(1.0), Some(&json), 1)];
+            let e = &rank(&rows, LeaderboardOrder::Desc)[0];
+            (e.name.clone(), e.chosen)
+        };
+        assert_eq!(
+            shown("x\u{201D} alice \u{201C}y"),
+            ("x' alice 'y".into(), true)
+        );
+        assert_eq!(shown("\"alice\""), ("'alice'".into(), true));
+        assert_eq!(shown("\u{202E}ecila\u{202C}"), ("ecila".into(), true));
+        assert_eq!(shown("\u{2067}alice\u{2069}"), ("alice".into(), true));
+        assert_eq!(shown("al\u{200B}ice\u{FEFF}"), ("alice".into(), true));
+        // Nothing visible left: anonymous, not an empty pair of quotes.
+        assert_eq!(
+            shown("\u{200B}\u{3164} \u{115F}"),
+            ("anonymous".into(), false)
+        );
+        assert_eq!(shown("Zoë 🚀"), ("Zoë 🚀".into(), true));
     }
 
     #[test]
