@@ -144,19 +144,24 @@ pub(crate) fn kill_identity(ids: (u32, u32)) -> bool {
     }
     eprintln!(
         "lg-init: processes of uid {} survived the end of the job, or could not be proven \
-         ended (/proc unreadable or {} unchanging)",
-        ids.0, LAST_PID
+         ended (/proc unreadable, or never still: {LAST_PID} or /proc/loadavg)",
+        ids.0
     );
     false
 }
 
 /// The pid namespace's last allocated pid (its cursor), as the kernel
 /// keeps it: it moves with every process or thread made, failed forks
-/// included.
+/// included. `ns_last_pid` needs CONFIG_CHECKPOINT_RESTORE; the last field
+/// of `/proc/loadavg` is the same cursor on every kernel.
 const LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
 
 fn last_pid() -> Option<u64> {
-    fs::read_to_string(LAST_PID).ok()?.trim().parse().ok()
+    let parse = |s: &str| s.trim().parse().ok();
+    match fs::read_to_string(LAST_PID) {
+        Ok(s) => parse(&s),
+        Err(_) => parse(fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().last()?),
+    }
 }
 
 /// One look at `/proc` for the live processes of a real uid.
