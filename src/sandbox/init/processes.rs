@@ -98,15 +98,19 @@ pub(crate) fn start_test_all(a: &Args, tests_dir: &Path) -> Result<i32, Fail> {
 }
 
 /// Kill every process running as `ids.0`: each one `/proc` lists is sent
-/// SIGKILL, round after round, until none is left alive (zombies aside;
-/// a fork made before its parent's SIGKILL is caught by the next round),
-/// so a caller that returns next finds nothing of that identity running.
-/// False (and said on stderr) when some survived.
+/// SIGKILL, round after round, until a round sees none alive (zombies
+/// aside) and proves it saw them all, so a caller that returns next finds
+/// nothing of that identity running. False (and said on stderr) when some
+/// survived or could not be proven dead.
+///
+/// A round lists `/proc` at once and reads each status after: a process
+/// listed may fork and then exit on its own (a fork bomb at its process
+/// limit does, all the time) before its status is read, and its child was
+/// in no list. So a round counts only if no pid was allocated in the pid
+/// namespace from before its listing to after its last read (the
+/// namespace's last pid unchanged: no process or thread was made meanwhile)
+/// and it could judge every pid it listed.
 pub(crate) fn kill_identity(ids: (u32, u32)) -> bool {
-    // Most jobs leave nothing behind.
-    if !any_alive(ids.0) {
-        return true;
-    }
     // Signal as the identity for a moment, in this thread, rather than
     // from a forked killer: with the job's process limit full (a fork
     // bomb) a fork fails and the bomb would outlive the job. /proc is read
@@ -114,15 +118,22 @@ pub(crate) fn kill_identity(ids: (u32, u32)) -> bool {
     // hidepid); real and saved uids stay root's, so the switch back is
     // allowed.
     for _ in 0..10_000 {
-        let pids: Vec<i32> = procs_of(ids.0).collect();
-        if pids.is_empty() {
-            return true;
+        let before = last_pid();
+        let scan = scan(ids.0);
+        let proven = scan.complete && before.is_some() && last_pid() == before;
+        if scan.live.is_empty() {
+            // Most jobs leave nothing behind: no signal, no euid switch.
+            if proven {
+                return true;
+            }
+            sys::sleep_us(200);
+            continue;
         }
         if let Err(e) = sys::set_thread_euid(ids.0) {
             eprintln!("lg-init: cannot act as uid {} to end its processes: {e}", ids.0);
             return false;
         }
-        for pid in pids {
+        for pid in scan.live {
             let _ = sys::signal_pid(pid, sys::SIGKILL);
         }
         if sys::set_thread_euid(0).is_err() {
@@ -131,45 +142,105 @@ pub(crate) fn kill_identity(ids: (u32, u32)) -> bool {
         }
         sys::sleep_us(200);
     }
-    eprintln!("lg-init: processes of uid {} survived the end of the job", ids.0);
+    eprintln!(
+        "lg-init: processes of uid {} survived the end of the job, or could not be proven \
+         ended (/proc unreadable, or never still: {LAST_PID} or /proc/loadavg)",
+        ids.0
+    );
     false
 }
 
-/// Is a process of real uid `uid`, other than this one, alive (not a zombie)?
-pub(crate) fn any_alive(uid: u32) -> bool {
-    procs_of(uid).next().is_some()
+/// The pid namespace's last allocated pid (its cursor), as the kernel
+/// keeps it: it moves with every process or thread made, failed forks
+/// included. `ns_last_pid` needs CONFIG_CHECKPOINT_RESTORE; the last field
+/// of `/proc/loadavg` is the same cursor on every kernel.
+const LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
+
+fn last_pid() -> Option<u64> {
+    let parse = |s: &str| s.trim().parse().ok();
+    match fs::read_to_string(LAST_PID) {
+        Ok(s) => parse(&s),
+        Err(_) => parse(fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().last()?),
+    }
 }
 
-/// The live (not zombie) processes of real uid `uid`, other than this one,
-/// as `/proc` shows them now.
-pub(crate) fn procs_of(uid: u32) -> impl Iterator<Item = i32> {
+/// One look at `/proc` for the live processes of a real uid.
+struct Scan {
+    /// Live (not zombie) processes of the uid, other than this one.
+    live: Vec<i32>,
+    /// Every pid listed was judged: read, or gone (ESRCH) since listed.
+    complete: bool,
+}
+
+/// The live (not zombie) processes of real uid `uid`, other than this
+/// one, as `/proc` shows them now.
+fn scan(uid: u32) -> Scan {
     let me = std::process::id().to_string();
     let uid = uid.to_string();
-    fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(move |e| {
-            let name = e.file_name();
-            let n = name.to_str()?;
-            if !n.bytes().all(|b| b.is_ascii_digit()) || n == me {
-                return None;
+    let mut s = Scan {
+        live: Vec::new(),
+        complete: true,
+    };
+    let dir = match fs::read_dir("/proc") {
+        Ok(d) => d,
+        Err(_) => {
+            s.complete = false;
+            return s;
+        }
+    };
+    for e in dir {
+        let Ok(e) = e else {
+            s.complete = false;
+            break;
+        };
+        let name = e.file_name();
+        let Some(n) = name.to_str() else { continue };
+        if !n.bytes().all(|b| b.is_ascii_digit()) || n == me {
+            continue;
+        }
+        let Ok(pid) = n.parse::<i32>() else { continue };
+        let Ok(status) = fs::read_to_string(e.path().join("status")) else {
+            // Gone since listed, or not judged.
+            s.complete &= gone(pid);
+            continue;
+        };
+        let real = field(&status, "Uid:");
+        if real.split_whitespace().next() != Some(uid.as_str()) {
+            continue;
+        }
+        // The state shown is the main thread's: a process whose main
+        // thread ended shows a zombie while its other threads run.
+        let live = !dead(&status) || {
+            match fs::read_dir(e.path().join("task")) {
+                Ok(tasks) => tasks.into_iter().any(|t| match t {
+                    Ok(t) => fs::read_to_string(t.path().join("status")).map_or_else(
+                        |_| {
+                            s.complete &= gone(pid);
+                            false
+                        },
+                        |st| !dead(&st),
+                    ),
+                    Err(_) => {
+                        s.complete = false;
+                        false
+                    }
+                }),
+                Err(_) => {
+                    s.complete &= gone(pid);
+                    false
+                }
             }
-            let status = fs::read_to_string(e.path().join("status")).ok()?;
-            let real = field(&status, "Uid:");
-            let real = real.split_whitespace().next().unwrap_or("");
-            // The state shown is the main thread's: a process whose main
-            // thread ended shows a zombie while its other threads run.
-            let live = || {
-                !dead(&status)
-                    || fs::read_dir(e.path().join("task"))
-                        .into_iter()
-                        .flatten()
-                        .flatten()
-                        .any(|t| fs::read_to_string(t.path().join("status")).is_ok_and(|s| !dead(&s)))
-            };
-            (real == uid && live()).then(|| n.parse().ok()).flatten()
-        })
+        };
+        if live {
+            s.live.push(pid);
+        }
+    }
+    s
+}
+
+/// Has `pid` left the process table (reaped)? A zombie still answers.
+fn gone(pid: i32) -> bool {
+    sys::signal_pid(pid, 0).is_err_and(|e| e.raw_os_error() == Some(sys::ESRCH))
 }
 
 /// A `/proc` status's field `k`, trimmed.

@@ -14,6 +14,7 @@ pub type uid_t = u32;
 pub type gid_t = u32;
 
 pub const SIGKILL: c_int = 9;
+pub const ESRCH: c_int = 3;
 pub const SIGCHLD: c_int = 17;
 pub const SIGPIPE: c_int = 13;
 /// The signals that ask a process to end (`timeout`, a terminal, `kill`).
