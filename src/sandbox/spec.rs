@@ -175,6 +175,16 @@ pub enum SandboxError {
     Io(#[from] std::io::Error),
 }
 
+impl SandboxError {
+    /// A setup failure at `step` (what was being done), saying why.
+    pub fn setup(step: &'static str, message: impl std::fmt::Display) -> SandboxError {
+        SandboxError::Setup {
+            step,
+            message: message.to_string(),
+        }
+    }
+}
+
 /// A place `test_all` can run. Implementations must: kill everything the
 /// run started when it ends, times out or is cancelled; keep at most
 /// `limits.output` bytes of each stream in memory; leave nothing behind

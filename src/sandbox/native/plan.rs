@@ -22,6 +22,13 @@ pub(super) const FD_RESULTS: RawFd = 5;
 pub(super) const FD_TEST_PATHS: RawFd = 6;
 /// First O_PATH source fd inside the init.
 pub(super) const FD_SOURCES: RawFd = 7;
+/// The namespaces every sandbox's init is cloned into.
+pub(super) const NS_FLAGS: libc::c_int = libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS;
 /// Most bind sources a plan may carry (the child keeps a fixed array).
 pub(super) const MAX_SOURCES: usize = 48;
 

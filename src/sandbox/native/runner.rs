@@ -135,15 +135,6 @@ pub fn available() -> Result<(), String> {
     }
 }
 
-pub(super) fn ns_flags() -> libc::c_int {
-    libc::CLONE_NEWUSER
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWNS
-        | libc::CLONE_NEWNET
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS
-}
-
 /// Clone a child with every namespace; it exits at once.
 fn probe_clone() -> Result<(), nix::errno::Errno> {
     extern "C" fn noop(_: *mut libc::c_void) -> libc::c_int {
@@ -157,7 +148,7 @@ fn probe_clone() -> Result<(), nix::errno::Errno> {
         libc::clone(
             noop,
             top.cast(),
-            ns_flags() | libc::SIGCHLD,
+            super::plan::NS_FLAGS | libc::SIGCHLD,
             std::ptr::null_mut(),
         )
     };
@@ -167,10 +158,7 @@ fn probe_clone() -> Result<(), nix::errno::Errno> {
 }
 
 pub(super) fn setup_err(step: &'static str, message: impl std::fmt::Display) -> SandboxError {
-    SandboxError::Setup {
-        step,
-        message: message.to_string(),
-    }
+    SandboxError::setup(step, message)
 }
 
 impl NativeRunner {

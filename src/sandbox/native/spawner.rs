@@ -43,8 +43,7 @@ use nix::sys::socket::{
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
-use super::plan::{ChildArgs, Op, Plan, STACK_SIZE};
-use super::runner::{ns_flags, setup_err};
+use super::plan::{ChildArgs, NS_FLAGS, Op, Plan, STACK_SIZE};
 use super::setup;
 use crate::sandbox::init;
 use crate::sandbox::spec::SandboxError;
@@ -110,7 +109,7 @@ impl Spawner {
     pub fn clone_init(&self, plan: &Plan) -> Result<Pid, SandboxError> {
         let request = encode(plan);
         if request.len() > MAX_REQUEST {
-            return Err(setup_err(
+            return Err(SandboxError::setup(
                 "clone the sandbox",
                 format!(
                     "the plan is {} bytes, over the spawner's {MAX_REQUEST}",
@@ -131,14 +130,17 @@ impl Spawner {
                 Ok(answer) if answer > 0 => return Ok(Pid::from_raw(answer as i32)),
                 Ok(answer) => {
                     let errno = Errno::from_raw((-answer) as i32);
-                    return Err(setup_err("clone the sandbox", format!("clone: {errno}")));
+                    return Err(SandboxError::setup(
+                        "clone the sandbox",
+                        format!("clone: {errno}"),
+                    ));
                 }
                 Err(e) if attempt == 0 => {
                     tracing::warn!(error = %e, "the sandbox spawner is gone; starting it again");
                     *guard = None;
                 }
                 Err(e) => {
-                    return Err(setup_err(
+                    return Err(SandboxError::setup(
                         "clone the sandbox",
                         format!("the spawner process: {e}"),
                     ));
@@ -157,12 +159,14 @@ impl Process {
             None,
             SockFlag::SOCK_CLOEXEC,
         )
-        .map_err(|e| setup_err("start the sandbox spawner", format!("socketpair: {e}")))?;
+        .map_err(|e| {
+            SandboxError::setup("start the sandbox spawner", format!("socketpair: {e}"))
+        })?;
         // SAFETY: the child runs only `spawner_main`, which is fork-safe
         // (see the module's docs) and never returns.
         let pid = unsafe { libc::fork() };
         match pid {
-            -1 => Err(setup_err(
+            -1 => Err(SandboxError::setup(
                 "start the sandbox spawner",
                 format!("fork: {}", Errno::last()),
             )),
@@ -307,7 +311,7 @@ fn clone_here(plan: &Plan) -> Result<i32, Errno> {
         libc::clone(
             setup::init_main,
             top.cast(),
-            ns_flags() | libc::CLONE_PARENT,
+            NS_FLAGS | libc::CLONE_PARENT,
             (&mut args as *mut ChildArgs).cast(),
         )
     };
