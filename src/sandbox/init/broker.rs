@@ -172,11 +172,17 @@ impl Call {
 fn workspace_open_to_harness(a: &Args, open: bool) {
     let ws = &a.workspace;
     let done = std::os::unix::fs::chown(ws, None, Some(a.student.1)).and_then(|()| {
-        fs::set_permissions(ws, fs::Permissions::from_mode(if open { 0o1777 } else { 0o1070 }))
+        fs::set_permissions(
+            ws,
+            fs::Permissions::from_mode(if open { 0o1777 } else { 0o1070 }),
+        )
     });
     if let Err(e) = done {
         let what = if open { "open" } else { "close" };
-        eprintln!("lg-init: cannot {what} the workspace {} to the harness: {e}", ws.display());
+        eprintln!(
+            "lg-init: cannot {what} the workspace {} to the harness: {e}",
+            ws.display()
+        );
     }
 }
 
@@ -201,7 +207,11 @@ pub(crate) fn run_student(a: &Args, argv: &[Vec<u8>], fds: &[i32], env: &[CStrin
     }
     sys::set_umask(0o022);
     if let Err(e) = std::env::set_current_dir(&a.workspace) {
-        let _ = writeln!(io::stderr(), "run-as-student: chdir {}: {e}", a.workspace.display());
+        let _ = writeln!(
+            io::stderr(),
+            "run-as-student: chdir {}: {e}",
+            a.workspace.display()
+        );
         return EXIT_CLIENT;
     }
     let cargv: Vec<CString> = argv.iter().map(|s| cstr(s.clone())).collect();
@@ -215,7 +225,11 @@ pub(crate) fn run_student(a: &Args, argv: &[Vec<u8>], fds: &[i32], env: &[CStrin
             .find_map(|e| e.as_bytes().strip_prefix(b"PATH=").map(|p| p.to_vec()))
             .unwrap_or_default();
         for dir in path.split(|b| *b == b':') {
-            let mut full = if dir.is_empty() { b".".to_vec() } else { dir.to_vec() };
+            let mut full = if dir.is_empty() {
+                b".".to_vec()
+            } else {
+                dir.to_vec()
+            };
             full.push(b'/');
             full.extend_from_slice(cmd);
             let e = sys::exec(&cstr(full), &cargv, env);
@@ -230,7 +244,11 @@ pub(crate) fn run_student(a: &Args, argv: &[Vec<u8>], fds: &[i32], env: &[CStrin
         "run-as-student: {}: {last}",
         String::from_utf8_lossy(cmd)
     );
-    if last.raw_os_error() == Some(2) { 127 } else { 126 }
+    if last.raw_os_error() == Some(2) {
+        127
+    } else {
+        126
+    }
 }
 
 /// `run-as-student CMD ARGS…` (running as the harness): hand CMD and our

@@ -28,7 +28,11 @@ pub(crate) fn copy_in(a: &Args, from: &Path, tests_dir: &Path) -> Result<(), Fai
             copy_tree(&src, tests_dir).map_err(|e| fail("copy the tests in", "copy", e))?;
         }
     }
-    for p in [from.join("workspace"), from.join("tests"), from.join("test-paths")] {
+    for p in [
+        from.join("workspace"),
+        from.join("tests"),
+        from.join("test-paths"),
+    ] {
         unmount_if_mounted(&p).map_err(|e| fail("hide the staged trees", "umount2", e))?;
     }
     Ok(())
@@ -100,7 +104,12 @@ pub(crate) fn readonly_mode(mode: u32) -> u32 {
 
 /// One entry's owner and mode. Symlinks are chowned as links, never
 /// followed; their mode means nothing.
-pub(crate) fn own(path: &Path, meta: &fs::Metadata, ids: (u32, u32), mode: Option<u32>) -> io::Result<()> {
+pub(crate) fn own(
+    path: &Path,
+    meta: &fs::Metadata,
+    ids: (u32, u32),
+    mode: Option<u32>,
+) -> io::Result<()> {
     let at = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
     std::os::unix::fs::lchown(path, Some(ids.0), Some(ids.1)).map_err(at)?;
     if let (Some(m), false) = (mode, meta.file_type().is_symlink()) {
@@ -147,14 +156,8 @@ pub(crate) fn layout_workspace(a: &Args, tests: &BTreeSet<PathBuf>) -> Result<()
         }
         Ok(())
     }
-    walk(
-        &a.workspace,
-        Path::new(""),
-        tests,
-        a.student,
-        a.harness_id,
-    )
-    .map_err(|e| fail("lay out the workspace", "lchown/chmod", e))?;
+    walk(&a.workspace, Path::new(""), tests, a.student, a.harness_id)
+        .map_err(|e| fail("lay out the workspace", "lchown/chmod", e))?;
     let meta = fs::symlink_metadata(&a.workspace)
         .map_err(|e| fail("lay out the workspace", "lstat", e))?;
     own(&a.workspace, &meta, a.harness_id, Some(0o1777))
@@ -192,7 +195,11 @@ pub(crate) fn layout_harness(a: &Args, tests_dir: &Path) -> Result<(), Fail> {
         mkdir_p(&p).map_err(|e| fail(step, "mkdir", e))?;
         let meta = fs::symlink_metadata(&p).map_err(|e| fail(step, "lstat", e))?;
         if !meta.is_dir() {
-            return Err(fail(step, "mkdir", format!("{} is not a directory", p.display())));
+            return Err(fail(
+                step,
+                "mkdir",
+                format!("{} is not a directory", p.display()),
+            ));
         }
         own(&p, &meta, a.harness_id, Some(0o700)).map_err(|e| fail(step, "lchown/chmod", e))?;
     }

@@ -96,8 +96,10 @@ fn init(a: &Args) -> Result<i32, Fail> {
     sys::ignore_sigpipe();
     let nonce = match &a.nonce_file {
         Some(f) => {
-            let n = fs::read(f).map_err(|e| fail("read the nonce", &format!("open {}", f.display()), e))?;
-            fs::remove_file(f).map_err(|e| fail("read the nonce", &format!("unlink {}", f.display()), e))?;
+            let n = fs::read(f)
+                .map_err(|e| fail("read the nonce", &format!("open {}", f.display()), e))?;
+            fs::remove_file(f)
+                .map_err(|e| fail("read the nonce", &format!("unlink {}", f.display()), e))?;
             Some(n)
         }
         None => None,
@@ -124,8 +126,13 @@ fn init(a: &Args) -> Result<i32, Fail> {
         }
         Contract::Stdout => None,
     };
-    sys::pr(sys::PR_SET_CHILD_SUBREAPER, 1, 0)
-        .map_err(|e| fail("become the job's reaper", "prctl(PR_SET_CHILD_SUBREAPER)", e))?;
+    sys::pr(sys::PR_SET_CHILD_SUBREAPER, 1, 0).map_err(|e| {
+        fail(
+            "become the job's reaper",
+            "prctl(PR_SET_CHILD_SUBREAPER)",
+            e,
+        )
+    })?;
     let sigfd = sys::sigchld_fd().map_err(|e| fail("watch the job", "signalfd(SIGCHLD)", e))?;
     if a.contract == Contract::Trusted && !symlinks::report(symlinks::defuse(&a.workspace)) {
         let why = "could not do all its work (see above)";
@@ -134,8 +141,7 @@ fn init(a: &Args) -> Result<i32, Fail> {
     // Calls in progress (see broker::Call); never inherited by test_all.
     let calls = match a.contract {
         Contract::Trusted => Some(
-            sys::memfd(c"lg-init-calls")
-                .map_err(|e| fail("open the broker", "memfd_create", e))?,
+            sys::memfd(c"lg-init-calls").map_err(|e| fail("open the broker", "memfd_create", e))?,
         ),
         Contract::Stdout => None,
     };

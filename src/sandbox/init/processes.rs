@@ -24,7 +24,8 @@ pub(crate) fn become_job(a: &Args, ids: (u32, u32)) -> Result<(), String> {
     sys::set_ids(ids.0, ids.1).map_err(|e| format!("setresgid/setresuid: {e}"))?;
     sys::pr(sys::PR_CAP_AMBIENT, sys::PR_CAP_AMBIENT_CLEAR_ALL, 0)
         .map_err(|e| format!("prctl(PR_CAP_AMBIENT): {e}"))?;
-    sys::pr(sys::PR_SET_NO_NEW_PRIVS, 1, 0).map_err(|e| format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"))?;
+    sys::pr(sys::PR_SET_NO_NEW_PRIVS, 1, 0)
+        .map_err(|e| format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"))?;
     for r in &a.rlimits {
         sys::set_rlimit(r.resource, r.soft, r.hard)
             .map_err(|e| format!("setrlimit({}): {e}", r.resource))?;
@@ -130,7 +131,10 @@ pub(crate) fn kill_identity(ids: (u32, u32)) -> bool {
             continue;
         }
         if let Err(e) = sys::set_thread_euid(ids.0) {
-            eprintln!("lg-init: cannot act as uid {} to end its processes: {e}", ids.0);
+            eprintln!(
+                "lg-init: cannot act as uid {} to end its processes: {e}",
+                ids.0
+            );
             return false;
         }
         for pid in scan.live {
@@ -160,7 +164,12 @@ fn last_pid() -> Option<u64> {
     let parse = |s: &str| s.trim().parse().ok();
     match fs::read_to_string(LAST_PID) {
         Ok(s) => parse(&s),
-        Err(_) => parse(fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().last()?),
+        Err(_) => parse(
+            fs::read_to_string("/proc/loadavg")
+                .ok()?
+                .split_whitespace()
+                .last()?,
+        ),
     }
 }
 
