@@ -27,6 +27,25 @@ async fn job(kind: RunnerKind, lay: impl FnOnce(&Path), test_all: &str, timeout:
     common::trusted::grade(kind, &cfg, lay, test_all, secret, timeout).await
 }
 
+/// The docker and the native test of one attack, `$case(kind)` (docker's
+/// is skipped only by the developer's explicit opt-out).
+macro_rules! on_both_runners {
+    ($docker:ident, $native:ident, $case:ident) => {
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $docker() {
+            if docker_skipped() {
+                return;
+            }
+            $case(RunnerKind::Docker).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $native() {
+            $case(RunnerKind::Native).await;
+        }
+    };
+}
+
 fn text(b: &labgrader::result::Captured) -> String {
     String::from_utf8_lossy(&b.display_bytes()).into_owned()
 }
@@ -81,18 +100,11 @@ async fn timeout_race(kind: RunnerKind) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn docker_a_timed_out_call_returns_only_once_the_workspace_is_swept() {
-    if docker_skipped() {
-        return;
-    }
-    timeout_race(RunnerKind::Docker).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn native_a_timed_out_call_returns_only_once_the_workspace_is_swept() {
-    timeout_race(RunnerKind::Native).await;
-}
+on_both_runners!(
+    docker_a_timed_out_call_returns_only_once_the_workspace_is_swept,
+    native_a_timed_out_call_returns_only_once_the_workspace_is_swept,
+    timeout_race
+);
 
 /// A student process whose main thread has ended while another thread
 /// runs: `/proc/PID/status` says `Z (zombie)` for it, and the end of a
@@ -124,18 +136,11 @@ async fn ghost_leader(kind: RunnerKind) {
     assert_eq!(secret_reads(&r), 0.0, "stdout:\n{}", text(&r.stdout));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn docker_a_process_whose_main_thread_ended_is_ended_before_the_sweep() {
-    if docker_skipped() {
-        return;
-    }
-    ghost_leader(RunnerKind::Docker).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn native_a_process_whose_main_thread_ended_is_ended_before_the_sweep() {
-    ghost_leader(RunnerKind::Native).await;
-}
+on_both_runners!(
+    docker_a_process_whose_main_thread_ended_is_ended_before_the_sweep,
+    native_a_process_whose_main_thread_ended_is_ended_before_the_sweep,
+    ghost_leader
+);
 
 /// Paths longer than PATH_MAX (4096 bytes) cannot be opened whole, but the
 /// kernel follows a chain of links through them: `x -> P1/y`, `P1/y ->
@@ -165,6 +170,17 @@ echo "hits: $hits"
 printf '{"score": %s}\n' "$hits" > "$LABGRADER_RESULTS/results.json"
 "#;
 
+async fn deep_links_are_not_followed(kind: RunnerKind) {
+    let r = deep_links(kind).await;
+    assert_eq!(
+        secret_reads(&r),
+        0.0,
+        "stdout:\n{}\nstderr:\n{}",
+        text(&r.stdout),
+        text(&r.stderr)
+    );
+}
+
 async fn deep_links(kind: RunnerKind) -> JobResult {
     let r = job(
         kind,
@@ -190,32 +206,11 @@ async fn deep_links(kind: RunnerKind) -> JobResult {
     r
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn docker_links_through_paths_longer_than_path_max_are_not_kept() {
-    if docker_skipped() {
-        return;
-    }
-    let r = deep_links(RunnerKind::Docker).await;
-    assert_eq!(
-        secret_reads(&r),
-        0.0,
-        "stdout:\n{}\nstderr:\n{}",
-        text(&r.stdout),
-        text(&r.stderr)
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn native_links_through_paths_longer_than_path_max_are_not_kept() {
-    let r = deep_links(RunnerKind::Native).await;
-    assert_eq!(
-        secret_reads(&r),
-        0.0,
-        "stdout:\n{}\nstderr:\n{}",
-        text(&r.stdout),
-        text(&r.stderr)
-    );
-}
+on_both_runners!(
+    docker_links_through_paths_longer_than_path_max_are_not_kept,
+    native_links_through_paths_longer_than_path_max_are_not_kept,
+    deep_links_are_not_followed
+);
 
 /// A fork bomb that remakes its link from every process: the end of the
 /// call must end all of it (the job's process limit caps it) before the
@@ -274,18 +269,11 @@ async fn fork_bomb(kind: RunnerKind) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn docker_a_fork_bomb_is_ended_before_the_sweep() {
-    if docker_skipped() {
-        return;
-    }
-    fork_bomb(RunnerKind::Docker).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn native_a_fork_bomb_is_ended_before_the_sweep() {
-    fork_bomb(RunnerKind::Native).await;
-}
+on_both_runners!(
+    docker_a_fork_bomb_is_ended_before_the_sweep,
+    native_a_fork_bomb_is_ended_before_the_sweep,
+    fork_bomb
+);
 
 /// A link hidden in a directory its owner (the student) made mode 000, in
 /// case the sweep cannot list it; the next call opens the directory again
@@ -321,18 +309,11 @@ async fn hidden_in_a_closed_dir(kind: RunnerKind) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn docker_a_link_in_a_mode_000_directory_is_still_removed() {
-    if docker_skipped() {
-        return;
-    }
-    hidden_in_a_closed_dir(RunnerKind::Docker).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn native_a_link_in_a_mode_000_directory_is_still_removed() {
-    hidden_in_a_closed_dir(RunnerKind::Native).await;
-}
+on_both_runners!(
+    docker_a_link_in_a_mode_000_directory_is_still_removed,
+    native_a_link_in_a_mode_000_directory_is_still_removed,
+    hidden_in_a_closed_dir
+);
 
 /// Links that are slow to judge: a chain of 40 links, each target 800
 /// `a/..` pairs long, and 3000 links to its start. Each costs the sweep
@@ -372,18 +353,11 @@ async fn slow_links(kind: RunnerKind) {
     assert!(stderr.contains("the sweep's budget"), "{stderr}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn docker_links_slow_to_judge_cannot_hold_the_sweep() {
-    if docker_skipped() {
-        return;
-    }
-    slow_links(RunnerKind::Docker).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn native_links_slow_to_judge_cannot_hold_the_sweep() {
-    slow_links(RunnerKind::Native).await;
-}
+on_both_runners!(
+    docker_links_slow_to_judge_cannot_hold_the_sweep,
+    native_links_slow_to_judge_cannot_hold_the_sweep,
+    slow_links
+);
 
 /// Not a link: a FIFO the student's code leaves where a naive harness
 /// reads blocks it until the job's timeout. The sweep leaves it (student
@@ -416,18 +390,11 @@ async fn fifo(kind: RunnerKind) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn docker_a_fifo_blocks_a_naive_harness_until_the_named_timeout() {
-    if docker_skipped() {
-        return;
-    }
-    fifo(RunnerKind::Docker).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn native_a_fifo_blocks_a_naive_harness_until_the_named_timeout() {
-    fifo(RunnerKind::Native).await;
-}
+on_both_runners!(
+    docker_a_fifo_blocks_a_naive_harness_until_the_named_timeout,
+    native_a_fifo_blocks_a_naive_harness_until_the_named_timeout,
+    fifo
+);
 
 /// Python's `subprocess.run(..., capture_output=True, timeout=10)`, as in
 /// examples/python, kills `run-as-student` with SIGKILL on timeout (which
