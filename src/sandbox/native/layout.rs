@@ -14,7 +14,7 @@ use nix::mount::MsFlags;
 use nix::sys::statvfs::FsFlags;
 
 use super::plan::{FD_RESULTS, FD_SOURCES, FD_TEST_PATHS, MAX_SOURCES, Op, Plan};
-use super::runner::{HARNESS_ID, NativeRunner, setup_err};
+use super::runner::{HARNESS_ID, NativeRunner};
 use super::spawn::ChildEnds;
 use crate::config::Contract;
 use crate::sandbox::init;
@@ -38,7 +38,7 @@ const STAGE: &str = "/.labgrader/in";
 
 fn cstr(p: impl AsRef<[u8]>) -> Result<CString, SandboxError> {
     CString::new(p.as_ref())
-        .map_err(|_| setup_err("plan the sandbox", "a path or value contains a NUL byte"))
+        .map_err(|_| SandboxError::setup("plan the sandbox", "a path or value contains a NUL byte"))
 }
 
 fn cpath(p: &Path) -> Result<CString, SandboxError> {
@@ -67,9 +67,9 @@ fn locked_flags(p: &Path) -> MsFlags {
 /// A bind source must exist with the expected type (the child opens it).
 fn check_source(p: &Path, dir: bool) -> Result<(), SandboxError> {
     let meta = std::fs::symlink_metadata(p)
-        .map_err(|e| setup_err("find a bind source", format!("{}: {e}", p.display())))?;
+        .map_err(|e| SandboxError::setup("find a bind source", format!("{}: {e}", p.display())))?;
     if meta.file_type().is_symlink() || meta.is_dir() != dir {
-        return Err(setup_err(
+        return Err(SandboxError::setup(
             "find a bind source",
             format!(
                 "{} is not a {}",
@@ -285,7 +285,10 @@ impl NativeRunner {
             data: Some(cstr("hidepid=2")?),
         });
         if sources.len() > MAX_SOURCES {
-            return Err(setup_err("plan the sandbox", "too many bind sources"));
+            return Err(SandboxError::setup(
+                "plan the sandbox",
+                "too many bind sources",
+            ));
         }
         let source_paths = (0..sources.len())
             .map(|i| cstr(format!("/proc/self/fd/{}", FD_SOURCES as usize + i)))
@@ -310,7 +313,7 @@ impl NativeRunner {
         env.insert("LANG".into(), "C.UTF-8".into());
         for (k, v) in &spec.env {
             if k.is_empty() || k.contains('=') {
-                return Err(setup_err(
+                return Err(SandboxError::setup(
                     "plan the sandbox",
                     format!("invalid environment variable name {k:?}"),
                 ));
@@ -392,7 +395,9 @@ impl Staged {
     /// A memfd holding the test-paths list, at offset 0.
     fn test_paths(&self) -> Result<OwnedFd, SandboxError> {
         use nix::sys::memfd::{MFdFlags, memfd_create};
-        let fail = |e: nix::errno::Errno| setup_err("stage the job files", format!("memfd: {e}"));
+        let fail = |e: nix::errno::Errno| {
+            SandboxError::setup("stage the job files", format!("memfd: {e}"))
+        };
         let fd = memfd_create(c"lg-test-paths", MFdFlags::MFD_CLOEXEC).map_err(fail)?;
         let mut rest: &[u8] = &self.test_paths;
         while !rest.is_empty() {
@@ -410,9 +415,9 @@ impl NativeRunner {
         let dir = |p: &Path, what: &'static str| -> Result<PathBuf, SandboxError> {
             let c = p
                 .canonicalize()
-                .map_err(|e| setup_err(what, format!("{}: {e}", p.display())))?;
+                .map_err(|e| SandboxError::setup(what, format!("{}: {e}", p.display())))?;
             if !c.is_dir() {
-                return Err(setup_err(
+                return Err(SandboxError::setup(
                     what,
                     format!("{} is not a directory", c.display()),
                 ));
@@ -423,21 +428,21 @@ impl NativeRunner {
         let tests = match (spec.contract, &spec.tests) {
             (Contract::Trusted, Some(t)) => Some(dir(t, "find the tests")?),
             (Contract::Trusted, None) => {
-                return Err(setup_err(
+                return Err(SandboxError::setup(
                     "find the tests",
                     "a trusted run needs RunSpec::tests",
                 ));
             }
             (Contract::Stdout, _) => None,
         };
-        let fail = |e: std::io::Error| setup_err("stage the job files", e);
+        let fail = |e: std::io::Error| SandboxError::setup("stage the job files", e);
         let test_paths = init::test_paths_file(&spec.test_paths);
         let roots: Vec<PathBuf> = std::iter::once(workspace.clone())
             .chain(tests.clone())
             .collect();
         tokio::task::spawn_blocking(move || roots.iter().try_for_each(|r| make_readable(r)))
             .await
-            .map_err(|e| setup_err("stage the job files", e))?
+            .map_err(|e| SandboxError::setup("stage the job files", e))?
             .map_err(fail)?;
         Ok(Staged {
             workspace,

@@ -157,10 +157,6 @@ fn probe_clone() -> Result<(), nix::errno::Errno> {
     })
 }
 
-pub(super) fn setup_err(step: &'static str, message: impl std::fmt::Display) -> SandboxError {
-    SandboxError::setup(step, message)
-}
-
 impl NativeRunner {
     /// Check the host and the config; refuse with the reason when the
     /// sandbox cannot be built here.

@@ -14,7 +14,6 @@ use nix::unistd::Pid;
 use super::cgroup::JobCgroup;
 use super::ids::{self, Ranges, Writer};
 use super::plan::Plan;
-use super::runner::setup_err;
 use super::spawner::Spawner;
 use crate::sandbox::spec::SandboxError;
 
@@ -38,7 +37,8 @@ pub(super) struct ParentEnds {
 }
 
 pub(super) fn pipes() -> Result<(ChildEnds, ParentEnds), SandboxError> {
-    let p = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| setup_err("create pipes", e));
+    let p =
+        || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| SandboxError::setup("create pipes", e));
     let (out_r, out_w) = p()?;
     let (err_r, err_w) = p()?;
     let (rep_r, rep_w) = p()?;
@@ -49,7 +49,7 @@ pub(super) fn pipes() -> Result<(ChildEnds, ParentEnds), SandboxError> {
         OFlag::O_RDONLY | OFlag::O_CLOEXEC,
         FileMode::empty(),
     )
-    .map_err(|e| setup_err("open /dev/null", e))?;
+    .map_err(|e| SandboxError::setup("open /dev/null", e))?;
     Ok((
         ChildEnds {
             stdin: null,
@@ -85,7 +85,7 @@ pub(super) async fn start(
         (plan, pid)
     })
     .await
-    .map_err(|e| setup_err("clone the sandbox", e))?;
+    .map_err(|e| SandboxError::setup("clone the sandbox", e))?;
     let pid = pid?;
     let kill = |pid: Pid| async move {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
@@ -104,12 +104,15 @@ pub(super) async fn start(
     };
     if let Err(e) = maps {
         kill(pid).await;
-        return Err(setup_err("write the user namespace id maps", e));
+        return Err(SandboxError::setup("write the user namespace id maps", e));
     }
     let release = |what| match nix::unistd::write(&go, b"g") {
         // The child already failed and exited: its report says why.
         Ok(_) | Err(nix::errno::Errno::EPIPE) => Ok(()),
-        Err(e) => Err(setup_err("release the sandbox", format!("{what}: {e}"))),
+        Err(e) => Err(SandboxError::setup(
+            "release the sandbox",
+            format!("{what}: {e}"),
+        )),
     };
     let attach = async {
         release("after the id maps")?;
@@ -118,8 +121,8 @@ pub(super) async fn start(
         if let Some(cg) = cgroup.filter(|_| plan.cgroup_tasks.is_empty()) {
             tokio::task::spawn_blocking(move || cg.add(pid.as_raw()))
                 .await
-                .map_err(|e| setup_err("attach the job cgroup", e))?
-                .map_err(|e| setup_err("attach the job cgroup", e))?;
+                .map_err(|e| SandboxError::setup("attach the job cgroup", e))?
+                .map_err(|e| SandboxError::setup("attach the job cgroup", e))?;
         }
         release("after the cgroup")
     };

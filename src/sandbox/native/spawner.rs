@@ -76,7 +76,7 @@ pub(super) fn for_runner() -> Arc<Spawner> {
 }
 
 /// The spawner of one runner, started on first use and again if it died.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Spawner {
     process: Mutex<Option<Process>>,
 }

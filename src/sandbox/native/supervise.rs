@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::cgroup::JobCgroup;
 use super::layout::{LG_INIT, Staged};
 use super::plan::{RECORD_LEN, Record, Step};
-use super::runner::{NativeRunner, setup_err};
+use super::runner::NativeRunner;
 use super::spawn::{pipes, start};
 use crate::config::Contract;
 use crate::result::{Captured, Termination};
@@ -50,7 +50,7 @@ fn describe_failure(
 ) -> SandboxError {
     let errno = nix::errno::Errno::from_raw(errno);
     let Some(step) = Step::from_u32(step) else {
-        return setup_err("sandbox init", format!("unknown step {step}: {errno}"));
+        return SandboxError::setup("sandbox init", format!("unknown step {step}: {errno}"));
     };
     let what = match step {
         Step::Tree => ops
@@ -65,7 +65,7 @@ fn describe_failure(
         Step::Exec => format!("execve {LG_INIT}"),
         s => s.syscall().to_string(),
     };
-    setup_err(step.name(), format!("{what}: {}", errno.desc()))
+    SandboxError::setup(step.name(), format!("{what}: {}", errno.desc()))
 }
 
 #[async_trait::async_trait]
@@ -84,7 +84,7 @@ impl Runner for NativeRunner {
         let cgroup = match &self.cgroups {
             Some(h) => Some(Arc::new(
                 JobCgroup::create(h, &spec.job_id, Some(&spec.limits))
-                    .map_err(|e| setup_err("create the job cgroup", e))?,
+                    .map_err(|e| SandboxError::setup("create the job cgroup", e))?,
             )),
             None => None,
         };
@@ -168,7 +168,7 @@ impl NativeRunner {
                 plan.cgroup_tasks.push(
                     open(&f, OFlag::O_WRONLY | OFlag::O_CLOEXEC, FileMode::empty()).map_err(
                         |e| {
-                            setup_err(
+                            SandboxError::setup(
                                 "attach the job cgroup",
                                 format!("open {}: {e}", f.display()),
                             )
@@ -271,7 +271,7 @@ impl NativeRunner {
         let results = (!stream.is_empty())
             .then(|| results_stream::parse(&stream))
             .transpose()
-            .map_err(|e| setup_err("read the results", e))?;
+            .map_err(|e| SandboxError::setup("read the results", e))?;
         let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
         let termination = if timed_out {
             Termination::Timeout
@@ -292,7 +292,7 @@ impl NativeRunner {
                 },
                 _ if oom => Termination::MemoryLimit,
                 _ => {
-                    return Err(setup_err(
+                    return Err(SandboxError::setup(
                         "sandbox init",
                         "the init ended without reporting lg-init's status",
                     ));
@@ -314,7 +314,7 @@ impl NativeRunner {
                 std::fs::create_dir_all(&spec.results)
                     .and_then(|_| results_stream::write_into(&spec.results, &r))
                     .map_err(|e| {
-                        setup_err(
+                        SandboxError::setup(
                             "leave the results",
                             format!("{}: {e}", spec.results.display()),
                         )
@@ -349,9 +349,9 @@ fn lg_init_failure(stderr: &Captured) -> SandboxError {
                 .find(|s| **s == step)
                 .copied()
                 .unwrap_or("lg-init");
-            setup_err(step, rest)
+            SandboxError::setup(step, rest)
         }
-        None => setup_err("lg-init", line),
+        None => SandboxError::setup("lg-init", line),
     }
 }
 
