@@ -105,7 +105,7 @@ impl Grader {
                 // commit, which the statuses and done/ must name.
                 let mut ev = ev;
                 ev.commit = result.student_sha.clone();
-                if let Err(e) = self.record(&name, &ev, &result).await {
+                if let Err(e) = self.record(&name, &ev, result).await {
                     error!(error = %e, "cannot complete the record; the job stays in active/ until restart");
                 }
                 return;
@@ -114,7 +114,7 @@ impl Grader {
             let graded = self.grade(&mut ev, &cancel).await;
             drop(slot);
             let fault = match graded {
-                Ok(Graded::Result(result)) => match self.record(&name, &ev, &result).await {
+                Ok(Graded::Result(result)) => match self.record(&name, &ev, *result).await {
                     Ok(()) => return,
                     Err(e) => GraderFault::Record(Box::new(e)),
                 },
@@ -428,14 +428,17 @@ impl Grader {
     /// deliveries, then `done/<job>/` published (the claim dropped). The
     /// disk work (five fsyncs and a transaction) runs off the async
     /// threads, which the hook server and the other jobs share.
-    async fn record(&self, name: &str, ev: &Event, result: &JobResult) -> Result<(), GraderFault> {
+    async fn record(&self, name: &str, ev: &Event, result: JobResult) -> Result<(), GraderFault> {
         let t = Instant::now();
         let (cfg, spool, gradebook) =
             (self.cfg.clone(), self.spool.clone(), self.gradebook.clone());
-        let (name, ev, owned) = (name.to_string(), ev.clone(), result.clone());
+        let (name, ev) = (name.to_string(), ev.clone());
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || {
-            span.in_scope(|| record_durably(&cfg, &spool, &gradebook, &name, &ev, &owned))
+        // The result moves to the blocking thread and back: its captured
+        // output is not copied.
+        let result = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| record_durably(&cfg, &spool, &gradebook, &name, &ev, &result))?;
+            Ok::<_, GraderFault>(result)
         })
         .await??;
         observe("record", t.elapsed());
@@ -539,7 +542,7 @@ impl Grader {
         let mut result = self.bare_result(&ev, None, Verdict::new(Status::InfraError, reason));
         result.stderr = Captured::from_bytes(format!("labgrader: {fault}\n").into_bytes(), 1 << 16);
         self.release_quota(&ev);
-        if let Err(e) = self.record(name, &ev, &result).await {
+        if let Err(e) = self.record(name, &ev, result).await {
             error!(error = %e, "cannot record the infra_error result; the job stays in active/");
         }
         self.alert_infra_error(&ev, &fault.to_string());
