@@ -85,14 +85,10 @@ fn already_known(spool: &Spool, name: &str) -> bool {
 /// A later stage (commit status, callback) of the same job already queued
 /// or sent: the earlier one is never sent after it.
 pub(super) fn superseded_by(spool: &Spool, rec: &Record) -> Option<Destination> {
-    let (stages, order) = rec.destination.stage()?;
-    Destination::ALL
-        .into_iter()
-        .filter(|d| d.stage().is_some_and(|(s, o)| s == stages && o > order))
-        .find(|d| {
-            let name = record_file_name(&rec.job_id, *d);
-            spool.path(State::Outbox, &name).exists() || receipt_path(spool, &name).exists()
-        })
+    stages_of_job(rec, std::cmp::Ordering::Greater).find(|d| {
+        let name = record_file_name(&rec.job_id, *d);
+        spool.path(State::Outbox, &name).exists() || receipt_path(spool, &name).exists()
+    })
 }
 
 /// Write `rec` to the outbox unless it is already there, delivered or dead,
@@ -191,14 +187,19 @@ pub fn enqueue_result(
 /// sent at this moment still gets its receipt (the worker tolerates the
 /// record's absence).
 fn drop_earlier_stages(spool: &Spool, rec: &Record) {
-    let Some((stages, order)) = rec.destination.stage() else {
-        return;
-    };
-    for d in Destination::ALL {
-        if d.stage().is_some_and(|(s, o)| s == stages && o < order) {
-            remove_record(spool, &record_file_name(&rec.job_id, d));
-        }
+    for d in stages_of_job(rec, std::cmp::Ordering::Less) {
+        remove_record(spool, &record_file_name(&rec.job_id, d));
     }
+}
+
+/// The stages of `rec`'s kind (commit status, callback) that come after
+/// it (`Greater`) or before it (`Less`); none for a record that is not a
+/// stage.
+fn stages_of_job(rec: &Record, side: std::cmp::Ordering) -> impl Iterator<Item = Destination> {
+    let stage = rec.destination.stage();
+    Destination::ALL.into_iter().filter(move |d| {
+        matches!((stage, d.stage()), (Some((kind, order)), Some((k, o))) if k == kind && o.cmp(&order) == side)
+    })
 }
 
 /// Queue only the email of `result` (e.g. a job refused by course policy,
