@@ -1201,3 +1201,36 @@ mod spawner {
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     }
 }
+
+/// The attack on the bound helper: `lg-init` is now a host file bound
+/// into every sandbox, and the trusted harness's `run-as-student` is a
+/// link to it. A student who could replace, truncate or relink either
+/// would run their own code as the broker. Every attempt must fail.
+#[tokio::test]
+async fn native_student_cannot_replace_the_bound_helper() {
+    let ws = workspace(
+        "h=/.labgrader/lg-init; r=/.labgrader/bin/run-as-student\n\
+         before=$(cksum < $h)\n\
+         cp /bin/sh $h 2>/dev/null && echo replaced\n\
+         ( : > $h ) 2>/dev/null && echo truncated\n\
+         chmod 777 $h 2>/dev/null && echo chmodded\n\
+         rm -f $r 2>/dev/null; ln -s /bin/sh $r 2>/dev/null && echo relinked\n\
+         mv $h /tmp/x 2>/dev/null && echo moved\n\
+         [ \"$(cksum < $h)\" = \"$before\" ] && echo intact\n\
+         [ \"$(readlink $r)\" = ../lg-init ] && echo linked\n",
+    );
+    let out = runner()
+        .run(&spec(ws.path()), &CancellationToken::new())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout.bytes).into_owned();
+    for bad in ["replaced", "truncated", "chmodded", "relinked", "moved"] {
+        assert!(!stdout.contains(bad), "{bad}:\n{stdout}");
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr.bytes);
+    assert!(
+        stdout.contains("intact") && stdout.contains("linked"),
+        "{stdout}\n{stderr}\n{:?}",
+        out.termination
+    );
+}
