@@ -3,8 +3,11 @@
 //! lg-init's broker; with and without one `run-as-student` call) — beside
 //! a bare fork/exec of the same trivial `test_all`, the `none` runner,
 //! bubblewrap's full sandbox (`bwrap --unshare-all`) and `docker run` when
-//! a Docker engine answers. Called by `scripts/bench.d/native`; prints one
-//! line per method and the ratios. Not a test: figures, not assertions.
+//! a Docker engine answers; then the throughput of the none and native
+//! runners with 1, 4 and 8 runs at once (what a busy grader sees: on a
+//! loaded host the kernel's per-run work, not one run's latency, is the
+//! limit). Called by `scripts/bench.d/native`; prints one line per method
+//! and the ratios. Not a test: figures, not assertions.
 //!
 //! Usage: native_bench [ITERATIONS] (default 50). Env: LABGRADER_BENCH_IMAGE
 //! (docker image with /bin/sh, default `busybox`).
@@ -200,7 +203,6 @@ async fn main() {
             .unwrap_or_else(|| "none (rlimits only)".into())
     );
     let cancel = CancellationToken::new();
-
     let mut bare = Stats {
         name: "bare fork/exec".into(),
         samples: vec![],
@@ -326,14 +328,51 @@ async fn main() {
         }
         if dock.samples.is_empty() {
             println!("docker: `docker run {image}` failed (is the image present?); not measured");
-            return;
+        } else {
+            dock.print();
+            println!(
+                "docker / native (median): {:.1}x (goal >= 10x)",
+                dock.median().as_secs_f64() / nat.median().as_secs_f64()
+            );
         }
-        dock.print();
-        println!(
-            "docker / native (median): {:.1}x (goal >= 10x)",
-            dock.median().as_secs_f64() / nat.median().as_secs_f64()
-        );
     } else {
         println!("docker: no Docker engine answers (to this user); docker comparison not measured");
+    }
+    concurrent_throughput(std::sync::Arc::new(native), &spec, n).await;
+}
+
+/// Runs per second of the none and native runners with 1, 4 and 8 runs
+/// going at once, `n` each (same `test_all`).
+async fn concurrent_throughput(native: std::sync::Arc<NativeRunner>, spec: &RunSpec, n: usize) {
+    for at_once in [1usize, 4, 8] {
+        let mut rates = Vec::new();
+        for native_runner in [false, true] {
+            let t0 = Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..at_once {
+                let (native, spec) = (native.clone(), spec.clone());
+                set.spawn(async move {
+                    let cancel = CancellationToken::new();
+                    for _ in 0..n {
+                        let out = if native_runner {
+                            native.run(&spec, &cancel).await
+                        } else {
+                            NoneRunner.run(&spec, &cancel).await
+                        };
+                        assert_eq!(out.unwrap().termination, Termination::Exited { code: 0 });
+                    }
+                });
+            }
+            while let Some(done) = set.join_next().await {
+                done.expect("a run panicked");
+            }
+            rates.push((at_once * n) as f64 / t0.elapsed().as_secs_f64());
+        }
+        println!(
+            "{at_once} at once: none {:6.0} runs/s, native {:6.0} runs/s (native/none {:.2})",
+            rates[0],
+            rates[1],
+            rates[1] / rates[0]
+        );
     }
 }

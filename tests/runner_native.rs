@@ -1160,7 +1160,20 @@ mod spawner {
             .collect();
         let mut fds: Vec<u32> = fds.iter().map(|f| f.parse().unwrap()).collect();
         fds.sort();
-        assert!(fds.iter().all(|fd| *fd <= 3), "fds {fds:?}");
+        // Above the socket, only what it made itself: network namespaces
+        // it keeps for reuse and the pidfds of the runs holding them.
+        let link = |fd: u32| {
+            std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        for fd in fds.iter().filter(|fd| **fd > 3) {
+            let l = link(*fd);
+            assert!(
+                l.starts_with("net:[") || l == "anon_inode:[pidfd]",
+                "fd {fd} is {l}"
+            );
+        }
         assert!(
             std::fs::read_link(format!("/proc/{pid}/fd/3"))
                 .unwrap()
@@ -1233,4 +1246,134 @@ async fn native_student_cannot_replace_the_bound_helper() {
         "{stdout}\n{stderr}\n{:?}",
         out.termination
     );
+}
+
+/// Runs reuse network namespaces (kept by the spawner, see
+/// `sandbox::native::netpool`). The attacks: a run leaves sockets behind
+/// for the next student's run to find, or reaches a run going on beside
+/// it. A namespace is lent again only when nothing of the last run is in
+/// it; two runs at once never share one.
+mod netns {
+    use super::*;
+
+    // The namespace's cookie (SO_NETNS_COOKIE), unique for the host's
+    // uptime: its inode number is reused once a namespace is freed.
+    const PY: &str = "import os, socket, sys, time\n\
+        k = socket.socket().getsockopt(socket.SOL_SOCKET, 71, 8)\n\
+        print('ns', int.from_bytes(k, 'little'), flush=True)\n";
+
+    async fn run_py(r: &NativeRunner, body: &str) -> String {
+        let ws = workspace(&format!("exec python3 - <<'PY'\n{PY}{body}PY\n"));
+        let out = r
+            .run(&spec(ws.path()), &CancellationToken::new())
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout.bytes).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr.bytes);
+        assert_eq!(
+            out.termination,
+            Termination::Exited { code: 0 },
+            "{stdout}\n{stderr}"
+        );
+        stdout
+    }
+
+    fn ns_of(stdout: &str) -> String {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("ns "))
+            .unwrap_or_else(|| panic!("no namespace printed:\n{stdout}"))
+            .to_string()
+    }
+
+    /// Tries every way back into what the last run left: its ports, its
+    /// abstract socket, its sockets in the tables.
+    const FINDER: &str = "def reach(fam, typ, addr):\n\
+        \x20   s = socket.socket(fam, typ)\n\
+        \x20   try:\n\
+        \x20       s.connect(addr); return True\n\
+        \x20   except OSError:\n\
+        \x20       return False\n\
+        def take(fam, typ, addr):\n\
+        \x20   s = socket.socket(fam, typ)\n\
+        \x20   try:\n\
+        \x20       s.bind(addr); return True\n\
+        \x20   except OSError:\n\
+        \x20       return False\n\
+        if reach(socket.AF_INET, socket.SOCK_STREAM, ('127.0.0.1', 40111)): print('reached tcp')\n\
+        if reach(socket.AF_UNIX, socket.SOCK_STREAM, b'\\0lg-leak'): print('reached unix')\n\
+        if not take(socket.AF_INET, socket.SOCK_STREAM, ('127.0.0.1', 40111)): print('tcp port taken')\n\
+        if not take(socket.AF_INET, socket.SOCK_DGRAM, ('127.0.0.1', 40112)): print('udp port taken')\n\
+        if not take(socket.AF_UNIX, socket.SOCK_STREAM, b'\\0lg-leak'): print('unix name taken')\n\
+        if not take(socket.AF_INET, socket.SOCK_STREAM, ('127.0.0.1', 40113)): print('time-wait port taken')\n\
+        for t in ('tcp', 'tcp6', 'udp', 'udp6', 'unix'):\n\
+        \x20   rows = open('/proc/net/' + t).read().splitlines()[1:]\n\
+        \x20   rows = [r for r in rows if 'lg-leak' in r or ':9CAF' in r or ':9CB0' in r]\n\
+        \x20   if rows: print('left in', t, rows)\n\
+        print('looked')\n";
+
+    #[tokio::test]
+    async fn a_run_finds_nothing_the_last_run_left_in_its_network() {
+        let r = runner();
+        // The leaver: listening TCP and UDP ports and an abstract socket,
+        // held by a daemonized child past test_all.
+        let leaver = "l = socket.socket(); l.bind(('127.0.0.1', 40111)); l.listen()\n\
+            u = socket.socket(socket.AF_UNIX); u.bind(b'\\0lg-leak'); u.listen()\n\
+            d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); d.bind(('127.0.0.1', 40112))\n\
+            if os.fork() == 0:\n\
+            \x20   os.setsid(); time.sleep(60); os._exit(0)\n\
+            print('left')\n";
+        let mut reused = 0;
+        for _ in 0..6 {
+            let a = run_py(&r, leaver).await;
+            assert!(a.contains("left"), "{a}");
+            // Time for the spawner to see the run over and check it.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let b = run_py(&r, FINDER).await;
+            assert!(b.contains("looked"), "{b}");
+            for bad in ["reached", "taken", "left in"] {
+                assert!(!b.contains(bad), "{bad}:\n{b}");
+            }
+            if ns_of(&a) == ns_of(&b) {
+                reused += 1;
+            }
+        }
+        // The attack met a reused namespace, not only fresh ones.
+        assert!(reused > 0, "no run reused the last one's namespace");
+    }
+
+    #[tokio::test]
+    async fn a_namespace_with_a_socket_left_in_it_is_never_lent_again() {
+        let r = runner();
+        // A connection closed by the server first: its port stays in
+        // TIME_WAIT for a minute after every process is gone.
+        let lingerer = "l = socket.socket(); l.bind(('127.0.0.1', 40113)); l.listen()\n\
+            c = socket.create_connection(('127.0.0.1', 40113)); a, _ = l.accept()\n\
+            a.close(); time.sleep(0.1); c.close(); l.close()\n\
+            print('lingering')\n";
+        for _ in 0..3 {
+            let a = run_py(&r, lingerer).await;
+            assert!(a.contains("lingering"), "{a}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let b = run_py(&r, FINDER).await;
+            assert!(!b.contains("taken"), "{b}");
+            assert_ne!(ns_of(&a), ns_of(&b), "lent again with a socket in it");
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_at_the_same_time_cannot_reach_each_other() {
+        let r = runner();
+        let server = "l = socket.socket(); l.bind(('127.0.0.1', 40111)); l.listen()\n\
+            u = socket.socket(socket.AF_UNIX); u.bind(b'\\0lg-leak'); u.listen()\n\
+            time.sleep(2); print('served')\n";
+        let prober = format!("time.sleep(0.7)\n{FINDER}");
+        let (a, b) = tokio::join!(run_py(&r, server), run_py(&r, &prober));
+        assert!(a.contains("served"), "{a}");
+        assert!(b.contains("looked"), "{b}");
+        for bad in ["reached", "taken", "left in"] {
+            assert!(!b.contains(bad), "{bad}:\n{b}");
+        }
+        assert_ne!(ns_of(&a), ns_of(&b));
+    }
 }

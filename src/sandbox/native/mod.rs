@@ -69,6 +69,7 @@ pub mod cgroup;
 pub mod ids;
 pub mod job;
 pub mod layout;
+mod netpool;
 pub mod plan;
 pub mod runner;
 pub mod setup;

@@ -379,6 +379,9 @@ pub struct ChildArgs<'a> {
     pub stack2: Vec<u8>,
     /// The init's SIGCHLD signalfd (set in the child).
     pub signalfd: RawFd,
+    /// Cloned into a pooled network namespace, loopback already up (see
+    /// `netpool`): the init leaves the network alone.
+    pub net_ready: bool,
 }
 
 impl<'a> ChildArgs<'a> {
@@ -393,6 +396,7 @@ impl<'a> ChildArgs<'a> {
             envp,
             stack2: vec![0u8; STACK_SIZE],
             signalfd: -1,
+            net_ready: false,
         }
     }
 }

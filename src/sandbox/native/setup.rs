@@ -321,7 +321,7 @@ fn run_op(plan: &Plan, op: &Op) -> Result<(), Errno> {
     }
 }
 
-fn loopback_up() -> Result<(), Errno> {
+pub(super) fn loopback_up() -> Result<(), Errno> {
     // SAFETY: a datagram socket, two ioctls on a stack ifreq, close.
     unsafe {
         let s = Errno::result(libc::socket(
@@ -469,7 +469,9 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
     nix::unistd::chdir(plan.workdir.as_c_str()).map_err(at(Step::Chdir))?;
     // The O_PATH sources are mounted; test_all must not inherit them.
     close_from(FD_SOURCES).map_err(at(Step::Fds))?;
-    loopback_up().map_err(at(Step::Loopback))?;
+    if !args.net_ready {
+        loopback_up().map_err(at(Step::Loopback))?;
+    }
     // The job's user namespace may hold no further one: without a nested
     // namespace the student never gains a capability anywhere (the attack
     // surface Docker closes with seccomp).

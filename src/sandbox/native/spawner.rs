@@ -43,6 +43,7 @@ use nix::sys::socket::{
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
+use super::netpool::NetPool;
 use super::plan::{ChildArgs, NS_FLAGS, Op, Plan, STACK_SIZE};
 use super::setup;
 use crate::sandbox::init;
@@ -244,15 +245,37 @@ fn spawner_main(sock: RawFd) -> ! {
         libc::malloc_trim(0);
     }
     let mut buf = vec![0u8; MAX_REQUEST];
+    let mut pool = NetPool::new();
     loop {
+        // The socket, and the pidfd of each run holding a pooled network
+        // namespace (readable once that run is over).
+        let mut fds: Vec<libc::pollfd> = std::iter::once(SPAWNER_SOCK)
+            .chain(pool.pidfds())
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: poll(2) on a vector of pollfds we own.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            continue; // EINTR
+        }
+        for over in fds.iter().skip(1).filter(|p| p.revents != 0) {
+            pool.returned(over.fd);
+        }
+        if fds[0].revents == 0 {
+            continue;
+        }
         let (len, fds) = match receive(SPAWNER_SOCK, &mut buf) {
             Ok(Some(r)) => r,
-            Err(Errno::EINTR) => continue,
+            Err(Errno::EINTR | Errno::EAGAIN) => continue,
             // EOF or a broken socket: the daemon is gone or dropped us.
             Ok(None) | Err(_) => unsafe { libc::_exit(0) },
         };
         let answer = match decode(&buf[..len], fds) {
-            Some(plan) => match clone_here(&plan) {
+            Some(plan) => match clone_here(&plan, &mut pool) {
                 Ok(pid) => pid as i64,
                 Err(e) => -(e as i64),
             },
@@ -299,23 +322,38 @@ fn receive(sock: RawFd, buf: &mut [u8]) -> Result<Option<(usize, Vec<OwnedFd>)>,
 }
 
 /// Clone the init from this (the spawner's) address space, as the
-/// daemon's child.
-fn clone_here(plan: &Plan) -> Result<i32, Errno> {
+/// daemon's child, into a pooled network namespace when there is one.
+fn clone_here(plan: &Plan, pool: &mut NetPool) -> Result<i32, Errno> {
+    let net = pool.enter();
     let mut args = ChildArgs::new(plan);
+    args.net_ready = net.is_some();
+    let flags = match net {
+        Some(_) => (NS_FLAGS & !libc::CLONE_NEWNET) | libc::CLONE_PIDFD,
+        None => NS_FLAGS,
+    };
+    let mut pidfd: libc::c_int = -1;
     let mut stack = vec![0u8; STACK_SIZE];
     // SAFETY: the child gets a copy of this address space and runs
-    // `init_main` on `stack`, touching only `args` (see setup.rs).
+    // `init_main` on `stack`, touching only `args` (see setup.rs); the
+    // kernel writes the pidfd into `pidfd`.
     let pid = unsafe {
         let top = stack.as_mut_ptr().add(stack.len());
         let top = top.sub(top as usize % 16);
         libc::clone(
             setup::init_main,
             top.cast(),
-            NS_FLAGS | libc::CLONE_PARENT,
+            flags | libc::CLONE_PARENT,
             (&mut args as *mut ChildArgs).cast(),
+            &mut pidfd as *mut libc::c_int,
         )
     };
-    Errno::result(pid)
+    let pid = Errno::result(pid);
+    if let Some(net) = net {
+        // SAFETY: on success the kernel gave us this pidfd.
+        let lent = pid.is_ok().then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
+        pool.leave(net, lent);
+    }
+    pid
 }
 
 // ---------------------------------------------------------------------------
