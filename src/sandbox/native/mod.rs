@@ -61,7 +61,8 @@
 //! Files: [`runner`] (the runner and its host checks), [`layout`] (the
 //! plan of one run), [`plan`] (what the parent hands the child), [`spawn`]
 //! (clone, id maps, cgroup, release), [`spawner`] (the process that
-//! clones), [`setup`] (the child, between clone
+//! clones), `netpool` (the network namespaces it lends and takes back),
+//! [`setup`] (the child, between clone
 //! and exec), [`supervise`] (the run to its verdict and teardown),
 //! [`cgroup`], [`ids`], and [`job`] (`labgrader sandbox --job-dir`).
 
