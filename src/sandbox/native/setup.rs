@@ -492,8 +492,7 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
     let sfd = child_signalfd().map_err(at(Step::ParentDeath))?;
     // SAFETY: the stack was allocated by the parent for this clone.
     let pid = unsafe {
-        let top = args.stack2.as_mut_ptr().add(args.stack2.len());
-        let top = top.sub(top as usize % 16);
+        let top = args.stack2.top();
         // vfork semantics: the child borrows this memory (no page-table
         // copy of the daemon's image) and runs only on its own stack
         // until execve; the init waits meanwhile.

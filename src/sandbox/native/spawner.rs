@@ -44,7 +44,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
 use super::netpool::NetPool;
-use super::plan::{ChildArgs, NS_FLAGS, Op, Plan, STACK_SIZE};
+use super::plan::{ChildArgs, NS_FLAGS, Op, Plan, Stack};
 use super::setup;
 use crate::sandbox::init;
 use crate::sandbox::spec::SandboxError;
@@ -332,16 +332,14 @@ fn clone_here(plan: &Plan, pool: &mut NetPool) -> Result<i32, Errno> {
         None => NS_FLAGS,
     };
     let mut pidfd: libc::c_int = -1;
-    let mut stack = vec![0u8; STACK_SIZE];
+    let mut stack = Stack::new();
     // SAFETY: the child gets a copy of this address space and runs
     // `init_main` on `stack`, touching only `args` (see setup.rs); the
     // kernel writes the pidfd into `pidfd`.
     let pid = unsafe {
-        let top = stack.as_mut_ptr().add(stack.len());
-        let top = top.sub(top as usize % 16);
         libc::clone(
             setup::init_main,
-            top.cast(),
+            stack.top(),
             flags | libc::CLONE_PARENT,
             (&mut args as *mut ChildArgs).cast(),
             &mut pidfd as *mut libc::c_int,
