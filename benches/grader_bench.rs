@@ -224,7 +224,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 fn phase_totals() -> Vec<(String, f64, f64)> {
     let text = labgrader::metrics::render(&[]);
     let mut out = Vec::new();
-    for phase in ["queued", "fetch", "workspace", "run", "record"] {
+    for phase in ["queued", "fetch", "workspace", "ready", "run", "record"] {
         let get = |suffix: &str| -> Option<f64> {
             let key = format!("labgrader_grader_phase_seconds_{suffix}{{phase=\"{phase}\"}} ");
             text.lines()

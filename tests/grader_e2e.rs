@@ -375,3 +375,121 @@ async fn force_pushed_away_commit_is_still_graded_and_an_unknown_one_is_a_clear_
     let reason = r3.reason.unwrap_or_default();
     assert!(reason.contains(unknown), "{reason}");
 }
+
+/// `workers` bounds the runs, not the preparation: with 2 workers and six
+/// students, never more than two `test_all`s run at once (and two do),
+/// while the next jobs are fetched and laid out beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_bound_the_runs_while_the_next_jobs_are_prepared() {
+    let f = Fixture::new();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("runs.log");
+    f.tests_repo(
+        "lab1",
+        &format!(
+            "#!/bin/sh\necho \"start $(date +%s%N)\" >> {log}\nsleep 0.3\n\
+             echo \"end $(date +%s%N)\" >> {log}\n{}",
+            simple_test_all("1").replacen("#!/bin/sh\n", "", 1),
+            log = log.display()
+        ),
+    );
+    let events: Vec<_> = (0..6)
+        .map(|i| {
+            let path = format!("course/s{i}/lab1");
+            let sha = f.push(&path, |w| std::fs::write(w.join("a"), "x").unwrap());
+            f.event(&path, &sha)
+        })
+        .collect();
+    let d = f.start(f.config("workers = 2\n"));
+    for ev in &events {
+        f.enqueue(ev);
+    }
+    for ev in &events {
+        let r = f.wait_done(&ev.job_id, WAIT).await;
+        assert_eq!(r.status, Status::Graded, "{r:?}");
+    }
+    d.stop().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut edges: Vec<(u128, i32)> = text
+        .lines()
+        .map(|l| {
+            let (what, t) = l.split_once(' ').unwrap();
+            (t.parse().unwrap(), if what == "start" { 1 } else { -1 })
+        })
+        .collect();
+    assert_eq!(edges.len(), 12, "{text}");
+    // An end before a start at the same instant.
+    edges.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    assert_eq!(most, 2, "runs at once (workers = 2):\n{text}");
+}
+
+/// A job prepared while the grader stops, still waiting for a run slot,
+/// never starts: it goes back to incoming/ and is graded after the
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_job_waiting_for_a_run_slot_goes_back_at_shutdown() {
+    let f = Fixture::new();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("runs.log");
+    f.tests_repo(
+        "lab1",
+        &format!(
+            "#!/bin/sh\necho \"$LABGRADER_JOB_ID\" >> {log}\nsleep 2\n{}",
+            simple_test_all("1").replacen("#!/bin/sh\n", "", 1),
+            log = log.display()
+        ),
+    );
+    let mut events = Vec::new();
+    for i in 0..2 {
+        let path = format!("course/s{i}/lab1");
+        let sha = f.push(&path, |w| std::fs::write(w.join("a"), "x").unwrap());
+        events.push(f.event(&path, &sha));
+    }
+    let d = f.start(f.config("workers = 1\n"));
+    f.enqueue(&events[0]);
+    // The first runs; the second is claimed and prepared meanwhile.
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains(&events[0].job_id)) {
+        assert!(started.elapsed() < WAIT, "the first job never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f.enqueue(&events[1]);
+    // Claimed (in active/) and prepared while the first one runs.
+    let claimed = std::time::Instant::now();
+    loop {
+        let listing = f.listing();
+        let active = &listing.iter().find(|(d, _)| d == "active").unwrap().1;
+        if active.contains(&events[1].file_name()) {
+            break;
+        }
+        assert!(
+            claimed.elapsed() < Duration::from_millis(1500),
+            "the second job was not prepared beside the first run: {listing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.stop().await;
+    let ran = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !ran.contains(&events[1].job_id),
+        "started after shutdown:\n{ran}"
+    );
+    f.wait_done(&events[0].job_id, WAIT).await;
+    let listing = f.listing();
+    let incoming = &listing.iter().find(|(d, _)| d == "incoming").unwrap().1;
+    assert!(
+        incoming.contains(&events[1].file_name()),
+        "not back in incoming/: {listing:?}"
+    );
+    // Graded after the restart.
+    let d = f.start(f.config("workers = 1\n"));
+    let r = f.wait_done(&events[1].job_id, WAIT).await;
+    d.stop().await;
+    assert_eq!(r.status, Status::Graded, "{r:?}");
+}

@@ -44,7 +44,7 @@ use super::verdict::{harness_results, note_contract, result_from_run};
 use super::wiring::Grader;
 
 const PHASE_METRIC: &str = "labgrader_grader_phase_seconds";
-const PHASE_HELP: &str = "Time spent per job phase (queued, fetch, workspace, run, record).";
+const PHASE_HELP: &str = "Time spent per job phase (queued, fetch, workspace, ready: prepared and waiting for a run slot, run, record).";
 const STATUS_METRIC: &str = "labgrader_grader_jobs_total";
 const STATUS_HELP: &str = "Finished jobs by status.";
 const RETRY_METRIC: &str = "labgrader_grader_infra_retries_total";
@@ -89,7 +89,7 @@ impl Grader {
         self: Arc<Self>,
         name: String,
         ev: Event,
-        slot: Slot,
+        mut slot: Slot,
         cancel: CancellationToken,
     ) -> String {
         let project = ev.project.path.clone();
@@ -111,7 +111,7 @@ impl Grader {
                 return;
             }
             let mut ev = ev;
-            let graded = self.grade(&mut ev, &cancel).await;
+            let graded = self.grade(&mut ev, &mut slot, &cancel).await;
             drop(slot);
             let fault = match graded {
                 Ok(Graded::Result(result)) => match self.record(&name, &ev, *result).await {
@@ -139,6 +139,7 @@ impl Grader {
     async fn grade(
         &self,
         ev: &mut Event,
+        slot: &mut Slot,
         cancel: &CancellationToken,
     ) -> Result<Graded, GraderFault> {
         observe(
@@ -205,8 +206,20 @@ impl Grader {
                 warn!(error = %e, "cannot remove an earlier attempt's sandbox");
             }
         }
+        // One of the `workers` run slots (the preparation above overlapped
+        // the runs of others); freed as soon as the run is over.
+        let t = Instant::now();
+        let run_slot = tokio::select! {
+            slot = slot.run() => slot,
+            () = cancel.cancelled() => None,
+        };
+        let Some(run_slot) = run_slot else {
+            return Err(GraderFault::Cancelled);
+        };
+        observe("ready", t.elapsed());
         let t = Instant::now();
         let outcome = self.run_reporting(ev, &*runner, &spec, cancel).await;
+        drop(run_slot);
         observe("run", t.elapsed());
         let harness = harness_results(&spec, &plan.junit_points);
         drop(ws);

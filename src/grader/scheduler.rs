@@ -3,9 +3,11 @@
 //! Owns `incoming/` as a queue: it watches the directory (inotify through
 //! [`crate::watch`], plus a periodic rescan), keeps an index of the waiting
 //! jobs (oldest first; an unreadable event goes to `corrupt/`), claims a
-//! job when a worker is free (at most `[grader] workers` at once, never two
-//! jobs of the same student project at once, never before a job's
-//! `not_before`, never under `[spool] min_free`) and starts it. On shutdown
+//! job when a preparation slot is free (at most `[grader] workers` being
+//! prepared, never two jobs of the same student project at once, never
+//! before a job's `not_before`, never under `[spool] min_free`) and starts
+//! it; a prepared job then waits for one of the `workers` run slots
+//! ([`Slot`]). On shutdown
 //! it stops claiming, lets running jobs finish within the grace period,
 //! then cancels them (they put themselves back). A job task that panicked
 //! counts as a crash. It never grades anything itself: what a job goes
@@ -40,7 +42,11 @@ impl Grader {
             self.cfg.grader.effective_workers()
         }
         .max(1);
+        // `workers` jobs run at once; as many more may be prepared
+        // (fetched, exported, admitted, laid out) meanwhile, so a run
+        // slot never waits for git or the disk (see `Slot`).
         let permits = Arc::new(Semaphore::new(workers));
+        let runs = Arc::new(Semaphore::new(workers));
         // `arrived`: something came into incoming/ (then it is listed
         // again); `freed`: a worker slot came free (the index suffices).
         let (arrived, freed) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
@@ -93,7 +99,7 @@ impl Grader {
                         info!("free space back above [spool] min_free: claiming jobs again");
                     }
                     low_space = false;
-                    sched.dispatch(&self, (&permits, &freed), &mut tasks, &jobs_cancel)
+                    sched.dispatch(&self, (&permits, &runs, &freed), &mut tasks, &jobs_cancel)
                 }
             };
             let sleep_for = next
@@ -119,6 +125,9 @@ impl Grader {
                 _ = shutdown.cancelled() => break,
             }
         }
+        // A prepared job waiting for a run slot does not start now: it
+        // goes back to incoming/ (see `Slot::run`).
+        runs.close();
         let running = tasks.len();
         if running > 0 {
             info!(running, grace = ?self.cfg.grader.shutdown_grace.get(),
@@ -253,7 +262,7 @@ impl Scheduler {
     fn dispatch(
         &mut self,
         grader: &Arc<Grader>,
-        (permits, wake): (&Arc<Semaphore>, &Arc<Notify>),
+        (permits, runs, wake): (&Arc<Semaphore>, &Arc<Semaphore>, &Arc<Notify>),
         tasks: &mut JoinSet<String>,
         cancel: &CancellationToken,
     ) -> Option<DateTime<Utc>> {
@@ -281,6 +290,7 @@ impl Scheduler {
             };
             let slot = Slot {
                 permit: Some(permit),
+                runs: runs.clone(),
                 wake: wake.clone(),
             };
             claimed.push(name.clone());
@@ -314,20 +324,42 @@ impl Scheduler {
     }
 }
 
-/// One of the `[grader] workers` slots, held by a job while it is
-/// prepared and run. The job frees it as soon as its run is over: the
-/// record (disk work) then overlaps the next job's run instead of idling
-/// a worker. Freeing it wakes the scheduler.
+/// A job's place among the `[grader] workers`, in two stages. Claimed
+/// with a preparation permit (at most `workers` jobs are being fetched,
+/// exported, admitted and laid out), it waits for one of the `workers`
+/// run permits before its sandbox starts ([`Slot::run`]); its preparation
+/// permit is then free for the next job, whose preparation overlaps this
+/// run. The run permit is freed as soon as the run is over: the record
+/// (disk work) overlaps the next run too. Freeing the preparation permit
+/// wakes the scheduler. Jobs take run permits in the order they became
+/// ready (FIFO), which keeps the lanes' order: the scheduler claims live
+/// pushes first.
 pub(super) struct Slot {
     permit: Option<OwnedSemaphorePermit>,
+    runs: Arc<Semaphore>,
     wake: Arc<Notify>,
+}
+
+impl Slot {
+    /// Wait for a run permit; `None` once the grader is shutting down
+    /// (the job then goes back to `incoming/` without running).
+    pub(super) async fn run(&mut self) -> Option<OwnedSemaphorePermit> {
+        let run = self.runs.clone().acquire_owned().await.ok()?;
+        self.free();
+        Some(run)
+    }
+
+    fn free(&mut self) {
+        if self.permit.take().is_some() {
+            // The permit first, so the woken scheduler finds it free.
+            self.wake.notify_one();
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        // The permit first, so the woken scheduler finds it free.
-        drop(self.permit.take());
-        self.wake.notify_one();
+        self.free();
     }
 }
 
