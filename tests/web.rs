@@ -229,19 +229,34 @@ async fn a_waiting_job_shows_its_place_in_the_queue_until_it_is_graded() {
     std::fs::write(&w.hold, "").unwrap();
     let running = w.push("alice", 2, None).await;
     w.wait_active(&running).await;
-    let waiting = w.push("bob", 8, None).await;
+    // With one worker, the next job is prepared beside the run and waits
+    // for its slot; the one after it waits in the queue.
+    let ready = w.push("bob", 5, None).await;
+    w.wait_active(&ready).await;
+    let waiting = w.push("carol", 8, None).await;
     // The link comes with the `queued` callback, before any result.
     let url = w.result_url(&waiting, Some("queued")).await;
     let page = text(&w.get(&url, &[]).await);
     assert!(page.contains("waiting in the queue"), "{page}");
     assert!(page.contains("#1"), "position 1: {page}");
     assert!(page.contains("http-equiv=\"refresh\""), "reloads itself");
+    let ready_url = w.result_url(&ready, Some("queued")).await;
+    let ready_page = text(&w.get(&ready_url, &[]).await);
+    assert!(
+        ready_page.contains("starts as soon as a grader slot is free")
+            && !ready_page.contains("being graded now"),
+        "{ready_page}"
+    );
     let run_url = w.result_url(&running, Some("queued")).await;
     let run_page = text(&w.get(&run_url, &[]).await);
     assert!(run_page.contains("being graded now"), "{run_page}");
-    // Staff see both in the queue.
+    // Staff see all three in the queue, the prepared one apart.
     let q = text(&w.staff("/staff/queue").await);
-    assert!(q.contains(&running) && q.contains(&waiting), "{q}");
+    assert!(
+        q.contains(&running) && q.contains(&ready) && q.contains(&waiting),
+        "{q}"
+    );
+    assert!(q.contains("Prepared, waiting for a run slot (1)"), "{q}");
     std::fs::remove_file(&w.hold).unwrap();
     w.callback_of(&waiting, None).await;
     let done = text(&w.get(&url, &[]).await);

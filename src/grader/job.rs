@@ -217,6 +217,7 @@ impl Grader {
             return Err(GraderFault::Cancelled);
         };
         observe("ready", t.elapsed());
+        ws.mark_running();
         let t = Instant::now();
         let outcome = self.run_reporting(ev, &*runner, &spec, cancel).await;
         drop(run_slot);

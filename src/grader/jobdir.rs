@@ -18,6 +18,21 @@ use crate::result::Limits;
 use crate::sandbox::RunSpec;
 use crate::workspace::{self, WorkspaceError, WorkspaceLimits};
 
+/// `<spool>/work/`, where the job directories are.
+pub fn work_dir(spool_root: &Path) -> PathBuf {
+    spool_root.join("work")
+}
+
+/// Made in a job's directory when its run starts (it has a run slot): a
+/// job in `active/` without it is prepared and waiting for one.
+const RUNNING: &str = ".running";
+
+/// Has the run of `job_id` (a job in `active/`) started? For the web view:
+/// a prepared job is still waiting for a run slot.
+pub fn run_started(spool_root: &Path, job_id: &str) -> bool {
+    crate::spool::is_valid_name(job_id) && work_dir(spool_root).join(job_id).join(RUNNING).exists()
+}
+
 /// `<work>/<job>/`: `workspace/` (the student's tree and what the tests
 /// lay over it) and, under the trusted contract only, `tests/` (the
 /// harness's copy), `results/` and `runner/` (see [`RunSpec`]); removed
@@ -33,6 +48,14 @@ impl JobDir {
         let dir = JobDir { root };
         dir.make(&["workspace"])?;
         Ok(dir)
+    }
+
+    /// The run starts now (see [`run_started`]); best effort: without
+    /// the mark the web view says "prepared" a little longer.
+    pub fn mark_running(&self) {
+        if let Err(e) = std::fs::File::create(self.root.join(RUNNING)) {
+            warn!(error = %e, "cannot mark the run as started");
+        }
     }
 
     /// Make these subdirectories (and the root). Only the trusted contract

@@ -58,7 +58,7 @@ use crate::config::Config;
 use crate::spool::Spool;
 
 pub use blame::{Blame, GraderError, GraderFault, Verdict};
-pub use jobdir::job_env;
+pub use jobdir::{job_env, run_started};
 pub use limits::{JobPlan, contract_for, limits_for};
 pub use staff::{Moved, Replay, cancel, grade_local, read_record, regrade, replay, retry};
 pub use verdict::{Grade, harness_results, verdict};

@@ -114,7 +114,7 @@ impl Grader {
             ),
             gradebook: Arc::new(Mutex::new(Gradebook::open(&gradebook::path_in(root))?)),
             runners: Mutex::new(HashMap::new()),
-            work: root.join("work"),
+            work: super::jobdir::work_dir(root),
             gate: None,
             reserve: Reserve::new(root, cfg.spool.min_free.bytes()),
             engine_waits: Default::default(),

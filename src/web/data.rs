@@ -64,8 +64,11 @@ pub(super) enum Place {
         position: usize,
         waiting: usize,
     },
-    /// In `active/`: being graded.
+    /// In `active/`, its run started: being graded.
     Running { event: Box<Event> },
+    /// In `active/`, prepared (fetched, laid out) and waiting for one of
+    /// the `workers` run slots.
+    Ready { event: Box<Event> },
     /// Neither (finished, failed, or unknown).
     Elsewhere,
 }
@@ -142,8 +145,11 @@ impl Web {
             };
         }
         if let Some(event) = read(State::Active) {
-            return Place::Running {
-                event: Box::new(event),
+            let event = Box::new(event);
+            return if crate::grader::run_started(self.spool.root(), job_id) {
+                Place::Running { event }
+            } else {
+                Place::Ready { event }
             };
         }
         Place::Elsewhere

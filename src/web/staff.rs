@@ -143,12 +143,16 @@ impl Web {
                 .collect()
         };
         let waiting = events(State::Incoming);
-        let active = events(State::Active);
+        let (running, ready): (Vec<_>, Vec<_>) = events(State::Active)
+            .into_iter()
+            .partition(|(job, _)| crate::grader::run_started(self.spool.root(), job));
         let (outbox, dead) = crate::deliver::report(&self.spool, QUEUE_LIMIT).unwrap_or_default();
         html! {
             h1 { "Queue" }
-            h2 { "Running (" (active.len()) ")" }
-            (event_table(&active, false))
+            h2 { "Running (" (running.len()) ")" }
+            (event_table(&running, false))
+            h2 { "Prepared, waiting for a run slot (" (ready.len()) ")" }
+            (event_table(&ready, false))
             h2 { "Waiting (" (self.spool.count(State::Incoming)) ")" }
             (event_table(&waiting, true))
             h2 { "Deliveries waiting (" (self.spool.count(State::Outbox)) ")" }

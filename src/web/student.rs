@@ -84,6 +84,20 @@ impl Web {
                 };
                 (format!("Waiting: {}", event.project.path), body)
             }
+            Place::Ready { event } => {
+                let history = self.history(&event.project.path, job_id);
+                let body = html! {
+                    h1 { (event.project.path) }
+                    div.card {
+                        p { (status_badge("waiting")) }
+                        p { "Your code is ready: it starts as soon as a grader slot is free. "
+                            "This page shows the result when it is done." }
+                    }
+                    (facts_of_event(&event))
+                    (history_list(self, &history))
+                };
+                (format!("Next: {}", event.project.path), body)
+            }
             Place::Running { event } => {
                 let history = self.history(&event.project.path, job_id);
                 let body = html! {
