@@ -382,24 +382,11 @@ async fn force_pushed_away_commit_is_still_graded_and_an_unknown_one_is_a_clear_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_bound_the_runs_while_the_next_jobs_are_prepared() {
     let f = Fixture::new();
-    let logs = tempfile::tempdir().unwrap();
-    let log = logs.path().join("runs.log");
-    f.tests_repo(
-        "lab1",
-        &format!(
-            "#!/bin/sh\necho \"start $(date +%s%N)\" >> {log}\nsleep 0.3\n\
-             echo \"end $(date +%s%N)\" >> {log}\n{}",
-            simple_test_all("1").replacen("#!/bin/sh\n", "", 1),
-            log = log.display()
-        ),
+    let (_logs, log) = tests_with_log(
+        &f,
+        "echo \"start $(date +%s%N)\" >> {log}\nsleep 0.3\necho \"end $(date +%s%N)\" >> {log}\n",
     );
-    let events: Vec<_> = (0..6)
-        .map(|i| {
-            let path = format!("course/s{i}/lab1");
-            let sha = f.push(&path, |w| std::fs::write(w.join("a"), "x").unwrap());
-            f.event(&path, &sha)
-        })
-        .collect();
+    let events: Vec<_> = (0..6).map(|i| student_event(&f, i)).collect();
     let d = f.start(f.config("workers = 2\n"));
     for ev in &events {
         f.enqueue(ev);
@@ -434,22 +421,8 @@ async fn workers_bound_the_runs_while_the_next_jobs_are_prepared() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepared_job_waiting_for_a_run_slot_goes_back_at_shutdown() {
     let f = Fixture::new();
-    let logs = tempfile::tempdir().unwrap();
-    let log = logs.path().join("runs.log");
-    f.tests_repo(
-        "lab1",
-        &format!(
-            "#!/bin/sh\necho \"$LABGRADER_JOB_ID\" >> {log}\nsleep 2\n{}",
-            simple_test_all("1").replacen("#!/bin/sh\n", "", 1),
-            log = log.display()
-        ),
-    );
-    let mut events = Vec::new();
-    for i in 0..2 {
-        let path = format!("course/s{i}/lab1");
-        let sha = f.push(&path, |w| std::fs::write(w.join("a"), "x").unwrap());
-        events.push(f.event(&path, &sha));
-    }
+    let (_logs, log) = tests_with_log(&f, "echo \"$LABGRADER_JOB_ID\" >> {log}\nsleep 2\n");
+    let events: Vec<_> = (0..2).map(|i| student_event(&f, i)).collect();
     let d = f.start(f.config("workers = 1\n"));
     f.enqueue(&events[0]);
     // The first runs; the second is claimed and prepared meanwhile.
@@ -492,4 +465,23 @@ async fn a_prepared_job_waiting_for_a_run_slot_goes_back_at_shutdown() {
     let r = f.wait_done(&events[1].job_id, WAIT).await;
     d.stop().await;
     assert_eq!(r.status, Status::Graded, "{r:?}");
+}
+
+/// A tests repository whose `test_all` runs `script` (`{log}` in it is a
+/// log file on the host), then prints a grade of 1; the log's directory
+/// (removed on drop) and path.
+fn tests_with_log(f: &Fixture, script: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("runs.log");
+    let script = script.replace("{log}", &log.display().to_string());
+    let summary = simple_test_all("1").replacen("#!/bin/sh\n", "", 1);
+    f.tests_repo("lab1", &format!("#!/bin/sh\n{script}{summary}"));
+    (logs, log)
+}
+
+/// Student `i`'s `lab1`, pushed once, and the event of that push.
+fn student_event(f: &Fixture, i: usize) -> labgrader::event::Event {
+    let path = format!("course/s{i}/lab1");
+    let sha = f.push(&path, |w| std::fs::write(w.join("a"), "x").unwrap());
+    f.event(&path, &sha)
 }

@@ -85,31 +85,14 @@ impl Web {
                 (format!("Waiting: {}", event.project.path), body)
             }
             Place::Ready { event } => {
-                let history = self.history(&event.project.path, job_id);
-                let body = html! {
-                    h1 { (event.project.path) }
-                    div.card {
-                        p { (status_badge("waiting")) }
-                        p { "Your code is ready: it starts as soon as a grader slot is free. "
-                            "This page shows the result when it is done." }
-                    }
-                    (facts_of_event(&event))
-                    (history_list(self, &history))
-                };
-                (format!("Next: {}", event.project.path), body)
+                let said = "Your code is ready: it starts as soon as a grader slot is free. \
+                            This page shows the result when it is done.";
+                self.in_progress(job_id, &event, ("Next", "waiting", said))
             }
             Place::Running { event } => {
-                let history = self.history(&event.project.path, job_id);
-                let body = html! {
-                    h1 { (event.project.path) }
-                    div.card {
-                        p { (status_badge("running")) }
-                        p { "Your code is being graded now. This page shows the result when it is done." }
-                    }
-                    (facts_of_event(&event))
-                    (history_list(self, &history))
-                };
-                (format!("Running: {}", event.project.path), body)
+                let said =
+                    "Your code is being graded now. This page shows the result when it is done.";
+                self.in_progress(job_id, &event, ("Running", "running", said))
             }
             Place::Elsewhere => {
                 let body = html! {
@@ -143,6 +126,27 @@ impl Web {
     }
 
     /// The project's other jobs (newest first), without `except`.
+    /// The page of a job claimed but not finished: `(title, badge, what
+    /// the student reads)`.
+    fn in_progress(
+        &self,
+        job_id: &str,
+        event: &crate::event::Event,
+        (title, badge, said): (&str, &str, &str),
+    ) -> (String, Markup) {
+        let history = self.history(&event.project.path, job_id);
+        let body = html! {
+            h1 { (event.project.path) }
+            div.card {
+                p { (status_badge(badge)) }
+                p { (said) }
+            }
+            (facts_of_event(event))
+            (history_list(self, &history))
+        };
+        (format!("{title}: {}", event.project.path), body)
+    }
+
     fn history(&self, project: &str, except: &str) -> Vec<JobRow> {
         match self.gradebook(|g| Ok(g.views().rows_of_project(project, HISTORY + 1)?)) {
             Ok(Some(rows)) => rows
