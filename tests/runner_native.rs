@@ -1376,4 +1376,64 @@ mod netns {
         }
         assert_ne!(ns_of(&a), ns_of(&b));
     }
+
+    /// What the next run can read of the network's own state (no socket
+    /// needed): IPv6 flow labels, loopback's counters, the protocol
+    /// counters. A fresh namespace shows none of it.
+    const SEER: &str = "rows = open('/proc/net/ip6_flowlabel').read().splitlines()[1:]\n\
+        if rows: print('flowlabels', rows)\n\
+        lo = [l for l in open('/proc/net/dev') if l.strip().startswith('lo:')][0].split()[1:]\n\
+        if any(int(x) for x in lo): print('lo counters', lo)\n\
+        for f in ('snmp', 'netstat'):\n\
+        \x20   t = open('/proc/net/' + f).read().splitlines()\n\
+        \x20   for h, v in zip(t[::2], t[1::2]):\n\
+        \x20       for a, b in zip(h.split()[1:], v.split()[1:]):\n\
+        \x20           if b != '0' and a not in ('Forwarding', 'DefaultTTL', 'RtoAlgorithm', 'RtoMin', 'RtoMax', 'MaxConn'):\n\
+        \x20               print('counter', h.split()[0], a, b)\n\
+        print('looked')\n";
+
+    #[tokio::test]
+    async fn a_run_leaves_no_flow_label_for_the_next() {
+        let r = runner();
+        // IPv6 flow labels outlive the socket that made them (linger up
+        // to 150 s for anyone) and are no socket: sockstat stays at 0.
+        // 20 bits each, 32 a socket: a channel to whoever runs next.
+        let planter = "import struct\n\
+            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+            for i in range(4):\n\
+            \x20   req = socket.inet_pton(socket.AF_INET6, '::1') + struct.pack('!I', 0xabc00 + i) + struct.pack('=BBHHHI', 0, 255, 1, 0, 120, 0)\n\
+            \x20   s.setsockopt(socket.IPPROTO_IPV6, 32, req)\n\
+            s.close()\n\
+            print('planted')\n";
+        for _ in 0..3 {
+            let a = run_py(&r, planter).await;
+            assert!(a.contains("planted"), "{a}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let b = run_py(&r, SEER).await;
+            assert!(b.contains("looked"), "{b}");
+            assert!(!b.contains("flowlabels"), "{b}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_cannot_signal_the_next_through_the_networks_counters() {
+        let r = runner();
+        // No socket survives, but loopback's and the protocols' counters
+        // do: 777 datagrams to a closed port are a number the next run
+        // reads back (Udp NoPorts), say a hidden test's answer.
+        let sender = "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+            for _ in range(777): s.sendto(b'x', ('127.0.0.1', 40114))\n\
+            s.close()\n\
+            print('sent')\n";
+        for _ in 0..3 {
+            let a = run_py(&r, sender).await;
+            assert!(a.contains("sent"), "{a}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let b = run_py(&r, SEER).await;
+            assert!(b.contains("looked"), "{b}");
+            for bad in ["lo counters", "counter"] {
+                assert!(!b.contains(bad), "{bad}:\n{b}");
+            }
+        }
+    }
 }
