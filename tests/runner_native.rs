@@ -1436,4 +1436,42 @@ mod netns {
             }
         }
     }
+
+    #[tokio::test]
+    async fn a_socket_kept_in_flight_or_a_privileged_one_gives_the_next_run_nothing() {
+        let r = runner();
+        // A listening port whose only reference is in flight in a unix
+        // socket cycle (freed by the garbage collector, later), and the
+        // sockets a root would get: raw, packet, ICMP.
+        let hider = "l = socket.socket(); l.bind(('127.0.0.1', 40115)); l.listen()\n\
+            a, b = socket.socketpair()\n\
+            socket.send_fds(a, [b'x'], [l.fileno(), a.fileno(), b.fileno()])\n\
+            l.close(); a.close(); b.close()\n\
+            for fam, typ, proto in ((socket.AF_PACKET, socket.SOCK_RAW, 0), (socket.AF_INET, socket.SOCK_RAW, 1), (socket.AF_INET, socket.SOCK_DGRAM, 1), (socket.AF_INET6, socket.SOCK_RAW, 58)):\n\
+            \x20   try:\n\
+            \x20       socket.socket(fam, typ, proto); print('privileged socket', fam, typ, proto)\n\
+            \x20   except OSError:\n\
+            \x20       pass\n\
+            print('hidden')\n";
+        let finder = "s = socket.socket()\n\
+            try:\n\
+            \x20   s.connect(('127.0.0.1', 40115)); print('reached hidden')\n\
+            except OSError:\n\
+            \x20   pass\n\
+            t = socket.socket()\n\
+            try:\n\
+            \x20   t.bind(('127.0.0.1', 40115))\n\
+            except OSError:\n\
+            \x20   print('hidden port taken')\n\
+            print('looked')\n";
+        for _ in 0..3 {
+            let a = run_py(&r, hider).await;
+            assert!(a.contains("hidden"), "{a}");
+            assert!(!a.contains("privileged"), "{a}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let b = run_py(&r, finder).await;
+            assert!(b.contains("looked"), "{b}");
+            assert!(!b.contains("reached") && !b.contains("taken"), "{b}");
+        }
+    }
 }
