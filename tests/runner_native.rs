@@ -1376,4 +1376,134 @@ mod netns {
         }
         assert_ne!(ns_of(&a), ns_of(&b));
     }
+
+    /// What the next run can read of the network's own state (no socket
+    /// needed): IPv6 flow labels, loopback's counters, the protocol
+    /// counters. A fresh namespace shows none of it.
+    const SEER: &str = "rows = open('/proc/net/ip6_flowlabel').read().splitlines()[1:]\n\
+        if rows: print('flowlabels', rows)\n\
+        lo = [l for l in open('/proc/net/dev') if l.strip().startswith('lo:')][0].split()[1:]\n\
+        if any(int(x) for x in lo): print('lo counters', lo)\n\
+        for f in ('snmp', 'netstat'):\n\
+        \x20   t = open('/proc/net/' + f).read().splitlines()\n\
+        \x20   for h, v in zip(t[::2], t[1::2]):\n\
+        \x20       for a, b in zip(h.split()[1:], v.split()[1:]):\n\
+        \x20           if b != '0' and a not in ('Forwarding', 'DefaultTTL', 'RtoAlgorithm', 'RtoMin', 'RtoMax', 'MaxConn'):\n\
+        \x20               print('counter', h.split()[0], a, b)\n\
+        print('looked')\n";
+
+    #[tokio::test]
+    async fn a_run_leaves_no_flow_label_for_the_next() {
+        let r = runner();
+        // IPv6 flow labels outlive the socket that made them (linger up
+        // to 150 s for anyone) and are no socket: sockstat stays at 0.
+        // 20 bits each, 32 a socket: a channel to whoever runs next.
+        let planter = "import struct\n\
+            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+            for i in range(4):\n\
+            \x20   req = socket.inet_pton(socket.AF_INET6, '::1') + struct.pack('!I', 0xabc00 + i) + struct.pack('=BBHHHI', 0, 255, 1, 0, 120, 0)\n\
+            \x20   s.setsockopt(socket.IPPROTO_IPV6, 32, req)\n\
+            s.close()\n\
+            print('planted')\n";
+        for _ in 0..3 {
+            let a = run_py(&r, planter).await;
+            assert!(a.contains("planted"), "{a}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let b = run_py(&r, SEER).await;
+            assert!(b.contains("looked"), "{b}");
+            assert!(!b.contains("flowlabels"), "{b}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_cannot_signal_the_next_through_the_networks_counters() {
+        let r = runner();
+        // No socket survives, but loopback's and the protocols' counters
+        // do: 777 datagrams to a closed port are a number the next run
+        // reads back (Udp NoPorts), say a hidden test's answer.
+        let sender = "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+            for _ in range(777): s.sendto(b'x', ('127.0.0.1', 40114))\n\
+            s.close()\n\
+            print('sent')\n";
+        for _ in 0..3 {
+            let a = run_py(&r, sender).await;
+            assert!(a.contains("sent"), "{a}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let b = run_py(&r, SEER).await;
+            assert!(b.contains("looked"), "{b}");
+            for bad in ["lo counters", "counter"] {
+                assert!(!b.contains(bad), "{bad}:\n{b}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_socket_kept_in_flight_or_a_privileged_one_gives_the_next_run_nothing() {
+        let r = runner();
+        // A listening port whose only reference is in flight in a unix
+        // socket cycle (freed by the garbage collector, later), and the
+        // sockets a root would get: raw, packet, ICMP.
+        let hider = "l = socket.socket(); l.bind(('127.0.0.1', 40115)); l.listen()\n\
+            a, b = socket.socketpair()\n\
+            socket.send_fds(a, [b'x'], [l.fileno(), a.fileno(), b.fileno()])\n\
+            l.close(); a.close(); b.close()\n\
+            for fam, typ, proto in ((socket.AF_PACKET, socket.SOCK_RAW, 0), (socket.AF_INET, socket.SOCK_RAW, 1), (socket.AF_INET, socket.SOCK_DGRAM, 1), (socket.AF_INET6, socket.SOCK_RAW, 58)):\n\
+            \x20   try:\n\
+            \x20       socket.socket(fam, typ, proto); print('privileged socket', fam, typ, proto)\n\
+            \x20   except OSError:\n\
+            \x20       pass\n\
+            print('hidden')\n";
+        let finder = "s = socket.socket()\n\
+            try:\n\
+            \x20   s.connect(('127.0.0.1', 40115)); print('reached hidden')\n\
+            except OSError:\n\
+            \x20   pass\n\
+            t = socket.socket()\n\
+            try:\n\
+            \x20   t.bind(('127.0.0.1', 40115))\n\
+            except OSError:\n\
+            \x20   print('hidden port taken')\n\
+            print('looked')\n";
+        for _ in 0..3 {
+            let a = run_py(&r, hider).await;
+            assert!(a.contains("hidden"), "{a}");
+            assert!(!a.contains("privileged"), "{a}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let b = run_py(&r, finder).await;
+            assert!(b.contains("looked"), "{b}");
+            assert!(!b.contains("reached") && !b.contains("taken"), "{b}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_can_change_no_setting_of_a_pooled_namespace() {
+        let r = runner();
+        // Every per-namespace sysctl, opened for writing (the permission
+        // is checked at open), and the interface's settings.
+        let writer = "n = 0\n\
+            for d, _, fs in os.walk('/proc/sys/net'):\n\
+            \x20   for f in fs:\n\
+            \x20       p = os.path.join(d, f); n += 1\n\
+            \x20       try:\n\
+            \x20           fd = os.open(p, os.O_WRONLY); os.close(fd); print('writable', p)\n\
+            \x20       except OSError:\n\
+            \x20           pass\n\
+            import fcntl, struct\n\
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+            try:\n\
+            \x20   fcntl.ioctl(s, 0x8922, struct.pack('16sH14s', b'lo', 1500, b'')); print('mtu set')\n\
+            except OSError:\n\
+            \x20   pass\n\
+            print('tried', n)\n";
+        let a = run_py(&r, writer).await;
+        let n: usize = a
+            .lines()
+            .find_map(|l| l.strip_prefix("tried "))
+            .unwrap_or_else(|| panic!("{a}"))
+            .parse()
+            .unwrap();
+        // The sysctls are there to try (not hidden from the sandbox).
+        assert!(n > 50, "{a}");
+        assert!(!a.contains("writable") && !a.contains("mtu set"), "{a}");
+    }
 }

@@ -20,8 +20,14 @@
 //! every process of the run's PID namespace has exited, and so closed its
 //! sockets. What the kernel keeps past a process (a TCP connection in
 //! TIME_WAIT, a socket not yet freed) shows in `sockstat`; a namespace
-//! with any socket in it is dropped, never lent again. Two runs at once
-//! never share one.
+//! with any socket in it is dropped, never lent again. Some state outlives
+//! every socket and shows in no `sockstat`, yet anyone in the namespace
+//! reads it: IPv6 flow labels (they linger up to 150 s after their socket)
+//! and the counters of loopback and of the protocols (`/proc/net/dev`,
+//! `snmp`, `netstat`), which only grow: a run could leave a message there
+//! for whoever runs next. So a namespace is lent again only if those read
+//! exactly as when it was made (a run that used the network at all makes
+//! a new one for the next). Two runs at once never share one.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -38,15 +44,29 @@ pub(super) struct NetPool {
     /// after each clone. `None`: pooling is off (not root, or the first
     /// creation failed); each run then creates its own.
     host: Option<OwnedFd>,
-    free: Vec<OwnedFd>,
+    free: Vec<Idle>,
     /// Lent namespaces with the pidfd of the init that joined them.
     lent: Vec<Lent>,
+}
+
+/// A pooled namespace and what its readable state was when it was made
+/// (see [`state`]); it is lent again only while that is unchanged.
+#[derive(Debug)]
+pub(super) struct Idle {
+    net: OwnedFd,
+    made: String,
+}
+
+impl Idle {
+    fn fd(&self) -> RawFd {
+        self.net.as_raw_fd()
+    }
 }
 
 #[derive(Debug)]
 struct Lent {
     pidfd: OwnedFd,
-    net: OwnedFd,
+    net: Idle,
 }
 
 impl NetPool {
@@ -67,7 +87,7 @@ impl NetPool {
     /// A namespace for the next run, joined by this process until
     /// [`NetPool::leave`]: an idle one, or a new one. `None`: the run must
     /// create its own (`CLONE_NEWNET`, loopback brought up by its init).
-    pub(super) fn enter(&mut self) -> Option<OwnedFd> {
+    pub(super) fn enter(&mut self) -> Option<Idle> {
         let host = self.host.as_ref()?.as_raw_fd();
         let net = match self.free.pop() {
             Some(net) => net,
@@ -81,7 +101,7 @@ impl NetPool {
                 }
             },
         };
-        if setns(net.as_raw_fd()).is_err() {
+        if setns(net.fd()).is_err() {
             return None;
         }
         Some(net)
@@ -90,7 +110,7 @@ impl NetPool {
     /// Back to the host's namespace after the clone. `lent`: the init's
     /// pidfd when the clone worked (the namespace is now the run's), else
     /// `None` (the namespace is idle again).
-    pub(super) fn leave(&mut self, net: OwnedFd, lent: Option<OwnedFd>) {
+    pub(super) fn leave(&mut self, net: Idle, lent: Option<OwnedFd>) {
         let back = self.host.as_ref().map(|h| setns(h.as_raw_fd()));
         if back != Some(Ok(())) {
             // Still in a pooled namespace: nothing may be cloned from here
@@ -121,26 +141,31 @@ impl NetPool {
         }
     }
 
-    fn keep(&mut self, net: OwnedFd) {
+    fn keep(&mut self, net: Idle) {
         if self.free.len() < MAX_FREE {
             self.free.push(net);
         }
     }
 
-    /// Nothing of the last run in `net`: no socket at all.
-    fn is_empty(&self, net: &OwnedFd) -> bool {
+    /// Nothing of the last run in `net`: no socket at all, and its
+    /// readable state (flow labels, counters) as when it was made.
+    fn is_empty(&self, net: &Idle) -> bool {
         let Some(host) = &self.host else {
             return false;
         };
-        if setns(net.as_raw_fd()).is_err() {
+        if setns(net.fd()).is_err() {
             return false;
         }
         // `thread-self/net` shows the namespace of the calling thread.
         let v4 = std::fs::read_to_string("/proc/thread-self/net/sockstat");
         let v6 = std::fs::read_to_string("/proc/thread-self/net/sockstat6");
+        let now = state();
         if setns(host.as_raw_fd()).is_err() {
             // SAFETY: as in `leave`.
             unsafe { libc::_exit(1) };
+        }
+        if now.as_deref() != Some(net.made.as_str()) {
+            return false;
         }
         match (v4, v6) {
             (Ok(v4), Ok(v6)) => no_sockets(&v4) && no_sockets(&v6),
@@ -178,14 +203,36 @@ pub(super) fn no_sockets(table: &str) -> bool {
 
 /// A new network namespace with loopback up, made in this process's user
 /// namespace; this process is back in `host` when it returns.
-fn create(host: RawFd) -> Result<OwnedFd, Errno> {
+fn create(host: RawFd) -> Result<Idle, Errno> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
-    let made = super::setup::loopback_up().and_then(|_| open_ns(c"/proc/thread-self/ns/net"));
+    let made = super::setup::loopback_up()
+        .and_then(|_| open_ns(c"/proc/thread-self/ns/net"))
+        .and_then(|net| {
+            let made = state().ok_or(Errno::EIO)?;
+            Ok(Idle { net, made })
+        });
     if setns(host).is_err() {
         // SAFETY: as in `NetPool::leave`.
         unsafe { libc::_exit(1) };
     }
     made
+}
+
+/// What anyone in the calling thread's network namespace can read of it
+/// that is no socket and outlives the run: flow labels, loopback's and
+/// the protocols' counters. `None`: unreadable.
+fn state() -> Option<String> {
+    let mut all = String::new();
+    for table in ["dev", "snmp", "snmp6", "netstat", "ip6_flowlabel"] {
+        match std::fs::read_to_string(format!("/proc/thread-self/net/{table}")) {
+            Ok(t) => all.push_str(&t),
+            // No IPv6 in this kernel.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => all.push('-'),
+            Err(_) => return None,
+        }
+        all.push('\0');
+    }
+    Some(all)
 }
 
 fn open_ns(path: &std::ffi::CStr) -> Result<OwnedFd, Errno> {
