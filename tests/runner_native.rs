@@ -1162,13 +1162,15 @@ mod spawner {
         fds.sort();
         // Above the socket, only what it made itself: network namespaces
         // it keeps for reuse and the pidfds of the runs holding them.
+        // (One may close between the listing and its reading: the
+        // spawner takes namespaces back as runs end.)
         let link = |fd: u32| {
             std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
                 .map(|l| l.to_string_lossy().into_owned())
-                .unwrap_or_default()
+                .ok()
         };
         for fd in fds.iter().filter(|fd| **fd > 3) {
-            let l = link(*fd);
+            let Some(l) = link(*fd) else { continue };
             assert!(
                 l.starts_with("net:[") || l == "anon_inode:[pidfd]",
                 "fd {fd} is {l}"
