@@ -421,7 +421,9 @@ async fn workers_bound_the_runs_while_the_next_jobs_are_prepared() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepared_job_waiting_for_a_run_slot_goes_back_at_shutdown() {
     let f = Fixture::new();
-    let (_logs, log) = tests_with_log(&f, "echo \"$LABGRADER_JOB_ID\" >> {log}\nsleep 2\n");
+    // 3 s: longer than the claim below may take on a loaded machine,
+    // shorter than the 5 s shutdown grace.
+    let (_logs, log) = tests_with_log(&f, "echo \"$LABGRADER_JOB_ID\" >> {log}\nsleep 3\n");
     let events: Vec<_> = (0..2).map(|i| student_event(&f, i)).collect();
     let d = f.start(f.config("workers = 1\n"));
     f.enqueue(&events[0]);
