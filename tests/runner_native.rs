@@ -1280,6 +1280,26 @@ mod netns {
         stdout
     }
 
+    /// One run of `first` (it prints `said`), time for the spawner to see
+    /// it over and take its namespace back, then a run of `probe` (it
+    /// prints `looked`), which must print none of `bad`. Both outputs.
+    async fn one_then_next(
+        r: &NativeRunner,
+        (first, said): (&str, &str),
+        probe: &str,
+        bad: &[&str],
+    ) -> (String, String) {
+        let a = run_py(r, first).await;
+        assert!(a.contains(said), "{a}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let b = run_py(r, probe).await;
+        assert!(b.contains("looked"), "{b}");
+        for bad in bad {
+            assert!(!b.contains(bad), "{bad}:\n{b}");
+        }
+        (a, b)
+    }
+
     fn ns_of(stdout: &str) -> String {
         stdout
             .lines()
@@ -1327,15 +1347,8 @@ mod netns {
             print('left')\n";
         let mut reused = 0;
         for _ in 0..6 {
-            let a = run_py(&r, leaver).await;
-            assert!(a.contains("left"), "{a}");
-            // Time for the spawner to see the run over and check it.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let b = run_py(&r, FINDER).await;
-            assert!(b.contains("looked"), "{b}");
-            for bad in ["reached", "taken", "left in"] {
-                assert!(!b.contains(bad), "{bad}:\n{b}");
-            }
+            let bad = ["reached", "taken", "left in"];
+            let (a, b) = one_then_next(&r, (leaver, "left"), FINDER, &bad).await;
             if ns_of(&a) == ns_of(&b) {
                 reused += 1;
             }
@@ -1354,11 +1367,7 @@ mod netns {
             a.close(); time.sleep(0.1); c.close(); l.close()\n\
             print('lingering')\n";
         for _ in 0..3 {
-            let a = run_py(&r, lingerer).await;
-            assert!(a.contains("lingering"), "{a}");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let b = run_py(&r, FINDER).await;
-            assert!(!b.contains("taken"), "{b}");
+            let (a, b) = one_then_next(&r, (lingerer, "lingering"), FINDER, &["taken"]).await;
             assert_ne!(ns_of(&a), ns_of(&b), "lent again with a socket in it");
         }
     }
@@ -1408,12 +1417,7 @@ mod netns {
             s.close()\n\
             print('planted')\n";
         for _ in 0..3 {
-            let a = run_py(&r, planter).await;
-            assert!(a.contains("planted"), "{a}");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let b = run_py(&r, SEER).await;
-            assert!(b.contains("looked"), "{b}");
-            assert!(!b.contains("flowlabels"), "{b}");
+            one_then_next(&r, (planter, "planted"), SEER, &["flowlabels"]).await;
         }
     }
 
@@ -1428,14 +1432,7 @@ mod netns {
             s.close()\n\
             print('sent')\n";
         for _ in 0..3 {
-            let a = run_py(&r, sender).await;
-            assert!(a.contains("sent"), "{a}");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let b = run_py(&r, SEER).await;
-            assert!(b.contains("looked"), "{b}");
-            for bad in ["lo counters", "counter"] {
-                assert!(!b.contains(bad), "{bad}:\n{b}");
-            }
+            one_then_next(&r, (sender, "sent"), SEER, &["lo counters", "counter"]).await;
         }
     }
 
@@ -1467,13 +1464,8 @@ mod netns {
             \x20   print('hidden port taken')\n\
             print('looked')\n";
         for _ in 0..3 {
-            let a = run_py(&r, hider).await;
-            assert!(a.contains("hidden"), "{a}");
+            let (a, _) = one_then_next(&r, (hider, "hidden"), finder, &["reached", "taken"]).await;
             assert!(!a.contains("privileged"), "{a}");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let b = run_py(&r, finder).await;
-            assert!(b.contains("looked"), "{b}");
-            assert!(!b.contains("reached") && !b.contains("taken"), "{b}");
         }
     }
 
