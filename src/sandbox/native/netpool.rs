@@ -29,9 +29,12 @@
 //! exactly as when it was made (a run that used the network at all makes
 //! a new one for the next). Two runs at once never share one.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::stat::Mode;
 
 /// Most idle namespaces kept (each costs some kernel memory); more than
 /// the runs a host does at once.
@@ -58,8 +61,8 @@ pub(super) struct Idle {
 }
 
 impl Idle {
-    fn fd(&self) -> RawFd {
-        self.net.as_raw_fd()
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.net.as_fd()
     }
 }
 
@@ -88,7 +91,7 @@ impl NetPool {
     /// [`NetPool::leave`]: an idle one, or a new one. `None`: the run must
     /// create its own (`CLONE_NEWNET`, loopback brought up by its init).
     pub(super) fn enter(&mut self) -> Option<Idle> {
-        let host = self.host.as_ref()?.as_raw_fd();
+        let host = self.host.as_ref()?.as_fd();
         let net = match self.free.pop() {
             Some(net) => net,
             None => match create(host) {
@@ -111,7 +114,7 @@ impl NetPool {
     /// pidfd when the clone worked (the namespace is now the run's), else
     /// `None` (the namespace is idle again).
     pub(super) fn leave(&mut self, net: Idle, lent: Option<OwnedFd>) {
-        let back = self.host.as_ref().map(|h| setns(h.as_raw_fd()));
+        let back = self.host.as_ref().map(|h| setns(h.as_fd()));
         if back != Some(Ok(())) {
             // Still in a pooled namespace: nothing may be cloned from here
             // any more. The spawner exits; the daemon starts a new one.
@@ -160,7 +163,7 @@ impl NetPool {
         let v4 = std::fs::read_to_string("/proc/thread-self/net/sockstat");
         let v6 = std::fs::read_to_string("/proc/thread-self/net/sockstat6");
         let now = state();
-        if setns(host.as_raw_fd()).is_err() {
+        if setns(host.as_fd()).is_err() {
             // SAFETY: as in `leave`.
             unsafe { libc::_exit(1) };
         }
@@ -203,8 +206,8 @@ pub(super) fn no_sockets(table: &str) -> bool {
 
 /// A new network namespace with loopback up, made in this process's user
 /// namespace; this process is back in `host` when it returns.
-fn create(host: RawFd) -> Result<Idle, Errno> {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+fn create(host: BorrowedFd<'_>) -> Result<Idle, Errno> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
     let made = super::setup::loopback_up()
         .and_then(|_| open_ns(c"/proc/thread-self/ns/net"))
         .and_then(|net| {
@@ -236,15 +239,11 @@ fn state() -> Option<String> {
 }
 
 fn open_ns(path: &std::ffi::CStr) -> Result<OwnedFd, Errno> {
-    // SAFETY: open(2) of a C string.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    // SAFETY: a descriptor we just opened.
-    Errno::result(fd).map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+    nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
 }
 
-fn setns(fd: RawFd) -> Result<(), Errno> {
-    // SAFETY: setns(2) with a namespace descriptor we hold.
-    Errno::result(unsafe { libc::setns(fd, libc::CLONE_NEWNET) }).map(drop)
+fn setns(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    nix::sched::setns(fd, CloneFlags::CLONE_NEWNET)
 }
 
 #[cfg(test)]

@@ -140,14 +140,12 @@ fn probe_clone() -> Result<(), nix::errno::Errno> {
     extern "C" fn noop(_: *mut libc::c_void) -> libc::c_int {
         0
     }
-    let mut stack = vec![0u8; 64 * 1024];
+    let mut stack = super::plan::Stack::new();
     // SAFETY: the child runs `noop` on its own stack and exits.
     let pid = unsafe {
-        let top = stack.as_mut_ptr().add(stack.len());
-        let top = top.sub(top as usize % 16);
         libc::clone(
             noop,
-            top.cast(),
+            stack.top(),
             super::plan::NS_FLAGS | libc::SIGCHLD,
             std::ptr::null_mut(),
         )
