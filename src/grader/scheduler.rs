@@ -48,7 +48,8 @@ impl Grader {
         let permits = Arc::new(Semaphore::new(workers));
         let runs = Arc::new(Semaphore::new(workers));
         // `arrived`: something came into incoming/ (then it is listed
-        // again); `freed`: a worker slot came free (the index suffices).
+        // again); `freed`: a preparation slot came free (the index
+        // suffices).
         let (arrived, freed) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let _watcher = {
             let arrived = arrived.clone();
