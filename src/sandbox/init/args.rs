@@ -7,6 +7,7 @@
 //! another meaning.
 
 use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
 use std::path::{Component, Path, PathBuf};
 
 /// Exit status of `lg-init` when it could not set the job up (nothing of
@@ -73,6 +74,19 @@ pub struct Args {
     pub results_fd: Option<i32>,
     pub nonce_file: Option<PathBuf>,
     pub rlimits: Vec<Rlimit>,
+    /// The environment lg-init was given (the job's, set by the runner),
+    /// which it hands on; never its own process's (see `main::run`).
+    pub env: Vec<(OsString, OsString)>,
+}
+
+impl Args {
+    /// A variable of [`Args::env`].
+    pub fn var(&self, name: &str) -> Option<&OsStr> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_os_str())
+    }
 }
 
 fn ids(s: &str) -> Result<(u32, u32), String> {
@@ -136,6 +150,7 @@ pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<Args, String> {
         results_fd: None,
         nonce_file: None,
         rlimits: Vec::new(),
+        env: Vec::new(),
     };
     let mut contract = None;
     let mut it = argv.into_iter();

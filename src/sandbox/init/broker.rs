@@ -13,11 +13,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
-use crate::args::{self, Args, EXIT_CLIENT};
-use crate::env::{BROKER, ENV_BROKER, cstr, student_env};
-use crate::fail::{Fail, fail};
-use crate::processes::{become_job, kill_identity};
-use crate::sys;
+use super::args::{self, Args, EXIT_CLIENT};
+use super::env::{BROKER, ENV_BROKER, cstr, student_env};
+use super::fail::{Fail, fail};
+use super::processes::{become_job, kill_identity};
+use super::sys;
 
 /// The broker's socket, reachable by the harness alone (it sits in the
 /// harness's 0700 home and is the harness's, 0600).
@@ -111,7 +111,7 @@ pub(crate) fn session(a: &Args, conn: UnixStream, calls: Option<i32>) -> ! {
     let ended = kill_identity(a.student);
     // Nothing of the student runs now: what it left is judged before the
     // harness reads on.
-    let swept = crate::symlinks::report(crate::symlinks::defuse(&a.workspace));
+    let swept = super::symlinks::report(super::symlinks::defuse(&a.workspace));
     if ended && swept {
         call.end(a);
     } else {
@@ -122,7 +122,7 @@ pub(crate) fn session(a: &Args, conn: UnixStream, calls: Option<i32>) -> ! {
         } else {
             "student processes survived the end of the call"
         };
-        eprintln!("lg-init: the workspace stays closed to the harness: {why}");
+        say!("lg-init: the workspace stays closed to the harness: {why}");
     }
     // Answered after a hang-up too: a client that was asked to end (by
     // `timeout`) waits for this before it ends, so the harness never reads
@@ -179,7 +179,7 @@ fn workspace_open_to_harness(a: &Args, open: bool) {
     });
     if let Err(e) = done {
         let what = if open { "open" } else { "close" };
-        eprintln!(
+        say!(
             "lg-init: cannot {what} the workspace {} to the harness: {e}",
             ws.display()
         );
@@ -202,16 +202,12 @@ pub(crate) fn run_student(a: &Args, argv: &[Vec<u8>], fds: &[i32], env: &[CStrin
         }
     }
     if let Err(m) = become_job(a, a.student) {
-        let _ = writeln!(io::stderr(), "run-as-student: {m}");
+        say!("run-as-student: {m}");
         return EXIT_CLIENT;
     }
     sys::set_umask(0o022);
     if let Err(e) = std::env::set_current_dir(&a.workspace) {
-        let _ = writeln!(
-            io::stderr(),
-            "run-as-student: chdir {}: {e}",
-            a.workspace.display()
-        );
+        say!("run-as-student: chdir {}: {e}", a.workspace.display());
         return EXIT_CLIENT;
     }
     let cargv: Vec<CString> = argv.iter().map(|s| cstr(s.clone())).collect();
@@ -239,11 +235,7 @@ pub(crate) fn run_student(a: &Args, argv: &[Vec<u8>], fds: &[i32], env: &[CStrin
             }
         }
     }
-    let _ = writeln!(
-        io::stderr(),
-        "run-as-student: {}: {last}",
-        String::from_utf8_lossy(cmd)
-    );
+    say!("run-as-student: {}: {last}", String::from_utf8_lossy(cmd));
     if last.raw_os_error() == Some(2) {
         127
     } else {
@@ -255,14 +247,14 @@ pub(crate) fn run_student(a: &Args, argv: &[Vec<u8>], fds: &[i32], env: &[CStrin
 /// fds 0-2 to the broker, wait for the status, exit with it.
 pub(crate) fn client(argv: Vec<OsString>) -> ! {
     if argv.is_empty() {
-        eprintln!("usage: run-as-student CMD [ARG...]");
+        say!("usage: run-as-student CMD [ARG...]");
         std::process::exit(2);
     }
     let path = std::env::var_os(ENV_BROKER).unwrap_or_else(|| "/harness/.broker".into());
     let conn = match UnixStream::connect(&path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!(
+            say!(
                 "run-as-student: cannot reach the broker at {}: {e} (it works only inside a \
                  labgrader sandbox, from the harness under the trusted contract)",
                 Path::new(&path).display()
@@ -280,12 +272,12 @@ pub(crate) fn client(argv: Vec<OsString>) -> ! {
     let sent = match sys::send_with_fds(sock, &req, &[0, 1, 2]) {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("run-as-student: send to the broker: {e}");
+            say!("run-as-student: send to the broker: {e}");
             std::process::exit(EXIT_CLIENT);
         }
     };
     if (&conn).write_all(&req[sent..]).is_err() {
-        eprintln!("run-as-student: the broker hung up");
+        say!("run-as-student: the broker hung up");
         std::process::exit(EXIT_CLIENT);
     }
     let caught = signals.and_then(|fd| wait_for_answer_or_signal(sock, fd));
@@ -302,7 +294,7 @@ pub(crate) fn client(argv: Vec<OsString>) -> ! {
             std::process::exit(u32::from_le_bytes(code).min(255) as i32)
         }
         Err(_) => {
-            eprintln!("run-as-student: the broker ended without a status");
+            say!("run-as-student: the broker ended without a status");
             std::process::exit(EXIT_CLIENT)
         }
     }

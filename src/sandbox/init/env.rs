@@ -6,7 +6,7 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-use crate::args::Args;
+use super::args::Args;
 
 /// The broker's socket, in the harness's 0700 home.
 pub(crate) const BROKER: &str = ".broker";
@@ -28,9 +28,12 @@ pub(crate) fn env_entry(k: &OsStr, v: &OsStr) -> CString {
 }
 
 /// The job environment lg-init was given, with `extra` set over it.
-pub(crate) fn job_env(extra: &[(&str, OsString)]) -> Vec<CString> {
-    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+pub(crate) fn job_env(a: &Args, extra: &[(&str, OsString)]) -> Vec<CString> {
+    let mut env: Vec<(OsString, OsString)> = a
+        .env
+        .iter()
         .filter(|(k, _)| !extra.iter().any(|(x, _)| OsStr::new(x) == k))
+        .cloned()
         .collect();
     env.extend(extra.iter().map(|(k, v)| (OsString::from(k), v.clone())));
     env.sort();
@@ -41,7 +44,7 @@ pub(crate) fn job_env(extra: &[(&str, OsString)]) -> Vec<CString> {
 pub(crate) fn student_env(a: &Args) -> Vec<CString> {
     let mut env: Vec<(OsString, OsString)> = Vec::new();
     let bin = a.bin_dir.as_os_str().as_bytes().to_vec();
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    let path = a.var("PATH").unwrap_or(OsStr::new("/usr/bin:/bin"));
     // Only the system's PATH, never the harness's helpers.
     let path: Vec<&[u8]> = path
         .as_bytes()
@@ -52,10 +55,12 @@ pub(crate) fn student_env(a: &Args) -> Vec<CString> {
     env.push(("HOME".into(), a.workspace.clone().into_os_string()));
     env.push((
         "LANG".into(),
-        std::env::var_os("LANG").unwrap_or_else(|| "C.UTF-8".into()),
+        a.var("LANG")
+            .unwrap_or(OsStr::new("C.UTF-8"))
+            .to_os_string(),
     ));
     env.push((ENV_WORKSPACE.into(), a.workspace.clone().into_os_string()));
-    for (k, v) in std::env::vars_os() {
+    for (k, v) in a.env.iter().cloned() {
         let kb = k.as_bytes();
         if kb.starts_with(b"LABGRADER_")
             && k != ENV_WORKSPACE

@@ -11,9 +11,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::args::{Args, Contract};
-use crate::fail::{Fail, fail};
-use crate::sys;
+use super::args::{Args, Contract};
+use super::fail::{Fail, fail};
+use super::sys;
 
 /// Copy `from/workspace` (and, trusted, `from/tests`) in, then unmount the
 /// staged trees so nothing of the job can reach them again.

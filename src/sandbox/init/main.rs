@@ -28,7 +28,22 @@
 //! (`run-as-student`), [`results`] (the results stream), [`env`] (the
 //! job's environment) and [`fail`] (a setup failure).
 
-mod args;
+/// A line on stderr in one `write(2)`, without std's stderr lock: the
+/// native runner calls [`run`] in a fork of a process whose other threads
+/// may have held that lock at the fork (see `sandbox::init::run_forked`).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        use std::os::fd::FromRawFd as _;
+        let mut line = format!($($t)*);
+        line.push('\n');
+        // SAFETY: fd 2 stays open; ManuallyDrop never closes it.
+        let mut err = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(2) });
+        let _ = err.write_all(line.as_bytes());
+    }};
+}
+
+pub(crate) mod args;
 mod broker;
 mod env;
 mod fail;
@@ -36,9 +51,10 @@ mod layout;
 mod processes;
 mod results;
 mod symlinks;
-mod sys;
+pub(crate) mod sys;
 
 use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -61,22 +77,32 @@ fn main() {
     if name == "run-as-student" {
         client(argv.collect());
     }
-    let args: Result<Vec<String>, _> = argv.map(|a| a.into_string()).collect();
+    std::process::exit(run(argv.collect(), std::env::vars_os().collect()));
+}
+
+/// The init: `argv` after argv[0] and the job's environment `env` in, the
+/// exit status out (test_all's, or [`EXIT_SETUP`] with the reason on
+/// stderr). It reads nothing of its own process's environment, so the
+/// native runner can call it in a fork instead of an `execve` of this
+/// binary.
+pub(crate) fn run(argv: Vec<OsString>, env: Vec<(OsString, OsString)>) -> i32 {
+    let args: Result<Vec<String>, _> = argv.into_iter().map(|a| a.into_string()).collect();
     let parsed = args
         .map_err(|_| "arguments must be UTF-8".to_string())
         .and_then(args::parse);
-    let a = match parsed {
+    let mut a = match parsed {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("lg-init: {e}");
-            std::process::exit(EXIT_SETUP);
+            say!("lg-init: {e}");
+            return EXIT_SETUP;
         }
     };
+    a.env = env;
     match init(&a) {
-        Ok(code) => std::process::exit(code),
+        Ok(code) => code,
         Err(f) => {
-            eprintln!("lg-init: setup failed at {}: {}", f.step, f.detail);
-            std::process::exit(EXIT_SETUP);
+            say!("lg-init: setup failed at {}: {}", f.step, f.detail);
+            EXIT_SETUP
         }
     }
 }
@@ -189,7 +215,7 @@ fn init(a: &Args) -> Result<i32, Fail> {
                     session(a, conn, calls)
                 }
                 Ok(pid) => sessions.push(pid),
-                Err(e) => eprintln!("lg-init: broker: fork: {e}"),
+                Err(e) => say!("lg-init: broker: fork: {e}"),
             }
         }
     };
@@ -218,7 +244,7 @@ fn init(a: &Args) -> Result<i32, Fail> {
         }
         all.extend_from_slice(&stream);
         if let Err(e) = out.write_all(&all).and_then(|_| out.flush()) {
-            eprintln!("lg-init: cannot write the results stream: {e}");
+            say!("lg-init: cannot write the results stream: {e}");
             return Ok(EXIT_SETUP);
         }
     }

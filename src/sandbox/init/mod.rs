@@ -1,8 +1,9 @@
 //! The host side of `lg-init`, the helper every sandboxing runner starts
 //! inside the sandbox as its first process (source: `main.rs` beside this
-//! file; built by `build.rs` as a static executable). This module only
-//! embeds the binary and installs it where a runner can mount or copy it;
-//! it never runs it itself.
+//! file; built by `build.rs` as a static executable). This module embeds
+//! the binary and installs it where a runner can mount or copy it, and
+//! lends the native runner the init's code to call in a fork
+//! ([`run_forked`]): the same code, without an `execve` per run.
 //!
 //! The helper's command line (`--contract stdout|trusted`, `--workspace`,
 //! `--harness`, `--bin-dir`, `--test-paths`, `--copy-from`, `--student`,
@@ -12,21 +13,30 @@
 //! fault; otherwise it is `test_all`'s (a signal death as 128+N). The
 //! results stream it writes is parsed by [`crate::sandbox::results_stream`].
 
-#[path = "args.rs"]
+// lg-init's own code, compiled here too: the native runner calls its init
+// in a fork instead of an exec (`run_forked`), and its unit tests run here.
+#[path = "main.rs"]
 #[allow(dead_code)]
-mod args;
+mod helper;
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-pub use args::{EXIT_SETUP, USAGE};
+pub use helper::args::{EXIT_SETUP, USAGE};
 
-// lg-init's own logic with unit tests, compiled here only to run them.
-#[cfg(test)]
-#[path = "symlinks.rs"]
-#[allow(dead_code)]
-mod symlinks;
+/// lg-init's init, called in this process instead of an `execve` of
+/// [`BINARY`]: `argv` after argv[0], the job's environment, the exit
+/// status back. Only for a fork made for this purpose (the native
+/// runner's): the init takes over the process's descriptors, signals and
+/// identity exactly as the executable would, and the caller must end the
+/// process with `_exit` and this status.
+pub(crate) fn run_forked(
+    argv: Vec<std::ffi::OsString>,
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+) -> i32 {
+    helper::run(argv, env)
+}
 
 /// The static `lg-init` executable.
 pub static BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lg-init"));
@@ -131,11 +141,14 @@ mod tests {
 
     #[test]
     fn limits_match_the_hosts() {
-        assert_eq!(args::RESULTS_FILES, crate::sandbox::RESULTS_FILES);
-        assert_eq!(args::RESULTS_BYTES, crate::sandbox::RESULTS_BYTES);
-        assert_eq!(args::TOO_LARGE_SUFFIX, crate::results::TOO_LARGE_SUFFIX);
+        assert_eq!(helper::args::RESULTS_FILES, crate::sandbox::RESULTS_FILES);
+        assert_eq!(helper::args::RESULTS_BYTES, crate::sandbox::RESULTS_BYTES);
         assert_eq!(
-            args::FLAG_DISK_FULL,
+            helper::args::TOO_LARGE_SUFFIX,
+            crate::results::TOO_LARGE_SUFFIX
+        );
+        assert_eq!(
+            helper::args::FLAG_DISK_FULL,
             crate::sandbox::results_stream::FLAG_DISK_FULL
         );
     }
@@ -143,8 +156,8 @@ mod tests {
     #[test]
     fn frames_are_what_the_host_parses() {
         let mut s = Vec::new();
-        args::frame_file(&mut s, b"results.json", b"{}");
-        args::frame_end(&mut s, args::FLAG_DISK_FULL);
+        helper::args::frame_file(&mut s, b"results.json", b"{}");
+        helper::args::frame_end(&mut s, helper::args::FLAG_DISK_FULL);
         let r = crate::sandbox::results_stream::parse(&s).unwrap();
         assert_eq!(r.files, vec![("results.json".to_string(), b"{}".to_vec())]);
         assert!(r.disk_full());
@@ -153,7 +166,7 @@ mod tests {
     #[test]
     fn the_test_paths_file_is_what_lg_init_parses() {
         let paths = [PathBuf::from("test_all"), PathBuf::from("data/x")];
-        let parsed = args::parse_test_paths(&test_paths_file(&paths)).unwrap();
+        let parsed = helper::args::parse_test_paths(&test_paths_file(&paths)).unwrap();
         let want = ["test_all", "data", "data/x"].map(PathBuf::from);
         assert_eq!(parsed, want.into_iter().collect());
     }

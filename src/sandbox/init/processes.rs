@@ -3,15 +3,16 @@
 //! limits), and, at the end, every process of an identity killed and
 //! every child reaped. It never lays out files nor serves the broker.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
 use std::path::Path;
 
-use crate::args::{Args, Contract, EXIT_SETUP};
-use crate::env::{BROKER, ENV_BROKER, ENV_RESULTS, ENV_WORKSPACE, cstr, job_env};
-use crate::fail::{Fail, fail};
-use crate::sys;
+use super::args::{Args, Contract, EXIT_SETUP};
+use super::env::{BROKER, ENV_BROKER, ENV_RESULTS, ENV_WORKSPACE, cstr, job_env};
+use super::fail::{Fail, fail};
+use super::sys;
 
 /// In a forked child: become `ids` with nothing else (no groups, no
 /// capabilities, `no_new_privs`, the job's limits). Returns the failed
@@ -43,11 +44,11 @@ pub(crate) fn start_test_all(a: &Args, tests_dir: &Path) -> Result<i32, Fail> {
         Contract::Stdout => (
             a.student,
             a.workspace.clone(),
-            job_env(&[(ENV_WORKSPACE, ws)]),
+            job_env(a, &[(ENV_WORKSPACE, ws)]),
             0o022,
         ),
         Contract::Trusted => {
-            let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+            let path = a.var("PATH").unwrap_or(OsStr::new("/usr/bin:/bin"));
             let mut p = a.bin_dir.as_os_str().to_os_string();
             p.push(":");
             p.push(path);
@@ -57,14 +58,17 @@ pub(crate) fn start_test_all(a: &Args, tests_dir: &Path) -> Result<i32, Fail> {
                 // HOME is the harness's own: a HOME in the workspace would
                 // let the student plant dotfiles the harness's tools read
                 // (a Python user-site .pth, ~/.gitconfig, …).
-                job_env(&[
-                    (ENV_WORKSPACE, ws),
-                    ("HOME", a.harness.clone().into_os_string()),
-                    (ENV_RESULTS, a.harness.join("results").into_os_string()),
-                    (ENV_BROKER, a.harness.join(BROKER).into_os_string()),
-                    ("TMPDIR", a.harness.join("tmp").into_os_string()),
-                    ("PATH", p),
-                ]),
+                job_env(
+                    a,
+                    &[
+                        (ENV_WORKSPACE, ws),
+                        ("HOME", a.harness.clone().into_os_string()),
+                        (ENV_RESULTS, a.harness.join("results").into_os_string()),
+                        (ENV_BROKER, a.harness.join(BROKER).into_os_string()),
+                        ("TMPDIR", a.harness.join("tmp").into_os_string()),
+                        ("PATH", p),
+                    ],
+                ),
                 0o077,
             )
         }
@@ -131,7 +135,7 @@ pub(crate) fn kill_identity(ids: (u32, u32)) -> bool {
             continue;
         }
         if let Err(e) = sys::set_thread_euid(ids.0) {
-            eprintln!(
+            say!(
                 "lg-init: cannot act as uid {} to end its processes: {e}",
                 ids.0
             );
@@ -141,12 +145,12 @@ pub(crate) fn kill_identity(ids: (u32, u32)) -> bool {
             let _ = sys::signal_pid(pid, sys::SIGKILL);
         }
         if sys::set_thread_euid(0).is_err() {
-            eprintln!("lg-init: cannot become root again after ending the job's processes");
+            say!("lg-init: cannot become root again after ending the job's processes");
             sys::exit_now(EXIT_SETUP);
         }
         sys::sleep_us(200);
     }
-    eprintln!(
+    say!(
         "lg-init: processes of uid {} survived the end of the job, or could not be proven \
          ended (/proc unreadable, or never still: {LAST_PID} or /proc/loadavg)",
         ids.0

@@ -10,9 +10,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
-use crate::args::{self, Args, Contract};
-use crate::env::cstr;
-use crate::sys;
+use super::args::{self, Args, Contract};
+use super::env::cstr;
+use super::sys;
 
 /// The results stream: the regular files directly in the results dir
 /// (trusted), then the flags.
@@ -36,7 +36,7 @@ pub(crate) fn results_stream(a: &Args) -> Vec<u8> {
         for name in names {
             let nb = name.as_bytes();
             if !args::sendable_name(nb) {
-                eprintln!("lg-init: results: skipped a file with an unusable name");
+                say!("lg-init: results: skipped a file with an unusable name");
                 continue;
             }
             let f = fs::OpenOptions::new()
@@ -49,7 +49,7 @@ pub(crate) fn results_stream(a: &Args) -> Vec<u8> {
                 continue;
             }
             if files >= args::RESULTS_FILES || bytes + meta.len() > args::RESULTS_BYTES {
-                eprintln!(
+                say!(
                     "lg-init: results: dropped {} (more than {} files or {} bytes)",
                     name.to_string_lossy(),
                     args::RESULTS_FILES,

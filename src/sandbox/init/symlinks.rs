@@ -177,24 +177,24 @@ pub(crate) fn report(done: Vec<Defused>) -> bool {
     let complete = !done.iter().any(|d| matches!(d, Defused::Failed(..)));
     for d in done {
         match d {
-            Defused::Link(path, target, Why::Outside) => eprintln!(
+            Defused::Link(path, target, Why::Outside) => say!(
                 "lg-init: removed the symlink {} -> {}: it leads out of the workspace, where the \
                  harness would follow it with rights the student lacks",
                 path.display(),
                 Path::new(&target).display()
             ),
-            Defused::Link(path, target, Why::Unjudged) => eprintln!(
+            Defused::Link(path, target, Why::Unjudged) => say!(
                 "lg-init: removed the symlink {} -> {} unjudged: the sweep's budget of {BUDGET} \
                  steps was spent (too many links, or links too long to resolve)",
                 path.display(),
                 Path::new(&target).display()
             ),
-            Defused::Failed(path, what, e) => eprintln!(
+            Defused::Failed(path, what, e) => say!(
                 "lg-init: could not {what} {}: {e}; a harness that reads there may follow a \
                  student's symlink",
                 path.display()
             ),
-            Defused::Locked(path, why) => eprintln!(
+            Defused::Locked(path, why) => say!(
                 "lg-init: locked the directory {} (now root's, mode 000): {why}, so the symlinks \
                  in it cannot be checked",
                 path.display()

@@ -32,8 +32,7 @@ const EMPTY_DIRS: &[&str] = &["home", "root", "run", "mnt", "media", "srv", "sys
 pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 /// Hostname inside the UTS namespace.
 pub const HOSTNAME: &str = "labgrader";
-/// Where the helper sits in the sandbox, and what the staging holds.
-pub(super) const LG_INIT: &str = init::SANDBOX_PATH;
+/// Where the job's staged files wait inside the sandbox.
 const STAGE: &str = "/.labgrader/in";
 
 fn cstr(p: impl AsRef<[u8]>) -> Result<CString, SandboxError> {
@@ -375,7 +374,6 @@ impl NativeRunner {
             drop_groups: true,
             rlimits: Vec::new(),
             workdir: cstr("/")?,
-            exec_path: cstr(LG_INIT)?,
             argv,
             envp,
         };

@@ -64,11 +64,10 @@ pub enum Step {
     Fork,
     Rlimit,
     DropCaps,
-    Exec,
 }
 
 impl Step {
-    const ALL: [Step; 28] = [
+    const ALL: [Step; 27] = [
         Step::Cgroup,
         Step::Fds,
         Step::ParentDeath,
@@ -96,7 +95,6 @@ impl Step {
         Step::Fork,
         Step::Rlimit,
         Step::DropCaps,
-        Step::Exec,
     ];
 
     pub fn from_u32(v: u32) -> Option<Step> {
@@ -133,7 +131,6 @@ impl Step {
             Step::Fork => "start lg-init",
             Step::Rlimit => "set resource limits",
             Step::DropCaps => "drop capabilities",
-            Step::Exec => "exec lg-init",
         }
     }
 
@@ -164,10 +161,9 @@ impl Step {
             Step::Dumpable => "prctl(PR_SET_DUMPABLE)",
             Step::WaitCgroup => "read",
             Step::CgroupNs => "unshare(CLONE_NEWCGROUP)",
-            Step::Fork => "clone",
+            Step::Fork => "mmap/clone",
             Step::Rlimit => "setrlimit",
             Step::DropCaps => "capset",
-            Step::Exec => "execve",
         }
     }
 }
@@ -299,10 +295,10 @@ pub struct Plan {
     pub gid: u32,
     /// Root daemon: clear the inherited supplementary groups.
     pub drop_groups: bool,
-    /// (RLIMIT_* resource, soft, hard), applied just before exec.
+    /// (RLIMIT_* resource, soft, hard), set in lg-init's process before it
+    /// starts.
     pub rlimits: Vec<(u32, u64, u64)>,
     pub workdir: CString,
-    pub exec_path: CString,
     pub argv: Vec<CString>,
     pub envp: Vec<CString>,
 }
@@ -370,13 +366,9 @@ impl Record {
     }
 }
 
-/// Raw pointers the child uses, built by the parent right before clone.
+/// What the child uses, built by the parent right before clone.
 pub struct ChildArgs<'a> {
     pub plan: &'a Plan,
-    pub argv: Vec<*const libc::c_char>,
-    pub envp: Vec<*const libc::c_char>,
-    /// Stack for the second clone (test_all), allocated by the parent.
-    pub stack2: Stack,
     /// The init's SIGCHLD signalfd (set in the child).
     pub signalfd: RawFd,
     /// Cloned into a pooled network namespace, loopback already up (see
@@ -386,29 +378,23 @@ pub struct ChildArgs<'a> {
 
 impl<'a> ChildArgs<'a> {
     pub fn new(plan: &'a Plan) -> Self {
-        let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
-        argv.push(std::ptr::null());
-        let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|a| a.as_ptr()).collect();
-        envp.push(std::ptr::null());
         ChildArgs {
             plan,
-            argv,
-            envp,
-            stack2: Stack::new(),
             signalfd: -1,
             net_ready: false,
         }
     }
 }
 
-/// Stack of each cloned child (setup needs little; exec replaces it).
+/// Stack of the sandbox's init (setup and its reaping loop need little;
+/// lg-init's code runs in a fork on a stack of its own, see `setup`).
 pub const STACK_SIZE: usize = 256 * 1024;
 
 /// A child's stack: [`STACK_SIZE`] bytes, never zeroed. Zeroing it cost
 /// more than the rest of the spawner's work: each clone write-protects the
 /// spawner's heap (its pages are shared with the children still running),
-/// so writing 512 KiB of zeros for the next clone's two stacks copied
-/// 128 pages, every run. Only the child writes to it, and only the few
+/// so writing 256 KiB of zeros for the next clone's stack copied 64
+/// pages, every run. Only the child writes to it, and only the few
 /// pages it uses.
 pub struct Stack(Vec<std::mem::MaybeUninit<u8>>);
 

@@ -1,26 +1,30 @@
-//! The sandbox's inside: what runs between `clone(2)` and `execve(2)` of
-//! `lg-init` (which starts `test_all`), as an ordered list of one-step functions (google/nsjail's
-//! `contain.cc`, isolate). Each step names itself and its syscall; a failing
-//! step writes a fixed-size [`Record`] to the close-on-exec report pipe and
-//! the child exits, so the daemon can say *which* step failed and why.
+//! The sandbox's inside: what runs between `clone(2)` and the start of
+//! `lg-init` (which starts `test_all`), as an ordered list of one-step
+//! functions (google/nsjail's `contain.cc`, isolate). Each step names itself
+//! and its syscall; a failing step writes a fixed-size [`Record`] to the
+//! close-on-exec report pipe and the child exits, so the daemon can say
+//! *which* step failed and why.
 //!
-//! This code runs in a copy of a multi-threaded process (the tokio daemon),
-//! so it must only do async-signal-safe work: raw syscalls on values the
-//! parent prepared in a [`Plan`] (C strings, fds, numbers). It never
-//! allocates or frees, never takes a lock, never panics (no indexing that
-//! could fail, no `unwrap`), never logs. Anything needing memory is built by
-//! the parent before the clone.
+//! This code runs in a copy of the spawner, itself a fork of the
+//! multi-threaded daemon, so it must only do async-signal-safe work: raw
+//! syscalls on values the parent prepared in a [`Plan`] (C strings, fds,
+//! numbers). It never allocates or frees, never takes a lock, never panics
+//! (no indexing that could fail, no `unwrap`), never logs. Anything
+//! needing memory is built by the parent before the clone.
 //!
 //! Process layout inside the new PID namespace: pid 1 is our init (this
-//! code after setup): it starts `lg-init` with a second (vfork-style)
-//! clone, reaps every orphan, and when `lg-init` ends writes its wait
-//! status to the report pipe and exits, which makes the kernel kill
-//! whatever is left in the namespace. It also exits at once when the
-//! report pipe loses its reader: the daemon died or dropped the run. The
-//! init and what it starts (`lg-init`) are the sandbox's root (uid 0 of
-//! the job's user namespace, a subordinate id on the host) with
-//! `no_new_privs`; `lg-init` gives every job process its identity, drops
-//! its capabilities and applies the run's limits.
+//! code after setup): it forks lg-init (pid 2), reaps every orphan, and
+//! when lg-init ends writes its wait status to the report pipe and exits,
+//! which makes the kernel kill whatever is left in the namespace. It also
+//! exits at once when the report pipe loses its reader: the daemon died or
+//! dropped the run. lg-init is the helper's own code called in that fork
+//! ([`crate::sandbox::init::run_forked`]), not an `execve` of its binary;
+//! it allocates, but takes none of std's locks (stderr, environment) that
+//! a thread of the daemon could have held when the spawner was forked. The
+//! init and lg-init are the sandbox's root (uid 0 of the job's user
+//! namespace, a subordinate id on the host) with `no_new_privs`, undumpable;
+//! lg-init gives every job process its identity, drops its capabilities
+//! and applies the run's limits.
 
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -490,22 +494,20 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
     // The init waits in poll(2) on SIGCHLD (a signalfd) and on the report
     // pipe, whose reader vanishes when the daemon dies or drops the run.
     let sfd = child_signalfd().map_err(at(Step::ParentDeath))?;
-    // SAFETY: the stack was allocated by the parent for this clone.
+    args.signalfd = sfd;
+    let stack = lg_init_stack().map_err(at(Step::Fork))?;
+    // SAFETY: a fresh stack mapped above; without CLONE_VM the child runs
+    // on its own copy of this memory (ChildArgs included).
     let pid = unsafe {
-        let top = args.stack2.top();
-        // vfork semantics: the child borrows this memory (no page-table
-        // copy of the daemon's image) and runs only on its own stack
-        // until execve; the init waits meanwhile.
         libc::clone(
-            exec_main,
-            top.cast(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            lg_init_main,
+            stack,
+            libc::SIGCHLD,
             (args as *mut ChildArgs).cast(),
         )
     };
     let pid = Errno::result(pid).map_err(at(Step::Fork))?;
-    args.signalfd = sfd;
-    // test_all has exec'd (vfork): the init needs no stdio, and must not
+    // lg-init has its own copies: the init needs no stdio, and must not
     // keep the output pipes open past test_all.
     // SAFETY: closing our own fds.
     unsafe {
@@ -518,17 +520,44 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
     Ok(pid)
 }
 
-/// Entry of the second clone: a clean signal mask, exec lg-init.
-extern "C" fn exec_main(arg: *mut libc::c_void) -> libc::c_int {
+/// Size of [`lg_init_stack`]: as much as a main thread's default stack.
+const LG_INIT_STACK: usize = 8 << 20;
+const GUARD: usize = 4096;
+
+/// A stack for lg-init's code: `LG_INIT_STACK` bytes mapped (pages appear
+/// only when touched) with a guard page below, so a deep recursion faults
+/// instead of writing over the heap. Returns its top.
+fn lg_init_stack() -> Result<*mut libc::c_void, Errno> {
+    // SAFETY: a new private anonymous mapping, then its lowest page made
+    // inaccessible; no existing memory is touched.
+    unsafe {
+        let base = libc::mmap(
+            std::ptr::null_mut(),
+            LG_INIT_STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+            -1,
+            0,
+        );
+        if base == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        Errno::result(libc::mprotect(base, GUARD, libc::PROT_NONE))?;
+        Ok(base.cast::<u8>().add(LG_INIT_STACK).cast())
+    }
+}
+
+/// Entry of the second clone (a fork: its own copy of the init's memory):
+/// lg-init's init, called here rather than started with an `execve` of
+/// its binary, which cost a fresh address space and glibc's start-up (its
+/// CPU feature probe traps to the hypervisor on a VM) on every run. What
+/// the exec did is done by hand: the descriptors it closed (the report
+/// pipe, the signalfd) are closed, the signal mask is clean, and the
+/// process's own environment is never read (lg-init takes the job's from
+/// the plan).
+extern "C" fn lg_init_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: as in init_main; this is a copy of the init's memory.
     let args = unsafe { &*(arg as *const ChildArgs) };
-    // The init blocked SIGCHLD for its signalfd; test_all starts clean.
-    // SAFETY: sigprocmask with a stack set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    }
     for (res, soft, hard) in args.plan.rlimits.iter() {
         let rl = libc::rlimit {
             rlim_cur: *soft,
@@ -539,8 +568,15 @@ extern "C" fn exec_main(arg: *mut libc::c_void) -> libc::c_int {
             report_and_exit((Step::Rlimit, Errno::last(), *res), 127);
         }
     }
-    // SAFETY: prctl with constant arguments.
+    // SAFETY: closing descriptors of this process; sigprocmask with a
+    // stack set; prctl with constant arguments.
     unsafe {
+        libc::close(FD_REPORT);
+        libc::close(args.signalfd);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        libc::prctl(libc::PR_SET_NAME, c"lg-init".as_ptr(), 0, 0, 0);
         libc::prctl(
             libc::PR_CAP_AMBIENT,
             libc::PR_CAP_AMBIENT_CLEAR_ALL,
@@ -549,15 +585,26 @@ extern "C" fn exec_main(arg: *mut libc::c_void) -> libc::c_int {
             0,
         );
     }
-    // SAFETY: execve with NULL-terminated arrays built by the parent.
-    unsafe {
-        libc::execve(
-            args.plan.exec_path.as_ptr(),
-            args.argv.as_ptr(),
-            args.envp.as_ptr(),
-        );
-    }
-    report_and_exit((Step::Exec, Errno::last(), 0), 127)
+    let _ = close_from(FD_SOURCES);
+    use std::os::unix::ffi::OsStrExt;
+    let os = |c: &std::ffi::CString| std::ffi::OsStr::from_bytes(c.as_bytes()).to_os_string();
+    let argv = args.plan.argv.iter().skip(1).map(os).collect();
+    let env = args
+        .plan
+        .envp
+        .iter()
+        .map(|e| match e.as_bytes().iter().position(|b| *b == b'=') {
+            Some(i) => (
+                std::ffi::OsStr::from_bytes(&e.as_bytes()[..i]).to_os_string(),
+                std::ffi::OsStr::from_bytes(&e.as_bytes()[i + 1..]).to_os_string(),
+            ),
+            None => (os(e), Default::default()),
+        })
+        .collect();
+    let code = crate::sandbox::init::run_forked(argv, env);
+    // SAFETY: _exit ends this process without running the daemon's
+    // atexit handlers or flushing its buffers (copies, not ours).
+    unsafe { libc::_exit(code) }
 }
 
 /// Block SIGCHLD and return a signalfd for it.

@@ -471,7 +471,6 @@ fn encode(plan: &Plan) -> Vec<u8> {
         w.u64(*hard);
     }
     w.cstr(&plan.workdir);
-    w.cstr(&plan.exec_path);
     w.cstrs(&plan.argv);
     w.cstrs(&plan.envp);
     w.0
@@ -579,7 +578,6 @@ fn decode(bytes: &[u8], fds: Vec<OwnedFd>) -> Option<Plan> {
         .map(|_| Some((r.u32()?, r.u64()?, r.u64()?)))
         .collect::<Option<Vec<_>>>()?;
     let workdir = r.cstr()?;
-    let exec_path = r.cstr()?;
     let argv = r.cstrs()?;
     let envp = r.cstrs()?;
     if !r.0.is_empty() {
@@ -606,7 +604,6 @@ fn decode(bytes: &[u8], fds: Vec<OwnedFd>) -> Option<Plan> {
         drop_groups,
         rlimits,
         workdir,
-        exec_path,
         argv,
         envp,
     })
@@ -741,7 +738,6 @@ mod tests {
             drop_groups: true,
             rlimits: vec![(7, 1024, 1024), (4, 0, u64::MAX)],
             workdir: c("/workspace"),
-            exec_path: c("/.labgrader/lg-init"),
             argv: vec![c("lg-init"), c("--results-fd"), c("5")],
             envp: vec![c("PATH=/usr/bin:/bin"), c("LANG=C.UTF-8")],
         }

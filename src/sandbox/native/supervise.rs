@@ -17,7 +17,7 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use super::cgroup::JobCgroup;
-use super::layout::{LG_INIT, Staged};
+use super::layout::Staged;
 use super::plan::{RECORD_LEN, Record, Step};
 use super::runner::NativeRunner;
 use super::spawn::{pipes, start};
@@ -62,7 +62,6 @@ fn describe_failure(
             "open {}",
             sources.get(op as usize).map(String::as_str).unwrap_or("?")
         ),
-        Step::Exec => format!("execve {LG_INIT}"),
         s => s.syscall().to_string(),
     };
     SandboxError::setup(step.name(), format!("{what}: {}", errno.desc()))
