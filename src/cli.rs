@@ -251,6 +251,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::CheckConfig = cli.command {
         return Ok(check_config(cli.config.as_deref()));
     }
+    if matches!(cli.command, Command::Serve | Command::Grader) {
+        // The native runner's spawner, forked before the configuration
+        // (and its secrets) is read and before any thread exists; ended
+        // in `daemon` if no native runner is configured.
+        crate::sandbox::native::spawner::prefork();
+    }
     let cfg = Arc::new(Config::load(cli.config.as_deref())?);
     match cli.command {
         Command::CheckConfig => unreachable!("handled above"),
@@ -333,9 +339,12 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn daemon(cfg: Arc<Config>, parts: Parts) -> Result<ExitCode> {
     let native = crate::config::RunnerKind::Native;
-    if cfg.grader.runner == native || cfg.assignments.values().any(|a| a.runner == Some(native)) {
-        // Before any thread exists (see `spawner::prefork`).
-        crate::sandbox::native::spawner::prefork();
+    if !(parts.grader
+        && (cfg.grader.runner == native
+            || cfg.assignments.values().any(|a| a.runner == Some(native))))
+    {
+        // Forked in `run` before the configuration was read: not needed.
+        crate::sandbox::native::spawner::release_prefork();
     }
     runtime()?.block_on(async move {
         let shutdown = crate::daemon::shutdown_on_signals()?;

@@ -484,6 +484,103 @@ fn sandbox_dies_with_the_daemon() {
     remove_job_cgroups("labgrader-job-orphan-");
 }
 
+/// The attack: every sandbox's init runs lg-init in a copy of the
+/// spawner's memory, for the whole run, as the sandbox's root. Were a job
+/// ever to read that memory, it must find none of the daemon's secrets:
+/// neither a key the configuration read from a file nor one from the
+/// environment. Reads the spawner of a real `labgrader grader` (root reads
+/// any process's memory) once the daemon has loaded its configuration.
+#[test]
+fn the_daemons_spawner_holds_none_of_its_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let from_file = format!("lg-file-secret-{}", std::process::id());
+    let from_env = format!("lg-env-secret-{}", std::process::id());
+    let token = dir.path().join("webhook-token");
+    std::fs::write(&token, &from_file).unwrap();
+    let cfg = dir.path().join("labgrader.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nwebhook_token_file = \"{}\"\n[spool]\ndir = \"{}\"\n\
+             [grader]\nrunner = \"native\"\nworkers = 1\n[email]\nurl = \"\"\n",
+            token.display(),
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let mut daemon = common::daemon::binary("grader", &cfg, &log)
+        .env("LABGRADER_GITLAB_TOKEN", &from_env)
+        .spawn()
+        .unwrap();
+    let daemon_pid = daemon.id();
+    let spawner = || {
+        std::fs::read_dir("/proc").ok()?.find_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (comm, rest) = stat.split_once(") ")?;
+            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            (comm.ends_with("(lg-spawner") && ppid == daemon_pid).then_some(pid)
+        })
+    };
+    let started = std::time::Instant::now();
+    let pid = loop {
+        // Up once the grader has read its configuration and made its spool.
+        if dir.path().join("spool/incoming").is_dir()
+            && let Some(pid) = spawner()
+        {
+            break pid;
+        }
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "the daemon exited:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no lg-spawner beside the grader:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let memory = read_memory(pid);
+    common::daemon::stop(daemon);
+    assert!(memory.len() > 1 << 20, "read only {} bytes", memory.len());
+    for secret in [&from_file, &from_env] {
+        let found = memory.windows(secret.len()).any(|w| w == secret.as_bytes());
+        assert!(!found, "the spawner's memory holds {secret}");
+    }
+}
+
+/// Every readable mapping of `pid`'s memory, concatenated.
+fn read_memory(pid: u32) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut out = Vec::new();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (a, b) = (
+            u64::from_str_radix(a, 16).unwrap(),
+            u64::from_str_radix(b, 16).unwrap(),
+        );
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || b - a > 1 << 30 {
+            continue;
+        }
+        let mut buf = vec![0u8; (b - a) as usize];
+        if mem.seek(SeekFrom::Start(a)).is_ok() && mem.read_exact(&mut buf).is_ok() {
+            out.extend_from_slice(&buf);
+        }
+    }
+    out
+}
+
 /// The killed daemon could not remove its job cgroups: do it here.
 fn remove_job_cgroups(prefix: &str) {
     let mut bases = vec![PathBuf::from("/sys/fs/cgroup/labgrader")];
@@ -1189,6 +1286,40 @@ mod spawner {
         let caught = u64::from_str_radix(&status_field(pid, "SigCgt:"), 16).unwrap();
         assert_eq!(caught & 0xffff_ffff, 0, "SigCgt {caught:016x}");
         assert_eq!(proc_file(pid, "comm").trim(), "lg-spawner");
+        // Nothing of the daemon's environment (credentials may come from
+        // variables): every sandbox's init runs in a copy of this memory.
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        assert!(
+            environ.iter().all(|b| *b == 0),
+            "the spawner still holds the daemon's environment: {}",
+            String::from_utf8_lossy(&environ)
+        );
+    }
+
+    /// The attack: the sandbox's init (pid 1 of the job's namespaces) is
+    /// lg-init itself, the sandbox's root, running in a copy of the
+    /// spawner's memory for the whole run. The student signals it (every
+    /// signal that would end or stop a process), tries to read its
+    /// memory, environment, command line and descriptors, and looks for
+    /// it in /proc; then checks it is still graded.
+    #[tokio::test]
+    async fn the_student_can_neither_end_nor_read_the_sandboxs_init() {
+        let r = runner();
+        let out = ok_run(
+            &r,
+            "for s in KILL TERM STOP INT HUP QUIT USR1 SEGV; do
+             kill -$s 1 2>/dev/null && echo \"sent $s\"
+             done
+             for f in environ cmdline maps mem auxv status stack; do
+             head -c 64 /proc/1/$f >/dev/null 2>&1 && echo \"read $f\"
+             done
+             ls /proc/1/fd >/dev/null 2>&1 && echo 'listed fd'
+             ls /proc | grep -qx 1 && echo 'pid 1 listed'
+             echo alive
+",
+        )
+        .await;
+        assert_eq!(out, "alive\n", "the student reached the init");
     }
 
     #[tokio::test]

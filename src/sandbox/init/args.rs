@@ -13,6 +13,9 @@ use std::path::{Component, Path, PathBuf};
 /// Exit status of `lg-init` when it could not set the job up (nothing of
 /// the job ran, or its `test_all` could not be started): a grader fault.
 pub const EXIT_SETUP: i32 = 125;
+/// The init's watched descriptor (see [`Args::watch`]) reported its
+/// reader gone: the runner stopped waiting for this job.
+pub const EXIT_ABANDONED: i32 = 123;
 /// `run-as-student` could not reach the broker or was misused.
 pub const EXIT_CLIENT: i32 = 125;
 /// At most this many results files are sent (same as the host's
@@ -77,6 +80,10 @@ pub struct Args {
     /// The environment lg-init was given (the job's, set by the runner),
     /// which it hands on; never its own process's (see `main::run`).
     pub env: Vec<(OsString, OsString)>,
+    /// A pipe's write end whose reader vanishing (`POLLERR`/`POLLHUP`)
+    /// ends the job at once: the native runner's report pipe, when the
+    /// daemon died or dropped the run. Never from the command line.
+    pub watch: Option<i32>,
 }
 
 impl Args {
@@ -151,6 +158,7 @@ pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<Args, String> {
         nonce_file: None,
         rlimits: Vec::new(),
         env: Vec::new(),
+        watch: None,
     };
     let mut contract = None;
     let mut it = argv.into_iter();

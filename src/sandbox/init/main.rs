@@ -77,15 +77,15 @@ fn main() {
     if name == "run-as-student" {
         client(argv.collect());
     }
-    std::process::exit(run(argv.collect(), std::env::vars_os().collect()));
+    std::process::exit(run(argv.collect(), std::env::vars_os().collect(), None));
 }
 
-/// The init: `argv` after argv[0] and the job's environment `env` in, the
-/// exit status out (test_all's, or [`EXIT_SETUP`] with the reason on
-/// stderr). It reads nothing of its own process's environment, so the
-/// native runner can call it in a fork instead of an `execve` of this
-/// binary.
-pub(crate) fn run(argv: Vec<OsString>, env: Vec<(OsString, OsString)>) -> i32 {
+/// The init: `argv` after argv[0], the job's environment `env` and the
+/// descriptor to watch ([`Args::watch`]) in, the exit status out
+/// (test_all's, or [`EXIT_SETUP`] with the reason on stderr). It reads
+/// nothing of its own process's environment, so the native runner can call
+/// it in the sandbox's init instead of an `execve` of this binary.
+pub(crate) fn run(argv: Vec<OsString>, env: Vec<(OsString, OsString)>, watch: Option<i32>) -> i32 {
     let args: Result<Vec<String>, _> = argv.into_iter().map(|a| a.into_string()).collect();
     let parsed = args
         .map_err(|_| "arguments must be UTF-8".to_string())
@@ -98,6 +98,7 @@ pub(crate) fn run(argv: Vec<OsString>, env: Vec<(OsString, OsString)>) -> i32 {
         }
     };
     a.env = env;
+    a.watch = watch;
     match init(&a) {
         Ok(code) => code,
         Err(f) => {
@@ -191,21 +192,29 @@ fn init(a: &Args) -> Result<i32, Fail> {
             events: sys::POLLIN,
             revents: 0,
         }];
-        if let Some(l) = &listener {
+        let mut at = |fd: i32, events: i16| {
             fds.push(sys::pollfd {
-                fd: l.as_raw_fd(),
-                events: sys::POLLIN,
+                fd,
+                events,
                 revents: 0,
             });
-        }
+            fds.len() - 1
+        };
+        let listener_at = listener.as_ref().map(|l| at(l.as_raw_fd(), sys::POLLIN));
+        let watch_at = a.watch.map(|w| at(w, 0));
         if sys::poll_fds(&mut fds, -1).is_err() {
             continue;
+        }
+        if watch_at.is_some_and(|i| fds[i].revents & (sys::POLLERR | sys::POLLHUP) != 0) {
+            // Nobody waits for this job any more: end it (as the
+            // namespace's init, our exit ends every process in it).
+            sys::exit_now(args::EXIT_ABANDONED);
         }
         if fds[0].revents != 0 {
             sys::drain_fd(sigfd);
         }
-        if let (Some(l), Some(pfd)) = (&listener, fds.get(1))
-            && pfd.revents != 0
+        if let (Some(l), Some(i)) = (&listener, listener_at)
+            && fds[i].revents != 0
             && let Ok((conn, _)) = l.accept()
         {
             match sys::do_fork() {

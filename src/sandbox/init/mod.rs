@@ -26,16 +26,18 @@ use std::path::{Path, PathBuf};
 pub use helper::args::{EXIT_SETUP, USAGE};
 
 /// lg-init's init, called in this process instead of an `execve` of
-/// [`BINARY`]: `argv` after argv[0], the job's environment, the exit
-/// status back. Only for a fork made for this purpose (the native
-/// runner's): the init takes over the process's descriptors, signals and
-/// identity exactly as the executable would, and the caller must end the
-/// process with `_exit` and this status.
-pub(crate) fn run_forked(
+/// [`BINARY`]: `argv` after argv[0], the job's environment, the descriptor
+/// whose reader vanishing ends the job at once; the exit status back. Only
+/// for a process made for this purpose (the native runner's sandbox init,
+/// pid 1 of the job's namespaces): the init takes over the process's
+/// descriptors, signals and children exactly as the executable would, and
+/// the caller must end the process with `_exit`.
+pub(crate) fn run_here(
     argv: Vec<std::ffi::OsString>,
     env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    watch: Option<i32>,
 ) -> i32 {
-    helper::run(argv, env)
+    helper::run(argv, env, watch)
 }
 
 /// The static `lg-init` executable.

@@ -39,7 +39,6 @@ pub(super) const MAX_SOURCES: usize = 48;
 pub enum Step {
     Cgroup = 1,
     Fds,
-    ParentDeath,
     WaitParent,
     Sources,
     Session,
@@ -61,16 +60,13 @@ pub enum Step {
     Dumpable,
     WaitCgroup,
     CgroupNs,
-    Fork,
     Rlimit,
-    DropCaps,
 }
 
 impl Step {
-    const ALL: [Step; 27] = [
+    const ALL: [Step; 24] = [
         Step::Cgroup,
         Step::Fds,
-        Step::ParentDeath,
         Step::WaitParent,
         Step::Sources,
         Step::Session,
@@ -92,9 +88,7 @@ impl Step {
         Step::Dumpable,
         Step::WaitCgroup,
         Step::CgroupNs,
-        Step::Fork,
         Step::Rlimit,
-        Step::DropCaps,
     ];
 
     pub fn from_u32(v: u32) -> Option<Step> {
@@ -106,7 +100,6 @@ impl Step {
         match self {
             Step::Cgroup => "enter the job cgroup",
             Step::Fds => "arrange file descriptors",
-            Step::ParentDeath => "watch the daemon and lg-init",
             Step::WaitParent => "wait for the user namespace id maps",
             Step::Sources => "open the bind sources",
             Step::Session => "start a new session",
@@ -128,9 +121,7 @@ impl Step {
             Step::Dumpable => "make the init undumpable",
             Step::WaitCgroup => "wait for the job cgroup",
             Step::CgroupNs => "hide the host's cgroup paths",
-            Step::Fork => "start lg-init",
             Step::Rlimit => "set resource limits",
-            Step::DropCaps => "drop capabilities",
         }
     }
 
@@ -139,7 +130,6 @@ impl Step {
         match self {
             Step::Cgroup => "write(tasks)",
             Step::Fds => "dup2/close_range",
-            Step::ParentDeath => "sigprocmask/signalfd(SIGCHLD)",
             Step::WaitParent => "read",
             Step::Sources => "open(O_PATH)",
             Step::Session => "setsid",
@@ -161,9 +151,7 @@ impl Step {
             Step::Dumpable => "prctl(PR_SET_DUMPABLE)",
             Step::WaitCgroup => "read",
             Step::CgroupNs => "unshare(CLONE_NEWCGROUP)",
-            Step::Fork => "mmap/clone",
             Step::Rlimit => "setrlimit",
-            Step::DropCaps => "capset",
         }
     }
 }
@@ -369,8 +357,6 @@ impl Record {
 /// What the child uses, built by the parent right before clone.
 pub struct ChildArgs<'a> {
     pub plan: &'a Plan,
-    /// The init's SIGCHLD signalfd (set in the child).
-    pub signalfd: RawFd,
     /// Cloned into a pooled network namespace, loopback already up (see
     /// `netpool`): the init leaves the network alone.
     pub net_ready: bool,
@@ -380,43 +366,62 @@ impl<'a> ChildArgs<'a> {
     pub fn new(plan: &'a Plan) -> Self {
         ChildArgs {
             plan,
-            signalfd: -1,
             net_ready: false,
         }
     }
 }
 
-/// Stack of the sandbox's init (setup and its reaping loop need little;
-/// lg-init's code runs in a fork on a stack of its own, see `setup`).
-pub const STACK_SIZE: usize = 256 * 1024;
+/// Size of the sandbox init's stack: a main thread's default, since the
+/// init runs lg-init's code (`setup::init_main`).
+pub const STACK_SIZE: usize = 8 << 20;
+const GUARD: usize = 4096;
 
-/// A child's stack: [`STACK_SIZE`] bytes, never zeroed. Zeroing it cost
-/// more than the rest of the spawner's work: each clone write-protects the
-/// spawner's heap (its pages are shared with the children still running),
-/// so writing 256 KiB of zeros for the next clone's stack copied 64
-/// pages, every run. Only the child writes to it, and only the few
-/// pages it uses.
-pub struct Stack(Vec<std::mem::MaybeUninit<u8>>);
+/// The stack a sandbox's init is cloned onto: [`STACK_SIZE`] bytes mapped
+/// once, with a guard page below so a deep recursion faults instead of
+/// writing over the heap. The spawner maps it once and clones every init
+/// onto it: without `CLONE_VM` each child runs on its own copy, and the
+/// spawner never writes to it, so its pages exist only in the children,
+/// fresh zero pages on first touch (zeroing a stack in the spawner, whose
+/// heap pages each clone shares with the children still running, once
+/// cost more than the rest of its work).
+pub struct Stack {
+    base: *mut libc::c_void,
+}
 
 impl Stack {
-    pub fn new() -> Stack {
-        let mut v = Vec::with_capacity(STACK_SIZE);
-        // SAFETY: MaybeUninit needs no initialisation.
-        unsafe { v.set_len(STACK_SIZE) };
-        Stack(v)
+    pub fn new() -> Result<Stack, nix::errno::Errno> {
+        use nix::errno::Errno;
+        // SAFETY: a new private anonymous mapping, then its lowest page
+        // made inaccessible; no existing memory is touched.
+        unsafe {
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                STACK_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+                -1,
+                0,
+            );
+            if base == libc::MAP_FAILED {
+                return Err(Errno::last());
+            }
+            let stack = Stack { base };
+            Errno::result(libc::mprotect(base, GUARD, libc::PROT_NONE))?;
+            Ok(stack)
+        }
     }
 
     /// The initial stack pointer: the top, 16-byte aligned.
     pub fn top(&mut self) -> *mut libc::c_void {
-        let end = self.0.as_mut_ptr_range().end;
-        // SAFETY: stays within (one past) the allocation.
-        unsafe { end.sub(end as usize % 16) }.cast()
+        // SAFETY: one past the end of the mapping (page-aligned).
+        unsafe { self.base.cast::<u8>().add(STACK_SIZE).cast() }
     }
 }
 
-impl Default for Stack {
-    fn default() -> Stack {
-        Stack::new()
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, unused once dropped.
+        unsafe { libc::munmap(self.base, STACK_SIZE) };
     }
 }
 

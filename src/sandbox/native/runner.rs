@@ -140,7 +140,7 @@ fn probe_clone() -> Result<(), nix::errno::Errno> {
     extern "C" fn noop(_: *mut libc::c_void) -> libc::c_int {
         0
     }
-    let mut stack = super::plan::Stack::new();
+    let mut stack = super::plan::Stack::new()?;
     // SAFETY: the child runs `noop` on its own stack and exits.
     let pid = unsafe {
         libc::clone(

@@ -51,18 +51,50 @@ fn report(fd: RawFd, r: Record) {
     }
 }
 
-/// Entry of the first clone: the sandbox's init. `arg` is a `ChildArgs`.
+/// Entry of the clone: the sandbox's init. `arg` is a `ChildArgs`.
 pub extern "C" fn init_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: the parent passes a valid ChildArgs that outlives the clone
     // call; the child owns a private copy of the address space.
     let args = unsafe { &mut *(arg as *mut ChildArgs) };
     // A name of its own in `ps` (a clone keeps the spawner's).
     // SAFETY: prctl(PR_SET_NAME) of this process with a C string.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c"lg-sandbox".as_ptr()) };
-    match setup(args) {
-        Ok(child) => reap_until(child, args.signalfd),
-        Err(failed) => report_and_exit(failed, 121),
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"lg-init".as_ptr()) };
+    if let Err(failed) = setup(args) {
+        report_and_exit(failed, 121);
     }
+    let code = lg_init(args.plan);
+    // As a wait status: the daemon reads test_all's status from it
+    // (lg-init's exit code, a signal death as 128+N).
+    report(FD_REPORT, Record::Status((code & 0xff) << 8));
+    // SAFETY: _exit ends this process without running the daemon's
+    // atexit handlers or flushing its buffers (copies, not ours); as the
+    // namespace's init, it ends every process left in it.
+    unsafe { libc::_exit(0) }
+}
+
+/// lg-init's init, in this process: its own code, called rather than
+/// started with an `execve` of its binary, which cost a second process,
+/// a fresh address space and glibc's start-up (whose CPU feature probe
+/// traps to the hypervisor on a VM) on every run. It takes the job's
+/// environment from the plan, never this process's, and ends the job at
+/// once when the report pipe loses its reader.
+fn lg_init(plan: &Plan) -> libc::c_int {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let os = |b: &[u8]| OsStr::from_bytes(b).to_os_string();
+    let argv = plan.argv.iter().skip(1).map(|a| os(a.as_bytes())).collect();
+    let env = plan
+        .envp
+        .iter()
+        .map(|e| {
+            let e = e.as_bytes();
+            match e.iter().position(|b| *b == b'=') {
+                Some(i) => (os(&e[..i]), os(&e[i + 1..])),
+                None => (os(e), Default::default()),
+            }
+        })
+        .collect();
+    crate::sandbox::init::run_here(argv, env, Some(FD_REPORT))
 }
 
 /// Report the failed step on the report pipe and end this child with
@@ -370,8 +402,8 @@ fn no_nested_userns() -> Result<(), Errno> {
     Ok(())
 }
 
-/// Steps up to the start of test_all; returns its pid (in the namespace).
-fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
+/// Steps up to lg-init.
+fn setup(args: &mut ChildArgs) -> Result<(), Fail> {
     let plan = args.plan;
     for fd in &plan.cgroup_tasks {
         // SAFETY: write(2) of a static buffer to an fd the parent opened.
@@ -491,92 +523,18 @@ fn setup(args: &mut ChildArgs) -> Result<libc::pid_t, Fail> {
     // Now in the job cgroup: make it the root of what the job can see.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(at(Step::CgroupNs))?;
 
-    // The init waits in poll(2) on SIGCHLD (a signalfd) and on the report
-    // pipe, whose reader vanishes when the daemon dies or drops the run.
-    let sfd = child_signalfd().map_err(at(Step::ParentDeath))?;
-    args.signalfd = sfd;
-    let stack = lg_init_stack().map_err(at(Step::Fork))?;
-    // SAFETY: a fresh stack mapped above; without CLONE_VM the child runs
-    // on its own copy of this memory (ChildArgs included).
-    let pid = unsafe {
-        libc::clone(
-            lg_init_main,
-            stack,
-            libc::SIGCHLD,
-            (args as *mut ChildArgs).cast(),
-        )
-    };
-    let pid = Errno::result(pid).map_err(at(Step::Fork))?;
-    // lg-init has its own copies: the init needs no stdio, and must not
-    // keep the output pipes open past test_all.
-    // SAFETY: closing our own fds.
-    unsafe {
-        libc::close(0);
-        libc::close(1);
-        libc::close(2);
-        libc::close(FD_RESULTS);
-        libc::close(FD_TEST_PATHS);
-    }
-    Ok(pid)
-}
-
-/// Size of [`lg_init_stack`]: as much as a main thread's default stack.
-const LG_INIT_STACK: usize = 8 << 20;
-const GUARD: usize = 4096;
-
-/// A stack for lg-init's code: `LG_INIT_STACK` bytes mapped (pages appear
-/// only when touched) with a guard page below, so a deep recursion faults
-/// instead of writing over the heap. Returns its top.
-fn lg_init_stack() -> Result<*mut libc::c_void, Errno> {
-    // SAFETY: a new private anonymous mapping, then its lowest page made
-    // inaccessible; no existing memory is touched.
-    unsafe {
-        let base = libc::mmap(
-            std::ptr::null_mut(),
-            LG_INIT_STACK,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
-            -1,
-            0,
-        );
-        if base == libc::MAP_FAILED {
-            return Err(Errno::last());
-        }
-        Errno::result(libc::mprotect(base, GUARD, libc::PROT_NONE))?;
-        Ok(base.cast::<u8>().add(LG_INIT_STACK).cast())
-    }
-}
-
-/// Entry of the second clone (a fork: its own copy of the init's memory):
-/// lg-init's init, called here rather than started with an `execve` of
-/// its binary, which cost a fresh address space and glibc's start-up (its
-/// CPU feature probe traps to the hypervisor on a VM) on every run. What
-/// the exec did is done by hand: the descriptors it closed (the report
-/// pipe, the signalfd) are closed, the signal mask is clean, and the
-/// process's own environment is never read (lg-init takes the job's from
-/// the plan).
-extern "C" fn lg_init_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: as in init_main; this is a copy of the init's memory.
-    let args = unsafe { &*(arg as *const ChildArgs) };
-    for (res, soft, hard) in args.plan.rlimits.iter() {
+    for (res, soft, hard) in plan.rlimits.iter() {
         let rl = libc::rlimit {
             rlim_cur: *soft,
             rlim_max: *hard,
         };
         // SAFETY: setrlimit with a stack struct.
         if unsafe { libc::setrlimit(*res as _, &rl) } != 0 {
-            report_and_exit((Step::Rlimit, Errno::last(), *res), 127);
+            return Err((Step::Rlimit, Errno::last(), *res));
         }
     }
-    // SAFETY: closing descriptors of this process; sigprocmask with a
-    // stack set; prctl with constant arguments.
+    // SAFETY: prctl with constant arguments.
     unsafe {
-        libc::close(FD_REPORT);
-        libc::close(args.signalfd);
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        libc::prctl(libc::PR_SET_NAME, c"lg-init".as_ptr(), 0, 0, 0);
         libc::prctl(
             libc::PR_CAP_AMBIENT,
             libc::PR_CAP_AMBIENT_CLEAR_ALL,
@@ -585,89 +543,5 @@ extern "C" fn lg_init_main(arg: *mut libc::c_void) -> libc::c_int {
             0,
         );
     }
-    let _ = close_from(FD_SOURCES);
-    use std::os::unix::ffi::OsStrExt;
-    let os = |c: &std::ffi::CString| std::ffi::OsStr::from_bytes(c.as_bytes()).to_os_string();
-    let argv = args.plan.argv.iter().skip(1).map(os).collect();
-    let env = args
-        .plan
-        .envp
-        .iter()
-        .map(|e| match e.as_bytes().iter().position(|b| *b == b'=') {
-            Some(i) => (
-                std::ffi::OsStr::from_bytes(&e.as_bytes()[..i]).to_os_string(),
-                std::ffi::OsStr::from_bytes(&e.as_bytes()[i + 1..]).to_os_string(),
-            ),
-            None => (os(e), Default::default()),
-        })
-        .collect();
-    let code = crate::sandbox::init::run_forked(argv, env);
-    // SAFETY: _exit ends this process without running the daemon's
-    // atexit handlers or flushing its buffers (copies, not ours).
-    unsafe { libc::_exit(code) }
-}
-
-/// Block SIGCHLD and return a signalfd for it.
-fn child_signalfd() -> Result<RawFd, Errno> {
-    // SAFETY: sigprocmask/signalfd with a stack set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
-        Errno::result(libc::sigprocmask(
-            libc::SIG_BLOCK,
-            &set,
-            std::ptr::null_mut(),
-        ))?;
-        Errno::result(libc::signalfd(-1, &set, libc::SFD_CLOEXEC))
-    }
-}
-
-/// The init's life after setup: reap every child; when test_all ends,
-/// report its status and exit (the kernel then kills the namespace). If
-/// the report pipe loses its reader (the daemon died or dropped the run),
-/// exit at once: the namespace dies with the init.
-fn reap_until(child: libc::pid_t, sfd: RawFd) -> libc::c_int {
-    loop {
-        loop {
-            let mut status: libc::c_int = 0;
-            // SAFETY: waitpid into a stack int.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG | libc::__WALL) };
-            if pid == child {
-                report(FD_REPORT, Record::Status(status));
-                // SAFETY: _exit is async-signal-safe.
-                unsafe { libc::_exit(0) };
-            }
-            if pid <= 0 {
-                if pid < 0 && Errno::last() == Errno::ECHILD {
-                    // SAFETY: _exit is async-signal-safe.
-                    unsafe { libc::_exit(122) };
-                }
-                break;
-            }
-        }
-        let mut fds = [
-            libc::pollfd {
-                fd: sfd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: FD_REPORT,
-                events: 0,
-                revents: 0,
-            },
-        ];
-        // SAFETY: poll on stack pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n > 0 && fds[1].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
-            // SAFETY: _exit is async-signal-safe.
-            unsafe { libc::_exit(123) };
-        }
-        if n > 0 && fds[0].revents & libc::POLLIN != 0 {
-            let mut info = [0u8; 128];
-            // SAFETY: drain one signalfd_siginfo into a stack buffer.
-            unsafe { libc::read(sfd, info.as_mut_ptr().cast(), info.len()) };
-        }
-    }
+    Ok(())
 }

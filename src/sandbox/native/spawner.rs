@@ -32,7 +32,7 @@
 use std::ffi::CString;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::mount::MsFlags;
@@ -58,22 +58,33 @@ const MAX_FDS: usize = 32;
 const SPAWNER_SOCK: RawFd = 3;
 
 /// The process-wide spawner forked by [`prefork`], if any.
-static EARLY: OnceLock<Arc<Spawner>> = OnceLock::new();
+static EARLY: Mutex<Option<Arc<Spawner>>> = Mutex::new(None);
 
 /// Fork the spawner every native runner of this process will use, now:
-/// `labgrader serve` calls it before its runtime starts, while the process
-/// is single-threaded and small, so the spawner's address space (which
-/// every clone copies and every init's exit tears down) is small too.
+/// `labgrader serve` calls it first thing, before it reads its
+/// configuration (so no secret of it is in the spawner's memory, which
+/// every sandbox's init is a copy of) and before its runtime starts, while
+/// the process is single-threaded and small (so the spawner's address
+/// space, which every clone copies and every init's exit tears down, is
+/// small too).
 pub fn prefork() {
-    let _ = EARLY.set(Arc::new(Spawner::started()));
+    let mut early = EARLY.lock().unwrap_or_else(|p| p.into_inner());
+    if early.is_none() {
+        *early = Some(Arc::new(Spawner::started()));
+    }
+}
+
+/// The configuration needs no native runner after all: end the spawner
+/// [`prefork`] started (it exits when its socket closes).
+pub fn release_prefork() {
+    let early = EARLY.lock().unwrap_or_else(|p| p.into_inner()).take();
+    drop(early);
 }
 
 /// The spawner for a new runner: the early one, or one of its own.
 pub(super) fn for_runner() -> Arc<Spawner> {
-    EARLY
-        .get()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(Spawner::started()))
+    let early = EARLY.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    early.unwrap_or_else(|| Arc::new(Spawner::started()))
 }
 
 /// The spawner of one runner, started on first use and again if it died.
@@ -240,12 +251,18 @@ fn spawner_main(sock: RawFd) -> ! {
             0,
         );
         libc::prctl(libc::PR_SET_NAME, c"lg-spawner".as_ptr());
+        wipe_environment();
         // Every page of the heap still mapped is copied (its page table
         // entry) by each clone and unmapped when the init exits.
         libc::malloc_trim(0);
     }
     let mut buf = vec![0u8; MAX_REQUEST];
     let mut pool = NetPool::new();
+    let mut stack = match Stack::new() {
+        Ok(s) => s,
+        // No memory for it: every request would fail; the daemon says so.
+        Err(_) => unsafe { libc::_exit(1) },
+    };
     loop {
         // The socket, and the pidfd of each run holding a pooled network
         // namespace (readable once that run is over).
@@ -275,7 +292,7 @@ fn spawner_main(sock: RawFd) -> ! {
             Ok(None) | Err(_) => unsafe { libc::_exit(0) },
         };
         let answer = match decode(&buf[..len], fds) {
-            Some(plan) => match clone_here(&plan, &mut pool) {
+            Some(plan) => match clone_here(&plan, &mut pool, &mut stack) {
                 Ok(pid) => pid as i64,
                 Err(e) => -(e as i64),
             },
@@ -293,6 +310,36 @@ fn spawner_main(sock: RawFd) -> ! {
         if sent != 8 {
             unsafe { libc::_exit(0) };
         }
+    }
+}
+
+unsafe extern "C" {
+    static mut environ: *mut *mut libc::c_char;
+}
+
+/// Overwrite the daemon's environment in this copy of its memory with
+/// zeros: credentials may come from variables, and every sandbox's init
+/// is a copy of the spawner's memory for its whole run (unreadable from
+/// inside, but nothing of the daemon's should be there to read).
+///
+/// # Safety
+/// Single-threaded: nothing may read the environment meanwhile.
+unsafe fn wipe_environment() {
+    // SAFETY: `environ` is the process's NULL-terminated array of
+    // NUL-terminated strings, writable (on the initial stack or, after a
+    // setenv, on the heap); after this it is empty.
+    unsafe {
+        let list = environ;
+        if list.is_null() {
+            return;
+        }
+        let mut p = list;
+        while !(*p).is_null() {
+            let s = *p;
+            std::ptr::write_bytes(s, 0, libc::strlen(s));
+            p = p.add(1);
+        }
+        *list = std::ptr::null_mut();
     }
 }
 
@@ -323,7 +370,7 @@ fn receive(sock: RawFd, buf: &mut [u8]) -> Result<Option<(usize, Vec<OwnedFd>)>,
 
 /// Clone the init from this (the spawner's) address space, as the
 /// daemon's child, into a pooled network namespace when there is one.
-fn clone_here(plan: &Plan, pool: &mut NetPool) -> Result<i32, Errno> {
+fn clone_here(plan: &Plan, pool: &mut NetPool, stack: &mut Stack) -> Result<i32, Errno> {
     let net = pool.enter();
     let mut args = ChildArgs::new(plan);
     args.net_ready = net.is_some();
@@ -332,7 +379,6 @@ fn clone_here(plan: &Plan, pool: &mut NetPool) -> Result<i32, Errno> {
         None => NS_FLAGS,
     };
     let mut pidfd: libc::c_int = -1;
-    let mut stack = Stack::new();
     // SAFETY: the child gets a copy of this address space and runs
     // `init_main` on `stack`, touching only `args` (see setup.rs); the
     // kernel writes the pidfd into `pidfd`.
