@@ -39,6 +39,10 @@
 //! keeps, and compares table by table with what was read at creation,
 //! stopping at the first difference. What is left is the kernel printing
 //! the tables.
+//!
+//! **When creation fails** (out of memory or descriptors, say), runs make
+//! their own namespaces for a while and the pool tries again later: after
+//! 1 run, then 2, 4, … up to 1024 after repeated failures.
 
 use std::ffi::CStr;
 use std::fs::File;
@@ -78,12 +82,14 @@ const SCRATCH: usize = 16 * 1024;
 #[derive(Debug)]
 pub(super) struct NetPool {
     /// The spawner's own (the host's) network namespace, to come back to
-    /// after each clone. `None`: pooling is off (not root, or the first
-    /// creation failed); each run then creates its own.
+    /// after each clone. `None`: pooling is off (not root); each run then
+    /// creates its own.
     host: Option<OwnedFd>,
     free: Vec<Idle>,
     /// Lent namespaces with the pidfd of the init that joined them.
     lent: Vec<Lent>,
+    /// When to try creating a namespace again after a creation failed.
+    retry: Retry,
     /// Where the check reads a table, allocated once: the check allocates
     /// nothing, and touches (so copies, in a spawner whose pages its
     /// clones share) no page but these.
@@ -139,6 +145,7 @@ impl NetPool {
             host,
             free: Vec::new(),
             lent: Vec::new(),
+            retry: Retry::default(),
             scratch: vec![0; SCRATCH].into_boxed_slice(),
         }
     }
@@ -150,12 +157,16 @@ impl NetPool {
         let host = self.host.as_ref()?.as_fd();
         let net = match self.free.pop() {
             Some(net) => net,
+            None if !self.retry.may_try() => return None,
             None => match create(host) {
-                Ok(net) => net,
+                Ok(net) => {
+                    self.retry.worked();
+                    net
+                }
                 Err(_) => {
-                    // Not allowed here after all: every run makes its own.
-                    self.host = None;
-                    self.free.clear();
+                    // Maybe only for now (memory, descriptors): the next
+                    // runs make their own, and some later one tries again.
+                    self.retry.failed();
                     return None;
                 }
             },
@@ -235,6 +246,42 @@ impl NetPool {
             }
         }
         true
+    }
+}
+
+/// After a namespace could not be made, how many runs make their own
+/// before the pool tries again: 1, then twice as many after each further
+/// failure, up to [`Retry::MOST`]; a creation that works starts over.
+/// Counted in runs, not seconds: a busy host retries sooner, an idle one
+/// has nothing to gain from it.
+#[derive(Debug, Default, PartialEq)]
+struct Retry {
+    /// Runs still to skip.
+    skip: u32,
+    /// What the last failure set `skip` to (0: none since the last
+    /// success).
+    last: u32,
+}
+
+impl Retry {
+    const MOST: u32 = 1024;
+
+    /// Whether this run may try to create a namespace (counts the run).
+    fn may_try(&mut self) -> bool {
+        if self.skip == 0 {
+            return true;
+        }
+        self.skip -= 1;
+        false
+    }
+
+    fn failed(&mut self) {
+        self.last = (self.last * 2).clamp(1, Self::MOST);
+        self.skip = self.last;
+    }
+
+    fn worked(&mut self) {
+        *self = Retry::default();
     }
 }
 
@@ -389,7 +436,7 @@ fn setns(fd: BorrowedFd<'_>) -> Result<(), Errno> {
 mod tests {
     use std::os::fd::AsFd;
 
-    use super::{NetPool, no_sockets};
+    use super::{NetPool, Retry, no_sockets};
 
     const FRESH: &str = "sockets: used 0\nTCP: inuse 0 orphan 3 tw 0 alloc 12 mem 7\n\
         UDP: inuse 0 mem 2\nUDPLITE: inuse 0\nRAW: inuse 0\nFRAG: inuse 0 memory 0\n";
@@ -424,6 +471,40 @@ mod tests {
         assert!(!no_sockets("garbage"));
         assert!(!no_sockets("TCP: inuse"));
         assert!(!no_sockets("TCP: inuse 0 tw"));
+    }
+
+    #[test]
+    fn after_a_failed_creation_the_pool_tries_again_later_and_later() {
+        let mut r = Retry::default();
+        assert!(r.may_try());
+        // Runs skipped before each next try: 1, 2, 4, …
+        let mut skipped = Vec::new();
+        for _ in 0..4 {
+            r.failed();
+            let mut n = 0;
+            while !r.may_try() {
+                n += 1;
+            }
+            skipped.push(n);
+        }
+        assert_eq!(skipped, [1, 2, 4, 8]);
+        // Never more than MOST runs without a try.
+        for _ in 0..40 {
+            r.failed();
+        }
+        let mut n = 0;
+        while !r.may_try() {
+            n += 1;
+        }
+        assert_eq!(n, Retry::MOST);
+        // A creation that works forgets the failures.
+        r.failed();
+        r.worked();
+        assert_eq!(r, Retry::default());
+        assert!(r.may_try());
+        r.failed();
+        assert!(!r.may_try());
+        assert!(r.may_try());
     }
 
     /// The check reads a namespace's tables through files opened in it
