@@ -44,7 +44,9 @@
 //!
 //! **When creation fails** (out of memory or descriptors, say), runs make
 //! their own namespaces for a while and the pool tries again later: after
-//! 1 run, then 2, 4, … up to 1024 after repeated failures.
+//! 1 run, then 2, 4, … up to 1024 after repeated failures. The pool
+//! holds no more namespaces (eight descriptors each) than fit in half of
+//! the spawner's open-file limit: the rest is for what requests bring.
 
 use std::ffi::CStr;
 use std::fs::File;
@@ -60,6 +62,9 @@ use nix::sys::stat::Mode;
 /// Most idle namespaces kept (each costs some kernel memory and eight
 /// descriptors); more than the runs a host does at once.
 const MAX_FREE: usize = 32;
+
+/// Descriptors a pooled namespace holds: itself and its seven tables.
+const FDS_PER_NET: usize = 8;
 
 /// The socket tables: every socket count in them must be 0.
 const SOCKSTAT: &str = "/proc/thread-self/net/sockstat";
@@ -90,6 +95,10 @@ pub(super) struct NetPool {
     free: Vec<Idle>,
     /// Lent namespaces with the pidfd of the init that joined them.
     lent: Vec<Lent>,
+    /// Most namespaces held (lent or idle): their descriptors take at
+    /// most half of the open-file limit, leaving the rest for those each
+    /// request brings. A run past it makes its own namespace.
+    most: usize,
     /// When to try creating a namespace again after a creation failed.
     retry: Retry,
     /// Where the check reads a table: the check allocates nothing.
@@ -145,6 +154,7 @@ impl NetPool {
             host,
             free: Vec::new(),
             lent: Vec::new(),
+            most: most_held(),
             retry: Retry::default(),
             scratch: Scratch::new(),
         }
@@ -157,6 +167,8 @@ impl NetPool {
         let host = self.host.as_ref()?.as_fd();
         let net = match self.free.pop() {
             Some(net) => net,
+            // None idle: all those held are lent.
+            None if self.lent.len() >= self.most => return None,
             None if !self.retry.may_try() => return None,
             None => match create(host) {
                 Ok(net) => {
@@ -302,6 +314,14 @@ impl Drop for Scratch {
             let _ = unsafe { nix::sys::mman::munmap(at.cast(), SCRATCH) };
         }
     }
+}
+
+/// See [`NetPool::most`].
+fn most_held() -> usize {
+    let files = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    let files = usize::try_from(files).unwrap_or(usize::MAX);
+    files / 2 / FDS_PER_NET
 }
 
 /// After a namespace could not be made, how many runs make their own
