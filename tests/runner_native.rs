@@ -1258,7 +1258,8 @@ mod spawner {
         let mut fds: Vec<u32> = fds.iter().map(|f| f.parse().unwrap()).collect();
         fds.sort();
         // Above the socket, only what it made itself: network namespaces
-        // it keeps for reuse and the pidfds of the runs holding them.
+        // it keeps for reuse, their `/proc/net` tables (opened by its own
+        // thread inside each) and the pidfds of the runs holding them.
         // (One may close between the listing and its reading: the
         // spawner takes namespaces back as runs end.)
         let link = |fd: u32| {
@@ -1266,10 +1267,11 @@ mod spawner {
                 .map(|l| l.to_string_lossy().into_owned())
                 .ok()
         };
+        let tables = format!("/proc/{pid}/task/{pid}/net/");
         for fd in fds.iter().filter(|fd| **fd > 3) {
             let Some(l) = link(*fd) else { continue };
             assert!(
-                l.starts_with("net:[") || l == "anon_inode:[pidfd]",
+                l.starts_with("net:[") || l == "anon_inode:[pidfd]" || l.starts_with(&tables),
                 "fd {fd} is {l}"
             );
         }
