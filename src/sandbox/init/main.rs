@@ -10,7 +10,12 @@
 //! Built by labgrader's `build.rs` with `rustc` alone (std, no crates) as a
 //! static executable, embedded in labgrader as `sandbox::init::BINARY`. It
 //! dispatches on `argv[0]`: `run-as-student` is the client half of the
-//! broker; anything else is the init (see [`args::USAGE`]).
+//! broker; anything else is the init (see [`args::USAGE`]). The same code
+//! is compiled into labgrader too: the native runner's sandbox init calls
+//! [`run`] itself (as pid 1, in a copy of the spawner's memory) instead of
+//! an `execve`. Hence the init reads the job's environment from its
+//! arguments, never the process's, writes stderr with [`say!`] (never
+//! std's locked stderr), and never calls `std::process::exit`.
 //!
 //! Order of the init, each step named in its error (exit 125, the message
 //! on stderr, nothing of the job started): arguments → descriptors → nonce

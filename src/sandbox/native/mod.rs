@@ -47,11 +47,12 @@
 //! `/.labgrader/rw`) and one for `/harness`, a minimal `/dev`,
 //! a new `/proc` (`hidepid=2`); pivots into it, brings up `lo`, sets
 //! `no_new_privs`, forbids nested user namespaces, enters a cgroup
-//! namespace rooted at the job cgroup, and starts `lg-init`, which copies
-//! the job in, unmounts the staging, gives harness and student their
-//! files and runs `test_all` (see its module). The init reaps orphans and,
-//! when `lg-init` ends, reports its wait status and exits, so the kernel
-//! kills everything left in the namespace. `lg-init`'s results stream
+//! namespace rooted at the job cgroup, and becomes `lg-init` (its code,
+//! called in this process: no exec), which copies the job in, unmounts
+//! the staging, gives harness and student their files, runs `test_all`
+//! and reaps every orphan (see its module). When `lg-init` is done the
+//! init reports its status and exits, so the kernel kills everything left
+//! in the namespace. `lg-init`'s results stream
 //! comes back over a pipe of its own. On timeout the parent kills the init
 //! (the namespace dies with it) and everything in the job cgroup. A setup
 //! failure comes back over a close-on-exec pipe (or as `lg-init`'s exit
@@ -62,8 +63,8 @@
 //! plan of one run), [`plan`] (what the parent hands the child), [`spawn`]
 //! (clone, id maps, cgroup, release), [`spawner`] (the process that
 //! clones), `netpool` (the network namespaces it lends and takes back),
-//! [`setup`] (the child, between clone
-//! and exec), [`supervise`] (the run to its verdict and teardown),
+//! [`setup`] (the child, from clone to
+//! lg-init), [`supervise`] (the run to its verdict and teardown),
 //! [`cgroup`], [`ids`], and [`job`] (`labgrader sandbox --job-dir`).
 
 pub mod cgroup;
