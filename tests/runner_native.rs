@@ -1634,3 +1634,99 @@ mod netns {
         assert!(!a.contains("writable") && !a.contains("mtu set"), "{a}");
     }
 }
+
+/// Job cgroups kept between runs (`cgroup::Pool`), seen from the verdicts.
+mod cgroups {
+    use super::*;
+    use labgrader::sandbox::RunOutcome;
+
+    /// A run of `body` (with the memory hog helper beside it) limited to
+    /// `memory` bytes; returns once its cgroup is given back.
+    async fn run_with(r: &NativeRunner, body: &str, memory: u64) -> RunOutcome {
+        let ws = workspace(body);
+        let hog = ws.path().join("memhog");
+        std::fs::copy(common::hostile::helper_bin("memhog"), &hog).unwrap();
+        std::fs::set_permissions(&hog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut limits = common::hostile::limits();
+        limits.memory = memory;
+        let before = r.cgroup_pool().0;
+        let o = r
+            .run(
+                &common::hostile::spec("cg-pool", ws.path(), limits),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        while r.cgroup_pool().0 == before {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the run's cgroup was never given back"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        o
+    }
+
+    /// The largest "touched N MiB" the memory hog printed.
+    fn touched(o: &RunOutcome) -> u64 {
+        out_of(o)
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("touched ")?
+                    .strip_suffix(" MiB")?
+                    .parse()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The attack: a clean job runs right after a classmate's job was
+    /// OOM-killed under the same limits. The kernel's OOM-kill count of a
+    /// cgroup cannot be reset and the verdict reads it: had the OOM-killed
+    /// job's cgroup been lent again, the clean job would be marked
+    /// `memory_limit`. Clean runs in between show that cgroups are lent
+    /// again at all.
+    #[tokio::test]
+    async fn a_cgroup_that_saw_an_oom_kill_is_never_lent_again() {
+        let r = runner();
+        let mem = 96 << 20;
+        let clean = run_with(&r, "echo fine\n", mem).await;
+        assert_eq!(clean.termination, Termination::Exited { code: 0 });
+        assert_eq!(r.cgroup_pool().1, 1, "a clean run's cgroup is kept");
+        let hog = run_with(&r, "./memhog\n", mem).await;
+        assert_eq!(hog.termination, Termination::MemoryLimit, "{}", shown(&hog));
+        for _ in 0..3 {
+            let o = run_with(&r, "echo fine\n", mem).await;
+            assert_eq!(
+                o.termination,
+                Termination::Exited { code: 0 },
+                "{}",
+                shown(&o)
+            );
+            assert!(out_of(&o).contains("fine"));
+        }
+        assert_eq!(r.cgroup_pool().1, 1, "one cgroup served every clean run");
+    }
+
+    /// The attack: a job with a small memory limit runs right after one
+    /// with a large limit ended cleanly. A kept cgroup enforces the limits
+    /// it was made with: lent to a job with other limits, the hog would
+    /// get the large one.
+    #[tokio::test]
+    async fn a_job_never_runs_under_another_jobs_limits() {
+        let r = runner();
+        let big = run_with(&r, "echo big\n", 512 << 20).await;
+        assert_eq!(big.termination, Termination::Exited { code: 0 });
+        assert_eq!(r.cgroup_pool().1, 1);
+        let small = run_with(&r, "./memhog\n", 64 << 20).await;
+        assert_eq!(
+            small.termination,
+            Termination::MemoryLimit,
+            "{}",
+            shown(&small)
+        );
+        assert!(touched(&small) < 64, "{}", shown(&small));
+    }
+}

@@ -6,9 +6,11 @@
 //! `/sys/fs/cgroup/labgrader/`, whose controllers this module enables.
 //! cgroup v1 (as on hybrid hosts): one directory per controller, nested
 //! under the daemon's own cgroup of that controller (so a systemd unit's
-//! limits still cover its jobs). It only ever creates, writes and removes
-//! directories named `labgrader-<job>-<ulid>` (and the v2 parent); it never
-//! moves or limits a process other than the job's.
+//! limits still cover its jobs). It only ever creates, writes, renames and
+//! removes directories named `labgrader-<job>-<ulid>` (a job's, while it
+//! runs) or `labgrader-idle-<ulid>` (kept by a [`Pool`] for the next job
+//! with the same limits), and the v2 parent; it never moves or limits a
+//! process other than the job's.
 
 use std::fs;
 use std::io;
@@ -203,12 +205,33 @@ fn v2_prepare(parent: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// One job's cgroup(s). Removed by [`JobCgroup::remove`].
+/// One job's cgroup(s). Removed by [`JobCgroup::remove`], or kept for the
+/// next job with the same limits by a [`Pool`].
 #[derive(Debug)]
 pub struct JobCgroup {
     v2: bool,
     /// v2: one dir. v1: memory, pids, then cpu if any.
     dirs: Vec<PathBuf>,
+    /// The limits it was made with (`None`: a probe, never reused).
+    limits: Option<LimitsKey>,
+}
+
+/// The limits a job cgroup enforces, as a pool compares them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LimitsKey {
+    memory: u64,
+    pids: u64,
+    cpus: u64,
+}
+
+impl LimitsKey {
+    fn of(l: &Limits) -> LimitsKey {
+        LimitsKey {
+            memory: l.memory,
+            pids: l.pids,
+            cpus: l.cpus.to_bits(),
+        }
+    }
 }
 
 fn name_for(job_id: &str) -> String {
@@ -240,6 +263,7 @@ impl JobCgroup {
         let mut cg = JobCgroup {
             v2,
             dirs: Vec::new(),
+            limits: limits.map(LimitsKey::of),
         };
         for base in bases {
             let dir = base.join(&name);
@@ -359,6 +383,51 @@ impl JobCgroup {
         }
     }
 
+    /// Memory still charged to the job (page cache it read), in bytes.
+    fn charged(&self) -> Option<u64> {
+        let file = if self.v2 {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        };
+        fs::read_to_string(self.dirs[0].join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Whether the next job may have this cgroup: nothing of this job is
+    /// in any controller, no OOM kill was ever counted in it (the count
+    /// cannot be reset, and the next verdict reads it), and almost no
+    /// memory is still charged to it (the next job starts with its whole
+    /// limit free).
+    fn reusable(&self) -> bool {
+        let empty = |d: &PathBuf| {
+            fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|t| t.trim().is_empty())
+        };
+        self.limits.is_some()
+            && self.dirs.iter().all(empty)
+            && self.oom_kills() == 0
+            && self.charged().is_some_and(|b| b <= MAX_LEFT_CHARGED)
+    }
+
+    /// The same cgroup(s) under `name` (each controller's directory
+    /// renamed in place), so it reads as the new job's.
+    fn rename(&mut self, name: &str) -> io::Result<()> {
+        for d in self.dirs.iter_mut() {
+            let to = d.with_file_name(name);
+            fs::rename(&*d, &to).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("rename {} to {}: {e}", d.display(), to.display()),
+                )
+            })?;
+            *d = to;
+        }
+        Ok(())
+    }
+
     /// Remove the job's directories (retrying briefly while the kernel
     /// finishes tearing the processes down). Blocking; errors are logged.
     pub fn remove(&self) {
@@ -381,6 +450,99 @@ impl JobCgroup {
             if let Some(e) = last {
                 tracing::warn!(cgroup = %d.display(), error = %e, "cannot remove job cgroup");
             }
+        }
+    }
+}
+
+/// Most idle job cgroups a pool keeps.
+const MAX_IDLE: usize = 16;
+/// Most memory still charged to a cgroup that is reused (page cache of the
+/// files the last job read, reclaimable but counted against the limit).
+const MAX_LEFT_CHARGED: u64 = 4 << 20;
+
+/// Job cgroups kept between jobs. Creating and removing a job's memory,
+/// pids and cpu cgroups (and the kernel's work to free them) was about a
+/// twelfth of a native run's CPU. A job's cgroup is kept only when the
+/// job left nothing in it ([`JobCgroup::reusable`]) and is given only to a
+/// job with the same limits, renamed for it; anything else gets a new one.
+#[derive(Debug, Default)]
+pub struct Pool {
+    idle: std::sync::Mutex<Vec<JobCgroup>>,
+    given_back: std::sync::atomic::AtomicU64,
+}
+
+impl Pool {
+    /// A cgroup for `job_id` enforcing `limits`: an idle one made for the
+    /// same limits, or a new one.
+    pub fn take(&self, h: &Hierarchy, job_id: &str, limits: &Limits) -> io::Result<JobCgroup> {
+        let key = LimitsKey::of(limits);
+        let idle = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.iter()
+                .position(|c| c.limits == Some(key))
+                .map(|i| idle.swap_remove(i))
+        };
+        if let Some(mut cg) = idle {
+            match cg.rename(&name_for(job_id)) {
+                Ok(()) => return Ok(cg),
+                // Swept meanwhile, or half renamed: start afresh.
+                Err(_) => cg.remove(),
+            }
+        }
+        JobCgroup::create(h, job_id, Some(limits))
+    }
+
+    /// The job is over (its init reaped): end anything left of it, then
+    /// keep its cgroup for the next job if it may have it, else remove it.
+    pub fn give_back(&self, cg: JobCgroup) {
+        cg.kill_all();
+        let left = if cg.reusable() {
+            self.keep(cg)
+        } else {
+            Some(cg)
+        };
+        if let Some(cg) = left {
+            cg.remove();
+        }
+        self.given_back
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Keep `cg` idle under a name of no job (a job's name is seen only
+    /// while it runs), or hand it back when the pool is full or the
+    /// rename fails.
+    fn keep(&self, mut cg: JobCgroup) -> Option<JobCgroup> {
+        let full = || self.idle.lock().unwrap_or_else(|p| p.into_inner()).len() >= MAX_IDLE;
+        if full()
+            || cg
+                .rename(&format!("labgrader-idle-{}", crate::spool::new_job_id()))
+                .is_err()
+        {
+            return Some(cg);
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() >= MAX_IDLE {
+            return Some(cg);
+        }
+        idle.push(cg);
+        None
+    }
+
+    /// Cgroups given back so far, and how many wait idle.
+    pub fn counts(&self) -> (u64, usize) {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).len();
+        (
+            self.given_back.load(std::sync::atomic::Ordering::SeqCst),
+            idle,
+        )
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let idle = self.idle.get_mut().unwrap_or_else(|p| p.into_inner());
+        for cg in idle.drain(..) {
+            cg.remove();
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct NativeRunner {
     /// Root writes the maps itself; otherwise newuidmap/newgidmap.
     pub(super) writer: Writer,
     pub(super) cgroups: Option<Hierarchy>,
+    /// Job cgroups kept between runs with the same limits.
+    pub(super) cgroup_pool: std::sync::Arc<super::cgroup::Pool>,
     pub(super) staging: PathBuf,
     /// Memory is enforced by an outer cgroup (a Slurm job's), which
     /// reports an OOM kill; without job cgroups of our own we then leave
@@ -216,6 +218,7 @@ impl NativeRunner {
             ranges,
             writer,
             cgroups,
+            cgroup_pool: Default::default(),
             staging,
             external_memory_limit: false,
             spawner: super::spawner::for_runner(),
@@ -269,5 +272,11 @@ impl NativeRunner {
     /// The cgroup hierarchy in use, if any (for logs and benchmarks).
     pub fn cgroups(&self) -> Option<String> {
         self.cgroups.as_ref().map(Hierarchy::describe)
+    }
+
+    /// Job cgroups given back so far by ended runs, and how many of them
+    /// wait idle for the next run with the same limits (for tests).
+    pub fn cgroup_pool(&self) -> (u64, usize) {
+        self.cgroup_pool.counts()
     }
 }

@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-use super::cgroup::JobCgroup;
+use super::cgroup::{JobCgroup, Pool};
 use super::layout::Staged;
 use super::plan::{RECORD_LEN, Record, Step};
 use super::runner::NativeRunner;
@@ -82,7 +82,8 @@ impl Runner for NativeRunner {
         let staged = self.stage(spec).await?;
         let cgroup = match &self.cgroups {
             Some(h) => Some(Arc::new(
-                JobCgroup::create(h, &spec.job_id, Some(&spec.limits))
+                self.cgroup_pool
+                    .take(h, &spec.job_id, &spec.limits)
                     .map_err(|e| SandboxError::setup("create the job cgroup", e))?,
             )),
             None => None,
@@ -90,6 +91,7 @@ impl Runner for NativeRunner {
         let mut teardown = Teardown {
             init: None,
             cgroup: cgroup.clone(),
+            pool: self.cgroup_pool.clone(),
         };
         let result = self
             .run_in(spec, &staged, cgroup, cancel, &mut teardown.init)
@@ -119,14 +121,16 @@ struct Ended {
     disk_full: bool,
 }
 
-/// Reaps the init and removes the job cgroup when a run ends — also when
-/// the run's future is dropped (the init then sees its report pipe lose
-/// its reader and exits, and the namespace with it). On the runtime's
-/// blocking pool (whose shutdown waits for it) or, outside a runtime, on a
-/// thread of its own.
+/// Reaps the init and gives the job cgroup back to the pool (which keeps
+/// it for a next job or removes it) when a run ends — also when the run's
+/// future is dropped (the init then sees its report pipe lose its reader
+/// and exits, and the namespace with it). On the runtime's blocking pool
+/// (whose shutdown waits for it) or, outside a runtime, on a thread of its
+/// own.
 struct Teardown {
     init: Option<Pid>,
     cgroup: Option<Arc<JobCgroup>>,
+    pool: Arc<Pool>,
 }
 
 impl Drop for Teardown {
@@ -135,13 +139,19 @@ impl Drop for Teardown {
         if init.is_none() && cgroup.is_none() {
             return;
         }
+        let pool = self.pool.clone();
         let work = move || {
             if let Some(pid) = init {
                 let _ = waitpid(pid, Some(WaitPidFlag::__WALL));
             }
-            if let Some(cg) = cgroup {
-                cg.kill_all();
-                cg.remove();
+            match cgroup.map(Arc::try_unwrap) {
+                Some(Ok(cg)) => pool.give_back(cg),
+                // Still shared (never, once the run is over): not reused.
+                Some(Err(cg)) => {
+                    cg.kill_all();
+                    cg.remove();
+                }
+                None => {}
             }
         };
         match tokio::runtime::Handle::try_current() {
