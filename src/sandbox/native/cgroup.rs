@@ -413,8 +413,12 @@ impl JobCgroup {
     }
 
     /// The same cgroup(s) under `name` (each controller's directory
-    /// renamed in place), so it reads as the new job's.
+    /// renamed in place), so it reads as the new job's. cgroup v2 cannot
+    /// rename a cgroup (EPERM): there it keeps its name.
     fn rename(&mut self, name: &str) -> io::Result<()> {
+        if self.v2 {
+            return Ok(());
+        }
         for d in self.dirs.iter_mut() {
             let to = d.with_file_name(name);
             fs::rename(&*d, &to).map_err(|e| {
