@@ -552,6 +552,62 @@ fn the_daemons_spawner_holds_none_of_its_secrets() {
     }
 }
 
+/// The same attack on the other commands that run native jobs:
+/// `labgrader sandbox --job-dir` (what a Slurm node runs) reads the
+/// configuration too, and its spawner must hold none of it either.
+#[test]
+fn the_sandbox_command_s_spawner_holds_none_of_the_configuration_s_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = format!("lg-file-secret-{}", std::process::id());
+    let token = dir.path().join("webhook-token");
+    std::fs::write(&token, &secret).unwrap();
+    let cfg = dir.path().join("labgrader.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nwebhook_token_file = \"{}\"\n[spool]\ndir = \"{}\"\n[email]\nurl = \"\"\n",
+            token.display(),
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let job = dir.path().join("job");
+    std::fs::create_dir(&job).unwrap();
+    write_job(&job, "job-secrets", "sleep 4\n");
+    let log = dir.path().join("log");
+    let mut cmd = common::daemon::binary("sandbox", &cfg, &log);
+    let mut run = cmd.arg("--job-dir").arg(&job).spawn().unwrap();
+    let pid = run.id();
+    let spawner = || {
+        std::fs::read_dir("/proc").ok()?.find_map(|e| {
+            let p: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let (comm, rest) = stat.split_once(") ")?;
+            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            (comm.ends_with("(lg-spawner") && ppid == pid).then_some(p)
+        })
+    };
+    let t = std::time::Instant::now();
+    let spawner = loop {
+        // The job runs: the configuration was read, the runner built.
+        if let Some(p) = spawner() {
+            break p;
+        }
+        assert!(
+            run.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(30),
+            "no lg-spawner beside `labgrader sandbox`:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let memory = read_memory(spawner);
+    let _ = run.wait();
+    remove_job_cgroups("labgrader-job-secrets-");
+    assert!(memory.len() > 1 << 20, "read only {} bytes", memory.len());
+    let found = memory.windows(secret.len()).any(|w| w == secret.as_bytes());
+    assert!(!found, "the spawner's memory holds {secret}");
+}
+
 /// Every readable mapping of `pid`'s memory, concatenated.
 fn read_memory(pid: u32) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
