@@ -251,10 +251,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::CheckConfig = cli.command {
         return Ok(check_config(cli.config.as_deref()));
     }
-    if matches!(cli.command, Command::Serve | Command::Grader) {
+    if matches!(
+        cli.command,
+        Command::Serve
+            | Command::Grader
+            | Command::Grade(_)
+            | Command::Replay(_)
+            | Command::Sandbox(_)
+    ) {
         // The native runner's spawner, forked before the configuration
-        // (and its secrets) is read and before any thread exists; ended
-        // in `daemon` if no native runner is configured.
+        // (and its secrets) is read and before any thread exists, by every
+        // command that may run a native job; ended in `daemon` if no
+        // native runner is configured (the others' ends with them).
         crate::sandbox::native::spawner::prefork();
     }
     let cfg = Arc::new(Config::load(cli.config.as_deref())?);

@@ -552,6 +552,62 @@ fn the_daemons_spawner_holds_none_of_its_secrets() {
     }
 }
 
+/// The same attack on the other commands that run native jobs:
+/// `labgrader sandbox --job-dir` (what a Slurm node runs) reads the
+/// configuration too, and its spawner must hold none of it either.
+#[test]
+fn the_sandbox_command_s_spawner_holds_none_of_the_configuration_s_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = format!("lg-file-secret-{}", std::process::id());
+    let token = dir.path().join("webhook-token");
+    std::fs::write(&token, &secret).unwrap();
+    let cfg = dir.path().join("labgrader.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nwebhook_token_file = \"{}\"\n[spool]\ndir = \"{}\"\n[email]\nurl = \"\"\n",
+            token.display(),
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let job = dir.path().join("job");
+    std::fs::create_dir(&job).unwrap();
+    write_job(&job, "job-secrets", "sleep 4\n");
+    let log = dir.path().join("log");
+    let mut cmd = common::daemon::binary("sandbox", &cfg, &log);
+    let mut run = cmd.arg("--job-dir").arg(&job).spawn().unwrap();
+    let pid = run.id();
+    let spawner = || {
+        std::fs::read_dir("/proc").ok()?.find_map(|e| {
+            let p: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let (comm, rest) = stat.split_once(") ")?;
+            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            (comm.ends_with("(lg-spawner") && ppid == pid).then_some(p)
+        })
+    };
+    let t = std::time::Instant::now();
+    let spawner = loop {
+        // The job runs: the configuration was read, the runner built.
+        if let Some(p) = spawner() {
+            break p;
+        }
+        assert!(
+            run.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(30),
+            "no lg-spawner beside `labgrader sandbox`:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let memory = read_memory(spawner);
+    let _ = run.wait();
+    remove_job_cgroups("labgrader-job-secrets-");
+    assert!(memory.len() > 1 << 20, "read only {} bytes", memory.len());
+    let found = memory.windows(secret.len()).any(|w| w == secret.as_bytes());
+    assert!(!found, "the spawner's memory holds {secret}");
+}
+
 /// Every readable mapping of `pid`'s memory, concatenated.
 fn read_memory(pid: u32) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
@@ -1728,5 +1784,176 @@ mod cgroups {
             shown(&small)
         );
         assert!(touched(&small) < 64, "{}", shown(&small));
+    }
+}
+
+/// lg-init as the sandbox's pid 1, attacked from inside the job.
+mod init {
+    use super::*;
+
+    /// A workspace with `test_all` and the hostile helpers named.
+    fn workspace_with(body: &str, helpers: &[&str]) -> tempfile::TempDir {
+        let ws = workspace(body);
+        for h in helpers {
+            std::fs::copy(common::hostile::helper_bin(h), ws.path().join(h)).unwrap();
+        }
+        ws
+    }
+
+    /// The attack: test_all leaves workers behind that make orphans as
+    /// fast as they can (each one a zombie for pid 1 to reap), then ends
+    /// (after 2 s, in an 8 s timeout).
+    /// The init reaps until no zombie is left before it looks at
+    /// test_all's status: were the orphans never to run out, the run
+    /// would end at its timeout instead of with test_all's status (and
+    /// the init, never back in poll(2), would neither serve the broker
+    /// nor see the daemon go).
+    #[tokio::test]
+    async fn an_orphan_flood_does_not_hold_the_end_of_the_job() {
+        let ws = workspace_with(
+            "./orphans 32 </dev/null >/dev/null 2>&1 &\nsleep 2\necho done\nexit 7\n",
+            &["orphans"],
+        );
+        let o = runner()
+            .run(&spec(ws.path()), &CancellationToken::new())
+            .await
+            .unwrap();
+        // The churn's kernel memory may reach the job's memory limit
+        // first (the OOM killer then takes pid 1, the largest process):
+        // that limit is named. Never the timeout.
+        match o.termination {
+            Termination::Exited { code: 7 } => assert_eq!(out_of(&o), "done\n"),
+            Termination::MemoryLimit => {}
+            _ => panic!("{}", shown(&o)),
+        }
+    }
+
+    /// What a job process may try on pid 1 (and on the descriptors it
+    /// was handed): signals that would end or stop it, its /proc files,
+    /// /proc/*/exe; then its own descriptors past stdio. Prints a line
+    /// for each success, then `alive`.
+    const PROBE: &str = "for s in KILL TERM STOP INT HUP QUIT USR1 SEGV CHLD CONT; do
+        kill -$s 1 2>/dev/null && echo \"sent $s\"
+        done
+        for f in environ cmdline maps mem auxv status stack syscall exe cwd root; do
+        head -c 64 /proc/1/$f >/dev/null 2>&1 && echo \"read $f\"
+        done
+        ls /proc/1/fd /proc/1/map_files >/dev/null 2>&1 && echo 'listed pid 1'
+        ls -l /proc/*/exe 2>/dev/null | grep -v -e '/proc/self/' -e '/proc/thread-self/' | grep -q -e lg-init -e labgrader -e runner_native && echo 'saw an exe'
+        ls -l /proc/$$/fd/ | sed -n 's/.* \\([0-9][0-9]*\\) -> \\(.*\\)/\\1 \\2/p' | while read n l; do
+        [ $n -gt 2 ] && [ \"${l##*/}\" != probe.sh ] && echo \"fd $n -> $l\"
+        done
+        echo alive
+";
+
+    /// The attack, under the trusted contract: the harness (test_all)
+    /// and the student (through run-as-student) each signal pid 1, read
+    /// its /proc files and look for descriptors they should not hold (the
+    /// broker's socket and call file, the report pipe, the spawner's
+    /// network namespaces).
+    #[tokio::test]
+    async fn neither_the_harness_nor_the_student_reaches_pid_1() {
+        use labgrader::sandbox::Contract;
+        let j = job(
+            Contract::Trusted,
+            &[("probe.sh", &format!("#!/bin/sh\n{PROBE}"), true)],
+            &[
+                (
+                    "test_all",
+                    "#!/bin/sh\necho harness:\n./probe.sh 9>&-\necho student:\nrun-as-student ./probe.sh\n",
+                    true,
+                ),
+                ("probe.sh", &format!("#!/bin/sh\n{PROBE}"), true),
+            ],
+        );
+        let o = runner()
+            .run(&j.spec, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            out_of(&o),
+            "harness:\nalive\nstudent:\nalive\n",
+            "{}",
+            shown(&o)
+        );
+    }
+
+    /// A tree `depth` directories deep under `root`, each named `a`,
+    /// with a file `leaf` at the bottom.
+    fn deep_tree(root: &Path, depth: usize) {
+        let bottom = root.join("a/".repeat(depth));
+        std::fs::create_dir_all(&bottom).unwrap();
+        std::fs::write(bottom.join("leaf"), "x").unwrap();
+    }
+
+    /// The attack: a workspace as deep as a checkout can be (each path
+    /// under PATH_MAX: about 2000 levels of one-letter directories). The
+    /// init copies it in and lays it out with recursive walks, on the
+    /// stack it runs on (8 MiB, a guard page below): the job must run,
+    /// or fail as a setup error naming its step; never die unexplained.
+    #[tokio::test]
+    async fn a_workspace_as_deep_as_a_checkout_can_be_is_laid_out() {
+        let ws = workspace("find . -name leaf | wc -c\n");
+        deep_tree(ws.path(), 2000);
+        let o = runner()
+            .run(&spec(ws.path()), &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            o.termination,
+            Termination::Exited { code: 0 },
+            "{}",
+            shown(&o)
+        );
+        assert_eq!(out_of(&o), "4007\n");
+    }
+
+    /// The attack: many processes, each smaller than pid 1, fill the
+    /// job's memory limit, so the OOM killer's choice (the largest) is
+    /// pid 1 itself, which is in the job's memory cgroup; test_all has
+    /// already printed a perfect summary. The job dies with its init
+    /// before any status is reported: the verdict must still name the
+    /// memory limit, never a grade nor a grader fault.
+    #[tokio::test]
+    async fn a_memory_limit_that_takes_pid_1_is_still_memory_limit() {
+        let ws = workspace_with(
+            "echo '<summary>'; echo 'grade_total = 100'; echo '</summary>'\n\
+             for i in $(seq 1 56); do ./smallhog 2600 & done\nwait\n",
+            &["smallhog"],
+        );
+        let r = runner();
+        if r.cgroups().is_none() {
+            eprintln!("skipped: no job cgroups here (an OOM kill cannot be told from a crash)");
+            return;
+        }
+        let mut s = spec(ws.path());
+        s.limits.timeout = Duration::from_secs(20);
+        let o = r.run(&s, &CancellationToken::new()).await.unwrap();
+        assert_eq!(o.termination, Termination::MemoryLimit, "{}", shown(&o));
+    }
+
+    /// test_all's end passes through pid 1 unchanged: an exit status as
+    /// itself, a death by a signal as that signal (lg-init says 128+N),
+    /// under both contracts.
+    #[tokio::test]
+    async fn test_all_s_status_passes_through_pid_1() {
+        use labgrader::sandbox::Contract;
+        let r = runner();
+        for (body, want) in [
+            ("exit 42\n", Termination::Exited { code: 42 }),
+            ("kill -SEGV $$\n", Termination::Signaled { signal: 11 }),
+            ("kill -KILL $$\n", Termination::Signaled { signal: 9 }),
+            ("kill -TERM $$\n", Termination::Signaled { signal: 15 }),
+        ] {
+            for contract in [Contract::Stdout, Contract::Trusted] {
+                let j = job(
+                    contract,
+                    &[],
+                    &[("test_all", &format!("#!/bin/sh\n{body}"), true)],
+                );
+                let o = r.run(&j.spec, &CancellationToken::new()).await.unwrap();
+                assert_eq!(o.termination, want, "{contract:?} {body}{}", shown(&o));
+            }
+        }
     }
 }

@@ -34,8 +34,8 @@
 //! job's environment) and [`fail`] (a setup failure).
 
 /// A line on stderr in one `write(2)`, without std's stderr lock: the
-/// native runner calls [`run`] in a fork of a process whose other threads
-/// may have held that lock at the fork (see `sandbox::init::run_forked`).
+/// native runner calls [`run`] in a copy of a process whose other threads
+/// may have held that lock at the fork (see `sandbox::init::run_here`).
 macro_rules! say {
     ($($t:tt)*) => {{
         use std::io::Write as _;

@@ -2,8 +2,8 @@
 //! inside the sandbox as its first process (source: `main.rs` beside this
 //! file; built by `build.rs` as a static executable). This module embeds
 //! the binary and installs it where a runner can mount or copy it, and
-//! lends the native runner the init's code to call in a fork
-//! ([`run_forked`]): the same code, without an `execve` per run.
+//! lends the native runner the init's code to call in its sandbox's init
+//! ([`run_here`]): the same code, without an `execve` per run.
 //!
 //! The helper's command line (`--contract stdout|trusted`, `--workspace`,
 //! `--harness`, `--bin-dir`, `--test-paths`, `--copy-from`, `--student`,
@@ -14,7 +14,8 @@
 //! results stream it writes is parsed by [`crate::sandbox::results_stream`].
 
 // lg-init's own code, compiled here too: the native runner calls its init
-// in a fork instead of an exec (`run_forked`), and its unit tests run here.
+// in its sandbox's init instead of an exec (`run_here`), and its unit tests
+// run here.
 #[path = "main.rs"]
 #[allow(dead_code)]
 mod helper;

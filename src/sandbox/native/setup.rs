@@ -12,19 +12,19 @@
 //! (no indexing that could fail, no `unwrap`), never logs. Anything
 //! needing memory is built by the parent before the clone.
 //!
-//! Process layout inside the new PID namespace: pid 1 is our init (this
-//! code after setup): it forks lg-init (pid 2), reaps every orphan, and
-//! when lg-init ends writes its wait status to the report pipe and exits,
-//! which makes the kernel kill whatever is left in the namespace. It also
-//! exits at once when the report pipe loses its reader: the daemon died or
-//! dropped the run. lg-init is the helper's own code called in that fork
-//! ([`crate::sandbox::init::run_forked`]), not an `execve` of its binary;
-//! it allocates, but takes none of std's locks (stderr, environment) that
-//! a thread of the daemon could have held when the spawner was forked. The
-//! init and lg-init are the sandbox's root (uid 0 of the job's user
-//! namespace, a subordinate id on the host) with `no_new_privs`, undumpable;
-//! lg-init gives every job process its identity, drops its capabilities
-//! and applies the run's limits.
+//! Process layout inside the new PID namespace: pid 1 is our init, which
+//! after setup calls lg-init's own code in this same process
+//! ([`crate::sandbox::init::run_here`], not an `execve` of its binary):
+//! lg-init reaps every orphan, starts test_all and ends the job; its exit
+//! status goes to the report pipe and the init exits, which makes the
+//! kernel kill whatever is left in the namespace. lg-init exits at once
+//! when the report pipe loses its reader: the daemon died or dropped the
+//! run. It allocates, but takes none of std's locks (stderr, environment)
+//! that a thread of the daemon could have held when the spawner was
+//! forked. The init is the sandbox's root (uid 0 of the job's user
+//! namespace, a subordinate id on the host) with `no_new_privs`,
+//! undumpable; lg-init gives every job process its identity, drops its
+//! capabilities and applies the run's limits.
 
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, RawFd};
