@@ -1346,12 +1346,14 @@ mod spawner {
         assert_eq!(proc_file(pid, "comm").trim(), "lg-spawner");
         // Nothing of the daemon's environment (credentials may come from
         // variables): every sandbox's init runs in a copy of this memory.
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-        assert!(
-            environ.iter().all(|b| *b == 0),
-            "the spawner still holds the daemon's environment: {}",
-            String::from_utf8_lossy(&environ)
-        );
+        for what in ["environ", "cmdline"] {
+            let bytes = std::fs::read(format!("/proc/{pid}/{what}")).unwrap();
+            assert!(
+                bytes.iter().all(|b| *b == 0),
+                "the spawner still holds the daemon's {what}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
     }
 
     /// The attack: the sandbox's init (pid 1 of the job's namespaces) is

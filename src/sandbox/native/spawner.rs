@@ -251,7 +251,7 @@ fn spawner_main(sock: RawFd) -> ! {
             0,
         );
         libc::prctl(libc::PR_SET_NAME, c"lg-spawner".as_ptr());
-        wipe_environment();
+        wipe_arguments_and_environment();
         // Every page of the heap still mapped is copied (its page table
         // entry) by each clone and unmapped when the init exits.
         libc::malloc_trim(0);
@@ -317,17 +317,42 @@ unsafe extern "C" {
     static mut environ: *mut *mut libc::c_char;
 }
 
-/// Overwrite the daemon's environment in this copy of its memory with
-/// zeros: credentials may come from variables, and every sandbox's init
-/// is a copy of the spawner's memory for its whole run (unreadable from
-/// inside, but nothing of the daemon's should be there to read).
+/// Overwrite the daemon's command line and environment in this copy of
+/// its memory with zeros: credentials may come from variables, and every
+/// sandbox's init is a copy of the spawner's memory for its whole run
+/// (unreadable from inside, but nothing of the daemon's should be there
+/// to read, nor show as pid 1's `cmdline`).
 ///
 /// # Safety
-/// Single-threaded: nothing may read the environment meanwhile.
-unsafe fn wipe_environment() {
+/// Single-threaded: nothing may read the arguments or the environment
+/// meanwhile.
+unsafe fn wipe_arguments_and_environment() {
+    // The kernel's own bounds of both blocks (on the initial stack):
+    // fields 48 to 51 of /proc/self/stat (arg_start, arg_end, env_start,
+    // env_end), counted after the command name, which may hold spaces.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<usize> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(45)
+                .take(4)
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let [arg_start, arg_end, env_start, env_end] = fields[..] {
+        for (from, to) in [(arg_start, arg_end), (env_start, env_end)] {
+            if from < to {
+                // SAFETY: the kernel's bounds of this process's argument
+                // and environment strings, mapped and writable.
+                unsafe { std::ptr::write_bytes(from as *mut u8, 0, to - from) };
+            }
+        }
+    }
     // SAFETY: `environ` is the process's NULL-terminated array of
-    // NUL-terminated strings, writable (on the initial stack or, after a
-    // setenv, on the heap); after this it is empty.
+    // NUL-terminated strings, writable (on the initial stack, zeroed
+    // above, or, after a setenv, on the heap); after this it is empty.
     unsafe {
         let list = environ;
         if list.is_null() {

@@ -277,11 +277,18 @@ impl NativeRunner {
         }
         // lg-init wrote the stream after test_all ended: without it, the
         // job never ran (or lg-init itself was killed).
-        let results = (!stream.is_empty())
+        let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
+        let results = match (!stream.is_empty())
             .then(|| results_stream::parse(&stream))
             .transpose()
-            .map_err(|e| SandboxError::setup("read the results", e))?;
-        let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
+        {
+            Ok(r) => r,
+            // Cut short by the memory limit (the OOM killer took lg-init
+            // mid-write, or the job's files filled its memory): the limit
+            // is the verdict, not a grader fault.
+            Err(_) if oom => None,
+            Err(e) => return Err(SandboxError::setup("read the results", e)),
+        };
         let termination = if timed_out {
             Termination::Timeout
         } else {
