@@ -493,41 +493,20 @@ fn sandbox_dies_with_the_daemon() {
 #[test]
 fn the_daemons_spawner_holds_none_of_its_secrets() {
     let dir = tempfile::tempdir().unwrap();
-    let from_file = format!("lg-file-secret-{}", std::process::id());
+    let (cfg, from_file) =
+        config_with_secret(dir.path(), "[grader]\nrunner = \"native\"\nworkers = 1\n");
     let from_env = format!("lg-env-secret-{}", std::process::id());
-    let token = dir.path().join("webhook-token");
-    std::fs::write(&token, &from_file).unwrap();
-    let cfg = dir.path().join("labgrader.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nwebhook_token_file = \"{}\"\n[spool]\ndir = \"{}\"\n\
-             [grader]\nrunner = \"native\"\nworkers = 1\n[email]\nurl = \"\"\n",
-            token.display(),
-            dir.path().join("spool").display()
-        ),
-    )
-    .unwrap();
     let log = dir.path().join("log");
     let mut daemon = common::daemon::binary("grader", &cfg, &log)
         .env("LABGRADER_GITLAB_TOKEN", &from_env)
         .spawn()
         .unwrap();
     let daemon_pid = daemon.id();
-    let spawner = || {
-        std::fs::read_dir("/proc").ok()?.find_map(|e| {
-            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let (comm, rest) = stat.split_once(") ")?;
-            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
-            (comm.ends_with("(lg-spawner") && ppid == daemon_pid).then_some(pid)
-        })
-    };
     let started = std::time::Instant::now();
     let pid = loop {
         // Up once the grader has read its configuration and made its spool.
         if dir.path().join("spool/incoming").is_dir()
-            && let Some(pid) = spawner()
+            && let Some(pid) = spawner_of(daemon_pid)
         {
             break pid;
         }
@@ -547,8 +526,10 @@ fn the_daemons_spawner_holds_none_of_its_secrets() {
     common::daemon::stop(daemon);
     assert!(memory.len() > 1 << 20, "read only {} bytes", memory.len());
     for secret in [&from_file, &from_env] {
-        let found = memory.windows(secret.len()).any(|w| w == secret.as_bytes());
-        assert!(!found, "the spawner's memory holds {secret}");
+        assert!(
+            !holds(&memory, secret),
+            "the spawner's memory holds {secret}"
+        );
     }
 }
 
@@ -558,19 +539,7 @@ fn the_daemons_spawner_holds_none_of_its_secrets() {
 #[test]
 fn the_sandbox_command_s_spawner_holds_none_of_the_configuration_s_secrets() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = format!("lg-file-secret-{}", std::process::id());
-    let token = dir.path().join("webhook-token");
-    std::fs::write(&token, &secret).unwrap();
-    let cfg = dir.path().join("labgrader.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nwebhook_token_file = \"{}\"\n[spool]\ndir = \"{}\"\n[email]\nurl = \"\"\n",
-            token.display(),
-            dir.path().join("spool").display()
-        ),
-    )
-    .unwrap();
+    let (cfg, secret) = config_with_secret(dir.path(), "");
     let job = dir.path().join("job");
     std::fs::create_dir(&job).unwrap();
     write_job(&job, "job-secrets", "sleep 4\n");
@@ -578,19 +547,10 @@ fn the_sandbox_command_s_spawner_holds_none_of_the_configuration_s_secrets() {
     let mut cmd = common::daemon::binary("sandbox", &cfg, &log);
     let mut run = cmd.arg("--job-dir").arg(&job).spawn().unwrap();
     let pid = run.id();
-    let spawner = || {
-        std::fs::read_dir("/proc").ok()?.find_map(|e| {
-            let p: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-            let (comm, rest) = stat.split_once(") ")?;
-            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
-            (comm.ends_with("(lg-spawner") && ppid == pid).then_some(p)
-        })
-    };
     let t = std::time::Instant::now();
     let spawner = loop {
         // The job runs: the configuration was read, the runner built.
-        if let Some(p) = spawner() {
+        if let Some(p) = spawner_of(pid) {
             break p;
         }
         assert!(
@@ -604,8 +564,44 @@ fn the_sandbox_command_s_spawner_holds_none_of_the_configuration_s_secrets() {
     let _ = run.wait();
     remove_job_cgroups("labgrader-job-secrets-");
     assert!(memory.len() > 1 << 20, "read only {} bytes", memory.len());
-    let found = memory.windows(secret.len()).any(|w| w == secret.as_bytes());
-    assert!(!found, "the spawner's memory holds {secret}");
+    assert!(
+        !holds(&memory, &secret),
+        "the spawner's memory holds {secret}"
+    );
+}
+
+/// A configuration whose webhook token, read from its file, is the
+/// returned secret; `extra` is appended.
+fn config_with_secret(dir: &Path, extra: &str) -> (PathBuf, String) {
+    let secret = format!("lg-file-secret-{}", std::process::id());
+    let token = dir.join("webhook-token");
+    std::fs::write(&token, &secret).unwrap();
+    let cfg = dir.join("labgrader.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nwebhook_token_file = \"{}\"\n[spool]\ndir = \"{}\"\n[email]\nurl = \"\"\n{extra}",
+            token.display(),
+            dir.join("spool").display()
+        ),
+    )
+    .unwrap();
+    (cfg, secret)
+}
+
+/// The `lg-spawner` child of process `parent`, once it runs.
+fn spawner_of(parent: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (comm, rest) = stat.split_once(") ")?;
+        let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+        (comm.ends_with("(lg-spawner") && ppid == parent).then_some(pid)
+    })
+}
+
+fn holds(memory: &[u8], secret: &str) -> bool {
+    memory.windows(secret.len()).any(|w| w == secret.as_bytes())
 }
 
 /// Every readable mapping of `pid`'s memory, concatenated.
