@@ -516,16 +516,12 @@ impl Pool {
     /// while it runs), or hand it back when the pool is full or the
     /// rename fails.
     fn keep(&self, mut cg: JobCgroup) -> Option<JobCgroup> {
-        let full = || self.idle.lock().unwrap_or_else(|p| p.into_inner()).len() >= MAX_IDLE;
-        if full()
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() >= MAX_IDLE
             || cg
                 .rename(&format!("labgrader-idle-{}", crate::spool::new_job_id()))
                 .is_err()
         {
-            return Some(cg);
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() >= MAX_IDLE {
             return Some(cg);
         }
         idle.push(cg);

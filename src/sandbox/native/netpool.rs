@@ -417,8 +417,9 @@ impl Tables {
         let mut made = Vec::new();
         for ((path, file), end) in STATE.iter().zip(&mut state).zip(&mut ends) {
             *file = open_table(path)?;
+            // Just opened: read from its start.
             if let Some(file) = file {
-                read_all(file, &mut made).map_err(errno)?;
+                std::io::Read::read_to_end(&mut &*file, &mut made).map_err(errno)?;
             }
             *end = made.len();
         }
@@ -444,23 +445,6 @@ fn open_table(path: &str) -> Result<Option<File>, Errno> {
 
 fn errno(e: std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
-}
-
-/// Reads `file` from its start to its end onto `out`.
-fn read_all(file: &File, out: &mut Vec<u8>) -> std::io::Result<()> {
-    let mut buf = [0; 4096];
-    let mut at = 0;
-    loop {
-        match file.read_at(&mut buf, at) {
-            Ok(0) => return Ok(()),
-            Ok(n) => {
-                out.extend_from_slice(&buf[..n]);
-                at += n as u64;
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// Reads `file` from its start to its end into `buf`: its length, `None`
