@@ -72,6 +72,11 @@ fn workspace(body: &str) -> tempfile::TempDir {
     common::hostile::workspace("lg-native-", body)
 }
 
+/// [`workspace`] with the hostile helpers named beside `test_all`.
+fn workspace_with(body: &str, helpers: &[&str]) -> tempfile::TempDir {
+    common::hostile::workspace_with("lg-native-", body, helpers)
+}
+
 fn spec(ws: &Path) -> RunSpec {
     RunSpec::new(
         "native-test",
@@ -767,6 +772,14 @@ struct Job {
     spec: RunSpec,
 }
 
+/// A fresh runner's run of `j`.
+async fn run_job(j: &Job) -> labgrader::sandbox::RunOutcome {
+    runner()
+        .run(&j.spec, &CancellationToken::new())
+        .await
+        .unwrap()
+}
+
 /// `student` and `tests` are (relative path, contents, executable).
 fn job(
     contract: labgrader::sandbox::Contract,
@@ -852,10 +865,7 @@ async fn native_stdout_harness_rewrite_attack_is_defeated() {
             true,
         )],
     );
-    let o = runner()
-        .run(&j.spec, &CancellationToken::new())
-        .await
-        .unwrap();
+    let o = run_job(&j).await;
     let out = out_of(&o);
     assert!(!out.contains("grade_total = 100"), "{}", shown(&o));
     assert!(out.contains("grade_total = 10\n"), "{}", shown(&o));
@@ -901,10 +911,7 @@ async fn native_stdout_data_swap_attack_is_defeated_and_a_build_works() {
             ("data/expected.txt", "7\n", false),
         ],
     );
-    let o = runner()
-        .run(&j.spec, &CancellationToken::new())
-        .await
-        .unwrap();
+    let o = run_job(&j).await;
     let out = out_of(&o);
     assert!(out.contains("grade_total = 0\n"), "{}", shown(&o));
     assert!(!out.contains("swap:"), "{}", shown(&o));
@@ -939,10 +946,7 @@ async fn native_trusted_results_are_the_harness_s_whatever_the_student_does() {
             true,
         )],
     );
-    let o = runner()
-        .run(&j.spec, &CancellationToken::new())
-        .await
-        .unwrap();
+    let o = run_job(&j).await;
     let out = out_of(&o);
     assert_eq!(
         o.termination,
@@ -1001,10 +1005,7 @@ async fn native_trusted_student_finds_nothing_private() {
     );
     let mut j = j;
     j.spec.limits.timeout = Duration::from_secs(60);
-    let o = runner()
-        .run(&j.spec, &CancellationToken::new())
-        .await
-        .unwrap();
+    let o = run_job(&j).await;
     let out = out_of(&o);
     assert!(out.contains("searched\nstatus: 0\n"), "{}", shown(&o));
     for leak in ["found:", "name:", "proc:"] {
@@ -1030,10 +1031,7 @@ async fn native_run_as_student_passes_status_and_leaves_nothing_running() {
             true,
         )],
     );
-    let o = runner()
-        .run(&j.spec, &CancellationToken::new())
-        .await
-        .unwrap();
+    let o = run_job(&j).await;
     assert_eq!(
         out_of(&o),
         "exit: 3\nkill: 137\nstarted\n0\nmissing: 127\n",
@@ -1165,10 +1163,7 @@ async fn native_trusted_harness_home_is_not_the_students() {
             true,
         )],
     );
-    let o = runner()
-        .run(&j.spec, &CancellationToken::new())
-        .await
-        .unwrap();
+    let o = run_job(&j).await;
     let out = out_of(&o);
     assert!(out.contains("planted in /workspace/"), "{}", shown(&o));
     assert!(out.contains("harness HOME=/harness\n"), "{}", shown(&o));
@@ -1208,10 +1203,7 @@ async fn native_stdout_test_file_in_a_student_directory_stays() {
         PathBuf::from("test_all"),
         PathBuf::from("lib/check.py"),
     ]);
-    let o = runner()
-        .run(&j.spec, &CancellationToken::new())
-        .await
-        .unwrap();
+    let o = run_job(&j).await;
     assert_eq!(out_of(&o), "mine: ok\nprint(7)\n", "{}", shown(&o));
 }
 
@@ -1242,10 +1234,7 @@ async fn native_trusted_tests_are_immutable_and_the_harness_home_private() {
             ("data.txt", "original\n", false),
         ],
     );
-    let o = runner()
-        .run(&j.spec, &CancellationToken::new())
-        .await
-        .unwrap();
+    let o = run_job(&j).await;
     assert_eq!(
         out_of(&o),
         "harness: added\nstudent: denied\nstudent: unreadable\noriginal\n",
@@ -1697,10 +1686,7 @@ mod cgroups {
     /// A run of `body` (with the memory hog helper beside it) limited to
     /// `memory` bytes; returns once its cgroup is given back.
     async fn run_with(r: &NativeRunner, body: &str, memory: u64) -> RunOutcome {
-        let ws = workspace(body);
-        let hog = ws.path().join("memhog");
-        std::fs::copy(common::hostile::helper_bin("memhog"), &hog).unwrap();
-        std::fs::set_permissions(&hog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let ws = workspace_with(body, &["memhog"]);
         let mut limits = common::hostile::limits();
         limits.memory = memory;
         let before = r.cgroup_pool().0;
@@ -1789,15 +1775,6 @@ mod cgroups {
 mod init {
     use super::*;
 
-    /// A workspace with `test_all` and the hostile helpers named.
-    fn workspace_with(body: &str, helpers: &[&str]) -> tempfile::TempDir {
-        let ws = workspace(body);
-        for h in helpers {
-            std::fs::copy(common::hostile::helper_bin(h), ws.path().join(h)).unwrap();
-        }
-        ws
-    }
-
     /// The attack: test_all leaves workers behind that make orphans as
     /// fast as they can (each one a zombie for pid 1 to reap), then ends
     /// (after 2 s, in an 8 s timeout).
@@ -1864,10 +1841,7 @@ mod init {
                 ("probe.sh", &format!("#!/bin/sh\n{PROBE}"), true),
             ],
         );
-        let o = runner()
-            .run(&j.spec, &CancellationToken::new())
-            .await
-            .unwrap();
+        let o = run_job(&j).await;
         assert_eq!(
             out_of(&o),
             "harness:\nalive\nstudent:\nalive\n",

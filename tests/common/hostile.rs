@@ -221,6 +221,16 @@ pub fn workspace(prefix: &str, body: &str) -> tempfile::TempDir {
     ws
 }
 
+/// [`workspace`] with the static helpers named beside `test_all` (see
+/// [`helper_bin`]).
+pub fn workspace_with(prefix: &str, body: &str, helpers: &[&str]) -> tempfile::TempDir {
+    let ws = workspace(prefix, body);
+    for h in helpers {
+        std::fs::copy(helper_bin(h), ws.path().join(h)).unwrap();
+    }
+    ws
+}
+
 /// The run of job `job_id` in `ws` under `limits`, with `LABGRADER_JOB_ID`
 /// set as the grader sets it.
 pub fn spec(job_id: &str, ws: &Path, limits: Limits) -> RunSpec {
@@ -244,10 +254,7 @@ pub async fn run_case(runner: &dyn Runner, case_name: &str) -> RunOutcome {
         .into_iter()
         .find(|c| c.name == case_name)
         .unwrap_or_else(|| panic!("no hostile case named {case_name}"));
-    let ws = workspace("lg-hostile-", &case.script);
-    for h in case.helpers {
-        std::fs::copy(helper_bin(h), ws.path().join(h)).unwrap();
-    }
+    let ws = workspace_with("lg-hostile-", &case.script, case.helpers);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let probe = Probe {
         host_port: listener.local_addr().unwrap().port(),
