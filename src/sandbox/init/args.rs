@@ -94,6 +94,11 @@ impl Args {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_os_str())
     }
+
+    /// The system's `PATH` as the job was given it.
+    pub fn system_path(&self) -> &OsStr {
+        self.var("PATH").unwrap_or(OsStr::new("/usr/bin:/bin"))
+    }
 }
 
 fn ids(s: &str) -> Result<(u32, u32), String> {

@@ -44,7 +44,7 @@ pub(crate) fn job_env(a: &Args, extra: &[(&str, OsString)]) -> Vec<CString> {
 pub(crate) fn student_env(a: &Args) -> Vec<CString> {
     let mut env: Vec<(OsString, OsString)> = Vec::new();
     let bin = a.bin_dir.as_os_str().as_bytes().to_vec();
-    let path = a.var("PATH").unwrap_or(OsStr::new("/usr/bin:/bin"));
+    let path = a.system_path();
     // Only the system's PATH, never the harness's helpers.
     let path: Vec<&[u8]> = path
         .as_bytes()

@@ -3,7 +3,6 @@
 //! limits), and, at the end, every process of an identity killed and
 //! every child reaped. It never lays out files nor serves the broker.
 
-use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
@@ -48,7 +47,7 @@ pub(crate) fn start_test_all(a: &Args, tests_dir: &Path) -> Result<i32, Fail> {
             0o022,
         ),
         Contract::Trusted => {
-            let path = a.var("PATH").unwrap_or(OsStr::new("/usr/bin:/bin"));
+            let path = a.system_path();
             let mut p = a.bin_dir.as_os_str().to_os_string();
             p.push(":");
             p.push(path);
